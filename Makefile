@@ -1,0 +1,160 @@
+# arbiter — plain GNU make.
+#
+#   make            build build/arbiterd, build/arbiterctl, build/libarbiter.{a,so}
+#   make run        install missing Debian packages, build, run on arbiter.conf
+#   make test       install missing packages, build, run every test, then the
+#                   same suite again under ASan+UBSan
+#   make valgrind   the unit and integration tests with the daemon under valgrind
+#   make asan       only the ASan+UBSan pass
+#   make fuzz       libFuzzer harnesses for FUZZ_SECONDS each
+#   make chaos      the mutual-exclusion checker for DURATION seconds
+#   make bench      benchmarks (never part of make test)
+#   make install PREFIX=/usr/local    make clean    make format
+#
+# BUILD selects the output folder, so sanitizer builds never mix with the
+# normal one.
+
+BUILD ?= build
+PREFIX ?= /usr/local
+CC ?= cc
+PYTHON ?= /usr/bin/python3
+CONF ?= arbiter.conf
+SAN ?=
+VERSION := 0.1.0
+
+PKGS := libevent libprotobuf-c msgpack inih
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm
+
+OPT ?= -O2
+CFLAGS ?= $(OPT) -g
+WARN := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
+	-Wno-missing-field-initializers
+ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -DARBITER_VERSION='"$(VERSION)"' $(WARN) \
+	$(CFLAGS) $(SAN) -fPIC -MMD -MP -I$(BUILD)/gen -Iproto -Iarbiter -Iclient \
+	$(PKG_CFLAGS)
+LDFLAGS ?=
+ALL_LDFLAGS = $(LDFLAGS) $(SAN)
+
+GEN := $(BUILD)/gen/arbiter.pb-c.c $(BUILD)/gen/arbiter.pb-c.h
+PYGEN := $(BUILD)/gen/python/arbiter_pb2.py
+
+PROTO_SRC := proto/frame.c proto/codec.c
+PROTO_OBJ := $(BUILD)/gen/arbiter.pb-c.o $(PROTO_SRC:%.c=$(BUILD)/%.o)
+
+DAEMON_SRC := $(filter-out arbiter/main.c,$(wildcard arbiter/*.c))
+DAEMON_OBJ := $(DAEMON_SRC:%.c=$(BUILD)/%.o)
+MAIN_OBJ := $(BUILD)/arbiter/main.o
+
+CLIENT_OBJ := $(BUILD)/client/client.o
+CTL_OBJ := $(BUILD)/client/arbiterctl.o
+
+UNIT_SRC := $(wildcard tests/unit/test_*.c)
+UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+
+BINS := $(BUILD)/arbiterd $(BUILD)/arbiterctl $(BUILD)/libarbiter.a \
+	$(BUILD)/libarbiter.so $(PYGEN)
+
+.PHONY: all deps run test check check-unit check-integration asan valgrind \
+	fuzz chaos bench install clean format lint
+
+all: $(BUILD)/.deps-ok $(BINS)
+
+# Installs what is missing from Debian's archive (or says what to run).
+$(BUILD)/.deps-ok: scripts/deps.sh
+	@sh scripts/deps.sh
+	@mkdir -p $(BUILD) && touch $@
+
+deps:
+	@sh scripts/deps.sh
+
+$(GEN) &: proto/arbiter.proto | $(BUILD)/.deps-ok
+	@mkdir -p $(BUILD)/gen
+	protoc-c --proto_path=proto --c_out=$(BUILD)/gen proto/arbiter.proto
+
+$(PYGEN): proto/arbiter.proto | $(BUILD)/.deps-ok
+	@mkdir -p $(BUILD)/gen/python
+	protoc --proto_path=proto --python_out=$(BUILD)/gen/python proto/arbiter.proto
+
+$(BUILD)/gen/arbiter.pb-c.o: $(BUILD)/gen/arbiter.pb-c.c
+	$(CC) $(filter-out -Wshadow -Wmissing-prototypes,$(ALL_CFLAGS)) -c $< -o $@
+
+$(BUILD)/%.o: %.c $(GEN)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -c $< -o $@
+
+$(BUILD)/arbiterd: $(MAIN_OBJ) $(DAEMON_OBJ) $(PROTO_OBJ)
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(PKG_LIBS) -lpthread
+
+$(BUILD)/libarbiter.a: $(CLIENT_OBJ) $(PROTO_OBJ)
+	rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/libarbiter.so: $(CLIENT_OBJ) $(PROTO_OBJ)
+	$(CC) $(ALL_LDFLAGS) -shared -Wl,-soname,libarbiter.so.0 -o $@ $^ \
+		$(shell pkg-config --libs libprotobuf-c)
+
+$(BUILD)/arbiterctl: $(CTL_OBJ) $(BUILD)/libarbiter.a
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(shell pkg-config --libs libprotobuf-c)
+
+# Unit tests link the module under test and what it needs, never main.o.
+# TEST_DEPS_<name> narrows that list; the default is every module.
+TEST_DEPS_lockmgr = $(BUILD)/arbiter/lockmgr.o
+TEST_DEPS_codec = $(PROTO_OBJ)
+test_deps = $(or $(TEST_DEPS_$(1)),$(DAEMON_OBJ) $(PROTO_OBJ) $(CLIENT_OBJ))
+
+.SECONDEXPANSION:
+$(BUILD)/tests/test_%: tests/unit/test_%.c $$(call test_deps,$$*)
+	@mkdir -p $(dir $@)
+	$(CC) $(filter-out -Wmissing-prototypes,$(ALL_CFLAGS)) -Itests/lib -o $@ $^ \
+		$(PKG_LIBS) -lcriterion -lpthread
+
+run: all
+	$(BUILD)/arbiterd -c $(CONF)
+
+test:
+	@sh scripts/deps.sh test
+	$(MAKE) check
+	$(MAKE) check BUILD=build-asan OPT=-O1 \
+		SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all"
+
+check: all $(UNIT_BIN)
+	$(MAKE) check-unit check-integration
+
+check-unit: $(UNIT_BIN)
+	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $(RUN_UNDER) $$t --jobs 2; done
+
+check-integration: all
+	ARBITER_BUILD=$(abspath $(BUILD)) $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
+
+asan:
+	$(MAKE) check BUILD=build-asan OPT=-O1 \
+		SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all"
+
+# The daemon runs under valgrind in the integration tests (ARBITERD_WRAPPER),
+# and each unit test binary runs under it too; any error fails the run.
+VALGRIND := valgrind --quiet --error-exitcode=99 --leak-check=full \
+	--show-leak-kinds=definite,indirect --errors-for-leak-kinds=definite,indirect
+
+valgrind: all $(UNIT_BIN)
+	@set -e; for t in $(UNIT_BIN); do echo "== $$t (valgrind)"; \
+		$(VALGRIND) $$t --jobs 1 --no-early-exit; done
+	ARBITER_BUILD=$(abspath $(BUILD)) ARBITERD_WRAPPER="$(VALGRIND)" \
+		$(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib \
+		$(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/share/arbiter
+	install -m 755 $(BUILD)/arbiterd $(BUILD)/arbiterctl $(DESTDIR)$(PREFIX)/bin/
+	install -m 644 $(BUILD)/libarbiter.a $(DESTDIR)$(PREFIX)/lib/
+	install -m 755 $(BUILD)/libarbiter.so $(DESTDIR)$(PREFIX)/lib/libarbiter.so.0
+	ln -sf libarbiter.so.0 $(DESTDIR)$(PREFIX)/lib/libarbiter.so
+	install -m 644 client/arbiter.h $(DESTDIR)$(PREFIX)/include/
+	install -m 644 arbiter.conf proto/arbiter.proto $(DESTDIR)$(PREFIX)/share/arbiter/
+
+format:
+	clang-format -i arbiter/*.[ch] proto/*.[ch] client/*.[ch] tests/unit/*.c
+
+clean:
+	rm -rf build build-asan build-fuzz
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

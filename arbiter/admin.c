@@ -1,0 +1,253 @@
+/*
+ * admin: the line-based text protocol on the daemon's socket, for humans and
+ * shell tools in a pod (`socat - UNIX-CONNECT:/run/arbiter/arbiter.sock`).
+ * A connection whose first byte is an ASCII letter lands here. Commands come
+ * from one table with usage strings, so `help` cannot fall out of date.
+ * Replies are Redis INFO-like: `# Section` headers and `key:value` lines,
+ * ending with a line holding only "." so scripts know where a reply stops.
+ */
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "server.h"
+
+static void
+out(struct conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void
+out(struct conn *c, const char *fmt, ...)
+{
+	char buf[1024];
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(buf, sizeof buf, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return;
+	conn_send_text(c, buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
+}
+
+static void
+end_reply(struct conn *c)
+{
+	out(c, ".\n");
+}
+
+static void
+print_figures(struct conn *c, const struct stats_res *r)
+{
+	struct stats_figures f;
+	struct hist_summary w, h;
+
+	stats_since_reset(r, &f);
+	for (unsigned k = 0; k < STATS_NCOUNTERS; k++)
+		out(c, "%s:%" PRIu64 "\n", stats_counter_names[k], f.c[k]);
+	hist_summarize(&f.wait, &w);
+	hist_summarize(&f.hold, &h);
+	out(c, "total_acquisitions:%" PRIu64 "\n",
+	    f.c[STAT_acquired_immediate] + f.c[STAT_acquired_after_wait]);
+	out(c, "failed_acquisitions:%" PRIu64 "\n",
+	    f.c[STAT_failed_timeout] + f.c[STAT_failed_would_block] +
+		    f.c[STAT_failed_forbidden] + f.c[STAT_failed_invalid]);
+	out(c, "average_wait_time:%.6f\nmax_wait_time:%.6f\n", w.mean, w.max);
+	out(c, "wait_seconds:count=%" PRIu64
+	       " mean=%.6f p50=%.6f p90=%.6f p99=%.6f max=%.6f\n",
+	    w.count, w.mean, w.p50, w.p90, w.p99, w.max);
+	out(c, "hold_seconds:count=%" PRIu64
+	       " mean=%.6f p50=%.6f p90=%.6f p99=%.6f max=%.6f\n",
+	    h.count, h.mean, h.p50, h.p90, h.p99, h.max);
+}
+
+static void
+cmd_stats(struct conn *c, const char *arg)
+{
+	struct server *srv = c->srv;
+	struct stats_res *r, *tmp;
+
+	out(c, "# Server\nversion:%s\npid:%ld\nrole:%s\nuptime_seconds:%.3f\n"
+	       "connections:%u\nstorage_locked:%d\nholders:%u\nwaiters:%u\n",
+	    ARBITER_VERSION, (long)getpid(),
+	    srv->role == ROLE_ACTIVE ? "active" : "standby",
+	    (double)(now_ns() - srv->t_start) / 1e9, srv->nconns,
+	    srv->storage.held ? 1 : 0, srv->lm.nheld, srv->lm.nwaiting);
+	if (*arg == '\0') {
+		out(c, "# Total\n");
+		print_figures(c, &srv->stats.total);
+	}
+	HASH_ITER(hh, srv->stats.by_name, r, tmp) {
+		if (*arg != '\0' && strcmp(arg, r->name) != 0)
+			continue;
+		out(c, "# Resource %s\n", r->name);
+		print_figures(c, r);
+	}
+	end_reply(c);
+}
+
+static void
+cmd_status(struct conn *c, const char *arg)
+{
+	struct server *srv = c->srv;
+	struct lm_res *res, *tmp;
+	uint64_t now = now_ns();
+
+	out(c, "# Server\nrole:%s\nstorage:%s\nconnections:%u\n",
+	    srv->role == ROLE_ACTIVE ? "active" : "standby",
+	    srv->cfg.storage_path, srv->nconns);
+	if (srv->role == ROLE_STANDBY)
+		out(c, "storage_holder:%s\n", srv->storage_holder);
+	HASH_ITER(hh, srv->lm.res, res, tmp) {
+		struct lm_req *r;
+		unsigned pos = 0;
+
+		if (*arg != '\0' && strcmp(arg, res->name) != 0)
+			continue;
+		out(c, "# Resource %s\n", res->name);
+		TAILQ_FOREACH(r, &res->holders, q_entry) {
+			out(c,
+			    "holder:lease=%" PRIu64 " mode=%s pid=%u uid=%u "
+			    "name=%s held_ms=%" PRIu64 " token=%" PRIu64 "\n",
+			    r->id, lockmgr_mode_name(r->mode), r->owner->pid,
+			    r->owner->uid, r->owner->name[0] ? r->owner->name : "-",
+			    (now - r->t_granted) / 1000000, r->token);
+		}
+		TAILQ_FOREACH(r, &res->waiters, q_entry) {
+			out(c,
+			    "waiter:position=%u lease=%" PRIu64 " mode=%s pid=%u "
+			    "uid=%u name=%s waiting_ms=%" PRIu64 "\n",
+			    ++pos, r->id, lockmgr_mode_name(r->mode),
+			    r->owner->pid, r->owner->uid,
+			    r->owner->name[0] ? r->owner->name : "-",
+			    (now - r->t_queued) / 1000000);
+		}
+	}
+	end_reply(c);
+}
+
+static void
+cmd_ping(struct conn *c, const char *arg)
+{
+	(void)arg;
+	out(c, "pong %s\n", c->srv->role == ROLE_ACTIVE ? "active" : "standby");
+}
+
+static void
+cmd_quit(struct conn *c, const char *arg)
+{
+	(void)arg;
+	c->kill = "quit";
+}
+
+static void cmd_help(struct conn *c, const char *arg);
+
+static const struct admin_cmd {
+	const char *name;
+	const char *usage;
+	const char *help;
+	void (*fn)(struct conn *, const char *);
+} cmds[] = {
+	{"help", "help", "list the commands", cmd_help},
+	{"ping", "ping", "answer 'pong' and the role (active or standby)",
+	 cmd_ping},
+	{"stats", "stats [RESOURCE]",
+	 "counters and wait/hold times, total and per resource", cmd_stats},
+	{"status", "status [RESOURCE]",
+	 "every resource with its holders and waiters in queue order",
+	 cmd_status},
+	{"quit", "quit", "close the connection", cmd_quit},
+};
+
+static void
+cmd_help(struct conn *c, const char *arg)
+{
+	(void)arg;
+	for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
+		out(c, "%-18s %s\n", cmds[i].usage, cmds[i].help);
+	end_reply(c);
+}
+
+static void
+run_line(struct conn *c, char *line)
+{
+	char *arg, *end;
+	size_t n = strlen(line);
+
+	while (n > 0 && (line[n - 1] == '\r' || line[n - 1] == ' '))
+		line[--n] = '\0';
+	arg = strchr(line, ' ');
+	if (arg != NULL) {
+		*arg++ = '\0';
+		while (*arg == ' ')
+			arg++;
+	} else
+		arg = line + n;
+	end = arg;
+	(void)end;
+	if (*line == '\0')
+		return;
+	for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
+		if (strcmp(line, cmds[i].name) == 0) {
+			cmds[i].fn(c, arg);
+			return;
+		}
+	}
+	out(c, "error: unknown command '%.64s'; try 'help'\n", line);
+}
+
+void
+admin_input(struct conn *c)
+{
+	struct server *srv = c->srv;
+	size_t max = srv->cfg.max_text_line;
+
+	if (!c->welcomed) {
+		/* The text protocol is read-only, but access control still
+		 * applies: the same allow lists as binary clients. */
+		const struct config *cfg = &srv->cfg;
+
+		if ((cfg->allow_uids.n || cfg->allow_gids.n) &&
+		    !config_id_allowed(&cfg->allow_uids, c->owner.uid) &&
+		    !config_id_allowed(&cfg->allow_gids, c->owner.gid) &&
+		    c->owner.uid != (uint32_t)getuid()) {
+			stats_count(&srv->stats, NULL, STAT_failed_forbidden);
+			out(c, "error: forbidden: uid %u gid %u is not in "
+			       "access.allow_uids or access.allow_gids\n",
+			    c->owner.uid, c->owner.gid);
+			c->kill = "forbidden";
+			return;
+		}
+		c->welcomed = true;
+	}
+	while (c->kill == NULL) {
+		struct evbuffer_ptr eol;
+		size_t len;
+		char line[65537];
+
+		eol = evbuffer_search_eol(c->in, NULL, NULL, EVBUFFER_EOL_LF);
+		if (eol.pos < 0) {
+			if (evbuffer_get_length(c->in) > max) {
+				out(c, "error: line longer than "
+				       "limits.max_text_line (%zu bytes); "
+				       "closing\n",
+				    max);
+				c->kill = "text line too long";
+			}
+			return;
+		}
+		len = (size_t)eol.pos;
+		if (len > max) {
+			out(c, "error: line longer than limits.max_text_line "
+			       "(%zu bytes); closing\n",
+			    max);
+			c->kill = "text line too long";
+			return;
+		}
+		evbuffer_remove(c->in, line, len + 1);
+		line[len] = '\0';
+		run_line(c, line);
+	}
+}

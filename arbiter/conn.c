@@ -1,0 +1,362 @@
+/*
+ * conn: one client connection. Reads bytes, cuts them into frames (or lines,
+ * for the text protocol), hands each to dispatch, queues replies, writes.
+ *
+ * Why raw events and evbuffers rather than bufferevents: every complete frame
+ * is drained in the read callback (a dead client can never hide behind
+ * undrained input), replies are written at the end of the loop turn with one
+ * write(2), and EV_WRITE is armed only when the socket is full. A bufferevent
+ * would add two epoll_ctl calls to every round trip.
+ *
+ * Memory per connection is bounded: input by max_frame_bytes (or
+ * max_text_line) plus one read, output by output_buffer_bytes, after which
+ * the client is dropped as one that does not read its replies.
+ *
+ * A closed connection is unlinked from everything and its leases revoked at
+ * once; the struct itself is freed on a later loop turn, so no callback on
+ * the stack ever touches freed memory.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "frame.h"
+#include "log.h"
+#include "server.h"
+#include "xalloc.h"
+
+#define READ_CHUNK 65536
+
+static void conn_read_cb(evutil_socket_t fd, short what, void *arg);
+static void conn_write_cb(evutil_socket_t fd, short what, void *arg);
+static void conn_deadline_cb(evutil_socket_t fd, short what, void *arg);
+
+const char *
+conn_label(const struct conn *c, char *buf, size_t len)
+{
+	snprintf(buf, len, "conn=%llu pid=%u uid=%u",
+		 (unsigned long long)c->id, c->owner.pid, c->owner.uid);
+	return buf;
+}
+
+struct conn *
+conn_new(struct server *srv, int fd)
+{
+	struct conn *c = xcalloc(1, sizeof *c);
+	struct ucred cred;
+	socklen_t clen = sizeof cred;
+	struct timeval tv;
+
+	c->srv = srv;
+	c->fd = fd;
+	c->id = ++srv->next_conn_id;
+	c->state = CONN_NEW;
+	c->t_connected = now_ns();
+	lockmgr_owner_init(&c->owner, c->id);
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &clen) == 0) {
+		c->owner.pid = (uint32_t)cred.pid;
+		c->owner.uid = cred.uid;
+		c->owner.gid = cred.gid;
+	}
+	c->in = evbuffer_new();
+	c->out = evbuffer_new();
+	if (c->in == NULL || c->out == NULL) {
+		fprintf(stderr, "arbiter: out of memory\n");
+		abort();
+	}
+	event_assign(&c->ev_read, srv->base, fd, EV_READ | EV_PERSIST,
+		     conn_read_cb, c);
+	event_assign(&c->ev_write, srv->base, fd, EV_WRITE, conn_write_cb, c);
+	evtimer_assign(&c->ev_deadline, srv->base, conn_deadline_cb, c);
+	event_add(&c->ev_read, NULL);
+	tv.tv_sec = (time_t)(srv->cfg.handshake_timeout_ms / 1000);
+	tv.tv_usec = (suseconds_t)(srv->cfg.handshake_timeout_ms % 1000) * 1000;
+	evtimer_add(&c->ev_deadline, &tv);
+	TAILQ_INSERT_TAIL(&srv->conns, c, entry);
+	srv->nconns++;
+	return c;
+}
+
+static void
+flushq_add(struct conn *c)
+{
+	if (!c->in_flushq && c->state != CONN_DEAD) {
+		c->in_flushq = true;
+		TAILQ_INSERT_TAIL(&c->srv->flushq, c, flush_entry);
+	}
+}
+
+void
+conn_close(struct conn *c, const char *reason)
+{
+	struct server *srv = c->srv;
+	char label[96];
+
+	if (c->state == CONN_DEAD)
+		return;
+	log_debug("connection closed", "%s reason=%s",
+		  conn_label(c, label, sizeof label), reason);
+	c->state = CONN_DEAD;
+	event_del(&c->ev_read);
+	event_del(&c->ev_write);
+	event_del(&c->ev_deadline);
+	close(c->fd);
+	c->fd = -1;
+	TAILQ_REMOVE(&srv->conns, c, entry);
+	srv->nconns--;
+	if (c->in_flushq) {
+		TAILQ_REMOVE(&srv->flushq, c, flush_entry);
+		c->in_flushq = false;
+	}
+	/* Leases die with the socket, now: the next waiter is granted in
+	 * this same loop turn. */
+	lockmgr_drop_owner(&srv->lm, &c->owner, LM_END_DISCONNECT, now_ns());
+	TAILQ_INSERT_TAIL(&srv->graveyard, c, entry);
+	event_active(srv->ev_reap, EV_TIMEOUT, 0);
+	server_after_lockmgr(srv);
+}
+
+void
+conn_free(struct conn *c)
+{
+	evbuffer_free(c->in);
+	evbuffer_free(c->out);
+	free(c);
+}
+
+static void
+check_output_cap(struct conn *c)
+{
+	if (evbuffer_get_length(c->out) > c->srv->cfg.output_buffer_bytes &&
+	    c->kill == NULL)
+		c->kill = "output buffer over limits.output_buffer_bytes "
+			  "(the client does not read its replies)";
+}
+
+void
+conn_send(struct conn *c, const Arbiter__ServerMessage *m)
+{
+	struct evbuffer_iovec v;
+	size_t n;
+
+	if (c->state == CONN_DEAD || c->kill != NULL)
+		return;
+	n = codec_frame_size(&m->base);
+	if (evbuffer_reserve_space(c->out, (ev_ssize_t)n, &v, 1) < 1) {
+		c->kill = "out of memory for output";
+		flushq_add(c);
+		return;
+	}
+	v.iov_len = codec_pack_frame(&m->base, v.iov_base);
+	evbuffer_commit_space(c->out, &v, 1);
+	check_output_cap(c);
+	flushq_add(c);
+}
+
+void
+conn_send_text(struct conn *c, const char *s, size_t len)
+{
+	if (c->state == CONN_DEAD || c->kill != NULL)
+		return;
+	evbuffer_add(c->out, s, len);
+	check_output_cap(c);
+	flushq_add(c);
+}
+
+static void
+send_error_v(struct conn *c, uint64_t id, Arbiter__ErrorCode code,
+	     const char *fmt, va_list ap)
+{
+	Arbiter__ServerMessage m = ARBITER__SERVER_MESSAGE__INIT;
+	Arbiter__Error e = ARBITER__ERROR__INIT;
+	char msg[600];
+
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	e.code = code;
+	e.message = msg;
+	m.has_id = true;
+	m.id = id;
+	m.kind_case = ARBITER__SERVER_MESSAGE__KIND_ERROR;
+	m.error = &e;
+	conn_send(c, &m);
+}
+
+void
+conn_send_error(struct conn *c, uint64_t id, Arbiter__ErrorCode code,
+		const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	send_error_v(c, id, code, fmt, ap);
+	va_end(ap);
+}
+
+void
+conn_fail(struct conn *c, uint64_t id, Arbiter__ErrorCode code,
+	  const char *fmt, ...)
+{
+	char label[96];
+	va_list ap;
+
+	va_start(ap, fmt);
+	send_error_v(c, id, code, fmt, ap);
+	va_end(ap);
+	if (c->kill == NULL)
+		c->kill = codec_error_name(code);
+	log_info("connection refused or dropped", "%s code=%s",
+		 conn_label(c, label, sizeof label), codec_error_name(code));
+	flushq_add(c);
+}
+
+bool
+conn_flush(struct conn *c)
+{
+	if (c->state == CONN_DEAD)
+		return false;
+	while (evbuffer_get_length(c->out) > 0) {
+		int n = evbuffer_write(c->out, c->fd);
+
+		if (n > 0)
+			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+			if (errno == EINTR)
+				continue;
+			if (c->kill != NULL)
+				break; /* give up on the last words */
+			if (!c->want_write) {
+				c->want_write = true;
+				event_add(&c->ev_write, NULL);
+			}
+			return true;
+		}
+		conn_close(c, n == 0 ? "peer closed" : strerror(errno));
+		return false;
+	}
+	if (c->kill != NULL) {
+		/* Let the peer read our Error before the socket goes. */
+		shutdown(c->fd, SHUT_WR);
+		conn_close(c, c->kill);
+		return false;
+	}
+	return true;
+}
+
+static void
+conn_write_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct conn *c = arg;
+
+	(void)fd;
+	(void)what;
+	c->want_write = false;
+	flushq_add(c);
+	server_flush(c->srv);
+}
+
+static void
+conn_deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct conn *c = arg;
+
+	(void)fd;
+	(void)what;
+	if (c->state == CONN_TEXT)
+		return; /* text sessions have no handshake */
+	if (!c->welcomed)
+		conn_fail(c, 0, ARBITER__ERROR_CODE__LIMIT,
+			  "no Hello within limits.handshake_timeout_ms "
+			  "(%llu ms); closing",
+			  (unsigned long long)c->srv->cfg.handshake_timeout_ms);
+	server_flush(c->srv);
+}
+
+/* Cut complete frames out of the input and dispatch each. */
+static void
+conn_frames(struct conn *c)
+{
+	struct server *srv = c->srv;
+	uint32_t max = (uint32_t)srv->cfg.max_frame_bytes, n;
+
+	while (c->state == CONN_BINARY && c->kill == NULL) {
+		size_t avail = evbuffer_get_length(c->in);
+		uint8_t hdr[FRAME_HEADER];
+		const uint8_t *p;
+		Arbiter__Request *req;
+		enum frame_status st;
+
+		if (avail < FRAME_HEADER)
+			return;
+		evbuffer_copyout(c->in, hdr, FRAME_HEADER);
+		st = frame_parse(hdr, FRAME_HEADER, max, &n);
+		if (st == FRAME_EMPTY) {
+			conn_fail(c, 0, ARBITER__ERROR_CODE__BAD_FRAME,
+				  "frame length 0; every frame carries one "
+				  "message of 1 to %u bytes",
+				  max);
+			return;
+		}
+		if (st == FRAME_TOO_BIG) {
+			conn_fail(c, 0, ARBITER__ERROR_CODE__LIMIT,
+				  "frame of %u bytes is over "
+				  "limits.max_frame_bytes (%u)",
+				  n, max);
+			return;
+		}
+		if (avail - FRAME_HEADER < n)
+			return;
+		p = evbuffer_pullup(c->in, (ev_ssize_t)(FRAME_HEADER + n));
+		codec_arena_reset(&srv->arena);
+		req = codec_unpack_request(&srv->arena, p + FRAME_HEADER, n);
+		if (req == NULL) {
+			conn_fail(c, 0, ARBITER__ERROR_CODE__BAD_FRAME,
+				  "frame of %u bytes is not a valid Request "
+				  "message (protocol version %d)",
+				  n, ARB_PROTOCOL_VERSION);
+			return;
+		}
+		dispatch_request(c, req);
+		evbuffer_drain(c->in, FRAME_HEADER + n);
+	}
+}
+
+static void
+conn_read_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct conn *c = arg;
+	struct server *srv = c->srv;
+	int n;
+
+	(void)what;
+	n = evbuffer_read(c->in, fd, READ_CHUNK);
+	if (n <= 0) {
+		if (n < 0 && (errno == EAGAIN || errno == EINTR))
+			return;
+		conn_close(c, n == 0 ? "eof" : strerror(errno));
+		server_flush(srv);
+		return;
+	}
+	if (c->kill != NULL) {
+		/* Closing: ignore what it still sends. */
+		evbuffer_drain(c->in, evbuffer_get_length(c->in));
+		return;
+	}
+	if (c->state == CONN_NEW) {
+		unsigned char first;
+
+		evbuffer_copyout(c->in, &first, 1);
+		c->state = isalpha(first) ? CONN_TEXT : CONN_BINARY;
+		if (c->state == CONN_TEXT)
+			event_del(&c->ev_deadline);
+	}
+	if (c->state == CONN_BINARY)
+		conn_frames(c);
+	else if (c->state == CONN_TEXT)
+		admin_input(c);
+	server_flush(srv);
+}

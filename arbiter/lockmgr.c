@@ -1,0 +1,698 @@
+/*
+ * lockmgr: the lease state machine (see lockmgr.h for the contract).
+ *
+ * Grant rule, in one place (grant_pass): a resource's queue is strict FIFO.
+ * The head is granted when the gate is open, no lock-delay runs, a fencing
+ * token is available, and it is compatible with the current holders (none, or
+ * all shared and the head shared). A granted shared head lets the shared
+ * requests right behind it through in the same pass; the first exclusive
+ * request stops the pass, so nothing ever jumps a queued exclusive request.
+ *
+ * Deadlines (waiting timeouts, lease expiry, lock-delay ends) live in one
+ * binary min-heap of struct lm_timer; lockmgr_tick() fires what is due.
+ */
+#include <errno.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lockmgr.h"
+#include "xalloc.h"
+
+#define container_of(ptr, type, member) \
+	((type *)(void *)((char *)(ptr) - offsetof(type, member)))
+
+/* ------------------------------------------------------------ the heap */
+
+static void
+heap_swap(struct lockmgr *lm, size_t a, size_t b)
+{
+	struct lm_timer *t = lm->heap[a];
+
+	lm->heap[a] = lm->heap[b];
+	lm->heap[b] = t;
+	lm->heap[a]->idx = (int)a;
+	lm->heap[b]->idx = (int)b;
+}
+
+static void
+heap_up(struct lockmgr *lm, size_t i)
+{
+	while (i > 0) {
+		size_t parent = (i - 1) / 2;
+
+		if (lm->heap[parent]->when <= lm->heap[i]->when)
+			break;
+		heap_swap(lm, i, parent);
+		i = parent;
+	}
+}
+
+static void
+heap_down(struct lockmgr *lm, size_t i)
+{
+	for (;;) {
+		size_t l = 2 * i + 1, r = l + 1, m = i;
+
+		if (l < lm->nheap && lm->heap[l]->when < lm->heap[m]->when)
+			m = l;
+		if (r < lm->nheap && lm->heap[r]->when < lm->heap[m]->when)
+			m = r;
+		if (m == i)
+			break;
+		heap_swap(lm, i, m);
+		i = m;
+	}
+}
+
+static void
+timer_disarm(struct lockmgr *lm, struct lm_timer *t)
+{
+	size_t i, last;
+
+	if (t->idx < 0)
+		return;
+	i = (size_t)t->idx;
+	last = lm->nheap - 1;
+	if (i != last) {
+		heap_swap(lm, i, last);
+		lm->nheap--;
+		heap_down(lm, i);
+		heap_up(lm, i);
+	} else
+		lm->nheap--;
+	t->idx = -1;
+}
+
+static void
+timer_arm(struct lockmgr *lm, struct lm_timer *t, uint64_t when)
+{
+	timer_disarm(lm, t);
+	if (lm->nheap == lm->heap_cap) {
+		lm->heap_cap = lm->heap_cap ? lm->heap_cap * 2 : 64;
+		lm->heap = xreallocarray(lm->heap, lm->heap_cap,
+					 sizeof *lm->heap);
+	}
+	t->when = when;
+	t->idx = (int)lm->nheap;
+	lm->heap[lm->nheap++] = t;
+	heap_up(lm, (size_t)t->idx);
+}
+
+/* Saturating addition for deadlines: now + LM_FOREVER stays forever. */
+static uint64_t
+deadline_after(uint64_t now, uint64_t ns)
+{
+	return ns > LM_FOREVER - now ? LM_FOREVER : now + ns;
+}
+
+/* ------------------------------------------------------------ events */
+
+static struct lm_event *
+ev_push(struct lockmgr *lm, enum lm_ev_kind kind)
+{
+	struct lm_event *ev;
+
+	if (lm->nev == lm->ev_cap) {
+		lm->ev_cap = lm->ev_cap ? lm->ev_cap * 2 : 32;
+		lm->ev = xreallocarray(lm->ev, lm->ev_cap, sizeof *lm->ev);
+	}
+	ev = &lm->ev[lm->nev++];
+	memset(ev, 0, sizeof *ev);
+	ev->kind = kind;
+	return ev;
+}
+
+static void
+ev_from_req(struct lm_event *ev, const struct lm_req *r)
+{
+	ev->owner = r->owner;
+	ev->res = r->res;
+	ev->lease_id = r->id;
+	ev->tag = r->tag;
+	ev->mode = r->mode;
+}
+
+/* Emit BUSY/IDLE on the edges of "anything outstanding". */
+static void
+check_idle(struct lockmgr *lm)
+{
+	bool busy = lm->nheld + lm->nwaiting > 0;
+
+	if (busy != lm->busy) {
+		lm->busy = busy;
+		ev_push(lm, busy ? LM_EV_BUSY : LM_EV_IDLE);
+	}
+}
+
+/* ------------------------------------------------------------ resources */
+
+static struct lm_res *
+res_new(struct lockmgr *lm, const char *name, size_t len)
+{
+	struct lm_res *res = xcalloc(1, sizeof *res);
+
+	res->name = xstrndup(name, len);
+	res->len = len;
+	TAILQ_INIT(&res->holders);
+	TAILQ_INIT(&res->waiters);
+	res->delay.idx = -1;
+	res->delay.kind = LM_T_RES;
+	HASH_ADD_KEYPTR(hh, lm->res, res->name, res->len, res);
+	lm->nres++;
+	return res;
+}
+
+static bool
+res_empty(const struct lm_res *res)
+{
+	return res->nholders == 0 && res->nwaiters == 0 && res->delay.idx < 0;
+}
+
+/* An empty resource is freed at events_done, since events may name it. */
+static void
+res_maybe_dead(struct lockmgr *lm, struct lm_res *res)
+{
+	if (!res->dead && res_empty(res)) {
+		res->dead = true;
+		TAILQ_INSERT_TAIL(&lm->dead, res, d_entry);
+	}
+}
+
+static void
+res_free(struct lockmgr *lm, struct lm_res *res)
+{
+	HASH_DELETE(hh, lm->res, res);
+	lm->nres--;
+	timer_disarm(lm, &res->delay);
+	free(res->name);
+	free(res);
+}
+
+struct lm_res *
+lockmgr_find(const struct lockmgr *lm, const char *name, size_t len)
+{
+	struct lm_res *res = NULL;
+
+	HASH_FIND(hh, lm->res, name, len, res);
+	return res;
+}
+
+struct lm_req *
+lockmgr_lease(const struct lockmgr *lm, uint64_t lease_id)
+{
+	struct lm_req *r = NULL;
+
+	HASH_FIND(hh, lm->reqs, &lease_id, sizeof lease_id, r);
+	return r;
+}
+
+uint32_t
+lockmgr_position(const struct lm_req *r)
+{
+	const struct lm_req *w;
+	uint32_t pos = 0;
+
+	if (r->state != LM_WAITING)
+		return 0;
+	TAILQ_FOREACH(w, &r->res->waiters, q_entry) {
+		pos++;
+		if (w == r)
+			return pos;
+	}
+	return 0;
+}
+
+/* ------------------------------------------------------------ granting */
+
+static bool
+compatible(const struct lm_res *res, enum lm_mode mode)
+{
+	return res->nholders == 0 ||
+	       (mode == LM_SHARED && res->held_mode == LM_SHARED);
+}
+
+/* Something other than tokens keeps this resource from granting now. */
+static bool
+gate_shut(const struct lockmgr *lm, const struct lm_res *res)
+{
+	return !lm->open || res->delay.idx >= 0;
+}
+
+static void
+queue_event(struct lockmgr *lm, struct lm_req *r, uint32_t pos)
+{
+	struct lm_event *ev = ev_push(lm, LM_EV_QUEUED);
+	struct lm_req *h = TAILQ_FIRST(&r->res->holders);
+
+	ev_from_req(ev, r);
+	ev->position = pos;
+	ev->holder = h ? h->owner : NULL;
+	ev->nholders = r->res->nholders;
+	r->last_pos = pos;
+}
+
+/* Tell waiters who asked for it where they stand now. */
+static void
+notify_positions(struct lockmgr *lm, struct lm_res *res, bool holders_changed)
+{
+	struct lm_req *w;
+	uint32_t pos = 0;
+
+	if (res->nwatchers == 0)
+		return;
+	TAILQ_FOREACH(w, &res->waiters, q_entry) {
+		pos++;
+		if (w->position_updates && (w->last_pos != pos || holders_changed))
+			queue_event(lm, w, pos);
+	}
+}
+
+static void
+grant(struct lockmgr *lm, struct lm_res *res, struct lm_req *r, uint64_t now,
+      bool immediate)
+{
+	struct lm_event *ev;
+
+	if (r->state == LM_WAITING) {
+		TAILQ_REMOVE(&res->waiters, r, q_entry);
+		res->nwaiters--;
+		lm->nwaiting--;
+		if (r->position_updates)
+			res->nwatchers--;
+	}
+	timer_disarm(lm, &r->timer);
+	r->state = LM_HELD;
+	r->t_granted = now;
+	r->token = ++lm->last_token;
+	TAILQ_INSERT_TAIL(&res->holders, r, q_entry);
+	res->nholders++;
+	res->held_mode = r->mode;
+	lm->nheld++;
+	if (r->ttl_ns > 0)
+		timer_arm(lm, &r->timer, deadline_after(now, r->ttl_ns));
+
+	ev = ev_push(lm, LM_EV_GRANTED);
+	ev_from_req(ev, r);
+	ev->token = r->token;
+	ev->ttl_ns = r->ttl_ns;
+	ev->waited_ns = now - r->t_queued;
+	ev->immediate = immediate;
+}
+
+/* Grant the queue head, and the shared requests right behind a shared head. */
+static void
+grant_pass(struct lockmgr *lm, struct lm_res *res, uint64_t now)
+{
+	struct lm_req *head;
+	bool granted = false;
+
+	while ((head = TAILQ_FIRST(&res->waiters)) != NULL) {
+		if (gate_shut(lm, res) || !compatible(res, head->mode))
+			break;
+		if (lm->last_token >= lm->token_limit) {
+			if (!res->stalled) {
+				res->stalled = true;
+				TAILQ_INSERT_TAIL(&lm->stalled, res, st_entry);
+				ev_push(lm, LM_EV_NEED_TOKENS);
+			}
+			break;
+		}
+		grant(lm, res, head, now, false);
+		granted = true;
+	}
+	notify_positions(lm, res, granted);
+}
+
+/* Unlink a request from everything, queue its ENDED event and free it. */
+static void
+end_req(struct lockmgr *lm, struct lm_req *r, enum lm_end why, uint64_t now)
+{
+	struct lm_res *res = r->res;
+	struct lm_event *ev = ev_push(lm, LM_EV_ENDED);
+
+	ev_from_req(ev, r);
+	ev->end = why;
+	ev->held = r->state == LM_HELD;
+	timer_disarm(lm, &r->timer);
+	if (r->state == LM_HELD) {
+		ev->token = r->token;
+		ev->held_ns = now - r->t_granted;
+		TAILQ_REMOVE(&res->holders, r, q_entry);
+		res->nholders--;
+		lm->nheld--;
+		if (r->delay_ns > 0 &&
+		    (why == LM_END_DISCONNECT || why == LM_END_EXPIRED ||
+		     why == LM_END_ADMIN)) {
+			uint64_t until = deadline_after(now, r->delay_ns);
+
+			if (res->delay.idx < 0 || until > res->delay.when)
+				timer_arm(lm, &res->delay, until);
+		}
+	} else {
+		ev->waited_ns = now - r->t_queued;
+		TAILQ_REMOVE(&res->waiters, r, q_entry);
+		res->nwaiters--;
+		lm->nwaiting--;
+		if (r->position_updates)
+			res->nwatchers--;
+	}
+	TAILQ_REMOVE(&r->owner->reqs, r, o_entry);
+	r->owner->nreqs--;
+	HASH_DELETE(hh, lm->reqs, r);
+	free(r);
+}
+
+/* End a request and let the queue behind it move. */
+static void
+finish(struct lockmgr *lm, struct lm_req *r, enum lm_end why, uint64_t now)
+{
+	struct lm_res *res = r->res;
+
+	end_req(lm, r, why, now);
+	grant_pass(lm, res, now);
+	res_maybe_dead(lm, res);
+}
+
+/* ------------------------------------------------------------ public API */
+
+void
+lockmgr_init(struct lockmgr *lm)
+{
+	memset(lm, 0, sizeof *lm);
+	lm->next_id = 1;
+	lm->token_limit = UINT64_MAX;
+	lm->open = true;
+	TAILQ_INIT(&lm->stalled);
+	TAILQ_INIT(&lm->dead);
+}
+
+void
+lockmgr_free(struct lockmgr *lm)
+{
+	struct lm_req *r, *rtmp;
+	struct lm_res *res, *stmp;
+
+	HASH_ITER(hh, lm->reqs, r, rtmp) {
+		HASH_DELETE(hh, lm->reqs, r);
+		free(r);
+	}
+	HASH_ITER(hh, lm->res, res, stmp) {
+		HASH_DELETE(hh, lm->res, res);
+		free(res->name);
+		free(res);
+	}
+	free(lm->heap);
+	free(lm->ev);
+	memset(lm, 0, sizeof *lm);
+}
+
+void
+lockmgr_set_limits(struct lockmgr *lm, const struct lm_limits *limits)
+{
+	lm->limits = *limits;
+}
+
+void
+lockmgr_owner_init(struct lm_owner *o, uint64_t id)
+{
+	memset(o, 0, sizeof *o);
+	o->id = id;
+	TAILQ_INIT(&o->reqs);
+}
+
+enum lm_result
+lockmgr_acquire(struct lockmgr *lm, struct lm_owner *o,
+		const struct lm_acquire *a, uint64_t now, uint64_t *lease_id)
+{
+	struct lm_res *res;
+	struct lm_req *r;
+	bool blocked;
+
+	TAILQ_FOREACH(r, &o->reqs, o_entry) {
+		if (r->res->len == a->len &&
+		    memcmp(r->res->name, a->resource, a->len) == 0)
+			return LM_ERR_ALREADY_HELD;
+	}
+	if (lm->limits.max_leases_per_owner &&
+	    o->nreqs >= lm->limits.max_leases_per_owner)
+		return LM_ERR_MAX_LEASES;
+
+	res = lockmgr_find(lm, a->resource, a->len);
+	blocked = res != NULL &&
+		  (gate_shut(lm, res) || res->nwaiters > 0 ||
+		   !compatible(res, a->mode));
+	if (res == NULL && !lm->open)
+		blocked = true;
+	if (blocked && a->timeout_ns == 0)
+		return LM_ERR_WOULD_BLOCK;
+	if (blocked && res != NULL && lm->limits.max_waiters_per_resource &&
+	    res->nwaiters >= lm->limits.max_waiters_per_resource)
+		return LM_ERR_MAX_WAITERS;
+	if (res == NULL) {
+		if (lm->limits.max_resources &&
+		    lm->nres >= lm->limits.max_resources)
+			return LM_ERR_MAX_RESOURCES;
+		res = res_new(lm, a->resource, a->len);
+	}
+	if (res->dead) {
+		res->dead = false;
+		TAILQ_REMOVE(&lm->dead, res, d_entry);
+	}
+
+	r = xcalloc(1, sizeof *r);
+	r->id = lm->next_id++;
+	r->tag = a->tag;
+	r->owner = o;
+	r->res = res;
+	r->mode = a->mode;
+	r->state = LM_WAITING;
+	r->t_queued = now;
+	r->ttl_ns = a->ttl_ns;
+	r->delay_ns = a->delay_ns;
+	r->position_updates = a->position_updates;
+	r->timer.idx = -1;
+	r->timer.kind = LM_T_REQ;
+	HASH_ADD(hh, lm->reqs, id, sizeof r->id, r);
+	TAILQ_INSERT_TAIL(&o->reqs, r, o_entry);
+	o->nreqs++;
+	*lease_id = r->id;
+
+	if (!blocked && lm->last_token < lm->token_limit) {
+		grant(lm, res, r, now, true);
+		check_idle(lm);
+		return LM_OK_GRANTED;
+	}
+
+	/* Wait: behind others, or (not blocked) for tokens to be reserved. */
+	TAILQ_INSERT_TAIL(&res->waiters, r, q_entry);
+	res->nwaiters++;
+	lm->nwaiting++;
+	if (r->position_updates)
+		res->nwatchers++;
+	if (a->timeout_ns != LM_FOREVER)
+		timer_arm(lm, &r->timer, deadline_after(now, a->timeout_ns));
+	queue_event(lm, r, res->nwaiters);
+	if (!blocked)
+		grant_pass(lm, res, now); /* records the stall */
+	check_idle(lm);
+	return LM_OK_QUEUED;
+}
+
+int
+lockmgr_release(struct lockmgr *lm, struct lm_owner *o, uint64_t key,
+		bool by_tag, uint64_t now)
+{
+	struct lm_req *r;
+
+	TAILQ_FOREACH(r, &o->reqs, o_entry) {
+		if ((by_tag ? r->tag : r->id) == key)
+			break;
+	}
+	if (r == NULL)
+		return -ENOENT;
+	finish(lm, r, r->state == LM_HELD ? LM_END_RELEASE : LM_END_CANCEL,
+	       now);
+	check_idle(lm);
+	return 0;
+}
+
+int
+lockmgr_renew(struct lockmgr *lm, struct lm_owner *o, uint64_t lease_id,
+	      uint64_t ttl_ns, uint64_t now)
+{
+	struct lm_req *r = lockmgr_lease(lm, lease_id);
+
+	if (r == NULL || r->owner != o)
+		return -ENOENT;
+	if (r->state != LM_HELD || (r->ttl_ns == 0 && ttl_ns == 0))
+		return -EINVAL;
+	if (ttl_ns > 0)
+		r->ttl_ns = ttl_ns;
+	timer_arm(lm, &r->timer, deadline_after(now, r->ttl_ns));
+	return 0;
+}
+
+void
+lockmgr_drop_owner(struct lockmgr *lm, struct lm_owner *o, enum lm_end why,
+		   uint64_t now)
+{
+	struct lm_req *r;
+
+	while ((r = TAILQ_FIRST(&o->reqs)) != NULL)
+		finish(lm, r, why, now);
+	check_idle(lm);
+}
+
+int
+lockmgr_revoke_lease(struct lockmgr *lm, uint64_t lease_id, uint64_t now)
+{
+	struct lm_req *r = lockmgr_lease(lm, lease_id);
+
+	if (r == NULL || r->state != LM_HELD)
+		return -ENOENT;
+	finish(lm, r, LM_END_ADMIN, now);
+	check_idle(lm);
+	return 0;
+}
+
+int
+lockmgr_revoke_pid(struct lockmgr *lm, uint32_t pid, uint64_t now)
+{
+	struct lm_req *r, *tmp;
+	uint64_t *ids = NULL;
+	size_t n = 0, i;
+	int revoked = 0;
+
+	/*
+	 * Collect first: ending one request can grant another of the same pid,
+	 * and that grant must be revoked too, so pending requests of the pid
+	 * are withdrawn in the same sweep and nothing is left to it.
+	 */
+	HASH_ITER(hh, lm->reqs, r, tmp) {
+		if (r->owner->pid == pid) {
+			ids = xreallocarray(ids, n + 1, sizeof *ids);
+			ids[n++] = r->id;
+		}
+	}
+	for (i = 0; i < n; i++) {
+		r = lockmgr_lease(lm, ids[i]);
+		if (r == NULL)
+			continue;
+		if (r->state == LM_HELD)
+			revoked++;
+		finish(lm, r, LM_END_ADMIN, now);
+	}
+	free(ids);
+	check_idle(lm);
+	return revoked;
+}
+
+void
+lockmgr_tick(struct lockmgr *lm, uint64_t now)
+{
+	while (lm->nheap > 0 && lm->heap[0]->when <= now) {
+		struct lm_timer *t = lm->heap[0];
+
+		timer_disarm(lm, t);
+		if (t->kind == LM_T_REQ) {
+			struct lm_req *r = container_of(t, struct lm_req, timer);
+
+			finish(lm, r,
+			       r->state == LM_HELD ? LM_END_EXPIRED
+						   : LM_END_TIMEOUT,
+			       now);
+		} else {
+			struct lm_res *res = container_of(t, struct lm_res,
+							  delay);
+
+			grant_pass(lm, res, now);
+			res_maybe_dead(lm, res);
+		}
+	}
+	check_idle(lm);
+}
+
+uint64_t
+lockmgr_next_deadline(const struct lockmgr *lm)
+{
+	return lm->nheap > 0 ? lm->heap[0]->when : LM_FOREVER;
+}
+
+void
+lockmgr_set_open(struct lockmgr *lm, bool open, uint64_t now)
+{
+	struct lm_res *res, *tmp;
+
+	if (lm->open == open)
+		return;
+	lm->open = open;
+	if (!open)
+		return;
+	HASH_ITER(hh, lm->res, res, tmp) {
+		if (res->nwaiters > 0)
+			grant_pass(lm, res, now);
+	}
+	check_idle(lm);
+}
+
+void
+lockmgr_set_tokens(struct lockmgr *lm, uint64_t last, uint64_t limit)
+{
+	lm->last_token = last;
+	lm->token_limit = limit;
+}
+
+void
+lockmgr_add_tokens(struct lockmgr *lm, uint64_t limit, uint64_t now)
+{
+	struct lm_res *res;
+
+	if (limit > lm->token_limit)
+		lm->token_limit = limit;
+	while ((res = TAILQ_FIRST(&lm->stalled)) != NULL &&
+	       lm->last_token < lm->token_limit) {
+		TAILQ_REMOVE(&lm->stalled, res, st_entry);
+		res->stalled = false;
+		grant_pass(lm, res, now);
+	}
+	check_idle(lm);
+}
+
+void
+lockmgr_events_done(struct lockmgr *lm)
+{
+	struct lm_res *res;
+
+	lm->nev = 0;
+	while ((res = TAILQ_FIRST(&lm->dead)) != NULL) {
+		TAILQ_REMOVE(&lm->dead, res, d_entry);
+		res->dead = false;
+		if (!res_empty(res))
+			continue;
+		if (res->stalled) {
+			TAILQ_REMOVE(&lm->stalled, res, st_entry);
+			res->stalled = false;
+		}
+		res_free(lm, res);
+	}
+}
+
+const char *
+lockmgr_end_name(enum lm_end why)
+{
+	static const char *const names[] = {
+		[LM_END_RELEASE] = "release",	[LM_END_DISCONNECT] = "disconnect",
+		[LM_END_EXPIRED] = "expired",	[LM_END_ADMIN] = "admin",
+		[LM_END_SHUTDOWN] = "shutdown", [LM_END_CANCEL] = "cancel",
+		[LM_END_TIMEOUT] = "timeout",
+	};
+
+	return (size_t)why < sizeof names / sizeof names[0] ? names[why] : "?";
+}
+
+const char *
+lockmgr_mode_name(enum lm_mode mode)
+{
+	return mode == LM_SHARED ? "shared" : "exclusive";
+}

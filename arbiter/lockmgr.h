@@ -1,0 +1,265 @@
+/*
+ * lockmgr: the lease state machine. Resources, FIFO queues, modes, fencing
+ * tokens, timeouts, TTLs and lock-delay, with time passed in by the caller.
+ *
+ * It does no I/O and knows nothing of libevent or sockets: the caller feeds it
+ * requests and clock readings, then drains the events it produced (grants,
+ * queue positions, failures, lease ends) and carries them out. Every function
+ * is deterministic given its inputs, which is what lets the unit tests and the
+ * model test drive it through every edge case.
+ *
+ * Ownership: struct lm_owner is allocated by the caller (one per connection)
+ * and must stay valid until lockmgr_drop_owner() has been called for it and
+ * the events of that call have been drained. Everything else is owned here.
+ * Pointers inside events stay valid until lockmgr_events_done().
+ */
+#ifndef ARBITER_LOCKMGR_H
+#define ARBITER_LOCKMGR_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/queue.h>
+
+#include <uthash.h>
+
+#define LM_NAME_MAX 255
+#define LM_CLIENT_NAME_MAX 64
+#define LM_FOREVER UINT64_MAX
+
+enum lm_mode { LM_EXCLUSIVE = 0, LM_SHARED = 1 };
+
+/* Why a lease or a pending request ended. */
+enum lm_end {
+	LM_END_RELEASE,	   /* the holder released it */
+	LM_END_DISCONNECT, /* its connection closed */
+	LM_END_EXPIRED,	   /* ttl ran out */
+	LM_END_ADMIN,	   /* an administrator revoked it */
+	LM_END_SHUTDOWN,   /* the daemon is stopping */
+	LM_END_CANCEL,	   /* a pending request withdrawn by its client */
+	LM_END_TIMEOUT,	   /* a pending request's timeout ran out */
+};
+
+/* The outcome of lockmgr_acquire(). */
+enum lm_result {
+	LM_OK_GRANTED,		/* granted now; an LM_EV_GRANTED was queued */
+	LM_OK_QUEUED,		/* waiting; an LM_EV_QUEUED was queued */
+	LM_ERR_WOULD_BLOCK,	/* try-lock on a busy resource */
+	LM_ERR_ALREADY_HELD,	/* owner holds or waits for this resource */
+	LM_ERR_MAX_RESOURCES,	/* limits.max_resources reached */
+	LM_ERR_MAX_LEASES,	/* limits.max_leases_per_owner reached */
+	LM_ERR_MAX_WAITERS,	/* limits.max_waiters_per_resource reached */
+};
+
+enum lm_req_state { LM_WAITING, LM_HELD };
+
+enum lm_timer_kind { LM_T_REQ, LM_T_RES };
+
+struct lm_timer {
+	uint64_t when; /* monotonic ns */
+	int idx;       /* position in the heap, -1 when not armed */
+	enum lm_timer_kind kind;
+};
+
+struct lm_res;
+
+/* One per connection, embedded in the caller's connection. */
+struct lm_owner {
+	uint64_t id; /* connection id, shown in status */
+	uint32_t pid, uid, gid;
+	char name[LM_CLIENT_NAME_MAX + 1];
+
+	/* Private to lockmgr. */
+	TAILQ_HEAD(, lm_req) reqs;
+	unsigned nreqs;
+};
+
+/* A pending request, which becomes a lease when granted (same id). */
+struct lm_req {
+	uint64_t id;  /* lease id, unique for the daemon's life */
+	uint64_t tag; /* caller's value, echoed in events (request id) */
+	struct lm_owner *owner;
+	struct lm_res *res;
+	enum lm_mode mode;
+	enum lm_req_state state;
+	uint64_t t_queued;  /* ns */
+	uint64_t t_granted; /* ns, when held */
+	uint64_t token;	    /* fencing token, when held */
+	uint64_t ttl_ns;    /* 0: no expiry */
+	uint64_t delay_ns;  /* lock-delay after an unclean end */
+	uint32_t last_pos;  /* last position reported */
+	bool position_updates;
+	struct lm_timer timer; /* timeout while waiting, expiry while held */
+
+	TAILQ_ENTRY(lm_req) q_entry; /* res->holders or res->waiters */
+	TAILQ_ENTRY(lm_req) o_entry; /* owner->reqs */
+	UT_hash_handle hh;	     /* lockmgr->reqs by id */
+};
+
+TAILQ_HEAD(lm_req_list, lm_req);
+
+struct lm_res {
+	char *name;
+	size_t len;
+	struct lm_req_list holders; /* in grant order */
+	struct lm_req_list waiters; /* FIFO */
+	unsigned nholders, nwaiters, nwatchers;
+	enum lm_mode held_mode;
+	struct lm_timer delay; /* lock-delay end */
+	bool stalled;	       /* on lockmgr->stalled, waiting for tokens */
+	bool dead;	       /* on lockmgr->dead, freed at events_done */
+	TAILQ_ENTRY(lm_res) st_entry; /* lockmgr->stalled */
+	TAILQ_ENTRY(lm_res) d_entry;  /* lockmgr->dead */
+	UT_hash_handle hh; /* lockmgr->res by name */
+};
+
+enum lm_ev_kind {
+	LM_EV_GRANTED, /* req became a lease */
+	LM_EV_QUEUED,  /* req waits; position and holder given */
+	LM_EV_ENDED,   /* a lease or pending request ended; see .end */
+	LM_EV_NEED_TOKENS, /* grants stall until lockmgr_add_tokens() */
+	LM_EV_BUSY,	   /* first lease outstanding (gate users: on-demand) */
+	LM_EV_IDLE,	   /* no lease or request left */
+};
+
+/*
+ * One thing the caller must carry out. For LM_EV_ENDED, .held tells whether
+ * it was a lease (true) or a pending request (false); .end says why.
+ */
+struct lm_event {
+	enum lm_ev_kind kind;
+	struct lm_owner *owner;
+	const struct lm_res *res;
+	uint64_t lease_id;
+	uint64_t tag;
+	enum lm_mode mode;
+	uint64_t token;	    /* GRANTED */
+	uint64_t ttl_ns;    /* GRANTED */
+	uint64_t waited_ns; /* GRANTED; ENDED of a pending request */
+	uint64_t held_ns;   /* ENDED of a lease */
+	enum lm_end end;    /* ENDED */
+	bool held;	    /* ENDED */
+	bool immediate;	    /* GRANTED without waiting */
+	uint32_t position;  /* QUEUED, 1-based */
+	const struct lm_owner *holder; /* QUEUED: first holder, may be NULL */
+	unsigned nholders;	       /* QUEUED */
+};
+
+struct lm_limits {
+	unsigned max_resources;		 /* 0: unlimited */
+	unsigned max_leases_per_owner;	 /* held + pending; 0: unlimited */
+	unsigned max_waiters_per_resource; /* 0: unlimited */
+};
+
+struct lm_acquire {
+	const char *resource; /* validated by the caller */
+	size_t len;
+	enum lm_mode mode;
+	uint64_t timeout_ns; /* LM_FOREVER: wait forever; 0: try once */
+	uint64_t ttl_ns;     /* 0: lives with the owner */
+	uint64_t delay_ns;   /* lock-delay after an unclean end */
+	uint64_t tag;
+	bool position_updates;
+};
+
+struct lockmgr {
+	struct lm_res *res;   /* by name */
+	struct lm_req *reqs;  /* by id */
+	unsigned nres;
+	unsigned nheld;	      /* leases */
+	unsigned nwaiting;    /* pending requests */
+	uint64_t next_id;
+	uint64_t last_token;  /* highest token handed out */
+	uint64_t token_limit; /* may not hand out beyond this */
+	bool open;	      /* gate: grants allowed */
+	bool busy;	      /* BUSY sent and no IDLE since */
+	struct lm_limits limits;
+
+	struct lm_timer **heap;
+	size_t nheap, heap_cap;
+
+	TAILQ_HEAD(, lm_res) stalled; /* want a token beyond token_limit */
+	TAILQ_HEAD(, lm_res) dead;    /* empty, freed at events_done */
+
+	struct lm_event *ev;
+	size_t nev, ev_cap;
+};
+
+/* Set up an empty manager: gate open, no token limit, no limits. */
+void lockmgr_init(struct lockmgr *lm);
+/* Free everything. Owners must not be used with it afterwards. */
+void lockmgr_free(struct lockmgr *lm);
+void lockmgr_set_limits(struct lockmgr *lm, const struct lm_limits *limits);
+
+/* Prepare a caller-owned owner for use; no allocation. */
+void lockmgr_owner_init(struct lm_owner *o, uint64_t id);
+
+/*
+ * Ask for a resource. On LM_OK_* the new request's id goes to *lease_id and
+ * an event says what happened; on LM_ERR_* nothing changed and no event was
+ * queued. Fails with ENOMEM only by aborting (allocations are small).
+ */
+enum lm_result lockmgr_acquire(struct lockmgr *lm, struct lm_owner *o,
+			       const struct lm_acquire *a, uint64_t now,
+			       uint64_t *lease_id);
+
+/*
+ * End a lease or withdraw a pending request by lease id (tag_match false) or
+ * by the caller's tag (tag_match true). Returns 0, or -ENOENT when the owner
+ * has no such lease or request. Queues LM_EV_ENDED (RELEASE or CANCEL).
+ */
+int lockmgr_release(struct lockmgr *lm, struct lm_owner *o, uint64_t key,
+		    bool by_tag, uint64_t now);
+
+/* Extend a lease's ttl (ttl_ns 0 keeps its own). -ENOENT, or -EINVAL when
+ * the lease has no ttl or is not held yet. */
+int lockmgr_renew(struct lockmgr *lm, struct lm_owner *o, uint64_t lease_id,
+		  uint64_t ttl_ns, uint64_t now);
+
+/* End everything the owner holds or waits for, with the given reason. */
+void lockmgr_drop_owner(struct lockmgr *lm, struct lm_owner *o, enum lm_end why,
+			uint64_t now);
+
+/* Admin revoke: one lease by id (-ENOENT if not held), or every lease held by
+ * owners with this pid (returns how many). Reason LM_END_ADMIN. */
+int lockmgr_revoke_lease(struct lockmgr *lm, uint64_t lease_id, uint64_t now);
+int lockmgr_revoke_pid(struct lockmgr *lm, uint32_t pid, uint64_t now);
+
+/* Fire every deadline at or before now: timeouts, expiries, lock-delays. */
+void lockmgr_tick(struct lockmgr *lm, uint64_t now);
+/* The earliest pending deadline, or LM_FOREVER when there is none. */
+uint64_t lockmgr_next_deadline(const struct lockmgr *lm);
+
+/*
+ * The gate: while closed nothing is granted (standby, on-demand storage not
+ * yet held, shutdown); try-locks fail with WOULD_BLOCK and others queue.
+ * Opening it grants every resource's queue head.
+ */
+void lockmgr_set_open(struct lockmgr *lm, bool open, uint64_t now);
+
+/* Fencing tokens: start after `last` and never hand out beyond `limit`. */
+void lockmgr_set_tokens(struct lockmgr *lm, uint64_t last, uint64_t limit);
+/* Raise the limit (after the caller made it durable) and resume grants. */
+void lockmgr_add_tokens(struct lockmgr *lm, uint64_t limit, uint64_t now);
+
+/* Look-ups for status and error messages; NULL when absent. */
+struct lm_res *lockmgr_find(const struct lockmgr *lm, const char *name,
+			    size_t len);
+struct lm_req *lockmgr_lease(const struct lockmgr *lm, uint64_t lease_id);
+/* 1-based position of a waiting request, 0 if it is not waiting. */
+uint32_t lockmgr_position(const struct lm_req *r);
+
+/* The events queued since the last lockmgr_events_done(). */
+static inline const struct lm_event *
+lockmgr_events(const struct lockmgr *lm, size_t *n)
+{
+	*n = lm->nev;
+	return lm->ev;
+}
+/* Forget the events and free resources that became empty. */
+void lockmgr_events_done(struct lockmgr *lm);
+
+const char *lockmgr_end_name(enum lm_end why);
+const char *lockmgr_mode_name(enum lm_mode mode);
+
+#endif

@@ -1,0 +1,112 @@
+/*
+ * stats: counters and histograms, globally and per resource. No I/O and no
+ * knowledge of output formats: dispatch.c feeds it lockmgr outcomes, and the
+ * renderers (protobuf replies, the text protocol, Prometheus) read it.
+ *
+ * Counters are listed once (STATS_COUNTERS) and never go backwards while the
+ * daemon runs; an admin "stats reset" moves a baseline that the Stats reply
+ * subtracts, so Prometheus counters stay monotonic.
+ *
+ * Histograms are log-linear: 4 linear buckets per power of two of the
+ * duration in units of 1.024 us, from 1 us to about 9.8 hours. A quantile is
+ * reported as the midpoint of its bucket, so it is within 12.5 % of the true
+ * value (and exact for the maximum, which is tracked apart).
+ */
+#ifndef ARBITER_STATS_H
+#define ARBITER_STATS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <uthash.h>
+
+#define STATS_COUNTERS(X)                                                   \
+	X(acquired_immediate, "leases granted without waiting")            \
+	X(acquired_after_wait, "leases granted after waiting in the queue") \
+	X(failed_timeout, "acquires that ran out of time")                  \
+	X(failed_would_block, "try-locks refused because it was held")      \
+	X(failed_forbidden, "requests refused by access control")           \
+	X(failed_invalid, "acquires refused as invalid or over a limit")    \
+	X(releases, "leases released by their holder")                      \
+	X(cancelled, "pending acquires withdrawn by their client")          \
+	X(revoked_disconnect, "leases ended because the holder disconnected") \
+	X(revoked_expired, "leases ended because their ttl ran out")        \
+	X(revoked_admin, "leases revoked by an administrator")              \
+	X(revoked_shutdown, "leases ended by daemon shutdown")
+
+enum stats_counter {
+#define STATS_ENUM(name, help) STAT_##name,
+	STATS_COUNTERS(STATS_ENUM)
+#undef STATS_ENUM
+	STATS_NCOUNTERS
+};
+
+#define HIST_SUB 4
+#define HIST_OCTAVES 36
+#define HIST_BUCKETS (1 + HIST_SUB * HIST_OCTAVES + 1)
+
+struct hist {
+	uint64_t count;
+	uint64_t sum_ns;
+	uint64_t max_ns;
+	uint64_t b[HIST_BUCKETS];
+};
+
+struct hist_summary {
+	uint64_t count;
+	double sum, mean, max, p50, p90, p99; /* seconds */
+};
+
+struct stats_figures {
+	uint64_t c[STATS_NCOUNTERS];
+	struct hist wait;
+	struct hist hold;
+};
+
+struct stats_res {
+	char *name; /* "" for the total and the overflow entry */
+	size_t len;
+	struct stats_figures cur;  /* since start */
+	struct stats_figures base; /* at the last reset */
+	UT_hash_handle hh;
+};
+
+struct stats {
+	struct stats_res total;
+	struct stats_res other; /* resources past the tracking limit */
+	struct stats_res *by_name;
+	unsigned nres;
+	unsigned max_res;
+	uint64_t omitted; /* distinct resources folded into other */
+};
+
+extern const char *const stats_counter_names[STATS_NCOUNTERS];
+extern const char *const stats_counter_help[STATS_NCOUNTERS];
+
+void stats_init(struct stats *st, unsigned max_res);
+void stats_free(struct stats *st);
+void stats_set_max(struct stats *st, unsigned max_res);
+
+/* The entry for a resource, created on first use (or the overflow entry). */
+struct stats_res *stats_res(struct stats *st, const char *name, size_t len);
+struct stats_res *stats_find(const struct stats *st, const char *name,
+			     size_t len);
+
+/* Count on the resource (may be NULL) and on the total. */
+void stats_count(struct stats *st, struct stats_res *r, enum stats_counter k);
+void stats_wait(struct stats *st, struct stats_res *r, uint64_t ns);
+void stats_hold(struct stats *st, struct stats_res *r, uint64_t ns);
+
+/* Move every baseline to now. */
+void stats_reset(struct stats *st);
+
+void hist_add(struct hist *h, uint64_t ns);
+/* The figures since the last reset (cur - base). */
+void stats_since_reset(const struct stats_res *r, struct stats_figures *out);
+void hist_summarize(const struct hist *h, struct hist_summary *out);
+/* Upper bound in seconds of bucket i (for cumulative exposition). */
+double hist_bucket_upper(unsigned i);
+unsigned hist_bucket(uint64_t ns);
+
+#endif

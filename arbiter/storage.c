@@ -1,0 +1,262 @@
+/*
+ * storage: OFD lock on the storage lock file (see storage.h).
+ *
+ * Why OFD locks and not flock(2) or classic POSIX locks: an OFD lock belongs
+ * to the open file description, so a second open() in this process (reading
+ * the holder record) cannot drop it as classic fcntl locks would, and unlike
+ * flock(2) it works over NFSv4 (EFS), where arbiters on several hosts share
+ * one volume.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "storage.h"
+
+void
+storage_init(struct storage *s)
+{
+	memset(s, 0, sizeof *s);
+	s->fd = -1;
+	s->wake_fd = -1;
+}
+
+/* mkdir -p for the storage folder. */
+static int
+make_dirs(const char *dir, char *err, size_t errlen)
+{
+	char buf[4096];
+	size_t len = strlen(dir);
+
+	if (len == 0 || len >= sizeof buf)
+		return 0;
+	memcpy(buf, dir, len + 1);
+	for (char *p = buf + 1; ; p++) {
+		if (*p == '/' || *p == '\0') {
+			char c = *p;
+
+			*p = '\0';
+			if (mkdir(buf, 0750) < 0 && errno != EEXIST) {
+				int e = errno;
+
+				snprintf(err, errlen,
+					 "cannot create storage folder %s: %s",
+					 buf, strerror(e));
+				return -e;
+			}
+			*p = c;
+			if (c == '\0')
+				break;
+		}
+	}
+	return 0;
+}
+
+static int
+set_lock(int fd, int cmd)
+{
+	struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET};
+
+	return fcntl(fd, cmd, &fl);
+}
+
+static void
+write_holder(struct storage *s)
+{
+	char host[256] = "?", since[40], rec[1024];
+	time_t now = time(NULL);
+	struct tm tm;
+	int n;
+
+	gethostname(host, sizeof host - 1);
+	gmtime_r(&now, &tm);
+	strftime(since, sizeof since, "%Y-%m-%dT%H:%M:%SZ", &tm);
+	n = snprintf(rec, sizeof rec,
+		     "pid=%ld host=%s socket=%s since=%s\n", (long)getpid(), host,
+		     s->socket_path ? s->socket_path : "-", since);
+	if (n < 0)
+		return;
+	if ((size_t)n >= sizeof rec)
+		n = (int)sizeof rec - 1;
+	/* Best effort: the record is for humans; the lock is what counts. */
+	if (ftruncate(s->fd, 0) == 0)
+		(void)!pwrite(s->fd, rec, (size_t)n, 0);
+}
+
+int
+storage_read_holder(const char *lock_path, char *buf, size_t len)
+{
+	int fd = open(lock_path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	ssize_t n;
+
+	if (fd < 0)
+		return -errno;
+	n = pread(fd, buf, len - 1, 0);
+	close(fd);
+	if (n < 0)
+		return -errno;
+	while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\0'))
+		n--;
+	buf[n] = '\0';
+	for (ssize_t i = 0; i < n; i++) {
+		if (buf[i] == '\n' || (unsigned char)buf[i] < ' ')
+			buf[i] = ' ';
+	}
+	return n > 0 ? 0 : -ENODATA;
+}
+
+int
+storage_try_lock(struct storage *s, const char *storage_dir,
+		 const char *lock_path, const char *socket_path, char *err,
+		 size_t errlen)
+{
+	int rc;
+
+	if (s->lock_path == NULL) {
+		s->lock_path = strdup(lock_path);
+		s->socket_path = strdup(socket_path);
+	}
+	if (s->fd < 0) {
+		rc = make_dirs(storage_dir, err, errlen);
+		if (rc < 0)
+			return rc;
+		s->fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW,
+			     0644);
+		if (s->fd < 0) {
+			rc = -errno;
+			snprintf(err, errlen,
+				 "cannot open storage lock file %s: %s%s",
+				 lock_path, strerror(-rc),
+				 rc == -ELOOP ? " (it is a symbolic link; "
+						"remove it)"
+					      : "");
+			return rc;
+		}
+	}
+	if (set_lock(s->fd, F_OFD_SETLK) < 0) {
+		char holder[512];
+
+		rc = -errno;
+		if (rc == -EAGAIN || rc == -EACCES) {
+			if (storage_read_holder(lock_path, holder,
+						sizeof holder) < 0)
+				snprintf(holder, sizeof holder,
+					 "a process that left no record");
+			snprintf(err, errlen,
+				 "storage %s is locked by another arbiter "
+				 "(%s); stop that one, point this one at "
+				 "another storage, or run it as a standby",
+				 lock_path, holder);
+			return -EAGAIN;
+		}
+		snprintf(err, errlen, "cannot lock %s: %s", lock_path,
+			 strerror(-rc));
+		return rc;
+	}
+	s->held = true;
+	write_holder(s);
+	return 0;
+}
+
+static void *
+wait_thread(void *arg)
+{
+	struct storage *s = arg;
+	uint64_t one = 1;
+
+	while (set_lock(s->fd, F_OFD_SETLKW) < 0) {
+		if (errno != EINTR) {
+			s->wait_err = errno;
+			break;
+		}
+	}
+	(void)!write(s->wake_fd, &one, sizeof one);
+	return NULL;
+}
+
+int
+storage_wait_start(struct storage *s)
+{
+	sigset_t all, old;
+	int rc;
+
+	if (s->waiting)
+		return 0;
+	if (s->fd < 0)
+		return -EBADF;
+	if (s->wake_fd < 0) {
+		s->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+		if (s->wake_fd < 0)
+			return -errno;
+	}
+	s->wait_err = 0;
+	/* The thread must not take the daemon's signals. */
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	rc = pthread_create(&s->tid, NULL, wait_thread, s);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (rc != 0)
+		return -rc;
+	s->waiting = true;
+	return 0;
+}
+
+int
+storage_wait_done(struct storage *s)
+{
+	uint64_t v;
+
+	if (!s->waiting)
+		return s->held ? 0 : -EINVAL;
+	(void)!read(s->wake_fd, &v, sizeof v);
+	pthread_join(s->tid, NULL);
+	s->waiting = false;
+	if (s->wait_err != 0)
+		return -s->wait_err;
+	s->held = true;
+	write_holder(s);
+	return 0;
+}
+
+void
+storage_unlock(struct storage *s)
+{
+	if (s->fd >= 0 && s->held) {
+		struct flock fl = {.l_type = F_UNLCK, .l_whence = SEEK_SET};
+
+		/* Leave no stale record behind for humans to puzzle over. */
+		if (ftruncate(s->fd, 0) < 0) {
+			/* nothing to do: the record only informs */
+		}
+		fcntl(s->fd, F_OFD_SETLK, &fl);
+	}
+	s->held = false;
+}
+
+void
+storage_free(struct storage *s)
+{
+	storage_unlock(s);
+	if (s->waiting) {
+		/* Closing the fd does not wake F_OFD_SETLKW; cancel instead. */
+		pthread_cancel(s->tid);
+		pthread_join(s->tid, NULL);
+		s->waiting = false;
+	}
+	if (s->fd >= 0)
+		close(s->fd);
+	if (s->wake_fd >= 0)
+		close(s->wake_fd);
+	free(s->lock_path);
+	free(s->socket_path);
+	storage_init(s);
+}
