@@ -94,7 +94,7 @@ $(BUILD)/libarbiter.so: $(CLIENT_OBJ) $(PROTO_OBJ)
 		$(shell pkg-config --libs libprotobuf-c)
 
 $(BUILD)/arbiterctl: $(CTL_OBJ) $(BUILD)/libarbiter.a
-	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(shell pkg-config --libs libprotobuf-c)
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(shell pkg-config --libs libprotobuf-c inih)
 
 # Unit tests link the module under test and what it needs, never main.o.
 # TEST_DEPS_<name> narrows that list; the default is every module.

@@ -1,0 +1,171 @@
+/*
+ * libarbiter: the C client of arbiterd.
+ *
+ * A client is one connection to the daemon. Leases live as long as that
+ * connection (unless given a ttl): when the process dies, the kernel closes
+ * the socket and the daemon hands the resource to the next waiter at once.
+ *
+ * Errors: every function returning int gives 0 (or a positive count) on
+ * success and a negative value on failure: -errno for system errors
+ * (-ENOENT: no socket at that path, -ECONNREFUSED: nothing listening,
+ * -EACCES: no permission), or -ARB_E* for errors the daemon reported.
+ * arb_strerror() names the error; arb_last_error() has the full sentence
+ * from the daemon or from the library, naming the path, resource or holder.
+ *
+ * Threads: an arb_client is not thread-safe. Use one per thread, or guard
+ * each one with a mutex. Separate clients are independent. The library
+ * never logs, never exits and installs no signal handlers.
+ *
+ * Ownership: arb_connect() allocates the client; arb_close() frees it and
+ * closes the connection, which ends every lease it holds.
+ */
+#ifndef ARBITER_CLIENT_H
+#define ARBITER_CLIENT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Errors the daemon reports (returned negated). Values match the protocol's
+ * ErrorCode + 1000 so they never collide with errno values. */
+enum arb_error {
+	ARB_EBADFRAME = 1001,	 /* the daemon could not decode our frame */
+	ARB_EBADREQUEST = 1002,	 /* a field was missing or invalid */
+	ARB_ENOTWELCOME = 1003,	 /* request before Hello */
+	ARB_EVERSION = 1004,	 /* protocol version not supported */
+	ARB_EINVALIDNAME = 1005, /* resource name not 1..255 bytes UTF-8 */
+	ARB_EALREADYHELD = 1006, /* this connection holds or waits for it */
+	ARB_EWOULDBLOCK = 1007,	 /* try-lock and it is held */
+	ARB_ETIMEOUT = 1008,	 /* waited timeout_ms without a grant */
+	ARB_EUNKNOWNLEASE = 1009, /* no such lease on this connection */
+	ARB_EFORBIDDEN = 1010,	 /* not allowed (uid/gid, admin) */
+	ARB_ELIMIT = 1011,	 /* a daemon limit was hit */
+	ARB_ESHUTTINGDOWN = 1012, /* the daemon is stopping */
+	ARB_ESTORAGE = 1013,	 /* the storage lock could not be taken */
+	ARB_EINTERNAL = 1014,	 /* a bug in arbiter */
+	ARB_ECANCELLED = 1015,	 /* the pending acquire was withdrawn */
+	ARB_EPROTO = 1100,	 /* the daemon sent something we cannot read */
+	ARB_ECONNLOST = 1101,	 /* the connection closed under us */
+	ARB_EREVOKED = 1102,	 /* the lease was revoked (see arb_event) */
+};
+
+enum arb_mode { ARB_EXCLUSIVE = 0, ARB_SHARED = 1 };
+
+#define ARB_WAIT_FOREVER (-1)
+
+typedef struct arb_client arb_client;
+
+struct arb_lease {
+	uint64_t id;	    /* lease id, for release and renew */
+	uint64_t token;	    /* fencing token: grows with every grant */
+	uint64_t waited_us; /* time spent queued */
+	uint64_t ttl_ms;    /* 0: lives with the connection */
+	enum arb_mode mode;
+};
+
+/* Called while an acquire waits: queue position (1 = next) and the holder. */
+typedef void arb_queued_fn(void *ctx, const char *resource, uint32_t position,
+			   uint32_t holder_pid, const char *holder_name);
+
+struct arb_acquire_opts {
+	uint64_t ttl_ms;	   /* 0: no ttl; else Renew before it ends */
+	int64_t lock_delay_ms;	   /* -1: the daemon's default */
+	arb_queued_fn *on_queued;  /* NULL: no queue reports */
+	void *ctx;
+	bool position_updates;	   /* report every change, not just the first */
+};
+
+/*
+ * Connect and say Hello. socket_path NULL means $ARBITER_SOCKET, else the
+ * default (/run/arbiter/arbiter.sock for root, /tmp/arbiter-UID/arbiter.sock
+ * otherwise). name is shown in status (NULL: none). On failure *out is NULL
+ * and the error's text is in arb_connect_error() (thread-local).
+ */
+int arb_connect(arb_client **out, const char *socket_path, const char *name);
+const char *arb_connect_error(void);
+void arb_close(arb_client *c);
+
+/* The socket's file descriptor, for poll(2) with the non-blocking API, or to
+ * pass to a child process that must keep the leases alive (see arbiterctl run). */
+int arb_fd(const arb_client *c);
+/* Keep (true) or drop (false) the connection across exec(). Default: drop. */
+int arb_set_inherit(arb_client *c, bool inherit);
+
+/*
+ * Acquire a lease, blocking until granted, refused or timed out.
+ * timeout_ms: ARB_WAIT_FOREVER, 0 to try once (-ARB_EWOULDBLOCK if held), or
+ * a bound (-ARB_ETIMEOUT when it runs out). opts may be NULL.
+ */
+int arb_acquire(arb_client *c, const char *resource, enum arb_mode mode,
+		int64_t timeout_ms, const struct arb_acquire_opts *opts,
+		struct arb_lease *out);
+int arb_release(arb_client *c, uint64_t lease_id);
+/* Extend a ttl lease; ttl_ms 0 keeps its own. */
+int arb_renew(arb_client *c, uint64_t lease_id, uint64_t ttl_ms);
+int arb_ping(arb_client *c, char *role, size_t rolelen);
+/* Admin: revoke one lease, or every lease of a pid; returns how many. */
+int arb_revoke(arb_client *c, uint64_t lease_id, uint32_t pid);
+
+/*
+ * Stats and status as the daemon's protobuf messages, for tools. The returned
+ * pointer (an Arbiter__Stats / Arbiter__Status from arbiter.pb-c.h) stays
+ * valid until the next call on this client.
+ */
+int arb_stats(arb_client *c, const char *resource, const void **stats);
+int arb_status(arb_client *c, const char *resource, const void **status);
+int arb_stats_reset(arb_client *c);
+
+/* ---------------------------------------------------- events and async */
+
+enum arb_event_kind {
+	ARB_EV_GRANTED,	 /* an async acquire was granted (lease set) */
+	ARB_EV_QUEUED,	 /* an async acquire waits (position set) */
+	ARB_EV_FAILED,	 /* an async acquire failed (error set) */
+	ARB_EV_REVOKED,	 /* a lease ended without us asking (reason set) */
+	ARB_EV_REPLY,	 /* any other reply to an async request */
+};
+
+struct arb_event {
+	enum arb_event_kind kind;
+	uint64_t request_id; /* the request it answers; 0 for REVOKED */
+	struct arb_lease lease;
+	uint32_t position;
+	uint32_t holder_pid;
+	int error;	     /* negative, for FAILED */
+	int reason;	     /* RevokeReason, for REVOKED */
+	char resource[256];
+	char message[512];
+};
+
+/*
+ * Start an acquire without waiting; *request_id identifies its events.
+ * Answers arrive through arb_next_event(). Cancel a pending one with
+ * arb_cancel().
+ */
+int arb_acquire_async(arb_client *c, const char *resource, enum arb_mode mode,
+		      int64_t timeout_ms, const struct arb_acquire_opts *opts,
+		      uint64_t *request_id);
+int arb_cancel(arb_client *c, uint64_t request_id);
+/*
+ * Take the next event: 1 with *ev filled, 0 when none is ready now
+ * (non-blocking; poll arb_fd() for POLLIN and call again), < 0 on error.
+ * Revoked events seen during blocking calls are kept here too.
+ */
+int arb_next_event(arb_client *c, struct arb_event *ev);
+
+/* Error names and the last detailed message on this client. */
+const char *arb_strerror(int err);
+const char *arb_last_error(const arb_client *c);
+
+/* The socket path the client would use for socket_path NULL. */
+void arb_socket_path(char *buf, size_t len);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,893 @@
+/*
+ * arbiterctl: the command line of arbiter. argv becomes libarbiter calls and
+ * the results are printed. `run` works like flock(1): the command inherits
+ * the connection that holds the lease, so the lease lives exactly as long as
+ * the command, even if arbiterctl itself is killed.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <math.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <ini.h>
+
+#include "arbiter.h"
+#include "arbiter.pb-c.h"
+#include "defaults.h"
+
+/* Exit codes besides the command's own (sysexits.h values). */
+#define EXIT_USAGE 64	  /* bad command line */
+#define EXIT_UNAVAIL 69	  /* cannot reach the daemon */
+#define EXIT_SOFTWARE 70  /* the daemon refused for another reason */
+#define EXIT_REVOKED 75	  /* run: the lease was revoked under the command */
+#define EXIT_NOEXEC 126	  /* run: command found but not executable */
+#define EXIT_NOTFOUND 127 /* run: command not found */
+
+static const char *socket_path;
+static int verbose;
+
+static void
+usage(FILE *out)
+{
+	fprintf(out,
+"usage: arbiterctl [-S SOCKET | -c CONFIG] COMMAND [ARGS]\n"
+"\n"
+"Commands:\n"
+"  run [-x|-s] [-n | -w SECS] [-E CODE] [-v] [--ttl SECS] RESOURCE -- CMD [ARG...]\n"
+"        Hold a lease on RESOURCE while CMD runs, like flock(1). Exclusive\n"
+"        (-x) by default, -s for shared. -n fails at once if it is held;\n"
+"        -w waits at most SECS (fractions allowed); both exit with CODE\n"
+"        (-E, default 1) on conflict or timeout. Otherwise waits forever.\n"
+"        CMD inherits the connection, so the lease ends when CMD ends (even\n"
+"        if arbiterctl is killed), and finds ARBITER_RESOURCE,\n"
+"        ARBITER_LEASE_ID and ARBITER_TOKEN (the fencing token) in its\n"
+"        environment. -v (or a terminal on stderr) shows the queue position\n"
+"        and the holder while waiting. --ttl SECS gives the lease a ttl that\n"
+"        arbiterctl renews while CMD runs; if the lease is revoked anyway\n"
+"        CMD gets SIGTERM, then SIGKILL after --grace SECS (default 10),\n"
+"        and arbiterctl exits 75. Exits with CMD's status (128+N if killed\n"
+"        by signal N).\n"
+"  ping             exit 0 when the arbiter answers; prints its role\n"
+"  stats [--json] [RESOURCE]\n"
+"                   acquisitions, failures, wait and hold times\n"
+"  status [--json] [RESOURCE]\n"
+"                   every resource with its holders and waiters, in order\n"
+"  who              who holds the storage lock and every resource\n"
+"  revoke --lease ID | --pid PID\n"
+"                   end a lease (admins only); its holder is told\n"
+"  stats-reset      restart the stats reply's figures (admins only)\n"
+"\n"
+"The socket is -S SOCKET, else socket.path from -c CONFIG, else\n"
+"$ARBITER_SOCKET, else /run/arbiter/arbiter.sock (root) or\n"
+"/tmp/arbiter-UID/arbiter.sock (other users).\n"
+"\n"
+"Exit codes: 0 ok; 1 (or -E CODE) busy or timed out; 64 usage; 69 the\n"
+"arbiter cannot be reached; 70 the arbiter refused; 75 lease revoked;\n"
+"126/127 CMD not executable/not found; else CMD's own status.\n");
+}
+
+static void
+die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
+
+static void
+die(int code, const char *fmt, ...)
+{
+	va_list ap;
+
+	fprintf(stderr, "arbiterctl: ");
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	exit(code);
+}
+
+/* socket.path from a config file, resolved against the file's folder. */
+struct conf_sock {
+	char path[4096];
+	const char *file;
+};
+
+static int
+conf_handler(void *user, const char *section, const char *name,
+	     const char *value)
+{
+	struct conf_sock *cs = user;
+
+	if (strcmp(section, "socket") == 0 && strcmp(name, "path") == 0) {
+		if (value[0] == '/' || value[0] == '\0') {
+			snprintf(cs->path, sizeof cs->path, "%s", value);
+		} else {
+			const char *slash = strrchr(cs->file, '/');
+
+			if (slash == NULL)
+				snprintf(cs->path, sizeof cs->path, "%s", value);
+			else
+				snprintf(cs->path, sizeof cs->path, "%.*s/%s",
+					 (int)(slash - cs->file), cs->file,
+					 value);
+		}
+	}
+	return 1;
+}
+
+static const char *
+socket_from_config(const char *file)
+{
+	static struct conf_sock cs;
+	char *abs = realpath(file, NULL);
+
+	cs.file = abs ? abs : file;
+	cs.path[0] = '\0';
+	if (ini_parse(file, conf_handler, &cs) < 0)
+		die(EXIT_USAGE, "cannot read config %s", file);
+	free(abs);
+	if (cs.path[0] == '\0')
+		return NULL; /* the config uses the default */
+	return cs.path;
+}
+
+static arb_client *
+connect_or_die(const char *name)
+{
+	arb_client *c;
+
+	if (arb_connect(&c, socket_path, name) < 0)
+		die(EXIT_UNAVAIL, "%s", arb_connect_error());
+	return c;
+}
+
+static int
+exit_for(int rc)
+{
+	if (rc == -ARB_ECONNLOST || rc == -ENOENT || rc == -ECONNREFUSED)
+		return EXIT_UNAVAIL;
+	return EXIT_SOFTWARE;
+}
+
+/* ------------------------------------------------------------ run */
+
+struct wait_view {
+	bool show;
+};
+
+static void
+on_queued(void *ctx, const char *resource, uint32_t position,
+	  uint32_t holder_pid, const char *holder_name)
+{
+	struct wait_view *v = ctx;
+
+	if (!v->show)
+		return;
+	if (holder_pid != 0)
+		fprintf(stderr,
+			"arbiterctl: waiting for '%s': position %u, held by pid "
+			"%u (%s)\n",
+			resource, position, holder_pid,
+			holder_name[0] ? holder_name : "unnamed");
+	else
+		fprintf(stderr, "arbiterctl: waiting for '%s': position %u\n",
+			resource, position);
+}
+
+static double
+parse_secs(const char *s, const char *what)
+{
+	char *end;
+	double v;
+
+	errno = 0;
+	v = strtod(s, &end);
+	if (errno != 0 || *end != '\0' || !(v >= 0) || isinf(v) || v > 1e9)
+		die(EXIT_USAGE, "%s: '%s' is not a number of seconds", what, s);
+	return v;
+}
+
+static int
+pidfd_open_child(pid_t pid)
+{
+#ifdef SYS_pidfd_open
+	return (int)syscall(SYS_pidfd_open, pid, 0);
+#else
+	(void)pid;
+	errno = ENOSYS;
+	return -1;
+#endif
+}
+
+static uint64_t
+mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static int
+status_of(int wstatus)
+{
+	if (WIFEXITED(wstatus))
+		return WEXITSTATUS(wstatus);
+	if (WIFSIGNALED(wstatus))
+		return 128 + WTERMSIG(wstatus);
+	return EXIT_SOFTWARE;
+}
+
+/*
+ * Wait for the child. Without a ttl the parent only waits; with one it
+ * renews at a third of the ttl and watches the socket for Revoked.
+ */
+static int
+supervise(arb_client *c, pid_t child, const struct arb_lease *lease,
+	  double grace)
+{
+	int pidfd = pidfd_open_child(child), wstatus = 0;
+	uint64_t next_renew = 0, kill_at = 0;
+	bool revoked = false, sent_kill = false;
+
+	if (lease->ttl_ms > 0)
+		next_renew = mono_ms() + lease->ttl_ms / 3;
+	for (;;) {
+		struct pollfd p[2] = {
+			{.fd = arb_fd(c), .events = POLLIN},
+			{.fd = pidfd, .events = POLLIN},
+		};
+		int timeout = -1, n;
+		uint64_t now = mono_ms(), due = 0;
+
+		if (pidfd < 0) {
+			/* No pidfd (old kernel): plain blocking wait, no
+			 * renewing; documented limitation. */
+			while (waitpid(child, &wstatus, 0) < 0 && errno == EINTR)
+				;
+			return status_of(wstatus);
+		}
+		if (!revoked && next_renew)
+			due = next_renew;
+		if (revoked && !sent_kill)
+			due = kill_at;
+		if (due)
+			timeout = due > now ? (int)(due - now) : 0;
+		n = poll(p, revoked ? 0 : 2, timeout);
+		if (revoked) {
+			/* Only the child matters now. */
+			struct pollfd q = {.fd = pidfd, .events = POLLIN};
+
+			n = poll(&q, 1, timeout);
+			if (n > 0) {
+				waitpid(child, &wstatus, 0);
+				close(pidfd);
+				return EXIT_REVOKED;
+			}
+			if (n == 0 && !sent_kill) {
+				kill(child, SIGKILL);
+				sent_kill = true;
+			}
+			continue;
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (p[1].revents & POLLIN) {
+			while (waitpid(child, &wstatus, 0) < 0 && errno == EINTR)
+				;
+			close(pidfd);
+			return status_of(wstatus);
+		}
+		if (p[0].revents & (POLLIN | POLLHUP | POLLERR)) {
+			struct arb_event ev;
+			int rc;
+
+			while ((rc = arb_next_event(c, &ev)) > 0) {
+				if (ev.kind == ARB_EV_REVOKED &&
+				    ev.lease.id == lease->id)
+					revoked = true;
+			}
+			if (rc < 0)
+				revoked = true; /* the daemon is gone */
+			if (revoked) {
+				fprintf(stderr,
+					"arbiterctl: lease on '%s' lost (%s); "
+					"sending SIGTERM to pid %d\n",
+					getenv("ARBITER_RESOURCE"),
+					rc < 0 ? arb_last_error(c) : ev.message,
+					(int)child);
+				kill(child, SIGTERM);
+				kill_at = mono_ms() + (uint64_t)(grace * 1000);
+			}
+			continue;
+		}
+		if (next_renew && mono_ms() >= next_renew) {
+			int rc = arb_renew(c, lease->id, 0);
+
+			if (rc < 0) {
+				fprintf(stderr,
+					"arbiterctl: renewing the lease failed: "
+					"%s; sending SIGTERM to pid %d\n",
+					arb_last_error(c), (int)child);
+				revoked = true;
+				kill(child, SIGTERM);
+				kill_at = mono_ms() + (uint64_t)(grace * 1000);
+				continue;
+			}
+			next_renew = mono_ms() + lease->ttl_ms / 3;
+		}
+	}
+}
+
+static int
+cmd_run(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"exclusive", no_argument, NULL, 'x'},
+		{"shared", no_argument, NULL, 's'},
+		{"nonblock", no_argument, NULL, 'n'},
+		{"wait", required_argument, NULL, 'w'},
+		{"timeout", required_argument, NULL, 'w'},
+		{"conflict-exit-code", required_argument, NULL, 'E'},
+		{"verbose", no_argument, NULL, 'v'},
+		{"ttl", required_argument, NULL, 't'},
+		{"grace", required_argument, NULL, 'g'},
+		{NULL, 0, NULL, 0},
+	};
+	enum arb_mode mode = ARB_EXCLUSIVE;
+	int64_t timeout = ARB_WAIT_FOREVER;
+	int conflict = 1, ch, rc, status;
+	double ttl = 0, grace = 10;
+	struct arb_acquire_opts ao = {.lock_delay_ms = -1};
+	struct wait_view view = {.show = false};
+	struct arb_lease lease;
+	const char *resource;
+	char name[65], buf[32];
+	arb_client *c;
+	pid_t pid;
+
+	optind = 1;
+	while ((ch = getopt_long(argc, argv, "+xsnw:E:v", opts, NULL)) != -1) {
+		switch (ch) {
+		case 'x':
+			mode = ARB_EXCLUSIVE;
+			break;
+		case 's':
+			mode = ARB_SHARED;
+			break;
+		case 'n':
+			timeout = 0;
+			break;
+		case 'w':
+			timeout = (int64_t)(parse_secs(optarg, "-w") * 1000 + 0.5);
+			break;
+		case 'E': {
+			char *end;
+			long v = strtol(optarg, &end, 10);
+
+			if (*end != '\0' || v < 0 || v > 255)
+				die(EXIT_USAGE, "-E: '%s' is not an exit code "
+						"(0-255)",
+				    optarg);
+			conflict = (int)v;
+			break;
+		}
+		case 'v':
+			verbose = 1;
+			break;
+		case 't':
+			ttl = parse_secs(optarg, "--ttl");
+			break;
+		case 'g':
+			grace = parse_secs(optarg, "--grace");
+			break;
+		default:
+			usage(stderr);
+			return EXIT_USAGE;
+		}
+	}
+	if (optind >= argc)
+		die(EXIT_USAGE, "run: missing RESOURCE; usage: arbiterctl run "
+				"[-x|-s] [-n|-w SECS] RESOURCE -- CMD [ARG...]");
+	resource = argv[optind++];
+	if (optind < argc && strcmp(argv[optind], "--") == 0)
+		optind++;
+	if (optind >= argc)
+		die(EXIT_USAGE, "run: missing the command to run after '%s --'",
+		    resource);
+	if (ttl > 0 && ttl < 0.1)
+		die(EXIT_USAGE, "--ttl: at least 0.1 seconds");
+
+	snprintf(name, sizeof name, "arbiterctl:%s", argv[optind]);
+	c = connect_or_die(name);
+	view.show = verbose || isatty(STDERR_FILENO);
+	ao.on_queued = on_queued;
+	ao.ctx = &view;
+	ao.position_updates = view.show;
+	ao.ttl_ms = (uint64_t)(ttl * 1000 + 0.5);
+	rc = arb_acquire(c, resource, mode, timeout, &ao, &lease);
+	if (rc == -ARB_EWOULDBLOCK || rc == -ARB_ETIMEOUT) {
+		fprintf(stderr, "arbiterctl: %s\n", arb_last_error(c));
+		arb_close(c);
+		return conflict;
+	}
+	if (rc < 0) {
+		fprintf(stderr, "arbiterctl: cannot lock '%s': %s\n", resource,
+			arb_last_error(c));
+		arb_close(c);
+		return exit_for(rc);
+	}
+	if (verbose)
+		fprintf(stderr,
+			"arbiterctl: got '%s' (lease %" PRIu64 ", token %" PRIu64
+			", waited %.3f s)\n",
+			resource, lease.id, lease.token, lease.waited_us / 1e6);
+
+	setenv("ARBITER_RESOURCE", resource, 1);
+	snprintf(buf, sizeof buf, "%" PRIu64, lease.id);
+	setenv("ARBITER_LEASE_ID", buf, 1);
+	snprintf(buf, sizeof buf, "%" PRIu64, lease.token);
+	setenv("ARBITER_TOKEN", buf, 1);
+	snprintf(buf, sizeof buf, "%d", arb_fd(c));
+	setenv("ARBITER_FD", buf, 1);
+	/* The command keeps the connection, and with it the lease. */
+	arb_set_inherit(c, true);
+	fflush(NULL);
+	pid = fork();
+	if (pid < 0)
+		die(EXIT_SOFTWARE, "fork: %s", strerror(errno));
+	if (pid == 0) {
+		execvp(argv[optind], &argv[optind]);
+		fprintf(stderr, "arbiterctl: cannot run %s: %s\n", argv[optind],
+			strerror(errno));
+		_exit(errno == ENOENT ? EXIT_NOTFOUND : EXIT_NOEXEC);
+	}
+	arb_set_inherit(c, false);
+	status = supervise(c, pid, &lease, grace);
+	if (status != EXIT_REVOKED)
+		(void)arb_release(c, lease.id); /* closing would do it too */
+	arb_close(c);
+	return status;
+}
+
+/* ------------------------------------------------------------ JSON */
+
+static void
+json_str(FILE *out, const char *s)
+{
+	fputc('"', out);
+	for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p;
+	     p++) {
+		if (*p == '"' || *p == '\\')
+			fprintf(out, "\\%c", *p);
+		else if (*p < 0x20)
+			fprintf(out, "\\u%04x", *p);
+		else
+			fputc(*p, out);
+	}
+	fputc('"', out);
+}
+
+static void
+json_hist(FILE *out, const char *key, const Arbiter__Histogram *h)
+{
+	fprintf(out,
+		"\"%s\": {\"count\": %" PRIu64 ", \"sum\": %.9f, \"mean\": "
+		"%.9f, \"max\": %.9f, \"p50\": %.9f, \"p90\": %.9f, \"p99\": "
+		"%.9f}",
+		key, h ? h->count : 0, h ? h->sum_seconds : 0,
+		h ? h->mean_seconds : 0, h ? h->max_seconds : 0,
+		h ? h->p50_seconds : 0, h ? h->p90_seconds : 0,
+		h ? h->p99_seconds : 0);
+}
+
+static void
+json_figures(FILE *out, const Arbiter__ResourceStats *r)
+{
+	fprintf(out,
+		"\"total_acquisitions\": %" PRIu64
+		", \"failed_acquisitions\": %" PRIu64
+		", \"average_wait_time\": %.9f, \"max_wait_time\": %.9f, "
+		"\"acquired_immediate\": %" PRIu64
+		", \"acquired_after_wait\": %" PRIu64
+		", \"failed_timeout\": %" PRIu64
+		", \"failed_would_block\": %" PRIu64
+		", \"failed_forbidden\": %" PRIu64
+		", \"failed_invalid\": %" PRIu64 ", \"releases\": %" PRIu64
+		", \"cancelled\": %" PRIu64 ", \"revoked_disconnect\": %" PRIu64
+		", \"revoked_expired\": %" PRIu64 ", \"revoked_admin\": %" PRIu64
+		", \"revoked_shutdown\": %" PRIu64
+		", \"holders\": %u, \"waiters\": %u, ",
+		r->total_acquisitions, r->failed_acquisitions,
+		r->average_wait_time, r->max_wait_time, r->acquired_immediate,
+		r->acquired_after_wait, r->failed_timeout,
+		r->failed_would_block, r->failed_forbidden, r->failed_invalid,
+		r->releases, r->cancelled, r->revoked_disconnect,
+		r->revoked_expired, r->revoked_admin, r->revoked_shutdown,
+		r->holders, r->waiters);
+	json_hist(out, "wait_seconds", r->wait);
+	fputs(", ", out);
+	json_hist(out, "hold_seconds", r->hold);
+}
+
+/* ------------------------------------------------------------ stats */
+
+static void
+print_hist_row(const char *what, const Arbiter__Histogram *h)
+{
+	if (h == NULL || h->count == 0) {
+		printf("  %-6s -\n", what);
+		return;
+	}
+	printf("  %-6s count %" PRIu64 "  mean %s%.3f ms  p50 %.3f ms  p90 "
+	       "%.3f ms  p99 %.3f ms  max %.3f ms\n",
+	       what, h->count, "", h->mean_seconds * 1e3, h->p50_seconds * 1e3,
+	       h->p90_seconds * 1e3, h->p99_seconds * 1e3,
+	       h->max_seconds * 1e3);
+}
+
+static void
+print_figures(const Arbiter__ResourceStats *r)
+{
+	double rate = r->total_acquisitions + r->failed_acquisitions
+			      ? 100.0 * (double)r->failed_acquisitions /
+					(double)(r->total_acquisitions +
+						 r->failed_acquisitions)
+			      : 0;
+
+	printf("  acquisitions %" PRIu64 " (immediate %" PRIu64
+	       ", after wait %" PRIu64 ")  failed %" PRIu64 " (%.1f %%)\n",
+	       r->total_acquisitions, r->acquired_immediate,
+	       r->acquired_after_wait, r->failed_acquisitions, rate);
+	printf("  failures: timeout %" PRIu64 ", busy %" PRIu64
+	       ", forbidden %" PRIu64 ", invalid %" PRIu64 "\n",
+	       r->failed_timeout, r->failed_would_block, r->failed_forbidden,
+	       r->failed_invalid);
+	printf("  ends: released %" PRIu64 ", cancelled %" PRIu64
+	       ", revoked: disconnect %" PRIu64 ", expired %" PRIu64
+	       ", admin %" PRIu64 ", shutdown %" PRIu64 "\n",
+	       r->releases, r->cancelled, r->revoked_disconnect,
+	       r->revoked_expired, r->revoked_admin, r->revoked_shutdown);
+	printf("  now: %u holding, %u waiting\n", r->holders, r->waiters);
+	print_hist_row("wait", r->wait);
+	print_hist_row("hold", r->hold);
+}
+
+static int
+cmd_stats(int argc, char **argv)
+{
+	bool json = false;
+	const char *resource = NULL;
+	const Arbiter__Stats *s;
+	const void *p;
+	arb_client *c;
+	int rc;
+
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--json") == 0)
+			json = true;
+		else if (resource == NULL && argv[i][0] != '-')
+			resource = argv[i];
+		else
+			die(EXIT_USAGE, "stats: unexpected '%s'", argv[i]);
+	}
+	c = connect_or_die("arbiterctl");
+	rc = arb_stats(c, resource, &p);
+	if (rc < 0)
+		die(exit_for(rc), "stats: %s", arb_last_error(c));
+	s = p;
+	if (json) {
+		printf("{");
+		json_figures(stdout, s->total);
+		printf(", \"connections\": %u, \"role\": ", s->connections);
+		json_str(stdout, s->role);
+		printf(", \"storage_locked\": %s, \"uptime_seconds\": %.3f, "
+		       "\"resources_omitted\": %" PRIu64 ", \"resources\": {",
+		       s->storage_locked ? "true" : "false", s->uptime_seconds,
+		       s->resources_omitted);
+		for (size_t i = 0; i < s->n_resources; i++) {
+			printf("%s", i ? ", " : "");
+			json_str(stdout, s->resources[i]->resource);
+			printf(": {");
+			json_figures(stdout, s->resources[i]);
+			printf("}");
+		}
+		printf("}}\n");
+	} else {
+		printf("arbiter %s, up %.0f s, %u connection%s, storage %s\n",
+		       s->role, s->uptime_seconds, s->connections,
+		       s->connections == 1 ? "" : "s",
+		       s->storage_locked ? "locked" : "NOT locked");
+		if (resource == NULL) {
+			printf("total:\n");
+			print_figures(s->total);
+		}
+		for (size_t i = 0; i < s->n_resources; i++) {
+			printf("%s:\n", s->resources[i]->resource);
+			print_figures(s->resources[i]);
+		}
+		if (resource != NULL && s->n_resources == 0)
+			printf("no figures for '%s' yet\n", resource);
+	}
+	arb_close(c);
+	return 0;
+}
+
+/* ------------------------------------------------------------ status */
+
+static void
+fmt_dur(char *buf, size_t len, uint64_t us)
+{
+	if (us < 1000)
+		snprintf(buf, len, "%" PRIu64 "us", us);
+	else if (us < 10000000)
+		snprintf(buf, len, "%.1fms", us / 1e3);
+	else
+		snprintf(buf, len, "%.1fs", us / 1e6);
+}
+
+static int
+cmd_status(int argc, char **argv)
+{
+	bool json = false;
+	const char *resource = NULL;
+	const Arbiter__Status *s;
+	const void *p;
+	arb_client *c;
+	int rc;
+
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--json") == 0)
+			json = true;
+		else if (resource == NULL && argv[i][0] != '-')
+			resource = argv[i];
+		else
+			die(EXIT_USAGE, "status: unexpected '%s'", argv[i]);
+	}
+	c = connect_or_die("arbiterctl");
+	rc = arb_status(c, resource, &p);
+	if (rc < 0)
+		die(exit_for(rc), "status: %s", arb_last_error(c));
+	s = p;
+	if (json) {
+		printf("{\"role\": ");
+		json_str(stdout, s->role);
+		printf(", \"pid\": %u, \"version\": ", s->pid);
+		json_str(stdout, s->server_version);
+		printf(", \"storage\": ");
+		json_str(stdout, s->storage_path);
+		printf(", \"storage_holder\": ");
+		json_str(stdout, s->storage_holder);
+		printf(", \"connections\": %u, \"resources\": {", s->connections);
+		for (size_t i = 0; i < s->n_resources; i++) {
+			const Arbiter__ResourceStatus *r = s->resources[i];
+
+			printf("%s", i ? ", " : "");
+			json_str(stdout, r->resource);
+			printf(": {\"delayed_us\": %" PRIu64 ", \"holders\": [",
+			       r->delayed_us);
+			for (size_t j = 0; j < r->n_holders; j++) {
+				const Arbiter__Holder *h = r->holders[j];
+
+				printf("%s{\"lease_id\": %" PRIu64
+				       ", \"mode\": \"%s\", \"pid\": %u, "
+				       "\"uid\": %u, \"client_name\": ",
+				       j ? ", " : "", h->lease_id,
+				       h->mode ? "shared" : "exclusive", h->pid,
+				       h->uid);
+				json_str(stdout, h->client_name);
+				printf(", \"held_us\": %" PRIu64
+				       ", \"token\": %" PRIu64
+				       ", \"ttl_ms\": %" PRIu64 "}",
+				       h->held_us, h->token, h->ttl_ms);
+			}
+			printf("], \"waiters\": [");
+			for (size_t j = 0; j < r->n_waiters; j++) {
+				const Arbiter__Waiter *w = r->waiters[j];
+
+				printf("%s{\"position\": %zu, \"lease_id\": "
+				       "%" PRIu64 ", \"mode\": \"%s\", "
+				       "\"pid\": %u, \"uid\": %u, "
+				       "\"client_name\": ",
+				       j ? ", " : "", j + 1, w->lease_id,
+				       w->mode ? "shared" : "exclusive", w->pid,
+				       w->uid);
+				json_str(stdout, w->client_name);
+				printf(", \"waiting_us\": %" PRIu64 "}",
+				       w->waiting_us);
+			}
+			printf("]}");
+		}
+		printf("}}\n");
+	} else {
+		printf("arbiter pid %u (%s), %s, storage %s, %u connection%s\n",
+		       s->pid, s->server_version, s->role, s->storage_path,
+		       s->connections, s->connections == 1 ? "" : "s");
+		if (s->storage_holder && s->storage_holder[0])
+			printf("storage held by: %s\n", s->storage_holder);
+		if (s->n_resources == 0)
+			printf("no resource is held or waited for\n");
+		else
+			printf("%-20s %-8s %-9s %8s %6s %-24s %10s %8s\n",
+			       "RESOURCE", "STATE", "MODE", "PID", "UID",
+			       "CLIENT", "FOR", "TOKEN");
+		for (size_t i = 0; i < s->n_resources; i++) {
+			const Arbiter__ResourceStatus *r = s->resources[i];
+			char d[32];
+
+			for (size_t j = 0; j < r->n_holders; j++) {
+				const Arbiter__Holder *h = r->holders[j];
+
+				fmt_dur(d, sizeof d, h->held_us);
+				printf("%-20s %-8s %-9s %8u %6u %-24s %10s "
+				       "%8" PRIu64 "\n",
+				       r->resource, "holds",
+				       h->mode ? "shared" : "exclusive", h->pid,
+				       h->uid,
+				       h->client_name && h->client_name[0]
+					       ? h->client_name
+					       : "-",
+				       d, h->token);
+			}
+			for (size_t j = 0; j < r->n_waiters; j++) {
+				const Arbiter__Waiter *w = r->waiters[j];
+				char state[32];
+
+				fmt_dur(d, sizeof d, w->waiting_us);
+				snprintf(state, sizeof state, "waits#%zu", j + 1);
+				printf("%-20s %-8s %-9s %8u %6u %-24s %10s %8s\n",
+				       r->resource, state,
+				       w->mode ? "shared" : "exclusive", w->pid,
+				       w->uid,
+				       w->client_name && w->client_name[0]
+					       ? w->client_name
+					       : "-",
+				       d, "-");
+			}
+			if (r->delayed_us > 0) {
+				fmt_dur(d, sizeof d, r->delayed_us);
+				printf("%-20s lock-delay for %s more\n",
+				       r->resource, d);
+			}
+		}
+	}
+	arb_close(c);
+	return 0;
+}
+
+static int
+cmd_who(void)
+{
+	const Arbiter__Status *s;
+	const void *p;
+	arb_client *c = connect_or_die("arbiterctl");
+	int rc = arb_status(c, NULL, &p);
+
+	if (rc < 0)
+		die(exit_for(rc), "who: %s", arb_last_error(c));
+	s = p;
+	if (s->storage_holder && s->storage_holder[0])
+		printf("storage %s: held by another arbiter (%s); this one "
+		       "(pid %u) is %s\n",
+		       s->storage_path, s->storage_holder, s->pid, s->role);
+	else
+		printf("storage %s: held by arbiter pid %u (%s)\n",
+		       s->storage_path, s->pid, s->role);
+	for (size_t i = 0; i < s->n_resources; i++) {
+		const Arbiter__ResourceStatus *r = s->resources[i];
+
+		for (size_t j = 0; j < r->n_holders; j++)
+			printf("%s: pid %u (%s), %s, token %" PRIu64 "\n",
+			       r->resource, r->holders[j]->pid,
+			       r->holders[j]->client_name &&
+					       r->holders[j]->client_name[0]
+				       ? r->holders[j]->client_name
+				       : "unnamed",
+			       r->holders[j]->mode ? "shared" : "exclusive",
+			       r->holders[j]->token);
+		if (r->n_waiters > 0)
+			printf("%s: %zu waiting\n", r->resource, r->n_waiters);
+	}
+	arb_close(c);
+	return 0;
+}
+
+static int
+cmd_revoke(int argc, char **argv)
+{
+	uint64_t lease = 0;
+	uint32_t pid = 0;
+	arb_client *c;
+	int rc;
+
+	if (argc == 3 && strcmp(argv[1], "--lease") == 0)
+		lease = strtoull(argv[2], NULL, 10);
+	else if (argc == 3 && strcmp(argv[1], "--pid") == 0)
+		pid = (uint32_t)strtoul(argv[2], NULL, 10);
+	if (lease == 0 && pid == 0)
+		die(EXIT_USAGE, "usage: arbiterctl revoke --lease ID | --pid PID");
+	c = connect_or_die("arbiterctl");
+	rc = arb_revoke(c, lease, pid);
+	if (rc < 0)
+		die(exit_for(rc), "revoke: %s", arb_last_error(c));
+	printf("revoked %d lease%s\n", rc, rc == 1 ? "" : "s");
+	arb_close(c);
+	return 0;
+}
+
+int
+main(int argc, char **argv)
+{
+	const char *cmd;
+	int ch;
+
+	while ((ch = getopt(argc, argv, "+S:c:hV")) != -1) {
+		switch (ch) {
+		case 'S':
+			socket_path = optarg;
+			break;
+		case 'c':
+			socket_path = socket_from_config(optarg);
+			break;
+		case 'V':
+			printf("arbiterctl %s\n", ARBITER_VERSION);
+			return 0;
+		case 'h':
+			usage(stdout);
+			return 0;
+		default:
+			usage(stderr);
+			return EXIT_USAGE;
+		}
+	}
+	if (optind >= argc) {
+		usage(stderr);
+		return EXIT_USAGE;
+	}
+	cmd = argv[optind];
+	argc -= optind;
+	argv += optind;
+	if (strcmp(cmd, "run") == 0)
+		return cmd_run(argc, argv);
+	if (strcmp(cmd, "ping") == 0 || strcmp(cmd, "health") == 0) {
+		arb_client *c = connect_or_die("arbiterctl");
+		char role[32];
+		int rc = arb_ping(c, role, sizeof role);
+
+		if (rc < 0)
+			die(exit_for(rc), "ping: %s", arb_last_error(c));
+		printf("pong %s\n", role);
+		arb_close(c);
+		return 0;
+	}
+	if (strcmp(cmd, "stats") == 0)
+		return cmd_stats(argc, argv);
+	if (strcmp(cmd, "status") == 0)
+		return cmd_status(argc, argv);
+	if (strcmp(cmd, "who") == 0)
+		return cmd_who();
+	if (strcmp(cmd, "revoke") == 0)
+		return cmd_revoke(argc, argv);
+	if (strcmp(cmd, "stats-reset") == 0) {
+		arb_client *c = connect_or_die("arbiterctl");
+		int rc = arb_stats_reset(c);
+
+		if (rc < 0)
+			die(exit_for(rc), "stats-reset: %s", arb_last_error(c));
+		arb_close(c);
+		return 0;
+	}
+	if (strcmp(cmd, "help") == 0) {
+		usage(stdout);
+		return 0;
+	}
+	fprintf(stderr, "arbiterctl: unknown command '%s'\n", cmd);
+	usage(stderr);
+	return EXIT_USAGE;
+}

@@ -1,0 +1,768 @@
+/*
+ * libarbiter: connection, handshake, frame I/O and the request calls (see
+ * arbiter.h). One receive buffer serves both the blocking calls and the
+ * non-blocking event API, so a frame that arrives during a blocking call is
+ * never lost: events not meant for the caller are queued for
+ * arb_next_event().
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "arbiter.h"
+#include "codec.h"
+#include "defaults.h"
+#include "frame.h"
+
+#define RECV_MAX FRAME_HARD_MAX
+#define ARENA_START (64u << 10)
+#define ARENA_CAP (64u << 20)
+#define EVQ_MAX 1024
+
+struct arb_client {
+	int fd;
+	uint64_t next_id;
+	char path[108];
+	char err[512];
+	uint8_t *rbuf;
+	size_t rlen, rcap;
+	struct codec_arena arena;
+	struct arb_event *evq; /* ring of pending events */
+	size_t evq_head, evq_len;
+	const struct arb_acquire_opts *opts; /* during a blocking acquire */
+	const char *resource;
+	uint32_t max_frame;
+};
+
+static __thread char connect_err[1024];
+
+static void
+seterr(arb_client *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void
+seterr(arb_client *c, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(c->err, sizeof c->err, fmt, ap);
+	va_end(ap);
+}
+
+void
+arb_socket_path(char *buf, size_t len)
+{
+	const char *env = getenv("ARBITER_SOCKET");
+
+	if (env != NULL && *env != '\0')
+		snprintf(buf, len, "%s", env);
+	else
+		arb_default_socket_path(buf, len);
+}
+
+const char *
+arb_strerror(int err)
+{
+	static const char *const names[] = {
+		[ARB_EBADFRAME - 1000] = "malformed frame",
+		[ARB_EBADREQUEST - 1000] = "bad request",
+		[ARB_ENOTWELCOME - 1000] = "request before handshake",
+		[ARB_EVERSION - 1000] = "protocol version not supported",
+		[ARB_EINVALIDNAME - 1000] = "invalid resource name",
+		[ARB_EALREADYHELD - 1000] = "already held or waited for on "
+					    "this connection",
+		[ARB_EWOULDBLOCK - 1000] = "resource is busy",
+		[ARB_ETIMEOUT - 1000] = "timed out waiting for the resource",
+		[ARB_EUNKNOWNLEASE - 1000] = "no such lease",
+		[ARB_EFORBIDDEN - 1000] = "forbidden",
+		[ARB_ELIMIT - 1000] = "a limit of the daemon was hit",
+		[ARB_ESHUTTINGDOWN - 1000] = "the daemon is shutting down",
+		[ARB_ESTORAGE - 1000] = "storage lock unavailable",
+		[ARB_EINTERNAL - 1000] = "internal error in the daemon",
+		[ARB_ECANCELLED - 1000] = "the pending acquire was withdrawn",
+	};
+	int e = err < 0 ? -err : err;
+
+	if (e == ARB_EPROTO)
+		return "the daemon sent something unreadable";
+	if (e == ARB_ECONNLOST)
+		return "connection to the daemon lost";
+	if (e == ARB_EREVOKED)
+		return "lease revoked";
+	if (e > 1000 && e - 1000 < (int)(sizeof names / sizeof names[0]) &&
+	    names[e - 1000] != NULL)
+		return names[e - 1000];
+	return strerror(e);
+}
+
+const char *
+arb_last_error(const arb_client *c)
+{
+	return c->err;
+}
+
+const char *
+arb_connect_error(void)
+{
+	return connect_err;
+}
+
+int
+arb_fd(const arb_client *c)
+{
+	return c->fd;
+}
+
+int
+arb_set_inherit(arb_client *c, bool inherit)
+{
+	int fl = fcntl(c->fd, F_GETFD);
+
+	if (fl < 0)
+		return -errno;
+	fl = inherit ? fl & ~FD_CLOEXEC : fl | FD_CLOEXEC;
+	return fcntl(c->fd, F_SETFD, fl) < 0 ? -errno : 0;
+}
+
+/* ------------------------------------------------------------ frames */
+
+static int
+send_request(arb_client *c, Arbiter__Request *req)
+{
+	uint8_t stack[1024], *buf = stack;
+	size_t n = codec_frame_size(&req->base), off = 0;
+
+	if (n - FRAME_HEADER > c->max_frame) {
+		seterr(c, "request of %zu bytes is over the daemon's "
+			  "max_frame_bytes (%u)",
+		       n - FRAME_HEADER, c->max_frame);
+		return -ARB_ELIMIT;
+	}
+	if (n > sizeof stack && (buf = malloc(n)) == NULL)
+		return -ENOMEM;
+	codec_pack_frame(&req->base, buf);
+	while (off < n) {
+		ssize_t w = send(c->fd, buf + off, n - off, MSG_NOSIGNAL);
+
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w < 0 && errno == EAGAIN) {
+			struct pollfd p = {.fd = c->fd, .events = POLLOUT};
+
+			poll(&p, 1, -1);
+			continue;
+		}
+		if (w <= 0) {
+			int e = errno;
+
+			if (buf != stack)
+				free(buf);
+			seterr(c, "connection to %s lost while sending: %s",
+			       c->path, strerror(e));
+			return -ARB_ECONNLOST;
+		}
+		off += (size_t)w;
+	}
+	if (buf != stack)
+		free(buf);
+	return 0;
+}
+
+/*
+ * Read more bytes. block: wait for them. Returns 1 when bytes came, 0 when
+ * none are ready (non-blocking), < 0 on EOF or error.
+ */
+static int
+fill(arb_client *c, bool block)
+{
+	ssize_t n;
+
+	if (c->rcap - c->rlen < 4096) {
+		size_t ncap = c->rcap ? c->rcap * 2 : 8192;
+		uint8_t *nb;
+
+		if (ncap > RECV_MAX + FRAME_HEADER + 8192)
+			ncap = RECV_MAX + FRAME_HEADER + 8192;
+		if (ncap <= c->rlen) {
+			seterr(c, "frame from the daemon is too large");
+			return -ARB_EPROTO;
+		}
+		nb = realloc(c->rbuf, ncap);
+		if (nb == NULL)
+			return -ENOMEM;
+		c->rbuf = nb;
+		c->rcap = ncap;
+	}
+	for (;;) {
+		n = recv(c->fd, c->rbuf + c->rlen, c->rcap - c->rlen,
+			 block ? 0 : MSG_DONTWAIT);
+		if (n > 0) {
+			c->rlen += (size_t)n;
+			return 1;
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+			if (!block)
+				return 0;
+			struct pollfd p = {.fd = c->fd, .events = POLLIN};
+
+			poll(&p, 1, -1);
+			continue;
+		}
+		seterr(c, "connection to the arbiter at %s lost%s%s", c->path,
+		       n < 0 ? ": " : " (the daemon closed it)",
+		       n < 0 ? strerror(errno) : "");
+		return -ARB_ECONNLOST;
+	}
+}
+
+/* Take the next whole frame, decoded; NULL in *m when none is buffered. */
+static int
+take_frame(arb_client *c, Arbiter__ServerMessage **m)
+{
+	uint32_t n;
+	enum frame_status st;
+
+	*m = NULL;
+	st = frame_parse(c->rbuf, c->rlen, RECV_MAX, &n);
+	if (st == FRAME_NEED_MORE)
+		return 0;
+	if (st != FRAME_OK) {
+		seterr(c, "the daemon sent a frame with a bad length (%u)", n);
+		return -ARB_EPROTO;
+	}
+	/* Most replies are tiny; grow the arena only for a big status. */
+	for (;;) {
+		size_t cap = c->arena.cap;
+
+		codec_arena_reset(&c->arena);
+		*m = codec_unpack_server(&c->arena, c->rbuf + FRAME_HEADER, n);
+		if (*m != NULL || cap >= ARENA_CAP || cap == 0)
+			break;
+		codec_arena_free(&c->arena);
+		codec_arena_init(&c->arena, cap * 4 < ARENA_CAP ? cap * 4
+								: ARENA_CAP);
+	}
+	memmove(c->rbuf, c->rbuf + FRAME_HEADER + n,
+		c->rlen - FRAME_HEADER - n);
+	c->rlen -= FRAME_HEADER + n;
+	if (*m == NULL) {
+		seterr(c, "the daemon sent a message this client cannot "
+			  "decode (version mismatch?)");
+		return -ARB_EPROTO;
+	}
+	return 1;
+}
+
+static int
+error_of(arb_client *c, const Arbiter__Error *e)
+{
+	seterr(c, "%s", e->message ? e->message : "");
+	return -(1000 + (int)e->code);
+}
+
+static void
+evq_push(arb_client *c, const struct arb_event *ev)
+{
+	if (c->evq == NULL) {
+		c->evq = calloc(EVQ_MAX, sizeof *c->evq);
+		if (c->evq == NULL)
+			return;
+	}
+	if (c->evq_len == EVQ_MAX) {
+		/* Drop the oldest: a client that never reads its events must
+		 * not grow without bound. */
+		c->evq_head = (c->evq_head + 1) % EVQ_MAX;
+		c->evq_len--;
+	}
+	c->evq[(c->evq_head + c->evq_len) % EVQ_MAX] = *ev;
+	c->evq_len++;
+}
+
+static void
+fill_lease(struct arb_lease *l, const Arbiter__Granted *g)
+{
+	l->id = g->lease_id;
+	l->token = g->token;
+	l->waited_us = g->waited_us;
+	l->ttl_ms = g->ttl_ms;
+	l->mode = g->mode == ARBITER__MODE__SHARED ? ARB_SHARED : ARB_EXCLUSIVE;
+}
+
+/* Turn a message into an event for the queue. */
+static void
+to_event(arb_client *c, const Arbiter__ServerMessage *m, struct arb_event *ev)
+{
+	memset(ev, 0, sizeof *ev);
+	ev->request_id = m->id;
+	switch (m->kind_case) {
+	case ARBITER__SERVER_MESSAGE__KIND_GRANTED:
+		ev->kind = ARB_EV_GRANTED;
+		fill_lease(&ev->lease, m->granted);
+		snprintf(ev->resource, sizeof ev->resource, "%s",
+			 m->granted->resource ? m->granted->resource : "");
+		break;
+	case ARBITER__SERVER_MESSAGE__KIND_QUEUED:
+		ev->kind = ARB_EV_QUEUED;
+		ev->lease.id = m->queued->lease_id;
+		ev->position = m->queued->position;
+		ev->holder_pid = m->queued->holder_pid;
+		snprintf(ev->resource, sizeof ev->resource, "%s",
+			 m->queued->resource ? m->queued->resource : "");
+		snprintf(ev->message, sizeof ev->message, "%s",
+			 m->queued->holder_name ? m->queued->holder_name : "");
+		break;
+	case ARBITER__SERVER_MESSAGE__KIND_ERROR:
+		ev->kind = ARB_EV_FAILED;
+		ev->error = error_of(c, m->error);
+		snprintf(ev->message, sizeof ev->message, "%s", c->err);
+		break;
+	case ARBITER__SERVER_MESSAGE__KIND_REVOKED:
+		ev->kind = ARB_EV_REVOKED;
+		ev->lease.id = m->revoked->lease_id;
+		ev->reason = m->revoked->reason;
+		snprintf(ev->resource, sizeof ev->resource, "%s",
+			 m->revoked->resource ? m->revoked->resource : "");
+		snprintf(ev->message, sizeof ev->message, "%s",
+			 m->revoked->message ? m->revoked->message : "");
+		break;
+	default:
+		ev->kind = ARB_EV_REPLY;
+		break;
+	}
+}
+
+/*
+ * Read until the reply to request id arrives; other frames become events.
+ * Queued frames for id call the acquire's on_queued. On success *out is the
+ * reply, valid until the next read.
+ */
+static int
+await_reply(arb_client *c, uint64_t id, Arbiter__ServerMessage **out)
+{
+	for (;;) {
+		Arbiter__ServerMessage *m;
+		struct arb_event ev;
+		int rc = take_frame(c, &m);
+
+		if (rc < 0)
+			return rc;
+		if (m == NULL) {
+			rc = fill(c, true);
+			if (rc < 0)
+				return rc;
+			continue;
+		}
+		if (m->id == id && m->kind_case ==
+					   ARBITER__SERVER_MESSAGE__KIND_QUEUED) {
+			const struct arb_acquire_opts *o = c->opts;
+
+			if (o != NULL && o->on_queued != NULL)
+				o->on_queued(o->ctx, c->resource,
+					     m->queued->position,
+					     m->queued->holder_pid,
+					     m->queued->holder_name
+						     ? m->queued->holder_name
+						     : "");
+			continue;
+		}
+		if (m->id == id) {
+			*out = m;
+			if (m->kind_case == ARBITER__SERVER_MESSAGE__KIND_ERROR)
+				return error_of(c, m->error);
+			return 0;
+		}
+		to_event(c, m, &ev);
+		evq_push(c, &ev);
+	}
+}
+
+static int
+call(arb_client *c, Arbiter__Request *req, Arbiter__ServerMessage **reply,
+     Arbiter__ServerMessage__KindCase want)
+{
+	int rc;
+
+	req->id = ++c->next_id;
+	rc = send_request(c, req);
+	if (rc < 0)
+		return rc;
+	rc = await_reply(c, req->id, reply);
+	if (rc < 0)
+		return rc;
+	if ((*reply)->kind_case != want) {
+		seterr(c, "unexpected reply kind %d to request %llu",
+		       (int)(*reply)->kind_case, (unsigned long long)req->id);
+		return -ARB_EPROTO;
+	}
+	return 0;
+}
+
+/* ------------------------------------------------------------ connect */
+
+int
+arb_connect(arb_client **out, const char *socket_path, const char *name)
+{
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	Arbiter__Request req = ARBITER__REQUEST__INIT;
+	Arbiter__Hello hello = ARBITER__HELLO__INIT;
+	Arbiter__ServerMessage *m;
+	arb_client *c;
+	int rc;
+
+	*out = NULL;
+	connect_err[0] = '\0';
+	c = calloc(1, sizeof *c);
+	if (c == NULL)
+		return -ENOMEM;
+	c->fd = -1;
+	c->max_frame = 65536;
+	if (socket_path != NULL && *socket_path != '\0')
+		snprintf(c->path, sizeof c->path, "%s", socket_path);
+	else
+		arb_socket_path(c->path, sizeof c->path);
+	if (strlen(c->path) >= sizeof sa.sun_path) {
+		snprintf(connect_err, sizeof connect_err,
+			 "socket path %s is longer than 107 bytes", c->path);
+		free(c);
+		return -ENAMETOOLONG;
+	}
+	codec_arena_init(&c->arena, ARENA_START);
+	c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (c->fd < 0) {
+		rc = -errno;
+		goto fail_errno;
+	}
+	memcpy(sa.sun_path, c->path, strlen(c->path) + 1);
+	if (connect(c->fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+		rc = -errno;
+		goto fail_errno;
+	}
+
+	hello.protocol_version = ARB_PROTOCOL_VERSION;
+	if (name != NULL) {
+		size_t n = strlen(name);
+
+		hello.has_client_name = true;
+		hello.client_name.data = (uint8_t *)(uintptr_t)name;
+		hello.client_name.len = n > ARB_CLIENT_NAME_MAX
+						? ARB_CLIENT_NAME_MAX
+						: n;
+	}
+	req.kind_case = ARBITER__REQUEST__KIND_HELLO;
+	req.hello = &hello;
+	rc = call(c, &req, &m, ARBITER__SERVER_MESSAGE__KIND_WELCOME);
+	if (rc < 0) {
+		snprintf(connect_err, sizeof connect_err,
+			 "handshake with the arbiter at %s failed: %s", c->path,
+			 c->err);
+		arb_close(c);
+		return rc;
+	}
+	if (m->welcome->limits && m->welcome->limits->has_max_frame_bytes)
+		c->max_frame = m->welcome->limits->max_frame_bytes;
+	*out = c;
+	return 0;
+
+fail_errno:
+	switch (-rc) {
+	case ENOENT:
+		snprintf(connect_err, sizeof connect_err,
+			 "no arbiter socket at %s: is arbiterd running? (set "
+			 "ARBITER_SOCKET or -S to the socket.path of its "
+			 "config)",
+			 c->path);
+		break;
+	case ECONNREFUSED:
+		snprintf(connect_err, sizeof connect_err,
+			 "nothing listens on %s (a socket file left by a "
+			 "stopped arbiterd?): start arbiterd",
+			 c->path);
+		break;
+	case EACCES:
+	case EPERM:
+		snprintf(connect_err, sizeof connect_err,
+			 "permission denied on %s for uid %u: the socket's "
+			 "mode/group (socket.mode, socket.group) must let you "
+			 "in",
+			 c->path, (unsigned)getuid());
+		break;
+	default:
+		snprintf(connect_err, sizeof connect_err,
+			 "cannot connect to %s: %s", c->path, strerror(-rc));
+	}
+	arb_close(c);
+	return rc;
+}
+
+void
+arb_close(arb_client *c)
+{
+	if (c == NULL)
+		return;
+	if (c->fd >= 0)
+		close(c->fd);
+	codec_arena_free(&c->arena);
+	free(c->rbuf);
+	free(c->evq);
+	free(c);
+}
+
+/* ------------------------------------------------------------ requests */
+
+static int
+build_acquire(arb_client *c, Arbiter__Acquire *a, const char *resource,
+	      enum arb_mode mode, int64_t timeout_ms,
+	      const struct arb_acquire_opts *opts)
+{
+	const char *bad = codec_check_name(resource, resource ? strlen(resource)
+							      : 0);
+
+	if (bad != NULL) {
+		seterr(c, "%s", bad);
+		return -ARB_EINVALIDNAME;
+	}
+	a->resource.data = (uint8_t *)(uintptr_t)resource;
+	a->resource.len = strlen(resource);
+	a->has_mode = true;
+	a->mode = mode == ARB_SHARED ? ARBITER__MODE__SHARED
+				     : ARBITER__MODE__EXCLUSIVE;
+	if (timeout_ms >= 0) {
+		a->has_timeout_ms = true;
+		a->timeout_ms = (uint64_t)timeout_ms;
+	}
+	if (opts != NULL) {
+		if (opts->ttl_ms > 0) {
+			a->has_ttl_ms = true;
+			a->ttl_ms = opts->ttl_ms;
+		}
+		if (opts->lock_delay_ms >= 0) {
+			a->has_lock_delay_ms = true;
+			a->lock_delay_ms = (uint64_t)opts->lock_delay_ms;
+		}
+		if (opts->position_updates) {
+			a->has_position_updates = true;
+			a->position_updates = true;
+		}
+	}
+	return 0;
+}
+
+int
+arb_acquire(arb_client *c, const char *resource, enum arb_mode mode,
+	    int64_t timeout_ms, const struct arb_acquire_opts *opts,
+	    struct arb_lease *out)
+{
+	Arbiter__Request req = ARBITER__REQUEST__INIT;
+	Arbiter__Acquire a = ARBITER__ACQUIRE__INIT;
+	Arbiter__ServerMessage *m;
+	int rc;
+
+	rc = build_acquire(c, &a, resource, mode, timeout_ms, opts);
+	if (rc < 0)
+		return rc;
+	req.kind_case = ARBITER__REQUEST__KIND_ACQUIRE;
+	req.acquire = &a;
+	c->opts = opts;
+	c->resource = resource;
+	rc = call(c, &req, &m, ARBITER__SERVER_MESSAGE__KIND_GRANTED);
+	c->opts = NULL;
+	c->resource = NULL;
+	if (rc < 0)
+		return rc;
+	fill_lease(out, m->granted);
+	return 0;
+}
+
+int
+arb_acquire_async(arb_client *c, const char *resource, enum arb_mode mode,
+		  int64_t timeout_ms, const struct arb_acquire_opts *opts,
+		  uint64_t *request_id)
+{
+	Arbiter__Request req = ARBITER__REQUEST__INIT;
+	Arbiter__Acquire a = ARBITER__ACQUIRE__INIT;
+	int rc;
+
+	rc = build_acquire(c, &a, resource, mode, timeout_ms, opts);
+	if (rc < 0)
+		return rc;
+	req.kind_case = ARBITER__REQUEST__KIND_ACQUIRE;
+	req.acquire = &a;
+	req.id = ++c->next_id;
+	*request_id = req.id;
+	return send_request(c, &req);
+}
+
+int
+arb_cancel(arb_client *c, uint64_t request_id)
+{
+	Arbiter__Request req = ARBITER__REQUEST__INIT;
+	Arbiter__Release r = ARBITER__RELEASE__INIT;
+
+	r.has_request_id = true;
+	r.request_id = request_id;
+	req.kind_case = ARBITER__REQUEST__KIND_RELEASE;
+	req.release = &r;
+	req.id = ++c->next_id;
+	/* The Released reply (or UNKNOWN_LEASE if it was granted or failed
+	 * meanwhile) arrives as an ARB_EV_REPLY / ARB_EV_FAILED event. */
+	return send_request(c, &req);
+}
+
+int
+arb_next_event(arb_client *c, struct arb_event *ev)
+{
+	Arbiter__ServerMessage *m;
+	int rc;
+
+	if (c->evq_len > 0) {
+		*ev = c->evq[c->evq_head];
+		c->evq_head = (c->evq_head + 1) % EVQ_MAX;
+		c->evq_len--;
+		return 1;
+	}
+	for (;;) {
+		rc = take_frame(c, &m);
+		if (rc < 0)
+			return rc;
+		if (m != NULL) {
+			to_event(c, m, ev);
+			return 1;
+		}
+		rc = fill(c, false);
+		if (rc <= 0)
+			return rc;
+	}
+}
+
+int
+arb_release(arb_client *c, uint64_t lease_id)
+{
+	Arbiter__Request req = ARBITER__REQUEST__INIT;
+	Arbiter__Release r = ARBITER__RELEASE__INIT;
+	Arbiter__ServerMessage *m;
+
+	r.has_lease_id = true;
+	r.lease_id = lease_id;
+	req.kind_case = ARBITER__REQUEST__KIND_RELEASE;
+	req.release = &r;
+	return call(c, &req, &m, ARBITER__SERVER_MESSAGE__KIND_RELEASED);
+}
+
+int
+arb_renew(arb_client *c, uint64_t lease_id, uint64_t ttl_ms)
+{
+	Arbiter__Request req = ARBITER__REQUEST__INIT;
+	Arbiter__Renew r = ARBITER__RENEW__INIT;
+	Arbiter__ServerMessage *m;
+
+	r.lease_id = lease_id;
+	if (ttl_ms > 0) {
+		r.has_ttl_ms = true;
+		r.ttl_ms = ttl_ms;
+	}
+	req.kind_case = ARBITER__REQUEST__KIND_RENEW;
+	req.renew = &r;
+	return call(c, &req, &m, ARBITER__SERVER_MESSAGE__KIND_RENEWED);
+}
+
+int
+arb_ping(arb_client *c, char *role, size_t rolelen)
+{
+	Arbiter__Request req = ARBITER__REQUEST__INIT;
+	Arbiter__Ping p = ARBITER__PING__INIT;
+	Arbiter__ServerMessage *m;
+	int rc;
+
+	req.kind_case = ARBITER__REQUEST__KIND_PING;
+	req.ping = &p;
+	rc = call(c, &req, &m, ARBITER__SERVER_MESSAGE__KIND_PONG);
+	if (rc == 0 && role != NULL && rolelen > 0)
+		snprintf(role, rolelen, "%s",
+			 m->pong->role ? m->pong->role : "");
+	return rc;
+}
+
+int
+arb_revoke(arb_client *c, uint64_t lease_id, uint32_t pid)
+{
+	Arbiter__Request req = ARBITER__REQUEST__INIT;
+	Arbiter__Revoke r = ARBITER__REVOKE__INIT;
+	Arbiter__ServerMessage *m;
+	int rc;
+
+	if (lease_id != 0) {
+		r.has_lease_id = true;
+		r.lease_id = lease_id;
+	} else {
+		r.has_pid = true;
+		r.pid = pid;
+	}
+	req.kind_case = ARBITER__REQUEST__KIND_REVOKE;
+	req.revoke = &r;
+	rc = call(c, &req, &m, ARBITER__SERVER_MESSAGE__KIND_REVOKE_DONE);
+	return rc < 0 ? rc : (int)m->revoke_done->revoked;
+}
+
+int
+arb_stats(arb_client *c, const char *resource, const void **stats)
+{
+	Arbiter__Request req = ARBITER__REQUEST__INIT;
+	Arbiter__StatsRequest s = ARBITER__STATS_REQUEST__INIT;
+	Arbiter__ServerMessage *m;
+	int rc;
+
+	if (resource != NULL) {
+		s.has_resource = true;
+		s.resource.data = (uint8_t *)(uintptr_t)resource;
+		s.resource.len = strlen(resource);
+	}
+	req.kind_case = ARBITER__REQUEST__KIND_STATS;
+	req.stats = &s;
+	rc = call(c, &req, &m, ARBITER__SERVER_MESSAGE__KIND_STATS);
+	if (rc == 0)
+		*stats = m->stats;
+	return rc;
+}
+
+int
+arb_status(arb_client *c, const char *resource, const void **status)
+{
+	Arbiter__Request req = ARBITER__REQUEST__INIT;
+	Arbiter__StatusRequest s = ARBITER__STATUS_REQUEST__INIT;
+	Arbiter__ServerMessage *m;
+	int rc;
+
+	if (resource != NULL) {
+		s.has_resource = true;
+		s.resource.data = (uint8_t *)(uintptr_t)resource;
+		s.resource.len = strlen(resource);
+	}
+	req.kind_case = ARBITER__REQUEST__KIND_STATUS;
+	req.status = &s;
+	rc = call(c, &req, &m, ARBITER__SERVER_MESSAGE__KIND_STATUS);
+	if (rc == 0)
+		*status = m->status;
+	return rc;
+}
+
+int
+arb_stats_reset(arb_client *c)
+{
+	Arbiter__Request req = ARBITER__REQUEST__INIT;
+	Arbiter__StatsReset s = ARBITER__STATS_RESET__INIT;
+	Arbiter__ServerMessage *m;
+
+	req.kind_case = ARBITER__REQUEST__KIND_STATS_RESET;
+	req.stats_reset = &s;
+	return call(c, &req, &m,
+		    ARBITER__SERVER_MESSAGE__KIND_STATS_RESET_DONE);
+}
