@@ -121,7 +121,7 @@ check: all $(UNIT_BIN)
 	$(MAKE) check-unit check-integration
 
 check-unit: $(UNIT_BIN)
-	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $(RUN_UNDER) $$t --jobs 2; done
+	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t --jobs 2; done
 
 check-integration: all
 	ARBITER_BUILD=$(abspath $(BUILD)) $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
