@@ -12,6 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "role.h"
 #include "server.h"
 
 static void
@@ -70,11 +71,15 @@ cmd_stats(struct conn *c, const char *arg)
 	struct stats_res *r, *tmp;
 
 	out(c, "# Server\nversion:%s\npid:%ld\nrole:%s\nuptime_seconds:%.3f\n"
-	       "connections:%u\nstorage_locked:%d\nholders:%u\nwaiters:%u\n",
+	       "connections:%u\nstorage_locked:%d\nholders:%u\nwaiters:%u\n"
+	       "token_last:%" PRIu64 "\ntoken_reserved:%" PRIu64
+	       "\nstate_writes:%u\nstate_fsyncs:%u\n",
 	    ARBITER_VERSION, (long)getpid(),
-	    srv->role == ROLE_ACTIVE ? "active" : "standby",
+	    role_name(srv),
 	    (double)(now_ns() - srv->t_start) / 1e9, srv->nconns,
-	    srv->storage.held ? 1 : 0, srv->lm.nheld, srv->lm.nwaiting);
+	    srv->storage.held ? 1 : 0, srv->lm.nheld, srv->lm.nwaiting,
+	    srv->lm.last_token, srv->lm.token_limit, srv->state_writes,
+	    srv->state_fsyncs);
 	if (*arg == '\0') {
 		out(c, "# Total\n");
 		print_figures(c, &srv->stats.total);
@@ -96,7 +101,7 @@ cmd_status(struct conn *c, const char *arg)
 	uint64_t now = now_ns();
 
 	out(c, "# Server\nrole:%s\nstorage:%s\nconnections:%u\n",
-	    srv->role == ROLE_ACTIVE ? "active" : "standby",
+	    role_name(srv),
 	    srv->cfg.storage_path, srv->nconns);
 	if (srv->role == ROLE_STANDBY)
 		out(c, "storage_holder:%s\n", srv->storage_holder);
@@ -132,7 +137,7 @@ static void
 cmd_ping(struct conn *c, const char *arg)
 {
 	(void)arg;
-	out(c, "pong %s\n", c->srv->role == ROLE_ACTIVE ? "active" : "standby");
+	out(c, "pong %s\n", role_name(c->srv));
 }
 
 static void

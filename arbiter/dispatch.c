@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "role.h"
 #include "server.h"
 
 #define container_of(ptr, type, member) \
@@ -47,12 +48,6 @@ reply(struct conn *c, uint64_t id, Arbiter__ServerMessage__KindCase kind,
 	/* Every oneof member is a pointer in the same union slot. */
 	m.welcome = body;
 	conn_send(c, &m);
-}
-
-static const char *
-role_name(const struct server *srv)
-{
-	return srv->role == ROLE_ACTIVE ? "active" : "standby";
 }
 
 /* "held by pid 12 (indexer), exclusive" for messages about a busy resource. */
@@ -209,6 +204,7 @@ do_acquire(struct conn *c, const Arbiter__Request *req)
 	la.tag = req->id;
 	la.position_updates = a->has_position_updates && a->position_updates;
 
+	role_before_acquire(srv);
 	now = now_ns();
 	rc = lockmgr_acquire(&srv->lm, &c->owner, &la, now, &lease_id);
 	if (rc == LM_OK_GRANTED || rc == LM_OK_QUEUED) {
@@ -227,7 +223,8 @@ do_acquire(struct conn *c, const Arbiter__Request *req)
 				 srv->storage_holder);
 		else if (!srv->lm.open)
 			snprintf(held, sizeof held,
-				 "the storage lock is not held yet");
+				 "the storage lock is not held (%s)",
+				 role_name(srv));
 		else if (res != NULL && res->delay.idx >= 0)
 			snprintf(held, sizeof held,
 				 "lock-delay after an unclean release is "
@@ -654,7 +651,7 @@ do_status(struct conn *c, const Arbiter__Request *req)
 	out.role = role;
 	out.storage_path = srv->cfg.storage_path;
 	out.storage_holder = srv->role == ROLE_STANDBY ? srv->storage_holder
-						       : "";
+						       : (char *)"";
 	out.has_connections = true;
 	out.connections = srv->nconns;
 	out.has_pid = true;
@@ -910,6 +907,8 @@ dispatch_apply_events(struct server *srv)
 				    ev[i].immediate ? STAT_acquired_immediate
 						    : STAT_acquired_after_wait);
 			stats_wait(&srv->stats, sr, ev[i].waited_ns);
+			if (sr != NULL)
+				sr->last_token = ev[i].token;
 			send_granted(srv, &ev[i]);
 			break;
 		case LM_EV_QUEUED:

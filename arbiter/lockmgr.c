@@ -274,7 +274,8 @@ grant(struct lockmgr *lm, struct lm_res *res, struct lm_req *r, uint64_t now,
 {
 	struct lm_event *ev;
 
-	if (r->state == LM_WAITING) {
+	/* An immediate grant was never queued: it is on no waiters list. */
+	if (!immediate) {
 		TAILQ_REMOVE(&res->waiters, r, q_entry);
 		res->nwaiters--;
 		lm->nwaiting--;
@@ -560,30 +561,30 @@ int
 lockmgr_revoke_pid(struct lockmgr *lm, uint32_t pid, uint64_t now)
 {
 	struct lm_req *r, *tmp;
-	uint64_t *ids = NULL;
+	struct lm_res **res = NULL;
 	size_t n = 0, i;
 	int revoked = 0;
 
 	/*
-	 * Collect first: ending one request can grant another of the same pid,
-	 * and that grant must be revoked too, so pending requests of the pid
-	 * are withdrawn in the same sweep and nothing is left to it.
+	 * End every request of the pid before any queue moves: moving a queue
+	 * first could grant a pending request of the same pid, handing the
+	 * process a lease (and a token) it is about to lose. Its pending
+	 * requests are withdrawn, never granted; then the queues move.
 	 */
 	HASH_ITER(hh, lm->reqs, r, tmp) {
 		if (r->owner->pid == pid) {
-			ids = xreallocarray(ids, n + 1, sizeof *ids);
-			ids[n++] = r->id;
+			res = xreallocarray(res, n + 1, sizeof *res);
+			res[n++] = r->res;
+			if (r->state == LM_HELD)
+				revoked++;
+			end_req(lm, r, LM_END_ADMIN, now);
 		}
 	}
 	for (i = 0; i < n; i++) {
-		r = lockmgr_lease(lm, ids[i]);
-		if (r == NULL)
-			continue;
-		if (r->state == LM_HELD)
-			revoked++;
-		finish(lm, r, LM_END_ADMIN, now);
+		grant_pass(lm, res[i], now);
+		res_maybe_dead(lm, res[i]);
 	}
-	free(ids);
+	free(res);
 	check_idle(lm);
 	return revoked;
 }

@@ -19,7 +19,7 @@ usage(FILE *out)
 	fprintf(out,
 		"usage: arbiterd [-c FILE] [--socket PATH] [--storage DIR]\n"
 		"                [-o SECTION.KEY=VALUE ...] [--check-config] "
-		"[--version]\n"
+		"[--reset-state] [--version]\n"
 		"\n"
 		"Hold the storage folder's lock and lend access to local "
 		"processes as\n"
@@ -33,6 +33,12 @@ usage(FILE *out)
 		"last wins\n"
 		"      --check-config    validate, print the effective "
 		"configuration, exit\n"
+		"      --reset-state     start even if the state file is "
+		"corrupt or from a\n"
+		"                        newer version; fencing tokens restart "
+		"above any mark\n"
+		"                        still readable and above the clock in "
+		"microseconds\n"
 		"  -V, --version         print the version and exit\n"
 		"  -h, --help            this help\n"
 		"\n"
@@ -52,6 +58,7 @@ main(int argc, char **argv)
 		{"socket", required_argument, NULL, 'S'},
 		{"storage", required_argument, NULL, 's'},
 		{"check-config", no_argument, NULL, 'C'},
+		{"reset-state", no_argument, NULL, 'R'},
 		{"version", no_argument, NULL, 'V'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
@@ -60,7 +67,7 @@ main(int argc, char **argv)
 	const char *conf = NULL;
 	char **ov = calloc((size_t)argc + 1, sizeof *ov);
 	size_t nov = 0;
-	bool check = false;
+	bool check = false, reset = false;
 	char err[1024];
 	int ch, rc;
 
@@ -84,6 +91,9 @@ main(int argc, char **argv)
 			break;
 		case 'C':
 			check = true;
+			break;
+		case 'R':
+			reset = true;
 			break;
 		case 'V':
 			printf("arbiterd %s (protocol %d)\n", ARBITER_VERSION,
@@ -117,6 +127,7 @@ main(int argc, char **argv)
 		return 0;
 	}
 	srv.conf_path = conf;
+	srv.reset_state = reset;
 	srv.overrides = ov;
 	srv.noverrides = nov;
 	log_setup((enum log_level)srv.cfg.log_level,

@@ -21,6 +21,8 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "notify.h"
+#include "role.h"
 #include "server.h"
 
 #define ACCEPT_BATCH 64
@@ -86,8 +88,26 @@ timer_cb(evutil_socket_t fd, short what, void *arg)
 void
 server_after_lockmgr(struct server *srv)
 {
-	dispatch_apply_events(srv);
-	lockmgr_events_done(&srv->lm);
+	bool need_tokens = false, busy = false, idle = false;
+
+	/* Reserving tokens can grant, which queues more events: loop. */
+	for (int round = 0; round < 4; round++) {
+		const struct lm_event *ev;
+		size_t n;
+
+		ev = lockmgr_events(&srv->lm, &n);
+		if (n == 0)
+			break;
+		for (size_t i = 0; i < n; i++) {
+			need_tokens |= ev[i].kind == LM_EV_NEED_TOKENS;
+			busy |= ev[i].kind == LM_EV_BUSY;
+			idle |= ev[i].kind == LM_EV_IDLE;
+		}
+		dispatch_apply_events(srv);
+		lockmgr_events_done(&srv->lm);
+		role_after_events(srv, need_tokens, busy, idle);
+		need_tokens = busy = idle = false;
+	}
 	arm_timer(srv);
 }
 
@@ -399,6 +419,7 @@ server_begin_shutdown(struct server *srv, const char *why)
 	if (srv->stopping)
 		return;
 	srv->stopping = true;
+	notify_send("STOPPING=1");
 	log_info("shutting down", "reason=%s holders=%u waiters=%u conns=%u",
 		 why, srv->lm.nheld, srv->lm.nwaiting, srv->nconns);
 	if (srv->ev_accept != NULL)
@@ -449,7 +470,6 @@ int
 server_init(struct server *srv, char *err, size_t errlen)
 {
 	struct event_config *ecfg;
-	int rc;
 
 	TAILQ_INIT(&srv->conns);
 	TAILQ_INIT(&srv->flushq);
@@ -460,6 +480,7 @@ server_init(struct server *srv, char *err, size_t errlen)
 	srv->wall_start = time(NULL);
 	lockmgr_init(&srv->lm);
 	lockmgr_limits_from(srv);
+	srv->role = ROLE_IDLE;
 	stats_init(&srv->stats, (unsigned)srv->cfg.stats_max_resources);
 	storage_init(&srv->storage);
 	codec_arena_init(&srv->arena, 2 * srv->cfg.max_frame_bytes + 65536);
@@ -475,13 +496,8 @@ server_init(struct server *srv, char *err, size_t errlen)
 		return -1;
 	}
 
-	rc = storage_try_lock(&srv->storage, srv->cfg.storage_path,
-			      srv->cfg.lock_file, srv->cfg.socket_path, err,
-			      errlen);
-	if (rc < 0)
+	if (role_start(srv, err, errlen) < 0)
 		return -1;
-	srv->role = ROLE_ACTIVE;
-	log_info("storage locked", "lock_file=%s", srv->cfg.lock_file);
 
 	if (listen_socket(srv, err, errlen) < 0)
 		return -1;
@@ -499,6 +515,7 @@ server_init(struct server *srv, char *err, size_t errlen)
 	event_add(srv->ev_sigterm, NULL);
 	event_add(srv->ev_sigint, NULL);
 	event_add(srv->ev_sighup, NULL);
+	role_listening(srv);
 	return 0;
 }
 
@@ -508,8 +525,7 @@ server_run(struct server *srv)
 	log_info("arbiter ready", "version=%s pid=%ld socket=%s storage=%s "
 				  "role=%s",
 		 ARBITER_VERSION, (long)getpid(), srv->cfg.socket_path,
-		 srv->cfg.storage_path,
-		 srv->role == ROLE_ACTIVE ? "active" : "standby");
+		 srv->cfg.storage_path, role_name(srv));
 	event_base_dispatch(srv->base);
 	return srv->exit_code;
 }
@@ -531,6 +547,8 @@ server_free(struct server *srv)
 		unlink(srv->cfg.socket_path);
 	if (srv->listen_fd >= 0)
 		close(srv->listen_fd);
+	if (srv->base != NULL)
+		role_release(srv);
 	storage_free(&srv->storage);
 	lockmgr_free(&srv->lm);
 	stats_free(&srv->stats);
@@ -540,6 +558,7 @@ server_free(struct server *srv)
 			&srv->ev_accept, &srv->ev_accept_resume, &srv->ev_timer,
 			&srv->ev_reap,	 &srv->ev_stop,		 &srv->ev_sigterm,
 			&srv->ev_sigint, &srv->ev_sighup,	 &srv->ev_storage,
+			&srv->ev_reserve, &srv->ev_linger,
 		};
 
 		for (size_t i = 0; i < sizeof evs / sizeof evs[0]; i++) {

@@ -54,7 +54,7 @@ struct conn {
 
 TAILQ_HEAD(conn_list, conn);
 
-enum server_role { ROLE_ACTIVE, ROLE_STANDBY };
+enum server_role { ROLE_ACTIVE, ROLE_STANDBY, ROLE_IDLE };
 
 struct server {
 	struct event_base *base;
@@ -77,6 +77,12 @@ struct server {
 	uint64_t timer_when;
 	struct event *ev_sigterm, *ev_sigint, *ev_sighup;
 	struct event *ev_storage; /* standby: the wait thread's eventfd */
+	struct event *ev_reserve; /* retry a failed token reservation */
+	struct event *ev_linger;  /* on-demand: release when idle */
+	bool reset_state;	  /* --reset-state */
+	bool state_loaded;
+	unsigned state_fsyncs;
+	unsigned state_writes;
 	struct event *ev_reap;
 	struct event *ev_stop; /* shutdown deadline */
 

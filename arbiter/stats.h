@@ -69,6 +69,7 @@ struct stats_res {
 	size_t len;
 	struct stats_figures cur;  /* since start */
 	struct stats_figures base; /* at the last reset */
+	uint64_t last_token;	   /* last fencing token granted */
 	UT_hash_handle hh;
 };
 

@@ -264,12 +264,17 @@ def test_ping(daemon):
 
 # ------------------------------------------------------------ storage lock
 
-def test_second_daemon_on_the_same_storage_names_the_holder(daemon, tmp_path):
-    r = subprocess.run([ARBITERD, "-S", str(tmp_path / "b.sock"), "-s",
-                        daemon.storage], capture_output=True, text=True,
-                       timeout=WAIT)
-    assert r.returncode != 0
-    assert "pid=%d" % daemon.pid in r.stderr and "locked by another" in r.stderr
+def test_second_daemon_on_the_same_storage_waits_and_names_the_holder(
+        daemon, tmp_path):
+    b = harness.Daemon(tmp_path, name="b", storage=daemon.storage)
+    try:
+        b.log.wait_for("standby: another arbiter holds the storage")
+        assert "pid=%d " % daemon.pid in b.log.wait_for("standby")
+        assert b.ctl("ping").stdout == "pong standby\n"
+        who = b.ctl("who").stdout
+        assert "pid=%d " % daemon.pid in who and "standby" in who
+    finally:
+        harness.check_clean_exit(b)
 
 
 def test_a_leftover_lock_file_never_blocks_a_start(tmp_path):

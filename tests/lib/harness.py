@@ -30,6 +30,17 @@ SLOW = 10 if WRAPPER else 1
 WAIT = 20 * SLOW
 
 
+def open_dir():
+    """A fresh folder every user can reach (for tests that switch uid)."""
+    import atexit
+    import shutil
+    import tempfile
+    d = tempfile.mkdtemp(prefix="arbiter-test-")
+    os.chmod(d, 0o755)
+    atexit.register(shutil.rmtree, d, True)
+    return d
+
+
 class LineReader:
     """Read lines from a pipe with a deadline, keeping everything read."""
 
@@ -85,9 +96,9 @@ class Daemon:
     """One arbiterd with its own socket and storage under tmp."""
 
     def __init__(self, tmp, name="a", storage=None, args=(), env=None,
-                 wait_ready=True, config=None):
+                 wait_ready=True, config=None, sockdir=None):
         self.tmp = str(tmp)
-        self.socket = os.path.join(self.tmp, name + ".sock")
+        self.socket = os.path.join(sockdir or self.tmp, name + ".sock")
         self.storage = storage or os.path.join(self.tmp, "data")
         cmd = WRAPPER + [ARBITERD]
         if config:

@@ -1,0 +1,340 @@
+/*
+ * role: what the daemon is with respect to the storage lock, and what it
+ * may grant because of it.
+ *
+ *   active   holds the storage lock; grants leases; reads and writes the
+ *            state file (tokens are reserved here, in blocks).
+ *   standby  hold = always, another arbiter holds the storage: serves its
+ *            socket and queues requests; a helper thread blocked in
+ *            F_OFD_SETLKW wakes the loop through an eventfd the moment the
+ *            lock is ours, and the queues are granted in order.
+ *   idle     hold = on-demand with no lease outstanding: the storage lock
+ *            is released (linger_ms after the last lease), so arbiters on
+ *            other hosts sharing the volume can take their turn.
+ *
+ * The lockmgr's gate is open exactly while the role is active and tokens
+ * are reserved, so nothing is ever granted without the storage lock.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "notify.h"
+#include "role.h"
+#include "state.h"
+
+const char *
+role_name(const struct server *srv)
+{
+	switch (srv->role) {
+	case ROLE_ACTIVE:
+		return "active";
+	case ROLE_STANDBY:
+		return "standby";
+	case ROLE_IDLE:
+		return "idle";
+	}
+	return "?";
+}
+
+static uint64_t
+realtime_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000;
+}
+
+/* Write a new token high-water mark and let the lockmgr use it. */
+static int
+reserve(struct server *srv)
+{
+	uint64_t limit = srv->lm.last_token + STATE_TOKEN_BLOCK;
+	char err[600];
+	int rc;
+
+	rc = state_write(srv->cfg.state_file, limit, &srv->stats,
+			 &srv->state_fsyncs, err, sizeof err);
+	if (rc < 0) {
+		struct timeval tv = {1, 0};
+
+		/* Grants beyond the old mark wait; try again shortly (a full
+		 * disk or a read-only remount is not fixed by spinning). */
+		log_error("cannot reserve fencing tokens; grants are held",
+			  "state_file=%s error=\"%s\"", srv->cfg.state_file,
+			  err);
+		evtimer_add(srv->ev_reserve, &tv);
+		return rc;
+	}
+	srv->state_writes++;
+	lockmgr_add_tokens(&srv->lm, limit, now_ns());
+	return 0;
+}
+
+static void
+reserve_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct server *srv = arg;
+
+	(void)fd;
+	(void)what;
+	if (srv->role == ROLE_ACTIVE && reserve(srv) == 0) {
+		server_after_lockmgr(srv);
+		server_flush(srv);
+	}
+}
+
+/*
+ * We hold the storage lock now: read the state file, reserve tokens above
+ * everything ever handed out, open the gate. On a state file that cannot be
+ * trusted, refuse (the caller stops the daemon).
+ */
+static int
+activate(struct server *srv, char *err, size_t errlen)
+{
+	struct state_data sd;
+	char why[400];
+	uint64_t hw = 0;
+	int rc;
+
+	rc = state_read(srv->cfg.state_file, &sd, why, sizeof why);
+	if (rc == 0) {
+		hw = sd.token_hw;
+		if (!srv->state_loaded && sd.have_counters) {
+			for (unsigned c = 0; c < STATS_NCOUNTERS; c++) {
+				srv->stats.total.cur.c[c] += sd.counters[c];
+				srv->stats.total.base.c[c] += sd.counters[c];
+			}
+		}
+	} else if (rc != -ENOENT) {
+		if (!srv->reset_state) {
+			snprintf(err, errlen,
+				 "state file %s is unusable: %s. It holds the "
+				 "fencing-token high-water mark, so arbiter will "
+				 "not guess. Restore it, or start once with "
+				 "--reset-state (tokens then restart above both "
+				 "any mark still readable and the current time "
+				 "in microseconds)",
+				 srv->cfg.state_file, why);
+			return -1;
+		}
+		hw = sd.token_hw > realtime_us() ? sd.token_hw : realtime_us();
+		log_warn("state file reset", "state_file=%s reason=\"%s\" "
+					     "token_hw=%" PRIu64,
+			 srv->cfg.state_file, why, hw);
+	}
+	if (hw < srv->lm.last_token)
+		hw = srv->lm.last_token;
+	srv->state_loaded = true;
+	lockmgr_set_tokens(&srv->lm, hw, hw);
+	srv->role = ROLE_ACTIVE;
+	srv->storage_holder[0] = '\0';
+	if (reserve(srv) < 0)
+		log_warn("starting with grants held until the state file can "
+			 "be written", "state_file=%s", srv->cfg.state_file);
+	lockmgr_set_open(&srv->lm, true, now_ns());
+	log_info("storage locked, active", "lock_file=%s token_hw=%" PRIu64,
+		 srv->cfg.lock_file, hw);
+	notify_send("STATUS=active: holding the storage lock");
+	return 0;
+}
+
+static void storage_cb(evutil_socket_t fd, short what, void *arg);
+
+static void
+become_standby(struct server *srv)
+{
+	int rc;
+
+	if (storage_read_holder(srv->cfg.lock_file, srv->storage_holder,
+				sizeof srv->storage_holder) < 0)
+		snprintf(srv->storage_holder, sizeof srv->storage_holder,
+			 "a process that left no record");
+	if (srv->storage.waiting)
+		return;
+	rc = storage_wait_start(&srv->storage);
+	if (rc < 0) {
+		log_error("cannot wait for the storage lock", "error=%s",
+			  strerror(-rc));
+		return;
+	}
+	/* The eventfd exists only now: point the event at it. */
+	event_assign(srv->ev_storage, srv->base, srv->storage.wake_fd, EV_READ,
+		     storage_cb, srv);
+	event_add(srv->ev_storage, NULL);
+}
+
+/* The wait thread got the lock (or failed). */
+static void
+storage_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct server *srv = arg;
+	char err[1200];
+	int rc;
+
+	(void)fd;
+	(void)what;
+	rc = storage_wait_done(&srv->storage);
+	if (rc < 0) {
+		log_error("waiting for the storage lock failed", "error=%s",
+			  strerror(-rc));
+		srv->exit_code = 1;
+		server_begin_shutdown(srv, "storage wait failed");
+		return;
+	}
+	if (activate(srv, err, sizeof err) < 0) {
+		log_error("cannot take over", "error=\"%s\"", err);
+		srv->exit_code = 1;
+		server_begin_shutdown(srv, "unusable state file");
+		return;
+	}
+	log_info("took over the storage", "waiters=%u", srv->lm.nwaiting);
+	server_after_lockmgr(srv);
+	server_flush(srv);
+}
+
+/* on-demand: give the storage back once nothing is outstanding. */
+static void
+linger_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct server *srv = arg;
+
+	(void)fd;
+	(void)what;
+	if (srv->role != ROLE_ACTIVE || srv->lm.nheld + srv->lm.nwaiting > 0)
+		return;
+	role_release(srv);
+	log_info("storage released (on-demand, idle)", "lock_file=%s",
+		 srv->cfg.lock_file);
+}
+
+int
+role_start(struct server *srv, char *err, size_t errlen)
+{
+	int rc;
+
+	srv->ev_storage = event_new(srv->base, -1, 0, storage_cb, srv);
+	if (srv->ev_storage == NULL) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	srv->ev_reserve = evtimer_new(srv->base, reserve_cb, srv);
+	srv->ev_linger = evtimer_new(srv->base, linger_cb, srv);
+	lockmgr_set_open(&srv->lm, false, now_ns());
+	if (srv->cfg.hold == HOLD_ON_DEMAND) {
+		srv->role = ROLE_IDLE;
+		return 0;
+	}
+	rc = storage_try_lock(&srv->storage, srv->cfg.storage_path,
+			      srv->cfg.lock_file, srv->cfg.socket_path, err,
+			      errlen);
+	if (rc == 0)
+		return activate(srv, err, errlen);
+	if (rc != -EAGAIN)
+		return -1;
+	srv->role = ROLE_STANDBY;
+	log_info("standby: another arbiter holds the storage", "detail=\"%s\"",
+		 err);
+	err[0] = '\0';
+	return 0;
+}
+
+/* Called once the listener is up: wait for the lock as a standby. */
+void
+role_listening(struct server *srv)
+{
+	if (srv->role == ROLE_STANDBY) {
+		become_standby(srv);
+		notify_send("READY=1\nSTATUS=standby: another arbiter holds "
+			    "the storage");
+	} else {
+		notify_send(srv->role == ROLE_ACTIVE
+				    ? "READY=1\nSTATUS=active: holding the "
+				      "storage lock"
+				    : "READY=1\nSTATUS=idle: on-demand, the "
+				      "storage lock is taken with the first "
+				      "lease");
+	}
+}
+
+void
+role_before_acquire(struct server *srv)
+{
+	char err[1200];
+	int rc;
+
+	if (srv->cfg.hold != HOLD_ON_DEMAND || srv->role == ROLE_ACTIVE ||
+	    srv->stopping)
+		return;
+	evtimer_del(srv->ev_linger);
+	if (srv->storage.waiting)
+		return; /* the wait thread is on it */
+	rc = storage_try_lock(&srv->storage, srv->cfg.storage_path,
+			      srv->cfg.lock_file, srv->cfg.socket_path, err,
+			      sizeof err);
+	if (rc == 0) {
+		if (activate(srv, err, sizeof err) < 0) {
+			log_error("cannot use the storage", "error=\"%s\"", err);
+			storage_unlock(&srv->storage);
+			srv->role = ROLE_IDLE;
+		}
+		return;
+	}
+	if (rc != -EAGAIN) {
+		log_error("cannot lock the storage", "error=\"%s\"", err);
+		return;
+	}
+	srv->role = ROLE_STANDBY;
+	become_standby(srv);
+}
+
+void
+role_after_events(struct server *srv, bool need_tokens, bool busy, bool idle)
+{
+	if (srv->role != ROLE_ACTIVE)
+		return;
+	if (need_tokens ||
+	    srv->lm.token_limit - srv->lm.last_token < STATE_TOKEN_BLOCK / 10) {
+		if (!evtimer_pending(srv->ev_reserve, NULL))
+			reserve(srv);
+	}
+	if (srv->cfg.hold != HOLD_ON_DEMAND)
+		return;
+	if (busy)
+		evtimer_del(srv->ev_linger);
+	if (idle && srv->lm.nheld + srv->lm.nwaiting == 0 && !srv->stopping) {
+		struct timeval tv = {
+			.tv_sec = (time_t)(srv->cfg.linger_ms / 1000),
+			.tv_usec = (suseconds_t)(srv->cfg.linger_ms % 1000) * 1000,
+		};
+
+		evtimer_add(srv->ev_linger, &tv);
+	}
+}
+
+void
+role_release(struct server *srv)
+{
+	char err[600];
+
+	if (srv->role == ROLE_ACTIVE) {
+		/* Everything handed out is at or below last_token. */
+		lockmgr_set_open(&srv->lm, false, now_ns());
+		if (state_write(srv->cfg.state_file, srv->lm.last_token,
+				&srv->stats, &srv->state_fsyncs, err,
+				sizeof err) < 0)
+			log_error("cannot write the state file at release",
+				  "error=\"%s\"", err);
+		else
+			srv->state_writes++;
+		lockmgr_set_tokens(&srv->lm, srv->lm.last_token,
+				   srv->lm.last_token);
+		storage_unlock(&srv->storage);
+		srv->role = ROLE_IDLE;
+	}
+}

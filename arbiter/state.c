@@ -1,0 +1,283 @@
+/*
+ * state: the msgpack state file (see state.h).
+ *
+ * Layout: one map with string keys
+ *   "format"    uint     STATE_FORMAT
+ *   "token_hw"  uint     fencing-token high-water mark
+ *   "counters"  map      counter name -> uint (cumulative)
+ *   "resources" map      resource name -> last token granted
+ *   "written"   uint     unix time of the write, for humans
+ * Unknown keys are ignored so a later minor version can add some; a larger
+ * "format" is refused, never guessed at.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <msgpack.h>
+
+#include "state.h"
+
+#define STATE_MAX_BYTES (64u << 20)
+
+static bool
+key_is(const msgpack_object *k, const char *s)
+{
+	size_t n = strlen(s);
+
+	return k->type == MSGPACK_OBJECT_STR && k->via.str.size == n &&
+	       memcmp(k->via.str.ptr, s, n) == 0;
+}
+
+int
+state_decode(const uint8_t *buf, size_t len, struct state_data *out,
+	     char *err, size_t errlen)
+{
+	msgpack_unpacked u;
+	msgpack_unpack_return r;
+	size_t off = 0;
+	const msgpack_object *root;
+	bool have_format = false, have_hw = false;
+	int rc = 0;
+
+	memset(out, 0, sizeof *out);
+	msgpack_unpacked_init(&u);
+	r = msgpack_unpack_next(&u, (const char *)buf, len, &off);
+	if (r != MSGPACK_UNPACK_SUCCESS) {
+		snprintf(err, errlen, "%s",
+			 r == MSGPACK_UNPACK_CONTINUE
+				 ? "truncated (the file ends mid-record)"
+				 : "not a msgpack record");
+		rc = -EINVAL;
+		goto out;
+	}
+	if (off != len) {
+		snprintf(err, errlen, "%zu unexpected bytes after the record",
+			 len - off);
+		rc = -EINVAL;
+		goto out;
+	}
+	root = &u.data;
+	if (root->type != MSGPACK_OBJECT_MAP) {
+		snprintf(err, errlen, "the record is not a map");
+		rc = -EINVAL;
+		goto out;
+	}
+	for (uint32_t i = 0; i < root->via.map.size; i++) {
+		const msgpack_object *k = &root->via.map.ptr[i].key;
+		const msgpack_object *v = &root->via.map.ptr[i].val;
+
+		if (key_is(k, "format")) {
+			if (v->type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
+			    v->via.u64 == 0 || v->via.u64 > UINT32_MAX) {
+				snprintf(err, errlen, "bad \"format\" field");
+				rc = -EINVAL;
+				goto out;
+			}
+			out->format = (uint32_t)v->via.u64;
+			have_format = true;
+		} else if (key_is(k, "token_hw")) {
+			if (v->type != MSGPACK_OBJECT_POSITIVE_INTEGER) {
+				snprintf(err, errlen, "bad \"token_hw\" field");
+				rc = -EINVAL;
+				goto out;
+			}
+			out->token_hw = v->via.u64;
+			have_hw = true;
+		} else if (key_is(k, "counters")) {
+			if (v->type != MSGPACK_OBJECT_MAP) {
+				snprintf(err, errlen, "bad \"counters\" field");
+				rc = -EINVAL;
+				goto out;
+			}
+			for (uint32_t j = 0; j < v->via.map.size; j++) {
+				const msgpack_object *ck = &v->via.map.ptr[j].key;
+				const msgpack_object *cv = &v->via.map.ptr[j].val;
+
+				if (cv->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+					continue;
+				for (unsigned c = 0; c < STATS_NCOUNTERS; c++) {
+					if (key_is(ck, stats_counter_names[c]))
+						out->counters[c] = cv->via.u64;
+				}
+			}
+			out->have_counters = true;
+		}
+	}
+	if (have_format && out->format > STATE_FORMAT) {
+		snprintf(err, errlen,
+			 "written in format %u by a newer arbiter; this one "
+			 "reads format %d",
+			 out->format, STATE_FORMAT);
+		if (!have_hw)
+			out->token_hw = 0;
+		rc = -EPROTONOSUPPORT;
+		goto out;
+	}
+	if (!have_format || !have_hw) {
+		snprintf(err, errlen, "missing the \"%s\" field",
+			 have_format ? "token_hw" : "format");
+		rc = -EINVAL;
+	}
+out:
+	msgpack_unpacked_destroy(&u);
+	return rc;
+}
+
+int
+state_read(const char *path, struct state_data *out, char *err, size_t errlen)
+{
+	struct stat st;
+	uint8_t *buf;
+	ssize_t n;
+	size_t got = 0;
+	int fd, rc;
+
+	memset(out, 0, sizeof *out);
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0) {
+		rc = -errno;
+		if (rc == -ENOENT)
+			return rc;
+		snprintf(err, errlen, "cannot open: %s%s", strerror(-rc),
+			 rc == -ELOOP ? " (it is a symbolic link, which "
+					"arbiter refuses)"
+				      : "");
+		return rc;
+	}
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) ||
+	    (size_t)st.st_size > STATE_MAX_BYTES) {
+		close(fd);
+		snprintf(err, errlen, "not a regular file of at most %u bytes",
+			 STATE_MAX_BYTES);
+		return -EINVAL;
+	}
+	buf = malloc((size_t)st.st_size + 1);
+	if (buf == NULL) {
+		close(fd);
+		return -ENOMEM;
+	}
+	while (got < (size_t)st.st_size &&
+	       (n = read(fd, buf + got, (size_t)st.st_size - got)) > 0)
+		got += (size_t)n;
+	close(fd);
+	if (got == 0) {
+		free(buf);
+		snprintf(err, errlen, "empty (truncated)");
+		return -EINVAL;
+	}
+	rc = state_decode(buf, got, out, err, errlen);
+	free(buf);
+	return rc;
+}
+
+static void
+pack_str(msgpack_packer *pk, const char *s, size_t n)
+{
+	msgpack_pack_str(pk, n);
+	msgpack_pack_str_body(pk, s, n);
+}
+
+int
+state_write(const char *path, uint64_t token_hw, const struct stats *st,
+	    unsigned *fsyncs, char *err, size_t errlen)
+{
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	char tmp[4200], dir[4200], *slash;
+	const struct stats_res *r, *rtmp;
+	unsigned ntok = 0;
+	size_t off = 0;
+	int fd, dfd, rc = 0;
+
+	msgpack_sbuffer_init(&sb);
+	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+	msgpack_pack_map(&pk, 5);
+	pack_str(&pk, "format", 6);
+	msgpack_pack_uint32(&pk, STATE_FORMAT);
+	pack_str(&pk, "token_hw", 8);
+	msgpack_pack_uint64(&pk, token_hw);
+	pack_str(&pk, "written", 7);
+	msgpack_pack_uint64(&pk, (uint64_t)time(NULL));
+	pack_str(&pk, "counters", 8);
+	msgpack_pack_map(&pk, STATS_NCOUNTERS);
+	for (unsigned c = 0; c < STATS_NCOUNTERS; c++) {
+		pack_str(&pk, stats_counter_names[c],
+			 strlen(stats_counter_names[c]));
+		msgpack_pack_uint64(&pk, st->total.cur.c[c]);
+	}
+	pack_str(&pk, "resources", 9);
+	HASH_ITER(hh, st->by_name, r, rtmp) {
+		if (r->last_token)
+			ntok++;
+	}
+	msgpack_pack_map(&pk, ntok);
+	HASH_ITER(hh, st->by_name, r, rtmp) {
+		if (!r->last_token)
+			continue;
+		pack_str(&pk, r->name, r->len);
+		msgpack_pack_uint64(&pk, r->last_token);
+	}
+
+	snprintf(tmp, sizeof tmp, "%s.tmp", path);
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW,
+		  0640);
+	if (fd < 0) {
+		rc = -errno;
+		snprintf(err, errlen, "cannot create %s: %s", tmp,
+			 strerror(-rc));
+		goto out;
+	}
+	while (off < sb.size) {
+		ssize_t w = write(fd, sb.data + off, sb.size - off);
+
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0) {
+			rc = w < 0 ? -errno : -EIO;
+			snprintf(err, errlen, "cannot write %s: %s", tmp,
+				 strerror(-rc));
+			close(fd);
+			unlink(tmp);
+			goto out;
+		}
+		off += (size_t)w;
+	}
+	if (fsync(fd) < 0) {
+		rc = -errno;
+		snprintf(err, errlen, "fsync %s: %s", tmp, strerror(-rc));
+		close(fd);
+		unlink(tmp);
+		goto out;
+	}
+	(*fsyncs)++;
+	close(fd);
+	if (rename(tmp, path) < 0) {
+		rc = -errno;
+		snprintf(err, errlen, "cannot rename %s to %s: %s", tmp, path,
+			 strerror(-rc));
+		unlink(tmp);
+		goto out;
+	}
+	snprintf(dir, sizeof dir, "%s", path);
+	slash = strrchr(dir, '/');
+	if (slash != NULL)
+		*(slash == dir ? slash + 1 : slash) = '\0';
+	else
+		snprintf(dir, sizeof dir, ".");
+	/* The rename is durable only once the folder itself is synced. */
+	dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd >= 0) {
+		if (fsync(dfd) == 0)
+			(*fsyncs)++;
+		close(dfd);
+	}
+out:
+	msgpack_sbuffer_destroy(&sb);
+	return rc;
+}

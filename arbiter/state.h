@@ -1,0 +1,55 @@
+/*
+ * state: the durable state file, in msgpack. It keeps what must survive a
+ * restart or a crash of the daemon: the fencing-token high-water mark (no
+ * token at or below it may be handed out again), the last token of each
+ * resource (for humans and audits), and cumulative counters.
+ *
+ * Tokens are reserved in blocks: before handing out tokens up to N the
+ * daemon writes "high-water = N" (temp file, fsync, rename, fsync of the
+ * folder), so a grant waits on the disk only once per block.
+ *
+ * The file is only read or written while the storage lock is held.
+ */
+#ifndef ARBITER_STATE_H
+#define ARBITER_STATE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "stats.h"
+
+#define STATE_FORMAT 1
+#define STATE_TOKEN_BLOCK 10000
+
+struct state_data {
+	uint32_t format;
+	uint64_t token_hw;
+	uint64_t counters[STATS_NCOUNTERS];
+	bool have_counters;
+};
+
+/*
+ * Decode a state file's bytes. 0 on success; -EINVAL (corrupt or
+ * truncated) or -EPROTONOSUPPORT (a newer format) with a sentence in err.
+ * On -EPROTONOSUPPORT, out->token_hw holds the mark when it could be read
+ * (else 0), so a reset never lowers a token it can read.
+ */
+int state_decode(const uint8_t *buf, size_t len, struct state_data *out,
+		 char *err, size_t errlen);
+
+/*
+ * Read the file. -ENOENT when it does not exist (a new storage); other
+ * errors as state_decode, or -errno for I/O (a symlink is refused).
+ */
+int state_read(const char *path, struct state_data *out, char *err,
+	       size_t errlen);
+
+/*
+ * Write hw and the counters (and each tracked resource's last token) to the
+ * file, durably. 0, or -errno with err set. *fsyncs counts the fsync calls.
+ */
+int state_write(const char *path, uint64_t token_hw, const struct stats *st,
+		unsigned *fsyncs, char *err, size_t errlen);
+
+#endif
