@@ -45,7 +45,7 @@ conn_label(const struct conn *c, char *buf, size_t len)
 }
 
 struct conn *
-conn_new(struct server *srv, int fd)
+conn_new(struct server *srv, int fd, bool refused)
 {
 	struct conn *c = xcalloc(1, sizeof *c);
 	struct ucred cred;
@@ -78,7 +78,11 @@ conn_new(struct server *srv, int fd)
 	tv.tv_usec = (suseconds_t)(srv->cfg.handshake_timeout_ms % 1000) * 1000;
 	evtimer_add(&c->ev_deadline, &tv);
 	TAILQ_INSERT_TAIL(&srv->conns, c, entry);
-	srv->nconns++;
+	c->refused = refused;
+	if (refused)
+		srv->nrefused++;
+	else
+		srv->nconns++;
 	return c;
 }
 
@@ -95,12 +99,13 @@ void
 conn_close(struct conn *c, const char *reason)
 {
 	struct server *srv = c->srv;
-	char label[96];
+	char label[96], q[300];
 
 	if (c->state == CONN_DEAD)
 		return;
 	log_debug("connection closed", "%s reason=%s",
-		  conn_label(c, label, sizeof label), reason);
+		  conn_label(c, label, sizeof label),
+		  log_quote(reason, q, sizeof q));
 	c->state = CONN_DEAD;
 	event_del(&c->ev_read);
 	event_del(&c->ev_write);
@@ -108,7 +113,10 @@ conn_close(struct conn *c, const char *reason)
 	close(c->fd);
 	c->fd = -1;
 	TAILQ_REMOVE(&srv->conns, c, entry);
-	srv->nconns--;
+	if (c->refused)
+		srv->nrefused--;
+	else
+		srv->nconns--;
 	if (c->in_flushq) {
 		TAILQ_REMOVE(&srv->flushq, c, flush_entry);
 		c->in_flushq = false;
@@ -132,10 +140,19 @@ conn_free(struct conn *c)
 static void
 check_output_cap(struct conn *c)
 {
+	char label[96];
+
 	if (evbuffer_get_length(c->out) > c->srv->cfg.output_buffer_bytes &&
-	    c->kill == NULL)
+	    c->kill == NULL) {
 		c->kill = "output buffer over limits.output_buffer_bytes "
 			  "(the client does not read its replies)";
+		/* Its unread replies are dropped with it: free them now. */
+		evbuffer_drain(c->out, evbuffer_get_length(c->out));
+		log_warn("client dropped: output buffer over "
+			 "limits.output_buffer_bytes",
+			 "%s limit=%llu", conn_label(c, label, sizeof label),
+			 (unsigned long long)c->srv->cfg.output_buffer_bytes);
+	}
 }
 
 void
@@ -239,8 +256,14 @@ conn_flush(struct conn *c)
 		return false;
 	}
 	if (c->kill != NULL) {
-		/* Let the peer read our Error before the socket goes. */
+		char sink[4096];
+
+		/* Let the peer read our Error before the socket goes, and
+		 * leave nothing unread (that would reset the peer). */
 		shutdown(c->fd, SHUT_WR);
+		for (int i = 0; i < 16 && read(c->fd, sink, sizeof sink) > 0;
+		     i++)
+			;
 		conn_close(c, c->kill);
 		return false;
 	}
@@ -353,6 +376,24 @@ conn_read_cb(evutil_socket_t fd, short what, void *arg)
 		c->state = isalpha(first) ? CONN_TEXT : CONN_BINARY;
 		if (c->state == CONN_TEXT)
 			event_del(&c->ev_deadline);
+	}
+	if (c->refused) {
+		/* Read what it sent, so the close is clean, then say why. */
+		evbuffer_drain(c->in, evbuffer_get_length(c->in));
+		if (c->state == CONN_TEXT) {
+			static const char msg[] =
+				"error: limits.max_connections reached; try "
+				"again later or raise the limit\n";
+
+			conn_send_text(c, msg, sizeof msg - 1);
+			c->kill = "max_connections";
+		} else
+			conn_fail(c, 0, ARBITER__ERROR_CODE__LIMIT,
+				  "limits.max_connections (%llu) reached; try "
+				  "again later or raise the limit",
+				  (unsigned long long)srv->cfg.max_connections);
+		server_flush(srv);
+		return;
 	}
 	if (c->state == CONN_BINARY)
 		conn_frames(c);

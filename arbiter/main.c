@@ -119,12 +119,14 @@ main(int argc, char **argv)
 	memset(&srv, 0, sizeof srv);
 	if (config_load(&srv.cfg, conf, ov, nov, err, sizeof err) < 0) {
 		fprintf(stderr, "arbiterd: %s\n", err);
-		return 2;
+		rc = 2;
+		goto out;
 	}
 	if (check) {
 		config_print(&srv.cfg, stdout);
 		config_free(&srv.cfg);
-		return 0;
+		rc = 0;
+		goto out;
 	}
 	srv.conf_path = conf;
 	srv.reset_state = reset;
@@ -144,6 +146,7 @@ main(int argc, char **argv)
 		server_free(&srv);
 		log_info("stopped", "exit=%d", rc);
 	}
+out:
 	for (size_t i = 0; i < nov; i++)
 		free(ov[i]);
 	free(ov);

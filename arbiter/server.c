@@ -21,11 +21,14 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "metrics.h"
 #include "notify.h"
 #include "role.h"
 #include "server.h"
 
 #define ACCEPT_BATCH 64
+/* Refused connections kept open until told why (see accept_cb). */
+#define REFUSED_MAX 64
 
 uint64_t
 now_ns(void)
@@ -202,11 +205,16 @@ accept_cb(evutil_socket_t lfd, short what, void *arg)
 			log_warn("connection refused",
 				 "reason=max_connections limit=%" PRIu64,
 				 srv->cfg.max_connections);
-			refuse(fd, "limits.max_connections reached; try again "
-				   "later or raise the limit");
+			/* Keep a few to tell them why once they speak (or at
+			 * the handshake deadline); past that, close at once. */
+			if (srv->nrefused < REFUSED_MAX)
+				conn_new(srv, fd, true);
+			else
+				refuse(fd, "limits.max_connections reached; "
+					   "try again later or raise the limit");
 			continue;
 		}
-		conn_new(srv, fd);
+		conn_new(srv, fd, false);
 	}
 }
 
@@ -387,6 +395,17 @@ reload(struct server *srv)
 		codec_arena_free(&srv->arena);
 		codec_arena_init(&srv->arena, 2 * nc.max_frame_bytes + 65536);
 	}
+	if (strcmp(nc.metrics_listen, srv->cfg.metrics_listen) != 0) {
+		struct config keep = srv->cfg;
+		char merr[300];
+
+		metrics_stop(srv);
+		srv->cfg = nc;
+		if (metrics_start(srv, merr, sizeof merr) < 0)
+			log_error("metrics listener not restarted",
+				  "error=\"%s\"", merr);
+		srv->cfg = keep;
+	}
 	config_free(&srv->cfg);
 	srv->cfg = nc;
 	log_setup((enum log_level)srv->cfg.log_level,
@@ -515,6 +534,8 @@ server_init(struct server *srv, char *err, size_t errlen)
 	event_add(srv->ev_sigterm, NULL);
 	event_add(srv->ev_sigint, NULL);
 	event_add(srv->ev_sighup, NULL);
+	if (metrics_start(srv, err, errlen) < 0)
+		return -1;
 	role_listening(srv);
 	return 0;
 }
@@ -547,6 +568,7 @@ server_free(struct server *srv)
 		unlink(srv->cfg.socket_path);
 	if (srv->listen_fd >= 0)
 		close(srv->listen_fd);
+	metrics_stop(srv);
 	if (srv->base != NULL)
 		role_release(srv);
 	storage_free(&srv->storage);

@@ -41,6 +41,7 @@ struct conn {
 	bool in_flushq;
 	bool want_write;      /* ev_write is armed */
 	const char *kill;     /* close after this turn, with this reason */
+	bool refused;	      /* over max_connections: answer, then close */
 	struct event ev_read;
 	struct event ev_write;
 	struct event ev_deadline; /* handshake deadline, until Welcome */
@@ -85,13 +86,15 @@ struct server {
 	unsigned state_writes;
 	struct event *ev_reap;
 	struct event *ev_stop; /* shutdown deadline */
+	struct evhttp *http;   /* metrics listener, NULL when off */
 
 	struct codec_arena arena; /* decodes one request at a time */
 
 	struct conn_list conns;
 	struct conn_list flushq;    /* have output or a kill pending */
 	struct conn_list graveyard; /* closed, freed by ev_reap */
-	unsigned nconns;
+	unsigned nconns;   /* served connections */
+	unsigned nrefused; /* refused ones waiting to be told why */
 	uint64_t next_conn_id;
 
 	bool stopping;
@@ -115,7 +118,8 @@ void server_flush(struct server *srv);
 void server_begin_shutdown(struct server *srv, const char *why);
 
 /* conn.c */
-struct conn *conn_new(struct server *srv, int fd);
+/* refused: over max_connections; it is answered with LIMIT and closed. */
+struct conn *conn_new(struct server *srv, int fd, bool refused);
 void conn_close(struct conn *c, const char *reason);
 void conn_free(struct conn *c);
 /* Queue a framed message; marks the connection for flushing. */

@@ -167,18 +167,31 @@ storage_try_lock(struct storage *s, const char *storage_dir,
 	return 0;
 }
 
+/* SIGUSR1 only interrupts the wait thread's fcntl (no SA_RESTART). */
+static void
+wake_handler(int sig)
+{
+	(void)sig;
+}
+
 static void *
 wait_thread(void *arg)
 {
 	struct storage *s = arg;
 	uint64_t one = 1;
+	sigset_t usr1;
 
-	while (set_lock(s->fd, F_OFD_SETLKW) < 0) {
+	sigemptyset(&usr1);
+	sigaddset(&usr1, SIGUSR1);
+	pthread_sigmask(SIG_UNBLOCK, &usr1, NULL);
+	while (!s->stop && set_lock(s->fd, F_OFD_SETLKW) < 0) {
 		if (errno != EINTR) {
 			s->wait_err = errno;
 			break;
 		}
 	}
+	if (s->stop && s->wait_err == 0)
+		s->wait_err = ECANCELED;
 	(void)!write(s->wake_fd, &one, sizeof one);
 	return NULL;
 }
@@ -199,6 +212,13 @@ storage_wait_start(struct storage *s)
 			return -errno;
 	}
 	s->wait_err = 0;
+	s->stop = 0;
+	{
+		struct sigaction sa = {.sa_handler = wake_handler};
+
+		sigemptyset(&sa.sa_mask);
+		sigaction(SIGUSR1, &sa, NULL);
+	}
 	/* The thread must not take the daemon's signals. */
 	sigfillset(&all);
 	pthread_sigmask(SIG_SETMASK, &all, &old);
@@ -247,10 +267,25 @@ storage_free(struct storage *s)
 {
 	storage_unlock(s);
 	if (s->waiting) {
-		/* Closing the fd does not wake F_OFD_SETLKW; cancel instead. */
-		pthread_cancel(s->tid);
-		pthread_join(s->tid, NULL);
+		/* Closing the fd does not wake F_OFD_SETLKW; a signal does.
+		 * Repeat it in case it landed just before the thread blocked. */
+		s->stop = 1;
+		for (;;) {
+			struct timespec ts;
+
+			pthread_kill(s->tid, SIGUSR1);
+			clock_gettime(CLOCK_REALTIME, &ts);
+			ts.tv_nsec += 20000000;
+			if (ts.tv_nsec >= 1000000000) {
+				ts.tv_sec++;
+				ts.tv_nsec -= 1000000000;
+			}
+			if (pthread_timedjoin_np(s->tid, NULL, &ts) == 0)
+				break;
+		}
 		s->waiting = false;
+		if (s->wait_err == 0) /* it got the lock as we stopped */
+			storage_unlock(s);
 	}
 	if (s->fd >= 0)
 		close(s->fd);

@@ -22,6 +22,7 @@ struct storage {
 	bool waiting;	/* the wait thread runs */
 	int wait_err;	/* errno from the wait thread, 0 on success */
 	pthread_t tid;	/* the wait thread, while waiting */
+	volatile int stop; /* ask the wait thread to give up */
 };
 
 void storage_init(struct storage *s);

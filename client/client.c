@@ -133,6 +133,10 @@ arb_set_inherit(arb_client *c, bool inherit)
 
 /* ------------------------------------------------------------ frames */
 
+static int fill(arb_client *c, bool block);
+static int take_frame(arb_client *c, Arbiter__ServerMessage **m);
+static int error_of(arb_client *c, const Arbiter__Error *e);
+
 static int
 send_request(arb_client *c, Arbiter__Request *req)
 {
@@ -161,9 +165,17 @@ send_request(arb_client *c, Arbiter__Request *req)
 		}
 		if (w <= 0) {
 			int e = errno;
+			Arbiter__ServerMessage *m = NULL;
 
 			if (buf != stack)
 				free(buf);
+			/* The daemon may have said why before closing (a
+			 * limit, a refusal): report its words, not EPIPE. */
+			while (fill(c, false) > 0)
+				;
+			if (take_frame(c, &m) > 0 && m != NULL &&
+			    m->kind_case == ARBITER__SERVER_MESSAGE__KIND_ERROR)
+				return error_of(c, m->error);
 			seterr(c, "connection to %s lost while sending: %s",
 			       c->path, strerror(e));
 			return -ARB_ECONNLOST;
@@ -374,7 +386,11 @@ await_reply(arb_client *c, uint64_t id, Arbiter__ServerMessage **out)
 						     : "");
 			continue;
 		}
-		if (m->id == id) {
+		/* An Error with id 0 is about the connection itself (a bad
+		 * frame, a limit); the daemon closes after it. */
+		if (m->id == id ||
+		    (m->id == 0 &&
+		     m->kind_case == ARBITER__SERVER_MESSAGE__KIND_ERROR)) {
 			*out = m;
 			if (m->kind_case == ARBITER__SERVER_MESSAGE__KIND_ERROR)
 				return error_of(c, m->error);

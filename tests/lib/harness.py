@@ -115,7 +115,7 @@ class Daemon:
         self.pid = self.proc.pid
         self.log = LineReader(self.proc.stderr)
         if wait_ready:
-            self.log.wait_for('msg="arbiter ready"')
+            self.log.wait_for("arbiter ready")
 
     def env(self):
         e = dict(os.environ)
@@ -149,7 +149,10 @@ class Daemon:
         s.sendall(("\n".join(lines) + "\nquit\n").encode())
         out = b""
         while True:
-            chunk = s.recv(65536)
+            try:
+                chunk = s.recv(65536)
+            except ConnectionResetError:
+                break
             if not chunk:
                 break
             out += chunk
@@ -253,16 +256,23 @@ class Wire:
             self.buf += chunk
 
     def wait(self, id, kinds=None):
-        """Read until the message for request id (not Queued) arrives."""
+        """Read until the message for request id (not Queued) arrives.
+
+        An Error with id 0 concerns the connection itself and answers too.
+        """
+        def mine(m):
+            k = m.WhichOneof("kind")
+            return (m.id == id and k != "queued") or (m.id == 0 and
+                                                      k == "error")
         for i, m in enumerate(self.pending):
-            if m.id == id and m.WhichOneof("kind") != "queued":
+            if mine(m):
                 del self.pending[i]
                 return m
         while True:
             m = self.read()
             if m is None:
                 raise EOFError("connection closed waiting for %d" % id)
-            if m.id == id and m.WhichOneof("kind") != "queued":
+            if mine(m):
                 return m
             self.pending.append(m)
 

@@ -1,0 +1,765 @@
+"""The asyncio client: AsyncClient, AsyncLease, AsyncArbiterLock.
+
+An AsyncClient belongs to the event loop it connected on and is not
+thread-safe: use it from that loop's tasks only (any number of tasks may
+share it). Like the sync client, it lets one task at a time hold or wait for
+a given resource, so tasks exclude each other; the same task asking again for
+a resource it holds raises AlreadyHeld.
+
+Cancellation: cancelling a task inside ``acquire()`` (task.cancel(),
+asyncio.timeout(), wait_for()) withdraws the request before the
+CancelledError propagates: a queued request is withdrawn with
+Release{request_id}, and a grant that raced ahead is released by lease id.
+Nothing stays granted or queued.
+"""
+import asyncio
+import inspect
+import itertools
+import logging
+import os
+import socket
+import time
+import weakref
+
+from . import _proto as P
+from . import errors as E
+from ._proto import pb
+from ._sync import QueueInfo
+
+_log = logging.getLogger("arbiter_client")
+_live = weakref.WeakSet()
+
+
+class _APending:
+    __slots__ = ("fut", "msg", "acquire", "raw", "abandoned", "lease", "gate",
+                 "on_queued", "on_revoked", "auto_renew", "ignore")
+
+    def __init__(self, fut, acquire=False, ignore=False):
+        self.fut = fut
+        self.msg = None
+        self.acquire = acquire
+        self.ignore = ignore
+        self.abandoned = False
+        self.lease = None
+        self.gate = None
+        self.raw = None
+        self.on_queued = None
+        self.on_revoked = None
+        self.auto_renew = False
+
+
+class _AGate:
+    __slots__ = ("task", "done")
+
+    def __init__(self, task, done):
+        self.task = task
+        self.done = done
+
+
+class AsyncLease(P.BaseLease):
+    """A granted lease (fields as for Lease); ``await lease.release()``,
+    or ``async with`` it."""
+
+    __slots__ = ("_renew_task",)
+
+    async def release(self):
+        """End the lease; raises LeaseRevoked (after cleaning up) if the
+        daemon had already ended it. Releasing twice is a no-op."""
+        await self._client._release_lease(self)
+
+    async def renew(self, ttl=None):
+        return await self._client.renew(self, ttl)
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, et, ev, tb):
+        await _release_on_exit(self, ev)
+        return False
+
+
+async def _release_on_exit(lease, ev):
+    try:
+        await lease.release()
+    except E.LeaseRevoked as exc:
+        if ev is None:
+            raise
+        ev.add_note("arbiter: " + str(exc))
+
+
+class _ALeaseContext:
+    __slots__ = ("_client", "_args", "_lease")
+
+    def __init__(self, client, args):
+        self._client = client
+        self._args = args
+        self._lease = None
+
+    async def __aenter__(self):
+        self._lease = await self._client.acquire(*self._args[0],
+                                                 **self._args[1])
+        return self._lease
+
+    async def __aexit__(self, et, ev, tb):
+        lease, self._lease = self._lease, None
+        await _release_on_exit(lease, ev)
+        return False
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self, client):
+        self.client = client
+        self.reader = P.FrameReader(client.socket_path)
+        self.handshake = None   # future for the first message
+        self.transport = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        try:
+            msgs = self.reader.feed(data)
+        except E.ArbiterError as exc:
+            self.transport.abort()
+            self.client._fail(exc)
+            return
+        for m in msgs:
+            if self.handshake is not None:
+                fut, self.handshake = self.handshake, None
+                if not fut.done():
+                    fut.set_result(m)
+                continue
+            try:
+                self.client._dispatch(m)
+            except Exception as exc:  # a bug: never leave waiters hanging
+                self.transport.abort()
+                self.client._fail(E.ProtocolError(
+                    "arbiter_client failed on a message: %r" % exc,
+                    socket_path=self.client.socket_path))
+                return
+
+    def eof_received(self):
+        return False
+
+    def connection_lost(self, exc):
+        c = self.client
+        if self.handshake is not None and not self.handshake.done():
+            self.handshake.set_exception(P.lost(
+                c.socket_path, "the daemon closed the connection during the "
+                "handshake"))
+        if c._closing:
+            why = E.ConnectionLost("this AsyncClient was closed (arbiter at "
+                                   "%s)" % c.socket_path,
+                                   socket_path=c.socket_path)
+        else:
+            why = P.lost(c.socket_path, str(exc) if exc else
+                         "the daemon closed it")
+        c._fail(why)
+
+
+class AsyncClient:
+    """A connection to arbiterd for asyncio.
+
+    Connects on first use (or ``await client.connect()``, or ``async with
+    AsyncClient() as client``). Arguments as for Client; ``on_revoked`` may be
+    a plain function or a coroutine function (run as a task).
+    """
+
+    def __init__(self, socket_path=None, name=None, *, on_revoked=None,
+                 connect_timeout=10.0):
+        self.socket_path = P.resolve_socket_path(socket_path)
+        self.name = name if name is not None else P.default_client_name()
+        self.on_revoked = on_revoked
+        self.connect_timeout = connect_timeout
+        self.server_version = self.connection_id = self.role = None
+        self.max_frame_bytes = None
+        self._pid = os.getpid()
+        self._transport = None
+        self._proto = None
+        self._loop = None
+        self._connecting = None
+        self._pending = {}
+        self._leases = {}
+        self._gates = {}
+        self._ids = itertools.count(2)
+        self._closed = None
+        self._closing = False
+        self._tasks = set()
+
+    def __repr__(self):
+        return "<arbiter_client.AsyncClient %s conn=%s %s>" % (
+            self.socket_path, self.connection_id,
+            "closed" if self._closed else
+            "open" if self._transport else "not connected")
+
+    @property
+    def closed(self):
+        return self._closed is not None
+
+    async def connect(self):
+        """Connect and say Hello (done by the first operation otherwise)."""
+        if self._transport is not None or self._closed is not None:
+            return self._check()
+        if self._connecting is None:
+            self._connecting = asyncio.ensure_future(self._connect())
+        try:
+            await asyncio.shield(self._connecting)
+        except BaseException:
+            if self._connecting.done():
+                self._connecting = None
+            raise
+        return self
+
+    async def _connect(self):
+        loop = asyncio.get_running_loop()
+        path = self.socket_path
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            try:
+                await asyncio.wait_for(loop.sock_connect(sock, path),
+                                       self.connect_timeout)
+            except asyncio.TimeoutError:
+                raise E.NotRunning("connecting to %s timed out" % path,
+                                   socket_path=path) from None
+            except OSError as exc:
+                raise P.connect_error(exc, path) from None
+            transport, proto = await loop.create_connection(
+                lambda: _Protocol(self), sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        proto.handshake = loop.create_future()
+        try:
+            transport.write(P.hello_frame(1, self.name))
+            try:
+                m = await asyncio.wait_for(asyncio.shield(proto.handshake),
+                                           self.connect_timeout)
+            except asyncio.TimeoutError:
+                raise E.ProtocolError(
+                    "no answer to Hello from %s: is that socket an arbiter?"
+                    % path, socket_path=path) from None
+            if m.WhichOneof("kind") != "welcome":
+                raise P.welcome_error(m, path)
+        except BaseException:
+            transport.abort()
+            raise
+        w = m.welcome
+        self.server_version = w.server_version
+        self.connection_id = w.connection_id
+        self.role = w.role
+        self.max_frame_bytes = w.limits.max_frame_bytes or 65536
+        self._loop = loop
+        self._proto = proto
+        self._transport = transport
+        _live.add(self)
+
+    def _check(self):
+        if self._pid != os.getpid():
+            raise E.ConnectionLost(
+                "this AsyncClient was created in process %d and does not "
+                "survive fork(): create a new one in process %d" %
+                (self._pid, os.getpid()), socket_path=self.socket_path)
+        if self._closed is not None:
+            raise self._closed
+        return self
+
+    async def _ensure(self):
+        if self._transport is None or self._closed is not None:
+            await self.connect()
+        self._check()
+
+    async def __aenter__(self):
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.close()
+        return False
+
+    async def close(self):
+        """Close the connection; every lease of this client ends at once."""
+        if self._connecting is not None and not self._connecting.done():
+            self._connecting.cancel()
+        self._closing = True
+        if self._transport is not None:
+            self._transport.close()
+            self._fail(E.ConnectionLost(
+                "this AsyncClient was closed (arbiter at %s)" %
+                self.socket_path, socket_path=self.socket_path))
+        elif self._closed is None:
+            self._closed = E.ConnectionLost("this AsyncClient was closed",
+                                            socket_path=self.socket_path)
+        _live.discard(self)
+        await asyncio.sleep(0)  # let the transport finish closing
+
+    # ------------------------------------------------------------ plumbing
+
+    def _submit(self, req, p):
+        self._check()
+        self._pending[req.id] = p
+        self._transport.write(P.encode(req))
+
+    async def _call(self, req, want, op, resource=None):
+        await self._ensure()
+        req.id = next(self._ids)
+        p = _APending(self._loop.create_future())
+        self._submit(req, p)
+        try:
+            m = await p.fut
+        except asyncio.CancelledError:
+            p.ignore = True
+            raise
+        kind = m.WhichOneof("kind")
+        if kind == want:
+            return getattr(m, want)
+        if kind == "error":
+            raise P.daemon_error(m.error, self.socket_path, resource=resource,
+                                 op=op)
+        raise P.unexpected_reply(m, self.socket_path, op)
+
+    def _send_ignored(self, req):
+        req.id = next(self._ids)
+        try:
+            self._submit(req, _APending(None, ignore=True))
+        except E.ArbiterError:
+            pass
+
+    def _dispatch(self, m):
+        kind = m.WhichOneof("kind")
+        if kind == "revoked":
+            r = m.revoked
+            lease = self._leases.pop(r.lease_id, None)
+            if lease is not None:
+                rev = P.Revocation(lease, P.REASONS.get(
+                    r.reason, "REASON_%d" % r.reason), r.message)
+                lease.revoked = rev
+                self._stop_renew(lease)
+                self._notify_revoked(lease, rev)
+            return
+        if kind == "queued":
+            p = self._pending.get(m.id)
+            if p is not None and p.on_queued is not None and not p.abandoned:
+                q = m.queued
+                self._callback(p.on_queued, QueueInfo(
+                    q.resource, q.position,
+                    q.holder_pid if q.HasField("holder_pid") else None,
+                    q.holder_name, q.holders, q.lease_id))
+            return
+        p = self._pending.pop(m.id, None)
+        if p is None:
+            return
+        p.msg = m
+        if p.acquire:
+            if kind == "granted":
+                lease = AsyncLease(self, p.raw, m.granted)
+                lease._gate = p.gate
+                lease._on_revoked = p.on_revoked
+                lease._renew_task = None
+                if p.abandoned:
+                    # The withdrawal came too late: release the grant.
+                    lease.released = True
+                    self._send_ignored(pb.Request(
+                        release=pb.Release(lease_id=lease.lease_id)))
+                    self._gate_exit(p.raw, p.gate)
+                    return
+                self._leases[lease.lease_id] = lease
+                p.lease = lease
+                if lease.ttl and p.auto_renew:
+                    lease._renew_task = self._spawn(self._renew_loop(lease))
+            elif p.abandoned:
+                self._gate_exit(p.raw, p.gate)
+                return
+        if p.fut is not None and not p.fut.done():
+            p.fut.set_result(m)
+
+    def _fail(self, exc):
+        if self._closed is not None:
+            return
+        self._closed = exc
+        pending = list(self._pending.values())
+        self._pending.clear()
+        leases = [lease for lease in self._leases.values()
+                  if not lease.released]
+        self._leases.clear()
+        for p in pending:
+            if p.abandoned:
+                self._gate_exit(p.raw, p.gate)
+            if p.fut is not None and not p.fut.done():
+                p.fut.set_exception(exc)
+                p.fut.exception()  # nobody may be left to retrieve it
+        for lease in leases:
+            self._stop_renew(lease)
+            if not self._closing:
+                rev = P.Revocation(lease, "DISCONNECT", str(exc))
+                lease.revoked = rev
+                self._notify_revoked(lease, rev)
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _spawn(self, coro):
+        t = self._loop.create_task(coro)
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+        return t
+
+    def _callback(self, fn, arg):
+        def run():
+            try:
+                r = fn(arg)
+                if inspect.isawaitable(r):
+                    self._spawn(_logged(r, fn))
+            except Exception:
+                _log.exception("arbiter_client callback %r failed", fn)
+        self._loop.call_soon(run)
+
+    def _notify_revoked(self, lease, rev):
+        for cb in (lease._on_revoked, self.on_revoked):
+            if cb is not None:
+                self._callback(cb, rev)
+
+    # ------------------------------------------------------------ gates
+
+    async def _gate_enter(self, raw, text, timeout, deadline):
+        me = asyncio.current_task()
+        while raw in self._gates:
+            g = self._gates[raw]
+            if g.task is me:
+                raise E.AlreadyHeld(
+                    "this task already holds or waits for %r through this "
+                    "AsyncClient: a second lease would wait for itself "
+                    "forever. Release the first one, or use AsyncArbiterLock "
+                    "for re-entrant locking" % text, code="ALREADY_HELD",
+                    socket_path=self.socket_path, resource=text)
+            if timeout == 0:
+                raise E.WouldBlock(
+                    "could not lock %r without waiting: another task of this "
+                    "process holds or waits for it (same AsyncClient). Retry "
+                    "later, or pass a timeout" % text,
+                    socket_path=self.socket_path, resource=text)
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise E.Timeout(
+                    "gave up waiting for %r after %g s: another task of this "
+                    "process held it all that time (same AsyncClient). Raise "
+                    "the timeout" % (text, timeout),
+                    socket_path=self.socket_path, resource=text)
+            try:
+                await asyncio.wait_for(asyncio.shield(g.done), left)
+            except asyncio.TimeoutError:
+                pass  # loop: raises Timeout above
+        g = self._gates[raw] = _AGate(me, self._loop.create_future())
+        return g
+
+    def _gate_exit(self, raw, gate):
+        if gate is None:
+            return
+        if self._gates.get(raw) is gate:
+            del self._gates[raw]
+        if not gate.done.done():
+            gate.done.set_result(None)
+
+    # ------------------------------------------------------------ leases
+
+    def lease(self, resource, shared=False, timeout=None, ttl=None, **kw):
+        """``async with client.lease(...) as lease:`` (see Client.lease)."""
+        return _ALeaseContext(self, ((resource, shared, timeout, ttl), kw))
+
+    async def acquire(self, resource, shared=False, timeout=None, ttl=None, *,
+                      on_revoked=None, on_queued=None, auto_renew=True,
+                      lock_delay=None):
+        """Acquire a lease (arguments as for Client.acquire). Cancellation
+        safe: a cancelled acquire leaves nothing granted or queued."""
+        await self._ensure()
+        raw, text = P.check_name(resource)
+        timeout = P.normalize_timeout(timeout)
+        ttl_ms = P.seconds_to_ms(ttl, "ttl") if ttl else 0
+        deadline = None if timeout is None else time.monotonic() + timeout
+        gate = await self._gate_enter(raw, text, timeout, deadline)
+        try:
+            if timeout is None:
+                timeout_ms = None
+            elif timeout == 0:
+                timeout_ms = 0
+            else:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise E.Timeout("gave up waiting for %r after %g s "
+                                    "(in this process)" % (text, timeout),
+                                    socket_path=self.socket_path,
+                                    resource=text)
+                timeout_ms = max(1, P.seconds_to_ms(left, "timeout"))
+            req = P.acquire_request(
+                next(self._ids), raw, shared, timeout_ms, ttl_ms,
+                position_updates=on_queued is not None,
+                lock_delay_ms=(None if lock_delay is None else
+                               P.seconds_to_ms(lock_delay, "lock_delay")))
+            p = _APending(self._loop.create_future(), acquire=True)
+            p.raw = raw
+            p.gate = gate
+            p.on_queued = on_queued
+            p.on_revoked = on_revoked
+            p.auto_renew = auto_renew
+            self._submit(req, p)
+        except BaseException:
+            self._gate_exit(raw, gate)
+            raise
+        try:
+            m = await p.fut
+        except E.ArbiterError:
+            self._gate_exit(raw, gate)
+            raise
+        except BaseException:
+            self._withdraw(req.id, p)
+            raise
+        if p.lease is not None:
+            return p.lease
+        self._gate_exit(raw, gate)
+        if m.WhichOneof("kind") == "error":
+            raise P.daemon_error(m.error, self.socket_path, resource=text,
+                                 op="acquire", timeout=timeout)
+        raise P.unexpected_reply(m, self.socket_path, "Acquire")
+
+    def _withdraw(self, req_id, p):
+        """Synchronous, so it completes even in a cancelled task."""
+        if p.msg is None:
+            if self._closed is not None:
+                self._gate_exit(p.raw, p.gate)
+                return
+            p.abandoned = True
+            self._send_ignored(pb.Request(
+                release=pb.Release(request_id=req_id)))
+        elif p.lease is not None:
+            lease = p.lease
+            self._leases.pop(lease.lease_id, None)
+            lease.released = True
+            self._stop_renew(lease)
+            self._send_ignored(pb.Request(
+                release=pb.Release(lease_id=lease.lease_id)))
+            self._gate_exit(p.raw, p.gate)
+        else:
+            self._gate_exit(p.raw, p.gate)
+
+    def _stop_renew(self, lease):
+        t = getattr(lease, "_renew_task", None)
+        if t is not None and t is not asyncio.current_task():
+            t.cancel()
+        lease._renew_task = None
+
+    async def _renew_loop(self, lease):
+        while True:
+            await asyncio.sleep(lease.ttl / 3.0)
+            if not lease.held:
+                return
+            try:
+                await self.renew(lease)
+            except E.ArbiterError:
+                return
+
+    async def _release_lease(self, lease):
+        if lease.released:
+            return
+        lease.released = True
+        self._stop_renew(lease)
+        try:
+            if lease.revoked is None and self._closed is None:
+                req = pb.Request(release=pb.Release(lease_id=lease.lease_id))
+                try:
+                    await self._call(req, "released", "release",
+                                     resource=lease.resource)
+                except E.ConnectionLost:
+                    pass  # the lease ended with the connection
+                except E.ArbiterError as exc:
+                    if exc.code != "UNKNOWN_LEASE" or lease.revoked is None:
+                        raise
+        finally:
+            self._leases.pop(lease.lease_id, None)
+            self._gate_exit(lease._raw, lease._gate)
+        lease.check()
+
+    async def release(self, lease):
+        await lease.release()
+
+    async def renew(self, lease, ttl=None):
+        """Renew a ttl lease now; returns the ttl (seconds) now in force."""
+        lease.check()
+        req = pb.Request(renew=pb.Renew(lease_id=lease.lease_id))
+        if ttl:
+            req.renew.ttl_ms = P.seconds_to_ms(ttl, "ttl")
+        r = await self._call(req, "renewed", "renew", resource=lease.resource)
+        lease.ttl = r.ttl_ms / 1000.0 if r.ttl_ms else None
+        return lease.ttl
+
+    def lock(self, resource, timeout=-1, **kw):
+        """A re-entrant AsyncArbiterLock on this client."""
+        return AsyncArbiterLock(resource, timeout, client=self, **kw)
+
+    # ------------------------------------------------------------ requests
+
+    async def ping(self, payload=b""):
+        t = time.perf_counter()
+        r = await self._call(pb.Request(ping=pb.Ping(payload=payload)),
+                             "pong", "ping")
+        return {"role": r.role, "payload": r.payload,
+                "seconds": time.perf_counter() - t}
+
+    async def stats(self, resource=None):
+        req = pb.Request(stats=pb.StatsRequest())
+        if resource is not None:
+            req.stats.resource = P.check_name(resource)[0]
+        return P.stats_dict(await self._call(req, "stats", "stats request"))
+
+    async def status(self, resource=None):
+        req = pb.Request(status=pb.StatusRequest())
+        if resource is not None:
+            req.status.resource = P.check_name(resource)[0]
+        return P.status_dict(await self._call(req, "status",
+                                              "status request"))
+
+    async def revoke(self, lease_id=None, pid=None):
+        if (lease_id is None) == (pid is None):
+            raise TypeError("revoke() needs exactly one of lease_id or pid")
+        req = pb.Request(revoke=pb.Revoke())
+        if lease_id is not None:
+            req.revoke.lease_id = lease_id
+        else:
+            req.revoke.pid = pid
+        return (await self._call(req, "revoke_done", "revoke")).revoked
+
+    async def stats_reset(self):
+        await self._call(pb.Request(stats_reset=pb.StatsReset()),
+                         "stats_reset_done", "stats reset")
+
+    def _after_fork_in_child(self):
+        t = self._transport
+        sock = t.get_extra_info("socket") if t is not None else None
+        if sock is not None:
+            try:
+                fd = os.open(os.devnull, os.O_RDWR)
+                os.dup2(fd, sock.fileno())
+                os.close(fd)
+            except OSError:
+                pass
+        self._closed = E.ConnectionLost(
+            "this AsyncClient was created in process %d and does not survive "
+            "fork(): create a new one in process %d" %
+            (self._pid, os.getpid()), socket_path=self.socket_path)
+
+
+async def _logged(aw, fn):
+    try:
+        await aw
+    except Exception:
+        _log.exception("arbiter_client callback %r failed", fn)
+
+
+def _after_fork_in_child():
+    for c in list(_live):
+        c._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class _AcquireReturnProxy:
+    def __init__(self, lock):
+        self.lock = lock
+
+    async def __aenter__(self):
+        return self.lock
+
+    async def __aexit__(self, et, ev, tb):
+        await self.lock._exit(ev)
+        return False
+
+
+class _TaskCtx:
+    __slots__ = ("counter", "lease")
+
+    def __init__(self):
+        self.counter = 0
+        self.lease = None
+
+
+class AsyncArbiterLock:
+    """The asyncio twin of ArbiterLock: ``await lock.acquire(timeout=None,
+    blocking=True)``, ``await lock.release()``, ``is_locked``, ``async with
+    lock:``. Re-entrancy is counted per task (the task that holds it may
+    acquire it again); other tasks sharing the object wait their turn."""
+
+    def __init__(self, resource, timeout=-1, *, shared=False, ttl=None,
+                 blocking=True, client=None, socket_path=None,
+                 on_revoked=None, **_ignored):
+        self._raw, self.resource = P.check_name(resource)
+        self.timeout = timeout
+        self.blocking = blocking
+        self.shared = shared
+        self.ttl = ttl
+        self.on_revoked = on_revoked
+        self._client = client or AsyncClient(socket_path)
+        self._ctxs = weakref.WeakKeyDictionary()
+
+    @property
+    def client(self):
+        return self._client
+
+    def _ctx(self):
+        t = asyncio.current_task()
+        c = self._ctxs.get(t)
+        if c is None:
+            c = self._ctxs[t] = _TaskCtx()
+        return c
+
+    @property
+    def is_locked(self):
+        """True while the current task holds it."""
+        return self._ctx().counter > 0
+
+    @property
+    def lock_counter(self):
+        return self._ctx().counter
+
+    @property
+    def lease(self):
+        return self._ctx().lease
+
+    async def acquire(self, timeout=None, poll_interval=None, *,
+                      blocking=None, poll_intervall=None):
+        if timeout is None:
+            timeout = self.timeout
+        if blocking is None:
+            blocking = self.blocking
+        if not blocking:
+            timeout = 0
+        ctx = self._ctx()
+        if ctx.counter == 0:
+            ctx.lease = await self._client.acquire(
+                self._raw, self.shared, timeout, self.ttl,
+                on_revoked=self.on_revoked)
+        ctx.counter += 1
+        return _AcquireReturnProxy(self)
+
+    async def release(self, force=False):
+        ctx = self._ctx()
+        if ctx.counter == 0:
+            return
+        ctx.counter = 0 if force else ctx.counter - 1
+        if ctx.counter == 0:
+            lease, ctx.lease = ctx.lease, None
+            await lease.release()
+
+    async def _exit(self, ev):
+        try:
+            await self.release()
+        except E.LeaseRevoked as exc:
+            if ev is None:
+                raise
+            ev.add_note("arbiter: " + str(exc))
+
+    async def __aenter__(self):
+        await self.acquire()
+        return self
+
+    async def __aexit__(self, et, ev, tb):
+        await self._exit(ev)
+        return False

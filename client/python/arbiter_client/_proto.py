@@ -1,0 +1,481 @@
+"""What the sync and asyncio clients share: framing, names, defaults, the
+mapping of daemon errors to exceptions, leases, and stats/status as dicts.
+
+Nothing here does I/O.
+"""
+import os
+import sys
+import time
+
+from . import errors as E
+
+try:
+    from . import arbiter_pb2 as pb
+except ImportError as exc:  # pragma: no cover - only in a broken checkout
+    raise ImportError(
+        "arbiter_client.arbiter_pb2 is missing: it is generated from "
+        "proto/arbiter.proto by the package build (protoc --python_out). "
+        "Install the package with `/usr/bin/python3 -m pip install "
+        "--no-index --no-build-isolation ./client/python` (needs Debian's "
+        "protobuf-compiler and python3-protobuf) instead of importing it "
+        "from the source folder") from exc
+
+PROTOCOL_VERSION = 1
+FRAME_HEADER = 4
+# The largest frame the wire format allows (the length's top byte is 0).
+FRAME_HARD_MAX = (1 << 24) - 1
+NAME_MAX = 255
+CLIENT_NAME_MAX = 64
+
+EXCLUSIVE = "exclusive"
+SHARED = "shared"
+
+
+# ------------------------------------------------------------ defaults
+
+def default_socket_path():
+    """The socket path when neither an argument nor $ARBITER_SOCKET names
+    one. Mirrors arb_default_socket_path() in proto/defaults.h exactly:
+    /run/arbiter/arbiter.sock for uid 0, else /tmp/arbiter-UID/arbiter.sock.
+    """
+    uid = os.getuid()
+    if uid == 0:
+        return "/run/arbiter/arbiter.sock"
+    return "/tmp/arbiter-%u/arbiter.sock" % uid
+
+
+def resolve_socket_path(socket_path=None):
+    """The argument, else $ARBITER_SOCKET (when set and not empty), else the
+    default path (like arb_socket_path() in libarbiter)."""
+    if socket_path:
+        return os.fspath(socket_path)
+    env = os.environ.get("ARBITER_SOCKET")
+    if env:
+        return env
+    return default_socket_path()
+
+
+def default_client_name():
+    """The program's name: `python app.py` gives "app.py", `python -m pkg`
+    gives "pkg"."""
+    argv0 = sys.argv[0] if sys.argv and sys.argv[0] else ""
+    base = os.path.basename(argv0)
+    if base == "__main__.py":
+        base = os.path.basename(os.path.dirname(argv0))
+    if not base or base == "-c":
+        base = "python"
+    return base
+
+
+def _printable(ch):
+    c = ord(ch)
+    return not (c < 0x20 or c == 0x7F or 0x80 <= c <= 0x9F)
+
+
+def clean_client_name(name):
+    """Printable UTF-8, at most 64 bytes, cut on a character boundary."""
+    out = "".join(ch if _printable(ch) else "?" for ch in str(name))
+    data = out.encode("utf-8", "replace")
+    if len(data) > CLIENT_NAME_MAX:
+        data = data[:CLIENT_NAME_MAX].decode("utf-8", "ignore").encode()
+    return data
+
+
+def check_name(resource):
+    """Validate a resource name as the daemon will; returns (bytes, str)."""
+    if isinstance(resource, (bytes, bytearray, memoryview)):
+        raw = bytes(resource)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise E.InvalidName(
+                "resource name %r is not valid UTF-8; names are 1 to 255 "
+                "bytes of printable UTF-8" % (raw,), code="INVALID_NAME",
+                resource=raw) from None
+    elif isinstance(resource, str):
+        text = resource
+        try:
+            raw = text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise E.InvalidName(
+                "resource name %r cannot be encoded as UTF-8 (lone "
+                "surrogate?)" % (text,), code="INVALID_NAME",
+                resource=text) from None
+    else:
+        raise TypeError("resource must be str or bytes, not %s" %
+                        type(resource).__name__)
+    if not raw:
+        raise E.InvalidName("resource name is empty; give 1 to 255 bytes "
+                            "of printable UTF-8", code="INVALID_NAME",
+                            resource=text)
+    if len(raw) > NAME_MAX:
+        raise E.InvalidName("resource name %r... is %d bytes; the limit is "
+                            "255" % (text[:40], len(raw)),
+                            code="INVALID_NAME", resource=text)
+    if not all(_printable(ch) for ch in text):
+        raise E.InvalidName("resource name %r has control characters; names "
+                            "are printable UTF-8 (and opaque: not paths the "
+                            "daemon opens)" % (text,), code="INVALID_NAME",
+                            resource=text)
+    return raw, text
+
+
+def seconds_to_ms(seconds, what):
+    """Seconds (int/float) to whole milliseconds, rounding up so a tiny
+    positive value never turns into 0 ("try once")."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise TypeError("%s must be a number of seconds, not %r" %
+                        (what, seconds))
+    ms = seconds * 1000.0
+    whole = int(ms)
+    return whole + 1 if ms > whole else whole
+
+
+def normalize_timeout(timeout):
+    """None or negative: wait forever (None); 0: try once; else seconds."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError("timeout must be None or seconds, not %r" % (timeout,))
+    if timeout < 0:
+        return None
+    return float(timeout)
+
+
+# ------------------------------------------------------------ framing
+
+def encode(req):
+    """A Request message as one frame."""
+    data = req.SerializeToString()
+    return len(data).to_bytes(4, "big") + data
+
+
+def hello_frame(req_id, name):
+    req = pb.Request(id=req_id)
+    req.hello.protocol_version = PROTOCOL_VERSION
+    if name is not None:
+        req.hello.client_name = clean_client_name(name)
+    return encode(req)
+
+
+def acquire_request(req_id, raw_name, shared, timeout_ms, ttl_ms,
+                    position_updates=False, lock_delay_ms=None):
+    req = pb.Request(id=req_id)
+    a = req.acquire
+    a.resource = raw_name
+    a.mode = pb.SHARED if shared else pb.EXCLUSIVE
+    if timeout_ms is not None:
+        a.timeout_ms = timeout_ms
+    if ttl_ms:
+        a.ttl_ms = ttl_ms
+    if lock_delay_ms is not None:
+        a.lock_delay_ms = lock_delay_ms
+    if position_updates:
+        a.position_updates = True
+    return req
+
+
+class FrameReader:
+    """Bytes in, decoded ServerMessages out."""
+
+    def __init__(self, socket_path):
+        self.buf = bytearray()
+        self.socket_path = socket_path
+
+    def feed(self, data):
+        buf = self.buf
+        buf += data
+        out = []
+        pos = 0
+        end = len(buf)
+        while end - pos >= FRAME_HEADER:
+            n = int.from_bytes(buf[pos:pos + FRAME_HEADER], "big")
+            if n == 0 or n > FRAME_HARD_MAX:
+                raise E.ProtocolError(
+                    "the daemon at %s sent a frame with length %d (allowed "
+                    "1..%d); is that socket really an arbiter?" %
+                    (self.socket_path, n, FRAME_HARD_MAX),
+                    socket_path=self.socket_path)
+            if end - pos - FRAME_HEADER < n:
+                break
+            m = pb.ServerMessage()
+            try:
+                m.ParseFromString(bytes(buf[pos + FRAME_HEADER:
+                                            pos + FRAME_HEADER + n]))
+            except Exception as exc:
+                raise E.ProtocolError(
+                    "cannot decode a %d-byte message from the daemon at %s "
+                    "(%s): client and daemon speak different protocol "
+                    "versions?" % (n, self.socket_path, exc),
+                    socket_path=self.socket_path) from exc
+            out.append(m)
+            pos += FRAME_HEADER + n
+        if pos:
+            del buf[:pos]
+        return out
+
+
+# ------------------------------------------------------------ errors
+
+def error_name(code):
+    try:
+        return pb.ErrorCode.Name(code)
+    except ValueError:
+        return "ERROR_%d" % code
+
+
+def daemon_error(err, path, *, resource=None, op="request", timeout=None):
+    """The exception for an Error message from the daemon."""
+    code = error_name(err.code)
+    msg = err.message
+    kw = dict(code=code, daemon_message=msg, socket_path=path,
+              resource=resource)
+    where = "arbiter at %s" % path
+    if code == "WOULD_BLOCK":
+        return E.WouldBlock(
+            "could not lock %r without waiting: %s. Retry later, or pass a "
+            "timeout to wait for it (%s; `arbiterctl -S %s status` shows "
+            "the holders)" % (resource, msg, where, path), **kw)
+    if code == "TIMEOUT":
+        waited = " after %g s" % timeout if timeout else ""
+        return E.Timeout(
+            "gave up waiting for %r%s: %s. Raise the timeout, or see who "
+            "holds it with `arbiterctl -S %s status` (%s)" %
+            (resource, waited, msg, path, where), **kw)
+    if code == "FORBIDDEN":
+        return E.Forbidden(
+            "the %s refused the %s: %s. Ask its operator to allow your uid "
+            "(access.allow_uids / allow_gids; admin requests need "
+            "access.admin_uids)" % (where, op, msg), **kw)
+    if code == "CANCELLED":
+        return E.Cancelled("the acquire of %r was withdrawn: %s (%s)" %
+                           (resource, msg, where), **kw)
+    if code == "SHUTTING_DOWN":
+        return E.ShuttingDown(
+            "the %s is shutting down: %s. Retry when it is back; a new "
+            "Client connects to the new daemon" % (where, msg), **kw)
+    if code == "ALREADY_HELD":
+        return E.AlreadyHeld(
+            "%s (%s). Release the first lease before asking again, or use "
+            "ArbiterLock, which counts re-entrant acquires" % (msg, where),
+            **kw)
+    if code == "INVALID_NAME":
+        return E.InvalidName("invalid resource name %r: %s" % (resource, msg),
+                             **kw)
+    if code == "LIMIT":
+        return E.ArbiterError(
+            "the %s hit a limit: %s. Release leases you no longer need, or "
+            "raise the limit in its configuration" % (where, msg), **kw)
+    if code == "UNKNOWN_LEASE":
+        return E.ArbiterError("%s (%s)" % (msg, where), **kw)
+    if code == "STORAGE":
+        return E.ArbiterError(
+            "the %s cannot take its storage lock: %s. See who holds the "
+            "storage with `arbiterctl -S %s who`" % (where, msg, path), **kw)
+    if code == "INTERNAL":
+        return E.ProtocolError(
+            "internal error in arbiterd (%s): %s. This is a bug in arbiter; "
+            "please report it with the daemon's log" % (where, msg), **kw)
+    return E.ProtocolError(
+        "the %s rejected the %s: %s: %s. Client and daemon disagree on the "
+        "protocol (update both), or this is a bug" % (where, op, code, msg),
+        **kw)
+
+
+def unexpected_reply(m, path, op):
+    return E.ProtocolError(
+        "the arbiter at %s answered a %s with %r; client and daemon "
+        "versions do not match?" % (path, op, m.WhichOneof("kind")),
+        socket_path=path)
+
+
+def connect_error(exc, path):
+    """The exception for a failed connect()."""
+    if isinstance(exc, FileNotFoundError):
+        return E.NotRunning(
+            "no arbiter socket at %s: is arbiterd running? Start it, or set "
+            "ARBITER_SOCKET (or socket_path=) to the socket.path of its "
+            "config" % path, socket_path=path)
+    if isinstance(exc, ConnectionRefusedError):
+        return E.NotRunning(
+            "nothing listens on %s (a socket file left by a stopped "
+            "arbiterd?): start arbiterd" % path, socket_path=path)
+    if isinstance(exc, PermissionError):
+        return E.Forbidden(
+            "permission denied on %s for uid %d: the socket's mode/group "
+            "(socket.mode, socket.group in the daemon's config) must let "
+            "you in" % (path, os.getuid()), socket_path=path)
+    return E.NotRunning("cannot connect to the arbiter at %s: %s" %
+                        (path, exc), socket_path=path)
+
+
+def welcome_error(m, path):
+    """The exception for a handshake that did not end in Welcome."""
+    if m.WhichOneof("kind") == "error":
+        e = daemon_error(m.error, path, op="handshake")
+        if e.code == "VERSION":
+            return E.ProtocolError(
+                "the arbiter at %s does not speak protocol version %d: %s. "
+                "Use a client that matches the daemon" %
+                (path, PROTOCOL_VERSION, m.error.message),
+                code=e.code, daemon_message=m.error.message,
+                socket_path=path)
+        return e
+    return unexpected_reply(m, path, "Hello")
+
+
+def lost(path, why):
+    return E.ConnectionLost(
+        "connection to the arbiter at %s lost (%s); its leases are gone. "
+        "Create a new client once the daemon is back" % (path, why),
+        socket_path=path)
+
+
+# ------------------------------------------------------------ leases
+
+REASONS = {
+    pb.EXPIRED: "EXPIRED", pb.ADMIN: "ADMIN", pb.SHUTDOWN: "SHUTDOWN",
+    pb.STORAGE_LOST: "STORAGE_LOST", pb.DISCONNECT: "DISCONNECT",
+}
+
+
+class Revocation:
+    """Why a lease ended without the holder asking (given to on_revoked and
+    kept in ``lease.revoked``)."""
+
+    __slots__ = ("lease", "resource", "reason", "message", "when")
+
+    def __init__(self, lease, reason, message):
+        self.lease = lease
+        self.resource = lease.resource
+        self.reason = reason
+        self.message = message
+        self.when = time.monotonic()
+
+    def __repr__(self):
+        return "Revocation(%r, reason=%s, message=%r)" % (
+            self.resource, self.reason, self.message)
+
+    def error(self, path):
+        return E.LeaseRevoked(
+            "the lease on %r (lease %d, token %d) was revoked: %s (%s): "
+            "work done under it since then was not protected. Acquire it "
+            "again before touching the resource (arbiter at %s)" %
+            (self.resource, self.lease.lease_id, self.lease.token,
+             self.reason, self.message, path),
+            reason=self.reason, lease=self.lease, socket_path=path,
+            resource=self.resource)
+
+
+class BaseLease:
+    """One granted lease: ``resource`` (str), ``mode`` ("exclusive" or
+    "shared"), ``token`` (fencing token, grows with every grant of the
+    resource), ``lease_id``; also ``ttl`` (seconds, None without one),
+    ``waited`` (seconds spent queued) and ``revoked`` (a Revocation once the
+    daemon ended it, else None)."""
+
+    __slots__ = ("resource", "mode", "token", "lease_id", "ttl", "waited",
+                 "revoked", "released", "_client", "_raw", "_gate",
+                 "_auto_renew", "_on_revoked", "__weakref__")
+
+    def __init__(self, client, raw, granted):
+        self._client = client
+        self._raw = raw
+        self.resource = granted.resource or raw.decode("utf-8")
+        self.mode = SHARED if granted.mode == pb.SHARED else EXCLUSIVE
+        self.token = granted.token
+        self.lease_id = granted.lease_id
+        self.ttl = granted.ttl_ms / 1000.0 if granted.ttl_ms else None
+        self.waited = granted.waited_us / 1e6
+        self.revoked = None
+        self.released = False
+        self._gate = None
+        self._auto_renew = False
+        self._on_revoked = None
+
+    @property
+    def held(self):
+        """True while the lease is ours: not released, not revoked."""
+        return not self.released and self.revoked is None
+
+    def check(self):
+        """Raise LeaseRevoked if the daemon ended this lease; call it before
+        a write when the work under a lease is long."""
+        if self.revoked is not None:
+            raise self.revoked.error(self._client.socket_path)
+
+    def __repr__(self):
+        state = ("released" if self.released else
+                 "revoked:%s" % self.revoked.reason if self.revoked else
+                 "held")
+        return "<%s %r %s token=%d id=%d %s>" % (
+            type(self).__name__, self.resource, self.mode, self.token,
+            self.lease_id, state)
+
+
+# ------------------------------------------------------------ stats, status
+
+_FIGURES = (
+    "total_acquisitions", "failed_acquisitions", "average_wait_time",
+    "max_wait_time", "acquired_immediate", "acquired_after_wait",
+    "failed_timeout", "failed_would_block", "failed_forbidden",
+    "failed_invalid", "releases", "cancelled", "revoked_disconnect",
+    "revoked_expired", "revoked_admin", "revoked_shutdown", "holders",
+    "waiters",
+)
+
+
+def _hist(h):
+    return {"count": h.count, "sum": h.sum_seconds, "mean": h.mean_seconds,
+            "max": h.max_seconds, "p50": h.p50_seconds,
+            "p90": h.p90_seconds, "p99": h.p99_seconds}
+
+
+def _figures(r):
+    d = {k: getattr(r, k) for k in _FIGURES}
+    d["wait_seconds"] = _hist(r.wait)
+    d["hold_seconds"] = _hist(r.hold)
+    return d
+
+
+def stats_dict(s):
+    """A Stats message as the dict `arbiterctl stats --json` prints: the
+    totals at the top level, then connections, role, storage_locked,
+    uptime_seconds, resources_omitted and `resources` keyed by name."""
+    d = _figures(s.total)
+    d["connections"] = s.connections
+    d["role"] = s.role
+    d["storage_locked"] = s.storage_locked
+    d["uptime_seconds"] = s.uptime_seconds
+    d["resources_omitted"] = s.resources_omitted
+    d["resources"] = {r.resource: _figures(r) for r in s.resources}
+    return d
+
+
+def _mode(m):
+    return SHARED if m == pb.SHARED else EXCLUSIVE
+
+
+def status_dict(s):
+    """A Status message as the dict `arbiterctl status --json` prints (plus
+    connection_id per holder and waiter)."""
+    res = {}
+    for r in s.resources:
+        res[r.resource] = {
+            "delayed_us": r.delayed_us,
+            "holders": [{
+                "lease_id": h.lease_id, "mode": _mode(h.mode), "pid": h.pid,
+                "uid": h.uid, "client_name": h.client_name,
+                "held_us": h.held_us, "token": h.token, "ttl_ms": h.ttl_ms,
+                "connection_id": h.connection_id,
+            } for h in r.holders],
+            "waiters": [{
+                "position": i + 1, "lease_id": w.lease_id,
+                "mode": _mode(w.mode), "pid": w.pid, "uid": w.uid,
+                "client_name": w.client_name, "waiting_us": w.waiting_us,
+                "connection_id": w.connection_id,
+            } for i, w in enumerate(r.waiters)],
+        }
+    return {"role": s.role, "pid": s.pid, "version": s.server_version,
+            "storage": s.storage_path, "storage_holder": s.storage_holder,
+            "connections": s.connections, "resources": res}

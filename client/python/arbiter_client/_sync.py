@@ -1,0 +1,1046 @@
+"""The blocking client: Client, Lease, ArbiterLock.
+
+Threads. One Client is one connection to the daemon and may be shared by any
+number of threads. Requests go out under a send lock. Replies are read
+leader/follower style: a thread waiting for a reply reads the socket itself
+when no other thread is reading, and hands every frame it reads to the
+thread it belongs to; while no thread waits, a watcher thread polls the
+socket, so revocations are reported at once even while the application is
+idle. (A dedicated reader thread would cost two thread wake-ups per round
+trip: about 250 us instead of 50 us here.) A worker thread runs
+on_revoked/on_queued callbacks and releases leases dropped by the garbage
+collector; a renewer thread (started on the first lease with a ttl) renews
+ttl leases at a third of their ttl.
+
+Leases belong to the connection, not to a thread. So that threads exclude
+each other the way processes do, the Client lets one thread at a time hold or
+wait for a given resource: a second thread asking for it waits in-process
+(within its timeout) until the first releases, then asks the daemon. The
+same thread asking again for a resource it holds raises AlreadyHeld at once
+instead of waiting for itself forever (ArbiterLock counts re-entrant
+acquires instead).
+
+fork(): a Client does not survive fork. In the child its connection is
+closed at once (so a dead parent's leases are never kept alive by a child)
+and every call raises ConnectionLost: create a new Client in the child.
+"""
+import collections
+import heapq
+import itertools
+import os
+import select
+import socket
+import threading
+import time
+import weakref
+from collections import namedtuple
+from queue import SimpleQueue
+
+from . import _proto as P
+from . import errors as E
+from ._proto import pb
+
+QueueInfo = namedtuple("QueueInfo", "resource position holder_pid holder_name "
+                                    "holders lease_id")
+QueueInfo.__doc__ = """Where a waiting acquire stands: 1-based queue
+position, the pid and client name of a current holder, how many hold it."""
+
+_live_clients = weakref.WeakSet()
+
+
+class _Pending:
+    """One request waiting for its final answer."""
+
+    __slots__ = ("msg", "exc", "acquire", "raw", "abandoned", "lease",
+                 "gate", "ignore", "on_queued", "on_revoked", "auto_renew")
+
+    def __init__(self, acquire=False, ignore=False):
+        self.msg = None
+        self.exc = None
+        self.acquire = acquire
+        self.ignore = ignore
+        self.abandoned = False
+        self.lease = None
+        self.gate = None
+        self.raw = None
+        self.on_queued = None
+        self.on_revoked = None
+        self.auto_renew = False
+
+    def done(self):
+        return self.msg is not None or self.exc is not None
+
+
+class _Gate:
+    __slots__ = ("thread",)
+
+    def __init__(self, thread):
+        self.thread = thread
+
+
+class Lease(P.BaseLease):
+    """A granted lease (see BaseLease for its fields). ``release()`` ends it;
+    as a context manager it releases on exit. Any thread may release it."""
+
+    __slots__ = ()
+
+    def release(self):
+        """End the lease. Raises LeaseRevoked (after cleaning up) if the
+        daemon had already ended it: the work done since then was not
+        protected. Releasing twice is a no-op."""
+        self._client._release_lease(self)
+
+    def renew(self, ttl=None):
+        """Extend a ttl lease now (ttl in seconds; None keeps its own)."""
+        return self._client.renew(self, ttl)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, et, ev, tb):
+        _release_on_exit(self, ev)
+        return False
+
+
+def _release_on_exit(lease, ev):
+    try:
+        lease.release()
+    except E.LeaseRevoked as exc:
+        if ev is None:
+            raise
+        ev.add_note("arbiter: " + str(exc))
+
+
+class _LeaseContext:
+    __slots__ = ("_client", "_args", "_lease")
+
+    def __init__(self, client, args):
+        self._client = client
+        self._args = args
+        self._lease = None
+
+    def __enter__(self):
+        self._lease = self._client.acquire(*self._args[0], **self._args[1])
+        return self._lease
+
+    def __exit__(self, et, ev, tb):
+        lease, self._lease = self._lease, None
+        _release_on_exit(lease, ev)
+        return False
+
+
+class Client:
+    """A connection to arbiterd.
+
+    ``socket_path``: the daemon's socket; None means $ARBITER_SOCKET, else
+    the default (/run/arbiter/arbiter.sock for root,
+    /tmp/arbiter-UID/arbiter.sock otherwise). ``name``: shown by `arbiterctl
+    status` (default: the program's name). ``on_revoked(revocation)`` is
+    called (on the client's worker thread) whenever a lease of this client
+    ends without being released: TTL expiry, admin revoke, daemon shutdown,
+    lost connection.
+
+    Raises NotRunning when no daemon answers, Forbidden when the socket or
+    the daemon refuses this uid, ProtocolError on a version mismatch.
+    """
+
+    def __init__(self, socket_path=None, name=None, *, on_revoked=None,
+                 connect_timeout=10.0):
+        self.socket_path = P.resolve_socket_path(socket_path)
+        self.name = name if name is not None else P.default_client_name()
+        self.on_revoked = on_revoked
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._gate_cond = threading.Condition(threading.Lock())
+        self._gates = {}
+        self._pending = {}
+        self._leases = {}
+        self._ids = itertools.count(2)
+        self._closed = None
+        self._closing = False
+        self._work = SimpleQueue()
+        self._renew_cond = threading.Condition(threading.Lock())
+        self._renew_heap = []
+        self._renew_seq = itertools.count()
+        self._renew_thread = None
+        self._reader = P.FrameReader(self.socket_path)
+        self._inbox = collections.deque()    # read, not yet dispatched
+        self._cv = threading.Condition(threading.Lock())
+        # The watcher parks on its own condition (same lock), so handing the
+        # reader role between callers never wakes it.
+        self._watch_cv = threading.Condition(self._cv._lock)
+        self._reading = False                # a thread has the reader role
+        self._callers = 0                    # threads waiting for replies
+
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(connect_timeout)
+            try:
+                sock.connect(self.socket_path)
+            except OSError as exc:
+                raise P.connect_error(exc, self.socket_path) from None
+            welcome = self._handshake(sock)
+            sock.settimeout(None)
+        except BaseException:
+            sock.close()
+            raise
+        self._sock = sock
+        self.server_version = welcome.server_version
+        self.connection_id = welcome.connection_id
+        self.role = welcome.role
+        self.max_frame_bytes = welcome.limits.max_frame_bytes or 65536
+        self._thread = threading.Thread(
+            target=self._watch_loop, daemon=True,
+            name="arbiter-reader-%d" % self.connection_id)
+        self._thread.start()
+        threading.Thread(target=self._work_loop, args=(self._work,),
+                         daemon=True, name="arbiter-callbacks").start()
+        _live_clients.add(self)
+
+    def _handshake(self, sock):
+        path = self.socket_path
+        try:
+            sock.sendall(P.hello_frame(1, self.name))
+            msgs = []
+            while not msgs:
+                data = sock.recv(65536)
+                if not data:
+                    raise P.lost(path, "the daemon closed the connection "
+                                       "during the handshake")
+                msgs = self._reader.feed(data)
+        except socket.timeout:
+            raise E.ProtocolError(
+                "no answer to Hello from %s: is that socket an arbiter?" %
+                path, socket_path=path) from None
+        except OSError as exc:
+            raise P.lost(path, "during the handshake: %s" % exc) from None
+        m = msgs[0]
+        if m.WhichOneof("kind") != "welcome":
+            raise P.welcome_error(m, path)
+        if len(msgs) > 1:  # never expected; keep them for the reader
+            self._inbox.extend(msgs[1:])
+        return m.welcome
+
+    # ------------------------------------------------------------ plumbing
+
+    def __repr__(self):
+        return "<arbiter_client.Client %s conn=%s %s>" % (
+            self.socket_path, getattr(self, "connection_id", "?"),
+            "closed" if self._closed else "open")
+
+    @property
+    def closed(self):
+        """True once the connection is closed (by close(), the daemon, or
+        fork)."""
+        return self._closed is not None
+
+    def _dead(self):
+        return self._closed is not None or self._pid != os.getpid()
+
+    def _raise_dead(self):
+        if self._pid != os.getpid():
+            raise E.ConnectionLost(
+                "this Client was created in process %d and does not survive "
+                "fork(): create a new Client in process %d" %
+                (self._pid, os.getpid()), socket_path=self.socket_path)
+        raise self._closed
+
+    def _submit(self, req, pending):
+        """Register pending under req.id and send req."""
+        data = P.encode(req)
+        with self._lock:
+            if self._closed is not None or self._pid != os.getpid():
+                self._raise_dead()
+            self._pending[req.id] = pending
+        try:
+            with self._send_lock:
+                self._sock.sendall(data)
+        except OSError as exc:
+            self._fail(P.lost(self.socket_path, "sending: %s" % exc))
+            raise self._closed from None
+
+    def _call(self, req, want, op, resource=None):
+        p = _Pending()
+        req.id = next(self._ids)
+        self._enter_call()
+        try:
+            self._submit(req, p)
+        except BaseException:
+            self._wait_abort()
+            raise
+        m = self._wait(p)
+        kind = m.WhichOneof("kind")
+        if kind == want:
+            return getattr(m, want)
+        if kind == "error":
+            raise P.daemon_error(m.error, self.socket_path,
+                                 resource=resource, op=op)
+        raise P.unexpected_reply(m, self.socket_path, op)
+
+    def _send_ignored(self, req):
+        """Send a request whose answer nobody waits for (cleanup)."""
+        req.id = next(self._ids)
+        try:
+            self._submit(req, _Pending(ignore=True))
+        except E.ArbiterError:
+            pass
+
+    def _enter_call(self):
+        """Count a thread that will wait for a reply, before it sends, so
+        the watcher leaves the reply to it."""
+        with self._cv:
+            self._callers += 1
+
+    def _wait(self, p):
+        """Wait for p's final answer (after _enter_call), reading the socket
+        ourselves whenever no other thread is reading it."""
+        cv = self._cv
+        try:
+            while True:
+                with cv:
+                    while self._reading and not p.done():
+                        cv.wait()
+                    if p.done():
+                        break
+                    self._reading = True
+                try:
+                    self._read_some(True)
+                finally:
+                    with cv:
+                        self._reading = False
+                        cv.notify_all()
+        finally:
+            with cv:
+                self._callers -= 1
+        if p.exc is not None:
+            raise p.exc
+        return p.msg
+
+    def _wait_abort(self):
+        with self._cv:
+            self._callers -= 1
+
+    def _read_some(self, block):
+        """With the reader role: read what is there (block: wait for
+        something) and dispatch every whole frame."""
+        inbox = self._inbox
+        if not inbox:
+            try:
+                if block:
+                    data = self._sock.recv(262144)
+                else:
+                    data = self._sock.recv(262144, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._fail(self._lost_why(str(exc)))
+                return
+            if not data:
+                self._fail(self._lost_why(None))
+                return
+            try:
+                inbox.extend(self._reader.feed(data))
+            except E.ArbiterError as exc:
+                self._fail(exc)
+                return
+        while inbox:
+            self._dispatch(inbox.popleft())
+
+    def _lost_why(self, err):
+        if self._closing or self._closed is not None:
+            return E.ConnectionLost(
+                "this Client was closed (arbiter at %s)" % self.socket_path,
+                socket_path=self.socket_path)
+        return P.lost(self.socket_path, err or "the daemon closed it")
+
+    # How soon the watcher resumes after the last waiting thread is done.
+    # It is not woken when the count drops to 0: that would put a thread
+    # switch on every round trip. Frames that arrive meanwhile wait in the
+    # socket buffer; any thread that calls the client reads them first.
+    WATCH_RESUME = 0.02
+
+    def _watch_loop(self):
+        """While no thread waits for a reply, watch the socket for events
+        (Revoked) and EOF, so they are seen even when the app is idle."""
+        cv = self._cv
+        wcv = self._watch_cv
+        poller = select.poll()
+        poller.register(self._sock.fileno(), select.POLLIN)
+        try:
+            while True:
+                with cv:
+                    while ((self._callers or self._reading) and
+                           self._closed is None):
+                        wcv.wait(self.WATCH_RESUME)
+                    if self._closed is not None:
+                        return
+                poller.poll()
+                with cv:
+                    if self._closed is not None:
+                        return
+                    if self._callers or self._reading:
+                        continue  # a waiting thread reads it
+                    self._reading = True
+                try:
+                    self._read_some(False)
+                finally:
+                    with cv:
+                        self._reading = False
+                        cv.notify_all()
+        except BaseException as exc:  # a bug: never leave waiters hanging
+            self._fail(E.ProtocolError(
+                "arbiter_client watcher failed: %r" % exc,
+                socket_path=self.socket_path))
+
+    def _dispatch(self, m):
+        kind = m.WhichOneof("kind")
+        if kind == "revoked":
+            self._handle_revoked(m.revoked)
+            return
+        if kind == "queued":
+            p = self._pending.get(m.id)
+            if p is not None and p.on_queued is not None:
+                q = m.queued
+                info = QueueInfo(q.resource, q.position,
+                                 q.holder_pid if q.HasField("holder_pid")
+                                 else None, q.holder_name, q.holders,
+                                 q.lease_id)
+                self._post(p.on_queued, info)
+            return
+        cleanup = None
+        with self._lock:
+            p = self._pending.pop(m.id, None)
+            if p is None:
+                return
+            if p.acquire:
+                if kind == "granted":
+                    lease = Lease(self, p.raw, m.granted)
+                    lease._gate = p.gate
+                    lease._on_revoked = p.on_revoked
+                    lease._auto_renew = p.auto_renew
+                    if p.abandoned:
+                        lease.released = True
+                        cleanup = lease
+                    else:
+                        self._leases[lease.lease_id] = lease
+                        p.lease = lease
+                elif p.abandoned:
+                    cleanup = True
+            p.msg = m
+        if cleanup is not None:
+            # A withdrawn acquire got its final answer: release a grant that
+            # raced ahead of the withdrawal, then let the next thread in.
+            if cleanup is not True:
+                self._send_ignored(pb.Request(
+                    release=pb.Release(lease_id=cleanup.lease_id)))
+            self._gate_exit(p.raw, p.gate)
+        elif p.lease is not None and p.lease.ttl and p.auto_renew:
+            self._schedule_renew(p.lease)
+
+    def _handle_revoked(self, r):
+        with self._lock:
+            lease = self._leases.pop(r.lease_id, None)
+            if lease is None:
+                return
+            rev = P.Revocation(lease, P.REASONS.get(r.reason, "REASON_%d" %
+                                                    r.reason), r.message)
+            lease.revoked = rev
+        self._notify_revoked(lease, rev)
+
+    def _notify_revoked(self, lease, rev):
+        for cb in (lease._on_revoked, self.on_revoked):
+            if cb is not None:
+                self._post(cb, rev)
+
+    def _fail(self, exc):
+        """The connection is gone: fail every waiter, revoke every lease."""
+        with self._lock:
+            if self._closed is not None:
+                return
+            self._closed = exc
+            pending = list(self._pending.values())
+            self._pending.clear()
+            leases = [lease for lease in self._leases.values()
+                      if not lease.released]
+            self._leases.clear()
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        for p in pending:
+            if p.abandoned:
+                self._gate_exit(p.raw, p.gate)
+            p.exc = exc
+        with self._cv:
+            self._cv.notify_all()
+            self._watch_cv.notify_all()
+        if not self._closing:
+            for lease in leases:
+                rev = P.Revocation(lease, "DISCONNECT", str(exc))
+                lease.revoked = rev
+                self._notify_revoked(lease, rev)
+        with self._renew_cond:
+            self._renew_cond.notify_all()
+
+    # --------------------------------------------------- worker (callbacks)
+
+    def _post(self, fn, *args):
+        """Run fn(*args) on the worker thread (SimpleQueue.put is reentrant:
+        safe from __del__ and from the reader)."""
+        self._work.put((fn, args))
+
+    def _work_loop(self, q):
+        while True:
+            fn, args = q.get()
+            if fn is None:
+                return
+            try:
+                fn(*args)
+            except Exception:  # a callback's bug must not stop the others
+                import logging
+                logging.getLogger("arbiter_client").exception(
+                    "arbiter_client callback %r failed", fn)
+
+    # ------------------------------------------------------------ renewing
+
+    def _schedule_renew(self, lease):
+        due = time.monotonic() + lease.ttl / 3.0
+        with self._renew_cond:
+            heapq.heappush(self._renew_heap,
+                           (due, next(self._renew_seq), lease))
+            if self._renew_thread is None:
+                self._renew_thread = threading.Thread(
+                    target=self._renew_loop, daemon=True,
+                    name="arbiter-renewer")
+                self._renew_thread.start()
+            self._renew_cond.notify()
+
+    def _renew_loop(self):
+        heap = self._renew_heap
+        while True:
+            with self._renew_cond:
+                while True:
+                    if self._closed is not None or self._dead():
+                        return
+                    if not heap:
+                        self._renew_cond.wait()
+                        continue
+                    left = heap[0][0] - time.monotonic()
+                    if left > 0:
+                        self._renew_cond.wait(left)
+                        continue
+                    lease = heapq.heappop(heap)[2]
+                    break
+            if not lease.held:
+                continue
+            try:
+                self.renew(lease)
+            except E.ConnectionLost:
+                return
+            except E.ArbiterError:
+                continue  # released or revoked meanwhile: nothing to renew
+            if lease.held:
+                self._schedule_renew(lease)
+
+    # ------------------------------------------------------------ gates
+
+    def _gate_enter(self, raw, text, timeout, deadline):
+        me = threading.get_ident()
+        with self._gate_cond:
+            while raw in self._gates:
+                g = self._gates[raw]
+                if g.thread == me:
+                    raise E.AlreadyHeld(
+                        "this thread already holds or waits for %r through "
+                        "this Client: a second lease would wait for itself "
+                        "forever. Release the first one, or use ArbiterLock "
+                        "for re-entrant locking" % text, code="ALREADY_HELD",
+                        socket_path=self.socket_path, resource=text)
+                if timeout == 0:
+                    raise E.WouldBlock(
+                        "could not lock %r without waiting: another thread of "
+                        "this process holds or waits for it (same Client). "
+                        "Retry later, or pass a timeout" % text,
+                        socket_path=self.socket_path, resource=text)
+                if deadline is None:
+                    self._gate_cond.wait()
+                else:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise E.Timeout(
+                            "gave up waiting for %r after %g s: another "
+                            "thread of this process held it all that time "
+                            "(same Client). Raise the timeout" %
+                            (text, timeout), socket_path=self.socket_path,
+                            resource=text)
+                    self._gate_cond.wait(left)
+            g = self._gates[raw] = _Gate(me)
+            return g
+
+    def _gate_exit(self, raw, gate):
+        if gate is None:
+            return
+        with self._gate_cond:
+            if self._gates.get(raw) is gate:
+                del self._gates[raw]
+                self._gate_cond.notify_all()
+
+    # ------------------------------------------------------------ leases
+
+    def lease(self, resource, shared=False, timeout=None, ttl=None, **kw):
+        """A context manager: acquires on entry and yields the Lease,
+        releases on exit. Arguments as for acquire(). On exit it raises
+        LeaseRevoked if the daemon ended the lease while the block ran."""
+        return _LeaseContext(self, ((resource, shared, timeout, ttl), kw))
+
+    def acquire(self, resource, shared=False, timeout=None, ttl=None, *,
+                on_revoked=None, on_queued=None, auto_renew=True,
+                lock_delay=None):
+        """Acquire a lease and return it (release it with lease.release()).
+
+        ``resource``: str or bytes, 1..255 bytes of printable UTF-8 (a name,
+        not a path). ``shared``: shared instead of exclusive. ``timeout``:
+        None waits forever, 0 tries once (WouldBlock if busy), else seconds
+        (Timeout when they run out). ``ttl``: seconds; the lease must be
+        renewed within it, which this client does by itself at ttl/3 unless
+        ``auto_renew=False``. ``on_revoked(revocation)``: called when this
+        lease is revoked. ``on_queued(QueueInfo)``: called while waiting,
+        whenever the queue position changes. ``lock_delay``: seconds the
+        daemon holds the resource back after an unclean end of this lease.
+
+        A KeyboardInterrupt (or any exception) while waiting withdraws the
+        request: nothing stays granted or queued.
+        """
+        raw, text = P.check_name(resource)
+        timeout = P.normalize_timeout(timeout)
+        ttl_ms = P.seconds_to_ms(ttl, "ttl") if ttl else 0
+        deadline = None if timeout is None else time.monotonic() + timeout
+        gate = self._gate_enter(raw, text, timeout, deadline)
+        try:
+            if timeout is None:
+                timeout_ms = None
+            elif timeout == 0:
+                timeout_ms = 0
+            else:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise E.Timeout("gave up waiting for %r after %g s "
+                                    "(in this process)" % (text, timeout),
+                                    socket_path=self.socket_path,
+                                    resource=text)
+                timeout_ms = max(1, P.seconds_to_ms(left, "timeout"))
+            req = P.acquire_request(
+                next(self._ids), raw, shared, timeout_ms, ttl_ms,
+                position_updates=on_queued is not None,
+                lock_delay_ms=(None if lock_delay is None else
+                               P.seconds_to_ms(lock_delay, "lock_delay")))
+            p = _Pending(acquire=True)
+            p.raw = raw
+            p.gate = gate
+            p.on_queued = on_queued
+            p.on_revoked = on_revoked
+            p.auto_renew = auto_renew
+            self._enter_call()
+            try:
+                self._submit(req, p)
+            except BaseException:
+                self._wait_abort()
+                raise
+        except BaseException:
+            self._gate_exit(raw, gate)
+            raise
+        try:
+            m = self._wait(p)
+        except E.ArbiterError:
+            self._gate_exit(raw, gate)
+            raise
+        except BaseException:
+            self._withdraw(req.id, p)
+            raise
+        if p.lease is not None:
+            return p.lease
+        self._gate_exit(raw, gate)
+        if m.WhichOneof("kind") == "error":
+            raise P.daemon_error(m.error, self.socket_path, resource=text,
+                                 op="acquire", timeout=timeout)
+        raise P.unexpected_reply(m, self.socket_path, "Acquire")
+
+    def _withdraw(self, req_id, p):
+        """The waiting thread was interrupted: leave nothing behind."""
+        with self._lock:
+            done = p.done()
+            if not done:
+                p.abandoned = True
+        if not done:
+            # The final answer is still to come; the reader releases a grant
+            # that raced ahead and lets the next thread in.
+            self._send_ignored(pb.Request(
+                release=pb.Release(request_id=req_id)))
+        elif p.lease is not None:
+            lease = p.lease
+            with self._lock:
+                self._leases.pop(lease.lease_id, None)
+                lease.released = True
+            self._send_ignored(pb.Request(
+                release=pb.Release(lease_id=lease.lease_id)))
+            self._gate_exit(p.raw, p.gate)
+        else:
+            self._gate_exit(p.raw, p.gate)
+
+    def _release_lease(self, lease):
+        with self._lock:
+            if lease.released:
+                return
+            lease.released = True
+            revoked_before = lease.revoked
+        try:
+            if revoked_before is None and not self._dead():
+                req = pb.Request(release=pb.Release(lease_id=lease.lease_id))
+                try:
+                    self._call(req, "released", "release",
+                               resource=lease.resource)
+                except E.ConnectionLost:
+                    pass  # the lease ended with the connection
+                except E.ArbiterError as exc:
+                    if exc.code != "UNKNOWN_LEASE" or lease.revoked is None:
+                        raise
+        finally:
+            with self._lock:
+                self._leases.pop(lease.lease_id, None)
+            self._gate_exit(lease._raw, lease._gate)
+        lease.check()
+
+    def release(self, lease):
+        """Same as lease.release()."""
+        lease.release()
+
+    def renew(self, lease, ttl=None):
+        """Renew a ttl lease now; ``ttl`` (seconds) replaces its ttl. Returns
+        the ttl in seconds the daemon set."""
+        if lease.revoked is not None:
+            lease.check()
+        req = pb.Request(renew=pb.Renew(lease_id=lease.lease_id))
+        if ttl:
+            req.renew.ttl_ms = P.seconds_to_ms(ttl, "ttl")
+        r = self._call(req, "renewed", "renew", resource=lease.resource)
+        lease.ttl = r.ttl_ms / 1000.0 if r.ttl_ms else None
+        return lease.ttl
+
+    def lock(self, resource, timeout=-1, **kw):
+        """A filelock-compatible ArbiterLock on this client."""
+        return ArbiterLock(resource, timeout, client=self, **kw)
+
+    # ------------------------------------------------------------ requests
+
+    def ping(self, payload=b""):
+        """Round trip to the daemon: {'role', 'payload', 'seconds'}."""
+        t = time.perf_counter()
+        r = self._call(pb.Request(ping=pb.Ping(payload=payload)), "pong",
+                       "ping")
+        return {"role": r.role, "payload": r.payload,
+                "seconds": time.perf_counter() - t}
+
+    def stats(self, resource=None):
+        """The daemon's figures as a dict shaped like `arbiterctl stats
+        --json`: total_acquisitions, failed_acquisitions, average_wait_time,
+        max_wait_time (seconds) and the other totals at the top level, and
+        ``resources`` keyed by resource name."""
+        req = pb.Request(stats=pb.StatsRequest())
+        if resource is not None:
+            req.stats.resource = P.check_name(resource)[0]
+        return P.stats_dict(self._call(req, "stats", "stats request"))
+
+    def status(self, resource=None):
+        """Who holds and who waits, as a dict shaped like `arbiterctl status
+        --json`."""
+        req = pb.Request(status=pb.StatusRequest())
+        if resource is not None:
+            req.status.resource = P.check_name(resource)[0]
+        return P.status_dict(self._call(req, "status", "status request"))
+
+    def revoke(self, lease_id=None, pid=None):
+        """Admin: end one lease (by id) or every lease of a pid; returns how
+        many were ended. Their holders get Revoked (reason ADMIN)."""
+        if (lease_id is None) == (pid is None):
+            raise TypeError("revoke() needs exactly one of lease_id or pid")
+        req = pb.Request(revoke=pb.Revoke())
+        if lease_id is not None:
+            req.revoke.lease_id = lease_id
+        else:
+            req.revoke.pid = pid
+        return self._call(req, "revoke_done", "revoke").revoked
+
+    def stats_reset(self):
+        """Admin: start the figures afresh."""
+        self._call(pb.Request(stats_reset=pb.StatsReset()),
+                   "stats_reset_done", "stats reset")
+
+    # ------------------------------------------------------------ closing
+
+    def close(self):
+        """Close the connection: every lease of this client ends at once
+        (no on_revoked calls for them). Idempotent."""
+        if self._pid != os.getpid():
+            return
+        self._closing = True
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
+        self._fail(self._lost_why(None))
+        self._sock.close()
+        self._work.put((None, ()))
+        _live_clients.discard(self)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def _after_fork_in_child(self):
+        # Threads are gone; drop the parent's connection without touching
+        # it: point its fd at /dev/null so the daemon sees the parent's
+        # close alone, and the number stays valid for the socket object.
+        try:
+            fd = os.open(os.devnull, os.O_RDWR)
+            os.dup2(fd, self._sock.fileno())
+            os.close(fd)
+        except OSError:
+            pass
+        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._closed = E.ConnectionLost(
+            "this Client was created in process %d and does not survive "
+            "fork(): create a new Client in process %d" %
+            (self._pid, os.getpid()), socket_path=self.socket_path)
+
+
+# ---------------------------------------------------------------- defaults
+
+_default_lock = threading.Lock()
+_default_clients = {}
+
+
+def default_client(socket_path=None):
+    """The process-wide Client for a socket (made on first use, made again
+    after its connection was lost or after fork). ArbiterLock uses it when
+    given no client."""
+    path = P.resolve_socket_path(socket_path)
+    with _default_lock:
+        c = _default_clients.get(path)
+        if c is None or c.closed or c._pid != os.getpid():
+            c = _default_clients[path] = Client(path)
+        return c
+
+
+def _after_fork_in_child():
+    global _default_lock
+    _default_lock = threading.Lock()
+    _default_clients.clear()
+    for c in list(_live_clients):
+        c._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+# ---------------------------------------------------------------- ArbiterLock
+
+class _AcquireReturnProxy:
+    """What acquire() returns, so `with lock.acquire(timeout=5):` works."""
+
+    def __init__(self, lock):
+        self.lock = lock
+
+    def __enter__(self):
+        return self.lock
+
+    def __exit__(self, et, ev, tb):
+        self.lock._exit(ev)
+        return False
+
+
+class _Ctx:
+    __slots__ = ("counter", "lease")
+
+    def __init__(self):
+        self.counter = 0
+        self.lease = None
+
+
+class _LocalCtx(threading.local):
+    def __init__(self):
+        self.counter = 0
+        self.lease = None
+
+
+class ArbiterLock:
+    """A lock with filelock.FileLock's API, backed by an arbiter lease.
+
+    Swap ``FileLock("/data/db.lock")`` for ``ArbiterLock("db")``:
+    ``acquire(timeout=None, blocking=True)``, ``release(force=False)``,
+    ``is_locked``, ``lock_counter``, ``with lock:`` and ``with
+    lock.acquire(timeout=5):`` work the same, and acquiring again what the
+    object already holds only counts up (released when the count is back to
+    0). ``timeout``: -1 (default) waits forever, 0 tries once, else seconds;
+    failures raise Timeout (WouldBlock for a try), a TimeoutError like
+    filelock.Timeout.
+
+    ``thread_local=True`` (default, as in filelock): each thread has its own
+    count and lease, so threads sharing the object exclude each other.
+    ``thread_local=False``: one count per object shared by all threads.
+
+    ``client``: the Client to use; default: one Client per process and
+    socket (see default_client()), made again if its connection was lost.
+    ``shared``, ``ttl``, ``on_revoked``: as for Client.acquire().
+    """
+
+    def __init__(self, resource, timeout=-1, *, shared=False, ttl=None,
+                 blocking=True, thread_local=True, client=None,
+                 socket_path=None, on_revoked=None, **_ignored):
+        self._raw, self.resource = P.check_name(resource)
+        self.timeout = timeout
+        self.blocking = blocking
+        self.shared = shared
+        self.ttl = ttl
+        self.on_revoked = on_revoked
+        self._client = client
+        self._socket_path = socket_path
+        self._thread_local = thread_local
+        self._ctx = _LocalCtx() if thread_local else _Ctx()
+        self._mutex = threading.Lock()       # guards counts (shared ctx)
+        self._acq_mutex = threading.Lock()   # one acquirer (shared ctx)
+        self._held = weakref.WeakSet()
+
+    @property
+    def lock_file(self):
+        """filelock compatibility: the resource name."""
+        return self.resource
+
+    @property
+    def client(self):
+        if self._client is not None:
+            return self._client
+        return default_client(self._socket_path)
+
+    @property
+    def is_locked(self):
+        """True while this object (this thread's share, when thread_local)
+        holds the lease."""
+        return self._ctx.counter > 0
+
+    @property
+    def lock_counter(self):
+        return self._ctx.counter
+
+    @property
+    def lease(self):
+        """The Lease behind the lock (token, lease_id...) or None."""
+        return self._ctx.lease
+
+    def acquire(self, timeout=None, poll_interval=None, *, blocking=None,
+                poll_intervall=None):
+        """Acquire (or count up if already held). ``timeout``: None uses
+        the object's timeout; negative waits forever; 0 tries once.
+        ``blocking=False`` tries once. ``poll_interval`` is accepted for
+        filelock compatibility and ignored: nothing polls, the daemon wakes
+        the waiter."""
+        if timeout is None:
+            timeout = self.timeout
+        if blocking is None:
+            blocking = self.blocking
+        if not blocking:
+            timeout = 0
+        ctx = self._ctx
+        if self._thread_local:
+            if ctx.counter > 0:
+                ctx.counter += 1
+                return _AcquireReturnProxy(self)
+            ctx.lease = self._take(timeout)
+            ctx.counter = 1
+            return _AcquireReturnProxy(self)
+        with self._mutex:
+            if ctx.counter > 0:
+                ctx.counter += 1
+                return _AcquireReturnProxy(self)
+        t = P.normalize_timeout(timeout)
+        if not self._acq_mutex.acquire(timeout=-1 if t is None else t):
+            raise E.Timeout("gave up waiting for %r after %g s: another "
+                            "thread is acquiring this lock object" %
+                            (self.resource, t), resource=self.resource)
+        try:
+            with self._mutex:
+                if ctx.counter > 0:
+                    ctx.counter += 1
+                    return _AcquireReturnProxy(self)
+            lease = self._take(timeout)
+            with self._mutex:
+                ctx.lease = lease
+                ctx.counter = 1
+        finally:
+            self._acq_mutex.release()
+        return _AcquireReturnProxy(self)
+
+    def _take(self, timeout):
+        lease = self.client.acquire(self._raw, self.shared, timeout,
+                                    self.ttl, on_revoked=self.on_revoked)
+        self._held.add(lease)
+        return lease
+
+    def release(self, force=False):
+        """Count down; at zero (or with force=True) release the lease.
+        Raises LeaseRevoked if the daemon ended the lease meanwhile.
+        Releasing an unlocked lock does nothing."""
+        ctx = self._ctx
+        with self._mutex:
+            if ctx.counter == 0:
+                return
+            ctx.counter = 0 if force else ctx.counter - 1
+            if ctx.counter > 0:
+                return
+            lease, ctx.lease = ctx.lease, None
+        self._held.discard(lease)
+        lease.release()
+
+    def _exit(self, ev):
+        try:
+            self.release()
+        except E.LeaseRevoked as exc:
+            if ev is None:
+                raise
+            ev.add_note("arbiter: " + str(exc))
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, et, ev, tb):
+        self._exit(ev)
+        return False
+
+    def __del__(self):
+        # Like filelock: a lock dropped while held is released. Done on the
+        # client's worker thread, since __del__ may run anywhere.
+        for lease in list(getattr(self, "_held", ())):
+            if lease.held:
+                try:
+                    lease._client._post(_quiet_release, lease)
+                except Exception:
+                    pass
+
+    def __repr__(self):
+        return "<ArbiterLock %r %s counter=%d>" % (
+            self.resource, "locked" if self.is_locked else "unlocked",
+            self.lock_counter)
+
+
+def _quiet_release(lease):
+    try:
+        lease.release()
+    except E.ArbiterError:
+        pass
