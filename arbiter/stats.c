@@ -87,8 +87,13 @@ quantile(const struct hist *h, double q)
 		if (seen >= rank) {
 			double lo, hi, mid;
 
-			if (i == 0)
-				return 0.5 * (1 << UNIT_SHIFT) / 1e9;
+			if (i == 0) {
+				double mid0 = 0.5 * (1 << UNIT_SHIFT) / 1e9;
+
+				return mid0 < (double)h->max_ns / 1e9
+					       ? mid0
+					       : (double)h->max_ns / 1e9;
+			}
 			lo = bucket_lower_units(i) * (1 << UNIT_SHIFT) / 1e9;
 			hi = hist_bucket_upper(i);
 			if (isinf(hi))

@@ -286,21 +286,27 @@ supervise(arb_client *c, pid_t child, const struct arb_lease *lease,
 		}
 		if (p[0].revents & (POLLIN | POLLHUP | POLLERR)) {
 			struct arb_event ev;
+			char why[600] = "";
 			int rc;
 
 			while ((rc = arb_next_event(c, &ev)) > 0) {
 				if (ev.kind == ARB_EV_REVOKED &&
-				    ev.lease.id == lease->id)
+				    ev.lease.id == lease->id) {
 					revoked = true;
+					snprintf(why, sizeof why, "%s",
+						 ev.message);
+				}
 			}
-			if (rc < 0)
+			if (rc < 0 && !revoked) {
 				revoked = true; /* the daemon is gone */
+				snprintf(why, sizeof why, "%s",
+					 arb_last_error(c));
+			}
 			if (revoked) {
 				fprintf(stderr,
 					"arbiterctl: lease on '%s' lost (%s); "
 					"sending SIGTERM to pid %d\n",
-					getenv("ARBITER_RESOURCE"),
-					rc < 0 ? arb_last_error(c) : ev.message,
+					getenv("ARBITER_RESOURCE"), why,
 					(int)child);
 				kill(child, SIGTERM);
 				kill_at = mono_ms() + (uint64_t)(grace * 1000);
