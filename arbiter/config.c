@@ -151,11 +151,11 @@ parse_bytes(const char *v, uint64_t *out)
 	if (errno != 0)
 		return -1;
 	if (*end == 'k' || *end == 'K')
-		mult = 1024, end++;
+		mult = UINT64_C(1) << 10, end++;
 	else if (*end == 'm' || *end == 'M')
-		mult = 1024 * 1024, end++;
+		mult = UINT64_C(1) << 20, end++;
 	else if (*end == 'g' || *end == 'G')
-		mult = 1024 * 1024 * 1024, end++;
+		mult = UINT64_C(1) << 30, end++;
 	if (*end != '\0' || *out > UINT64_MAX / mult)
 		return -1;
 	*out *= mult;

@@ -898,6 +898,11 @@ dispatch_apply_events(struct server *srv)
 	for (size_t i = 0; i < n; i++) {
 		struct stats_res *sr = NULL;
 
+		/* Every grant, queue and end names its resource. */
+		if (ev[i].res == NULL && (ev[i].kind == LM_EV_GRANTED ||
+					  ev[i].kind == LM_EV_QUEUED ||
+					  ev[i].kind == LM_EV_ENDED))
+			continue;
 		if (ev[i].res != NULL)
 			sr = stats_res(&srv->stats, ev[i].res->name,
 				       ev[i].res->len);

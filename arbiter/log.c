@@ -88,7 +88,7 @@ json_tail(char *out, size_t cap, const char *kv)
 	const char *p = kv;
 
 	while (*p && o + 8 < cap) {
-		const char *eq = strchr(p, '=');
+		const char *eq;
 		size_t klen;
 
 		while (*p == ' ')

@@ -81,13 +81,20 @@ main(int argc, char **argv)
 			break;
 		case 'S':
 		case 's':
-			if (asprintf(&ov[nov++], "%s=%s",
+			if (asprintf(&ov[nov], "%s=%s",
 				     ch == 'S' ? "socket.path" : "storage.path",
-				     optarg) < 0)
-				return 1;
+				     optarg) < 0) {
+				rc = 1;
+				goto out;
+			}
+			nov++;
 			break;
 		case 'o':
-			ov[nov++] = strdup(optarg);
+			if ((ov[nov] = strdup(optarg)) == NULL) {
+				rc = 1;
+				goto out;
+			}
+			nov++;
 			break;
 		case 'C':
 			check = true;
@@ -98,20 +105,24 @@ main(int argc, char **argv)
 		case 'V':
 			printf("arbiterd %s (protocol %d)\n", ARBITER_VERSION,
 			       ARB_PROTOCOL_VERSION);
-			return 0;
+			rc = 0;
+			goto out;
 		case 'h':
 			usage(stdout);
-			return 0;
+			rc = 0;
+			goto out;
 		default:
 			usage(stderr);
-			return 2;
+			rc = 2;
+			goto out;
 		}
 	}
 	if (optind < argc) {
 		fprintf(stderr, "arbiterd: unexpected argument '%s'\n",
 			argv[optind]);
 		usage(stderr);
-		return 2;
+		rc = 2;
+		goto out;
 	}
 	if (conf == NULL && access(ARB_DEFAULT_CONFIG, F_OK) == 0)
 		conf = ARB_DEFAULT_CONFIG;

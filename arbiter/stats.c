@@ -133,8 +133,9 @@ stats_free(struct stats *st)
 {
 	struct stats_res *r, *tmp;
 
+	/* uthash's documented delete-while-iterating idiom. */
 	HASH_ITER(hh, st->by_name, r, tmp) {
-		HASH_DELETE(hh, st->by_name, r);
+		HASH_DELETE(hh, st->by_name, r); // NOLINT(clang-analyzer-unix.Malloc)
 		free(r->name);
 		free(r);
 	}

@@ -76,8 +76,7 @@ arb_strerror(int err)
 		[ARB_ENOTWELCOME - 1000] = "request before handshake",
 		[ARB_EVERSION - 1000] = "protocol version not supported",
 		[ARB_EINVALIDNAME - 1000] = "invalid resource name",
-		[ARB_EALREADYHELD - 1000] = "already held or waited for on "
-					    "this connection",
+		[ARB_EALREADYHELD - 1000] = "already held or awaited here",
 		[ARB_EWOULDBLOCK - 1000] = "resource is busy",
 		[ARB_ETIMEOUT - 1000] = "timed out waiting for the resource",
 		[ARB_EUNKNOWNLEASE - 1000] = "no such lease",
@@ -539,10 +538,11 @@ build_acquire(arb_client *c, Arbiter__Acquire *a, const char *resource,
 	      enum arb_mode mode, int64_t timeout_ms,
 	      const struct arb_acquire_opts *opts)
 {
-	const char *bad = codec_check_name(resource, resource ? strlen(resource)
-							      : 0);
+	const char *bad = resource == NULL
+				  ? "resource name is missing"
+				  : codec_check_name(resource, strlen(resource));
 
-	if (bad != NULL) {
+	if (bad != NULL || resource == NULL) {
 		seterr(c, "%s", bad);
 		return -ARB_EINVALIDNAME;
 	}

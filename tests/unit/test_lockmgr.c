@@ -1,0 +1,2534 @@
+/*
+ * Unit tests for the lease state machine (arbiter/lockmgr.c).
+ *
+ * Each test drives one lockmgr with caller-owned owners and explicit clock
+ * readings (plain nanosecond numbers, never the real clock), then reads the
+ * event list it produced. The tests are named as behaviours. The last test is
+ * a randomized model test: a seeded generator drives random operations and a
+ * small reference model, written from the contract in lockmgr.h and
+ * DESIGN.md section 3 rather than from the code, checks every event and the
+ * whole state after every step.
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lockmgr.h"
+
+#define NOWNERS 6
+
+static struct lockmgr lm;
+static struct lm_owner ow[NOWNERS];
+
+static void
+setup(void)
+{
+	lockmgr_init(&lm);
+	for (int i = 0; i < NOWNERS; i++) {
+		lockmgr_owner_init(&ow[i], (uint64_t)i + 1);
+		ow[i].pid = 100 + (uint32_t)i;
+	}
+}
+
+static void
+teardown(void)
+{
+	lockmgr_free(&lm);
+}
+
+TestSuite(lockmgr, .init = setup, .fini = teardown);
+
+/* ------------------------------------------------------------ helpers */
+
+static struct lm_acquire
+req(const char *name, enum lm_mode mode)
+{
+	struct lm_acquire a;
+
+	memset(&a, 0, sizeof a);
+	a.resource = name;
+	a.len = strlen(name);
+	a.mode = mode;
+	a.timeout_ns = LM_FOREVER;
+	return a;
+}
+
+static enum lm_result
+acq(struct lm_owner *o, const char *name, enum lm_mode mode,
+    uint64_t timeout_ns, uint64_t now, uint64_t *id)
+{
+	struct lm_acquire a = req(name, mode);
+
+	a.timeout_ns = timeout_ns;
+	return lockmgr_acquire(&lm, o, &a, now, id);
+}
+
+static uint64_t
+must_grant(struct lm_owner *o, const char *name, enum lm_mode mode,
+	   uint64_t now)
+{
+	uint64_t id = 0;
+	enum lm_result r = acq(o, name, mode, LM_FOREVER, now, &id);
+
+	cr_assert_eq(r, LM_OK_GRANTED, "%s on %s: result %d, want GRANTED",
+		     lockmgr_mode_name(mode), name, r);
+	return id;
+}
+
+static uint64_t
+must_queue(struct lm_owner *o, const char *name, enum lm_mode mode,
+	   uint64_t timeout_ns, uint64_t now)
+{
+	uint64_t id = 0;
+	enum lm_result r = acq(o, name, mode, timeout_ns, now, &id);
+
+	cr_assert_eq(r, LM_OK_QUEUED, "%s on %s: result %d, want QUEUED",
+		     lockmgr_mode_name(mode), name, r);
+	return id;
+}
+
+static size_t
+nev(void)
+{
+	size_t n;
+
+	lockmgr_events(&lm, &n);
+	return n;
+}
+
+static size_t
+count_kind(enum lm_ev_kind kind)
+{
+	size_t n, c = 0;
+	const struct lm_event *ev = lockmgr_events(&lm, &n);
+
+	for (size_t i = 0; i < n; i++)
+		c += ev[i].kind == kind;
+	return c;
+}
+
+/* The first event of this kind about this lease, or NULL. */
+static const struct lm_event *
+find_ev(enum lm_ev_kind kind, uint64_t lease_id)
+{
+	size_t n;
+	const struct lm_event *ev = lockmgr_events(&lm, &n);
+
+	for (size_t i = 0; i < n; i++) {
+		if (ev[i].kind == kind && ev[i].lease_id == lease_id)
+			return &ev[i];
+	}
+	return NULL;
+}
+
+static const struct lm_event *
+must_find(enum lm_ev_kind kind, uint64_t lease_id)
+{
+	const struct lm_event *e = find_ev(kind, lease_id);
+
+	cr_assert_not_null(e, "no event of kind %d for lease %" PRIu64, kind,
+			   lease_id);
+	return e;
+}
+
+/* Index of the event, to compare orders. */
+static size_t
+ev_index(const struct lm_event *e)
+{
+	size_t n;
+	const struct lm_event *ev = lockmgr_events(&lm, &n);
+
+	return (size_t)(e - ev);
+}
+
+static void
+done(void)
+{
+	lockmgr_events_done(&lm);
+}
+
+static bool
+is_held(uint64_t id)
+{
+	const struct lm_req *r = lockmgr_lease(&lm, id);
+
+	return r != NULL && r->state == LM_HELD;
+}
+
+static bool
+is_waiting(uint64_t id)
+{
+	const struct lm_req *r = lockmgr_lease(&lm, id);
+
+	return r != NULL && r->state == LM_WAITING;
+}
+
+static struct lm_res *
+find_res(const char *name)
+{
+	return lockmgr_find(&lm, name, strlen(name));
+}
+
+/* ------------------------------------------------------------ granting */
+
+Test(lockmgr, exclusive_granted_at_once_on_free_resource)
+{
+	uint64_t id = 0;
+	struct lm_acquire a = req("db", LM_EXCLUSIVE);
+	const struct lm_event *e;
+
+	a.tag = 77;
+	cr_assert_eq(lockmgr_acquire(&lm, &ow[0], &a, 1000, &id),
+		     LM_OK_GRANTED);
+	cr_assert_neq(id, 0);
+	e = must_find(LM_EV_GRANTED, id);
+	cr_assert_eq(e->owner, &ow[0]);
+	cr_assert_eq(e->tag, 77);
+	cr_assert_eq(e->mode, LM_EXCLUSIVE);
+	cr_assert(e->immediate);
+	cr_assert_eq(e->waited_ns, 0);
+	cr_assert_gt(e->token, 0);
+	cr_assert_eq(e->res->len, 2);
+	cr_assert_eq(memcmp(e->res->name, "db", 2), 0);
+	cr_assert_eq(count_kind(LM_EV_QUEUED), 0);
+	cr_assert(is_held(id));
+	cr_assert_eq(lm.nheld, 1);
+	cr_assert_eq(lm.nwaiting, 0);
+	cr_assert_eq(find_res("db")->nholders, 1);
+	cr_assert_eq(lockmgr_lease(&lm, id)->owner, &ow[0]);
+}
+
+Test(lockmgr, second_exclusive_queues_at_position_one_naming_the_holder)
+{
+	uint64_t h = must_grant(&ow[0], "db", LM_EXCLUSIVE, 0);
+	uint64_t w;
+	const struct lm_event *e;
+
+	(void)h;
+	done();
+	w = must_queue(&ow[1], "db", LM_EXCLUSIVE, LM_FOREVER, 10);
+	cr_assert_eq(nev(), 1);
+	e = must_find(LM_EV_QUEUED, w);
+	cr_assert_eq(e->position, 1);
+	cr_assert_eq(e->holder, &ow[0]);
+	cr_assert_eq(e->nholders, 1);
+	cr_assert_eq(e->owner, &ow[1]);
+	cr_assert_eq(e->mode, LM_EXCLUSIVE);
+	cr_assert(is_waiting(w));
+	cr_assert_eq(lockmgr_position(lockmgr_lease(&lm, w)), 1);
+	cr_assert_eq(lm.nwaiting, 1);
+	cr_assert_eq(lm.nheld, 1);
+}
+
+Test(lockmgr, queued_event_names_the_first_holder_and_counts_holders)
+{
+	uint64_t x;
+
+	must_grant(&ow[0], "db", LM_SHARED, 0);
+	must_grant(&ow[1], "db", LM_SHARED, 0);
+	must_grant(&ow[2], "db", LM_SHARED, 0);
+	x = must_queue(&ow[3], "db", LM_EXCLUSIVE, LM_FOREVER, 0);
+	cr_assert_eq(must_find(LM_EV_QUEUED, x)->holder, &ow[0]);
+	cr_assert_eq(must_find(LM_EV_QUEUED, x)->nholders, 3);
+}
+
+Test(lockmgr, queued_positions_count_up_behind_the_holder)
+{
+	uint64_t w[4];
+
+	must_grant(&ow[0], "db", LM_EXCLUSIVE, 0);
+	done();
+	for (int i = 0; i < 4; i++) {
+		w[i] = must_queue(&ow[i + 1], "db", LM_SHARED, LM_FOREVER, 1);
+		cr_assert_eq(must_find(LM_EV_QUEUED, w[i])->position,
+			     (uint32_t)i + 1);
+		done();
+	}
+	for (int i = 0; i < 4; i++)
+		cr_assert_eq(lockmgr_position(lockmgr_lease(&lm, w[i])),
+			     (uint32_t)i + 1);
+	cr_assert_eq(lockmgr_position(lockmgr_lease(&lm, 1)), 0,
+		     "a held lease has no queue position");
+}
+
+Test(lockmgr, waiters_are_granted_in_fifo_order)
+{
+	uint64_t h = must_grant(&ow[0], "db", LM_EXCLUSIVE, 0);
+	uint64_t w[4];
+
+	for (int i = 0; i < 4; i++)
+		w[i] = must_queue(&ow[i + 1], "db", LM_EXCLUSIVE, LM_FOREVER,
+				  (uint64_t)i + 1);
+	done();
+
+	cr_assert_eq(lockmgr_release(&lm, &ow[0], h, false, 100), 0);
+	for (int i = 0; i < 4; i++) {
+		const struct lm_event *g = must_find(LM_EV_GRANTED, w[i]);
+
+		cr_assert_eq(count_kind(LM_EV_GRANTED), 1,
+			     "exactly one exclusive grant per release");
+		cr_assert_not(g->immediate);
+		cr_assert_eq(g->owner, &ow[i + 1]);
+		cr_assert_eq(g->waited_ns,
+			     100 + 100 * (uint64_t)i - ((uint64_t)i + 1));
+		for (int j = i + 1; j < 4; j++)
+			cr_assert(is_waiting(w[j]));
+		done();
+		cr_assert_eq(lockmgr_release(&lm, &ow[i + 1], w[i], false,
+					     200 + 100 * (uint64_t)i),
+			     0);
+	}
+	cr_assert_eq(count_kind(LM_EV_GRANTED), 0);
+	cr_assert_eq(count_kind(LM_EV_IDLE), 1);
+}
+
+Test(lockmgr, shared_requests_share_a_free_resource)
+{
+	uint64_t a = must_grant(&ow[0], "db", LM_SHARED, 0);
+	uint64_t b = must_grant(&ow[1], "db", LM_SHARED, 0);
+	uint64_t c = must_grant(&ow[2], "db", LM_SHARED, 0);
+
+	cr_assert(is_held(a) && is_held(b) && is_held(c));
+	cr_assert_eq(find_res("db")->nholders, 3);
+	cr_assert_eq(lm.nheld, 3);
+}
+
+Test(lockmgr, exclusive_waits_for_every_shared_holder)
+{
+	uint64_t s1 = must_grant(&ow[0], "db", LM_SHARED, 0);
+	uint64_t s2 = must_grant(&ow[1], "db", LM_SHARED, 0);
+	uint64_t x = must_queue(&ow[2], "db", LM_EXCLUSIVE, LM_FOREVER, 0);
+
+	cr_assert_eq(must_find(LM_EV_QUEUED, x)->nholders, 2);
+	done();
+	cr_assert_eq(lockmgr_release(&lm, &ow[0], s1, false, 5), 0);
+	cr_assert_eq(count_kind(LM_EV_GRANTED), 0);
+	cr_assert(is_waiting(x));
+	done();
+	cr_assert_eq(lockmgr_release(&lm, &ow[1], s2, false, 6), 0);
+	cr_assert_not_null(find_ev(LM_EV_GRANTED, x));
+	cr_assert(is_held(x));
+}
+
+Test(lockmgr,
+     shared_head_granted_with_shared_run_behind_it_up_to_first_exclusive)
+{
+	uint64_t h = must_grant(&ow[0], "db", LM_EXCLUSIVE, 0);
+	uint64_t s1 = must_queue(&ow[1], "db", LM_SHARED, LM_FOREVER, 1);
+	uint64_t s2 = must_queue(&ow[2], "db", LM_SHARED, LM_FOREVER, 2);
+	uint64_t s3 = must_queue(&ow[3], "db", LM_SHARED, LM_FOREVER, 3);
+	uint64_t x = must_queue(&ow[4], "db", LM_EXCLUSIVE, LM_FOREVER, 4);
+	uint64_t s5 = must_queue(&ow[5], "db", LM_SHARED, LM_FOREVER, 5);
+	const struct lm_event *g1, *g2, *g3;
+
+	done();
+	cr_assert_eq(lockmgr_release(&lm, &ow[0], h, false, 10), 0);
+	cr_assert_eq(count_kind(LM_EV_GRANTED), 3);
+	g1 = must_find(LM_EV_GRANTED, s1);
+	g2 = must_find(LM_EV_GRANTED, s2);
+	g3 = must_find(LM_EV_GRANTED, s3);
+	cr_assert(ev_index(g1) < ev_index(g2) && ev_index(g2) < ev_index(g3),
+		  "grants in queue order");
+	cr_assert(g1->token < g2->token && g2->token < g3->token);
+	cr_assert(is_waiting(x));
+	cr_assert(is_waiting(s5), "the shared request behind the exclusive "
+				  "one must not jump it");
+	cr_assert_eq(lockmgr_position(lockmgr_lease(&lm, x)), 1);
+	cr_assert_eq(lockmgr_position(lockmgr_lease(&lm, s5)), 2);
+	cr_assert_eq(find_res("db")->nholders, 3);
+	cr_assert_eq(find_res("db")->nwaiters, 2);
+}
+
+Test(lockmgr, shared_waits_behind_queued_exclusive)
+{
+	uint64_t s1 = must_grant(&ow[0], "db", LM_SHARED, 0);
+	uint64_t x = must_queue(&ow[1], "db", LM_EXCLUSIVE, LM_FOREVER, 1);
+	uint64_t s2;
+
+	done();
+	/* Compatible with the holders, but a writer is queued: no jumping. */
+	s2 = must_queue(&ow[2], "db", LM_SHARED, LM_FOREVER, 2);
+	cr_assert_eq(must_find(LM_EV_QUEUED, s2)->position, 2);
+	cr_assert_eq(count_kind(LM_EV_GRANTED), 0);
+	done();
+
+	cr_assert_eq(lockmgr_release(&lm, &ow[0], s1, false, 3), 0);
+	cr_assert_not_null(find_ev(LM_EV_GRANTED, x));
+	cr_assert_null(find_ev(LM_EV_GRANTED, s2));
+	cr_assert(is_waiting(s2));
+	done();
+
+	cr_assert_eq(lockmgr_release(&lm, &ow[1], x, false, 4), 0);
+	cr_assert_not_null(find_ev(LM_EV_GRANTED, s2));
+}
+
+Test(lockmgr, shared_trylock_behind_queued_exclusive_would_block)
+{
+	uint64_t id = 0;
+
+	must_grant(&ow[0], "db", LM_SHARED, 0);
+	must_queue(&ow[1], "db", LM_EXCLUSIVE, LM_FOREVER, 0);
+	done();
+	cr_assert_eq(acq(&ow[2], "db", LM_SHARED, 0, 1, &id),
+		     LM_ERR_WOULD_BLOCK);
+	cr_assert_eq(nev(), 0);
+	cr_assert_eq(find_res("db")->nholders, 1);
+	cr_assert_eq(find_res("db")->nwaiters, 1);
+}
+
+Test(lockmgr, trylock_on_busy_resource_would_block_and_changes_nothing)
+{
+	uint64_t id = 12345;
+	uint64_t h = must_grant(&ow[0], "db", LM_EXCLUSIVE, 0);
+
+	done();
+	cr_assert_eq(acq(&ow[1], "db", LM_EXCLUSIVE, 0, 1, &id),
+		     LM_ERR_WOULD_BLOCK);
+	cr_assert_eq(acq(&ow[1], "db", LM_SHARED, 0, 1, &id),
+		     LM_ERR_WOULD_BLOCK);
+	cr_assert_eq(nev(), 0, "a refused try-lock queues no event");
+	cr_assert_eq(lm.nwaiting, 0);
+	cr_assert_eq(lm.nheld, 1);
+	cr_assert_eq(ow[1].nreqs, 0);
+	cr_assert(TAILQ_EMPTY(&ow[1].reqs));
+	cr_assert_eq(find_res("db")->nwaiters, 0);
+	cr_assert_eq(lockmgr_next_deadline(&lm), LM_FOREVER);
+
+	/* Nothing was left behind: the holder's release frees everything. */
+	cr_assert_eq(lockmgr_release(&lm, &ow[0], h, false, 2), 0);
+	cr_assert_eq(count_kind(LM_EV_GRANTED), 0);
+	done();
+	cr_assert_null(find_res("db"));
+	cr_assert_eq(lm.nres, 0);
+}
+
+Test(lockmgr, trylock_on_free_resource_is_granted)
+{
+	uint64_t id = 0;
+
+	cr_assert_eq(acq(&ow[0], "db", LM_EXCLUSIVE, 0, 0, &id), LM_OK_GRANTED);
+	cr_assert(must_find(LM_EV_GRANTED, id)->immediate);
+	cr_assert_eq(acq(&ow[1], "other", LM_SHARED, 0, 0, &id), LM_OK_GRANTED);
+	cr_assert_eq(acq(&ow[2], "other", LM_SHARED, 0, 0, &id), LM_OK_GRANTED,
+		     "shared try-lock on a shared resource");
+	cr_assert_eq(lockmgr_next_deadline(&lm), LM_FOREVER);
+}
+
+Test(lockmgr, resources_are_told_apart_by_their_full_name)
+{
+	must_grant(&ow[0], "a", LM_EXCLUSIVE, 0);
+	must_grant(&ow[1], "ab", LM_EXCLUSIVE, 0);
+	must_grant(&ow[2], "b", LM_EXCLUSIVE, 0);
+	cr_assert_eq(lm.nres, 3);
+	cr_assert_eq(lm.nheld, 3);
+}
+
+/* ------------------------------------------------------------ deadlines */
+
+Test(lockmgr, waiter_times_out_at_its_deadline)
+{
+	uint64_t w;
+	const struct lm_event *e;
+
+	must_grant(&ow[0], "db", LM_EXCLUSIVE, 0);
+	w = must_queue(&ow[1], "db", LM_EXCLUSIVE, 100, 50);
+	done();
+	cr_assert_eq(lockmgr_next_deadline(&lm), 150);
+
+	lockmgr_tick(&lm, 149);
+	cr_assert_eq(nev(), 0);
+	cr_assert(is_waiting(w));
+
+	lockmgr_tick(&lm, 150);
+	e = must_find(LM_EV_ENDED, w);
+	cr_assert_eq(e->end, LM_END_TIMEOUT);
+	cr_assert_not(e->held);
+	cr_assert_eq(e->owner, &ow[1]);
+	cr_assert_eq(e->waited_ns, 100);
+	cr_assert_null(lockmgr_lease(&lm, w));
+	cr_assert_eq(lm.nwaiting, 0);
+	cr_assert_eq(ow[1].nreqs, 0);
+	cr_assert_eq(lockmgr_next_deadline(&lm), LM_FOREVER);
+}
+
+Test(lockmgr, late_tick_still_times_out_a_waiter)
+{
+	uint64_t w;
+
+	must_grant(&ow[0], "db", LM_EXCLUSIVE, 0);
+	w = must_queue(&ow[1], "db", LM_EXCLUSIVE, 100, 0);
+	done();
+	lockmgr_tick(&lm, 10000);
+	cr_assert_eq(must_find(LM_EV_ENDED, w)->end, LM_END_TIMEOUT);
+	cr_assert_eq(must_find(LM_EV_ENDED, w)->waited_ns, 10000);
+}
+
+Test(lockmgr, timed_out_exclusive_head_lets_shared_behind_it_through)
+{
+	uint64_t s0 = must_grant(&ow[0], "db", LM_SHARED, 0);
+	uint64_t x = must_queue(&ow[1], "db", LM_EXCLUSIVE, 50, 0);
+	uint64_t s2 = must_queue(&ow[2], "db", LM_SHARED, LM_FOREVER, 1);
+	uint64_t s3 = must_queue(&ow[3], "db", LM_SHARED, LM_FOREVER, 2);
+	uint64_t x4 = must_queue(&ow[4], "db", LM_EXCLUSIVE, LM_FOREVER, 3);
+
+	done();
+	lockmgr_tick(&lm, 50);
+	cr_assert_eq(must_find(LM_EV_ENDED, x)->end, LM_END_TIMEOUT);
+	cr_assert_lt(ev_index(must_find(LM_EV_ENDED, x)),
+		     ev_index(must_find(LM_EV_GRANTED, s2)));
+	cr_assert_not_null(find_ev(LM_EV_GRANTED, s3));
+	cr_assert_null(find_ev(LM_EV_GRANTED, x4));
+	cr_assert(is_held(s0) && is_held(s2) && is_held(s3));
+	cr_assert(is_waiting(x4));
+	cr_assert_eq(find_res("db")->nholders, 3);
+}
+
+Test(lockmgr, timed_out_middle_waiter_leaves_the_others_in_order)
+{
+	uint64_t w1, w2, w3;
+
+	must_grant(&ow[0], "db", LM_EXCLUSIVE, 0);
+	w1 = must_queue(&ow[1], "db", LM_EXCLUSIVE, LM_FOREVER, 0);
+	w2 = must_queue(&ow[2], "db", LM_EXCLUSIVE, 10, 0);
+	w3 = must_queue(&ow[3], "db", LM_EXCLUSIVE, LM_FOREVER, 0);
+	done();
+	lockmgr_tick(&lm, 10);
+	cr_assert_eq(must_find(LM_EV_ENDED, w2)->end, LM_END_TIMEOUT);
+	cr_assert_eq(count_kind(LM_EV_GRANTED), 0);
+	cr_assert_eq(lockmgr_position(lockmgr_lease(&lm, w1)), 1);
+	cr_assert_eq(lockmgr_position(lockmgr_lease(&lm, w3)), 2);
+}
+
+Test(lockmgr, granted_waiter_does_not_time_out_later)
+{
+	uint64_t h = must_grant(&ow[0], "db", LM_EXCLUSIVE, 0);
+	uint64_t w = must_queue(&ow[1], "db", LM_EXCLUSIVE, 100, 0);
+
+	cr_assert_eq(lockmgr_release(&lm, &ow[0], h, false, 40), 0);
+	cr_assert(is_held(w));
+	done();
+	cr_assert_eq(lockmgr_next_deadline(&lm), LM_FOREVER,
+		     "the wait timeout is disarmed at the grant");
+	lockmgr_tick(&lm, 1000);
+	cr_assert_eq(nev(), 0);
+	cr_assert(is_held(w));
+}
+
+Test(lockmgr, next_deadline_is_the_earliest_timer)
+{
+	struct lm_acquire a;
+	uint64_t l1, l2, w;
+
+	cr_assert_eq(lockmgr_next_deadline(&lm), LM_FOREVER);
+	a = req("a", LM_EXCLUSIVE);
+	a.ttl_ns = 300;
+	cr_assert_eq(lockmgr_acquire(&lm, &ow[0], &a, 0, &l1), LM_OK_GRANTED);
+	cr_assert_eq(lockmgr_next_deadline(&lm), 300);
+	w = must_queue(&ow[1], "a", LM_EXCLUSIVE, 200, 50);
+	cr_assert_eq(lockmgr_next_deadline(&lm), 250);
+	a = req("b", LM_SHARED);
+	a.ttl_ns = 1000;
+	cr_assert_eq(lockmgr_acquire(&lm, &ow[2], &a, 0, &l2), LM_OK_GRANTED);
+	cr_assert_eq(lockmgr_next_deadline(&lm), 250);
+
+	/* Withdrawing the waiter disarms its timer. */
+	cr_assert_eq(lockmgr_release(&lm, &ow[1], w, false, 60), 0);
+	cr_assert_eq(lockmgr_next_deadline(&lm), 300);
+	lockmgr_tick(&lm, 300);
+	cr_assert_eq(must_find(LM_EV_ENDED, l1)->end, LM_END_EXPIRED);
+	cr_assert_eq(lockmgr_next_deadline(&lm), 1000);
+	cr_assert_eq(lockmgr_release(&lm, &ow[2], l2, false, 400), 0);
+	cr_assert_eq(lockmgr_next_deadline(&lm), LM_FOREVER);
+}
+
+Test(lockmgr, waiting_forever_arms_no_deadline)
+{
+	must_grant(&ow[0], "db", LM_EXCLUSIVE, 0);
+	must_queue(&ow[1], "db", LM_EXCLUSIVE, LM_FOREVER, 0);
+	cr_assert_eq(lockmgr_next_deadline(&lm), LM_FOREVER);
+	lockmgr_tick(&lm, UINT64_MAX - 1);
+	cr_assert_eq(count_kind(LM_EV_ENDED), 0);
+}
+
+Test(lockmgr, huge_timeout_saturates_instead_of_wrapping)
+{
+	uint64_t w;
+
+	must_grant(&ow[0], "db", LM_EXCLUSIVE, 0);
+	w = must_queue(&ow[1], "db", LM_EXCLUSIVE, UINT64_MAX - 5, 1000);
+	done();
+	lockmgr_tick(&lm, 2000);
+	cr_assert_eq(nev(), 0, "a deadline past 2^64 must not wrap to now");
+	cr_assert(is_waiting(w));
+	cr_assert_geq(lockmgr_next_deadline(&lm), UINT64_MAX - 5);
+}
+
+Test(lockmgr, tick_fires_every_due_timer_in_one_call)
+{
+	uint64_t w[3];
+
+	must_grant(&ow[0], "db", LM_EXCLUSIVE, 0);
+	for (int i = 0; i < 3; i++)
+		w[i] = must_queue(&ow[i + 1], "db", LM_EXCLUSIVE,
+				  30 - 10 * (uint64_t)i, 0);
+	done();
+	lockmgr_tick(&lm, 30);
+	cr_assert_eq(count_kind(LM_EV_ENDED), 3);
+	for (int i = 0; i < 3; i++)
+		cr_assert_eq(must_find(LM_EV_ENDED, w[i])->end, LM_END_TIMEOUT);
+	/* In deadline order. */
+	cr_assert_lt(ev_index(must_find(LM_EV_ENDED, w[2])),
+		     ev_index(must_find(LM_EV_ENDED, w[1])));
+	cr_assert_lt(ev_index(must_find(LM_EV_ENDED, w[1])),
+		     ev_index(must_find(LM_EV_ENDED, w[0])));
+}
+
+/* ------------------------------------------------------------ ALREADY_HELD */
+
+Test(lockmgr, second_request_for_held_resource_is_already_held)
+{
+	uint64_t id = 999;
+
+	must_grant(&ow[0], "db", LM_SHARED, 0);
+	done();
+	cr_assert_eq(acq(&ow[0], "db", LM_SHARED, LM_FOREVER, 1, &id),
+		     LM_ERR_ALREADY_HELD);
+	cr_assert_eq(acq(&ow[0], "db", LM_EXCLUSIVE, 0, 1, &id),
+		     LM_ERR_ALREADY_HELD, "no upgrade by asking again");
+	cr_assert_eq(nev(), 0);
+	cr_assert_eq(ow[0].nreqs, 1);
+	cr_assert_eq(lm.nheld, 1);
+}
+
+Test(lockmgr, second_request_for_awaited_resource_is_already_held)
+{
+	uint64_t id;
+
+	must_grant(&ow[0], "db", LM_EXCLUSIVE, 0);
+	must_queue(&ow[1], "db", LM_EXCLUSIVE, LM_FOREVER, 0);
+	done();
+	cr_assert_eq(acq(&ow[1], "db", LM_SHARED, LM_FOREVER, 1, &id),
+		     LM_ERR_ALREADY_HELD);
+	cr_assert_eq(nev(), 0);
+	cr_assert_eq(lm.nwaiting, 1);
+	cr_assert_eq(find_res("db")->nwaiters, 1);
+}
+
+Test(lockmgr, one_owner_may_hold_several_resources)
+{
+	must_grant(&ow[0], "a", LM_EXCLUSIVE, 0);
+	must_grant(&ow[0], "b", LM_SHARED, 0);
+	must_grant(&ow[1], "b", LM_SHARED, 0);
+	must_grant(&ow[2], "c", LM_EXCLUSIVE, 0);
+	must_queue(&ow[0], "c", LM_EXCLUSIVE, LM_FOREVER, 0);
+	cr_assert_eq(ow[0].nreqs, 3);
+	cr_assert_eq(lm.nres, 3);
+}
+
+Test(lockmgr, request_again_after_release_is_allowed)
+{
+	uint64_t id = must_grant(&ow[0], "db", LM_EXCLUSIVE, 0);
+
+	cr_assert_eq(lockmgr_release(&lm, &ow[0], id, false, 1), 0);
+	must_grant(&ow[0], "db", LM_EXCLUSIVE, 2);
+}
+
+/* ------------------------------------------------------------ release */
+
+Test(lockmgr, release_by_lease_id_ends_the_lease)
+{
+	uint64_t id;
+	struct lm_acquire a = req("db", LM_EXCLUSIVE);
+	const struct lm_event *e;
+	uint64_t token;
+
+	a.tag = 5;
+	cr_assert_eq(lockmgr_acquire(&lm, &ow[0], &a, 100, &id), LM_OK_GRANTED);
+	token = must_find(LM_EV_GRANTED, id)->token;
+	done();
+	cr_assert_eq(lockmgr_release(&lm, &ow[0], id, false, 350), 0);
+	e = must_find(LM_EV_ENDED, id);
+	cr_assert_eq(e->end, LM_END_RELEASE);
+	cr_assert(e->held);
+	cr_assert_eq(e->held_ns, 250);
+	cr_assert_eq(e->token, token);
+	cr_assert_eq(e->tag, 5);
+	cr_assert_eq(e->owner, &ow[0]);
+	cr_assert_null(lockmgr_lease(&lm, id));
+	cr_assert_eq(lm.nheld, 0);
+	cr_assert_eq(ow[0].nreqs, 0);
+}
+
+Test(lockmgr, cancel_by_tag_withdraws_pending_request)
+{
+	uint64_t w, other;
+	struct lm_acquire a = req("db", LM_EXCLUSIVE);
+	const struct lm_event *e;
+
+	must_grant(&ow[0], "db", LM_EXCLUSIVE, 0);
+	a.tag = 42;
+	cr_assert_eq(lockmgr_acquire(&lm, &ow[1], &a, 10, &w), LM_OK_QUEUED);
+	a = req("other", LM_EXCLUSIVE);
+	a.tag = 43;
+	cr_assert_eq(lockmgr_acquire(&lm, &ow[1], &a, 10, &other),
+		     LM_OK_GRANTED);
+	done();
+	cr_assert_eq(lockmgr_release(&lm, &ow[1], 42, true, 30), 0);
+	cr_assert_eq(nev(), 1);
+	e = must_find(LM_EV_ENDED, w);
+	cr_assert_eq(e->end, LM_END_CANCEL);
+	cr_assert_not(e->held);
+	cr_assert_eq(e->tag, 42);
+	cr_assert_eq(e->waited_ns, 20);
+	cr_assert_null(lockmgr_lease(&lm, w));
+	cr_assert(is_held(other));
+	cr_assert_eq(lm.nwaiting, 0);
+	cr_assert_eq(find_res("db")->nwaiters, 0);
+}
+
+Test(lockmgr, release_by_tag_of_held_lease_is_a_release)
+{
+	uint64_t id;
+	struct lm_acquire a = req("db", LM_SHARED);
+
+	a.tag = 9;
+	cr_assert_eq(lockmgr_acquire(&lm, &ow[0], &a, 0, &id), LM_OK_GRANTED);
+	done();
+	cr_assert_eq(lockmgr_release(&lm, &ow[0], 9, true, 1), 0);
+	cr_assert_eq(must_find(LM_EV_ENDED, id)->end, LM_END_RELEASE);
+	cr_assert(must_find(LM_EV_ENDED, id)->held);
+}
+
+Test(lockmgr, cancel_by_lease_id_of_pending_request_is_a_cancel)
+{
+	uint64_t w;
+
+	must_grant(&ow[0], "db", LM_EXCLUSIVE, 0);
+	w = must_queue(&ow[1], "db", LM_EXCLUSIVE, LM_FOREVER, 0);
+	done();
+	cr_assert_eq(lockmgr_release(&lm, &ow[1], w, false, 1), 0);
+	cr_assert_eq(must_find(LM_EV_ENDED, w)->end, LM_END_CANCEL);
+	cr_assert_not(must_find(LM_EV_ENDED, w)->held);
+}
+
+Test(lockmgr, release_of_unknown_id_is_enoent)
+{
+	uint64_t id = must_grant(&ow[0], "db", LM_EXCLUSIVE, 0);
+
+	done();
+	cr_assert_eq(lockmgr_release(&lm, &ow[0], id + 1000, false, 1),
+		     -ENOENT);
+	cr_assert_eq(lockmgr_release(&lm, &ow[0], 31337, true, 1), -ENOENT);
+	cr_assert_eq(lockmgr_release(&lm, &ow[1], 1, false, 1), -ENOENT);
+	cr_assert_eq(nev(), 0);
+	cr_assert(is_held(id));
+}
+
+Test(lockmgr, release_of_another_owners_lease_is_enoent)
+{
+	uint64_t id;
+	struct lm_acquire a = req("db", LM_EXCLUSIVE);
+
+	a.tag = 3;
+	cr_assert_eq(lockmgr_acquire(&lm, &ow[0], &a, 0, &id), LM_OK_GRANTED);
+	done();
+	cr_assert_eq(lockmgr_release(&lm, &ow[1], id, false, 1), -ENOENT);
+	cr_assert_eq(lockmgr_release(&lm, &ow[1], 3, true, 1), -ENOENT);
+	cr_assert_eq(nev(), 0);
+	cr_assert(is_held(id));
+	cr_assert_eq(lockmgr_lease(&lm, id)->owner, &ow[0]);
+}
+
+Test(lockmgr, double_release_is_enoent)
+{
+	uint64_t id = must_grant(&ow[0], "db", LM_EXCLUSIVE, 0);
+
+	cr_assert_eq(lockmgr_release(&lm, &ow[0], id, false, 1), 0);
+	done();
+	cr_assert_eq(lockmgr_release(&lm, &ow[0], id, false, 2), -ENOENT);
+	cr_assert_eq(nev(), 0);
+}
+
+Test(lockmgr, durations_are_reported_in_events)
+{
+	uint64_t h = must_grant(&ow[0], "db", LM_EXCLUSIVE, 1000);
+	uint64_t w = must_queue(&ow[1], "db", LM_EXCLUSIVE, LM_FOREVER, 1200);
+
+	done();
+	cr_assert_eq(lockmgr_release(&lm, &ow[0], h, false, 1700), 0);
+	cr_assert_eq(must_find(LM_EV_ENDED, h)->held_ns, 700);
+	cr_assert_eq(must_find(LM_EV_GRANTED, w)->waited_ns, 500);
+	done();
+	cr_assert_eq(lockmgr_release(&lm, &ow[1], w, false, 1750), 0);
+	cr_assert_eq(must_find(LM_EV_ENDED, w)->held_ns, 50);
+}
+
+/* ------------------------------------------------------------ drop_owner */
+
+Test(lockmgr, drop_owner_ends_everything_and_grants_next_waiter_in_same_call)
+{
+	uint64_t ha = must_grant(&ow[0], "a", LM_EXCLUSIVE, 0);
+	uint64_t hb = must_grant(&ow[0], "b", LM_SHARED, 0);
+	uint64_t wc;
+	uint64_t w1 = must_queue(&ow[1], "a", LM_EXCLUSIVE, LM_FOREVER, 1);
+	uint64_t w2 = must_queue(&ow[2], "b", LM_EXCLUSIVE, LM_FOREVER, 1);
+	const struct lm_event *e;
+
+	must_grant(&ow[3], "c", LM_EXCLUSIVE, 0);
+	wc = must_queue(&ow[0], "c", LM_EXCLUSIVE, 100, 1);
+	done();
+
+	lockmgr_drop_owner(&lm, &ow[0], LM_END_DISCONNECT, 10);
+	cr_assert_eq(count_kind(LM_EV_ENDED), 3);
+	e = must_find(LM_EV_ENDED, ha);
+	cr_assert(e->held);
+	cr_assert_eq(e->end, LM_END_DISCONNECT);
+	e = must_find(LM_EV_ENDED, hb);
+	cr_assert(e->held);
+	cr_assert_eq(e->end, LM_END_DISCONNECT);
+	e = must_find(LM_EV_ENDED, wc);
+	cr_assert_not(e->held);
+	cr_assert_eq(e->end, LM_END_DISCONNECT);
+	cr_assert_not_null(find_ev(LM_EV_GRANTED, w1));
+	cr_assert_not_null(find_ev(LM_EV_GRANTED, w2));
+	cr_assert_lt(ev_index(must_find(LM_EV_ENDED, ha)),
+		     ev_index(must_find(LM_EV_GRANTED, w1)));
+	cr_assert_eq(count_kind(LM_EV_IDLE), 0);
+	cr_assert_eq(ow[0].nreqs, 0);
+	cr_assert(TAILQ_EMPTY(&ow[0].reqs));
+	cr_assert_eq(lm.nheld, 3);
+	cr_assert_eq(lm.nwaiting, 0);
+	cr_assert_eq(lockmgr_next_deadline(&lm), LM_FOREVER);
+}
+
+Test(lockmgr, drop_owner_with_nothing_is_quiet)
+{
+	must_grant(&ow[0], "a", LM_EXCLUSIVE, 0);
+	done();
+	lockmgr_drop_owner(&lm, &ow[1], LM_END_DISCONNECT, 5);
+	cr_assert_eq(nev(), 0);
+	cr_assert_eq(lm.nheld, 1);
+}
+
+Test(lockmgr, drop_owner_at_shutdown_names_shutdown)
+{
+	uint64_t h = must_grant(&ow[0], "a", LM_EXCLUSIVE, 0);
+
+	done();
+	lockmgr_drop_owner(&lm, &ow[0], LM_END_SHUTDOWN, 5);
+	cr_assert_eq(must_find(LM_EV_ENDED, h)->end, LM_END_SHUTDOWN);
+	cr_assert_eq(count_kind(LM_EV_IDLE), 1);
+}
+
+/* ------------------------------------------------------------ tokens */
+
+Test(lockmgr, fencing_tokens_strictly_increase_across_grants_and_resources)
+{
+	const char *names[] = {"a", "b", "c"};
+	uint64_t last = 0;
+
+	for (int round = 0; round < 20; round++) {
+		for (int i = 0; i < 3; i++) {
+			uint64_t id =
+			    must_grant(&ow[i], names[i],
+				       round % 2 ? LM_SHARED : LM_EXCLUSIVE,
+				       (uint64_t)round);
+			uint64_t t = must_find(LM_EV_GRANTED, id)->token;
+
+			cr_assert_gt(t, last,
+				     "token %" PRIu64 " after %" PRIu64, t,
+				     last);
+			last = t;
+			cr_assert_eq(lockmgr_lease(&lm, id)->token, t);
+			cr_assert_eq(lockmgr_release(&lm, &ow[i], id, false,
+						     (uint64_t)round),
+				     0);
+			cr_assert_eq(must_find(LM_EV_ENDED, id)->token, t);
+			done();
+		}
+	}
+}
+
+Test(lockmgr, tokens_of_queued_grants_keep_increasing)
+{
+	uint64_t h = must_grant(&ow[0], "db", LM_EXCLUSIVE, 0);
+	uint64_t t0 = must_find(LM_EV_GRANTED, h)->token;
+	uint64_t w = must_queue(&ow[1], "db", LM_EXCLUSIVE, LM_FOREVER, 0);
+	uint64_t o = must_grant(&ow[2], "other", LM_EXCLUSIVE, 0);
+	uint64_t t1 = must_find(LM_EV_GRANTED, o)->token;
+
+	done();
+	cr_assert_eq(lockmgr_release(&lm, &ow[0], h, false, 1), 0);
+	cr_assert_gt(must_find(LM_EV_GRANTED, w)->token, t1);
+	cr_assert_gt(t1, t0);
+}
+
+Test(lockmgr, tokens_continue_after_the_restored_high_water_mark)
+{
+	uint64_t id;
+
+	lockmgr_set_tokens(&lm, 5000, UINT64_MAX);
+	id = must_grant(&ow[0], "db", LM_EXCLUSIVE, 0);
+	cr_assert_eq(must_find(LM_EV_GRANTED, id)->token, 5001);
+}
+
+Test(lockmgr, token_limit_reached_stalls_grants_with_need_tokens)
+{
+	uint64_t a, b, c;
+
+	lockmgr_set_tokens(&lm, 10, 11);
+	a = must_grant(&ow[0], "a", LM_EXCLUSIVE, 0);
+	cr_assert_eq(must_find(LM_EV_GRANTED, a)->token, 11);
+	done();
+
+	b = must_queue(&ow[1], "b", LM_EXCLUSIVE, LM_FOREVER, 1);
+	cr_assert_eq(count_kind(LM_EV_NEED_TOKENS), 1);
+	cr_assert_eq(count_kind(LM_EV_GRANTED), 0);
+	cr_assert_eq(must_find(LM_EV_QUEUED, b)->position, 1);
+	cr_assert_null(must_find(LM_EV_QUEUED, b)->holder);
+	done();
+	c = must_queue(&ow[2], "b", LM_EXCLUSIVE, LM_FOREVER, 2);
+	cr_assert_eq(count_kind(LM_EV_GRANTED), 0);
+	cr_assert_eq(must_find(LM_EV_QUEUED, c)->position, 2);
+	done();
+
+	/* Releasing frees the resource but there is still no token. */
+	cr_assert_eq(lockmgr_release(&lm, &ow[0], a, false, 3), 0);
+	cr_assert_eq(count_kind(LM_EV_GRANTED), 0);
+	cr_assert(is_waiting(b) && is_waiting(c));
+	done();
+
+	lockmgr_add_tokens(&lm, 20, 4);
+	cr_assert_eq(count_kind(LM_EV_GRANTED), 1);
+	cr_assert_eq(must_find(LM_EV_GRANTED, b)->token, 12);
+	cr_assert(is_waiting(c));
+	done();
+	cr_assert_eq(lockmgr_release(&lm, &ow[1], b, false, 5), 0);
+	cr_assert_eq(must_find(LM_EV_GRANTED, c)->token, 13);
+}
+
+Test(lockmgr, add_tokens_resumes_stalled_resources_in_order)
+{
+	uint64_t s[3], x;
+	uint64_t y;
+
+	lockmgr_set_tokens(&lm, 0, 0);
+	for (int i = 0; i < 3; i++)
+		s[i] = must_queue(&ow[i], "a", LM_SHARED, LM_FOREVER, 0);
+	x = must_queue(&ow[3], "a", LM_EXCLUSIVE, LM_FOREVER, 0);
+	y = must_queue(&ow[4], "b", LM_EXCLUSIVE, LM_FOREVER, 0);
+	cr_assert_eq(count_kind(LM_EV_GRANTED), 0);
+	cr_assert_eq(count_kind(LM_EV_NEED_TOKENS), 2,
+		     "one NEED_TOKENS per stalled resource");
+	done();
+
+	lockmgr_add_tokens(&lm, 100, 10);
+	cr_assert_eq(count_kind(LM_EV_GRANTED), 4);
+	for (int i = 0; i < 3; i++)
+		cr_assert_eq(must_find(LM_EV_GRANTED, s[i])->token,
+			     (uint64_t)i + 1);
+	cr_assert_eq(must_find(LM_EV_GRANTED, y)->token, 4);
+	cr_assert(is_waiting(x));
+	cr_assert_eq(count_kind(LM_EV_NEED_TOKENS), 0);
+}
+
+Test(lockmgr, need_tokens_sent_once_per_stall)
+{
+	uint64_t w2;
+
+	lockmgr_set_tokens(&lm, 0, 0);
+	must_queue(&ow[0], "a", LM_SHARED, LM_FOREVER, 0);
+	cr_assert_eq(count_kind(LM_EV_NEED_TOKENS), 1);
+	done();
+	w2 = must_queue(&ow[1], "a", LM_SHARED, LM_FOREVER, 0);
+	cr_assert_eq(lockmgr_release(&lm, &ow[1], w2, false, 1), 0);
+	cr_assert_eq(count_kind(LM_EV_NEED_TOKENS), 0,
+		     "the caller was told already");
+}
+
+Test(lockmgr, add_tokens_grants_only_what_the_limit_allows)
+{
+	uint64_t s[3];
+
+	lockmgr_set_tokens(&lm, 0, 0);
+	for (int i = 0; i < 3; i++)
+		s[i] = must_queue(&ow[i], "a", LM_SHARED, LM_FOREVER, 0);
+	done();
+	lockmgr_add_tokens(&lm, 2, 1);
+	cr_assert_eq(count_kind(LM_EV_GRANTED), 2);
+	cr_assert(is_held(s[0]) && is_held(s[1]));
+	cr_assert(is_waiting(s[2]));
+	cr_assert_eq(count_kind(LM_EV_NEED_TOKENS), 1,
+		     "still short of a token: say so again");
+	done();
+	lockmgr_add_tokens(&lm, 3, 2);
+	cr_assert_eq(must_find(LM_EV_GRANTED, s[2])->token, 3);
+}
+
+Test(lockmgr, add_tokens_never_lowers_the_limit)
+{
+	uint64_t id;
+
+	lockmgr_set_tokens(&lm, 0, 10);
+	lockmgr_add_tokens(&lm, 5, 0);
+	for (int i = 0; i < 6; i++) {
+		char name[16];
+
+		snprintf(name, sizeof name, "r%d", i);
+		id = must_grant(&ow[i], name, LM_EXCLUSIVE, 0);
+		cr_assert_eq(must_find(LM_EV_GRANTED, id)->token,
+			     (uint64_t)i + 1);
+		done();
+	}
+}
+
+/* ------------------------------------------------------------ ttl, renew */
+
+Test(lockmgr, ttl_expiry_ends_lease_as_expired_and_grants_next)
+{
+	struct lm_acquire a = req("db", LM_EXCLUSIVE);
+	uint64_t h, w;
+	const struct lm_event *e;
+
+	a.ttl_ns = 1000;
+	cr_assert_eq(lockmgr_acquire(&lm, &ow[0], &a, 100, &h), LM_OK_GRANTED);
+	cr_assert_eq(must_find(LM_EV_GRANTED, h)->ttl_ns, 1000);
+	w = must_queue(&ow[1], "db", LM_EXCLUSIVE, LM_FOREVER, 200);
+	done();
+	cr_assert_eq(lockmgr_next_deadline(&lm), 1100);
+	lockmgr_tick(&lm, 1099);
+	cr_assert_eq(nev(), 0);
+	lockmgr_tick(&lm, 1100);
+	e = must_find(LM_EV_ENDED, h);
+	cr_assert_eq(e->end, LM_END_EXPIRED);
+	cr_assert(e->held);
+	cr_assert_eq(e->held_ns, 1000);
+	cr_assert_not_null(find_ev(LM_EV_GRANTED, w));
+	cr_assert_null(lockmgr_lease(&lm, h));
+}
+
+Test(lockmgr, renew_pushes_expiry_back)
+{
+	struct lm_acquire a = req("db", LM_EXCLUSIVE);
+	uint64_t h;
+
+	a.ttl_ns = 1000;
+	cr_assert_eq(lockmgr_acquire(&lm, &ow[0], &a, 0, &h), LM_OK_GRANTED);
+	done();
+	cr_assert_eq(lockmgr_renew(&lm, &ow[0], h, 0, 500), 0);
+	cr_assert_eq(nev(), 0);
+	cr_assert_eq(lockmgr_next_deadline(&lm), 1500);
+	lockmgr_tick(&lm, 1000);
+	cr_assert_eq(nev(), 0);
+	cr_assert(is_held(h));
+	lockmgr_tick(&lm, 1500);
+	cr_assert_eq(must_find(LM_EV_ENDED, h)->end, LM_END_EXPIRED);
+}
+
+Test(lockmgr, renew_with_new_ttl_replaces_it)
+{
+	struct lm_acquire a = req("db", LM_EXCLUSIVE);
+	uint64_t h;
+
+	a.ttl_ns = 1000;
+	cr_assert_eq(lockmgr_acquire(&lm, &ow[0], &a, 0, &h), LM_OK_GRANTED);
+	cr_assert_eq(lockmgr_renew(&lm, &ow[0], h, 50, 100), 0);
+	cr_assert_eq(lockmgr_next_deadline(&lm), 150);
+	/* The new ttl sticks for later renewals without one. */
+	cr_assert_eq(lockmgr_renew(&lm, &ow[0], h, 0, 140), 0);
+	cr_assert_eq(lockmgr_next_deadline(&lm), 190);
+}
+
+Test(lockmgr, renew_without_ttl_is_einval)
+{
+	uint64_t h = must_grant(&ow[0], "db", LM_EXCLUSIVE, 0);
+
+	done();
+	cr_assert_eq(lockmgr_renew(&lm, &ow[0], h, 0, 10), -EINVAL);
+	cr_assert_eq(nev(), 0);
+	cr_assert_eq(lockmgr_next_deadline(&lm), LM_FOREVER);
+}
+
+Test(lockmgr, renew_of_pending_request_is_einval)
+{
+	struct lm_acquire a = req("db", LM_EXCLUSIVE);
+	uint64_t w;
+
+	must_grant(&ow[0], "db", LM_EXCLUSIVE, 0);
+	a.ttl_ns = 100;
+	cr_assert_eq(lockmgr_acquire(&lm, &ow[1], &a, 0, &w), LM_OK_QUEUED);
+	cr_assert_eq(lockmgr_renew(&lm, &ow[1], w, 0, 10), -EINVAL);
+	cr_assert_eq(lockmgr_renew(&lm, &ow[1], w, 100, 10), -EINVAL);
+	cr_assert_eq(lockmgr_next_deadline(&lm), LM_FOREVER);
+}
+
+Test(lockmgr, renew_of_another_owners_or_unknown_lease_is_enoent)
+{
+	struct lm_acquire a = req("db", LM_EXCLUSIVE);
+	uint64_t h;
+
+	a.ttl_ns = 1000;
+	cr_assert_eq(lockmgr_acquire(&lm, &ow[0], &a, 0, &h), LM_OK_GRANTED);
+	cr_assert_eq(lockmgr_renew(&lm, &ow[1], h, 0, 500), -ENOENT);
+	cr_assert_eq(lockmgr_renew(&lm, &ow[0], h + 77, 0, 500), -ENOENT);
+	cr_assert_eq(lockmgr_next_deadline(&lm), 1000,
+		     "a refused renew moves nothing");
+}
+
+Test(lockmgr, renew_after_expiry_is_enoent)
+{
+	struct lm_acquire a = req("db", LM_EXCLUSIVE);
+	uint64_t h;
+
+	a.ttl_ns = 10;
+	cr_assert_eq(lockmgr_acquire(&lm, &ow[0], &a, 0, &h), LM_OK_GRANTED);
+	lockmgr_tick(&lm, 10);
+	cr_assert_eq(lockmgr_renew(&lm, &ow[0], h, 0, 11), -ENOENT);
+}
+
+Test(lockmgr, ttl_starts_at_the_grant_not_at_the_request)
+{
+	struct lm_acquire a = req("db", LM_EXCLUSIVE);
+	uint64_t h, w;
+
+	h = must_grant(&ow[0], "db", LM_EXCLUSIVE, 0);
+	a.ttl_ns = 100;
+	cr_assert_eq(lockmgr_acquire(&lm, &ow[1], &a, 0, &w), LM_OK_QUEUED);
+	cr_assert_eq(lockmgr_next_deadline(&lm), LM_FOREVER);
+	cr_assert_eq(lockmgr_release(&lm, &ow[0], h, false, 500), 0);
+	cr_assert_eq(lockmgr_next_deadline(&lm), 600);
+}
+
+/* ------------------------------------------------------------ lock-delay */
+
+/* Grant a lease with a lock-delay to owner o at time now. */
+static uint64_t
+grant_delayed(struct lm_owner *o, const char *name, enum lm_mode mode,
+	      uint64_t ttl, uint64_t delay, uint64_t now)
+{
+	struct lm_acquire a = req(name, mode);
+	uint64_t id;
+
+	a.ttl_ns = ttl;
+	a.delay_ns = delay;
+	cr_assert_eq(lockmgr_acquire(&lm, o, &a, now, &id), LM_OK_GRANTED);
+	return id;
+}
+
+Test(lockmgr, lock_delay_after_disconnect_holds_next_grant_until_delay_end)
+{
+	uint64_t w;
+
+	grant_delayed(&ow[0], "db", LM_EXCLUSIVE, 0, 500, 0);
+	w = must_queue(&ow[1], "db", LM_EXCLUSIVE, LM_FOREVER, 10);
+	done();
+	lockmgr_drop_owner(&lm, &ow[0], LM_END_DISCONNECT, 100);
+	cr_assert_eq(count_kind(LM_EV_GRANTED), 0);
+	cr_assert(is_waiting(w));
+	cr_assert_eq(lockmgr_next_deadline(&lm), 600);
+	done();
+	lockmgr_tick(&lm, 599);
+	cr_assert_eq(nev(), 0);
+	lockmgr_tick(&lm, 600);
+	cr_assert_not_null(find_ev(LM_EV_GRANTED, w));
+	cr_assert_eq(must_find(LM_EV_GRANTED, w)->waited_ns, 590);
+	cr_assert_eq(lockmgr_next_deadline(&lm), LM_FOREVER);
+}
+
+Test(lockmgr, lock_delay_after_expiry_holds_next_grant)
+{
+	uint64_t w;
+
+	grant_delayed(&ow[0], "db", LM_EXCLUSIVE, 100, 50, 0);
+	w = must_queue(&ow[1], "db", LM_EXCLUSIVE, LM_FOREVER, 0);
+	done();
+	lockmgr_tick(&lm, 100);
+	cr_assert_eq(count_kind(LM_EV_ENDED), 1);
+	cr_assert_eq(count_kind(LM_EV_GRANTED), 0);
+	cr_assert_eq(lockmgr_next_deadline(&lm), 150);
+	done();
+	lockmgr_tick(&lm, 150);
+	cr_assert_not_null(find_ev(LM_EV_GRANTED, w));
+}
+
+Test(lockmgr, lock_delay_after_admin_revoke_holds_next_grant)
+{
+	uint64_t h, w;
+
+	h = grant_delayed(&ow[0], "db", LM_EXCLUSIVE, 0, 70, 0);
+	w = must_queue(&ow[1], "db", LM_EXCLUSIVE, LM_FOREVER, 0);
+	done();
+	cr_assert_eq(lockmgr_revoke_lease(&lm, h, 30), 0);
+	cr_assert_eq(count_kind(LM_EV_GRANTED), 0);
+	done();
+	lockmgr_tick(&lm, 99);
+	cr_assert_eq(nev(), 0);
+	lockmgr_tick(&lm, 100);
+	cr_assert_not_null(find_ev(LM_EV_GRANTED, w));
+}
+
+Test(lockmgr, clean_release_is_never_delayed)
+{
+	uint64_t h, w;
+
+	h = grant_delayed(&ow[0], "db", LM_EXCLUSIVE, 1000, 500, 0);
+	w = must_queue(&ow[1], "db", LM_EXCLUSIVE, LM_FOREVER, 0);
+	done();
+	cr_assert_eq(lockmgr_release(&lm, &ow[0], h, false, 10), 0);
+	cr_assert_not_null(find_ev(LM_EV_GRANTED, w));
+	cr_assert_eq(lockmgr_next_deadline(&lm), LM_FOREVER);
+	done();
+	/* Nor is an ended pending request with a delay. */
+	cr_assert_eq(lockmgr_release(&lm, &ow[1], w, false, 20), 0);
+	done();
+	cr_assert_null(find_res("db"));
+}
+
+Test(lockmgr, disconnect_of_a_waiter_sets_no_delay)
+{
+	struct lm_acquire a = req("db", LM_EXCLUSIVE);
+	uint64_t h, w, w2;
+
+	h = must_grant(&ow[0], "db", LM_EXCLUSIVE, 0);
+	a.delay_ns = 500;
+	cr_assert_eq(lockmgr_acquire(&lm, &ow[1], &a, 0, &w), LM_OK_QUEUED);
+	w2 = must_queue(&ow[2], "db", LM_EXCLUSIVE, LM_FOREVER, 0);
+	lockmgr_drop_owner(&lm, &ow[1], LM_END_DISCONNECT, 5);
+	cr_assert_eq(lockmgr_next_deadline(&lm), LM_FOREVER);
+	done();
+	cr_assert_eq(lockmgr_release(&lm, &ow[0], h, false, 6), 0);
+	cr_assert_not_null(find_ev(LM_EV_GRANTED, w2));
+}
+
+Test(lockmgr, lock_delay_makes_trylock_would_block_and_new_requests_queue)
+{
+	uint64_t id, w;
+
+	grant_delayed(&ow[0], "db", LM_SHARED, 0, 100, 0);
+	lockmgr_drop_owner(&lm, &ow[0], LM_END_DISCONNECT, 0);
+	done();
+	cr_assert_eq(acq(&ow[1], "db", LM_SHARED, 0, 10, &id),
+		     LM_ERR_WOULD_BLOCK);
+	cr_assert_eq(nev(), 0);
+	w = must_queue(&ow[1], "db", LM_SHARED, LM_FOREVER, 20);
+	cr_assert_null(must_find(LM_EV_QUEUED, w)->holder);
+	cr_assert_eq(must_find(LM_EV_QUEUED, w)->position, 1);
+	done();
+	lockmgr_tick(&lm, 100);
+	cr_assert_not_null(find_ev(LM_EV_GRANTED, w));
+}
+
+Test(lockmgr, lock_delay_holds_shared_requests_while_other_shared_holders_stay)
+{
+	uint64_t w;
+
+	grant_delayed(&ow[0], "db", LM_SHARED, 0, 100, 0);
+	must_grant(&ow[1], "db", LM_SHARED, 0);
+	lockmgr_drop_owner(&lm, &ow[0], LM_END_DISCONNECT, 10);
+	w = must_queue(&ow[2], "db", LM_SHARED, LM_FOREVER, 20);
+	done();
+	lockmgr_tick(&lm, 110);
+	cr_assert_not_null(find_ev(LM_EV_GRANTED, w));
+}
+
+Test(lockmgr, overlapping_lock_delays_end_at_the_later_one)
+{
+	uint64_t w;
+
+	grant_delayed(&ow[0], "db", LM_SHARED, 0, 300, 0);
+	grant_delayed(&ow[1], "db", LM_SHARED, 0, 100, 0);
+	w = must_queue(&ow[2], "db", LM_EXCLUSIVE, LM_FOREVER, 0);
+	lockmgr_drop_owner(&lm, &ow[0], LM_END_DISCONNECT, 10); /* 310 */
+	lockmgr_drop_owner(&lm, &ow[1], LM_END_DISCONNECT, 20); /* 120 */
+	done();
+	cr_assert_eq(lockmgr_next_deadline(&lm), 310);
+	lockmgr_tick(&lm, 200);
+	cr_assert_eq(count_kind(LM_EV_GRANTED), 0);
+	lockmgr_tick(&lm, 310);
+	cr_assert_not_null(find_ev(LM_EV_GRANTED, w));
+}
+
+Test(lockmgr, resource_kept_while_lock_delay_runs_then_freed)
+{
+	grant_delayed(&ow[0], "db", LM_EXCLUSIVE, 0, 100, 0);
+	lockmgr_drop_owner(&lm, &ow[0], LM_END_DISCONNECT, 0);
+	done();
+	cr_assert_not_null(find_res("db"),
+			   "an empty resource in lock-delay is kept");
+	cr_assert_eq(lm.nres, 1);
+	lockmgr_tick(&lm, 100);
+	cr_assert_not_null(find_res("db"), "freed only at events_done");
+	done();
+	cr_assert_null(find_res("db"));
+	cr_assert_eq(lm.nres, 0);
+	cr_assert_eq(lockmgr_next_deadline(&lm), LM_FOREVER);
+}
+
+/* ------------------------------------------------------------ revoke */
+
+Test(lockmgr, revoke_lease_ends_it_as_admin_and_grants_next)
+{
+	uint64_t h = must_grant(&ow[0], "db", LM_EXCLUSIVE, 0);
+	uint64_t w = must_queue(&ow[1], "db", LM_EXCLUSIVE, LM_FOREVER, 0);
+	const struct lm_event *e;
+
+	done();
+	cr_assert_eq(lockmgr_revoke_lease(&lm, h, 40), 0);
+	e = must_find(LM_EV_ENDED, h);
+	cr_assert_eq(e->end, LM_END_ADMIN);
+	cr_assert(e->held);
+	cr_assert_eq(e->owner, &ow[0]);
+	cr_assert_not_null(find_ev(LM_EV_GRANTED, w));
+	cr_assert_eq(ow[0].nreqs, 0);
+}
+
+Test(lockmgr, revoke_of_pending_request_or_unknown_id_is_enoent)
+{
+	uint64_t w;
+
+	must_grant(&ow[0], "db", LM_EXCLUSIVE, 0);
+	w = must_queue(&ow[1], "db", LM_EXCLUSIVE, LM_FOREVER, 0);
+	done();
+	cr_assert_eq(lockmgr_revoke_lease(&lm, w, 1), -ENOENT);
+	cr_assert_eq(lockmgr_revoke_lease(&lm, 4242, 1), -ENOENT);
+	cr_assert_eq(nev(), 0);
+	cr_assert(is_waiting(w));
+}
+
+Test(lockmgr, revoke_pid_ends_leases_and_withdraws_pending_requests)
+{
+	uint64_t a, b, wc, other, w_other;
+	const struct lm_event *e;
+
+	ow[1].pid = ow[0].pid; /* two connections of one process */
+	a = must_grant(&ow[0], "a", LM_EXCLUSIVE, 0);
+	b = must_grant(&ow[1], "b", LM_SHARED, 0);
+	other = must_grant(&ow[2], "c", LM_EXCLUSIVE, 0);
+	wc = must_queue(&ow[1], "c", LM_EXCLUSIVE, LM_FOREVER, 0);
+	w_other = must_queue(&ow[3], "a", LM_EXCLUSIVE, LM_FOREVER, 0);
+	done();
+
+	cr_assert_eq(lockmgr_revoke_pid(&lm, ow[0].pid, 10), 2);
+	cr_assert_eq(count_kind(LM_EV_ENDED), 3);
+	cr_assert_eq(must_find(LM_EV_ENDED, a)->end, LM_END_ADMIN);
+	cr_assert(must_find(LM_EV_ENDED, a)->held);
+	cr_assert_eq(must_find(LM_EV_ENDED, b)->end, LM_END_ADMIN);
+	e = must_find(LM_EV_ENDED, wc);
+	cr_assert_eq(e->end, LM_END_ADMIN);
+	cr_assert_not(e->held, "a pending request is withdrawn, not granted");
+	cr_assert_not_null(find_ev(LM_EV_GRANTED, w_other));
+	cr_assert(is_held(other));
+	cr_assert_eq(ow[0].nreqs + ow[1].nreqs, 0);
+}
+
+Test(lockmgr, revoke_pid_never_grants_to_the_revoked_process)
+{
+	uint64_t h, w_same, w_next, r;
+	const struct lm_event *e;
+
+	/* The process holds "db" on one connection and waits for it on
+	 * another; a different process waits behind. */
+	ow[1].pid = ow[0].pid;
+	h = must_grant(&ow[0], "db", LM_EXCLUSIVE, 0);
+	w_same = must_queue(&ow[1], "db", LM_EXCLUSIVE, LM_FOREVER, 1);
+	w_next = must_queue(&ow[2], "db", LM_EXCLUSIVE, LM_FOREVER, 2);
+	done();
+
+	cr_assert_eq(lockmgr_revoke_pid(&lm, ow[0].pid, 10), 1,
+		     "one lease was held by the process");
+	cr_assert_eq(must_find(LM_EV_ENDED, h)->end, LM_END_ADMIN);
+	cr_assert_null(find_ev(LM_EV_GRANTED, w_same),
+		       "no grant to a process being revoked");
+	e = must_find(LM_EV_ENDED, w_same);
+	cr_assert_not(e->held);
+	cr_assert_eq(e->end, LM_END_ADMIN);
+	cr_assert_not_null(find_ev(LM_EV_GRANTED, w_next));
+	cr_assert_eq(count_kind(LM_EV_GRANTED), 1);
+	r = must_find(LM_EV_GRANTED, w_next)->token;
+	cr_assert_eq(r, 2, "the withdrawn request used no token");
+}
+
+Test(lockmgr, revoke_pid_of_unknown_pid_revokes_nothing)
+{
+	must_grant(&ow[0], "db", LM_EXCLUSIVE, 0);
+	done();
+	cr_assert_eq(lockmgr_revoke_pid(&lm, 4242, 1), 0);
+	cr_assert_eq(nev(), 0);
+	cr_assert_eq(lm.nheld, 1);
+}
+
+/* ------------------------------------------------------------ the gate */
+
+Test(lockmgr, closed_gate_makes_trylock_would_block_and_queues_others)
+{
+	uint64_t id, w;
+
+	lockmgr_set_open(&lm, false, 0);
+	cr_assert_eq(nev(), 0);
+	cr_assert_eq(acq(&ow[0], "db", LM_EXCLUSIVE, 0, 1, &id),
+		     LM_ERR_WOULD_BLOCK);
+	cr_assert_eq(nev(), 0);
+	cr_assert_null(find_res("db"), "a refused try-lock creates nothing");
+	w = must_queue(&ow[0], "db", LM_EXCLUSIVE, LM_FOREVER, 2);
+	cr_assert_eq(must_find(LM_EV_QUEUED, w)->position, 1);
+	cr_assert_null(must_find(LM_EV_QUEUED, w)->holder);
+	cr_assert_eq(count_kind(LM_EV_BUSY), 1);
+	cr_assert_eq(count_kind(LM_EV_GRANTED), 0);
+}
+
+Test(lockmgr, opening_gate_grants_every_queue_head)
+{
+	uint64_t a1, a2, b1, b2, c1;
+
+	lockmgr_set_open(&lm, false, 0);
+	a1 = must_queue(&ow[0], "a", LM_EXCLUSIVE, LM_FOREVER, 0);
+	a2 = must_queue(&ow[1], "a", LM_EXCLUSIVE, LM_FOREVER, 0);
+	b1 = must_queue(&ow[2], "b", LM_SHARED, LM_FOREVER, 0);
+	b2 = must_queue(&ow[3], "b", LM_SHARED, LM_FOREVER, 0);
+	c1 = must_queue(&ow[4], "c", LM_EXCLUSIVE, 10, 0);
+	cr_assert_eq(lockmgr_release(&lm, &ow[4], c1, false, 1), 0);
+	done();
+	lockmgr_set_open(&lm, true, 5);
+	cr_assert_eq(count_kind(LM_EV_GRANTED), 3);
+	cr_assert(is_held(a1) && is_waiting(a2));
+	cr_assert(is_held(b1) && is_held(b2));
+	cr_assert_eq(must_find(LM_EV_GRANTED, a1)->waited_ns, 5);
+	done();
+	lockmgr_set_open(&lm, true, 6);
+	cr_assert_eq(nev(), 0, "opening an open gate does nothing");
+}
+
+Test(lockmgr, closing_gate_keeps_current_leases_but_holds_the_queue)
+{
+	uint64_t h = must_grant(&ow[0], "db", LM_EXCLUSIVE, 0);
+	uint64_t w = must_queue(&ow[1], "db", LM_EXCLUSIVE, LM_FOREVER, 0);
+
+	done();
+	lockmgr_set_open(&lm, false, 1);
+	cr_assert(is_held(h));
+	cr_assert_eq(lockmgr_release(&lm, &ow[0], h, false, 2), 0);
+	cr_assert_eq(count_kind(LM_EV_GRANTED), 0);
+	cr_assert(is_waiting(w));
+	done();
+	lockmgr_set_open(&lm, true, 3);
+	cr_assert_not_null(find_ev(LM_EV_GRANTED, w));
+}
+
+Test(lockmgr, gate_opening_with_lock_delay_running_waits_for_the_delay)
+{
+	uint64_t w;
+
+	grant_delayed(&ow[0], "db", LM_EXCLUSIVE, 0, 100, 0);
+	w = must_queue(&ow[1], "db", LM_EXCLUSIVE, LM_FOREVER, 0);
+	lockmgr_set_open(&lm, false, 1);
+	lockmgr_drop_owner(&lm, &ow[0], LM_END_DISCONNECT, 2);
+	lockmgr_set_open(&lm, true, 3);
+	cr_assert(is_waiting(w));
+	lockmgr_tick(&lm, 102);
+	cr_assert(is_held(w));
+}
+
+/* ------------------------------------------------------------ limits */
+
+Test(lockmgr, max_resources_refuses_a_new_resource_and_changes_nothing)
+{
+	struct lm_limits lim = {.max_resources = 2};
+	uint64_t id = 0;
+
+	lockmgr_set_limits(&lm, &lim);
+	must_grant(&ow[0], "a", LM_EXCLUSIVE, 0);
+	must_grant(&ow[0], "b", LM_EXCLUSIVE, 0);
+	done();
+	cr_assert_eq(acq(&ow[1], "c", LM_EXCLUSIVE, LM_FOREVER, 1, &id),
+		     LM_ERR_MAX_RESOURCES);
+	cr_assert_eq(nev(), 0);
+	cr_assert_null(find_res("c"));
+	cr_assert_eq(lm.nres, 2);
+	cr_assert_eq(ow[1].nreqs, 0);
+	/* An existing resource is still fine. */
+	must_queue(&ow[1], "a", LM_EXCLUSIVE, LM_FOREVER, 2);
+}
+
+Test(lockmgr, max_leases_per_owner_counts_held_and_pending)
+{
+	struct lm_limits lim = {.max_leases_per_owner = 2};
+	uint64_t id = 0;
+
+	lockmgr_set_limits(&lm, &lim);
+	must_grant(&ow[1], "b", LM_EXCLUSIVE, 0);
+	must_grant(&ow[0], "a", LM_EXCLUSIVE, 0);
+	must_queue(&ow[0], "b", LM_EXCLUSIVE, LM_FOREVER, 0);
+	done();
+	cr_assert_eq(acq(&ow[0], "c", LM_SHARED, LM_FOREVER, 1, &id),
+		     LM_ERR_MAX_LEASES);
+	cr_assert_eq(nev(), 0);
+	cr_assert_null(find_res("c"));
+	cr_assert_eq(ow[0].nreqs, 2);
+	/* Another owner is unaffected. */
+	must_grant(&ow[1], "c", LM_SHARED, 2);
+}
+
+Test(lockmgr, max_waiters_per_resource_refuses_an_extra_waiter)
+{
+	struct lm_limits lim = {.max_waiters_per_resource = 2};
+	uint64_t id = 0;
+
+	lockmgr_set_limits(&lm, &lim);
+	must_grant(&ow[0], "db", LM_EXCLUSIVE, 0);
+	must_queue(&ow[1], "db", LM_EXCLUSIVE, LM_FOREVER, 0);
+	must_queue(&ow[2], "db", LM_SHARED, LM_FOREVER, 0);
+	done();
+	cr_assert_eq(acq(&ow[3], "db", LM_EXCLUSIVE, LM_FOREVER, 1, &id),
+		     LM_ERR_MAX_WAITERS);
+	cr_assert_eq(nev(), 0);
+	cr_assert_eq(find_res("db")->nwaiters, 2);
+	cr_assert_eq(lm.nwaiting, 2);
+	cr_assert_eq(ow[3].nreqs, 0);
+	cr_assert_eq(acq(&ow[3], "db", LM_EXCLUSIVE, 0, 1, &id),
+		     LM_ERR_WOULD_BLOCK, "a try-lock still says would-block");
+	/* Holders are not waiters: a free resource still grants. */
+	must_grant(&ow[3], "other", LM_SHARED, 1);
+}
+
+Test(lockmgr, limit_refusals_leave_no_events_or_timers)
+{
+	struct lm_limits lim = {1, 1, 1};
+	uint64_t id;
+
+	lockmgr_set_limits(&lm, &lim);
+	must_grant(&ow[0], "a", LM_EXCLUSIVE, 0);
+	must_queue(&ow[1], "a", LM_EXCLUSIVE, 100, 0);
+	done();
+	cr_assert_eq(acq(&ow[2], "a", LM_EXCLUSIVE, 100, 1, &id),
+		     LM_ERR_MAX_WAITERS);
+	cr_assert_eq(acq(&ow[2], "b", LM_EXCLUSIVE, 100, 1, &id),
+		     LM_ERR_MAX_RESOURCES);
+	cr_assert_eq(acq(&ow[0], "b", LM_EXCLUSIVE, 100, 1, &id),
+		     LM_ERR_MAX_LEASES);
+	cr_assert_eq(nev(), 0);
+	cr_assert_eq(lockmgr_next_deadline(&lm), 100);
+	cr_assert_eq(lm.nres, 1);
+}
+
+/* ------------------------------------------------------------ busy/idle */
+
+Test(lockmgr, busy_and_idle_sent_on_edges_only)
+{
+	uint64_t a, b;
+
+	a = must_grant(&ow[0], "a", LM_SHARED, 0);
+	cr_assert_eq(count_kind(LM_EV_BUSY), 1);
+	done();
+	b = must_grant(&ow[1], "a", LM_SHARED, 0);
+	cr_assert_eq(count_kind(LM_EV_BUSY), 0);
+	done();
+	cr_assert_eq(lockmgr_release(&lm, &ow[0], a, false, 1), 0);
+	cr_assert_eq(count_kind(LM_EV_IDLE), 0);
+	done();
+	cr_assert_eq(lockmgr_release(&lm, &ow[1], b, false, 2), 0);
+	cr_assert_eq(count_kind(LM_EV_IDLE), 1);
+	done();
+	must_grant(&ow[0], "a", LM_SHARED, 3);
+	cr_assert_eq(count_kind(LM_EV_BUSY), 1, "busy again after idle");
+}
+
+Test(lockmgr, pending_request_alone_makes_the_manager_busy)
+{
+	uint64_t w;
+
+	lockmgr_set_open(&lm, false, 0);
+	w = must_queue(&ow[0], "a", LM_EXCLUSIVE, 10, 0);
+	cr_assert_eq(count_kind(LM_EV_BUSY), 1);
+	done();
+	lockmgr_tick(&lm, 10);
+	cr_assert_eq(must_find(LM_EV_ENDED, w)->end, LM_END_TIMEOUT);
+	cr_assert_eq(count_kind(LM_EV_IDLE), 1);
+}
+
+Test(lockmgr, idle_sent_when_last_lease_ends_even_during_lock_delay)
+{
+	grant_delayed(&ow[0], "a", LM_EXCLUSIVE, 0, 100, 0);
+	done();
+	lockmgr_drop_owner(&lm, &ow[0], LM_END_DISCONNECT, 1);
+	cr_assert_eq(count_kind(LM_EV_IDLE), 1,
+		     "no lease or request is left, even if a delay runs");
+}
+
+/* ------------------------------------------------------------ lifetime */
+
+Test(lockmgr, empty_resource_freed_after_events_done)
+{
+	uint64_t id = must_grant(&ow[0], "db", LM_EXCLUSIVE, 0);
+	const struct lm_event *e;
+
+	done();
+	cr_assert_eq(lockmgr_release(&lm, &ow[0], id, false, 1), 0);
+	e = must_find(LM_EV_ENDED, id);
+	cr_assert_not_null(find_res("db"), "events still name it");
+	cr_assert_eq(e->res, find_res("db"));
+	cr_assert_eq(memcmp(e->res->name, "db", 2), 0);
+	done();
+	cr_assert_null(find_res("db"));
+	cr_assert_eq(lm.nres, 0);
+}
+
+Test(lockmgr, resource_emptied_and_reused_before_events_done_survives)
+{
+	uint64_t id = must_grant(&ow[0], "db", LM_EXCLUSIVE, 0);
+	uint64_t id2;
+
+	cr_assert_eq(lockmgr_release(&lm, &ow[0], id, false, 1), 0);
+	id2 = must_grant(&ow[1], "db", LM_EXCLUSIVE, 2);
+	done();
+	cr_assert_not_null(find_res("db"));
+	cr_assert(is_held(id2));
+	cr_assert_eq(lockmgr_release(&lm, &ow[1], id2, false, 3), 0);
+	done();
+	cr_assert_null(find_res("db"));
+}
+
+Test(lockmgr, timed_out_only_waiter_frees_the_resource)
+{
+	uint64_t w;
+
+	lockmgr_set_open(&lm, false, 0);
+	w = must_queue(&ow[0], "db", LM_EXCLUSIVE, 5, 0);
+	lockmgr_tick(&lm, 5);
+	cr_assert_not_null(find_ev(LM_EV_ENDED, w));
+	done();
+	cr_assert_null(find_res("db"));
+}
+
+Test(lockmgr, free_releases_everything_still_held)
+{
+	/* Leaves leases, waiters, timers, delays and events behind; the
+	 * fixture's lockmgr_free must release them all (valgrind checks). */
+	struct lm_acquire a = req("x", LM_EXCLUSIVE);
+	uint64_t id;
+
+	a.ttl_ns = 100;
+	a.delay_ns = 100;
+	cr_assert_eq(lockmgr_acquire(&lm, &ow[0], &a, 0, &id), LM_OK_GRANTED);
+	must_queue(&ow[1], "x", LM_SHARED, 50, 0);
+	grant_delayed(&ow[2], "y", LM_EXCLUSIVE, 0, 100, 0);
+	lockmgr_drop_owner(&lm, &ow[2], LM_END_DISCONNECT, 1);
+	must_grant(&ow[3], "z", LM_EXCLUSIVE, 0);
+}
+
+/* ------------------------------------------------------------ positions */
+
+static struct lm_acquire
+watcher(const char *name, enum lm_mode mode)
+{
+	struct lm_acquire a = req(name, mode);
+
+	a.position_updates = true;
+	return a;
+}
+
+Test(lockmgr, position_updates_resend_queued_when_queue_moves)
+{
+	struct lm_acquire a = watcher("db", LM_EXCLUSIVE);
+	uint64_t h, w1, w2, w3, w4;
+
+	h = must_grant(&ow[0], "db", LM_EXCLUSIVE, 0);
+	w1 = must_queue(&ow[1], "db", LM_EXCLUSIVE, LM_FOREVER, 0);
+	cr_assert_eq(lockmgr_acquire(&lm, &ow[2], &a, 0, &w2), LM_OK_QUEUED);
+	w3 = must_queue(&ow[3], "db", LM_EXCLUSIVE, LM_FOREVER, 0);
+	cr_assert_eq(lockmgr_acquire(&lm, &ow[4], &a, 0, &w4), LM_OK_QUEUED);
+	cr_assert_eq(must_find(LM_EV_QUEUED, w4)->position, 4);
+	done();
+
+	/* The head is withdrawn: every watcher moves up one. */
+	cr_assert_eq(lockmgr_release(&lm, &ow[1], w1, false, 1), 0);
+	cr_assert_eq(must_find(LM_EV_QUEUED, w2)->position, 1);
+	cr_assert_eq(must_find(LM_EV_QUEUED, w4)->position, 3);
+	cr_assert_null(find_ev(LM_EV_QUEUED, w3),
+		       "a waiter that did not ask gets no update");
+	cr_assert_eq(count_kind(LM_EV_QUEUED), 2);
+	done();
+
+	/* A waiter behind w2 leaves: only w4 moves. */
+	cr_assert_eq(lockmgr_release(&lm, &ow[3], w3, false, 2), 0);
+	cr_assert_null(find_ev(LM_EV_QUEUED, w2));
+	cr_assert_eq(must_find(LM_EV_QUEUED, w4)->position, 2);
+	done();
+
+	/* The holder leaves: w2 is granted, w4 is at the head and told who
+	 * holds now. */
+	cr_assert_eq(lockmgr_release(&lm, &ow[0], h, false, 3), 0);
+	cr_assert_not_null(find_ev(LM_EV_GRANTED, w2));
+	cr_assert_eq(must_find(LM_EV_QUEUED, w4)->position, 1);
+	cr_assert_eq(must_find(LM_EV_QUEUED, w4)->holder, &ow[2]);
+	cr_assert_lt(ev_index(must_find(LM_EV_GRANTED, w2)),
+		     ev_index(must_find(LM_EV_QUEUED, w4)));
+}
+
+Test(lockmgr, position_updates_follow_timeouts)
+{
+	struct lm_acquire a = watcher("db", LM_EXCLUSIVE);
+	uint64_t w1, w2;
+
+	must_grant(&ow[0], "db", LM_EXCLUSIVE, 0);
+	w1 = must_queue(&ow[1], "db", LM_EXCLUSIVE, 10, 0);
+	cr_assert_eq(lockmgr_acquire(&lm, &ow[2], &a, 0, &w2), LM_OK_QUEUED);
+	done();
+	lockmgr_tick(&lm, 10);
+	cr_assert_not_null(find_ev(LM_EV_ENDED, w1));
+	cr_assert_eq(must_find(LM_EV_QUEUED, w2)->position, 1);
+}
+
+Test(lockmgr, new_waiter_behind_a_watcher_sends_no_update)
+{
+	struct lm_acquire a = watcher("db", LM_EXCLUSIVE);
+	uint64_t w1, w2;
+
+	must_grant(&ow[0], "db", LM_EXCLUSIVE, 0);
+	cr_assert_eq(lockmgr_acquire(&lm, &ow[1], &a, 0, &w1), LM_OK_QUEUED);
+	done();
+	w2 = must_queue(&ow[2], "db", LM_EXCLUSIVE, LM_FOREVER, 0);
+	cr_assert_eq(nev(), 1);
+	cr_assert_not_null(find_ev(LM_EV_QUEUED, w2));
+	cr_assert_null(find_ev(LM_EV_QUEUED, w1));
+}
+
+/* ------------------------------------------------------------ names */
+
+Test(lockmgr, end_and_mode_names)
+{
+	cr_assert_str_eq(lockmgr_end_name(LM_END_RELEASE), "release");
+	cr_assert_str_eq(lockmgr_end_name(LM_END_DISCONNECT), "disconnect");
+	cr_assert_str_eq(lockmgr_end_name(LM_END_EXPIRED), "expired");
+	cr_assert_str_eq(lockmgr_end_name(LM_END_ADMIN), "admin");
+	cr_assert_str_eq(lockmgr_end_name(LM_END_SHUTDOWN), "shutdown");
+	cr_assert_str_eq(lockmgr_end_name(LM_END_CANCEL), "cancel");
+	cr_assert_str_eq(lockmgr_end_name(LM_END_TIMEOUT), "timeout");
+	cr_assert_str_eq(lockmgr_end_name((enum lm_end)99), "?");
+	cr_assert_str_eq(lockmgr_mode_name(LM_EXCLUSIVE), "exclusive");
+	cr_assert_str_eq(lockmgr_mode_name(LM_SHARED), "shared");
+}
+
+/* ================================================= randomized model test */
+
+/*
+ * The reference model. It knows only the contract: strict FIFO per
+ * resource, shared runs granted together, the gate, lock-delay after an
+ * unclean end, the token limit, the limits and their refusals. It tracks
+ * every live request, replays each event against its own state and checks
+ * it is allowed at that moment, then compares the whole state with the
+ * lock manager's after every step.
+ */
+
+#define M_OWNERS 4
+#define M_RES	 3
+#define M_LIVE	 (M_OWNERS * M_RES)
+#define M_SEEDS	 200
+#define M_STEPS	 2000
+
+static const char *const m_names[M_RES] = {"alpha", "beta", "gamma"};
+static const uint32_t m_pids[M_OWNERS] = {100, 100, 200, 300};
+
+struct mreq {
+	uint64_t id, tag, seq;
+	int owner, res;
+	enum lm_mode mode;
+	bool held, watch;
+	uint64_t t_queued, t_granted, grant_seq;
+	uint64_t deadline; /* waiting: timeout; held: expiry; or FOREVER */
+	uint64_t ttl, delay, token;
+	uint32_t last_pos;
+};
+
+enum m_op {
+	OP_ACQUIRE,
+	OP_RELEASE,
+	OP_CANCEL,
+	OP_DROP,
+	OP_TICK,
+	OP_RENEW,
+	OP_REVOKE,
+	OP_REVOKE_PID,
+	OP_GATE,
+	OP_TOKENS,
+};
+
+struct model {
+	uint64_t seed;
+	int step;
+	uint64_t rng;
+	uint64_t now;
+	struct mreq live[M_LIVE];
+	int nlive;
+	bool open, busy;
+	uint64_t last_token, limit;
+	bool delayed[M_RES];
+	uint64_t delay_until[M_RES];
+	uint64_t seq, grant_seq, tagseq;
+	struct lm_limits lim;
+	uint64_t issued, ended;
+	uint64_t *ids; /* open-addressing set of every id handed out */
+	size_t ids_cap;
+
+	/* What the current step is allowed to end, and how. */
+	enum m_op op;
+	int op_owner;
+	uint64_t op_id;
+	uint32_t op_pid;
+	enum lm_end op_why;
+	uint64_t new_id; /* the request this step's acquire made, or 0 */
+};
+
+#define MCHECK(m, cond, ...)                                                   \
+	do {                                                                   \
+		if (!(cond))                                                   \
+			cr_assert_fail("seed %" PRIu64 " step %d op %d: %s: "  \
+				       "%s",                                   \
+				       (m)->seed, (m)->step, (int)(m)->op,     \
+				       #cond, m_fmt(__VA_ARGS__));             \
+	} while (0)
+
+static char m_msg[256];
+
+static const char *
+m_fmt(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(m_msg, sizeof m_msg, fmt, ap);
+	va_end(ap);
+	return m_msg;
+}
+
+/* splitmix64: small, fast, and the same sequence everywhere. */
+static uint64_t
+m_rand(struct model *m)
+{
+	uint64_t z = (m->rng += 0x9e3779b97f4a7c15ull);
+
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+static uint64_t
+m_below(struct model *m, uint64_t n)
+{
+	return m_rand(m) % n;
+}
+
+static void
+m_ids_add(struct model *m, uint64_t id)
+{
+	size_t i = (size_t)(id * 0x9e3779b97f4a7c15ull) & (m->ids_cap - 1);
+
+	MCHECK(m, id != 0, "lease id 0");
+	while (m->ids[i] != 0) {
+		MCHECK(m, m->ids[i] != id, "lease id %" PRIu64 " reused", id);
+		i = (i + 1) & (m->ids_cap - 1);
+	}
+	m->ids[i] = id;
+}
+
+static struct mreq *
+m_find(struct model *m, uint64_t id)
+{
+	for (int i = 0; i < m->nlive; i++) {
+		if (m->live[i].id == id)
+			return &m->live[i];
+	}
+	return NULL;
+}
+
+static struct mreq *
+m_find_owner_res(struct model *m, int owner, int res)
+{
+	for (int i = 0; i < m->nlive; i++) {
+		if (m->live[i].owner == owner && m->live[i].res == res)
+			return &m->live[i];
+	}
+	return NULL;
+}
+
+static int
+m_res_of(const struct lm_res *res)
+{
+	for (int i = 0; i < M_RES; i++) {
+		if (res->len == strlen(m_names[i]) &&
+		    memcmp(res->name, m_names[i], res->len) == 0)
+			return i;
+	}
+	return -1;
+}
+
+static int
+m_count(struct model *m, int res, bool held)
+{
+	int n = 0;
+
+	for (int i = 0; i < m->nlive; i++)
+		n += m->live[i].res == res && m->live[i].held == held;
+	return n;
+}
+
+static int
+m_owner_count(struct model *m, int owner)
+{
+	int n = 0;
+
+	for (int i = 0; i < m->nlive; i++)
+		n += m->live[i].owner == owner;
+	return n;
+}
+
+static bool
+m_present(struct model *m, int res)
+{
+	return m->delayed[res] || m_count(m, res, true) > 0 ||
+	       m_count(m, res, false) > 0;
+}
+
+/* Compatible with the current holders: none, or all shared and mode shared. */
+static bool
+m_compatible(struct model *m, int res, enum lm_mode mode)
+{
+	for (int i = 0; i < m->nlive; i++) {
+		const struct mreq *r = &m->live[i];
+
+		if (r->res == res && r->held &&
+		    (mode == LM_EXCLUSIVE || r->mode == LM_EXCLUSIVE))
+			return false;
+	}
+	return true;
+}
+
+/* The first waiter in FIFO order, or NULL. */
+static struct mreq *
+m_head(struct model *m, int res)
+{
+	struct mreq *h = NULL;
+
+	for (int i = 0; i < m->nlive; i++) {
+		struct mreq *r = &m->live[i];
+
+		if (r->res == res && !r->held && (h == NULL || r->seq < h->seq))
+			h = r;
+	}
+	return h;
+}
+
+static uint32_t
+m_position(struct model *m, const struct mreq *w)
+{
+	uint32_t pos = 0;
+
+	for (int i = 0; i < m->nlive; i++) {
+		const struct mreq *r = &m->live[i];
+
+		pos += r->res == w->res && !r->held && r->seq <= w->seq;
+	}
+	return pos;
+}
+
+/* The holder granted first, whose owner QUEUED names. */
+static const struct mreq *
+m_first_holder(struct model *m, int res)
+{
+	const struct mreq *h = NULL;
+
+	for (int i = 0; i < m->nlive; i++) {
+		const struct mreq *r = &m->live[i];
+
+		if (r->res == res && r->held &&
+		    (h == NULL || r->grant_seq < h->grant_seq))
+			h = r;
+	}
+	return h;
+}
+
+static void
+m_remove(struct model *m, struct mreq *r)
+{
+	*r = m->live[--m->nlive];
+}
+
+static bool
+m_blocked(struct model *m, int res, enum lm_mode mode)
+{
+	return !m->open || m->delayed[res] || m_count(m, res, false) > 0 ||
+	       !m_compatible(m, res, mode);
+}
+
+static uint64_t
+m_after(uint64_t now, uint64_t ns)
+{
+	return ns == LM_FOREVER ? LM_FOREVER : now + ns;
+}
+
+/* Replay one event against the model, checking it is allowed now. */
+static void
+m_event(struct model *m, const struct lm_event *e, struct lm_owner *owners)
+{
+	struct mreq *r = NULL;
+	int res = -1;
+
+	if (e->kind == LM_EV_GRANTED || e->kind == LM_EV_QUEUED ||
+	    e->kind == LM_EV_ENDED) {
+		r = m_find(m, e->lease_id);
+		MCHECK(m, r != NULL,
+		       "event %d for lease %" PRIu64 " that is not live",
+		       e->kind, e->lease_id);
+		res = m_res_of(e->res);
+		MCHECK(m, res == r->res, "event names the wrong resource");
+		MCHECK(m, e->owner == &owners[r->owner], "wrong owner");
+		MCHECK(m, e->tag == r->tag, "wrong tag");
+		MCHECK(m, e->mode == r->mode, "wrong mode");
+	}
+
+	switch (e->kind) {
+	case LM_EV_GRANTED: {
+		struct mreq *h = m_head(m, res);
+
+		MCHECK(m, !r->held, "lease %" PRIu64 " granted twice", r->id);
+		MCHECK(m, m->open, "granted while the gate is shut");
+		MCHECK(m, !m->delayed[res], "granted during lock-delay");
+		MCHECK(m, m_compatible(m, res, r->mode),
+		       "grant of %s breaks mutual exclusion",
+		       lockmgr_mode_name(r->mode));
+		/* No overtaking: an earlier waiter would be the head. */
+		MCHECK(m, h == r, "lease %" PRIu64 " overtook %" PRIu64, r->id,
+		       h ? h->id : 0);
+		MCHECK(m, e->token > m->last_token,
+		       "token %" PRIu64 " not above %" PRIu64, e->token,
+		       m->last_token);
+		MCHECK(m, e->token <= m->limit, "token beyond the limit");
+		MCHECK(m, e->immediate == (r->id == m->new_id),
+		       "immediate flag wrong");
+		MCHECK(m, e->waited_ns == m->now - r->t_queued,
+		       "waited_ns wrong");
+		MCHECK(m, e->ttl_ns == r->ttl, "ttl wrong");
+		if (m->op == OP_REVOKE_PID)
+			MCHECK(m, m_pids[r->owner] != m->op_pid,
+			       "granted to the pid being revoked");
+		m->last_token = e->token;
+		r->held = true;
+		r->token = e->token;
+		r->t_granted = m->now;
+		r->grant_seq = ++m->grant_seq;
+		r->deadline = r->ttl ? m->now + r->ttl : LM_FOREVER;
+		break;
+	}
+	case LM_EV_QUEUED: {
+		const struct mreq *fh = m_first_holder(m, res);
+
+		MCHECK(m, !r->held, "QUEUED for a held lease");
+		MCHECK(m, r->id == m->new_id || r->watch,
+		       "update to a waiter that did not ask for one");
+		MCHECK(m, e->position == m_position(m, r),
+		       "position %u, model says %u", e->position,
+		       m_position(m, r));
+		MCHECK(m, e->nholders == (unsigned)m_count(m, res, true),
+		       "nholders");
+		MCHECK(m, e->holder == (fh ? &owners[fh->owner] : NULL),
+		       "QUEUED names the wrong holder");
+		r->last_pos = e->position;
+		break;
+	}
+	case LM_EV_ENDED: {
+		enum lm_end want;
+
+		MCHECK(m, e->held == r->held, "held flag wrong");
+		switch (m->op) {
+		case OP_RELEASE:
+		case OP_CANCEL:
+			MCHECK(m, r->id == m->op_id, "release ended another");
+			want = r->held ? LM_END_RELEASE : LM_END_CANCEL;
+			break;
+		case OP_DROP:
+			MCHECK(m, r->owner == m->op_owner,
+			       "drop ended another owner's request");
+			want = m->op_why;
+			break;
+		case OP_REVOKE:
+			MCHECK(m, r->id == m->op_id && r->held,
+			       "revoke ended the wrong thing");
+			want = LM_END_ADMIN;
+			break;
+		case OP_REVOKE_PID:
+			MCHECK(m, m_pids[r->owner] == m->op_pid,
+			       "revoke_pid ended another pid's request");
+			want = LM_END_ADMIN;
+			break;
+		case OP_TICK:
+			MCHECK(m, r->deadline <= m->now,
+			       "ended before its deadline");
+			want = r->held ? LM_END_EXPIRED : LM_END_TIMEOUT;
+			break;
+		default:
+			MCHECK(m, false, "nothing may end in this operation");
+			want = LM_END_RELEASE;
+		}
+		MCHECK(m, e->end == want, "end %s, want %s",
+		       lockmgr_end_name(e->end), lockmgr_end_name(want));
+		if (r->held) {
+			MCHECK(m, e->token == r->token, "token in ENDED");
+			MCHECK(m, e->held_ns == m->now - r->t_granted,
+			       "held_ns");
+			if (r->delay > 0 &&
+			    (want == LM_END_DISCONNECT ||
+			     want == LM_END_EXPIRED || want == LM_END_ADMIN)) {
+				uint64_t until = m->now + r->delay;
+
+				if (!m->delayed[res] ||
+				    until > m->delay_until[res])
+					m->delay_until[res] = until;
+				m->delayed[res] = true;
+			}
+		} else {
+			MCHECK(m, e->waited_ns == m->now - r->t_queued,
+			       "waited_ns of a pending request");
+		}
+		m->ended++;
+		m_remove(m, r);
+		break;
+	}
+	case LM_EV_NEED_TOKENS:
+		MCHECK(m, m->last_token >= m->limit,
+		       "NEED_TOKENS with tokens left");
+		break;
+	case LM_EV_BUSY:
+		MCHECK(m, !m->busy && m->nlive > 0, "BUSY edge");
+		m->busy = true;
+		break;
+	case LM_EV_IDLE:
+		MCHECK(m, m->busy && m->nlive == 0, "IDLE edge");
+		m->busy = false;
+		break;
+	}
+}
+
+static void
+m_events(struct model *m, struct lm_owner *owners)
+{
+	size_t n;
+	const struct lm_event *ev = lockmgr_events(&lm, &n);
+
+	for (size_t i = 0; i < n; i++)
+		m_event(m, &ev[i], owners);
+}
+
+/* The whole state, after the step's events were replayed. */
+static void
+m_check_state(struct model *m, struct lm_owner *owners)
+{
+	uint64_t next = LM_FOREVER;
+	int held = 0, waiting = 0;
+
+	for (int i = 0; i < m->nlive; i++) {
+		const struct mreq *r = &m->live[i];
+		const struct lm_req *q = lockmgr_lease(&lm, r->id);
+
+		MCHECK(m, q != NULL, "live lease %" PRIu64 " unknown", r->id);
+		MCHECK(m, q->owner == &owners[r->owner], "owner");
+		MCHECK(m, (q->state == LM_HELD) == r->held, "state of %" PRIu64,
+		       r->id);
+		if (r->held) {
+			held++;
+			MCHECK(m, q->token == r->token, "token");
+		} else {
+			uint32_t pos = m_position(m, r);
+
+			waiting++;
+			MCHECK(m, lockmgr_position(q) == pos,
+			       "position %u, model %u", lockmgr_position(q),
+			       pos);
+			if (r->watch)
+				MCHECK(m, r->last_pos == pos,
+				       "watcher %" PRIu64 " last told %u, "
+				       "now at %u",
+				       r->id, r->last_pos, pos);
+		}
+		if (r->deadline < next)
+			next = r->deadline;
+	}
+	MCHECK(m, lm.nheld == (unsigned)held, "nheld %u, model %d", lm.nheld,
+	       held);
+	MCHECK(m, lm.nwaiting == (unsigned)waiting, "nwaiting %u, model %d",
+	       lm.nwaiting, waiting);
+	for (int o = 0; o < M_OWNERS; o++)
+		MCHECK(m, owners[o].nreqs == (unsigned)m_owner_count(m, o),
+		       "owner %d nreqs", o);
+	MCHECK(m, m->busy == (m->nlive > 0), "busy state");
+
+	for (int res = 0; res < M_RES; res++) {
+		const struct lm_res *lr =
+		    lockmgr_find(&lm, m_names[res], strlen(m_names[res]));
+		int nh = m_count(m, res, true), nw = m_count(m, res, false);
+		const struct mreq *h = m_head(m, res);
+		uint64_t max_held_seq = 0;
+		bool excl = false;
+
+		if (m->delayed[res] && m->delay_until[res] < next)
+			next = m->delay_until[res];
+		MCHECK(m, (lr != NULL) == m_present(m, res),
+		       "resource %s present %d, model %d", m_names[res],
+		       lr != NULL, m_present(m, res));
+		if (lr != NULL) {
+			MCHECK(m, lr->nholders == (unsigned)nh, "nholders");
+			MCHECK(m, lr->nwaiters == (unsigned)nw, "nwaiters");
+		}
+		for (int i = 0; i < m->nlive; i++) {
+			const struct mreq *r = &m->live[i];
+
+			if (r->res != res || !r->held)
+				continue;
+			excl |= r->mode == LM_EXCLUSIVE;
+			if (r->seq > max_held_seq)
+				max_held_seq = r->seq;
+		}
+		/* Mutual exclusion. */
+		MCHECK(m, !excl || nh == 1, "exclusive holder with others");
+		/* FIFO: nobody holds who asked after a waiter. */
+		MCHECK(m, h == NULL || max_held_seq < h->seq,
+		       "a later request holds while an earlier one waits");
+		/* No lost wake-up. */
+		MCHECK(m,
+		       h == NULL || !m->open || m->delayed[res] ||
+			   m->last_token >= m->limit ||
+			   !m_compatible(m, res, h->mode),
+		       "lease %" PRIu64 " on %s could be granted but waits",
+		       h ? h->id : 0, m_names[res]);
+	}
+	MCHECK(m, lockmgr_next_deadline(&lm) == next,
+	       "next deadline %" PRIu64 ", model %" PRIu64,
+	       lockmgr_next_deadline(&lm), next);
+	if (m->op == OP_TICK)
+		MCHECK(m, next > m->now, "a due timer did not fire");
+}
+
+/* Pick a lease id for owner o to act on: its own, another's, or unknown. */
+static uint64_t
+m_pick_id(struct model *m, int o, bool *own)
+{
+	uint64_t roll = m_below(m, 10);
+	struct mreq *mine[M_LIVE];
+	int n = 0;
+
+	for (int i = 0; i < m->nlive; i++) {
+		if (m->live[i].owner == o)
+			mine[n++] = &m->live[i];
+	}
+	*own = false;
+	if (roll < 7 && n > 0) {
+		*own = true;
+		return mine[m_below(m, (uint64_t)n)]->id;
+	}
+	if (roll < 9 && m->nlive > 0) {
+		struct mreq *r = &m->live[m_below(m, (uint64_t)m->nlive)];
+
+		*own = r->owner == o;
+		return r->id;
+	}
+	return (1ull << 40) + m_below(m, 1000);
+}
+
+static void
+m_step(struct model *m, struct lm_owner *owners)
+{
+	uint64_t roll = m_below(m, 100);
+	int o = (int)m_below(m, M_OWNERS);
+
+	m->new_id = 0;
+	m->now += m_below(m, 20);
+
+	if (roll < 40) {
+		struct lm_acquire a;
+		int res = (int)m_below(m, M_RES);
+		uint64_t t = m_below(m, 10), id = 0;
+		enum lm_result want, got;
+		bool blocked;
+
+		m->op = OP_ACQUIRE;
+		memset(&a, 0, sizeof a);
+		a.resource = m_names[res];
+		a.len = strlen(m_names[res]);
+		a.mode = m_below(m, 2) ? LM_SHARED : LM_EXCLUSIVE;
+		a.timeout_ns = t < 3   ? 0
+			       : t < 6 ? LM_FOREVER
+				       : 1 + m_below(m, 200);
+		a.ttl_ns = m_below(m, 3) == 0 ? 50 + m_below(m, 250) : 0;
+		a.delay_ns = m_below(m, 4) == 0 ? 1 + m_below(m, 100) : 0;
+		a.position_updates = m_below(m, 2);
+		a.tag = ++m->tagseq;
+
+		blocked = m_blocked(m, res, a.mode);
+		if (m_find_owner_res(m, o, res))
+			want = LM_ERR_ALREADY_HELD;
+		else if (m->lim.max_leases_per_owner &&
+			 m_owner_count(m, o) >=
+			     (int)m->lim.max_leases_per_owner)
+			want = LM_ERR_MAX_LEASES;
+		else if (blocked && a.timeout_ns == 0)
+			want = LM_ERR_WOULD_BLOCK;
+		else if (blocked && m->lim.max_waiters_per_resource &&
+			 m_count(m, res, false) >=
+			     (int)m->lim.max_waiters_per_resource)
+			want = LM_ERR_MAX_WAITERS;
+		else if (!m_present(m, res) && m->lim.max_resources &&
+			 (m_present(m, 0) + m_present(m, 1) +
+			  m_present(m, 2)) >= (int)m->lim.max_resources)
+			want = LM_ERR_MAX_RESOURCES;
+		else if (!blocked && m->last_token < m->limit)
+			want = LM_OK_GRANTED;
+		else
+			want = LM_OK_QUEUED;
+
+		got = lockmgr_acquire(&lm, &owners[o], &a, m->now, &id);
+		MCHECK(m, got == want, "acquire gave %d, model %d", got, want);
+		if (got == LM_OK_GRANTED || got == LM_OK_QUEUED) {
+			struct mreq *r = &m->live[m->nlive++];
+
+			m_ids_add(m, id);
+			m->issued++;
+			m->new_id = id;
+			memset(r, 0, sizeof *r);
+			r->id = id;
+			r->tag = a.tag;
+			r->seq = ++m->seq;
+			r->owner = o;
+			r->res = res;
+			r->mode = a.mode;
+			r->watch = a.position_updates;
+			r->t_queued = m->now;
+			r->deadline = m_after(m->now, a.timeout_ns);
+			r->ttl = a.ttl_ns;
+			r->delay = a.delay_ns;
+			m_events(m, owners);
+			MCHECK(m,
+			       r == m_find(m, id) &&
+				   r->held == (got == LM_OK_GRANTED),
+			       "acquire's own event missing");
+			if (got == LM_OK_QUEUED)
+				MCHECK(m, r->last_pos != 0, "no QUEUED");
+		} else {
+			size_t n;
+
+			lockmgr_events(&lm, &n);
+			MCHECK(m, n == 0, "refused acquire queued events");
+		}
+	} else if (roll < 55) {
+		bool own;
+		uint64_t id = m_pick_id(m, o, &own);
+		int rc;
+
+		m->op = OP_RELEASE;
+		m->op_id = id;
+		rc = lockmgr_release(&lm, &owners[o], id, false, m->now);
+		MCHECK(m, rc == (own ? 0 : -ENOENT), "release rc %d", rc);
+		m_events(m, owners);
+		MCHECK(m, m_find(m, id) == NULL || !own, "release left it");
+	} else if (roll < 63) {
+		bool own;
+		uint64_t id = m_pick_id(m, o, &own);
+		struct mreq *r = m_find(m, id);
+		uint64_t tag = r ? r->tag : (1ull << 50) + id;
+		int rc;
+
+		m->op = OP_CANCEL;
+		m->op_id = id;
+		rc = lockmgr_release(&lm, &owners[o], tag, true, m->now);
+		MCHECK(m, rc == (own ? 0 : -ENOENT), "cancel rc %d", rc);
+		m_events(m, owners);
+	} else if (roll < 68) {
+		uint64_t w = m_below(m, 10);
+
+		m->op = OP_DROP;
+		m->op_owner = o;
+		m->op_why = w < 7   ? LM_END_DISCONNECT
+			    : w < 9 ? LM_END_SHUTDOWN
+				    : LM_END_ADMIN;
+		lockmgr_drop_owner(&lm, &owners[o], m->op_why, m->now);
+		m_events(m, owners);
+		MCHECK(m, m_owner_count(m, o) == 0, "drop left requests");
+	} else if (roll < 83) {
+		m->op = OP_TICK;
+		m->now += m_below(m, 150);
+		for (int res = 0; res < M_RES; res++) {
+			if (m->delayed[res] && m->delay_until[res] <= m->now)
+				m->delayed[res] = false;
+		}
+		lockmgr_tick(&lm, m->now);
+		m_events(m, owners);
+	} else if (roll < 88) {
+		bool own;
+		uint64_t id = m_pick_id(m, o, &own);
+		struct mreq *r = m_find(m, id);
+		uint64_t ttl = m_below(m, 2) ? 0 : 30 + m_below(m, 200);
+		int want, rc;
+		size_t n;
+
+		m->op = OP_RENEW;
+		if (!own)
+			want = -ENOENT;
+		else if (!r->held || (r->ttl == 0 && ttl == 0))
+			want = -EINVAL;
+		else
+			want = 0;
+		rc = lockmgr_renew(&lm, &owners[o], id, ttl, m->now);
+		MCHECK(m, rc == want, "renew rc %d, model %d", rc, want);
+		if (want == 0) {
+			if (ttl)
+				r->ttl = ttl;
+			r->deadline = m->now + r->ttl;
+		}
+		lockmgr_events(&lm, &n);
+		MCHECK(m, n == 0, "renew queued events");
+	} else if (roll < 91) {
+		bool own;
+		uint64_t id = m_pick_id(m, o, &own);
+		struct mreq *r = m_find(m, id);
+		int rc;
+
+		m->op = OP_REVOKE;
+		m->op_id = id;
+		rc = lockmgr_revoke_lease(&lm, id, m->now);
+		MCHECK(m, rc == (r && r->held ? 0 : -ENOENT), "revoke rc %d",
+		       rc);
+		m_events(m, owners);
+	} else if (roll < 93) {
+		static const uint32_t pids[] = {100, 200, 300, 999};
+		int want = 0, rc;
+
+		m->op = OP_REVOKE_PID;
+		m->op_pid = pids[m_below(m, 4)];
+		for (int i = 0; i < m->nlive; i++)
+			want += m_pids[m->live[i].owner] == m->op_pid &&
+				m->live[i].held;
+		rc = lockmgr_revoke_pid(&lm, m->op_pid, m->now);
+		MCHECK(m, rc == want, "revoke_pid gave %d, model %d", rc, want);
+		m_events(m, owners);
+		for (int i = 0; i < m->nlive; i++)
+			MCHECK(m, m_pids[m->live[i].owner] != m->op_pid,
+			       "revoke_pid left a request of the pid");
+	} else if (roll < 97) {
+		bool open = m_below(m, 3) != 0; /* open two times in three */
+
+		m->op = OP_GATE;
+		m->open = open;
+		lockmgr_set_open(&lm, open, m->now);
+		m_events(m, owners);
+	} else {
+		m->op = OP_TOKENS;
+		if (m->limit != UINT64_MAX) {
+			m->limit += m_below(m, 4);
+			lockmgr_add_tokens(&lm, m->limit, m->now);
+		} else {
+			lockmgr_add_tokens(&lm, UINT64_MAX, m->now);
+		}
+		m_events(m, owners);
+	}
+
+	lockmgr_events_done(&lm);
+	m_check_state(m, owners);
+
+	/* A dropped owner comes back as a new connection of the same pid. */
+	if (m->op == OP_DROP) {
+		lockmgr_owner_init(&owners[o], (uint64_t)o + 1);
+		owners[o].pid = m_pids[o];
+	}
+}
+
+static void
+m_run(uint64_t seed, int steps)
+{
+	struct model *m = calloc(1, sizeof *m);
+	struct lm_owner owners[M_OWNERS];
+
+	cr_assert_not_null(m);
+	m->seed = seed;
+	m->rng = seed * 7919 + 1;
+	m->open = true;
+	m->limit = UINT64_MAX;
+	m->ids_cap = 8192;
+	m->ids = calloc(m->ids_cap, sizeof *m->ids);
+	cr_assert_not_null(m->ids);
+	cr_assert_lt(steps, (int)m->ids_cap / 2);
+
+	lockmgr_init(&lm);
+	for (int o = 0; o < M_OWNERS; o++) {
+		lockmgr_owner_init(&owners[o], (uint64_t)o + 1);
+		owners[o].pid = m_pids[o];
+	}
+	if (seed % 4 == 1) {
+		m->lim = (struct lm_limits){.max_resources = 2,
+					    .max_leases_per_owner = 2,
+					    .max_waiters_per_resource = 2};
+		lockmgr_set_limits(&lm, &m->lim);
+	}
+	if (seed % 3 == 2) {
+		m->last_token = 1000;
+		m->limit = 1002;
+		lockmgr_set_tokens(&lm, m->last_token, m->limit);
+	}
+
+	for (m->step = 0; m->step < steps; m->step++)
+		m_step(m, owners);
+
+	/* Wind down: open up, give tokens, drop everyone, let delays end. */
+	m->step = steps;
+	m->op = OP_GATE;
+	m->new_id = 0;
+	m->open = true;
+	lockmgr_set_open(&lm, true, m->now);
+	m_events(m, owners);
+	lockmgr_events_done(&lm);
+	m_check_state(m, owners);
+	m->op = OP_TOKENS;
+	m->limit = UINT64_MAX;
+	lockmgr_add_tokens(&lm, UINT64_MAX, m->now);
+	m_events(m, owners);
+	lockmgr_events_done(&lm);
+	m_check_state(m, owners);
+	for (int o = 0; o < M_OWNERS; o++) {
+		m->op = OP_DROP;
+		m->op_owner = o;
+		m->op_why = LM_END_DISCONNECT;
+		lockmgr_drop_owner(&lm, &owners[o], LM_END_DISCONNECT, m->now);
+		m_events(m, owners);
+		lockmgr_events_done(&lm);
+		m_check_state(m, owners);
+	}
+	m->op = OP_TICK;
+	m->now += 1000;
+	for (int res = 0; res < M_RES; res++)
+		m->delayed[res] = false;
+	lockmgr_tick(&lm, m->now);
+	m_events(m, owners);
+	lockmgr_events_done(&lm);
+	m_check_state(m, owners);
+
+	MCHECK(m, m->nlive == 0, "requests left");
+	MCHECK(m, m->issued == m->ended,
+	       "%" PRIu64 " issued, %" PRIu64 " ended", m->issued, m->ended);
+	MCHECK(m, lm.nres == 0 && lm.nheld == 0 && lm.nwaiting == 0,
+	       "manager not empty");
+	MCHECK(m, lockmgr_next_deadline(&lm) == LM_FOREVER, "timers left");
+	MCHECK(m, !m->busy, "still busy");
+
+	lockmgr_free(&lm);
+	free(m->ids);
+	free(m);
+}
+
+/* The model test owns its manager, so it skips the fixture. */
+Test(lockmgr_model, random_operations_keep_every_invariant, .timeout = 60)
+{
+	for (uint64_t seed = 1; seed <= M_SEEDS; seed++)
+		m_run(seed, M_STEPS);
+}
