@@ -42,6 +42,7 @@ static const char *const hold_names[] = {"always", "on-demand", NULL};
 static const char *const level_names[] = {"debug", "info", "warn", "error",
 					  NULL};
 static const char *const format_names[] = {"logfmt", "json", NULL};
+static const char *const bool_names[] = {"no", "yes", NULL};
 
 #define O(f) offsetof(struct config, f)
 #define MAXU UINT64_C(1000000000000)
@@ -92,6 +93,8 @@ static const struct config_key keys[] = {
 	 100000, "100", NULL, true},
 	{"stats", "max_resources", T_UINT, O(stats_max_resources), 1, 10000000,
 	 "10000", NULL, true},
+	{"stats", "enabled", T_ENUM, O(stats_enabled), 0, 0, "yes", bool_names,
+	 true},
 	{"shutdown", "timeout_ms", T_UINT, O(shutdown_timeout_ms), 0, 600000,
 	 "5000", NULL, true},
 };

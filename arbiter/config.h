@@ -60,6 +60,7 @@ struct config {
 	uint64_t max_resource_labels;
 	/* [stats] */
 	uint64_t stats_max_resources;
+	unsigned stats_enabled;
 	/* [shutdown] */
 	uint64_t shutdown_timeout_ms;
 

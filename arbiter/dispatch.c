@@ -19,10 +19,10 @@
 #include "role.h"
 #include "server.h"
 
-#define container_of(ptr, type, member) \
-	((type *)(void *)((char *)(ptr) - offsetof(type, member)))
+#define container_of(ptr, type, member)                                        \
+	((type *)(void *)((char *)(ptr)-offsetof(type, member)))
 
-#define MS_TO_NS(ms) ((ms) > UINT64_MAX / 1000000 ? LM_FOREVER : (ms) * 1000000)
+#define MS_TO_NS(ms) ((ms) > UINT64_MAX / 1000000 ? LM_FOREVER : (ms)*1000000)
 
 static struct conn *
 owner_conn(const struct lm_owner *o)
@@ -33,7 +33,8 @@ owner_conn(const struct lm_owner *o)
 Arbiter__Mode
 dispatch_mode(enum lm_mode m)
 {
-	return m == LM_SHARED ? ARBITER__MODE__SHARED : ARBITER__MODE__EXCLUSIVE;
+	return m == LM_SHARED ? ARBITER__MODE__SHARED
+			      : ARBITER__MODE__EXCLUSIVE;
 }
 
 static void
@@ -144,7 +145,7 @@ do_hello(struct conn *c, const Arbiter__Request *req)
 	lim.max_frame_bytes = (uint32_t)srv->cfg.max_frame_bytes;
 	lim.has_max_leases_per_connection = true;
 	lim.max_leases_per_connection =
-		(uint32_t)srv->cfg.max_leases_per_connection;
+	    (uint32_t)srv->cfg.max_leases_per_connection;
 	lim.has_max_name_bytes = true;
 	lim.max_name_bytes = ARB_NAME_MAX;
 	w.limits = &lim;
@@ -177,9 +178,10 @@ do_acquire(struct conn *c, const Arbiter__Request *req)
 	if (a->has_mode && a->mode != ARBITER__MODE__EXCLUSIVE &&
 	    a->mode != ARBITER__MODE__SHARED) {
 		stats_count(&srv->stats, NULL, STAT_failed_invalid);
-		conn_send_error(c, req->id, ARBITER__ERROR_CODE__BAD_REQUEST,
-				"unknown mode %d; use EXCLUSIVE (0) or SHARED (1)",
-				(int)a->mode);
+		conn_send_error(
+		    c, req->id, ARBITER__ERROR_CODE__BAD_REQUEST,
+		    "unknown mode %d; use EXCLUSIVE (0) or SHARED (1)",
+		    (int)a->mode);
 		return;
 	}
 	if (a->has_ttl_ms && a->ttl_ms > cfg->max_ttl_ms) {
@@ -192,15 +194,17 @@ do_acquire(struct conn *c, const Arbiter__Request *req)
 	}
 	la.resource = (const char *)a->resource.data;
 	la.len = a->resource.len;
-	la.mode = a->has_mode && a->mode == ARBITER__MODE__SHARED ? LM_SHARED
-								  : LM_EXCLUSIVE;
-	la.timeout_ns = a->has_timeout_ms ? MS_TO_NS(a->timeout_ms) : LM_FOREVER;
+	la.mode = a->has_mode && a->mode == ARBITER__MODE__SHARED
+		      ? LM_SHARED
+		      : LM_EXCLUSIVE;
+	la.timeout_ns =
+	    a->has_timeout_ms ? MS_TO_NS(a->timeout_ms) : LM_FOREVER;
 	la.ttl_ns = a->has_ttl_ms ? MS_TO_NS(a->ttl_ms) : 0;
 	la.delay_ns = MS_TO_NS(a->has_lock_delay_ms
-				       ? (a->lock_delay_ms < cfg->max_lock_delay_ms
-						  ? a->lock_delay_ms
-						  : cfg->max_lock_delay_ms)
-				       : cfg->lock_delay_ms);
+				   ? (a->lock_delay_ms < cfg->max_lock_delay_ms
+					  ? a->lock_delay_ms
+					  : cfg->max_lock_delay_ms)
+				   : cfg->lock_delay_ms);
 	la.tag = req->id;
 	la.position_updates = a->has_position_updates && a->position_updates;
 
@@ -232,8 +236,8 @@ do_acquire(struct conn *c, const Arbiter__Request *req)
 		else
 			describe_holders(res, held, sizeof held);
 		conn_send_error(c, req->id, ARBITER__ERROR_CODE__WOULD_BLOCK,
-				"'%.*s' is busy: %.700s", (int)la.len, la.resource,
-				held);
+				"'%.*s' is busy: %.700s", (int)la.len,
+				la.resource, held);
 		return;
 	case LM_ERR_ALREADY_HELD:
 		stats_count(&srv->stats, sr, STAT_failed_invalid);
@@ -444,8 +448,8 @@ fill_resource_stats(struct server *srv, const struct stats_res *r,
 		    struct rs_buf *b)
 {
 	const uint64_t *c;
-	struct lm_res *res = r->len ? lockmgr_find(&srv->lm, r->name, r->len)
-				    : NULL;
+	struct lm_res *res =
+	    r->len ? lockmgr_find(&srv->lm, r->name, r->len) : NULL;
 
 	arbiter__resource_stats__init(&b->rs);
 	arbiter__histogram__init(&b->wait);
@@ -453,10 +457,10 @@ fill_resource_stats(struct server *srv, const struct stats_res *r,
 	stats_since_reset(r, &b->f);
 	c = b->f.c;
 	b->rs.resource = r->name;
-#define SET(field, v)                  \
-	do {                           \
-		b->rs.has_##field = true; \
-		b->rs.field = (v);     \
+#define SET(field, v)                                                          \
+	do {                                                                   \
+		b->rs.has_##field = true;                                      \
+		b->rs.field = (v);                                             \
 	} while (0)
 	SET(acquired_immediate, c[STAT_acquired_immediate]);
 	SET(acquired_after_wait, c[STAT_acquired_after_wait]);
@@ -472,14 +476,13 @@ fill_resource_stats(struct server *srv, const struct stats_res *r,
 	SET(revoked_shutdown, c[STAT_revoked_shutdown]);
 	SET(total_acquisitions,
 	    c[STAT_acquired_immediate] + c[STAT_acquired_after_wait]);
-	SET(failed_acquisitions, c[STAT_failed_timeout] +
-					 c[STAT_failed_would_block] +
-					 c[STAT_failed_forbidden] +
-					 c[STAT_failed_invalid]);
+	SET(failed_acquisitions,
+	    c[STAT_failed_timeout] + c[STAT_failed_would_block] +
+		c[STAT_failed_forbidden] + c[STAT_failed_invalid]);
 	SET(average_wait_time,
-	    b->f.wait.count ? (double)b->f.wait.sum_ns / 1e9 /
-				      (double)b->f.wait.count
-			    : 0.0);
+	    b->f.wait.count
+		? (double)b->f.wait.sum_ns / 1e9 / (double)b->f.wait.count
+		: 0.0);
 	SET(max_wait_time, (double)b->f.wait.max_ns / 1e9);
 	if (r == &srv->stats.total) {
 		SET(holders, srv->lm.nheld);
@@ -524,7 +527,8 @@ do_stats(struct conn *c, const Arbiter__Request *req)
 		if (bufs == NULL || list == NULL) {
 			free(bufs);
 			free(list);
-			conn_send_error(c, req->id, ARBITER__ERROR_CODE__INTERNAL,
+			conn_send_error(c, req->id,
+					ARBITER__ERROR_CODE__INTERNAL,
 					"out of memory building stats");
 			return;
 		}
@@ -532,7 +536,8 @@ do_stats(struct conn *c, const Arbiter__Request *req)
 			fill_resource_stats(srv, r, &bufs[0]);
 			list[i++] = &bufs[0].rs;
 		} else {
-			HASH_ITER(hh, srv->stats.by_name, r, tmp) {
+			HASH_ITER(hh, srv->stats.by_name, r, tmp)
+			{
 				fill_resource_stats(srv, r, &bufs[i]);
 				list[i] = &bufs[i].rs;
 				i++;
@@ -570,7 +575,8 @@ do_status(struct conn *c, const Arbiter__Request *req)
 	uint64_t now = now_ns();
 	char role[16], version[] = ARBITER_VERSION;
 
-	HASH_ITER(hh, srv->lm.res, res, tmp) {
+	HASH_ITER(hh, srv->lm.res, res, tmp)
+	{
 		if (q->has_resource &&
 		    (res->len != q->resource.len ||
 		     memcmp(res->name, q->resource.data, res->len) != 0))
@@ -590,7 +596,8 @@ do_status(struct conn *c, const Arbiter__Request *req)
 				"out of memory building status");
 		goto done;
 	}
-	HASH_ITER(hh, srv->lm.res, res, tmp) {
+	HASH_ITER(hh, srv->lm.res, res, tmp)
+	{
 		Arbiter__ResourceStatus *s;
 		struct lm_req *r;
 
@@ -604,7 +611,8 @@ do_status(struct conn *c, const Arbiter__Request *req)
 		s->resource = res->name;
 		s->holders = &hlist[hi];
 		s->waiters = &wlist[wi];
-		TAILQ_FOREACH(r, &res->holders, q_entry) {
+		TAILQ_FOREACH(r, &res->holders, q_entry)
+		{
 			Arbiter__Holder *h = &hs[hi];
 
 			arbiter__holder__init(h);
@@ -623,7 +631,8 @@ do_status(struct conn *c, const Arbiter__Request *req)
 			hlist[hi++] = h;
 			s->n_holders++;
 		}
-		TAILQ_FOREACH(r, &res->waiters, q_entry) {
+		TAILQ_FOREACH(r, &res->waiters, q_entry)
+		{
 			Arbiter__Waiter *w = &ws[wi];
 
 			arbiter__waiter__init(w);
@@ -642,16 +651,16 @@ do_status(struct conn *c, const Arbiter__Request *req)
 		}
 		s->has_delayed_us = true;
 		s->delayed_us = res->delay.idx >= 0 && res->delay.when > now
-					? (res->delay.when - now) / 1000
-					: 0;
+				    ? (res->delay.when - now) / 1000
+				    : 0;
 	}
 	out.n_resources = ri;
 	out.resources = rlist;
 	snprintf(role, sizeof role, "%s", role_name(srv));
 	out.role = role;
 	out.storage_path = srv->cfg.storage_path;
-	out.storage_holder = srv->role == ROLE_STANDBY ? srv->storage_holder
-						       : (char *)"";
+	out.storage_holder =
+	    srv->role == ROLE_STANDBY ? srv->storage_holder : (char *)"";
 	out.has_connections = true;
 	out.connections = srv->nconns;
 	out.has_pid = true;
@@ -695,15 +704,15 @@ struct request_kind {
 };
 
 static const struct request_kind kinds[] = {
-	{ARBITER__REQUEST__KIND_HELLO, "Hello", do_hello},
-	{ARBITER__REQUEST__KIND_ACQUIRE, "Acquire", do_acquire},
-	{ARBITER__REQUEST__KIND_RELEASE, "Release", do_release},
-	{ARBITER__REQUEST__KIND_PING, "Ping", do_ping},
-	{ARBITER__REQUEST__KIND_RENEW, "Renew", do_renew},
-	{ARBITER__REQUEST__KIND_STATS, "Stats", do_stats},
-	{ARBITER__REQUEST__KIND_STATUS, "Status", do_status},
-	{ARBITER__REQUEST__KIND_REVOKE, "Revoke", do_revoke},
-	{ARBITER__REQUEST__KIND_STATS_RESET, "StatsReset", do_stats_reset},
+    {ARBITER__REQUEST__KIND_HELLO, "Hello", do_hello},
+    {ARBITER__REQUEST__KIND_ACQUIRE, "Acquire", do_acquire},
+    {ARBITER__REQUEST__KIND_RELEASE, "Release", do_release},
+    {ARBITER__REQUEST__KIND_PING, "Ping", do_ping},
+    {ARBITER__REQUEST__KIND_RENEW, "Renew", do_renew},
+    {ARBITER__REQUEST__KIND_STATS, "Stats", do_stats},
+    {ARBITER__REQUEST__KIND_STATUS, "Status", do_status},
+    {ARBITER__REQUEST__KIND_REVOKE, "Revoke", do_revoke},
+    {ARBITER__REQUEST__KIND_STATS_RESET, "StatsReset", do_stats_reset},
 };
 
 void
@@ -756,8 +765,9 @@ send_granted(struct server *srv, const struct lm_event *ev)
 	    ev->waited_ns >= srv->cfg.slow_grant_ms * 1000000) {
 		char q[600];
 
-		log_info("slow grant", "resource=%s waited_ms=%" PRIu64
-				       " pid=%u lease=%" PRIu64,
+		log_info("slow grant",
+			 "resource=%s waited_ms=%" PRIu64
+			 " pid=%u lease=%" PRIu64,
 			 log_quote(ev->res->name, q, sizeof q),
 			 ev->waited_ns / 1000000, ev->owner->pid, ev->lease_id);
 	}
@@ -802,8 +812,10 @@ send_revoked(const struct lm_event *ev, Arbiter__RevokeReason reason,
 	reply(c, 0, ARBITER__SERVER_MESSAGE__KIND_REVOKED, &r);
 }
 
+/* count: record stats (false when stats.enabled = no). */
 static void
-apply_ended(struct server *srv, const struct lm_event *ev, struct stats_res *sr)
+apply_ended(struct server *srv, const struct lm_event *ev, struct stats_res *sr,
+	    bool count)
 {
 	struct conn *c = owner_conn(ev->owner);
 	char q[600];
@@ -812,28 +824,29 @@ apply_ended(struct server *srv, const struct lm_event *ev, struct stats_res *sr)
 		Arbiter__RevokeReason reason;
 		const char *msg;
 	} revoke[] = {
-		[LM_END_DISCONNECT] = {STAT_revoked_disconnect,
-				       ARBITER__REVOKE_REASON__DISCONNECT,
-				       "the connection closed"},
-		[LM_END_EXPIRED] = {STAT_revoked_expired,
-				    ARBITER__REVOKE_REASON__EXPIRED,
-				    "ttl_ms ran out without a Renew"},
-		[LM_END_ADMIN] = {STAT_revoked_admin,
-				  ARBITER__REVOKE_REASON__ADMIN,
-				  "revoked by an administrator"},
-		[LM_END_SHUTDOWN] = {STAT_revoked_shutdown,
-				     ARBITER__REVOKE_REASON__SHUTDOWN,
-				     "the arbiter is shutting down"},
+	    [LM_END_DISCONNECT] = {STAT_revoked_disconnect,
+				   ARBITER__REVOKE_REASON__DISCONNECT,
+				   "the connection closed"},
+	    [LM_END_EXPIRED] = {STAT_revoked_expired,
+				ARBITER__REVOKE_REASON__EXPIRED,
+				"ttl_ms ran out without a Renew"},
+	    [LM_END_ADMIN] = {STAT_revoked_admin, ARBITER__REVOKE_REASON__ADMIN,
+			      "revoked by an administrator"},
+	    [LM_END_SHUTDOWN] = {STAT_revoked_shutdown,
+				 ARBITER__REVOKE_REASON__SHUTDOWN,
+				 "the arbiter is shutting down"},
 	};
 
-	if (ev->held)
+	if (ev->held && count)
 		stats_hold(&srv->stats, sr, ev->held_ns);
 	switch (ev->end) {
 	case LM_END_RELEASE:
-		stats_count(&srv->stats, sr, STAT_releases);
+		if (count)
+			stats_count(&srv->stats, sr, STAT_releases);
 		return;
 	case LM_END_CANCEL:
-		stats_count(&srv->stats, sr, STAT_cancelled);
+		if (count)
+			stats_count(&srv->stats, sr, STAT_cancelled);
 		conn_send_error(c, ev->tag, ARBITER__ERROR_CODE__CANCELLED,
 				"the pending acquire of '%s' was withdrawn",
 				ev->res->name);
@@ -841,7 +854,8 @@ apply_ended(struct server *srv, const struct lm_event *ev, struct stats_res *sr)
 	case LM_END_TIMEOUT: {
 		char held[200];
 
-		stats_count(&srv->stats, sr, STAT_failed_timeout);
+		if (count)
+			stats_count(&srv->stats, sr, STAT_failed_timeout);
 		describe_holders(ev->res, held, sizeof held);
 		conn_send_error(c, ev->tag, ARBITER__ERROR_CODE__TIMEOUT,
 				"timed out after %" PRIu64
@@ -859,21 +873,25 @@ apply_ended(struct server *srv, const struct lm_event *ev, struct stats_res *sr)
 	case LM_END_ADMIN:
 	case LM_END_SHUTDOWN:
 		if (!ev->held) {
-			if (ev->end == LM_END_DISCONNECT)
-				stats_count(&srv->stats, sr, STAT_cancelled);
-			else if (ev->end == LM_END_SHUTDOWN)
-				conn_send_error(c, ev->tag,
-						ARBITER__ERROR_CODE__SHUTTING_DOWN,
-						"the arbiter is shutting down");
+			if (ev->end == LM_END_DISCONNECT) {
+				if (count)
+					stats_count(&srv->stats, sr,
+						    STAT_cancelled);
+			} else if (ev->end == LM_END_SHUTDOWN)
+				conn_send_error(
+				    c, ev->tag,
+				    ARBITER__ERROR_CODE__SHUTTING_DOWN,
+				    "the arbiter is shutting down");
 			else
-				conn_send_error(c, ev->tag,
-						ARBITER__ERROR_CODE__CANCELLED,
-						"the pending acquire of '%s' was "
-						"withdrawn by an administrator",
-						ev->res->name);
+				conn_send_error(
+				    c, ev->tag, ARBITER__ERROR_CODE__CANCELLED,
+				    "the pending acquire of '%s' was "
+				    "withdrawn by an administrator",
+				    ev->res->name);
 			return;
 		}
-		stats_count(&srv->stats, sr, revoke[ev->end].counter);
+		if (count)
+			stats_count(&srv->stats, sr, revoke[ev->end].counter);
 		if (ev->end != LM_END_DISCONNECT)
 			send_revoked(ev, revoke[ev->end].reason,
 				     revoke[ev->end].msg);
@@ -888,6 +906,22 @@ apply_ended(struct server *srv, const struct lm_event *ev, struct stats_res *sr)
 	}
 }
 
+/* The same, without recording stats (stats.enabled = no). */
+static void
+apply_events_bare(struct server *srv, const struct lm_event *ev, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (ev[i].res == NULL)
+			continue;
+		if (ev[i].kind == LM_EV_GRANTED)
+			send_granted(srv, &ev[i]);
+		else if (ev[i].kind == LM_EV_QUEUED)
+			send_queued(&ev[i]);
+		else if (ev[i].kind == LM_EV_ENDED)
+			apply_ended(srv, &ev[i], NULL, false);
+	}
+}
+
 void
 dispatch_apply_events(struct server *srv)
 {
@@ -895,13 +929,17 @@ dispatch_apply_events(struct server *srv)
 	size_t n;
 
 	ev = lockmgr_events(&srv->lm, &n);
+	if (!srv->cfg.stats_enabled) {
+		apply_events_bare(srv, ev, n);
+		return;
+	}
 	for (size_t i = 0; i < n; i++) {
 		struct stats_res *sr = NULL;
 
 		/* Every grant, queue and end names its resource. */
-		if (ev[i].res == NULL && (ev[i].kind == LM_EV_GRANTED ||
-					  ev[i].kind == LM_EV_QUEUED ||
-					  ev[i].kind == LM_EV_ENDED))
+		if (ev[i].res == NULL &&
+		    (ev[i].kind == LM_EV_GRANTED ||
+		     ev[i].kind == LM_EV_QUEUED || ev[i].kind == LM_EV_ENDED))
 			continue;
 		if (ev[i].res != NULL)
 			sr = stats_res(&srv->stats, ev[i].res->name,
@@ -920,7 +958,7 @@ dispatch_apply_events(struct server *srv)
 			send_queued(&ev[i]);
 			break;
 		case LM_EV_ENDED:
-			apply_ended(srv, &ev[i], sr);
+			apply_ended(srv, &ev[i], sr, true);
 			break;
 		case LM_EV_NEED_TOKENS:
 		case LM_EV_BUSY:

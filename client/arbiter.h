@@ -106,6 +106,16 @@ int arb_acquire(arb_client *c, const char *resource, enum arb_mode mode,
 int arb_release(arb_client *c, uint64_t lease_id);
 /* Extend a ttl lease; ttl_ms 0 keeps its own. */
 int arb_renew(arb_client *c, uint64_t lease_id, uint64_t ttl_ms);
+
+/*
+ * Keep ttl leases alive from your own loop: renews every lease of this
+ * client that has a ttl and is a third of it past its last renewal, and
+ * returns the milliseconds until the next one is due (use it as a poll
+ * timeout), or -1 when no lease has a ttl. On failure returns the negative
+ * error of the first lease that could not be renewed (expired or revoked
+ * meanwhile); that lease is forgotten and arb_last_error() names it.
+ */
+int64_t arb_keepalive(arb_client *c);
 int arb_ping(arb_client *c, char *role, size_t rolelen);
 /* Admin: revoke one lease, or every lease of a pid; returns how many. */
 int arb_revoke(arb_client *c, uint64_t lease_id, uint32_t pid);

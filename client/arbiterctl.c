@@ -237,7 +237,7 @@ supervise(arb_client *c, pid_t child, const struct arb_lease *lease,
 	bool revoked = false, sent_kill = false;
 
 	if (lease->ttl_ms > 0)
-		next_renew = mono_ms() + lease->ttl_ms / 3;
+		next_renew = mono_ms() + lease->ttl_ms / 3; /* arb_keepalive's */
 	for (;;) {
 		struct pollfd p[2] = {
 			{.fd = arb_fd(c), .events = POLLIN},
@@ -314,9 +314,9 @@ supervise(arb_client *c, pid_t child, const struct arb_lease *lease,
 			continue;
 		}
 		if (next_renew && mono_ms() >= next_renew) {
-			int rc = arb_renew(c, lease->id, 0);
+			int64_t rc = arb_keepalive(c);
 
-			if (rc < 0) {
+			if (rc < -1) {
 				fprintf(stderr,
 					"arbiterctl: renewing the lease failed: "
 					"%s; sending SIGTERM to pid %d\n",
@@ -326,7 +326,9 @@ supervise(arb_client *c, pid_t child, const struct arb_lease *lease,
 				kill_at = mono_ms() + (uint64_t)(grace * 1000);
 				continue;
 			}
-			next_renew = mono_ms() + lease->ttl_ms / 3;
+			/* -1: no ttl lease left to renew; never spin on 0. */
+			next_renew = rc < 0 ? 0
+					    : mono_ms() + (rc > 0 ? (uint64_t)rc : 1);
 		}
 	}
 }

@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "arbiter.h"
@@ -36,6 +37,10 @@ struct arb_client {
 	struct codec_arena arena;
 	struct arb_event *evq; /* ring of pending events */
 	size_t evq_head, evq_len;
+	struct ttl_lease {
+		uint64_t id, ttl_ms, due_ms;
+	} *ttl; /* leases with a ttl, for arb_keepalive */
+	size_t nttl, ttl_cap;
 	const struct arb_acquire_opts *opts; /* during a blocking acquire */
 	const char *resource;
 	uint32_t max_frame;
@@ -128,6 +133,48 @@ arb_set_inherit(arb_client *c, bool inherit)
 		return -errno;
 	fl = inherit ? fl & ~FD_CLOEXEC : fl | FD_CLOEXEC;
 	return fcntl(c->fd, F_SETFD, fl) < 0 ? -errno : 0;
+}
+
+/* ------------------------------------------------------------ ttl leases */
+
+static uint64_t
+mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void
+ttl_track(arb_client *c, uint64_t id, uint64_t ttl_ms)
+{
+	if (ttl_ms == 0)
+		return;
+	if (c->nttl == c->ttl_cap) {
+		size_t cap = c->ttl_cap ? c->ttl_cap * 2 : 8;
+		struct ttl_lease *n = realloc(c->ttl, cap * sizeof *n);
+
+		if (n == NULL)
+			return; /* the caller can still renew by hand */
+		c->ttl = n;
+		c->ttl_cap = cap;
+	}
+	c->ttl[c->nttl].id = id;
+	c->ttl[c->nttl].ttl_ms = ttl_ms;
+	c->ttl[c->nttl].due_ms = mono_ms() + ttl_ms / 3;
+	c->nttl++;
+}
+
+static void
+ttl_forget(arb_client *c, uint64_t id)
+{
+	for (size_t i = 0; i < c->nttl; i++) {
+		if (c->ttl[i].id == id) {
+			c->ttl[i] = c->ttl[--c->nttl];
+			return;
+		}
+	}
 }
 
 /* ------------------------------------------------------------ frames */
@@ -396,6 +443,8 @@ await_reply(arb_client *c, uint64_t id, Arbiter__ServerMessage **out)
 			return 0;
 		}
 		to_event(c, m, &ev);
+		if (ev.kind == ARB_EV_REVOKED)
+			ttl_forget(c, ev.lease.id);
 		evq_push(c, &ev);
 	}
 }
@@ -528,6 +577,7 @@ arb_close(arb_client *c)
 	codec_arena_free(&c->arena);
 	free(c->rbuf);
 	free(c->evq);
+	free(c->ttl);
 	free(c);
 }
 
@@ -595,6 +645,7 @@ arb_acquire(arb_client *c, const char *resource, enum arb_mode mode,
 	if (rc < 0)
 		return rc;
 	fill_lease(out, m->granted);
+	ttl_track(c, out->id, out->ttl_ms);
 	return 0;
 }
 
@@ -651,6 +702,10 @@ arb_next_event(arb_client *c, struct arb_event *ev)
 			return rc;
 		if (m != NULL) {
 			to_event(c, m, ev);
+			if (ev->kind == ARB_EV_GRANTED)
+				ttl_track(c, ev->lease.id, ev->lease.ttl_ms);
+			else if (ev->kind == ARB_EV_REVOKED)
+				ttl_forget(c, ev->lease.id);
 			return 1;
 		}
 		rc = fill(c, false);
@@ -670,6 +725,7 @@ arb_release(arb_client *c, uint64_t lease_id)
 	r.lease_id = lease_id;
 	req.kind_case = ARBITER__REQUEST__KIND_RELEASE;
 	req.release = &r;
+	ttl_forget(c, lease_id);
 	return call(c, &req, &m, ARBITER__SERVER_MESSAGE__KIND_RELEASED);
 }
 
@@ -679,6 +735,7 @@ arb_renew(arb_client *c, uint64_t lease_id, uint64_t ttl_ms)
 	Arbiter__Request req = ARBITER__REQUEST__INIT;
 	Arbiter__Renew r = ARBITER__RENEW__INIT;
 	Arbiter__ServerMessage *m;
+	int rc;
 
 	r.lease_id = lease_id;
 	if (ttl_ms > 0) {
@@ -687,7 +744,47 @@ arb_renew(arb_client *c, uint64_t lease_id, uint64_t ttl_ms)
 	}
 	req.kind_case = ARBITER__REQUEST__KIND_RENEW;
 	req.renew = &r;
-	return call(c, &req, &m, ARBITER__SERVER_MESSAGE__KIND_RENEWED);
+	rc = call(c, &req, &m, ARBITER__SERVER_MESSAGE__KIND_RENEWED);
+	if (rc < 0)
+		return rc;
+	for (size_t i = 0; i < c->nttl; i++) {
+		if (c->ttl[i].id == lease_id) {
+			c->ttl[i].ttl_ms = m->renewed->ttl_ms;
+			c->ttl[i].due_ms = mono_ms() + m->renewed->ttl_ms / 3;
+		}
+	}
+	return 0;
+}
+
+int64_t
+arb_keepalive(arb_client *c)
+{
+	uint64_t now = mono_ms(), next = UINT64_MAX;
+
+	for (size_t i = 0; i < c->nttl; i++) {
+		if (c->ttl[i].due_ms <= now) {
+			uint64_t id = c->ttl[i].id;
+			int rc = arb_renew(c, id, 0);
+
+			if (rc < 0) {
+				char why[sizeof c->err];
+
+				snprintf(why, sizeof why, "%s", c->err);
+				ttl_forget(c, id);
+				seterr(c, "renewing lease %llu failed: %s",
+				       (unsigned long long)id, why);
+				return rc;
+			}
+			now = mono_ms();
+		}
+	}
+	for (size_t i = 0; i < c->nttl; i++) {
+		if (c->ttl[i].due_ms < next)
+			next = c->ttl[i].due_ms;
+	}
+	if (next == UINT64_MAX)
+		return -1;
+	return next > now ? (int64_t)(next - now) : 0;
 }
 
 int
