@@ -121,7 +121,9 @@ do_hello(struct conn *c, const Arbiter__Request *req)
 			  c->owner.uid, c->owner.gid);
 		return;
 	}
-	if (h->has_client_name) {
+	/* An empty name is no name: protobuf-c gives it a NULL pointer, which
+	 * memchr() and memcpy() must not see. */
+	if (h->has_client_name && h->client_name.len > 0) {
 		if (h->client_name.len > ARB_CLIENT_NAME_MAX ||
 		    !codec_printable_utf8((const char *)h->client_name.data,
 					  h->client_name.len) ||
@@ -474,6 +476,7 @@ fill_resource_stats(struct server *srv, const struct stats_res *r,
 	SET(revoked_expired, c[STAT_revoked_expired]);
 	SET(revoked_admin, c[STAT_revoked_admin]);
 	SET(revoked_shutdown, c[STAT_revoked_shutdown]);
+	SET(revoked_storage_lost, c[STAT_revoked_storage_lost]);
 	SET(total_acquisitions,
 	    c[STAT_acquired_immediate] + c[STAT_acquired_after_wait]);
 	SET(failed_acquisitions,
@@ -835,6 +838,10 @@ apply_ended(struct server *srv, const struct lm_event *ev, struct stats_res *sr,
 	    [LM_END_SHUTDOWN] = {STAT_revoked_shutdown,
 				 ARBITER__REVOKE_REASON__SHUTDOWN,
 				 "the arbiter is shutting down"},
+	    [LM_END_STORAGE_LOST] = {STAT_revoked_storage_lost,
+				     ARBITER__REVOKE_REASON__STORAGE_LOST,
+				     "the arbiter lost the storage lock (its "
+				     "lock file was removed or replaced)"},
 	};
 
 	if (ev->held && count)
@@ -872,6 +879,7 @@ apply_ended(struct server *srv, const struct lm_event *ev, struct stats_res *sr,
 	case LM_END_EXPIRED:
 	case LM_END_ADMIN:
 	case LM_END_SHUTDOWN:
+	case LM_END_STORAGE_LOST:
 		if (!ev->held) {
 			if (ev->end == LM_END_DISCONNECT) {
 				if (count)

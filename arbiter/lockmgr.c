@@ -591,6 +591,29 @@ lockmgr_revoke_pid(struct lockmgr *lm, uint32_t pid, uint64_t now)
 	return revoked;
 }
 
+int
+lockmgr_revoke_all(struct lockmgr *lm, enum lm_end why, uint64_t now)
+{
+	struct lm_req *r, *tmp;
+	uint64_t *ids = NULL;
+	size_t n = 0;
+
+	HASH_ITER(hh, lm->reqs, r, tmp) {
+		if (r->state == LM_HELD) {
+			ids = xreallocarray(ids, n + 1, sizeof *ids);
+			ids[n++] = r->id;
+		}
+	}
+	for (size_t i = 0; i < n; i++) {
+		r = lockmgr_lease(lm, ids[i]);
+		if (r != NULL)
+			finish(lm, r, why, now);
+	}
+	free(ids);
+	check_idle(lm);
+	return (int)n;
+}
+
 void
 lockmgr_tick(struct lockmgr *lm, uint64_t now)
 {
@@ -689,6 +712,7 @@ lockmgr_end_name(enum lm_end why)
 		[LM_END_EXPIRED] = "expired",	[LM_END_ADMIN] = "admin",
 		[LM_END_SHUTDOWN] = "shutdown", [LM_END_CANCEL] = "cancel",
 		[LM_END_TIMEOUT] = "timeout",
+		[LM_END_STORAGE_LOST] = "storage_lost",
 	};
 
 	return (size_t)why < sizeof names / sizeof names[0] ? names[why] : "?";

@@ -38,6 +38,7 @@ enum lm_end {
 	LM_END_SHUTDOWN,   /* the daemon is stopping */
 	LM_END_CANCEL,	   /* a pending request withdrawn by its client */
 	LM_END_TIMEOUT,	   /* a pending request's timeout ran out */
+	LM_END_STORAGE_LOST, /* the daemon lost the storage lock */
 };
 
 /* The outcome of lockmgr_acquire(). */
@@ -224,6 +225,11 @@ void lockmgr_drop_owner(struct lockmgr *lm, struct lm_owner *o, enum lm_end why,
  * owners with this pid (returns how many). Reason LM_END_ADMIN. */
 int lockmgr_revoke_lease(struct lockmgr *lm, uint64_t lease_id, uint64_t now);
 int lockmgr_revoke_pid(struct lockmgr *lm, uint32_t pid, uint64_t now);
+
+/* End every lease (not the pending requests) with the given reason; used
+ * when the storage lock is lost. Close the gate first so nothing is granted
+ * in their place. Returns how many leases ended. */
+int lockmgr_revoke_all(struct lockmgr *lm, enum lm_end why, uint64_t now);
 
 /* Fire every deadline at or before now: timeouts, expiries, lock-delays. */
 void lockmgr_tick(struct lockmgr *lm, uint64_t now);

@@ -89,6 +89,80 @@ reserve_cb(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
+static void become_standby(struct server *srv);
+
+static void
+watch_stop(struct server *srv)
+{
+	if (srv->ev_watch != NULL) {
+		event_free(srv->ev_watch);
+		srv->ev_watch = NULL;
+	}
+	if (srv->storage.watch_fd >= 0) {
+		close(srv->storage.watch_fd);
+		srv->storage.watch_fd = -1;
+	}
+}
+
+static void watch_cb(evutil_socket_t fd, short what, void *arg);
+
+static void
+watch_start(struct server *srv)
+{
+	int fd;
+
+	watch_stop(srv);
+	fd = storage_watch(&srv->storage);
+	if (fd < 0) {
+		log_warn("cannot watch the lock file; its removal would go "
+			 "unnoticed", "lock_file=%s error=%s",
+			 srv->cfg.lock_file, strerror(-fd));
+		return;
+	}
+	srv->ev_watch = event_new(srv->base, fd, EV_READ | EV_PERSIST,
+				  watch_cb, srv);
+	if (srv->ev_watch != NULL)
+		event_add(srv->ev_watch, NULL);
+}
+
+/*
+ * The lock file changed: if it was removed or replaced, another arbiter
+ * may have locked a new file at the path. Re-take the lock on that file,
+ * or, if someone else holds it, step down: end every lease (they are no
+ * longer protected), keep the queues, and wait as a standby.
+ */
+static void
+watch_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct server *srv = arg;
+	char err[800];
+	int rc, n;
+
+	(void)fd;
+	(void)what;
+	rc = storage_check(&srv->storage, err, sizeof err);
+	if (rc == 0)
+		return;
+	if (rc == 1) {
+		log_warn("storage lock file replaced; still holding the lock",
+			 "detail=\"%s\"", err);
+		watch_start(srv);
+		return;
+	}
+	log_error("storage lock lost; stepping down to standby",
+		  "detail=\"%s\"", err);
+	watch_stop(srv);
+	lockmgr_set_open(&srv->lm, false, now_ns());
+	n = lockmgr_revoke_all(&srv->lm, LM_END_STORAGE_LOST, now_ns());
+	log_error("leases revoked", "reason=storage_lost count=%d", n);
+	srv->role = ROLE_STANDBY;
+	notify_send("STATUS=standby: the storage lock was lost");
+	if (rc == -EAGAIN)
+		become_standby(srv);
+	server_after_lockmgr(srv);
+	server_flush(srv);
+}
+
 /*
  * We hold the storage lock now: read the state file, reserve tokens above
  * everything ever handed out, open the gate. On a state file that cannot be
@@ -138,6 +212,7 @@ activate(struct server *srv, char *err, size_t errlen)
 		log_warn("starting with grants held until the state file can "
 			 "be written", "state_file=%s", srv->cfg.state_file);
 	lockmgr_set_open(&srv->lm, true, now_ns());
+	watch_start(srv);
 	log_info("storage locked, active", "lock_file=%s token_hw=%" PRIu64,
 		 srv->cfg.lock_file, hw);
 	notify_send("STATUS=active: holding the storage lock");
@@ -146,6 +221,7 @@ activate(struct server *srv, char *err, size_t errlen)
 
 static void storage_cb(evutil_socket_t fd, short what, void *arg);
 
+/* (declared above) */
 static void
 become_standby(struct server *srv)
 {
@@ -180,6 +256,12 @@ storage_cb(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	rc = storage_wait_done(&srv->storage);
+	if (rc == -ESTALE) {
+		log_warn("the lock file was replaced while waiting; waiting on "
+			 "the new one", "lock_file=%s", srv->cfg.lock_file);
+		become_standby(srv);
+		return;
+	}
 	if (rc < 0) {
 		log_error("waiting for the storage lock failed", "error=%s",
 			  strerror(-rc));
@@ -334,6 +416,7 @@ role_release(struct server *srv)
 			srv->state_writes++;
 		lockmgr_set_tokens(&srv->lm, srv->lm.last_token,
 				   srv->lm.last_token);
+		watch_stop(srv);
 		storage_unlock(&srv->storage);
 		srv->role = ROLE_IDLE;
 	}

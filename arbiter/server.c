@@ -258,7 +258,13 @@ make_socket_dir(const char *path, char *err, size_t errlen)
 	if (slash == NULL || slash == dir)
 		return 0;
 	*slash = '\0';
-	private_tmp = strncmp(dir, "/tmp/arbiter-", 13) == 0;
+	{
+		char mine[64];
+
+		/* Only the per-user default folder is private. */
+		snprintf(mine, sizeof mine, "/tmp/arbiter-%u", (unsigned)getuid());
+		private_tmp = strcmp(dir, mine) == 0;
+	}
 	if (mkdir(dir, private_tmp ? 0700 : 0755) < 0 && errno != EEXIST) {
 		snprintf(err, errlen, "cannot create socket folder %s: %s", dir,
 			 strerror(errno));
@@ -580,7 +586,7 @@ server_free(struct server *srv)
 			&srv->ev_accept, &srv->ev_accept_resume, &srv->ev_timer,
 			&srv->ev_reap,	 &srv->ev_stop,		 &srv->ev_sigterm,
 			&srv->ev_sigint, &srv->ev_sighup,	 &srv->ev_storage,
-			&srv->ev_reserve, &srv->ev_linger,
+			&srv->ev_reserve, &srv->ev_linger, &srv->ev_watch,
 		};
 
 		for (size_t i = 0; i < sizeof evs / sizeof evs[0]; i++) {

@@ -80,6 +80,7 @@ struct server {
 	struct event *ev_storage; /* standby: the wait thread's eventfd */
 	struct event *ev_reserve; /* retry a failed token reservation */
 	struct event *ev_linger;  /* on-demand: release when idle */
+	struct event *ev_watch;	  /* inotify on the lock file, while active */
 	bool reset_state;	  /* --reset-state */
 	bool state_loaded;
 	unsigned state_fsyncs;

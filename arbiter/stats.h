@@ -33,7 +33,8 @@
 	X(revoked_disconnect, "leases ended because the holder disconnected") \
 	X(revoked_expired, "leases ended because their ttl ran out")        \
 	X(revoked_admin, "leases revoked by an administrator")              \
-	X(revoked_shutdown, "leases ended by daemon shutdown")
+	X(revoked_shutdown, "leases ended by daemon shutdown")                \
+	X(revoked_storage_lost, "leases ended because the storage lock was lost")
 
 enum stats_counter {
 #define STATS_ENUM(name, help) STAT_##name,

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/inotify.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -28,6 +29,7 @@ storage_init(struct storage *s)
 	memset(s, 0, sizeof *s);
 	s->fd = -1;
 	s->wake_fd = -1;
+	s->watch_fd = -1;
 }
 
 /* mkdir -p for the storage folder. */
@@ -60,6 +62,8 @@ make_dirs(const char *dir, char *err, size_t errlen)
 	}
 	return 0;
 }
+
+static bool same_file(int fd, const char *path);
 
 static int
 set_lock(int fd, int cmd)
@@ -162,6 +166,17 @@ storage_try_lock(struct storage *s, const char *storage_dir,
 			 strerror(-rc));
 		return rc;
 	}
+	if (!same_file(s->fd, lock_path)) {
+		/* Replaced between our open and our lock: start over on the
+		 * file that is there now. */
+		struct flock fl = {.l_type = F_UNLCK, .l_whence = SEEK_SET};
+
+		fcntl(s->fd, F_OFD_SETLK, &fl);
+		close(s->fd);
+		s->fd = -1;
+		return storage_try_lock(s, storage_dir, lock_path, socket_path,
+					err, errlen);
+	}
 	s->held = true;
 	write_holder(s);
 	return 0;
@@ -242,9 +257,100 @@ storage_wait_done(struct storage *s)
 	s->waiting = false;
 	if (s->wait_err != 0)
 		return -s->wait_err;
+	if (!same_file(s->fd, s->lock_path)) {
+		/* We waited on a file that was removed or replaced since: its
+		 * lock protects nothing. Wait on the one at the path now. */
+		int nfd = open(s->lock_path,
+			       O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+
+		if (nfd < 0)
+			return -errno;
+		close(s->fd);
+		s->fd = nfd;
+		return -ESTALE;
+	}
 	s->held = true;
 	write_holder(s);
 	return 0;
+}
+
+int
+storage_watch(struct storage *s)
+{
+	if (s->watch_fd < 0) {
+		s->watch_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+		if (s->watch_fd < 0)
+			return -errno;
+	}
+	/* An unlink or a rename onto the path changes our inode's link
+	 * count (IN_ATTRIB); a rename of it is IN_MOVE_SELF. */
+	if (inotify_add_watch(s->watch_fd, s->lock_path,
+			      IN_ATTRIB | IN_MOVE_SELF | IN_DELETE_SELF) < 0)
+		return -errno;
+	return s->watch_fd;
+}
+
+/* Does the path still name the open file? */
+static bool
+same_file(int fd, const char *path)
+{
+	struct stat a, b;
+
+	if (fstat(fd, &a) < 0 || a.st_nlink == 0)
+		return false;
+	if (stat(path, &b) < 0)
+		return false;
+	return a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+}
+
+int
+storage_check(struct storage *s, char *err, size_t errlen)
+{
+	char buf[4096];
+	int nfd;
+
+	while (s->watch_fd >= 0 && read(s->watch_fd, buf, sizeof buf) > 0)
+		;
+	if (s->fd < 0 || !s->held || same_file(s->fd, s->lock_path))
+		return 0;
+	/* Our file is gone from the path. Lock whatever is there now. */
+	nfd = open(s->lock_path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW,
+		   0644);
+	if (nfd < 0) {
+		int e = errno;
+
+		snprintf(err, errlen, "lock file %s was removed and cannot be "
+				      "recreated: %s",
+			 s->lock_path, strerror(e));
+		return -e;
+	}
+	if (set_lock(nfd, F_OFD_SETLK) < 0) {
+		char holder[512];
+
+		if (storage_read_holder(s->lock_path, holder, sizeof holder) < 0)
+			snprintf(holder, sizeof holder, "unknown");
+		snprintf(err, errlen,
+			 "lock file %s was removed or replaced and another "
+			 "process locked the new one (%s)",
+			 s->lock_path, holder);
+		/* Hold nothing: wait on the new file like a standby. */
+		close(s->fd);
+		s->fd = nfd;
+		s->held = false;
+		return -EAGAIN;
+	}
+	close(s->fd); /* the old, unlinked inode: its lock goes with it */
+	s->fd = nfd;
+	write_holder(s);
+	if (s->watch_fd >= 0) {
+		close(s->watch_fd);
+		s->watch_fd = -1;
+	}
+	storage_watch(s);
+	snprintf(err, errlen, "lock file %s was removed or replaced; locked "
+			      "the new one",
+		 s->lock_path);
+	return 1;
 }
 
 void
@@ -291,6 +397,8 @@ storage_free(struct storage *s)
 		close(s->fd);
 	if (s->wake_fd >= 0)
 		close(s->wake_fd);
+	if (s->watch_fd >= 0)
+		close(s->watch_fd);
 	free(s->lock_path);
 	free(s->socket_path);
 	storage_init(s);

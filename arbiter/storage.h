@@ -23,6 +23,7 @@ struct storage {
 	int wait_err;	/* errno from the wait thread, 0 on success */
 	pthread_t tid;	/* the wait thread, while waiting */
 	volatile int stop; /* ask the wait thread to give up */
+	int watch_fd;	/* inotify on the lock file while held, -1 when none */
 };
 
 void storage_init(struct storage *s);
@@ -42,8 +43,21 @@ int storage_try_lock(struct storage *s, const char *storage_dir,
  * wake_fd in its loop and calls storage_wait_done() when it fires.
  */
 int storage_wait_start(struct storage *s);
-/* Join the wait thread; 0 when the lock is now held, else -errno. */
+/* Join the wait thread; 0 when the lock is now held, -ESTALE when the file
+ * waited on is no longer the one at the path (wait again), else -errno. */
 int storage_wait_done(struct storage *s);
+
+/*
+ * Guard against the lock file being deleted or replaced under us (an old
+ * "delete stale lock files" job): another arbiter would then create a new
+ * file and lock it. storage_watch() gives an inotify fd to watch; when it
+ * is readable call storage_check(): 0 while the path still names the file
+ * we hold; otherwise it re-takes the lock on the file now at the path and
+ * returns 1 (still ours), or returns -EAGAIN when another process holds
+ * that one (we hold nothing then, and may wait for it as a standby).
+ */
+int storage_watch(struct storage *s);
+int storage_check(struct storage *s, char *err, size_t errlen);
 
 /* Release the lock and close the file (the file stays; it means nothing). */
 void storage_unlock(struct storage *s);

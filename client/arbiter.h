@@ -86,6 +86,13 @@ struct arb_acquire_opts {
  * and the error's text is in arb_connect_error() (thread-local).
  */
 int arb_connect(arb_client **out, const char *socket_path, const char *name);
+/*
+ * The same, but every later call that waits for an answer (not a grant:
+ * acquire waits as its own timeout says) fails with -ETIMEDOUT when the
+ * daemon says nothing for timeout_ms. For health probes and tools.
+ */
+int arb_connect_timeout(arb_client **out, const char *socket_path,
+			const char *name, int timeout_ms);
 const char *arb_connect_error(void);
 void arb_close(arb_client *c);
 

@@ -35,12 +35,13 @@
 
 static const char *socket_path;
 static int verbose;
+static int io_timeout_ms = 10000; /* -t: for everything but waiting */
 
 static void
 usage(FILE *out)
 {
 	fprintf(out,
-"usage: arbiterctl [-S SOCKET | -c CONFIG] COMMAND [ARGS]\n"
+"usage: arbiterctl [-S SOCKET | -c CONFIG] [-t SECS] COMMAND [ARGS]\n"
 "\n"
 "Commands:\n"
 "  run [-x|-s] [-n | -w SECS] [-E CODE] [-v] [--ttl SECS] RESOURCE -- CMD [ARG...]\n"
@@ -70,6 +71,9 @@ usage(FILE *out)
 "The socket is -S SOCKET, else socket.path from -c CONFIG, else\n"
 "$ARBITER_SOCKET, else /run/arbiter/arbiter.sock (root) or\n"
 "/tmp/arbiter-UID/arbiter.sock (other users).\n"
+"\n"
+"-t SECS bounds how long any answer may take (default 10; 0: no bound),\n"
+"waiting for a lease excepted, so a hung arbiter fails a probe.\n"
 "\n"
 "Exit codes: 0 ok; 1 (or -E CODE) busy or timed out; 64 usage; 69 the\n"
 "arbiter cannot be reached; 70 the arbiter refused; 75 lease revoked;\n"
@@ -142,7 +146,7 @@ connect_or_die(const char *name)
 {
 	arb_client *c;
 
-	if (arb_connect(&c, socket_path, name) < 0)
+	if (arb_connect_timeout(&c, socket_path, name, io_timeout_ms) < 0)
 		die(EXIT_UNAVAIL, "%s", arb_connect_error());
 	return c;
 }
@@ -150,7 +154,8 @@ connect_or_die(const char *name)
 static int
 exit_for(int rc)
 {
-	if (rc == -ARB_ECONNLOST || rc == -ENOENT || rc == -ECONNREFUSED)
+	if (rc == -ARB_ECONNLOST || rc == -ENOENT || rc == -ECONNREFUSED ||
+	    rc == -ETIMEDOUT)
 		return EXIT_UNAVAIL;
 	return EXIT_SOFTWARE;
 }
@@ -835,8 +840,11 @@ main(int argc, char **argv)
 	const char *cmd;
 	int ch;
 
-	while ((ch = getopt(argc, argv, "+S:c:hV")) != -1) {
+	while ((ch = getopt(argc, argv, "+S:c:t:hV")) != -1) {
 		switch (ch) {
+		case 't':
+			io_timeout_ms = (int)(parse_secs(optarg, "-t") * 1000);
+			break;
 		case 'S':
 			socket_path = optarg;
 			break;

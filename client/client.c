@@ -44,6 +44,8 @@ struct arb_client {
 	const struct arb_acquire_opts *opts; /* during a blocking acquire */
 	const char *resource;
 	uint32_t max_frame;
+	int timeout_ms; /* 0: wait as long as it takes */
+	bool in_acquire;
 };
 
 static __thread char connect_err[1024];
@@ -259,8 +261,10 @@ fill(arb_client *c, bool block)
 		c->rcap = ncap;
 	}
 	for (;;) {
+		/* Always non-blocking: waiting is poll's job (with the
+		 * timeout, if any). */
 		n = recv(c->fd, c->rbuf + c->rlen, c->rcap - c->rlen,
-			 block ? 0 : MSG_DONTWAIT);
+			 MSG_DONTWAIT);
 		if (n > 0) {
 			c->rlen += (size_t)n;
 			return 1;
@@ -268,11 +272,20 @@ fill(arb_client *c, bool block)
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+			struct pollfd p = {.fd = c->fd, .events = POLLIN};
+			int t = c->timeout_ms > 0 && !c->in_acquire
+					? c->timeout_ms
+					: -1;
+
 			if (!block)
 				return 0;
-			struct pollfd p = {.fd = c->fd, .events = POLLIN};
-
-			poll(&p, 1, -1);
+			if (poll(&p, 1, t) == 0) {
+				seterr(c, "no answer from the arbiter at %s "
+					  "within %d ms: is it hung or "
+					  "overloaded?",
+				       c->path, t);
+				return -ETIMEDOUT;
+			}
 			continue;
 		}
 		seterr(c, "connection to the arbiter at %s lost%s%s", c->path,
@@ -475,6 +488,13 @@ call(arb_client *c, Arbiter__Request *req, Arbiter__ServerMessage **reply,
 int
 arb_connect(arb_client **out, const char *socket_path, const char *name)
 {
+	return arb_connect_timeout(out, socket_path, name, 0);
+}
+
+int
+arb_connect_timeout(arb_client **out, const char *socket_path,
+		    const char *name, int timeout_ms)
+{
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};
 	Arbiter__Request req = ARBITER__REQUEST__INIT;
 	Arbiter__Hello hello = ARBITER__HELLO__INIT;
@@ -489,6 +509,7 @@ arb_connect(arb_client **out, const char *socket_path, const char *name)
 		return -ENOMEM;
 	c->fd = -1;
 	c->max_frame = 65536;
+	c->timeout_ms = timeout_ms > 0 ? timeout_ms : 0;
 	if (socket_path != NULL && *socket_path != '\0')
 		snprintf(c->path, sizeof c->path, "%s", socket_path);
 	else
@@ -506,6 +527,14 @@ arb_connect(arb_client **out, const char *socket_path, const char *name)
 		goto fail_errno;
 	}
 	memcpy(sa.sun_path, c->path, strlen(c->path) + 1);
+	if (c->timeout_ms > 0) {
+		/* connect(2) on a Unix socket whose backlog is full blocks;
+		 * SO_SNDTIMEO bounds it. */
+		struct timeval tv = {.tv_sec = c->timeout_ms / 1000,
+				     .tv_usec = (c->timeout_ms % 1000) * 1000};
+
+		setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+	}
 	if (connect(c->fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
 		rc = -errno;
 		goto fail_errno;
@@ -639,7 +668,9 @@ arb_acquire(arb_client *c, const char *resource, enum arb_mode mode,
 	req.acquire = &a;
 	c->opts = opts;
 	c->resource = resource;
+	c->in_acquire = true;
 	rc = call(c, &req, &m, ARBITER__SERVER_MESSAGE__KIND_GRANTED);
+	c->in_acquire = false;
 	c->opts = NULL;
 	c->resource = NULL;
 	if (rc < 0)

@@ -291,3 +291,61 @@ def test_on_demand_arbiters_take_turns_on_one_storage(tmp_path):
     finally:
         harness.check_clean_exit(a)
         harness.check_clean_exit(b)
+
+
+# ------------------------------------------------------------ lock file removed
+
+def test_a_removed_lock_file_never_gives_two_active_arbiters(tmp_path):
+    """An old 'delete stale lock files' job must not cause a split brain."""
+    a = harness.Daemon(tmp_path, name="a")
+    lock = os.path.join(a.storage, ".arbiter.lock")
+    try:
+        w = Wire(a.socket)
+        lease = w.lock("db")
+        os.unlink(lock)
+        # a notices at once and locks a new file at the path.
+        a.log.wait_for("storage lock file replaced; still holding the lock")
+        b = harness.Daemon(tmp_path, name="b", storage=a.storage)
+        try:
+            assert b.ctl("ping").stdout == "pong standby\n"
+            assert a.ctl("ping").stdout == "pong active\n"
+            assert w.call(ping=pb.Ping()).WhichOneof("kind") == "pong"
+            assert lease.token >= 1
+        finally:
+            harness.check_clean_exit(b)
+    finally:
+        harness.check_clean_exit(a)
+
+
+def test_losing_the_lock_file_to_another_arbiter_steps_down(tmp_path):
+    """If another arbiter locks a new file first, revoke and stand by."""
+    a = harness.Daemon(tmp_path, name="a")
+    lock = os.path.join(a.storage, ".arbiter.lock")
+    try:
+        w = Wire(a.socket)
+        w.lock("db")
+        # Replace the file by a new one that someone else already holds:
+        # take the new file's lock from this test process before a can.
+        import fcntl
+        tmp = lock + ".new"
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK if hasattr(fcntl, "F_OFD_SETLK")
+                    else 37, struct_flock())
+        os.rename(tmp, lock)
+        rev = w.wait_kind("revoked").revoked
+        assert rev.reason == pb.STORAGE_LOST
+        a.log.wait_for("storage lock lost; stepping down to standby")
+        assert a.ctl("ping").stdout == "pong standby\n"
+        # When the other holder lets go, a takes over again.
+        os.close(fd)
+        a.log.wait_for("took over the storage")
+        assert a.ctl("ping").stdout == "pong active\n"
+    finally:
+        harness.check_clean_exit(a)
+
+
+def struct_flock():
+    import struct
+    # struct flock on x86_64 Linux: short type, short whence, off_t start,
+    # off_t len, pid_t pid (+ padding). F_WRLCK = 1, SEEK_SET = 0.
+    return struct.pack("hhqqi4x", 1, 0, 0, 0, 0)

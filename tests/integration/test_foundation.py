@@ -399,3 +399,21 @@ def test_a_silent_client_is_closed_at_the_handshake_deadline(tmp_path):
         assert e.code == pb.LIMIT and "handshake_timeout_ms" in e.message
     finally:
         harness.check_clean_exit(d)
+
+
+def test_ctl_gives_up_on_a_hung_arbiter(tmp_path):
+    """A probe must fail, not hang, when the daemon accepts but never answers."""
+    path = str(tmp_path / "hung.sock")
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(path)
+    srv.listen(8)
+    try:
+        t0 = time.monotonic()
+        r = subprocess.run([harness.ARBITERCTL, "-S", path, "-t", "0.3",
+                            "ping"], capture_output=True, text=True,
+                           timeout=WAIT)
+        assert r.returncode == 69
+        assert "no answer from the arbiter" in r.stderr
+        assert 0.25 < time.monotonic() - t0 < WAIT
+    finally:
+        srv.close()

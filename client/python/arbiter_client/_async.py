@@ -106,15 +106,26 @@ class _ALeaseContext:
         return False
 
 
-class _Protocol(asyncio.Protocol):
+class _Protocol(asyncio.BufferedProtocol):
+    """Reads with recv_into one buffer (the default Protocol path does
+    recv(256 KiB) per read, a costly malloc/free on small machines)."""
+
     def __init__(self, client):
         self.client = client
         self.reader = P.FrameReader(client.socket_path)
         self.handshake = None   # future for the first message
         self.transport = None
+        self.buf = bytearray(65536)
+        self.view = memoryview(self.buf)
 
     def connection_made(self, transport):
         self.transport = transport
+
+    def get_buffer(self, sizehint):
+        return self.view
+
+    def buffer_updated(self, nbytes):
+        self.data_received(self.view[:nbytes])
 
     def data_received(self, data):
         try:

@@ -62,7 +62,7 @@ def default_client_name():
     base = os.path.basename(argv0)
     if base == "__main__.py":
         base = os.path.basename(os.path.dirname(argv0))
-    if not base or base == "-c":
+    if not base or base in ("-c", "-"):
         base = "python"
     return base
 
@@ -266,6 +266,9 @@ def daemon_error(err, path, *, resource=None, op="request", timeout=None):
         return E.ArbiterError(
             "the %s hit a limit: %s. Release leases you no longer need, or "
             "raise the limit in its configuration" % (where, msg), **kw)
+    if code == "BAD_REQUEST":
+        return E.ArbiterError("the %s rejected the %s: %s" % (where, op, msg),
+                              **kw)
     if code == "UNKNOWN_LEASE":
         return E.ArbiterError("%s (%s)" % (msg, where), **kw)
     if code == "STORAGE":

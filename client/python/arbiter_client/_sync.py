@@ -166,11 +166,16 @@ class Client:
         self._renew_thread = None
         self._reader = P.FrameReader(self.socket_path)
         self._inbox = collections.deque()    # read, not yet dispatched
+        # recv_into one buffer: sock.recv(256 KiB) would malloc (mmap) and
+        # free 256 KiB per call, which costs ~200 us on small VMs.
+        self._rbuf = bytearray(65536)
+        self._rview = memoryview(self._rbuf)
         self._cv = threading.Condition(threading.Lock())
         # The watcher parks on its own condition (same lock), so handing the
         # reader role between callers never wakes it.
         self._watch_cv = threading.Condition(self._cv._lock)
         self._reading = False                # a thread has the reader role
+        self._watch_wanted = False           # parked long: notify at idle
         self._callers = 0                    # threads waiting for replies
 
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -261,6 +266,8 @@ class Client:
             raise self._closed from None
 
     def _call(self, req, want, op, resource=None):
+        if self._closed is not None or self._pid != os.getpid():
+            self._raise_dead()
         p = _Pending()
         req.id = next(self._ids)
         self._enter_call()
@@ -313,6 +320,9 @@ class Client:
         finally:
             with cv:
                 self._callers -= 1
+                if self._callers == 0 and self._watch_wanted:
+                    self._watch_wanted = False
+                    self._watch_cv.notify()
         if p.exc is not None:
             raise p.exc
         return p.msg
@@ -327,20 +337,18 @@ class Client:
         inbox = self._inbox
         if not inbox:
             try:
-                if block:
-                    data = self._sock.recv(262144)
-                else:
-                    data = self._sock.recv(262144, socket.MSG_DONTWAIT)
+                n = self._sock.recv_into(self._rbuf, 0,
+                                        0 if block else socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
                 self._fail(self._lost_why(str(exc)))
                 return
-            if not data:
+            if not n:
                 self._fail(self._lost_why(None))
                 return
             try:
-                inbox.extend(self._reader.feed(data))
+                inbox.extend(self._reader.feed(self._rview[:n]))
             except E.ArbiterError as exc:
                 self._fail(exc)
                 return
@@ -354,11 +362,17 @@ class Client:
                 socket_path=self.socket_path)
         return P.lost(self.socket_path, err or "the daemon closed it")
 
-    # How soon the watcher resumes after the last waiting thread is done.
-    # It is not woken when the count drops to 0: that would put a thread
-    # switch on every round trip. Frames that arrive meanwhile wait in the
-    # socket buffer; any thread that calls the client reads them first.
+    # The watcher parks while threads wait for replies. Waking it each time
+    # the count of waiting threads drops to 0 would put a thread switch on
+    # every round trip (+35 us here), so it re-checks after WATCH_RESUME
+    # seconds, doubling up to WATCH_MAX; each time such a wait runs out it
+    # asks to be woken by the next thread that leaves the client idle (so a
+    # long acquire costs about one wake-up a second, and the watcher
+    # resumes as soon as it ends). Frames
+    # that arrive meanwhile wait in the socket buffer; any thread calling
+    # the client reads them first.
     WATCH_RESUME = 0.02
+    WATCH_MAX = 1.0
 
     def _watch_loop(self):
         """While no thread waits for a reply, watch the socket for events
@@ -370,9 +384,13 @@ class Client:
         try:
             while True:
                 with cv:
+                    delay = self.WATCH_RESUME
                     while ((self._callers or self._reading) and
                            self._closed is None):
-                        wcv.wait(self.WATCH_RESUME)
+                        if not wcv.wait(delay):
+                            self._watch_wanted = True
+                            delay = min(delay * 2, self.WATCH_MAX)
+                    self._watch_wanted = False
                     if self._closed is not None:
                         return
                 poller.poll()
@@ -615,6 +633,8 @@ class Client:
         raw, text = P.check_name(resource)
         timeout = P.normalize_timeout(timeout)
         ttl_ms = P.seconds_to_ms(ttl, "ttl") if ttl else 0
+        if self._closed is not None or self._pid != os.getpid():
+            self._raise_dead()
         deadline = None if timeout is None else time.monotonic() + timeout
         gate = self._gate_enter(raw, text, timeout, deadline)
         try:
@@ -812,8 +832,15 @@ class Client:
             os.close(fd)
         except OSError:
             pass
+        # A parent thread may have held any lock at fork time: make new ones.
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
+        self._cv = threading.Condition(threading.Lock())
+        self._watch_cv = threading.Condition(self._cv._lock)
+        self._gate_cond = threading.Condition(threading.Lock())
+        self._renew_cond = threading.Condition(threading.Lock())
+        self._callers = 0
+        self._reading = False
         self._closed = E.ConnectionLost(
             "this Client was created in process %d and does not survive "
             "fork(): create a new Client in process %d" %
