@@ -119,13 +119,16 @@ test:
 		SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all"
 
 check: all $(UNIT_BIN)
-	$(MAKE) check-unit check-integration
+	$(MAKE) check-unit check-integration check-deploy
 
 check-unit: $(UNIT_BIN)
 	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t --jobs 2; done
 
 check-integration: all
 	ARBITER_BUILD=$(abspath $(BUILD)) $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
+
+check-deploy: all
+	ARBITER_BUILD=$(abspath $(BUILD)) $(PYTHON) -m pytest -q -p no:cacheprovider tests/deploy
 
 asan:
 	$(MAKE) check BUILD=build-asan OPT=-O1 \

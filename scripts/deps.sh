@@ -12,7 +12,7 @@ set -eu
 BUILD_PKGS="gcc make pkg-config libevent-dev libprotobuf-c-dev protobuf-c-compiler
 libmsgpack-dev libinih-dev uthash-dev protobuf-compiler python3 python3-protobuf"
 TEST_PKGS="libcriterion-dev python3-pytest util-linux procps socat
-prometheus yamllint systemd valgrind clang-tidy cppcheck"
+prometheus yamllint python3-yaml systemd valgrind clang-tidy cppcheck strace"
 
 want="$BUILD_PKGS"
 if [ "${1:-build}" = test ]; then

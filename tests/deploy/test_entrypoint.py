@@ -1,0 +1,278 @@
+"""The container's ENTRYPOINT + CMD, run here without Docker.
+
+Docker cannot run on the build machines, so the runtime stage's files are
+staged into a temporary root from the Dockerfile's own COPY lines, and the
+exact ENTRYPOINT + CMD argv is run from there with the shipped config. Only
+the socket and storage paths move, through the ARBITER_<SECTION>_<KEY>
+environment overrides (the argv stays the image's). Then the probe commands
+of the Kubernetes manifests and the Docker HEALTHCHECK are run against it,
+and SIGTERM must stop it with exit 0 within shutdown.timeout_ms.
+
+The PID-1 test adds what a container adds: arbiterd as PID 1 of its own PID
+namespace, running as the image's non-root uid.
+"""
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from deploylib import (K8S, children, deployment, dockerfile_instructions, entrypoint_argv,
+                       exec_form, free_port, image_user, last, map_args, shipped, stage_image,
+                       stop, wait_ping)
+
+
+@pytest.fixture
+def image(build):
+    """A staged runtime image and a private socket folder and storage, laid
+    out like the image (uid 10001 owns them when we can chown)."""
+    top = Path(tempfile.mkdtemp(prefix="deploytest-"))
+    top.chmod(0o755)
+    root = top / "rootfs"
+    staged = stage_image(root, build)
+    run = top / "run"
+    data = top / "data"
+    uid, gid = image_user()
+    for d in (run, data):
+        d.mkdir(mode=0o770)
+        d.chmod(0o770)
+        if os.geteuid() == 0:
+            os.chown(d, uid, gid)
+    want = shipped()
+    sock = run / os.path.basename(want["socket"])
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "ARBITER_SOCKET_PATH": str(sock),
+        "ARBITER_STORAGE_PATH": str(data),
+        "ARBITER_METRICS_LISTEN": "127.0.0.1:%d" % free_port(),
+    }
+    mapping = {img: path for img, path in staged.items()}
+    mapping[want["socket"]] = sock
+    # The image's ENV, with its paths moved like the rest.
+    instrs = dockerfile_instructions()
+    final = max(s for s, _, _ in instrs)
+    for st, i, a in instrs:
+        if st == final and i == "ENV":
+            k, _, v = a.partition("=")
+            env[k] = map_args([v], mapping)[0]
+    yield {"top": top, "root": root, "staged": staged, "sock": sock, "data": data,
+           "env": env, "mapping": mapping, "argv": map_args(entrypoint_argv(), mapping),
+           "arbiterctl": staged["/usr/local/bin/arbiterctl"], "want": want}
+    shutil.rmtree(top, ignore_errors=True)
+
+
+
+
+def probe_commands():
+    """Every exec probe / hook command of the manifests, and HEALTHCHECK."""
+    cmds = []
+    for p in (K8S / "native" / "deployment.yaml", K8S / "legacy" / "deployment.yaml"):
+        spec = deployment(p)["spec"]["template"]["spec"]
+        for c in spec.get("initContainers", []) + spec["containers"]:
+            for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+                if kind in c:
+                    cmds.append(("%s %s %s" % (p.parent.name, c["name"], kind),
+                                 c[kind]["exec"]["command"]))
+    hc = last(dockerfile_instructions(), "HEALTHCHECK")
+    cmds.append(("Dockerfile HEALTHCHECK", exec_form(hc.split(" CMD ", 1)[1])))
+    return cmds
+
+
+def start(img, prefix=()):
+    return subprocess.Popen(list(prefix) + img["argv"], env=img["env"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def check_running(img, proc):
+    ctl = img["arbiterctl"]
+    r = wait_ping(ctl, img["sock"], proc=proc)
+    assert r.stdout.startswith("pong")
+    # `kubectl exec POD -c arbiter -- arbiterctl ping`: the image's ENV finds it.
+    r = subprocess.run([str(ctl), "ping"], env=img["env"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    for what, cmd in probe_commands():
+        r = subprocess.run(map_args(cmd, img["mapping"]), env=img["env"],
+                           capture_output=True, text=True, timeout=10)
+        assert r.returncode == 0, "%s: %s" % (what, r.stderr)
+    # The socket's mode is the shipped 0660.
+    assert (img["sock"].stat().st_mode & 0o777) == 0o660
+    assert (img["data"] / ".arbiter.lock").exists()
+
+
+def test_entrypoint_starts_answers_probes_and_stops_on_sigterm(image):
+    proc = start(image)
+    try:
+        check_running(image, proc)
+        # A holder connected at SIGTERM: it is revoked and the daemon still
+        # exits 0 within the bound.
+        holder = subprocess.Popen(
+            [str(image["arbiterctl"]), "-S", str(image["sock"]), "run", "res", "--",
+             "sleep", "60"], env=image["env"], stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 10
+        while "1 holding" not in subprocess.run(
+                [str(image["arbiterctl"]), "-S", str(image["sock"]), "stats"],
+                capture_output=True, text=True, env=image["env"]).stdout:
+            assert time.monotonic() < deadline, "the lease was never granted"
+            time.sleep(0.05)
+    finally:
+        rc, took = stop(proc)
+    holder_rc = holder.wait(timeout=20)
+    err = proc.stderr.read()
+    assert rc == 0, err
+    assert took < image["want"]["timeout_ms"] / 1000 + 2, took
+    assert not image["sock"].exists(), "the socket is removed on exit"
+    assert holder_rc == 75, holder.stderr.read()  # arbiterctl: lease revoked
+
+
+def test_entrypoint_reloads_on_sighup(image):
+    proc = start(image)
+    try:
+        wait_ping(image["arbiterctl"], image["sock"], proc=proc)
+        proc.send_signal(signal.SIGHUP)
+        wait_ping(image["arbiterctl"], image["sock"], proc=proc)
+    finally:
+        rc, _ = stop(proc)
+    err = proc.stderr.read()
+    assert rc == 0, err
+    assert "config reloaded" in err
+
+
+def test_entrypoint_as_pid1_non_root(image):
+    if os.geteuid() != 0 or not (shutil.which("unshare") and shutil.which("setpriv")):
+        pytest.skip("needs root, unshare and setpriv to run as PID 1 under the image's uid")
+    uid, gid = image_user()
+    prefix = ["unshare", "--pid", "--fork", "--kill-child", "--",
+              "setpriv", "--reuid", str(uid), "--regid", str(gid), "--clear-groups", "--"]
+    proc = start(image, prefix)
+    try:
+        wait_ping(image["arbiterctl"], image["sock"], proc=proc)
+        (pid,) = children(proc.pid)
+        status = Path("/proc/%d/status" % pid).read_text()
+        nspid = [ln.split()[1:] for ln in status.splitlines() if ln.startswith("NSpid:")][0]
+        assert nspid[-1] == "1", "arbiterd is PID 1 in its namespace: %s" % nspid
+        uids = [ln.split()[1:] for ln in status.splitlines() if ln.startswith("Uid:")][0]
+        assert set(uids) == {str(uid)}
+        assert os.stat(image["sock"]).st_uid == uid
+        check_running(image, proc)
+        # SIGTERM to PID 1 works only because arbiterd handles it: the kernel
+        # drops signals that would take their default action on PID 1.
+        t = time.monotonic()
+        os.kill(pid, signal.SIGTERM)
+        rc = proc.wait(timeout=20)
+        took = time.monotonic() - t
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert rc == 0, proc.stderr.read()
+    assert took < image["want"]["timeout_ms"] / 1000 + 2
+
+
+def test_metrics_listener_serves_healthz_and_metrics(image, build):
+    if b"/healthz" not in (build / "arbiterd").read_bytes():
+        pytest.skip("this arbiterd has no metrics listener yet ([metrics] listen is "
+                    "being added); the port and annotations were checked statically")
+    proc = start(image)
+    try:
+        wait_ping(image["arbiterctl"], image["sock"], proc=proc)
+        base = "http://" + image["env"]["ARBITER_METRICS_LISTEN"]
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with urllib.request.urlopen(base + "/healthz", timeout=5) as r:
+                    assert r.status == 200  # active, the lock is held
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        with urllib.request.urlopen(base + "/metrics", timeout=5) as r:
+            assert r.status == 200
+            assert r.read()
+    finally:
+        rc, _ = stop(proc)
+    assert rc == 0, proc.stderr.read()
+
+
+def test_legacy_app_waits_for_arbiter(image):
+    """The legacy app's wait loop returns once arbiterctl ping answers."""
+    app = next(c for c in deployment(K8S / "legacy" / "deployment.yaml")
+               ["spec"]["template"]["spec"]["containers"] if c["name"] == "app")
+    script = app["args"][0]
+    wait = script[:script.index("done\n") + 5]
+    assert wait.count("until") == 1
+    wait = map_args([wait], image["mapping"])[0]
+    waiter = subprocess.Popen(["sh", "-c", wait], env=image["env"])
+    time.sleep(1.5)
+    assert waiter.poll() is None, "returned before arbiter was up"
+    proc = start(image)
+    try:
+        assert waiter.wait(timeout=10) == 0
+    finally:
+        if waiter.poll() is None:
+            waiter.kill()
+        rc, _ = stop(proc)
+    assert rc == 0
+
+
+def test_two_replicas_on_one_volume_active_and_standby(image, build):
+    """deploy/k8s/active-standby in one machine: two entrypoints on one
+    storage, each with its own socket folder (its pod's emptyDir). The second
+    is a standby that passes every probe, /healthz tells them apart, and it
+    takes over, granting its queued app, when the active one gets SIGTERM."""
+    if b"/healthz" not in (build / "arbiterd").read_bytes():
+        pytest.skip("this arbiterd has no metrics listener yet")
+    run_b = image["top"] / "run-b"
+    run_b.mkdir()
+    env_b = dict(image["env"], ARBITER_SOCKET_PATH=str(run_b / image["sock"].name),
+                 ARBITER_SOCKET=str(run_b / image["sock"].name),
+                 ARBITER_METRICS_LISTEN="127.0.0.1:%d" % free_port())
+    img_b = dict(image, env=env_b, sock=run_b / image["sock"].name,
+                 mapping=dict(image["mapping"]))
+    img_b["mapping"][image["want"]["socket"]] = img_b["sock"]
+    ctl = str(image["arbiterctl"])
+
+    def healthz(img):
+        url = "http://%s/healthz" % img["env"]["ARBITER_METRICS_LISTEN"]
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    a = start(image)
+    b = None
+    app = None
+    try:
+        wait_ping(ctl, image["sock"], proc=a)
+        b = start(img_b)
+        r = wait_ping(ctl, img_b["sock"], proc=b)
+        assert r.stdout.split() == ["pong", "standby"]
+        check_running(img_b, b)  # every probe passes on the standby
+        deadline = time.monotonic() + 10
+        while healthz(img_b) != 503 or healthz(image) != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        # The standby's app queues; it is granted after the takeover.
+        app = subprocess.Popen([ctl, "-S", str(img_b["sock"]), "run", "-w", "30", "demo",
+                                "--", "true"], env=env_b, stderr=subprocess.PIPE, text=True)
+        time.sleep(0.5)
+        assert app.poll() is None, "granted by a standby"
+        rc_a, _ = stop(a)
+        assert rc_a == 0, a.stderr.read()
+        assert app.wait(timeout=20) == 0, app.stderr.read()
+        assert healthz(img_b) == 200
+        assert subprocess.run([ctl, "-S", str(img_b["sock"]), "ping"], capture_output=True,
+                              text=True).stdout.split() == ["pong", "active"]
+    finally:
+        for p in (app, a, b):
+            if p is not None and p.poll() is None:
+                stop(p)
+    assert b.returncode == 0, b.stderr.read()
