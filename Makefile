@@ -55,8 +55,8 @@ UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 BINS := $(BUILD)/arbiterd $(BUILD)/arbiterctl $(BUILD)/libarbiter.a \
 	$(BUILD)/libarbiter.so $(PYGEN)
 
-.PHONY: all deps run test check check-unit check-integration asan valgrind \
-	fuzz chaos bench install clean format lint
+.PHONY: all deps run test check check-unit check-integration check-deploy \
+	asan valgrind fuzz bench install clean format lint
 
 all: $(BUILD)/.deps-ok $(BINS)
 
@@ -119,7 +119,8 @@ test:
 		SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all"
 
 check: all $(UNIT_BIN)
-	$(MAKE) check-unit check-integration check-deploy
+	$(MAKE) check-unit check-integration check-deploy chaos-selftest \
+		chaos-short load-short
 
 check-unit: $(UNIT_BIN)
 	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t --jobs 2; done
@@ -193,5 +194,7 @@ format:
 
 clean:
 	rm -rf build build-asan build-fuzz
+
+include tests/chaos/chaos.mk
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -1,0 +1,334 @@
+#!/usr/bin/python3
+"""Chaos driver for the mutual-exclusion checker (see README.md).
+
+    chaos.py [--duration SECS] [--workers N] [--resources R] [--restarts K]
+
+Starts arbiterd in a temporary folder, waits for its "arbiter ready" line,
+starts N chaos_worker processes, and for the duration SIGKILLs random
+workers (respawning them) and kill -9s + restarts the daemon K times. Then it
+stops every process it started and runs the checker (check.py) over the
+logs; the exit status is the checker's. Python 3 standard library only.
+"""
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import check  # noqa: E402
+
+BUILD = os.path.abspath(os.environ.get("ARBITER_BUILD") or
+                        os.path.join(HERE, "..", "..", "build"))
+READY_TIMEOUT = 30
+
+
+def die_with_parent():
+    """preexec_fn: SIGKILL this child when the driver dies."""
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PDEATHSIG
+
+
+def mono_ns():
+    return time.monotonic_ns()  # CLOCK_MONOTONIC, as the workers use
+
+
+class Daemon:
+    """One arbiterd incarnation; its stderr is copied to a file by a thread
+    that also notices the readiness line."""
+
+    def __init__(self, binary, sock, storage, logpath, args=(), preexec=None):
+        self.logpath = logpath
+        self.ready = threading.Event()
+        self.lines = 0
+        self.marks = []
+        self.levels = {}    # level -> count of lines
+        self.notable = []   # first warn/error lines
+        self.start_ns = mono_ns()
+        cmd = [binary, "-S", sock, "-s", storage] + list(args)
+        env = dict(os.environ)
+        env.pop("ARBITER_SOCKET", None)
+
+        def pre():
+            die_with_parent()
+            if preexec:
+                preexec()
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, env=env,
+                                     preexec_fn=pre)
+        self.pid = self.proc.pid
+        self.thread = threading.Thread(target=self._copy, daemon=True)
+        self.thread.start()
+        self.ready_ns = None
+        self.kill_ns = None
+
+    def _copy(self):
+        with open(self.logpath, "wb") as out:
+            for line in self.proc.stderr:
+                out.write(line)
+                self.lines += 1
+                if not self.ready.is_set() and b"arbiter ready" in line:
+                    self.ready.set()
+                if any(m.encode() in line for m in check.SANITIZER_MARKS):
+                    self.marks.append(line.decode("utf-8", "replace"))
+                i = line.find(b"level=")
+                if i >= 0:
+                    lv = line[i + 6:].split(b" ", 1)[0].decode("ascii",
+                                                               "replace")
+                    self.levels[lv] = self.levels.get(lv, 0) + 1
+                    if lv in ("warn", "error") and len(self.notable) < 10:
+                        self.notable.append(line.decode("utf-8", "replace"))
+        self.ready.set()  # wake a waiter if the daemon died first
+
+    def wait_ready(self, timeout=READY_TIMEOUT):
+        if not self.ready.wait(timeout) or self.proc.poll() is not None:
+            self.kill9()
+            with open(self.logpath, "rb") as f:
+                tail = f.read()[-3000:].decode("utf-8", "replace")
+            raise RuntimeError("arbiterd (pid %d) not ready within %ds:\n%s"
+                               % (self.pid, timeout, tail))
+        self.ready_ns = mono_ns()
+
+    def kill9(self):
+        if self.proc.poll() is None:
+            self.kill_ns = mono_ns()
+            self.proc.kill()
+        self.proc.wait()
+        self.thread.join(5)
+
+    def stop(self, timeout=20):
+        if self.proc.poll() is None:
+            self.kill_ns = mono_ns()
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.thread.join(5)
+        return self.proc.returncode
+
+    def record(self):
+        return {"pid": self.pid, "start_ns": self.start_ns,
+                "ready_ns": self.ready_ns, "kill_ns": self.kill_ns,
+                "exit": self.proc.returncode, "log": self.logpath,
+                "sanitizer": self.marks, "levels": self.levels,
+                "notable": self.notable}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--duration", type=float, default=60)
+    ap.add_argument("--workers", type=int, default=16)
+    ap.add_argument("--resources", type=int, default=3)
+    ap.add_argument("--restarts", type=int, default=3,
+                    help="daemon kill -9 + restarts, evenly spread "
+                         "(default 3: every duration/4)")
+    ap.add_argument("--kill-every", type=float, default=0.5,
+                    help="mean seconds between worker SIGKILLs")
+    ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--dir", help="work folder (default: a temporary one, "
+                    "removed after a passing run)")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the work folder even when the run passes")
+    ap.add_argument("--daemon-arg", action="append", default=[],
+                    help="extra arbiterd argument (repeatable)")
+    ap.add_argument("--break", dest="brk", choices=("nolock", "nofence", "nolock,nofence"),
+                    help="break the workers on purpose (CHAOS_BREAK): the "
+                    "checker must then fail")
+    ap.add_argument("--self-test", action="store_true",
+                    help="prove the checker catches a lock that does not "
+                    "exclude and storage that does not fence: a short "
+                    "--break nolock,nofence run must fail both ways")
+    a = ap.parse_args()
+    if a.self_test:
+        self_test(a)
+    ok = run_chaos(a, sys.stdout)
+    sys.exit(0 if ok else 1)
+
+
+def self_test(a):
+    import io
+    a.brk, a.duration, a.keep, a.dir = "nolock,nofence", min(a.duration, 8), \
+        False, None
+    buf = io.StringIO()
+    ok = run_chaos(a, buf)
+    text = buf.getvalue()
+    caught = [l for l in text.splitlines() if l.startswith("FAIL")]
+    for l in caught:
+        print("self-test caught:" + l[4:])
+    good = not ok and any("exclusion" in l for l in caught) and \
+        any("journal" in l or "lost-update" in l for l in caught)
+    print("chaos self-test: with no lock and no fence the checker %s: "
+          "%d passed, %d failed" % (
+              "reported the violations" if good else "MISSED them",
+              int(good), int(not good)))
+    sys.exit(0 if good else 1)
+
+
+def run_chaos(a, out):
+
+    seed = a.seed if a.seed is not None else random.SystemRandom().randrange(
+        1 << 31)
+    rng = random.Random(seed)
+    arbiterd = os.path.join(BUILD, "arbiterd")
+    worker_bin = os.path.join(BUILD, "chaos", "chaos_worker")
+    for b in (arbiterd, worker_bin):
+        if not os.access(b, os.X_OK):
+            sys.exit("chaos: %s is missing: run make chaos (or make "
+                     "BUILD=... with ARBITER_BUILD set)" % b)
+    work = a.dir or tempfile.mkdtemp(prefix="arbiter-chaos-")
+    os.makedirs(work, exist_ok=True)
+    sock = os.path.join(work, "arbiter.sock")
+    storage = os.path.join(work, "data")
+    counters = os.path.join(work, "counters")
+    logs = os.path.join(work, "logs")
+    for d in (storage, counters, logs):
+        os.makedirs(d, exist_ok=True)
+    print("chaos: %d workers, %d resources, %.0f s, %d daemon restarts, "
+          "seed %d, folder %s%s" % (a.workers, a.resources, a.duration,
+                                    a.restarts, seed, work,
+                                    ", BROKEN: " + a.brk if a.brk else ""),
+          file=out, flush=True)
+    wenv = dict(os.environ)
+    wenv.pop("CHAOS_BREAK", None)
+    if a.brk:
+        wenv["CHAOS_BREAK"] = a.brk
+
+    # log.level=info: "arbiter ready" is an info line (warn would hide it).
+    dargs = ["-o", "log.level=info"] + a.daemon_arg
+    daemons = []
+    workers = {}          # slot -> Popen
+    worker_runs = []      # every worker process started
+    killed = []           # pids we SIGKILLed
+    gen = [0]
+
+    def start_daemon():
+        n = len(daemons)
+        d = Daemon(arbiterd, sock, storage,
+                   os.path.join(logs, "arbiterd-%d.log" % n), dargs)
+        daemons.append(d)
+        d.wait_ready()
+        return d
+
+    def start_worker(slot):
+        gen[0] += 1
+        logpath = os.path.join(logs, "w%02d-%05d.log" % (slot, gen[0]))
+        p = subprocess.Popen([worker_bin, sock, counters, logpath,
+                              str(rng.randrange(1 << 62)), str(a.resources)],
+                             stdin=subprocess.DEVNULL, env=wenv)
+        p.logpath = logpath
+        workers[slot] = p
+        worker_runs.append({"slot": slot, "pid": p.pid, "log": logpath,
+                            "proc": p})
+
+    failures = []
+    t_start = time.monotonic()
+    try:
+        start_daemon()
+        for s in range(a.workers):
+            start_worker(s)
+        restarts_at = [t_start + a.duration * (k + 1) / (a.restarts + 1)
+                       for k in range(a.restarts)]
+        end = t_start + a.duration
+        next_kill = time.monotonic() + rng.uniform(0, 2 * a.kill_every)
+        next_report = time.monotonic() + 10
+        while True:
+            now = time.monotonic()
+            if now >= end:
+                break
+            for slot, p in list(workers.items()):
+                if p.poll() is not None:
+                    failures.append("worker pid %d (slot %d) exited by itself "
+                                    "with status %s" % (p.pid, slot,
+                                                        p.returncode))
+                    start_worker(slot)
+            if daemons[-1].proc.poll() is not None:
+                failures.append("arbiterd pid %d died by itself (status %s)"
+                                % (daemons[-1].pid,
+                                   daemons[-1].proc.returncode))
+                start_daemon()
+            if restarts_at and now >= restarts_at[0]:
+                restarts_at.pop(0)
+                # Make the sections running now slow (SIGUSR1), so holders
+                # granted by this incarnation are still writing when the
+                # next one grants the same resources: the fence must stop
+                # them.
+                # (Only to workers whose log exists: they open it after
+                # installing their handler; SIGUSR1 would kill one that is
+                # still starting.)
+                for p in workers.values():
+                    if p.poll() is None and os.path.exists(p.logpath):
+                        p.send_signal(signal.SIGUSR1)
+                time.sleep(0.03)
+                daemons[-1].kill9()
+                start_daemon()
+                print("chaos: %4.0f s: daemon kill -9, restarted as pid %d"
+                      % (now - t_start, daemons[-1].pid), file=out,
+                      flush=True)
+            if now >= next_kill:
+                slot = rng.randrange(a.workers)
+                p = workers[slot]
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+                    killed.append(p.pid)
+                start_worker(slot)
+                next_kill = now + rng.uniform(0, 2 * a.kill_every)
+            if now >= next_report:
+                print("chaos: %4.0f s: %d worker kills, %d daemon restarts"
+                      % (now - t_start, len(killed), len(daemons) - 1),
+                      file=out, flush=True)
+                next_report = now + 10
+            time.sleep(min(0.02, max(0.0, end - now)))
+    finally:
+        # Stop every process we started: workers first (they finish their
+        # section and log it), then the daemon.
+        for p in workers.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for p in workers.values():
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+                killed.append(p.pid)
+        for r in worker_runs:
+            if r["proc"].poll() is None:
+                r["proc"].kill()
+                r["proc"].wait()
+        final_rc = daemons[-1].stop() if daemons else None
+        for d in daemons:
+            d.kill9()
+
+    run = {
+        "seed": seed, "duration": a.duration, "workers": a.workers,
+        "resources": a.resources, "counters": counters, "break": a.brk,
+        "daemons": [d.record() for d in daemons],
+        "final_daemon_exit": final_rc,
+        "worker_runs": [{k: v for k, v in r.items() if k != "proc"}
+                        for r in worker_runs],
+        "killed": killed, "driver_failures": failures,
+    }
+    with open(os.path.join(work, "run.json"), "w") as f:
+        json.dump(run, f, indent=1)
+    ok = check.check(run, out=out)
+    if (ok or a.brk) and not a.keep and not a.dir:
+        shutil.rmtree(work, True)
+    elif not ok:
+        print("chaos: logs kept in %s" % work, file=sys.stderr)
+    return ok
+
+
+if __name__ == "__main__":
+    main()

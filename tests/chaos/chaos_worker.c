@@ -1,0 +1,501 @@
+/*
+ * chaos_worker: one client of the mutual-exclusion checker (see README.md).
+ *
+ *   chaos_worker SOCKET DATADIR LOGFILE SEED [RESOURCES]
+ *
+ * Loops until SIGTERM: pick a resource chaos-0..chaos-(RESOURCES-1) and a
+ * mode (mostly exclusive), acquire it with libarbiter (sometimes with a short
+ * timeout so timeouts happen), run a critical section against the
+ * resource's "storage" in DATADIR, log the section, release.
+ *
+ * Storage (per resource, shared by every worker):
+ *   rN.counter  append-only journal of 64-byte records "value token pid";
+ *               the counter's value is the last record (0 when empty)
+ *   rN.fence    the highest fencing token the storage has seen
+ * A storage operation takes flock(rN.counter) for its own few syscalls only,
+ * like a database latching a row; it never covers the critical section.
+ * Exclusive: read (claims the storage: raises the fence to our token, refused
+ * if the fence is above it), pause, write value+1 (refused likewise). Shared:
+ * read (refused if the fence is above our token; never raises it). A refusal
+ * is a "fenced" section.
+ *
+ * Log lines (one write(2) each, so a SIGKILL never leaves half a line):
+ *   C dpid t_ns                      connected to the daemon with that pid
+ *   S res token E|S t0 t1 outcome dpid value revoked
+ *                                    a section: t0 after the grant, t1 before
+ *                                    the release (CLOCK_MONOTONIC ns);
+ *                                    outcome inc|read|fenced
+ *   T res E|S timeout_ms errname     an acquire that timed out / would block
+ *   L res errname                    the connection was lost (daemon killed)
+ *   E res code message               an unexpected error (a violation)
+ *   X kind lease resource            an unexpected event (a violation)
+ *   Q sections                       clean exit after SIGTERM
+ *
+ * About 2 sections in 1000 are slow (20-150 ms between read and write), so
+ * that some are still running when the driver kill -9s the daemon and a new
+ * incarnation grants the resource to someone else: that is what the fence
+ * is for, and the checker counts such sections. SIGUSR1 makes the next
+ * exclusive section slow (100-200 ms): the driver sends it just before it
+ * kill -9s the daemon, so every restart races old holders against new ones.
+ *
+ * CHAOS_BREAK in the environment breaks the worker on purpose, to prove the
+ * checker catches it (chaos.py --self-test):
+ *   nolock   each worker locks its own private resource name, so there is
+ *            no mutual exclusion at all
+ *   nofence  the storage ignores tokens (no fencing)
+ *   nolock,nofence  both
+ *
+ * Exit codes: 0 after SIGTERM, 2 bad usage, 3 storage unusable.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "arbiter.h"
+
+#define MAX_RES 16
+#define REC 64	  /* journal record size */
+#define FENCE 32  /* fence record size */
+
+static volatile sig_atomic_t stopping, slow_next;
+static int logfd = -1;
+static uint64_t rng_state;
+static bool break_nolock, break_nofence;
+
+struct store {
+	int cfd; /* rN.counter */
+	int ffd; /* rN.fence */
+};
+
+static void
+on_signal(int sig)
+{
+	if (sig == SIGUSR1)
+		slow_next = 1;
+	else
+		stopping = 1;
+}
+
+static int
+lock_store(int fd, int op)
+{
+	while (flock(fd, op) < 0) {
+		if (errno != EINTR)
+			return -errno;
+	}
+	return 0;
+}
+
+static uint64_t
+now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t
+rnd(void)
+{
+	/* xorshift64* */
+	rng_state ^= rng_state >> 12;
+	rng_state ^= rng_state << 25;
+	rng_state ^= rng_state >> 27;
+	return rng_state * 2685821657736338717ull;
+}
+
+static unsigned
+rnd_below(unsigned n)
+{
+	return (unsigned)(rnd() % n);
+}
+
+static void
+pause_us(unsigned us)
+{
+	struct timespec ts = {0, (long)us * 1000};
+
+	if (us == 0)
+		return;
+	while (nanosleep(&ts, &ts) < 0 && errno == EINTR && !stopping)
+		;
+}
+
+static void logline(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static void
+logline(const char *fmt, ...)
+{
+	char buf[1024];
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(buf, sizeof buf - 1, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return;
+	if ((size_t)n > sizeof buf - 2)
+		n = sizeof buf - 2;
+	buf[n++] = '\n';
+	/* O_APPEND, one write: a line is whole or absent. */
+	while (write(logfd, buf, (size_t)n) < 0 && errno == EINTR)
+		;
+}
+
+/* Make a log-safe copy of a message: no newlines. */
+static const char *
+oneline(const char *s, char *buf, size_t len)
+{
+	size_t i;
+
+	for (i = 0; s[i] != '\0' && i + 1 < len; i++)
+		buf[i] = (s[i] == '\n' || s[i] == '\r') ? ' ' : s[i];
+	buf[i] = '\0';
+	return buf;
+}
+
+/* ------------------------------------------------------------ storage */
+
+static int
+fence_get(struct store *s, uint64_t *v)
+{
+	char buf[FENCE + 1];
+	ssize_t n = pread(s->ffd, buf, FENCE, 0);
+
+	if (n < 0)
+		return -errno;
+	if (n == 0) {
+		*v = 0;
+		return 0;
+	}
+	if (n != FENCE)
+		return -EIO;
+	buf[n] = '\0';
+	*v = strtoull(buf, NULL, 10);
+	return 0;
+}
+
+static int
+fence_set(struct store *s, uint64_t v)
+{
+	char buf[FENCE + 1];
+
+	snprintf(buf, sizeof buf, "%020" PRIu64 "%*s\n", v, FENCE - 21, "");
+	if (pwrite(s->ffd, buf, FENCE, 0) != FENCE)
+		return -EIO;
+	return 0;
+}
+
+static int
+last_value(struct store *s, uint64_t *v)
+{
+	struct stat st;
+	char buf[REC + 1];
+
+	if (fstat(s->cfd, &st) < 0)
+		return -errno;
+	if (st.st_size == 0) {
+		*v = 0;
+		return 0;
+	}
+	if (st.st_size % REC != 0)
+		return -EIO;
+	if (pread(s->cfd, buf, REC, st.st_size - REC) != REC)
+		return -EIO;
+	buf[REC] = '\0';
+	*v = strtoull(buf, NULL, 10);
+	return 0;
+}
+
+enum { ST_OK = 0, ST_FENCED = 1 };
+
+/* Read the counter under token. claim: raise the fence to token. */
+static int
+store_read(struct store *s, uint64_t token, bool claim, uint64_t *value)
+{
+	uint64_t f;
+	int rc;
+
+	if ((rc = lock_store(s->cfd, LOCK_EX)) < 0)
+		return rc;
+	rc = fence_get(s, &f);
+	if (break_nofence)
+		f = 0;
+	if (rc == 0 && token < f)
+		rc = ST_FENCED;
+	if (rc == 0 && claim && token > f)
+		rc = fence_set(s, token);
+	if (rc == 0)
+		rc = last_value(s, value);
+	lock_store(s->cfd, LOCK_UN);
+	return rc;
+}
+
+/* Append value under token, unless a higher token has used the storage. */
+static int
+store_write(struct store *s, uint64_t token, uint64_t value)
+{
+	char buf[REC + 1];
+	uint64_t f;
+	int rc;
+
+	if ((rc = lock_store(s->cfd, LOCK_EX)) < 0)
+		return rc;
+	rc = fence_get(s, &f);
+	if (break_nofence)
+		f = 0;
+	if (rc == 0 && token < f)
+		rc = ST_FENCED;
+	if (rc == 0 && token > f)
+		rc = fence_set(s, token);
+	if (rc == 0) {
+		snprintf(buf, sizeof buf, "%020" PRIu64 " %020" PRIu64 " %010ld",
+			 value, token, (long)getpid());
+		memset(buf + strlen(buf), ' ', REC - strlen(buf));
+		buf[REC - 1] = '\n';
+		if (write(s->cfd, buf, REC) != REC)
+			rc = -EIO;
+	}
+	lock_store(s->cfd, LOCK_UN);
+	return rc;
+}
+
+static int
+store_open(struct store *s, const char *dir, unsigned i)
+{
+	char p[4096];
+
+	snprintf(p, sizeof p, "%s/r%u.counter", dir, i);
+	s->cfd = open(p, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+	snprintf(p, sizeof p, "%s/r%u.fence", dir, i);
+	s->ffd = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	return s->cfd < 0 || s->ffd < 0 ? -1 : 0;
+}
+
+/* ------------------------------------------------------------ client */
+
+static int
+daemon_pid(arb_client *c)
+{
+	struct ucred uc;
+	socklen_t len = sizeof uc;
+
+	if (getsockopt(arb_fd(c), SOL_SOCKET, SO_PEERCRED, &uc, &len) < 0)
+		return -1;
+	return (int)uc.pid;
+}
+
+/* Connect, retrying with backoff while the daemon is down. */
+static arb_client *
+reconnect(const char *sock, int *dpid)
+{
+	unsigned backoff = 1000;
+
+	while (!stopping) {
+		arb_client *c;
+
+		if (arb_connect(&c, sock, "chaos-worker") == 0) {
+			*dpid = daemon_pid(c);
+			logline("C %d %" PRIu64, *dpid, now_ns());
+			return c;
+		}
+		pause_us(backoff);
+		if (backoff < 50000)
+			backoff *= 2;
+	}
+	return NULL;
+}
+
+static bool
+is_conn_lost(int rc)
+{
+	/* -errno from the socket, or the library's own "connection lost". */
+	return rc == -ARB_ECONNLOST || (rc < 0 && rc > -1000);
+}
+
+int
+main(int argc, char **argv)
+{
+	struct store st[MAX_RES];
+	struct sigaction sa;
+	const char *sock, *dir;
+	unsigned nres = 3;
+	uint64_t sections = 0;
+	arb_client *c = NULL;
+	int dpid = -1;
+	char msg[600];
+
+	if (argc < 5 || argc > 6) {
+		fprintf(stderr, "usage: chaos_worker SOCKET DATADIR LOGFILE SEED "
+				"[RESOURCES]\n");
+		return 2;
+	}
+	sock = argv[1];
+	dir = argv[2];
+	rng_state = strtoull(argv[4], NULL, 0) ^ ((uint64_t)getpid() << 32) ^
+		    now_ns();
+	if (rng_state == 0)
+		rng_state = 88172645463325252ull;
+	if (getenv("CHAOS_BREAK") != NULL) {
+		break_nolock = strstr(getenv("CHAOS_BREAK"), "nolock") != NULL;
+		break_nofence = strstr(getenv("CHAOS_BREAK"), "nofence") != NULL;
+	}
+	if (argc == 6)
+		nres = (unsigned)atoi(argv[5]);
+	if (nres < 1 || nres > MAX_RES) {
+		fprintf(stderr, "chaos_worker: RESOURCES must be 1..%d\n", MAX_RES);
+		return 2;
+	}
+	/* The driver may die; never outlive it. */
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	/* Small pauses should be small. */
+	prctl(PR_SET_TIMERSLACK, 1000UL);
+	memset(&sa, 0, sizeof sa);
+	sa.sa_handler = on_signal;
+	sa.sa_flags = SA_RESTART;
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGUSR1, &sa, NULL);
+
+	logfd = open(argv[3], O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+	if (logfd < 0) {
+		fprintf(stderr, "chaos_worker: %s: %s\n", argv[3], strerror(errno));
+		return 3;
+	}
+	for (unsigned i = 0; i < nres; i++) {
+		if (store_open(&st[i], dir, i) < 0) {
+			fprintf(stderr, "chaos_worker: storage in %s: %s\n", dir,
+				strerror(errno));
+			return 3;
+		}
+	}
+
+	while (!stopping) {
+		char res[32];
+		unsigned r = rnd_below(nres);
+		enum arb_mode mode = rnd_below(100) < 25 ? ARB_SHARED : ARB_EXCLUSIVE;
+		char mc = mode == ARB_SHARED ? 'S' : 'E';
+		int64_t timeout = ARB_WAIT_FOREVER;
+		struct arb_lease lease;
+		struct arb_event ev;
+		uint64_t t0, t1, value = 0;
+		unsigned pause = rnd_below(1000) < 2
+					 ? 20000 + rnd_below(130000)
+					 : rnd_below(200);
+		const char *outcome;
+		bool revoked = false, lost = false;
+		int rc;
+
+		if (c == NULL) {
+			c = reconnect(sock, &dpid);
+			if (c == NULL)
+				break;
+		}
+		if (break_nolock)
+			snprintf(res, sizeof res, "chaos-%u-%ld", r,
+				 (long)getpid());
+		else
+			snprintf(res, sizeof res, "chaos-%u", r);
+		if (rnd_below(100) < 15)
+			timeout = (int64_t)rnd_below(4); /* 0 = try once */
+		rc = arb_acquire(c, res, mode, timeout, NULL, &lease);
+		if (rc == -ARB_ETIMEOUT || rc == -ARB_EWOULDBLOCK) {
+			logline("T %u %c %" PRId64 " %s", r, mc, timeout,
+				rc == -ARB_ETIMEOUT ? "timeout" : "wouldblock");
+			continue;
+		}
+		if (is_conn_lost(rc)) {
+			logline("L %u %s", r, arb_strerror(rc));
+			arb_close(c);
+			c = NULL;
+			continue;
+		}
+		if (rc < 0) {
+			logline("E %u %d %s", r, rc,
+				oneline(arb_last_error(c), msg, sizeof msg));
+			arb_close(c);
+			c = NULL;
+			pause_us(10000);
+			continue;
+		}
+
+		/* ---- the critical section ---- */
+		t0 = now_ns();
+		if (mode == ARB_EXCLUSIVE) {
+			rc = store_read(&st[r], lease.token, true, &value);
+			if (rc == ST_OK) {
+				if (slow_next) {
+					slow_next = 0;
+					pause = 100000 + rnd_below(100000);
+				}
+				pause_us(pause);
+				value++;
+				rc = store_write(&st[r], lease.token, value);
+			}
+			outcome = rc == ST_OK ? "inc" : "fenced";
+		} else {
+			rc = store_read(&st[r], lease.token, false, &value);
+			if (rc == ST_OK)
+				pause_us(pause / 2);
+			outcome = rc == ST_OK ? "read" : "fenced";
+		}
+		t1 = now_ns();
+		/* ---- end of the critical section ---- */
+		if (rc < 0) {
+			fprintf(stderr, "chaos_worker: storage of %s: %s\n", res,
+				strerror(-rc));
+			logline("E %u %d storage: %s", r, rc, strerror(-rc));
+			return 3;
+		}
+
+		/* Did the daemon take the lease back while we held it? */
+		while ((rc = arb_next_event(c, &ev)) > 0) {
+			if (ev.kind == ARB_EV_REVOKED && ev.lease.id == lease.id)
+				revoked = true;
+			else
+				logline("X %d %" PRIu64 " %s", (int)ev.kind,
+					ev.lease.id, ev.resource);
+		}
+		if (rc < 0)
+			lost = true;
+		logline("S %u %" PRIu64 " %c %" PRIu64 " %" PRIu64 " %s %d %" PRIu64
+			" %d",
+			r, lease.token, mc, t0, t1, outcome, dpid, value,
+			revoked ? 1 : 0);
+		sections++;
+		if (!lost && !revoked) {
+			rc = arb_release(c, lease.id);
+			if (is_conn_lost(rc)) {
+				lost = true;
+			} else if (rc < 0) {
+				logline("E %u %d release: %s", r, rc,
+					oneline(arb_last_error(c), msg,
+						sizeof msg));
+			}
+		}
+		if (lost) {
+			logline("L %u %s", r, "release");
+			arb_close(c);
+			c = NULL;
+		}
+		if (rnd_below(100) < 10)
+			pause_us(rnd_below(500));
+	}
+	arb_close(c);
+	logline("Q %" PRIu64, sections);
+	return 0;
+}
