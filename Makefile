@@ -119,14 +119,25 @@ test:
 		SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all"
 
 check: all $(UNIT_BIN)
-	$(MAKE) check-unit check-integration check-deploy chaos-selftest \
-		chaos-short load-short
+	$(MAKE) check-unit check-integration check-python check-deploy \
+		chaos-selftest chaos-short load-short
 
 check-unit: $(UNIT_BIN)
 	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t --jobs 2; done
 
 check-integration: all
 	ARBITER_BUILD=$(abspath $(BUILD)) $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
+
+# The Python client, installed offline into a venv that sees Debian's
+# python3-protobuf, then its tests against this build's daemon.
+check-python: all
+	rm -rf $(BUILD)/venv $(BUILD)/python-build
+	$(PYTHON) -m venv --system-site-packages $(BUILD)/venv
+	ARBITER_PY_BUILD_BASE=$(abspath $(BUILD))/python-build \
+		$(BUILD)/venv/bin/python -m pip install -q --no-index \
+		--no-build-isolation ./client/python
+	ARBITER_BUILD=$(abspath $(BUILD)) $(BUILD)/venv/bin/python -m pytest -q \
+		-p no:cacheprovider client/python/tests
 
 check-deploy: all
 	ARBITER_BUILD=$(abspath $(BUILD)) $(PYTHON) -m pytest -q -p no:cacheprovider tests/deploy

@@ -11,7 +11,8 @@ set -eu
 
 BUILD_PKGS="gcc make pkg-config libevent-dev libprotobuf-c-dev protobuf-c-compiler
 libmsgpack-dev libinih-dev uthash-dev protobuf-compiler python3 python3-protobuf"
-TEST_PKGS="libcriterion-dev python3-pytest util-linux procps socat
+TEST_PKGS="libcriterion-dev python3-pytest python3-venv python3-pip
+python3-setuptools python3-wheel util-linux procps socat
 prometheus yamllint python3-yaml systemd valgrind clang-tidy cppcheck strace"
 
 want="$BUILD_PKGS"

@@ -13,6 +13,7 @@ Release{request_id}, and a grant that raced ahead is released by lease id.
 Nothing stays granted or queued.
 """
 import asyncio
+import copy
 import inspect
 import itertools
 import logging
@@ -131,8 +132,11 @@ class _Protocol(asyncio.BufferedProtocol):
         try:
             msgs = self.reader.feed(data)
         except E.ArbiterError as exc:
+            if self.handshake is not None and not self.handshake.done():
+                self.handshake.set_exception(exc)
             self.transport.abort()
-            self.client._fail(exc)
+            if self.client._proto is self:
+                self.client._fail(exc)
             return
         for m in msgs:
             if self.handshake is not None:
@@ -158,6 +162,8 @@ class _Protocol(asyncio.BufferedProtocol):
             self.handshake.set_exception(P.lost(
                 c.socket_path, "the daemon closed the connection during the "
                 "handshake"))
+        if c._proto is not self:
+            return      # a failed connect: the client may try again
         if c._closing:
             why = E.ConnectionLost("this AsyncClient was closed (arbiter at "
                                    "%s)" % c.socket_path,
@@ -272,7 +278,7 @@ class AsyncClient:
                 "survive fork(): create a new one in process %d" %
                 (self._pid, os.getpid()), socket_path=self.socket_path)
         if self._closed is not None:
-            raise self._closed
+            raise copy.copy(self._closed)
         return self
 
     async def _ensure(self):
@@ -397,7 +403,7 @@ class AsyncClient:
             if p.abandoned:
                 self._gate_exit(p.raw, p.gate)
             if p.fut is not None and not p.fut.done():
-                p.fut.set_exception(exc)
+                p.fut.set_exception(copy.copy(exc))
                 p.fut.exception()  # nobody may be left to retrieve it
         for lease in leases:
             self._stop_renew(lease)
@@ -684,6 +690,28 @@ class _AcquireReturnProxy:
         return False
 
 
+class _AcquireCall:
+    """What AsyncArbiterLock.acquire() returns: await it (giving a proxy
+    for `async with`), or use it directly: `async with lock.acquire(5):`."""
+
+    __slots__ = ("_lock", "_args")
+
+    def __init__(self, lock, args):
+        self._lock = lock
+        self._args = args
+
+    def __await__(self):
+        return self._lock._acquire(*self._args).__await__()
+
+    async def __aenter__(self):
+        await self._lock._acquire(*self._args)
+        return self._lock
+
+    async def __aexit__(self, et, ev, tb):
+        await self._lock._exit(ev)
+        return False
+
+
 class _TaskCtx:
     __slots__ = ("counter", "lease")
 
@@ -707,11 +735,17 @@ class AsyncArbiterLock:
         self.shared = shared
         self.ttl = ttl
         self.on_revoked = on_revoked
+        self._own_client = client is None
+        self._socket_path = socket_path
         self._client = client or AsyncClient(socket_path)
         self._ctxs = weakref.WeakKeyDictionary()
 
     @property
     def client(self):
+        """The AsyncClient used; without client=, a private one, made
+        again if its connection was lost."""
+        if self._own_client and self._client.closed:
+            self._client = AsyncClient(self._socket_path)
         return self._client
 
     def _ctx(self):
@@ -734,8 +768,13 @@ class AsyncArbiterLock:
     def lease(self):
         return self._ctx().lease
 
-    async def acquire(self, timeout=None, poll_interval=None, *,
-                      blocking=None, poll_intervall=None):
+    def acquire(self, timeout=None, poll_interval=None, *, blocking=None,
+                poll_intervall=None):
+        """``await lock.acquire(timeout=None, blocking=True)`` or ``async
+        with lock.acquire(timeout=5):`` (timeout as for ArbiterLock)."""
+        return _AcquireCall(self, (timeout, blocking))
+
+    async def _acquire(self, timeout, blocking):
         if timeout is None:
             timeout = self.timeout
         if blocking is None:
@@ -744,7 +783,7 @@ class AsyncArbiterLock:
             timeout = 0
         ctx = self._ctx()
         if ctx.counter == 0:
-            ctx.lease = await self._client.acquire(
+            ctx.lease = await self.client.acquire(
                 self._raw, self.shared, timeout, self.ttl,
                 on_revoked=self.on_revoked)
         ctx.counter += 1

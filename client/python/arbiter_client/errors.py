@@ -10,10 +10,10 @@ and carries the daemon's own message when the daemon sent one:
 ``ShuttingDown``          the daemon is stopping (a ``ConnectionLost``)
 ``ProtocolError``         the daemon and client do not understand each other
 ``Forbidden``             the daemon refused this uid/gid, or an admin request
-``Timeout``               ``timeout`` ran out while waiting (a ``TimeoutError``,
-                          like ``filelock.Timeout``)
-``WouldBlock``            try-lock (``timeout=0`` / ``blocking=False``) found the
-                          resource busy (a ``Timeout``)
+``Timeout``               ``timeout`` ran out while waiting (a
+                          ``TimeoutError``, like ``filelock.Timeout``)
+``WouldBlock``            try-lock (``timeout=0``, ``blocking=False``) found
+                          the resource busy (a ``Timeout``)
 ``Cancelled``             the pending acquire was withdrawn by an admin
 ``AlreadyHeld``           this connection/thread already holds or waits for it
 ``InvalidName``           resource name not 1..255 bytes of printable UTF-8
@@ -58,7 +58,8 @@ class ProtocolError(ArbiterError):
 
 
 class Forbidden(ArbiterError):
-    """The daemon does not allow this uid/gid, or the request needs an admin."""
+    """The daemon does not allow this uid/gid, or the request needs an
+    admin."""
 
 
 class Timeout(ArbiterError, TimeoutError):

@@ -23,6 +23,8 @@ import tempfile
 import threading
 import time
 
+import ctypes
+
 import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -49,7 +51,8 @@ except ImportError:
 
 
 def pytest_report_header(config):
-    return ["arbiter_client from %s" % os.path.dirname(arbiter_client.__file__),
+    return ["arbiter_client from %s" %
+            os.path.dirname(arbiter_client.__file__),
             "arbiterd from %s" % ARBITERD]
 
 
@@ -77,6 +80,15 @@ def client_env():
     return env
 
 
+def _die_with_parent():
+    """In the child before exec: get SIGKILL when the test process dies,
+    so a killed test run never leaves a daemon behind."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PDEATHSIG
+    except Exception:
+        pass
+
+
 class Daemon:
     """One arbiterd with its own socket and storage in a fresh short
     folder (Unix socket paths are limited to 107 bytes)."""
@@ -97,7 +109,8 @@ class Daemon:
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, env=env,
-                                     start_new_session=True)
+                                     start_new_session=True,
+                                     preexec_fn=_die_with_parent)
         self.pid = self.proc.pid
         self.lines = []
         self._cv = threading.Condition()
