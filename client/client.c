@@ -531,7 +531,8 @@ arb_connect_timeout(arb_client **out, const char *socket_path,
 		/* connect(2) on a Unix socket whose backlog is full blocks;
 		 * SO_SNDTIMEO bounds it. */
 		struct timeval tv = {.tv_sec = c->timeout_ms / 1000,
-				     .tv_usec = (c->timeout_ms % 1000) * 1000};
+				     .tv_usec = (suseconds_t)(c->timeout_ms % 1000) *
+						1000};
 
 		setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
 	}
