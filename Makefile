@@ -120,7 +120,7 @@ test:
 
 check: all $(UNIT_BIN)
 	$(MAKE) check-unit check-integration check-python check-deploy \
-		chaos-selftest chaos-short load-short
+		chaos-selftest chaos-short load-short bench-smoke
 
 check-unit: $(UNIT_BIN)
 	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t --jobs 2; done
@@ -207,5 +207,6 @@ clean:
 	rm -rf build build-asan build-fuzz
 
 include tests/chaos/chaos.mk
+include tests/bench/bench.mk
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

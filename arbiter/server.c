@@ -561,6 +561,17 @@ void
 server_free(struct server *srv)
 {
 	struct conn *c;
+	sigset_t stop;
+
+	/* Freeing the signal events below restores the default actions: a
+	 * second SIGTERM during teardown would then kill us with a signal
+	 * status instead of letting the clean exit finish. Blocked, it just
+	 * stays pending until we are gone. */
+	sigemptyset(&stop);
+	sigaddset(&stop, SIGTERM);
+	sigaddset(&stop, SIGINT);
+	sigaddset(&stop, SIGHUP);
+	sigprocmask(SIG_BLOCK, &stop, NULL);
 
 	while ((c = TAILQ_FIRST(&srv->conns)) != NULL) {
 		/* Shutdown already revoked everything; close quietly. */

@@ -83,22 +83,41 @@ def _world_readable(path):
     return True
 
 
+C_PATH = r"""
+import ctypes, sys
+lib = ctypes.CDLL(sys.argv[1])
+lib.arb_socket_path.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+buf = ctypes.create_string_buffer(256)
+lib.arb_socket_path(buf, 256)
+print(buf.value.decode())
+"""
+
+
 def test_socket_path_resolution_matches_libarbiter(monkeypatch):
     lib_path = os.path.join(BUILD, "libarbiter.so")
     if not os.path.exists(lib_path):
         pytest.fail("no %s: build the C side first" % lib_path)
-    lib = ctypes.CDLL(lib_path)
-    lib.arb_socket_path.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+    # A sanitizer build of the library needs its runtime loaded first, so
+    # ask the library in a child process that preloads it.
+    env = dict(os.environ)
+    ldd = subprocess.run(["ldd", lib_path], capture_output=True,
+                         text=True).stdout
+    for line in ldd.splitlines():
+        if "libasan" in line and "=>" in line:
+            env["LD_PRELOAD"] = line.split("=>")[1].split()[0]
+            env["ASAN_OPTIONS"] = "detect_leaks=0"
 
     def c_path():
-        buf = ctypes.create_string_buffer(256)
-        lib.arb_socket_path(buf, 256)
-        return buf.value.decode()
+        return subprocess.run([sys.executable, "-c", C_PATH, lib_path],
+                              env=env, capture_output=True, text=True,
+                              check=True).stdout.strip()
     for value in (None, "", "/srv/x/arbiter.sock"):
         if value is None:
             monkeypatch.delenv("ARBITER_SOCKET", raising=False)
+            env.pop("ARBITER_SOCKET", None)
         else:
             monkeypatch.setenv("ARBITER_SOCKET", value)
+            env["ARBITER_SOCKET"] = value
         assert ac.resolve_socket_path() == c_path()
     assert ac.resolve_socket_path("/given.sock") == "/given.sock"
 
