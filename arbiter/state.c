@@ -12,6 +12,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,9 +35,121 @@ key_is(const msgpack_object *k, const char *s)
 	       memcmp(k->via.str.ptr, s, n) == 0;
 }
 
+static uint32_t
+be(const uint8_t *p, unsigned n)
+{
+	uint32_t v = 0;
+
+	for (unsigned i = 0; i < n; i++)
+		v = v << 8 | p[i];
+	return v;
+}
+
+/*
+ * Walk the record's headers before msgpack-c sees it. msgpack-c allocates a
+ * container's elements when it reads the header, so five bytes (df ff ff ff
+ * ff) would ask for 4 billion map entries. Every element takes at least one
+ * byte, so a record whose headers promise more elements than bytes remain is
+ * refused here; what passes allocates at most a few words per input byte.
+ * Returns 0, or -EINVAL with err set.
+ */
+static int
+state_prewalk(const uint8_t *buf, size_t len, char *err, size_t errlen)
+{
+	size_t pos = 0;
+	uint64_t pending = 1; /* objects still to read */
+
+	while (pending > 0) {
+		uint64_t head, body = 0, kids = 0;
+		uint8_t b;
+
+		if (pos >= len)
+			goto truncated;
+		b = buf[pos];
+		if (b <= 0x7f || b >= 0xe0 || b == 0xc0 || b == 0xc2 ||
+		    b == 0xc3) {
+			head = 1;
+		} else if (b <= 0x8f) {
+			head = 1, kids = 2 * (uint64_t)(b & 0x0f);
+		} else if (b <= 0x9f) {
+			head = 1, kids = b & 0x0f;
+		} else if (b <= 0xbf) {
+			head = 1, body = b & 0x1f;
+		} else if (b == 0xc1) {
+			snprintf(err, errlen,
+				 "not a msgpack record (0xc1 at offset %zu)",
+				 pos);
+			return -EINVAL;
+		} else {
+			/* c4..df: a fixed head, maybe a big-endian length */
+			/* clang-format off */
+			static const uint8_t hd[] = {
+				2, 3, 5,	/* c4-c6 bin 8/16/32 */
+				3, 4, 6,	/* c7-c9 ext 8/16/32 */
+				5, 9,		/* ca-cb float */
+				2, 3, 5, 9,	/* cc-cf uint */
+				2, 3, 5, 9,	/* d0-d3 int */
+				3, 4, 6, 10, 18, /* d4-d8 fixext */
+				2, 3, 5,	/* d9-db str 8/16/32 */
+				3, 5,		/* dc-dd array 16/32 */
+				3, 5,		/* de-df map 16/32 */
+			};
+			/* clang-format on */
+			unsigned i = b - 0xc4;
+			uint32_t n;
+
+			head = hd[i];
+			if (len - pos < head)
+				goto truncated;
+			switch (b) {
+			case 0xc4:
+			case 0xc5:
+			case 0xc6:
+			case 0xd9:
+			case 0xda:
+			case 0xdb:
+				body = be(buf + pos + 1, (unsigned)head - 1);
+				break;
+			case 0xc7:
+			case 0xc8:
+			case 0xc9: /* then a type byte */
+				body = be(buf + pos + 1, (unsigned)head - 2);
+				break;
+			case 0xdc:
+			case 0xdd:
+				kids = be(buf + pos + 1, (unsigned)head - 1);
+				break;
+			case 0xde:
+			case 0xdf:
+				n = be(buf + pos + 1, (unsigned)head - 1);
+				kids = 2 * (uint64_t)n;
+				break;
+			default:
+				break;
+			}
+		}
+		if (len - pos < head || len - pos - head < body)
+			goto truncated;
+		pos += head + body;
+		pending = pending - 1 + kids;
+		if (pending > len - pos) {
+			snprintf(err, errlen,
+				 "truncated or corrupt: at offset %zu, %" PRIu64
+				 " elements are declared but only %zu bytes "
+				 "follow",
+				 pos - head, pending, len - pos);
+			return -EINVAL;
+		}
+	}
+	return 0;
+truncated:
+	snprintf(err, errlen, "truncated (the file ends mid-record)");
+	return -EINVAL;
+}
+
 int
-state_decode(const uint8_t *buf, size_t len, struct state_data *out,
-	     char *err, size_t errlen)
+state_decode(const uint8_t *buf, size_t len, struct state_data *out, char *err,
+	     size_t errlen)
 {
 	msgpack_unpacked u;
 	msgpack_unpack_return r;
@@ -47,12 +160,20 @@ state_decode(const uint8_t *buf, size_t len, struct state_data *out,
 
 	memset(out, 0, sizeof *out);
 	msgpack_unpacked_init(&u);
+	rc = state_prewalk(buf, len, err, errlen);
+	if (rc < 0)
+		goto out;
 	r = msgpack_unpack_next(&u, (const char *)buf, len, &off);
+	if (r == MSGPACK_UNPACK_NOMEM_ERROR) {
+		snprintf(err, errlen, "out of memory decoding %zu bytes", len);
+		rc = -ENOMEM;
+		goto out;
+	}
 	if (r != MSGPACK_UNPACK_SUCCESS) {
 		snprintf(err, errlen, "%s",
 			 r == MSGPACK_UNPACK_CONTINUE
-				 ? "truncated (the file ends mid-record)"
-				 : "not a msgpack record");
+			     ? "truncated (the file ends mid-record)"
+			     : "not a msgpack record");
 		rc = -EINVAL;
 		goto out;
 	}
@@ -96,8 +217,10 @@ state_decode(const uint8_t *buf, size_t len, struct state_data *out,
 				goto out;
 			}
 			for (uint32_t j = 0; j < v->via.map.size; j++) {
-				const msgpack_object *ck = &v->via.map.ptr[j].key;
-				const msgpack_object *cv = &v->via.map.ptr[j].val;
+				const msgpack_object *ck =
+				    &v->via.map.ptr[j].key;
+				const msgpack_object *cv =
+				    &v->via.map.ptr[j].val;
 
 				if (cv->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
 					continue;
@@ -160,6 +283,8 @@ state_read(const char *path, struct state_data *out, char *err, size_t errlen)
 	buf = malloc((size_t)st.st_size + 1);
 	if (buf == NULL) {
 		close(fd);
+		snprintf(err, errlen, "out of memory reading %lld bytes",
+			 (long long)st.st_size);
 		return -ENOMEM;
 	}
 	while (got < (size_t)st.st_size &&
@@ -212,12 +337,14 @@ state_write(const char *path, uint64_t token_hw, const struct stats *st,
 		msgpack_pack_uint64(&pk, st->total.cur.c[c]);
 	}
 	pack_str(&pk, "resources", 9);
-	HASH_ITER(hh, st->by_name, r, rtmp) {
+	HASH_ITER(hh, st->by_name, r, rtmp)
+	{
 		if (r->last_token)
 			ntok++;
 	}
 	msgpack_pack_map(&pk, ntok);
-	HASH_ITER(hh, st->by_name, r, rtmp) {
+	HASH_ITER(hh, st->by_name, r, rtmp)
+	{
 		if (!r->last_token)
 			continue;
 		pack_str(&pk, r->name, r->len);

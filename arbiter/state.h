@@ -31,7 +31,8 @@ struct state_data {
 
 /*
  * Decode a state file's bytes. 0 on success; -EINVAL (corrupt or
- * truncated) or -EPROTONOSUPPORT (a newer format) with a sentence in err.
+ * truncated, or headers that promise more elements than the bytes hold),
+ * -ENOMEM, or -EPROTONOSUPPORT (a newer format), with a sentence in err.
  * On -EPROTONOSUPPORT, out->token_hw holds the mark when it could be read
  * (else 0), so a reset never lowers a token it can read.
  */
