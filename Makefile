@@ -3,7 +3,8 @@
 #   make            build build/arbiterd, build/arbiterctl, build/libarbiter.{a,so}
 #   make run        install missing Debian packages, build, run on arbiter.conf
 #   make test       install missing packages, build, run every test, then the
-#                   same suite again under ASan+UBSan
+#                   same suite again under ASan+UBSan, then the fuzz corpus
+#                   replay; WITH_VALGRIND=yes adds the valgrind pass
 #   make valgrind   the unit and integration tests with the daemon under valgrind
 #   make asan       only the ASan+UBSan pass
 #   make fuzz       libFuzzer harnesses for FUZZ_SECONDS each
@@ -117,6 +118,10 @@ test:
 	$(MAKE) check
 	$(MAKE) check BUILD=build-asan OPT=-O1 \
 		SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all"
+	$(MAKE) fuzz-replay
+ifeq ($(WITH_VALGRIND),yes)
+	$(MAKE) valgrind
+endif
 
 check: all $(UNIT_BIN)
 	$(MAKE) check-unit check-integration check-python check-deploy \
@@ -204,9 +209,10 @@ format:
 	clang-format -i arbiter/*.[ch] proto/*.[ch] client/*.[ch] tests/unit/*.c
 
 clean:
-	rm -rf build build-asan build-fuzz
+	rm -rf build build-asan build-fuzz build-fuzz-replay build-fuzzcov
 
 include tests/chaos/chaos.mk
 include tests/bench/bench.mk
+include tests/fuzz/fuzz.mk
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -6,12 +6,12 @@ daemon's own log line on stderr, never guessed with a sleep. Every process a
 test starts is registered so it can be killed at the end.
 """
 import os
-import select
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 
 BUILD = os.environ.get("ARBITER_BUILD") or os.path.join(
@@ -42,54 +42,69 @@ def open_dir():
 
 
 class LineReader:
-    """Read lines from a pipe with a deadline, keeping everything read."""
+    """Collect a pipe's lines on a thread, keeping everything read.
 
-    def __init__(self, f):
+    The thread reads as fast as the writer writes, so a chatty daemon (debug
+    logs, thousands of connections) never blocks on a full pipe while a test
+    is busy elsewhere; wait_for sleeps on a condition the thread signals.
+    """
+
+    def __init__(self, f, proc=None):
         self.f = f
         self.fd = f.fileno()
-        os.set_blocking(self.fd, False)
-        self.buf = b""
+        self.proc = proc
         self.lines = []
+        self.eof = False
+        self.cond = threading.Condition()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
 
-    def _fill(self, timeout):
-        r, _, _ = select.select([self.fd], [], [], timeout)
-        if not r:
-            return False
-        chunk = os.read(self.fd, 65536)
-        if not chunk:
-            raise EOFError("stream closed")
-        self.buf += chunk
-        while b"\n" in self.buf:
-            line, self.buf = self.buf.split(b"\n", 1)
-            self.lines.append(line.decode("utf-8", "replace"))
-        return True
+    def _run(self):
+        buf = b""
+        while True:
+            try:
+                chunk = os.read(self.fd, 65536)
+            except OSError:
+                chunk = b""
+            with self.cond:
+                if not chunk:
+                    if buf:
+                        self.lines.append(buf.decode("utf-8", "replace"))
+                    self.eof = True
+                    self.cond.notify_all()
+                    return
+                buf += chunk
+                if b"\n" in buf:
+                    *done, buf = buf.split(b"\n")
+                    self.lines.extend(l.decode("utf-8", "replace")
+                                      for l in done)
+                    self.cond.notify_all()
 
     def wait_for(self, needle, timeout=WAIT, start=0):
         """Return the first line at index >= start containing needle."""
         deadline = time.monotonic() + timeout
         i = start
-        while True:
-            while i < len(self.lines):
-                if needle in self.lines[i]:
-                    return self.lines[i]
-                i += 1
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("no line with %r; got:\n%s" %
-                                   (needle, "\n".join(self.lines[-30:])))
-            try:
-                self._fill(left)
-            except EOFError:
-                raise TimeoutError("stream ended without %r; got:\n%s" %
-                                   (needle, "\n".join(self.lines[-30:])))
+        with self.cond:
+            while True:
+                while i < len(self.lines):
+                    if needle in self.lines[i]:
+                        return self.lines[i]
+                    i += 1
+                if self.eof:
+                    raise TimeoutError("stream ended without %r; got:\n%s" %
+                                       (needle, "\n".join(self.lines[-30:])))
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("no line with %r; got:\n%s" %
+                                       (needle, "\n".join(self.lines[-30:])))
+                self.cond.wait(left)
 
     def drain(self):
-        try:
-            while self._fill(0):
-                pass
-        except EOFError:
-            pass
-        return self.lines
+        """The lines so far; all of them once the process has exited."""
+        if self.proc is not None and self.proc.poll() is not None:
+            self.thread.join(WAIT)
+        with self.cond:
+            return list(self.lines)
 
 
 class Daemon:
@@ -113,7 +128,7 @@ class Daemon:
                                      stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, env=e)
         self.pid = self.proc.pid
-        self.log = LineReader(self.proc.stderr)
+        self.log = LineReader(self.proc.stderr, self.proc)
         if wait_ready:
             self.log.wait_for("arbiter ready")
 
