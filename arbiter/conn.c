@@ -30,8 +30,6 @@
 #include "server.h"
 #include "xalloc.h"
 
-#define READ_CHUNK 65536
-
 static void conn_read_cb(evutil_socket_t fd, short what, void *arg);
 static void conn_write_cb(evutil_socket_t fd, short what, void *arg);
 static void conn_deadline_cb(evutil_socket_t fd, short what, void *arg);
@@ -299,53 +297,95 @@ conn_deadline_cb(evutil_socket_t fd, short what, void *arg)
 	server_flush(c->srv);
 }
 
-/* Cut complete frames out of the input and dispatch each. */
+/*
+ * Check the frame header at hdr with avail bytes there. Returns 1 with *n
+ * (the body's length) when the whole frame is there, 0 when more is needed,
+ * -1 when the header is bad (the connection is then failed).
+ */
+static int
+frame_ready(struct conn *c, const uint8_t *hdr, size_t avail, uint32_t *n)
+{
+	uint32_t max = (uint32_t)c->srv->cfg.max_frame_bytes;
+	enum frame_status st;
+
+	if (avail < FRAME_HEADER)
+		return 0;
+	st = frame_parse(hdr, FRAME_HEADER, max, n);
+	if (st == FRAME_EMPTY) {
+		conn_fail(c, 0, ARBITER__ERROR_CODE__BAD_FRAME,
+			  "frame length 0; every frame carries one "
+			  "message of 1 to %u bytes",
+			  max);
+		return -1;
+	}
+	if (st == FRAME_TOO_BIG) {
+		conn_fail(c, 0, ARBITER__ERROR_CODE__LIMIT,
+			  "frame of %u bytes is over "
+			  "limits.max_frame_bytes (%u)",
+			  *n, max);
+		return -1;
+	}
+	return avail - FRAME_HEADER >= *n;
+}
+
+/* Decode one frame's body and dispatch it. */
+static void
+frame_dispatch(struct conn *c, const uint8_t *body, uint32_t n)
+{
+	struct server *srv = c->srv;
+	Arbiter__Request *req;
+
+	codec_arena_reset(&srv->arena);
+	req = codec_unpack_request(&srv->arena, body, n);
+	if (req == NULL) {
+		conn_fail(c, 0, ARBITER__ERROR_CODE__BAD_FRAME,
+			  "frame of %u bytes is not a valid Request "
+			  "message (protocol version %d)",
+			  n, ARB_PROTOCOL_VERSION);
+		return;
+	}
+	dispatch_request(c, req);
+}
+
+/* Cut complete frames out of the buffered input and dispatch each. */
 static void
 conn_frames(struct conn *c)
 {
-	struct server *srv = c->srv;
-	uint32_t max = (uint32_t)srv->cfg.max_frame_bytes, n;
-
 	while (c->state == CONN_BINARY && c->kill == NULL) {
 		size_t avail = evbuffer_get_length(c->in);
 		uint8_t hdr[FRAME_HEADER];
 		const uint8_t *p;
-		Arbiter__Request *req;
-		enum frame_status st;
+		uint32_t n;
 
-		if (avail < FRAME_HEADER)
-			return;
-		evbuffer_copyout(c->in, hdr, FRAME_HEADER);
-		st = frame_parse(hdr, FRAME_HEADER, max, &n);
-		if (st == FRAME_EMPTY) {
-			conn_fail(c, 0, ARBITER__ERROR_CODE__BAD_FRAME,
-				  "frame length 0; every frame carries one "
-				  "message of 1 to %u bytes",
-				  max);
-			return;
-		}
-		if (st == FRAME_TOO_BIG) {
-			conn_fail(c, 0, ARBITER__ERROR_CODE__LIMIT,
-				  "frame of %u bytes is over "
-				  "limits.max_frame_bytes (%u)",
-				  n, max);
-			return;
-		}
-		if (avail - FRAME_HEADER < n)
+		if (avail >= FRAME_HEADER)
+			evbuffer_copyout(c->in, hdr, FRAME_HEADER);
+		if (frame_ready(c, hdr, avail, &n) <= 0)
 			return;
 		p = evbuffer_pullup(c->in, (ev_ssize_t)(FRAME_HEADER + n));
-		codec_arena_reset(&srv->arena);
-		req = codec_unpack_request(&srv->arena, p + FRAME_HEADER, n);
-		if (req == NULL) {
-			conn_fail(c, 0, ARBITER__ERROR_CODE__BAD_FRAME,
-				  "frame of %u bytes is not a valid Request "
-				  "message (protocol version %d)",
-				  n, ARB_PROTOCOL_VERSION);
-			return;
-		}
-		dispatch_request(c, req);
+		frame_dispatch(c, p + FRAME_HEADER, n);
 		evbuffer_drain(c->in, FRAME_HEADER + n);
 	}
+}
+
+/*
+ * The common case: nothing buffered, and the read holds whole frames.
+ * Dispatch them straight from the read buffer; only a partial frame at the
+ * end is copied into the connection's input.
+ */
+static void
+conn_frames_direct(struct conn *c, const uint8_t *p, size_t len)
+{
+	size_t used = 0;
+	uint32_t n;
+
+	while (c->state == CONN_BINARY && c->kill == NULL &&
+	       frame_ready(c, p + used, len - used, &n) > 0) {
+		frame_dispatch(c, p + used + FRAME_HEADER, n);
+		used += FRAME_HEADER + n;
+	}
+	if (c->kill == NULL && used < len &&
+	    evbuffer_add(c->in, p + used, len - used) < 0)
+		conn_close(c, "out of memory for input");
 }
 
 static void
@@ -353,10 +393,12 @@ conn_read_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct conn *c = arg;
 	struct server *srv = c->srv;
-	int n;
+	ssize_t n;
 
 	(void)what;
-	n = evbuffer_read(c->in, fd, READ_CHUNK);
+	/* read(2), not evbuffer_read: that asks FIONREAD first, one more
+	 * system call on every request. */
+	n = read(fd, srv->rbuf, CONN_READ_CHUNK);
 	if (n <= 0) {
 		if (n < 0 && (errno == EAGAIN || errno == EINTR))
 			return;
@@ -367,6 +409,17 @@ conn_read_cb(evutil_socket_t fd, short what, void *arg)
 	if (c->kill != NULL) {
 		/* Closing: ignore what it still sends. */
 		evbuffer_drain(c->in, evbuffer_get_length(c->in));
+		return;
+	}
+	if (c->state == CONN_BINARY && !c->refused &&
+	    evbuffer_get_length(c->in) == 0) {
+		conn_frames_direct(c, srv->rbuf, (size_t)n);
+		server_flush(srv);
+		return;
+	}
+	if (evbuffer_add(c->in, srv->rbuf, (size_t)n) < 0) {
+		conn_close(c, "out of memory for input");
+		server_flush(srv);
 		return;
 	}
 	if (c->state == CONN_NEW) {

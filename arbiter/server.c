@@ -25,6 +25,7 @@
 #include "notify.h"
 #include "role.h"
 #include "server.h"
+#include "xalloc.h"
 
 #define ACCEPT_BATCH 64
 /* Refused connections kept open until told why (see accept_cb). */
@@ -509,6 +510,7 @@ server_init(struct server *srv, char *err, size_t errlen)
 	stats_init(&srv->stats, (unsigned)srv->cfg.stats_max_resources);
 	storage_init(&srv->storage);
 	codec_arena_init(&srv->arena, 2 * srv->cfg.max_frame_bytes + 65536);
+	srv->rbuf = xcalloc(1, CONN_READ_CHUNK);
 	signal(SIGPIPE, SIG_IGN);
 
 	ecfg = event_config_new();
@@ -592,6 +594,8 @@ server_free(struct server *srv)
 	lockmgr_free(&srv->lm);
 	stats_free(&srv->stats);
 	codec_arena_free(&srv->arena);
+	free(srv->rbuf);
+	srv->rbuf = NULL;
 	if (srv->base != NULL) {
 		struct event **evs[] = {
 			&srv->ev_accept, &srv->ev_accept_resume, &srv->ev_timer,

@@ -18,6 +18,9 @@
 #include <event2/event_struct.h>
 
 #include "codec.h"
+
+/* The most one read(2) from a client takes. */
+#define CONN_READ_CHUNK 65536
 #include "config.h"
 #include "lockmgr.h"
 #include "stats.h"
@@ -90,6 +93,7 @@ struct server {
 	struct evhttp *http;   /* metrics listener, NULL when off */
 
 	struct codec_arena arena; /* decodes one request at a time */
+	uint8_t *rbuf;		  /* every read lands here first (CONN_READ_CHUNK) */
 
 	struct conn_list conns;
 	struct conn_list flushq;    /* have output or a kill pending */

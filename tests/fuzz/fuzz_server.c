@@ -392,6 +392,9 @@ fuzz_server_new(int flags)
 	stats_init(&srv->stats, (unsigned)srv->cfg.stats_max_resources);
 	storage_init(&srv->storage);
 	codec_arena_init(&srv->arena, 2 * srv->cfg.max_frame_bytes + 65536);
+	srv->rbuf = malloc(CONN_READ_CHUNK);
+	if (srv->rbuf == NULL)
+		abort();
 	ecfg = event_config_new();
 	event_config_set_flag(ecfg, EVENT_BASE_FLAG_NOLOCK);
 	srv->base = event_base_new_with_config(ecfg);
@@ -512,6 +515,7 @@ fuzz_server_free(struct fuzz_server *fs)
 	lockmgr_free(&srv->lm);
 	stats_free(&srv->stats);
 	codec_arena_free(&srv->arena);
+	free(srv->rbuf);
 	config_free(&srv->cfg);
 	free(fs);
 }
