@@ -209,6 +209,7 @@ do_acquire(struct conn *c, const Arbiter__Request *req)
 				   : cfg->lock_delay_ms);
 	la.tag = req->id;
 	la.position_updates = a->has_position_updates && a->position_updates;
+	la.quiet = a->has_quiet && a->quiet;
 
 	role_before_acquire(srv);
 	now = now_ns();

@@ -495,7 +495,8 @@ lockmgr_acquire(struct lockmgr *lm, struct lm_owner *o,
 		res->nwatchers++;
 	if (a->timeout_ns != LM_FOREVER)
 		timer_arm(lm, &r->timer, deadline_after(now, a->timeout_ns));
-	queue_event(lm, r, res->nwaiters);
+	if (!a->quiet || r->position_updates)
+		queue_event(lm, r, res->nwaiters);
 	if (!blocked)
 		grant_pass(lm, res, now); /* records the stall */
 	check_idle(lm);

@@ -161,6 +161,7 @@ struct lm_acquire {
 	uint64_t delay_ns;   /* lock-delay after an unclean end */
 	uint64_t tag;
 	bool position_updates;
+	bool quiet; /* no LM_EV_QUEUED when it waits (unless position_updates) */
 };
 
 struct lockmgr {

@@ -74,7 +74,9 @@ typedef void arb_queued_fn(void *ctx, const char *resource, uint32_t position,
 struct arb_acquire_opts {
 	uint64_t ttl_ms;	   /* 0: no ttl; else Renew before it ends */
 	int64_t lock_delay_ms;	   /* -1: the daemon's default */
-	arb_queued_fn *on_queued;  /* NULL: no queue reports */
+	arb_queued_fn *on_queued;  /* NULL: no queue reports (arb_acquire then
+				      asks the daemon for none: one frame and
+				      one wake-up less per wait) */
 	void *ctx;
 	bool position_updates;	   /* report every change, not just the first */
 };

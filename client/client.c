@@ -652,6 +652,17 @@ build_acquire(arb_client *c, Arbiter__Acquire *a, const char *resource,
 	return 0;
 }
 
+/* arb_acquire: nobody to tell about the queue, so ask for no Queued. */
+static void
+quiet_unless_watched(Arbiter__Acquire *a, const struct arb_acquire_opts *opts)
+{
+	if (opts == NULL ||
+	    (opts->on_queued == NULL && !opts->position_updates)) {
+		a->has_quiet = true;
+		a->quiet = true;
+	}
+}
+
 int
 arb_acquire(arb_client *c, const char *resource, enum arb_mode mode,
 	    int64_t timeout_ms, const struct arb_acquire_opts *opts,
@@ -665,6 +676,7 @@ arb_acquire(arb_client *c, const char *resource, enum arb_mode mode,
 	rc = build_acquire(c, &a, resource, mode, timeout_ms, opts);
 	if (rc < 0)
 		return rc;
+	quiet_unless_watched(&a, opts);
 	req.kind_case = ARBITER__REQUEST__KIND_ACQUIRE;
 	req.acquire = &a;
 	c->opts = opts;

@@ -275,8 +275,10 @@ lock_acquire(struct lock *l)
 
 	switch (l->kind) {
 	case LOCK_ARBITER:
-		o.on_queued = on_queued;
-		o.ctx = l;
+		if (l->want_queued) { /* the handoff needs to know */
+			o.on_queued = on_queued;
+			o.ctx = l;
+		}
 		l->queued = false;
 		rc = arb_acquire(l->arb, l->resource, ARB_EXCLUSIVE,
 				 ARB_WAIT_FOREVER, &o, &lease);

@@ -32,6 +32,31 @@ def test_exclusive_waiters_are_granted_in_fifo_order(daemon):
     assert lc.token > lb.token
 
 
+def test_a_quiet_acquire_waits_without_queued_frames(daemon):
+    """quiet: the client wants the answer only, so the daemon sends no
+    Queued; position_updates still wins over quiet."""
+    a, b, c = (Wire(daemon.socket, n) for n in ("a", "b", "c"))
+    la = a.lock("db")
+    ib = b.acquire("db", quiet=True)
+    ic = c.acquire("db", quiet=True, position_updates=True)
+    assert c.wait_kind("queued", ic).queued.position == 2
+    b.call(ping=pb.Ping())  # answered in order: the acquire is queued
+    assert status_waiters(a, "db") == 2
+    a.release(la.lease_id)
+    lb = b.granted(ib)
+    assert lb.token > la.token
+    assert c.wait_kind("queued", ic).queued.position == 1
+    assert not [m for m in b.pending if m.WhichOneof("kind") == "queued"]
+    b.close()
+    c.granted(ic)
+
+
+def status_waiters(w, resource):
+    st = w.call(status=pb.StatusRequest()).status
+    return sum(len(r.waiters) for r in st.resources
+               if r.resource == resource)
+
+
 def test_shared_holders_overlap_and_exclusive_waits(daemon):
     a, b, x, c = (Wire(daemon.socket, n) for n in "abxc")
     la = a.lock("idx", shared=True)

@@ -226,6 +226,28 @@ Test(lockmgr, second_exclusive_queues_at_position_one_naming_the_holder)
 	cr_assert_eq(lm.nheld, 1);
 }
 
+/* A quiet waiter is told nothing until its answer (the client asked for
+ * the answer only); position_updates overrides quiet. */
+Test(lockmgr, quiet_waiter_gets_no_queued_event_only_its_grant)
+{
+	uint64_t h = must_grant(&ow[0], "db", LM_EXCLUSIVE, 0);
+	struct lm_acquire a = req("db", LM_EXCLUSIVE);
+	uint64_t w = 0, v = 0;
+
+	done();
+	a.quiet = true;
+	cr_assert_eq(lockmgr_acquire(&lm, &ow[1], &a, 10, &w), LM_OK_QUEUED);
+	cr_assert_eq(nev(), 0);
+	cr_assert(is_waiting(w));
+	a.position_updates = true;
+	cr_assert_eq(lockmgr_acquire(&lm, &ow[2], &a, 10, &v), LM_OK_QUEUED);
+	cr_assert_eq(must_find(LM_EV_QUEUED, v)->position, 2);
+	done();
+	cr_assert_eq(lockmgr_release(&lm, &ow[0], h, false, 20), 0);
+	must_find(LM_EV_GRANTED, w);
+	cr_assert_eq(must_find(LM_EV_QUEUED, v)->position, 1);
+}
+
 Test(lockmgr, queued_event_names_the_first_holder_and_counts_holders)
 {
 	uint64_t x;

@@ -172,6 +172,8 @@ def acquire_request(req_id, raw_name, shared, timeout_ms, ttl_ms,
         a.lock_delay_ms = lock_delay_ms
     if position_updates:
         a.position_updates = True
+    else:
+        a.quiet = True  # nobody listens for Queued: the daemon sends none
     return req
 
 
