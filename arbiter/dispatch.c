@@ -317,7 +317,8 @@ do_release(struct conn *c, const Arbiter__Request *req)
 	/* The Released reply goes after the CANCELLED error of a withdrawn
 	 * request, so the Acquire's own answer always comes first. */
 	server_after_lockmgr(srv);
-	reply(c, req->id, ARBITER__SERVER_MESSAGE__KIND_RELEASED, &out);
+	if (!(r->has_quiet && r->quiet))
+		reply(c, req->id, ARBITER__SERVER_MESSAGE__KIND_RELEASED, &out);
 }
 
 static void

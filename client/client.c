@@ -774,6 +774,23 @@ arb_release(arb_client *c, uint64_t lease_id)
 }
 
 int
+arb_release_nowait(arb_client *c, uint64_t lease_id)
+{
+	Arbiter__Request req = ARBITER__REQUEST__INIT;
+	Arbiter__Release r = ARBITER__RELEASE__INIT;
+
+	r.has_lease_id = true;
+	r.lease_id = lease_id;
+	r.has_quiet = true;
+	r.quiet = true;
+	req.kind_case = ARBITER__REQUEST__KIND_RELEASE;
+	req.release = &r;
+	req.id = ++c->next_id;
+	ttl_forget(c, lease_id);
+	return send_request(c, &req);
+}
+
+int
 arb_renew(arb_client *c, uint64_t lease_id, uint64_t ttl_ms)
 {
 	Arbiter__Request req = ARBITER__REQUEST__INIT;

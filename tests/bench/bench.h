@@ -134,7 +134,13 @@ void proc_loadavg(char *buf, size_t len);
 
 /* ------------------------------------------------------------ lock.c */
 
-enum lock_kind { LOCK_ARBITER, LOCK_FLOCK, LOCK_MUTEX, LOCK_REDIS };
+enum lock_kind {
+	LOCK_ARBITER,
+	LOCK_FLOCK,
+	LOCK_MUTEX,
+	LOCK_REDIS,
+	LOCK_ARBITER_NOWAIT, /* arbiter, released with arb_release_nowait */
+};
 
 struct lock {
 	enum lock_kind kind;

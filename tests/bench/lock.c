@@ -37,6 +37,7 @@ lock_name(enum lock_kind k)
 	    [LOCK_FLOCK] = "flock",
 	    [LOCK_MUTEX] = "mutex",
 	    [LOCK_REDIS] = "redis",
+	    [LOCK_ARBITER_NOWAIT] = "arbiter-nowait",
 	};
 
 	return names[k];
@@ -249,6 +250,7 @@ lock_open(struct lock *l, enum lock_kind k, const struct bench *b,
 	snprintf(l->resource, sizeof l->resource, "%s", resource);
 	switch (k) {
 	case LOCK_ARBITER:
+	case LOCK_ARBITER_NOWAIT:
 		rc = arb_connect(&l->arb, b->sock, "bench");
 		if (rc < 0)
 			fprintf(stderr, "arbiter-bench: %s\n",
@@ -275,6 +277,7 @@ lock_acquire(struct lock *l)
 
 	switch (l->kind) {
 	case LOCK_ARBITER:
+	case LOCK_ARBITER_NOWAIT:
 		if (l->want_queued) { /* the handoff needs to know */
 			o.on_queued = on_queued;
 			o.ctx = l;
@@ -304,6 +307,8 @@ lock_release(struct lock *l)
 	switch (l->kind) {
 	case LOCK_ARBITER:
 		return arb_release(l->arb, l->lease);
+	case LOCK_ARBITER_NOWAIT:
+		return arb_release_nowait(l->arb, l->lease);
 	case LOCK_FLOCK:
 		return flock(l->fd, LOCK_UN) < 0 ? -errno : 0;
 	case LOCK_MUTEX:

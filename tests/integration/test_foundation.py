@@ -51,6 +51,21 @@ def test_a_quiet_acquire_waits_without_queued_frames(daemon):
     c.granted(ic)
 
 
+def test_a_quiet_release_has_no_reply_unless_it_fails(daemon):
+    a, b = Wire(daemon.socket, "a"), Wire(daemon.socket, "b")
+    la = a.lock("db")
+    ib = b.acquire("db")
+    b.wait_kind("queued", ib)
+    ir = a.send(release=pb.Release(lease_id=la.lease_id, quiet=True))
+    assert b.granted(ib).token > la.token  # released, in order
+    pong = a.call(ping=pb.Ping())
+    assert pong.WhichOneof("kind") == "pong"
+    assert not [m for m in a.pending if m.id == ir]  # no Released
+    # Releasing it again fails, and that failure is still reported.
+    ir2 = a.send(release=pb.Release(lease_id=la.lease_id, quiet=True))
+    assert error_of(a.wait(ir2)).code == pb.UNKNOWN_LEASE
+
+
 def status_waiters(w, resource):
     st = w.call(status=pb.StatusRequest()).status
     return sum(len(r.waiters) for r in st.resources
