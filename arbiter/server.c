@@ -76,8 +76,8 @@ arm_timer(struct server *srv)
 	evtimer_add(srv->ev_timer, &tv);
 }
 
-static void
-timer_cb(evutil_socket_t fd, short what, void *arg)
+void
+server_timer_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct server *srv = arg;
 
@@ -532,7 +532,7 @@ server_init(struct server *srv, char *err, size_t errlen)
 	srv->ev_accept = event_new(srv->base, srv->listen_fd,
 				   EV_READ | EV_PERSIST, accept_cb, srv);
 	srv->ev_accept_resume = evtimer_new(srv->base, accept_resume_cb, srv);
-	srv->ev_timer = evtimer_new(srv->base, timer_cb, srv);
+	srv->ev_timer = evtimer_new(srv->base, server_timer_cb, srv);
 	srv->ev_reap = event_new(srv->base, -1, 0, reap_cb, srv);
 	srv->ev_stop = evtimer_new(srv->base, stop_cb, srv);
 	srv->ev_sigterm = evsignal_new(srv->base, SIGTERM, signal_cb, srv);

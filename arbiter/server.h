@@ -120,6 +120,8 @@ void server_free(struct server *srv);
 void server_after_lockmgr(struct server *srv);
 /* Write out everything queued on connections; close those marked kill. */
 void server_flush(struct server *srv);
+/* ev_timer's callback: fire the lockmgr deadlines that are due. */
+void server_timer_cb(evutil_socket_t fd, short what, void *arg);
 void server_begin_shutdown(struct server *srv, const char *why);
 
 /* conn.c */

@@ -712,20 +712,34 @@ arb_acquire_async(arb_client *c, const char *resource, enum arb_mode mode,
 	return send_request(c, &req);
 }
 
-int
-arb_cancel(arb_client *c, uint64_t request_id)
+/* A Release sent without waiting: its answer, if any, becomes an event. */
+static int
+send_release(arb_client *c, bool by_request, uint64_t key, bool quiet)
 {
 	Arbiter__Request req = ARBITER__REQUEST__INIT;
 	Arbiter__Release r = ARBITER__RELEASE__INIT;
 
-	r.has_request_id = true;
-	r.request_id = request_id;
+	if (by_request) {
+		r.has_request_id = true;
+		r.request_id = key;
+	} else {
+		r.has_lease_id = true;
+		r.lease_id = key;
+	}
+	r.has_quiet = quiet;
+	r.quiet = quiet;
 	req.kind_case = ARBITER__REQUEST__KIND_RELEASE;
 	req.release = &r;
 	req.id = ++c->next_id;
+	return send_request(c, &req);
+}
+
+int
+arb_cancel(arb_client *c, uint64_t request_id)
+{
 	/* The Released reply (or UNKNOWN_LEASE if it was granted or failed
 	 * meanwhile) arrives as an ARB_EV_REPLY / ARB_EV_FAILED event. */
-	return send_request(c, &req);
+	return send_release(c, true, request_id, false);
 }
 
 int
@@ -776,18 +790,8 @@ arb_release(arb_client *c, uint64_t lease_id)
 int
 arb_release_nowait(arb_client *c, uint64_t lease_id)
 {
-	Arbiter__Request req = ARBITER__REQUEST__INIT;
-	Arbiter__Release r = ARBITER__RELEASE__INIT;
-
-	r.has_lease_id = true;
-	r.lease_id = lease_id;
-	r.has_quiet = true;
-	r.quiet = true;
-	req.kind_case = ARBITER__REQUEST__KIND_RELEASE;
-	req.release = &r;
-	req.id = ++c->next_id;
 	ttl_forget(c, lease_id);
-	return send_request(c, &req);
+	return send_release(c, false, lease_id, true);
 }
 
 int

@@ -80,20 +80,6 @@ fuzz_init(void)
 
 /* ------------------------------------------------------------ the loop */
 
-/* Mirrors server.c's timer_cb: fire due lockmgr deadlines. */
-static void
-timer_cb(evutil_socket_t fd, short what, void *arg)
-{
-	struct server *srv = arg;
-
-	(void)fd;
-	(void)what;
-	srv->timer_when = LM_FOREVER;
-	lockmgr_tick(&srv->lm, now_ns());
-	server_after_lockmgr(srv);
-	server_flush(srv);
-}
-
 /* Mirrors server.c's reap_cb (there is no listener to resume). */
 static void
 reap(struct server *srv)
@@ -401,7 +387,7 @@ fuzz_server_new(int flags)
 	event_config_free(ecfg);
 	if (srv->base == NULL)
 		abort();
-	srv->ev_timer = evtimer_new(srv->base, timer_cb, srv);
+	srv->ev_timer = evtimer_new(srv->base, server_timer_cb, srv);
 	srv->ev_reap = event_new(srv->base, -1, 0, reap_cb, srv);
 
 	/* helper-1 holds db (exclusive) and idx (shared); helper-2 shares

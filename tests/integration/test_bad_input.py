@@ -117,25 +117,10 @@ HELLO = req(1, hello=pb.Hello(protocol_version=1, client_name=b"bad"))
 
 
 def raw(d):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(WAIT)
-    s.connect(d.socket)
-    return s
+    return harness.connect_raw(d.socket)
 
 
-def read_until_closed(s):
-    """Everything the daemon sends until it closes the connection."""
-    out = b""
-    while True:
-        try:
-            chunk = s.recv(65536)
-        except ConnectionResetError:
-            break
-        if not chunk:
-            break
-        out += chunk
-    s.close()
-    return out
+read_until_closed = harness.read_until_closed
 
 
 def messages(data):

@@ -352,23 +352,10 @@ def test_a_live_socket_is_never_taken_over(daemon, tmp_path):
 # ------------------------------------------------------------ bad input
 
 def raw(daemon):
-    s = socket.socket(socket.AF_UNIX)
-    s.settimeout(WAIT)
-    s.connect(daemon.socket)
-    return s
+    return harness.connect_raw(daemon.socket)
 
 
-def read_all(s):
-    out = b""
-    while True:
-        try:
-            chunk = s.recv(65536)
-        except ConnectionResetError:
-            break
-        if not chunk:
-            break
-        out += chunk
-    return out
+read_all = harness.read_until_closed
 
 
 def decode_error(data):

@@ -158,21 +158,9 @@ class Daemon:
 
     def text(self, lines, timeout=WAIT):
         """Send text-protocol lines, return everything until close."""
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(timeout)
-        s.connect(self.socket)
+        s = connect_raw(self.socket, timeout)
         s.sendall(("\n".join(lines) + "\nquit\n").encode())
-        out = b""
-        while True:
-            try:
-                chunk = s.recv(65536)
-            except ConnectionResetError:
-                break
-            if not chunk:
-                break
-            out += chunk
-        s.close()
-        return out.decode()
+        return read_until_closed(s).decode()
 
     def stop(self, sig=signal.SIGTERM, timeout=WAIT):
         if self.proc.poll() is None:
@@ -189,6 +177,29 @@ class Daemon:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+def connect_raw(path, timeout=WAIT):
+    """A plain socket to the daemon: nothing sent yet, not even Hello."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    s.connect(path)
+    return s
+
+
+def read_until_closed(s):
+    """Everything the peer sends until it closes (or resets); closes s."""
+    out = b""
+    while True:
+        try:
+            chunk = s.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    s.close()
+    return out
 
 
 SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
