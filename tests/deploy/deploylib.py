@@ -183,7 +183,38 @@ def free_port():
     return port
 
 
+def wait_log(proc, needle, timeout=10.0):
+    """Read proc's stderr (a pipe) until a line holds needle; return it.
+
+    Reads the file descriptor itself, so the file object stays usable for a
+    later read() (which then lacks what was read here: that is kept in
+    proc.log_seen).
+    """
+    import select
+    fd = proc.stderr.fileno()
+    seen = getattr(proc, "log_seen", "")
+    deadline = time.monotonic() + timeout
+    while needle not in seen:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise AssertionError("no %r from arbiterd in %g s:\n%s"
+                                 % (needle, timeout, seen))
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            raise AssertionError("arbiterd exited (%s) before %r:\n%s"
+                                 % (proc.wait(), needle, seen))
+        seen += chunk.decode("utf-8", "replace")
+        proc.log_seen = seen
+    return next(l for l in seen.splitlines() if needle in l)
+
+
 def wait_ping(arbiterctl, sock, timeout=10.0, proc=None):
+    """The daemon answers a ping. With proc, its "arbiter ready" log line is
+    awaited first, so the ping is never a guess."""
+    if proc is not None and proc.stderr is not None and \
+            not getattr(proc, "ready_seen", False):
+        wait_log(proc, "arbiter ready", timeout)
+        proc.ready_seen = True
     deadline = time.monotonic() + timeout
     while True:
         r = subprocess.run([str(arbiterctl), "-S", str(sock), "ping"],

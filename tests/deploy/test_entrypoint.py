@@ -11,6 +11,7 @@ and SIGTERM must stop it with exit 0 within shutdown.timeout_ms.
 The PID-1 test adds what a container adds: arbiterd as PID 1 of its own PID
 namespace, running as the image's non-root uid.
 """
+import json
 import os
 import shutil
 import signal
@@ -222,6 +223,15 @@ def test_legacy_app_waits_for_arbiter(image):
     assert rc == 0
 
 
+def waiters(ctl, img, resource):
+    r = subprocess.run([ctl, "-S", str(img["sock"]), "status", "--json", resource],
+                       capture_output=True, text=True, env=img["env"])
+    if r.returncode != 0:
+        return None
+    res = json.loads(r.stdout).get("resources", {}).get(resource)
+    return len(res["waiters"]) if res else 0
+
+
 def test_two_replicas_on_one_volume_active_and_standby(image, build):
     """deploy/k8s/active-standby in one machine: two entrypoints on one
     storage, each with its own socket folder (its pod's emptyDir). The second
@@ -263,7 +273,11 @@ def test_two_replicas_on_one_volume_active_and_standby(image, build):
         # The standby's app queues; it is granted after the takeover.
         app = subprocess.Popen([ctl, "-S", str(img_b["sock"]), "run", "-w", "30", "demo",
                                 "--", "true"], env=env_b, stderr=subprocess.PIPE, text=True)
-        time.sleep(0.5)
+        deadline = time.monotonic() + 10
+        while waiters(ctl, img_b, "demo") != 1:  # queued on the standby
+            assert app.poll() is None, "granted by a standby"
+            assert time.monotonic() < deadline, "never queued on the standby"
+            time.sleep(0.05)
         assert app.poll() is None, "granted by a standby"
         rc_a, _ = stop(a)
         assert rc_a == 0, a.stderr.read()
