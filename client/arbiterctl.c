@@ -572,24 +572,36 @@ print_figures(const Arbiter__ResourceStats *r)
 	print_hist_row("hold", r->hold);
 }
 
+/* stats and status take [RESOURCE] [--json], in any order. */
+static const char *
+resource_and_json(int argc, char **argv, bool *json)
+{
+	const char *resource = NULL;
+
+	*json = false;
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--json") == 0)
+			*json = true;
+		else if (resource == NULL && argv[i][0] != '-')
+			resource = argv[i];
+		else
+			die(EXIT_USAGE, "%s: unexpected '%s'", argv[0],
+			    argv[i]);
+	}
+	return resource;
+}
+
 static int
 cmd_stats(int argc, char **argv)
 {
-	bool json = false;
-	const char *resource = NULL;
+	bool json;
+	const char *resource;
 	const Arbiter__Stats *s;
 	const void *p;
 	arb_client *c;
 	int rc;
 
-	for (int i = 1; i < argc; i++) {
-		if (strcmp(argv[i], "--json") == 0)
-			json = true;
-		else if (resource == NULL && argv[i][0] != '-')
-			resource = argv[i];
-		else
-			die(EXIT_USAGE, "stats: unexpected '%s'", argv[i]);
-	}
+	resource = resource_and_json(argc, argv, &json);
 	c = connect_or_die("arbiterctl");
 	rc = arb_stats(c, resource, &p);
 	if (rc < 0)
@@ -648,21 +660,14 @@ fmt_dur(char *buf, size_t len, uint64_t us)
 static int
 cmd_status(int argc, char **argv)
 {
-	bool json = false;
-	const char *resource = NULL;
+	bool json;
+	const char *resource;
 	const Arbiter__Status *s;
 	const void *p;
 	arb_client *c;
 	int rc;
 
-	for (int i = 1; i < argc; i++) {
-		if (strcmp(argv[i], "--json") == 0)
-			json = true;
-		else if (resource == NULL && argv[i][0] != '-')
-			resource = argv[i];
-		else
-			die(EXIT_USAGE, "status: unexpected '%s'", argv[i]);
-	}
+	resource = resource_and_json(argc, argv, &json);
 	c = connect_or_die("arbiterctl");
 	rc = arb_status(c, resource, &p);
 	if (rc < 0)

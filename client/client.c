@@ -890,6 +890,17 @@ arb_revoke(arb_client *c, uint64_t lease_id, uint32_t pid)
 	return rc < 0 ? rc : (int)m->revoke_done->revoked;
 }
 
+/* An optional resource filter: false (field absent) when name is NULL. */
+static protobuf_c_boolean
+set_name(ProtobufCBinaryData *field, const char *name)
+{
+	if (name == NULL)
+		return false;
+	field->data = (uint8_t *)(uintptr_t)name;
+	field->len = strlen(name);
+	return true;
+}
+
 int
 arb_stats(arb_client *c, const char *resource, const void **stats)
 {
@@ -898,11 +909,7 @@ arb_stats(arb_client *c, const char *resource, const void **stats)
 	Arbiter__ServerMessage *m;
 	int rc;
 
-	if (resource != NULL) {
-		s.has_resource = true;
-		s.resource.data = (uint8_t *)(uintptr_t)resource;
-		s.resource.len = strlen(resource);
-	}
+	s.has_resource = set_name(&s.resource, resource);
 	req.kind_case = ARBITER__REQUEST__KIND_STATS;
 	req.stats = &s;
 	rc = call(c, &req, &m, ARBITER__SERVER_MESSAGE__KIND_STATS);
@@ -919,11 +926,7 @@ arb_status(arb_client *c, const char *resource, const void **status)
 	Arbiter__ServerMessage *m;
 	int rc;
 
-	if (resource != NULL) {
-		s.has_resource = true;
-		s.resource.data = (uint8_t *)(uintptr_t)resource;
-		s.resource.len = strlen(resource);
-	}
+	s.has_resource = set_name(&s.resource, resource);
 	req.kind_case = ARBITER__REQUEST__KIND_STATUS;
 	req.status = &s;
 	rc = call(c, &req, &m, ARBITER__SERVER_MESSAGE__KIND_STATUS);

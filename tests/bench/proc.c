@@ -102,11 +102,15 @@ int
 proc_make_tmp(struct bench *b)
 {
 	const char *base = getenv("TMPDIR");
+	int n;
 
 	/* Socket paths under it must stay within sun_path's 108 bytes. */
 	if (base == NULL || *base == '\0' || strlen(base) > 40)
 		base = "/tmp";
-	snprintf(b->tmp, sizeof b->tmp, "%s/arbiter-bench-XXXXXX", base);
+	/* mkdtemp's template: six 'X' at the end become a unique name. */
+	n = snprintf(b->tmp, sizeof b->tmp, "%s/arbiter-bench-", base);
+	memset(b->tmp + n, 'X', 6);
+	b->tmp[n + 6] = '\0';
 	if (mkdtemp(b->tmp) == NULL) {
 		bench_fail("cannot create a temporary folder %s: %s", b->tmp,
 			   strerror(errno));

@@ -223,22 +223,32 @@ last_value(struct store *s, uint64_t *v)
 
 enum { ST_OK = 0, ST_FENCED = 1 };
 
+/* With the store locked: ST_FENCED when a higher token has used it; else
+ * raise the fence to token if claim. */
+static int
+fence_pass(struct store *s, uint64_t token, bool claim)
+{
+	uint64_t f = 0;
+	int rc = fence_get(s, &f);
+
+	if (break_nofence)
+		f = 0;
+	if (rc == 0 && token < f)
+		return ST_FENCED;
+	if (rc == 0 && claim && token > f)
+		rc = fence_set(s, token);
+	return rc;
+}
+
 /* Read the counter under token. claim: raise the fence to token. */
 static int
 store_read(struct store *s, uint64_t token, bool claim, uint64_t *value)
 {
-	uint64_t f;
 	int rc;
 
 	if ((rc = lock_store(s->cfd, LOCK_EX)) < 0)
 		return rc;
-	rc = fence_get(s, &f);
-	if (break_nofence)
-		f = 0;
-	if (rc == 0 && token < f)
-		rc = ST_FENCED;
-	if (rc == 0 && claim && token > f)
-		rc = fence_set(s, token);
+	rc = fence_pass(s, token, claim);
 	if (rc == 0)
 		rc = last_value(s, value);
 	lock_store(s->cfd, LOCK_UN);
@@ -250,18 +260,11 @@ static int
 store_write(struct store *s, uint64_t token, uint64_t value)
 {
 	char buf[REC + 1];
-	uint64_t f;
 	int rc;
 
 	if ((rc = lock_store(s->cfd, LOCK_EX)) < 0)
 		return rc;
-	rc = fence_get(s, &f);
-	if (break_nofence)
-		f = 0;
-	if (rc == 0 && token < f)
-		rc = ST_FENCED;
-	if (rc == 0 && token > f)
-		rc = fence_set(s, token);
+	rc = fence_pass(s, token, true);
 	if (rc == 0) {
 		snprintf(buf, sizeof buf, "%020" PRIu64 " %020" PRIu64 " %010ld",
 			 value, token, (long)getpid());

@@ -494,23 +494,9 @@ class AsyncClient:
         deadline = None if timeout is None else time.monotonic() + timeout
         gate = await self._gate_enter(raw, text, timeout, deadline)
         try:
-            if timeout is None:
-                timeout_ms = None
-            elif timeout == 0:
-                timeout_ms = 0
-            else:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise E.Timeout("gave up waiting for %r after %g s "
-                                    "(in this process)" % (text, timeout),
-                                    socket_path=self.socket_path,
-                                    resource=text)
-                timeout_ms = max(1, P.seconds_to_ms(left, "timeout"))
-            req = P.acquire_request(
-                next(self._ids), raw, shared, timeout_ms, ttl_ms,
-                position_updates=on_queued is not None,
-                lock_delay_ms=(None if lock_delay is None else
-                               P.seconds_to_ms(lock_delay, "lock_delay")))
+            req = P.acquire_in_time(
+                next(self._ids), raw, text, shared, timeout, deadline,
+                ttl_ms, on_queued, lock_delay, self.socket_path)
             p = _APending(self._loop.create_future(), acquire=True)
             p.raw = raw
             p.gate = gate

@@ -177,6 +177,28 @@ def acquire_request(req_id, raw_name, shared, timeout_ms, ttl_ms,
     return req
 
 
+def acquire_in_time(req_id, raw_name, text, shared, timeout, deadline,
+                    ttl_ms, on_queued, lock_delay, socket_path):
+    """The Acquire to send now for a caller whose own deadline may already
+    have gone by while it waited in this process (Timeout then)."""
+    if timeout is None:
+        timeout_ms = None
+    elif timeout == 0:
+        timeout_ms = 0
+    else:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise E.Timeout("gave up waiting for %r after %g s "
+                            "(in this process)" % (text, timeout),
+                            socket_path=socket_path, resource=text)
+        timeout_ms = max(1, seconds_to_ms(left, "timeout"))
+    return acquire_request(
+        req_id, raw_name, shared, timeout_ms, ttl_ms,
+        position_updates=on_queued is not None,
+        lock_delay_ms=(None if lock_delay is None else
+                       seconds_to_ms(lock_delay, "lock_delay")))
+
+
 class FrameReader:
     """Bytes in, decoded ServerMessages out."""
 
