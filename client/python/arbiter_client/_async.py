@@ -785,12 +785,7 @@ class AsyncArbiterLock:
             await lease.release()
 
     async def _exit(self, ev):
-        try:
-            await self.release()
-        except E.LeaseRevoked as exc:
-            if ev is None:
-                raise
-            ev.add_note("arbiter: " + str(exc))
+        await _release_on_exit(self, ev)
 
     async def __aenter__(self):
         await self.acquire()

@@ -1022,12 +1022,7 @@ class ArbiterLock:
         lease.release()
 
     def _exit(self, ev):
-        try:
-            self.release()
-        except E.LeaseRevoked as exc:
-            if ev is None:
-                raise
-            ev.add_note("arbiter: " + str(exc))
+        _release_on_exit(self, ev)
 
     def __enter__(self):
         self.acquire()
