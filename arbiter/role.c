@@ -3,7 +3,9 @@
  * may grant because of it.
  *
  *   active   holds the storage lock; grants leases; reads and writes the
- *            state file (tokens are reserved here, in blocks).
+ *            state file (tokens are reserved here, in blocks; the next
+ *            block is written by a helper thread while half of the current
+ *            one is left, and every change of role waits for that write).
  *   standby  hold = always, another arbiter holds the storage: serves its
  *            socket and queues requests; a helper thread blocked in
  *            F_OFD_SETLKW wakes the loop through an eventfd the moment the
@@ -76,6 +78,83 @@ reserve(struct server *srv)
 	return 0;
 }
 
+static void written_cb(evutil_socket_t fd, short what, void *arg);
+
+/*
+ * Reserve the next block while the current one still has tokens to give:
+ * a helper thread does the disk work, grants go on meanwhile. The mark is
+ * raised one whole block above the current limit, so the file is written
+ * once per block however early this starts.
+ */
+static void
+reserve_ahead(struct server *srv)
+{
+	uint64_t from = srv->lm.token_limit > srv->lm.last_token
+			    ? srv->lm.token_limit
+			    : srv->lm.last_token;
+	int rc;
+
+	if (srv->writer.busy || evtimer_pending(srv->ev_reserve, NULL))
+		return;
+	rc = state_writer_start(&srv->writer, srv->cfg.state_file,
+				from + STATE_TOKEN_BLOCK, &srv->stats);
+	if (rc < 0) {
+		log_warn("cannot write the state file in the background; "
+			 "writing it in the loop",
+			 "error=\"%s\"", srv->writer.err);
+		reserve(srv);
+		return;
+	}
+	if (srv->ev_written == NULL) {
+		srv->ev_written =
+		    event_new(srv->base, srv->writer.wake_fd,
+			      EV_READ | EV_PERSIST, written_cb, srv);
+		if (srv->ev_written == NULL) {
+			fprintf(stderr, "arbiter: out of memory\n");
+			abort();
+		}
+		event_add(srv->ev_written, NULL);
+	}
+}
+
+/* Wait for a background write before the storage lock changes hands. */
+static void
+writer_drain(struct server *srv)
+{
+	if (srv->writer.busy && state_writer_finish(&srv->writer) == 0) {
+		srv->state_writes++;
+		srv->state_fsyncs += srv->writer.fsyncs;
+	}
+}
+
+static void
+written_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct server *srv = arg;
+	struct timeval tv = {1, 0};
+
+	(void)fd;
+	(void)what;
+	if (!srv->writer.busy)
+		return;
+	if (state_writer_finish(&srv->writer) < 0) {
+		log_error("cannot reserve fencing tokens; grants beyond the "
+			  "current block will be held",
+			  "state_file=%s error=\"%s\"", srv->cfg.state_file,
+			  srv->writer.err);
+		evtimer_add(srv->ev_reserve, &tv);
+		return;
+	}
+	srv->state_writes++;
+	srv->state_fsyncs += srv->writer.fsyncs;
+	if (srv->role != ROLE_ACTIVE)
+		return; /* (transitions drain the writer first) */
+	lockmgr_add_tokens(&srv->lm, srv->writer.token_hw, now_ns());
+	server_after_lockmgr(srv);
+	server_flush(srv);
+}
+
+/* Retry after a failed write. */
 static void
 reserve_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -83,10 +162,8 @@ reserve_cb(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
-	if (srv->role == ROLE_ACTIVE && reserve(srv) == 0) {
-		server_after_lockmgr(srv);
-		server_flush(srv);
-	}
+	if (srv->role == ROLE_ACTIVE)
+		reserve_ahead(srv);
 }
 
 static void become_standby(struct server *srv);
@@ -151,6 +228,7 @@ watch_cb(evutil_socket_t fd, short what, void *arg)
 	}
 	log_error("storage lock lost; stepping down to standby",
 		  "detail=\"%s\"", err);
+	writer_drain(srv);
 	watch_stop(srv);
 	lockmgr_set_open(&srv->lm, false, now_ns());
 	n = lockmgr_revoke_all(&srv->lm, LM_END_STORAGE_LOST, now_ns());
@@ -204,6 +282,7 @@ activate(struct server *srv, char *err, size_t errlen)
 	}
 	if (hw < srv->lm.last_token)
 		hw = srv->lm.last_token;
+	writer_drain(srv);
 	srv->state_loaded = true;
 	lockmgr_set_tokens(&srv->lm, hw, hw);
 	srv->role = ROLE_ACTIVE;
@@ -381,10 +460,8 @@ role_after_events(struct server *srv, bool need_tokens, bool busy, bool idle)
 	if (srv->role != ROLE_ACTIVE)
 		return;
 	if (need_tokens ||
-	    srv->lm.token_limit - srv->lm.last_token < STATE_TOKEN_BLOCK / 10) {
-		if (!evtimer_pending(srv->ev_reserve, NULL))
-			reserve(srv);
-	}
+	    srv->lm.token_limit - srv->lm.last_token < STATE_TOKEN_BLOCK / 2)
+		reserve_ahead(srv);
 	if (srv->cfg.hold != HOLD_ON_DEMAND)
 		return;
 	if (busy)
@@ -407,6 +484,7 @@ role_release(struct server *srv)
 	if (srv->role == ROLE_ACTIVE) {
 		/* Everything handed out is at or below last_token. */
 		lockmgr_set_open(&srv->lm, false, now_ns());
+		writer_drain(srv);
 		if (state_write(srv->cfg.state_file, srv->lm.last_token,
 				&srv->stats, &srv->state_fsyncs, err,
 				sizeof err) < 0)

@@ -509,6 +509,7 @@ server_init(struct server *srv, char *err, size_t errlen)
 	srv->role = ROLE_IDLE;
 	stats_init(&srv->stats, (unsigned)srv->cfg.stats_max_resources);
 	storage_init(&srv->storage);
+	state_writer_init(&srv->writer);
 	codec_arena_init(&srv->arena, 2 * srv->cfg.max_frame_bytes + 65536);
 	srv->rbuf = xcalloc(1, CONN_READ_CHUNK);
 	signal(SIGPIPE, SIG_IGN);
@@ -590,6 +591,7 @@ server_free(struct server *srv)
 	metrics_stop(srv);
 	if (srv->base != NULL)
 		role_release(srv);
+	state_writer_free(&srv->writer);
 	storage_free(&srv->storage);
 	lockmgr_free(&srv->lm);
 	stats_free(&srv->stats);
@@ -602,6 +604,7 @@ server_free(struct server *srv)
 			&srv->ev_reap,	 &srv->ev_stop,		 &srv->ev_sigterm,
 			&srv->ev_sigint, &srv->ev_sighup,	 &srv->ev_storage,
 			&srv->ev_reserve, &srv->ev_linger, &srv->ev_watch,
+			&srv->ev_written,
 		};
 
 		for (size_t i = 0; i < sizeof evs / sizeof evs[0]; i++) {

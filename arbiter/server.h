@@ -23,6 +23,7 @@
 #define CONN_READ_CHUNK 65536
 #include "config.h"
 #include "lockmgr.h"
+#include "state.h"
 #include "stats.h"
 #include "storage.h"
 
@@ -82,6 +83,8 @@ struct server {
 	struct event *ev_sigterm, *ev_sigint, *ev_sighup;
 	struct event *ev_storage; /* standby: the wait thread's eventfd */
 	struct event *ev_reserve; /* retry a failed token reservation */
+	struct event *ev_written; /* the state writer's thread is done */
+	struct state_writer writer; /* reserves the next token block */
 	struct event *ev_linger;  /* on-demand: release when idle */
 	struct event *ev_watch;	  /* inotify on the lock file, while active */
 	bool reset_state;	  /* --reset-state */

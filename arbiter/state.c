@@ -13,14 +13,14 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
-
-#include <msgpack.h>
 
 #include "state.h"
 
@@ -308,20 +308,16 @@ pack_str(msgpack_packer *pk, const char *s, size_t n)
 	msgpack_pack_str_body(pk, s, n);
 }
 
-int
-state_write(const char *path, uint64_t token_hw, const struct stats *st,
-	    unsigned *fsyncs, char *err, size_t errlen)
+/* The record, encoded in the loop: the stats belong to the loop's thread. */
+static void
+state_encode(msgpack_sbuffer *sb, uint64_t token_hw, const struct stats *st)
 {
-	msgpack_sbuffer sb;
 	msgpack_packer pk;
-	char tmp[4200], dir[4200], *slash;
 	const struct stats_res *r, *rtmp;
 	unsigned ntok = 0;
-	size_t off = 0;
-	int fd, dfd, rc = 0;
 
-	msgpack_sbuffer_init(&sb);
-	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+	msgpack_sbuffer_init(sb);
+	msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
 	msgpack_pack_map(&pk, 5);
 	pack_str(&pk, "format", 6);
 	msgpack_pack_uint32(&pk, STATE_FORMAT);
@@ -350,46 +346,60 @@ state_write(const char *path, uint64_t token_hw, const struct stats *st,
 		pack_str(&pk, r->name, r->len);
 		msgpack_pack_uint64(&pk, r->last_token);
 	}
+}
+
+/* Store an encoded record durably: temp file, fsync, rename, folder fsync. */
+static int
+state_store(const char *path, const char *data, size_t len, unsigned *fsyncs,
+	    char *err, size_t errlen)
+{
+	char tmp[4200], dir[4200], *slash;
+	size_t off = 0;
+	int fd, dfd;
 
 	snprintf(tmp, sizeof tmp, "%s.tmp", path);
 	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW,
 		  0640);
 	if (fd < 0) {
-		rc = -errno;
+		int rc = -errno;
+
 		snprintf(err, errlen, "cannot create %s: %s", tmp,
 			 strerror(-rc));
-		goto out;
+		return rc;
 	}
-	while (off < sb.size) {
-		ssize_t w = write(fd, sb.data + off, sb.size - off);
+	while (off < len) {
+		ssize_t w = write(fd, data + off, len - off);
 
 		if (w < 0 && errno == EINTR)
 			continue;
 		if (w <= 0) {
-			rc = w < 0 ? -errno : -EIO;
+			int rc = w < 0 ? -errno : -EIO;
+
 			snprintf(err, errlen, "cannot write %s: %s", tmp,
 				 strerror(-rc));
 			close(fd);
 			unlink(tmp);
-			goto out;
+			return rc;
 		}
 		off += (size_t)w;
 	}
 	if (fsync(fd) < 0) {
-		rc = -errno;
+		int rc = -errno;
+
 		snprintf(err, errlen, "fsync %s: %s", tmp, strerror(-rc));
 		close(fd);
 		unlink(tmp);
-		goto out;
+		return rc;
 	}
 	(*fsyncs)++;
 	close(fd);
 	if (rename(tmp, path) < 0) {
-		rc = -errno;
+		int rc = -errno;
+
 		snprintf(err, errlen, "cannot rename %s to %s: %s", tmp, path,
 			 strerror(-rc));
 		unlink(tmp);
-		goto out;
+		return rc;
 	}
 	snprintf(dir, sizeof dir, "%s", path);
 	slash = strrchr(dir, '/');
@@ -404,7 +414,108 @@ state_write(const char *path, uint64_t token_hw, const struct stats *st,
 			(*fsyncs)++;
 		close(dfd);
 	}
-out:
+	return 0;
+}
+
+int
+state_write(const char *path, uint64_t token_hw, const struct stats *st,
+	    unsigned *fsyncs, char *err, size_t errlen)
+{
+	msgpack_sbuffer sb;
+	int rc;
+
+	state_encode(&sb, token_hw, st);
+	rc = state_store(path, sb.data, sb.size, fsyncs, err, errlen);
 	msgpack_sbuffer_destroy(&sb);
 	return rc;
+}
+
+static void *
+writer_thread(void *arg)
+{
+	struct state_writer *w = arg;
+	uint64_t one = 1;
+
+	w->rc = state_store(w->path, w->sb.data, w->sb.size, &w->fsyncs,
+			    w->err, sizeof w->err);
+	(void)!write(w->wake_fd, &one, sizeof one);
+	return NULL;
+}
+
+void
+state_writer_init(struct state_writer *w)
+{
+	memset(w, 0, sizeof *w);
+	w->wake_fd = -1;
+}
+
+int
+state_writer_start(struct state_writer *w, const char *path,
+		   uint64_t token_hw, const struct stats *st)
+{
+	sigset_t all, old;
+	int rc;
+
+	if (w->busy)
+		return -EBUSY;
+	if (w->wake_fd < 0) {
+		w->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+		if (w->wake_fd < 0) {
+			rc = -errno;
+			snprintf(w->err, sizeof w->err, "eventfd: %s",
+				 strerror(-rc));
+			return rc;
+		}
+	}
+	w->path = strdup(path);
+	if (w->path == NULL) {
+		snprintf(w->err, sizeof w->err, "out of memory");
+		return -ENOMEM;
+	}
+	state_encode(&w->sb, token_hw, st);
+	w->token_hw = token_hw;
+	w->fsyncs = 0;
+	w->rc = 0;
+	w->err[0] = '\0';
+	/* The thread must not take the daemon's signals. */
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	rc = pthread_create(&w->tid, NULL, writer_thread, w);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (rc != 0) {
+		snprintf(w->err, sizeof w->err, "cannot start a thread: %s",
+			 strerror(rc));
+		msgpack_sbuffer_destroy(&w->sb);
+		free(w->path);
+		w->path = NULL;
+		return -rc;
+	}
+	w->busy = true;
+	return 0;
+}
+
+int
+state_writer_finish(struct state_writer *w)
+{
+	uint64_t v;
+
+	if (!w->busy)
+		return -EINVAL;
+	pthread_join(w->tid, NULL);
+	(void)!read(w->wake_fd, &v, sizeof v);
+	w->busy = false;
+	msgpack_sbuffer_destroy(&w->sb);
+	free(w->path);
+	w->path = NULL;
+	return w->rc;
+}
+
+void
+state_writer_free(struct state_writer *w)
+{
+	if (w->busy)
+		(void)state_writer_finish(w);
+	if (w->wake_fd >= 0)
+		close(w->wake_fd);
+	w->wake_fd = -1;
 }

@@ -6,16 +6,20 @@
  *
  * Tokens are reserved in blocks: before handing out tokens up to N the
  * daemon writes "high-water = N" (temp file, fsync, rename, fsync of the
- * folder), so a grant waits on the disk only once per block.
+ * folder). The next block is written by a helper thread while the current
+ * one is still half full, so grants do not wait on the disk at all.
  *
  * The file is only read or written while the storage lock is held.
  */
 #ifndef ARBITER_STATE_H
 #define ARBITER_STATE_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include <msgpack.h>
 
 #include "stats.h"
 
@@ -52,5 +56,33 @@ int state_read(const char *path, struct state_data *out, char *err,
  */
 int state_write(const char *path, uint64_t token_hw, const struct stats *st,
 		unsigned *fsyncs, char *err, size_t errlen);
+
+/*
+ * One durable write in a helper thread. The record is encoded by the
+ * caller's thread at start (it reads the stats); the thread only does the
+ * file work and then makes wake_fd readable. The caller's event loop then
+ * calls state_writer_finish(), which joins the thread and returns the
+ * write's result (0 or -errno, with err set).
+ */
+struct state_writer {
+	int wake_fd;  /* eventfd, created at the first start; -1 before */
+	bool busy;    /* a thread is writing */
+	pthread_t tid;
+	char *path;
+	msgpack_sbuffer sb; /* the encoded record */
+	uint64_t token_hw;  /* the mark being written */
+	unsigned fsyncs;    /* fsync calls made by the write */
+	int rc;
+	char err[600];
+};
+
+void state_writer_init(struct state_writer *w);
+/* 0 when the thread runs; -EBUSY when one already does; -errno, err set. */
+int state_writer_start(struct state_writer *w, const char *path,
+		       uint64_t token_hw, const struct stats *st);
+/* Wait for the thread (at once, when wake_fd is readable); its result. */
+int state_writer_finish(struct state_writer *w);
+/* Finish a write still running, close the eventfd. */
+void state_writer_free(struct state_writer *w);
 
 #endif

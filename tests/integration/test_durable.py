@@ -237,6 +237,61 @@ def test_fsyncs_per_ten_thousand_grants_are_few(tmp_path):
         harness.check_clean_exit(d)
 
 
+def grant_many(w, n):
+    """n acquire+release pairs on "db", pipelined; the last grant's token."""
+    for _ in range(n):
+        w.send(acquire=pb.Acquire(resource=b"db"))
+        w.send(release=pb.Release(request_id=w.next_id))
+    assert w.call(ping=pb.Ping()).WhichOneof("kind") == "pong"
+    grants = [m for m in w.pending if m.WhichOneof("kind") == "granted"]
+    assert len(grants) == n
+    w.pending.clear()
+    return grants[-1].granted.token
+
+
+def test_tokens_reserved_in_the_background_survive_a_kill9(tmp_path):
+    # 25,000 grants cross two blocks, each reserved by the helper thread
+    # while the loop kept granting.
+    d = harness.Daemon(tmp_path)
+    last = grant_many(Wire(d.socket), 25000)
+    st = d.text(["stats"])
+    assert int(st.split("state_writes:")[1].split()[0]) >= 3, st
+    d.kill9()
+    d2 = harness.Daemon(tmp_path)
+    try:
+        assert Wire(d2.socket).lock("db").token > last
+    finally:
+        harness.check_clean_exit(d2)
+
+
+def test_grants_go_on_while_the_state_write_is_stuck(tmp_path):
+    d = harness.Daemon(tmp_path)
+    try:
+        w = Wire(d.socket)
+        first = w.lock("db")
+        w.release(first.lease_id)
+        # A FIFO where the temp file goes: the next state write blocks in
+        # open(2) until someone reads it, then fails (a FIFO has no fsync).
+        fifo = os.path.join(d.storage, ".arbiter.state.tmp")
+        os.mkfifo(fifo)
+        # Half a block in, the next block's write starts and sticks; the
+        # loop must go on granting the rest of this block (10,000 tokens).
+        last = grant_many(w, 9999)
+        assert last == first.token + 9999
+        # Past the block, grants wait for the write.
+        held = w.acquire("db")
+        assert w.call(ping=pb.Ping()).WhichOneof("kind") == "pong"
+        assert not [m for m in w.pending if m.id == held and
+                    m.WhichOneof("kind") == "granted"]
+        with open(fifo, "rb") as f:  # unstick it: the write fails
+            assert f.read()
+        d.log.wait_for("cannot reserve fencing tokens")
+        # The retry, a second later, writes a real file and grants.
+        assert w.granted(held).token == last + 1
+    finally:
+        harness.check_clean_exit(d)
+
+
 # ------------------------------------------------------------ standby
 
 def test_standby_takes_over_and_grants_its_queue_in_order(tmp_path):
