@@ -254,6 +254,7 @@ activate(struct server *srv, char *err, size_t errlen)
 	uint64_t hw = 0;
 	int rc;
 
+	writer_drain(srv); /* (none should be left; never read under one) */
 	rc = state_read(srv->cfg.state_file, &sd, why, sizeof why);
 	if (rc == 0) {
 		hw = sd.token_hw;
@@ -282,7 +283,6 @@ activate(struct server *srv, char *err, size_t errlen)
 	}
 	if (hw < srv->lm.last_token)
 		hw = srv->lm.last_token;
-	writer_drain(srv);
 	srv->state_loaded = true;
 	lockmgr_set_tokens(&srv->lm, hw, hw);
 	srv->role = ROLE_ACTIVE;
