@@ -52,7 +52,30 @@ realtime_us(void)
 	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000;
 }
 
-/* Write a new token high-water mark and let the lockmgr use it. */
+/*
+ * A reservation's outcome: let the lockmgr use the new mark, or log and try
+ * again in a second (a full disk or a read-only remount is not fixed by
+ * spinning); grants beyond the old mark wait meanwhile.
+ */
+static int
+reserved(struct server *srv, int rc, uint64_t limit, const char *err)
+{
+	struct timeval tv = {1, 0};
+
+	if (rc < 0) {
+		log_error("cannot reserve fencing tokens; grants beyond the "
+			  "current block are held",
+			  "state_file=%s error=\"%s\"", srv->cfg.state_file,
+			  err);
+		evtimer_add(srv->ev_reserve, &tv);
+		return rc;
+	}
+	srv->state_writes++;
+	lockmgr_add_tokens(&srv->lm, limit, now_ns());
+	return 0;
+}
+
+/* Write a new token high-water mark in the loop (activation, fallback). */
 static int
 reserve(struct server *srv)
 {
@@ -62,20 +85,17 @@ reserve(struct server *srv)
 
 	rc = state_write(srv->cfg.state_file, limit, &srv->stats,
 			 &srv->state_fsyncs, err, sizeof err);
-	if (rc < 0) {
-		struct timeval tv = {1, 0};
+	return reserved(srv, rc, limit, err);
+}
 
-		/* Grants beyond the old mark wait; try again shortly (a full
-		 * disk or a read-only remount is not fixed by spinning). */
-		log_error("cannot reserve fencing tokens; grants are held",
-			  "state_file=%s error=\"%s\"", srv->cfg.state_file,
-			  err);
-		evtimer_add(srv->ev_reserve, &tv);
-		return rc;
-	}
-	srv->state_writes++;
-	lockmgr_add_tokens(&srv->lm, limit, now_ns());
-	return 0;
+/* Join the background write; its result, with its fsyncs counted. */
+static int
+writer_collect(struct server *srv)
+{
+	int rc = state_writer_finish(&srv->writer);
+
+	srv->state_fsyncs += srv->writer.fsyncs;
+	return rc;
 }
 
 static void written_cb(evutil_socket_t fd, short what, void *arg);
@@ -117,41 +137,32 @@ reserve_ahead(struct server *srv)
 	}
 }
 
-/* Wait for a background write before the storage lock changes hands. */
+/*
+ * Wait for a background write before the storage lock changes hands. Its
+ * mark is not handed to the lockmgr: the caller resets the tokens anyway.
+ */
 static void
 writer_drain(struct server *srv)
 {
-	if (srv->writer.busy && state_writer_finish(&srv->writer) == 0) {
+	if (srv->writer.busy && writer_collect(srv) == 0)
 		srv->state_writes++;
-		srv->state_fsyncs += srv->writer.fsyncs;
-	}
 }
 
 static void
 written_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct server *srv = arg;
-	struct timeval tv = {1, 0};
+	int rc;
 
 	(void)fd;
 	(void)what;
 	if (!srv->writer.busy)
-		return;
-	if (state_writer_finish(&srv->writer) < 0) {
-		log_error("cannot reserve fencing tokens; grants beyond the "
-			  "current block will be held",
-			  "state_file=%s error=\"%s\"", srv->cfg.state_file,
-			  srv->writer.err);
-		evtimer_add(srv->ev_reserve, &tv);
-		return;
+		return; /* drained by a change of role */
+	rc = writer_collect(srv);
+	if (reserved(srv, rc, srv->writer.token_hw, srv->writer.err) == 0) {
+		server_after_lockmgr(srv);
+		server_flush(srv);
 	}
-	srv->state_writes++;
-	srv->state_fsyncs += srv->writer.fsyncs;
-	if (srv->role != ROLE_ACTIVE)
-		return; /* (transitions drain the writer first) */
-	lockmgr_add_tokens(&srv->lm, srv->writer.token_hw, now_ns());
-	server_after_lockmgr(srv);
-	server_flush(srv);
 }
 
 /* Retry after a failed write. */

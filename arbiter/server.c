@@ -76,8 +76,8 @@ arm_timer(struct server *srv)
 	evtimer_add(srv->ev_timer, &tv);
 }
 
-void
-server_timer_cb(evutil_socket_t fd, short what, void *arg)
+static void
+timer_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct server *srv = arg;
 
@@ -493,7 +493,7 @@ signal_cb(evutil_socket_t sig, short what, void *arg)
 /* ------------------------------------------------------------ life */
 
 int
-server_init(struct server *srv, char *err, size_t errlen)
+server_core_init(struct server *srv, char *err, size_t errlen)
 {
 	struct event_config *ecfg;
 
@@ -515,7 +515,7 @@ server_init(struct server *srv, char *err, size_t errlen)
 	signal(SIGPIPE, SIG_IGN);
 
 	ecfg = event_config_new();
-	/* One thread, no locks: the wait thread only writes an eventfd. */
+	/* One thread, no locks: the helper threads only write eventfds. */
 	event_config_set_flag(ecfg, EVENT_BASE_FLAG_NOLOCK);
 	srv->base = event_base_new_with_config(ecfg);
 	event_config_free(ecfg);
@@ -523,7 +523,16 @@ server_init(struct server *srv, char *err, size_t errlen)
 		snprintf(err, errlen, "cannot create the event loop");
 		return -1;
 	}
+	srv->ev_timer = evtimer_new(srv->base, timer_cb, srv);
+	srv->ev_reap = event_new(srv->base, -1, 0, reap_cb, srv);
+	return 0;
+}
 
+int
+server_init(struct server *srv, char *err, size_t errlen)
+{
+	if (server_core_init(srv, err, errlen) < 0)
+		return -1;
 	if (role_start(srv, err, errlen) < 0)
 		return -1;
 
@@ -533,8 +542,6 @@ server_init(struct server *srv, char *err, size_t errlen)
 	srv->ev_accept = event_new(srv->base, srv->listen_fd,
 				   EV_READ | EV_PERSIST, accept_cb, srv);
 	srv->ev_accept_resume = evtimer_new(srv->base, accept_resume_cb, srv);
-	srv->ev_timer = evtimer_new(srv->base, server_timer_cb, srv);
-	srv->ev_reap = event_new(srv->base, -1, 0, reap_cb, srv);
 	srv->ev_stop = evtimer_new(srv->base, stop_cb, srv);
 	srv->ev_sigterm = evsignal_new(srv->base, SIGTERM, signal_cb, srv);
 	srv->ev_sigint = evsignal_new(srv->base, SIGINT, signal_cb, srv);

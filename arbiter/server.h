@@ -114,6 +114,10 @@ struct server {
 /* Monotonic clock in ns: the lockmgr's and the stats' time base. */
 uint64_t now_ns(void);
 
+/* Everything but the listener, the storage lock, signals and metrics: the
+ * lists, lock manager, stats, buffers, the event loop with its timer and
+ * reaper. server_init() starts with it; the fuzz harnesses run on it. */
+int server_core_init(struct server *srv, char *err, size_t errlen);
 int server_init(struct server *srv, char *err, size_t errlen);
 int server_run(struct server *srv);
 void server_free(struct server *srv);
@@ -123,8 +127,6 @@ void server_free(struct server *srv);
 void server_after_lockmgr(struct server *srv);
 /* Write out everything queued on connections; close those marked kill. */
 void server_flush(struct server *srv);
-/* ev_timer's callback: fire the lockmgr deadlines that are due. */
-void server_timer_cb(evutil_socket_t fd, short what, void *arg);
 void server_begin_shutdown(struct server *srv, const char *why);
 
 /* conn.c */

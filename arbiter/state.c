@@ -13,7 +13,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +22,7 @@
 #include <unistd.h>
 
 #include "state.h"
+#include "thread.h"
 
 #define STATE_MAX_BYTES (64u << 20)
 
@@ -453,7 +453,6 @@ int
 state_writer_start(struct state_writer *w, const char *path,
 		   uint64_t token_hw, const struct stats *st)
 {
-	sigset_t all, old;
 	int rc;
 
 	if (w->busy)
@@ -477,11 +476,7 @@ state_writer_start(struct state_writer *w, const char *path,
 	w->fsyncs = 0;
 	w->rc = 0;
 	w->err[0] = '\0';
-	/* The thread must not take the daemon's signals. */
-	sigfillset(&all);
-	pthread_sigmask(SIG_SETMASK, &all, &old);
-	rc = pthread_create(&w->tid, NULL, writer_thread, w);
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	rc = thread_start(&w->tid, writer_thread, w);
 	if (rc != 0) {
 		snprintf(w->err, sizeof w->err, "cannot start a thread: %s",
 			 strerror(rc));

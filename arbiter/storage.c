@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "storage.h"
+#include "thread.h"
 
 /*
  * valgrind (3.19) does not know that F_OFD_SETLKW may block: a thread
@@ -263,7 +264,6 @@ wait_thread(void *arg)
 int
 storage_wait_start(struct storage *s)
 {
-	sigset_t all, old;
 	int rc;
 
 	if (s->waiting)
@@ -283,11 +283,7 @@ storage_wait_start(struct storage *s)
 		sigemptyset(&sa.sa_mask);
 		sigaction(SIGUSR1, &sa, NULL);
 	}
-	/* The thread must not take the daemon's signals. */
-	sigfillset(&all);
-	pthread_sigmask(SIG_SETMASK, &all, &old);
-	rc = pthread_create(&s->tid, NULL, wait_thread, s);
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	rc = thread_start(&s->tid, wait_thread, s);
 	if (rc != 0)
 		return -rc;
 	s->waiting = true;

@@ -58,8 +58,6 @@ fuzz_init(void)
 	const char *lv = getenv("ARBITER_FUZZ_LOG");
 	enum log_level level = LOG_ERROR;
 
-	/* As server_init() does: a closed peer must not kill us. */
-	signal(SIGPIPE, SIG_IGN);
 	/* The default config must not depend on the caller's environment. */
 	for (char **e = environ; *e != NULL;) {
 		if (strncmp(*e, "ARBITER_", 8) == 0 &&
@@ -90,14 +88,6 @@ reap(struct server *srv)
 		TAILQ_REMOVE(&srv->graveyard, c, entry);
 		conn_free(c);
 	}
-}
-
-static void
-reap_cb(evutil_socket_t fd, short what, void *arg)
-{
-	(void)fd;
-	(void)what;
-	reap(arg);
 }
 
 static bool
@@ -343,8 +333,6 @@ fuzz_server_new(int flags)
 	char *const overrides[] = {small_cap};
 	struct fuzz_server *fs = calloc(1, sizeof *fs);
 	struct server *srv;
-	struct event_config *ecfg;
-	struct lm_limits lim;
 	struct batch b;
 	char err[1024];
 
@@ -359,36 +347,12 @@ fuzz_server_new(int flags)
 		fprintf(stderr, "fuzz: default config: %s\n", err);
 		abort();
 	}
-	/* What server_init() sets up, minus listener, storage and signals. */
-	TAILQ_INIT(&srv->conns);
-	TAILQ_INIT(&srv->flushq);
-	TAILQ_INIT(&srv->graveyard);
-	srv->listen_fd = -1;
-	srv->timer_when = LM_FOREVER;
-	srv->t_start = now_ns();
-	srv->wall_start = time(NULL);
-	lockmgr_init(&srv->lm); /* gate open, no token limit */
-	lim.max_resources = (unsigned)srv->cfg.max_resources;
-	lim.max_leases_per_owner = (unsigned)srv->cfg.max_leases_per_connection;
-	lim.max_waiters_per_resource =
-	    (unsigned)srv->cfg.max_waiters_per_resource;
-	lockmgr_set_limits(&srv->lm, &lim);
-	/* Idle role with hold = always: role.c never touches the disk. */
-	srv->role = ROLE_IDLE;
-	stats_init(&srv->stats, (unsigned)srv->cfg.stats_max_resources);
-	storage_init(&srv->storage);
-	codec_arena_init(&srv->arena, 2 * srv->cfg.max_frame_bytes + 65536);
-	srv->rbuf = malloc(CONN_READ_CHUNK);
-	if (srv->rbuf == NULL)
+	/* Idle role with hold = always: role.c never touches the disk, and
+	 * the lockmgr's gate is open with no token limit. */
+	if (server_core_init(srv, err, sizeof err) < 0) {
+		fprintf(stderr, "fuzz: %s\n", err);
 		abort();
-	ecfg = event_config_new();
-	event_config_set_flag(ecfg, EVENT_BASE_FLAG_NOLOCK);
-	srv->base = event_base_new_with_config(ecfg);
-	event_config_free(ecfg);
-	if (srv->base == NULL)
-		abort();
-	srv->ev_timer = evtimer_new(srv->base, server_timer_cb, srv);
-	srv->ev_reap = event_new(srv->base, -1, 0, reap_cb, srv);
+	}
 
 	/* helper-1 holds db (exclusive) and idx (shared); helper-2 shares
 	 * idx and waits for db. */

@@ -160,6 +160,34 @@ def test_admin_revoke_is_forbidden_to_others(tmp_path):
 
 # ------------------------------------------------------------ tokens
 
+def grant_many(w, n):
+    """n acquire+release pairs on "db", pipelined; the last grant's token."""
+    for _ in range(n):
+        w.send(acquire=pb.Acquire(resource=b"db"))
+        w.send(release=pb.Release(request_id=w.next_id))
+    assert w.call(ping=pb.Ping()).WhichOneof("kind") == "pong"
+    grants = [m for m in w.pending if m.WhichOneof("kind") == "granted"]
+    assert len(grants) == n
+    w.pending.clear()
+    return grants[-1].granted.token
+
+
+def state_writes(d):
+    st = d.text(["stats"])
+    return int(st.split("state_writes:")[1].split()[0]), st
+
+
+def assert_tokens_grow_after_kill9(tmp_path, d, last):
+    """SIGKILL d, start a new daemon on the same storage: its first token
+    must be above last."""
+    d.kill9()
+    d2 = harness.Daemon(tmp_path)
+    try:
+        assert Wire(d2.socket).lock("db").token > last
+    finally:
+        harness.check_clean_exit(d2)
+
+
 def test_tokens_keep_growing_across_a_kill9_of_the_daemon(tmp_path):
     d = harness.Daemon(tmp_path)
     last = 0
@@ -167,12 +195,7 @@ def test_tokens_keep_growing_across_a_kill9_of_the_daemon(tmp_path):
         w = Wire(d.socket)
         last = w.lock("db").token
         w.close()  # ends the lease
-    d.kill9()
-    d2 = harness.Daemon(tmp_path)
-    try:
-        assert Wire(d2.socket).lock("db").token > last
-    finally:
-        harness.check_clean_exit(d2)
+    assert_tokens_grow_after_kill9(tmp_path, d, last)
 
 
 def test_tokens_keep_growing_across_a_clean_restart(tmp_path):
@@ -224,29 +247,11 @@ def test_a_state_file_that_is_a_symlink_is_refused(tmp_path):
 def test_fsyncs_per_ten_thousand_grants_are_few(tmp_path):
     d = harness.Daemon(tmp_path)
     try:
-        w = Wire(d.socket)
-        for i in range(10000):
-            w.send(acquire=pb.Acquire(resource=b"db"))
-            w.send(release=pb.Release(request_id=w.next_id))
-        # One round trip to be sure all were handled.
-        assert w.call(ping=pb.Ping()).WhichOneof("kind") == "pong"
-        st = d.text(["stats"])
-        writes = int(st.split("state_writes:")[1].split()[0])
+        grant_many(Wire(d.socket), 10000)
+        writes, st = state_writes(d)
         assert writes <= 3, st
     finally:
         harness.check_clean_exit(d)
-
-
-def grant_many(w, n):
-    """n acquire+release pairs on "db", pipelined; the last grant's token."""
-    for _ in range(n):
-        w.send(acquire=pb.Acquire(resource=b"db"))
-        w.send(release=pb.Release(request_id=w.next_id))
-    assert w.call(ping=pb.Ping()).WhichOneof("kind") == "pong"
-    grants = [m for m in w.pending if m.WhichOneof("kind") == "granted"]
-    assert len(grants) == n
-    w.pending.clear()
-    return grants[-1].granted.token
 
 
 def test_tokens_reserved_in_the_background_survive_a_kill9(tmp_path):
@@ -254,14 +259,9 @@ def test_tokens_reserved_in_the_background_survive_a_kill9(tmp_path):
     # while the loop kept granting.
     d = harness.Daemon(tmp_path)
     last = grant_many(Wire(d.socket), 25000)
-    st = d.text(["stats"])
-    assert int(st.split("state_writes:")[1].split()[0]) >= 3, st
-    d.kill9()
-    d2 = harness.Daemon(tmp_path)
-    try:
-        assert Wire(d2.socket).lock("db").token > last
-    finally:
-        harness.check_clean_exit(d2)
+    writes, st = state_writes(d)
+    assert writes >= 3, st
+    assert_tokens_grow_after_kill9(tmp_path, d, last)
 
 
 def test_grants_go_on_while_the_state_write_is_stuck(tmp_path):
