@@ -47,12 +47,73 @@ def default_socket_path():
 def resolve_socket_path(socket_path=None):
     """The argument, else $ARBITER_SOCKET (when set and not empty), else the
     default path (like arb_socket_path() in libarbiter)."""
+    return resolve_socket(socket_path)[0]
+
+
+def resolve_socket(socket_path=None):
+    """(path, is_default): as resolve_socket_path(), and whether the path
+    is the default one, whose folder the client checks before connecting."""
     if socket_path:
-        return os.fspath(socket_path)
+        return os.fspath(socket_path), False
     env = os.environ.get("ARBITER_SOCKET")
     if env:
-        return env
-    return default_socket_path()
+        return env, False
+    return default_socket_path(), True
+
+
+# How long a request may wait for its answer (and a send for room) before
+# the client gives the connection up: ping, stats, status, release, renew,
+# revoke. Acquire waits as long as its own timeout asks, plus ACQUIRE_GRACE.
+IO_TIMEOUT = 30.0
+# An acquire with a timeout gives up by itself this long after the daemon
+# should have answered TIMEOUT: a stopped or stalled daemon cannot make it
+# wait longer (the request is withdrawn; a late grant is released at once).
+ACQUIRE_GRACE = 0.15
+
+
+def check_io_timeout(value, what):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            value <= 0:
+        raise ValueError("%s must be a positive number of seconds, not %r" %
+                         (what, value))
+    return float(value)
+
+
+def acquire_deadline(deadline):
+    """The monotonic time at which an acquire whose timeout runs out at
+    deadline gives up by itself (None: never, for no timeout)."""
+    if deadline is None:
+        return None
+    return deadline + ACQUIRE_GRACE
+
+
+def acquire_expired(text, timeout, path):
+    """The exception for an acquire whose own deadline ran out before the
+    daemon answered."""
+    if timeout == 0:
+        return E.WouldBlock(
+            "could not lock %r without waiting: arbiterd on %s did not answer "
+            "within %g s (stopped or overloaded?); the request was withdrawn. "
+            "Retry later, and check the daemon (`arbiterctl -S %s status`)" %
+            (text, path, ACQUIRE_GRACE, path), socket_path=path,
+            resource=text)
+    return E.Timeout(
+        "gave up waiting for %r after %g s: arbiterd on %s did not answer in "
+        "time (stopped or overloaded?); the request was withdrawn. Raise the "
+        "timeout, or check the daemon (`arbiterctl -S %s status`)" %
+        (text, timeout, path, path), socket_path=path, resource=text)
+
+
+def io_expired(path, op, seconds):
+    """The exception for a request whose answer did not come within the
+    I/O timeout: the connection is given up."""
+    return E.ConnectionLost(
+        "arbiterd on %s did not answer the %s within %g s (stopped, hung or "
+        "overloaded?), so the connection to it was closed and its leases "
+        "are gone. Check the daemon (`arbiterctl -S %s status`), then make a "
+        "new client (io_timeout= sets this bound)" % (path, op, seconds,
+                                                     path),
+        socket_path=path)
 
 
 def default_client_name():
@@ -351,11 +412,16 @@ def welcome_error(m, path):
     return unexpected_reply(m, path, "Hello")
 
 
-def lost(path, why):
+def lost(path, why=None):
+    """The exception for a connection that broke (why: the error seen) or
+    ended without a word from the daemon (why None)."""
+    if why is None:
+        why = "it closed without a reply"
     return E.ConnectionLost(
-        "connection to the arbiter at %s lost (%s); its leases are gone. "
-        "Create a new client once the daemon is back" % (path, why),
-        socket_path=path)
+        "the connection to arbiterd on %s was lost (%s): the daemon may have "
+        "died (killed, crashed) or been restarted. Its leases are gone; "
+        "check that arbiterd runs (`arbiterctl -S %s status`), then make a "
+        "new client" % (path, why, path), socket_path=path)
 
 
 # ------------------------------------------------------------ leases

@@ -38,6 +38,7 @@ from collections import namedtuple
 from queue import SimpleQueue
 
 from . import _proto as P
+from . import _trust
 from . import errors as E
 from ._proto import pb
 
@@ -141,13 +142,25 @@ class Client:
     ends without being released: TTL expiry, admin revoke, daemon shutdown,
     lost connection.
 
+    ``trust_uids``: uids or user names (or ``"*"``) trusted to serve the
+    socket besides your own uid, root and $ARBITER_TRUST_UID.
+    ``connect_timeout`` bounds connect and handshake; ``io_timeout``
+    (seconds, default 30) bounds the wait for any other answer (ping,
+    stats, status, release, renew, revoke): when it runs out the connection
+    is given up (ConnectionLost). An acquire with a timeout gives up by
+    itself shortly after it, whatever the daemon does.
+
     Raises NotRunning when no daemon answers, Forbidden when the socket or
-    the daemon refuses this uid, ProtocolError on a version mismatch.
+    the daemon refuses this uid, UntrustedServer when the socket's folder or
+    the server's uid is not trusted, ProtocolError on a version mismatch.
     """
 
     def __init__(self, socket_path=None, name=None, *, on_revoked=None,
-                 connect_timeout=10.0):
-        self.socket_path = P.resolve_socket_path(socket_path)
+                 connect_timeout=10.0, io_timeout=P.IO_TIMEOUT,
+                 trust_uids=None):
+        self.socket_path, is_default = P.resolve_socket(socket_path)
+        self.io_timeout = P.check_io_timeout(io_timeout, "io_timeout")
+        self.trust_uids = trust_uids
         self.name = name if name is not None else P.default_client_name()
         self.on_revoked = on_revoked
         self._pid = os.getpid()
@@ -179,19 +192,30 @@ class Client:
         self._watch_wanted = False           # parked long: notify at idle
         self._callers = 0                    # threads waiting for replies
 
+        if is_default:
+            _trust.check_default_folder(self.socket_path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.settimeout(connect_timeout)
             try:
                 sock.connect(self.socket_path)
+            except socket.timeout:
+                raise E.NotRunning(
+                    "connecting to %s timed out after %g s: is arbiterd "
+                    "stopped or overloaded?" % (self.socket_path,
+                                                connect_timeout),
+                    socket_path=self.socket_path) from None
             except OSError as exc:
                 raise P.connect_error(exc, self.socket_path) from None
+            _trust.check_peer(sock, self.socket_path, trust_uids)
             welcome = self._handshake(sock)
             sock.settimeout(None)
         except BaseException:
             sock.close()
             raise
         self._sock = sock
+        self._poller = select.poll()
+        self._poller.register(sock.fileno(), select.POLLIN)
         self.server_version = welcome.server_version
         self.connection_id = welcome.connection_id
         self.role = welcome.role
@@ -212,8 +236,7 @@ class Client:
             while not msgs:
                 data = sock.recv(65536)
                 if not data:
-                    raise P.lost(path, "the daemon closed the connection "
-                                       "during the handshake")
+                    raise P.lost(path, "it closed during the handshake")
                 msgs = self._reader.feed(data)
         except socket.timeout:
             raise E.ProtocolError(
@@ -261,10 +284,34 @@ class Client:
             self._pending[req.id] = pending
         try:
             with self._send_lock:
-                self._sock.sendall(data)
+                self._sendall(data)
+        except socket.timeout:
+            self._fail(P.io_expired(self.socket_path, "request (no room to "
+                                    "send it)", self.io_timeout))
+            raise copy.copy(self._closed) from None
         except OSError as exc:
             self._fail(P.lost(self.socket_path, "sending: %s" % exc))
             raise copy.copy(self._closed) from None
+
+    def _sendall(self, data):
+        """sendall, but waiting at most io_timeout for room (a stopped
+        daemon that reads nothing cannot block a sender forever)."""
+        sock = self._sock
+        view = memoryview(data)
+        deadline = None
+        while view:
+            try:
+                view = view[sock.send(view, socket.MSG_DONTWAIT):]
+                continue
+            except (BlockingIOError, InterruptedError):
+                pass
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + self.io_timeout
+            if now >= deadline:
+                raise socket.timeout("no room to send for %g s" %
+                                     self.io_timeout)
+            select.select([], [sock], [], deadline - now)
 
     def _call(self, req, want, op, resource=None):
         if self._closed is not None or self._pid != os.getpid():
@@ -277,7 +324,13 @@ class Client:
         except BaseException:
             self._wait_abort()
             raise
-        m = self._wait(p)
+        m = self._wait(p, time.monotonic() + self.io_timeout)
+        if m is None:
+            # No answer in time: the daemon is stopped or hung. Give the
+            # connection up (its leases end when the daemon sees it closed)
+            # rather than leave this request's fate unknown.
+            self._fail(P.io_expired(self.socket_path, op, self.io_timeout))
+            m = self._wait_result(p)
         kind = m.WhichOneof("kind")
         if kind == want:
             return getattr(m, want)
@@ -300,20 +353,29 @@ class Client:
         with self._cv:
             self._callers += 1
 
-    def _wait(self, p):
+    def _wait(self, p, deadline=None):
         """Wait for p's final answer (after _enter_call), reading the socket
-        ourselves whenever no other thread is reading it."""
+        ourselves whenever no other thread is reading it. Returns None when
+        the monotonic deadline (None: none) passed first."""
         cv = self._cv
         try:
             while True:
                 with cv:
                     while self._reading and not p.done():
-                        cv.wait()
+                        if deadline is None:
+                            cv.wait()
+                        else:
+                            left = deadline - time.monotonic()
+                            if left <= 0:
+                                break
+                            cv.wait(left)
                     if p.done():
                         break
+                    if deadline is not None and time.monotonic() >= deadline:
+                        return None
                     self._reading = True
                 try:
-                    self._read_some(True)
+                    self._read_some(True, deadline)
                 finally:
                     with cv:
                         self._reading = False
@@ -324,6 +386,10 @@ class Client:
                 if self._callers == 0 and self._watch_wanted:
                     self._watch_wanted = False
                     self._watch_cv.notify()
+        return self._wait_result(p)
+
+    @staticmethod
+    def _wait_result(p):
         if p.exc is not None:
             raise copy.copy(p.exc)     # one instance per raise: it is shared
         return p.msg
@@ -332,14 +398,24 @@ class Client:
         with self._cv:
             self._callers -= 1
 
-    def _read_some(self, block):
+    def _read_some(self, block, deadline=None):
         """With the reader role: read what is there (block: wait for
-        something) and dispatch every whole frame."""
+        something, until the monotonic deadline if not None) and dispatch
+        every whole frame."""
         inbox = self._inbox
         if not inbox:
+            if block:
+                if deadline is None:
+                    ms = None
+                else:
+                    ms = max(0, int((deadline - time.monotonic()) * 1000) + 1)
+                try:
+                    if not self._poller.poll(ms):
+                        return
+                except InterruptedError:
+                    return
             try:
-                n = self._sock.recv_into(self._rbuf, 0,
-                                        0 if block else socket.MSG_DONTWAIT)
+                n = self._sock.recv_into(self._rbuf, 0, socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -361,7 +437,7 @@ class Client:
             return E.ConnectionLost(
                 "this Client was closed (arbiter at %s)" % self.socket_path,
                 socket_path=self.socket_path)
-        return P.lost(self.socket_path, err or "the daemon closed it")
+        return P.lost(self.socket_path, err)
 
     # The watcher parks while threads wait for replies. Waking it each time
     # the count of waiting threads drops to 0 would put a thread switch on
@@ -629,7 +705,10 @@ class Client:
         daemon holds the resource back after an unclean end of this lease.
 
         A KeyboardInterrupt (or any exception) while waiting withdraws the
-        request: nothing stays granted or queued.
+        request: nothing stays granted or queued. With a timeout, the call
+        returns within it (plus about 0.15 s) even when the daemon is
+        stopped or never answers: the request is withdrawn, and a grant that
+        comes later is released at once.
         """
         raw, text = P.check_name(resource)
         timeout = P.normalize_timeout(timeout)
@@ -658,13 +737,33 @@ class Client:
             self._gate_exit(raw, gate)
             raise
         try:
-            m = self._wait(p)
+            m = self._wait(p, P.acquire_deadline(deadline))
         except E.ArbiterError:
             self._gate_exit(raw, gate)
             raise
         except BaseException:
             self._withdraw(req.id, p)
             raise
+        if m is None:
+            # The daemon did not answer in time (stopped, hung): withdraw,
+            # unless the answer came in the meantime.
+            with self._lock:
+                done = p.done()
+                if not done:
+                    p.abandoned = True
+                    # Still closed to other threads until the daemon answers
+                    # the withdrawal, but no longer "ours": the caller may
+                    # ask again (and wait in-process) without AlreadyHeld.
+                    gate.thread = None
+            if not done:
+                self._send_ignored(pb.Request(
+                    release=pb.Release(request_id=req.id)))
+                raise P.acquire_expired(text, timeout, self.socket_path)
+            try:
+                m = self._wait_result(p)
+            except E.ArbiterError:
+                self._gate_exit(raw, gate)
+                raise
         if p.lease is not None:
             return p.lease
         self._gate_exit(raw, gate)
@@ -840,16 +939,28 @@ _default_lock = threading.Lock()
 _default_clients = {}
 
 
-def default_client(socket_path=None):
+def default_client(socket_path=None, trust_uids=None):
     """The process-wide Client for a socket (made on first use, made again
     after its connection was lost or after fork). ArbiterLock uses it when
-    given no client."""
-    path = P.resolve_socket_path(socket_path)
+    given no client. ``trust_uids`` as for Client (one Client per socket and
+    trust list)."""
+    path, _ = P.resolve_socket(socket_path)
+    key = (path, _trust_key(trust_uids))
     with _default_lock:
-        c = _default_clients.get(path)
+        c = _default_clients.get(key)
         if c is None or c.closed or c._pid != os.getpid():
-            c = _default_clients[path] = Client(path)
+            # socket_path as given: an unnamed one is checked as the default
+            c = _default_clients[key] = Client(socket_path,
+                                               trust_uids=trust_uids)
         return c
+
+
+def _trust_key(trust_uids):
+    if trust_uids is None:
+        return None
+    if isinstance(trust_uids, (str, bytes, int)):
+        return repr(trust_uids)
+    return tuple(sorted(repr(u) for u in trust_uids))
 
 
 def _after_fork_in_child():
@@ -911,12 +1022,20 @@ class ArbiterLock:
 
     ``client``: the Client to use; default: one Client per process and
     socket (see default_client()), made again if its connection was lost.
-    ``shared``, ``ttl``, ``on_revoked``: as for Client.acquire().
+    ``shared``, ``ttl``, ``on_revoked``: as for Client.acquire();
+    ``trust_uids``: as for Client (without ``client=``).
+
+    When the daemon ends the lease (ttl expiry, admin revoke, daemon lost),
+    ``is_locked`` turns False at once and the next acquire() takes a new
+    lease (which inherits the count, so every acquire() still pairs with
+    one release()); without one, the release() that ends the count raises
+    LeaseRevoked.
     """
 
     def __init__(self, resource, timeout=-1, *, shared=False, ttl=None,
                  blocking=True, thread_local=True, client=None,
-                 socket_path=None, on_revoked=None, **_ignored):
+                 socket_path=None, on_revoked=None, trust_uids=None,
+                 **_ignored):
         self._raw, self.resource = P.check_name(resource)
         self.timeout = timeout
         self.blocking = blocking
@@ -925,6 +1044,7 @@ class ArbiterLock:
         self.on_revoked = on_revoked
         self._client = client
         self._socket_path = socket_path
+        self._trust_uids = trust_uids
         self._thread_local = thread_local
         self._ctx = _LocalCtx() if thread_local else _Ctx()
         self._mutex = threading.Lock()       # guards counts (shared ctx)
@@ -940,13 +1060,14 @@ class ArbiterLock:
     def client(self):
         if self._client is not None:
             return self._client
-        return default_client(self._socket_path)
+        return default_client(self._socket_path, self._trust_uids)
 
     @property
     def is_locked(self):
         """True while this object (this thread's share, when thread_local)
-        holds the lease."""
-        return self._ctx.counter > 0
+        holds the lease: False as soon as the daemon ended it."""
+        ctx = self._ctx
+        return ctx.counter > 0 and ctx.lease is not None and ctx.lease.held
 
     @property
     def lock_counter(self):
@@ -972,14 +1093,16 @@ class ArbiterLock:
             timeout = 0
         ctx = self._ctx
         if self._thread_local:
-            if ctx.counter > 0:
+            if _counts_up(ctx):
                 ctx.counter += 1
                 return _AcquireReturnProxy(self)
-            ctx.lease = self._take(timeout)
-            ctx.counter = 1
+            lease = self._take(timeout)
+            self._retire(ctx)
+            ctx.lease = lease
+            ctx.counter += 1
             return _AcquireReturnProxy(self)
         with self._mutex:
-            if ctx.counter > 0:
+            if _counts_up(ctx):
                 ctx.counter += 1
                 return _AcquireReturnProxy(self)
         t = P.normalize_timeout(timeout)
@@ -989,16 +1112,30 @@ class ArbiterLock:
                             (self.resource, t), resource=self.resource)
         try:
             with self._mutex:
-                if ctx.counter > 0:
+                if _counts_up(ctx):
                     ctx.counter += 1
                     return _AcquireReturnProxy(self)
             lease = self._take(timeout)
             with self._mutex:
+                self._retire(ctx)
                 ctx.lease = lease
-                ctx.counter = 1
+                ctx.counter += 1
         finally:
             self._acq_mutex.release()
         return _AcquireReturnProxy(self)
+
+    def _retire(self, ctx):
+        """Forget a lease the daemon ended. The count taken under it stays
+        (the new lease inherits it), so every acquire() still pairs with
+        one release() and an outer `with lock:` keeps holding the lock to
+        its end."""
+        old = ctx.lease
+        if old is not None and ctx.counter > 0:
+            self._held.discard(old)
+            with old._client._lock:
+                old.released = True     # nothing left to release
+        elif ctx.counter == 0:
+            ctx.lease = None
 
     def _take(self, timeout):
         lease = self.client.acquire(self._raw, self.shared, timeout,
@@ -1046,6 +1183,11 @@ class ArbiterLock:
         return "<ArbiterLock %r %s counter=%d>" % (
             self.resource, "locked" if self.is_locked else "unlocked",
             self.lock_counter)
+
+
+def _counts_up(ctx):
+    """A re-entrant acquire only counts up while the lease is still held."""
+    return ctx.counter > 0 and ctx.lease is not None and ctx.lease.held
 
 
 def _quiet_release(lease):
