@@ -487,11 +487,8 @@ class AsyncClient:
                     socket_path=self.socket_path, resource=text)
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
-                raise E.Timeout(
-                    "gave up waiting for %r after %g s: another task of this "
-                    "process held it all that time (same AsyncClient). Raise "
-                    "the timeout" % (text, timeout),
-                    socket_path=self.socket_path, resource=text)
+                raise P.gate_timeout(text, timeout, g.task is None, "task",
+                                     self.socket_path)
             try:
                 await asyncio.wait_for(asyncio.shield(g.done), left)
             except asyncio.TimeoutError:
@@ -741,14 +738,6 @@ class _AcquireCall:
         return False
 
 
-class _TaskCtx:
-    __slots__ = ("counter", "lease")
-
-    def __init__(self):
-        self.counter = 0
-        self.lease = None
-
-
 class AsyncArbiterLock:
     """The asyncio twin of ArbiterLock: ``await lock.acquire(timeout=None,
     blocking=True)``, ``await lock.release()``, ``is_locked``, ``async with
@@ -784,15 +773,14 @@ class AsyncArbiterLock:
         t = asyncio.current_task()
         c = self._ctxs.get(t)
         if c is None:
-            c = self._ctxs[t] = _TaskCtx()
+            c = self._ctxs[t] = P.LockCount()
         return c
 
     @property
     def is_locked(self):
         """True while the current task holds it: False as soon as the
         daemon ended the lease (the next acquire takes a new one)."""
-        ctx = self._ctx()
-        return ctx.counter > 0 and ctx.lease is not None and ctx.lease.held
+        return self._ctx().held
 
     @property
     def lock_counter(self):
@@ -816,26 +804,23 @@ class AsyncArbiterLock:
         if not blocking:
             timeout = 0
         ctx = self._ctx()
-        if not (ctx.counter > 0 and ctx.lease is not None and
-                ctx.lease.held):
-            lease = await self.client.acquire(
+        if not ctx.reenter():
+            ended = ctx.ended()
+            if ended is not None:       # lets the next one in
+                try:
+                    await ended.release()
+                except E.LeaseRevoked:
+                    pass
+            ctx.adopt(await self.client.acquire(
                 self._raw, self.shared, timeout, self.ttl,
-                on_revoked=self.on_revoked)
-            if ctx.lease is not None and ctx.counter > 0:
-                # The daemon ended the old lease: the new one inherits its
-                # count, so every acquire still pairs with one release.
-                ctx.lease.released = True
-            ctx.lease = lease
-        ctx.counter += 1
+                on_revoked=self.on_revoked))
         return _AcquireReturnProxy(self)
 
     async def release(self, force=False):
-        ctx = self._ctx()
-        if ctx.counter == 0:
-            return
-        ctx.counter = 0 if force else ctx.counter - 1
-        if ctx.counter == 0:
-            lease, ctx.lease = ctx.lease, None
+        lease, ended = self._ctx().count_down(force)
+        if ended is not None:
+            ended.check()
+        if lease is not None:
             await lease.release()
 
     async def _exit(self, ev):

@@ -104,6 +104,23 @@ def acquire_expired(text, timeout, path):
         (text, timeout, path, path), socket_path=path, resource=text)
 
 
+def gate_timeout(text, timeout, withdrawing, who, path):
+    """The exception for an acquire that ran out of time waiting in this
+    process for another thread (task) of the same client, or for an
+    earlier request of it that gave up and awaits the daemon's answer."""
+    if withdrawing:
+        return E.Timeout(
+            "gave up waiting for %r after %g s: an earlier request for it "
+            "from this client gave up, and arbiterd on %s has not answered "
+            "its withdrawal yet (stopped or overloaded?). Check the daemon "
+            "(`arbiterctl -S %s status`)" % (text, timeout, path, path),
+            socket_path=path, resource=text)
+    return E.Timeout(
+        "gave up waiting for %r after %g s: another %s of this process held "
+        "it all that time (same client, arbiter at %s). Raise the timeout" %
+        (text, timeout, who, path), socket_path=path, resource=text)
+
+
 def io_expired(path, op, seconds):
     """The exception for a request whose answer did not come within the
     I/O timeout: the connection is given up."""
@@ -504,6 +521,73 @@ class BaseLease:
         return "<%s %r %s token=%d id=%d %s>" % (
             type(self).__name__, self.resource, self.mode, self.token,
             self.lease_id, state)
+
+
+class LockCount:
+    """The re-entrant count of a lock object (ArbiterLock, AsyncArbiterLock;
+    one per thread or task) and the lease behind it.
+
+    When the daemon ends the lease (revoke, ttl, lost connection) the lock
+    is no longer held: the next acquire takes a new lease with a count of
+    its own, and the acquires still open on the ended lease stay as debt:
+    once the new lease's count is back to 0, each further release raises
+    LeaseRevoked for the ended one (so an outer ``with lock:`` around an
+    inner one that re-acquired reports that it was not protected
+    throughout)."""
+
+    def __init__(self):
+        self.counter = 0
+        self.lease = None
+        self.void = 0           # open acquires of an ended lease
+        self.void_lease = None
+
+    @property
+    def held(self):
+        return (self.counter > 0 and self.lease is not None and
+                self.lease.held)
+
+    def reenter(self):
+        """Count up when the lease is still held; False: take a lease."""
+        if self.held:
+            self.counter += 1
+            return True
+        return False
+
+    def ended(self):
+        """The lease the daemon ended while counted (to release, quietly,
+        before taking a new one: that lets the next one in), or None."""
+        if self.counter > 0 and self.lease is not None and \
+                not self.lease.held:
+            return self.lease
+        return None
+
+    def adopt(self, lease):
+        """A new lease was taken: it starts a count of 1."""
+        if self.counter > 0 and self.lease is not None:
+            self.void += self.counter
+            self.void_lease = self.lease
+        self.counter = 1
+        self.lease = lease
+
+    def count_down(self, force=False):
+        """One release (all with force): returns (lease to release now or
+        None, ended lease to report or None)."""
+        if force:
+            self.void = 0
+            self.void_lease = None
+        if self.counter > 0:
+            self.counter = 0 if force else self.counter - 1
+            if self.counter > 0:
+                return None, None
+            lease, self.lease = self.lease, None
+            return lease, None
+        if self.void > 0:
+            self.void -= 1
+            ended = self.void_lease
+            if self.void == 0:
+                self.void_lease = None
+            return None, ended
+        return None, None
 
 
 # ------------------------------------------------------------ stats, status

@@ -663,12 +663,8 @@ class Client:
                 else:
                     left = deadline - time.monotonic()
                     if left <= 0:
-                        raise E.Timeout(
-                            "gave up waiting for %r after %g s: another "
-                            "thread of this process held it all that time "
-                            "(same Client). Raise the timeout" %
-                            (text, timeout), socket_path=self.socket_path,
-                            resource=text)
+                        raise P.gate_timeout(text, timeout, g.thread is None,
+                                             "thread", self.socket_path)
                     self._gate_cond.wait(left)
             g = self._gates[raw] = _Gate(me)
             return g
@@ -990,18 +986,8 @@ class _AcquireReturnProxy:
         return False
 
 
-class _Ctx:
-    __slots__ = ("counter", "lease")
-
-    def __init__(self):
-        self.counter = 0
-        self.lease = None
-
-
-class _LocalCtx(threading.local):
-    def __init__(self):
-        self.counter = 0
-        self.lease = None
+class _LocalCtx(P.LockCount, threading.local):
+    """One LockCount per thread."""
 
 
 class ArbiterLock:
@@ -1027,9 +1013,8 @@ class ArbiterLock:
 
     When the daemon ends the lease (ttl expiry, admin revoke, daemon lost),
     ``is_locked`` turns False at once and the next acquire() takes a new
-    lease (which inherits the count, so every acquire() still pairs with
-    one release()); without one, the release() that ends the count raises
-    LeaseRevoked.
+    lease with a count of its own; releases beyond that count (and the
+    release that ends a revoked lease's count) raise LeaseRevoked.
     """
 
     def __init__(self, resource, timeout=-1, *, shared=False, ttl=None,
@@ -1046,7 +1031,7 @@ class ArbiterLock:
         self._socket_path = socket_path
         self._trust_uids = trust_uids
         self._thread_local = thread_local
-        self._ctx = _LocalCtx() if thread_local else _Ctx()
+        self._ctx = _LocalCtx() if thread_local else P.LockCount()
         self._mutex = threading.Lock()       # guards counts (shared ctx)
         self._acq_mutex = threading.Lock()   # one acquirer (shared ctx)
         self._held = weakref.WeakSet()
@@ -1066,8 +1051,7 @@ class ArbiterLock:
     def is_locked(self):
         """True while this object (this thread's share, when thread_local)
         holds the lease: False as soon as the daemon ended it."""
-        ctx = self._ctx
-        return ctx.counter > 0 and ctx.lease is not None and ctx.lease.held
+        return self._ctx.held
 
     @property
     def lock_counter(self):
@@ -1093,17 +1077,12 @@ class ArbiterLock:
             timeout = 0
         ctx = self._ctx
         if self._thread_local:
-            if _counts_up(ctx):
-                ctx.counter += 1
-                return _AcquireReturnProxy(self)
-            lease = self._take(timeout)
-            self._retire(ctx)
-            ctx.lease = lease
-            ctx.counter += 1
+            if not ctx.reenter():
+                _end_quietly(ctx.ended())
+                ctx.adopt(self._take(timeout))
             return _AcquireReturnProxy(self)
         with self._mutex:
-            if _counts_up(ctx):
-                ctx.counter += 1
+            if ctx.reenter():
                 return _AcquireReturnProxy(self)
         t = P.normalize_timeout(timeout)
         if not self._acq_mutex.acquire(timeout=-1 if t is None else t):
@@ -1112,30 +1091,18 @@ class ArbiterLock:
                             (self.resource, t), resource=self.resource)
         try:
             with self._mutex:
-                if _counts_up(ctx):
-                    ctx.counter += 1
+                if ctx.reenter():
                     return _AcquireReturnProxy(self)
+                ended = ctx.ended()
+            _end_quietly(ended)
             lease = self._take(timeout)
             with self._mutex:
-                self._retire(ctx)
-                ctx.lease = lease
-                ctx.counter += 1
+                if ctx.lease is not None:
+                    self._held.discard(ctx.lease)
+                ctx.adopt(lease)
         finally:
             self._acq_mutex.release()
         return _AcquireReturnProxy(self)
-
-    def _retire(self, ctx):
-        """Forget a lease the daemon ended. The count taken under it stays
-        (the new lease inherits it), so every acquire() still pairs with
-        one release() and an outer `with lock:` keeps holding the lock to
-        its end."""
-        old = ctx.lease
-        if old is not None and ctx.counter > 0:
-            self._held.discard(old)
-            with old._client._lock:
-                old.released = True     # nothing left to release
-        elif ctx.counter == 0:
-            ctx.lease = None
 
     def _take(self, timeout):
         lease = self.client.acquire(self._raw, self.shared, timeout,
@@ -1147,16 +1114,13 @@ class ArbiterLock:
         """Count down; at zero (or with force=True) release the lease.
         Raises LeaseRevoked if the daemon ended the lease meanwhile.
         Releasing an unlocked lock does nothing."""
-        ctx = self._ctx
         with self._mutex:
-            if ctx.counter == 0:
-                return
-            ctx.counter = 0 if force else ctx.counter - 1
-            if ctx.counter > 0:
-                return
-            lease, ctx.lease = ctx.lease, None
-        self._held.discard(lease)
-        lease.release()
+            lease, ended = self._ctx.count_down(force)
+        if ended is not None:
+            ended.check()
+        if lease is not None:
+            self._held.discard(lease)
+            lease.release()
 
     def _exit(self, ev):
         _release_on_exit(self, ev)
@@ -1185,9 +1149,13 @@ class ArbiterLock:
             self.lock_counter)
 
 
-def _counts_up(ctx):
-    """A re-entrant acquire only counts up while the lease is still held."""
-    return ctx.counter > 0 and ctx.lease is not None and ctx.lease.held
+def _end_quietly(lease):
+    """Clean up after a lease the daemon ended (lets the next one in)."""
+    if lease is not None:
+        try:
+            lease.release()
+        except E.LeaseRevoked:
+            pass
 
 
 def _quiet_release(lease):

@@ -1,7 +1,8 @@
 """A fake arbiterd for the client's tests: it says Welcome to Hello and then
 grants every Acquire ("grant", what a hostile server would do), answers
-nothing after Welcome ("silent"), or grants an Acquire only after the client
-withdrew it ("late").
+nothing after Welcome ("silent"), grants every Acquire and answers nothing
+else ("grant-only"), or grants an Acquire only after the client withdrew it
+("late").
 
 It runs in a thread of the test (same uid), or in a forked child that first
 switches to another uid (as root) and then only does socket work: nothing is
@@ -23,7 +24,10 @@ NOBODY = 65534
 def _reply(conn, req_id, **kind):
     m = pb.ServerMessage(id=req_id, **kind)
     data = m.SerializeToString()
-    conn.sendall(len(data).to_bytes(4, "big") + data)
+    try:
+        conn.sendall(len(data).to_bytes(4, "big") + data)
+    except OSError:
+        pass            # the client is gone: its close is reported next
 
 
 def serve(lsock, mode, report, stop_fd=None):
@@ -88,7 +92,7 @@ def serve(lsock, mode, report, stop_fd=None):
                 elif kind == "acquire":
                     report("acquire %d" % req.id)
                     res = req.acquire.resource
-                    if mode == "grant":
+                    if mode in ("grant", "grant-only"):
                         next_lease[0] += 1
                         _reply(s, req.id, granted=pb.Granted(
                             lease_id=next_lease[0], token=next_lease[0],
@@ -109,12 +113,13 @@ def serve(lsock, mode, report, stop_fd=None):
                             report("granted-late %d" % next_lease[0])
                     else:
                         report("release %d" % r.lease_id)
-                        if mode != "silent":
+                        if mode not in ("silent", "grant-only"):
                             _reply(s, req.id, released=pb.Released(
                                 lease_id=r.lease_id))
                 else:
                     report(kind)
-                    if mode != "silent" and kind == "ping":
+                    if mode not in ("silent", "grant-only") and \
+                            kind == "ping":
                         _reply(s, req.id, pong=pb.Pong(role="active"))
 
 
