@@ -168,6 +168,8 @@ class _Protocol(asyncio.BufferedProtocol):
             why = E.ConnectionLost("this AsyncClient was closed (arbiter at "
                                    "%s)" % c.socket_path,
                                    socket_path=c.socket_path)
+        elif exc is None and c._shutdown_seen:
+            why = P.shut_down(c.socket_path)
         else:
             why = P.lost(c.socket_path, str(exc) if exc else None)
         c._fail(why)
@@ -205,6 +207,7 @@ class AsyncClient:
         self._closed = None
         self._closing = False
         self._tasks = set()
+        self._shutdown_seen = False     # the daemon said it stops
 
     def __repr__(self):
         return "<arbiter_client.AsyncClient %s conn=%s %s>" % (
@@ -375,6 +378,8 @@ class AsyncClient:
 
     def _dispatch(self, m):
         kind = m.WhichOneof("kind")
+        if kind in ("revoked", "error") and P.says_shutdown(m):
+            self._shutdown_seen = True
         if kind == "revoked":
             r = m.revoked
             lease = self._leases.pop(r.lease_id, None)

@@ -405,6 +405,12 @@ def connect_error(exc, path):
         return E.NotRunning(
             "nothing listens on %s (a socket file left by a stopped "
             "arbiterd?): start arbiterd" % path, socket_path=path)
+    if isinstance(exc, BlockingIOError):
+        return E.NotRunning(
+            "arbiterd on %s does not accept the connection: its listen queue "
+            "is full (is it stopped or overloaded?). Check the daemon "
+            "(`arbiterctl -S %s status`) and retry" % (path, path),
+            socket_path=path)
     if isinstance(exc, PermissionError):
         return E.Forbidden(
             "permission denied on %s for uid %d: the socket's mode/group "
@@ -439,6 +445,22 @@ def lost(path, why=None):
         "died (killed, crashed) or been restarted. Its leases are gone; "
         "check that arbiterd runs (`arbiterctl -S %s status`), then make a "
         "new client" % (path, why, path), socket_path=path)
+
+
+def shut_down(path):
+    """The exception for a connection that ended after the daemon said it
+    was shutting down."""
+    return E.ShuttingDown(
+        "arbiterd on %s shut down and closed the connection; its leases are "
+        "gone. Make a new client once it is back" % path, socket_path=path)
+
+
+def says_shutdown(m):
+    """True for a message that announces the daemon's shutdown."""
+    kind = m.WhichOneof("kind")
+    if kind == "revoked":
+        return m.revoked.reason == pb.SHUTDOWN
+    return kind == "error" and m.error.code == pb.SHUTTING_DOWN
 
 
 # ------------------------------------------------------------ leases

@@ -191,6 +191,7 @@ class Client:
         self._reading = False                # a thread has the reader role
         self._watch_wanted = False           # parked long: notify at idle
         self._callers = 0                    # threads waiting for replies
+        self._shutdown_seen = False          # the daemon said it stops
 
         if is_default:
             _trust.check_default_folder(self.socket_path)
@@ -437,6 +438,8 @@ class Client:
             return E.ConnectionLost(
                 "this Client was closed (arbiter at %s)" % self.socket_path,
                 socket_path=self.socket_path)
+        if err is None and self._shutdown_seen:
+            return P.shut_down(self.socket_path)
         return P.lost(self.socket_path, err)
 
     # The watcher parks while threads wait for replies. Waking it each time
@@ -490,6 +493,8 @@ class Client:
 
     def _dispatch(self, m):
         kind = m.WhichOneof("kind")
+        if kind in ("revoked", "error") and P.says_shutdown(m):
+            self._shutdown_seen = True
         if kind == "revoked":
             self._handle_revoked(m.revoked)
             return

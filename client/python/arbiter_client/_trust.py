@@ -188,10 +188,23 @@ def trust_of(trust_uids):
 
 
 def peer_uid(sock):
-    """The uid of the process that made the listening socket."""
+    """The uid of the process that made the listening socket; None when
+    the socket is not connected (a connect to a full listen queue that
+    asyncio took for done)."""
     data = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                            _UCRED.size)
-    return _UCRED.unpack(data)[1]
+    pid, uid, _ = _UCRED.unpack(data)
+    if uid < 0 or (pid == 0 and uid == 0 and _not_connected(sock)):
+        return None
+    return uid
+
+
+def _not_connected(sock):
+    try:
+        sock.getpeername()
+        return False
+    except OSError:
+        return True
 
 
 def check_peer(sock, path, trust_uids):
@@ -204,6 +217,12 @@ def check_peer(sock, path, trust_uids):
             "arbiter: refusing the server on %s: cannot read who serves it "
             "(SO_PEERCRED: %s). Name a socket of a local arbiterd" %
             (path, exc), socket_path=path) from None
+    if uid is None:
+        raise E.NotRunning(
+            "arbiterd on %s does not accept the connection: its listen queue "
+            "is full (is it stopped or overloaded?). Check the daemon "
+            "(`arbiterctl -S %s status`) and retry" % (path, path),
+            socket_path=path)
     euid = os.geteuid()
     trust = trust_of(trust_uids)
     if uid == euid or uid == 0 or trust[1] or uid in trust[0]:

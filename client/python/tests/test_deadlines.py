@@ -284,3 +284,34 @@ def test_async_late_grant_is_released(fakes, res):
         assert not c._leases
         await c.close()
     asyncio.run(main())
+
+
+def test_full_listen_queue_is_reported_at_once():
+    # A stopped daemon whose listen queue is full: connect must not hang,
+    # and asyncio must not take the refused connect for a connection.
+    import socket
+    path = os.path.join(tempfile.mkdtemp(prefix="arbdl-", dir="/tmp"), "s")
+    lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    lsock.bind(path)
+    lsock.listen(0)
+    fill = []
+    try:
+        for _ in range(4):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.setblocking(False)
+            fill.append(s)
+            try:
+                s.connect(path)
+            except BlockingIOError:
+                break
+        took, r = timed(ac.Client, path, connect_timeout=1)
+        assert isinstance(r, ac.NotRunning), repr(r)
+        assert "listen queue is full" in str(r) and took <= MARGIN
+        took, r = atimed(ac.AsyncClient(path, connect_timeout=1).ping())
+        assert isinstance(r, ac.NotRunning), repr(r)
+        assert "listen queue is full" in str(r) and took <= 1 + MARGIN
+    finally:
+        for s in fill:
+            s.close()
+        lsock.close()
+        shutil.rmtree(os.path.dirname(path), ignore_errors=True)

@@ -56,6 +56,19 @@ def test_async_kill_9_says_connection_lost(fresh_daemon, res):
     asyncio.run(main())
 
 
+def test_clean_shutdown_is_not_called_a_death(fresh_daemon, res):
+    d = fresh_daemon()
+    got = queue.Queue()
+    c = ac.Client(d.socket, on_revoked=got.put)
+    c.acquire(res)
+    d.proc.send_signal(signal.SIGTERM)
+    assert got.get(timeout=WAIT).reason == "SHUTDOWN"
+    assert d.proc.wait(WAIT) == 0
+    with pytest.raises(ac.ShuttingDown) as ei:
+        c.ping()
+    assert "arbiterd on %s shut down" % d.socket in str(ei.value)
+
+
 def test_sync_is_locked_after_admin_revoke(daemon, res):
     c = ac.Client(daemon.socket)
     admin = ac.Client(daemon.socket)
