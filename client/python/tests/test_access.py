@@ -10,6 +10,7 @@ import os
 import pytest
 
 import arbiter_client as ac
+from conftest import in_child_as
 
 pytestmark = pytest.mark.skipif(os.getuid() != 0,
                                 reason="needs root to run a client as "
@@ -35,29 +36,7 @@ def _probe(socket_path, what):
 
 def probe(socket_path, what):
     """_probe() in a forked child running as uid/gid NOBODY (no exec)."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.close(r)
-            os.setgroups([])
-            os.setresgid(NOBODY, NOBODY, NOBODY)
-            os.setresuid(NOBODY, NOBODY, NOBODY)
-            out = _probe(socket_path, what)
-            code = 0
-        except BaseException as exc:
-            out = "child failed: %r" % (exc,)
-        try:
-            os.write(w, out.encode())
-        finally:
-            os._exit(code)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        out = f.read().decode()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, out
-    return out
+    return in_child_as(NOBODY, _probe, socket_path, what)
 
 
 def test_socket_mode_refuses_other_uids(fresh_daemon):

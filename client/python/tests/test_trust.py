@@ -16,6 +16,7 @@ import pytest
 
 import arbiter_client as ac
 from arbiter_client import _proto
+from conftest import in_child_as
 from fake_arbiter import NOBODY, Fake
 
 needs_root = pytest.mark.skipif(
@@ -278,7 +279,8 @@ def test_default_folder_that_is_a_symlink_is_refused(tmpdirs, default_at):
         os.unlink(link)
 
 
-@needs_root
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to give a folder "
+                    "to another uid")
 def test_default_folder_of_another_user_is_refused(tmpdirs, default_at):
     d = tmpdirs(0o700, owner=NOBODY)
     default_at(os.path.join(d, "arbiter.sock"))
@@ -319,13 +321,15 @@ def test_victim_refuses_a_folder_planted_in_tmp(fakes):
         os.chmod(folder, 0o777)
         os.chown(folder, NOBODY, NOBODY)
         fakes(os.path.join(folder, "arbiter.sock"), uid=NOBODY)
-        out = run_as(victim, _victim_probe)
+        out = in_child_as(victim, _victim_probe).split()
         assert out == ["UntrustedServer"] * 4, out
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
 def _victim_probe():
+    os.environ.pop("ARBITER_SOCKET", None)
+    os.environ.pop("ARBITER_TRUST_UID", None)
     out = []
     for _ in range(2):
         try:
@@ -343,36 +347,7 @@ def _victim_probe():
             return type(e).__name__
     for _ in range(2):
         out.append(asyncio.run(main()))
-    return out
-
-
-def run_as(uid, fn):
-    """fn() in a forked child running as uid (no exec); its result (a list
-    of str) comes back through a pipe."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(r)
-            os.setgroups([])
-            os.setresgid(uid, uid, uid)
-            os.setresuid(uid, uid, uid)
-            os.environ.pop("ARBITER_SOCKET", None)
-            os.environ.pop("ARBITER_TRUST_UID", None)
-            res = fn()
-            os.write(w, ("\n".join(res)).encode())
-            os._exit(0)
-        except BaseException as exc:
-            try:
-                os.write(w, ("child failed: %r" % exc).encode())
-            finally:
-                os._exit(1)
-    os.close(w)
-    data = b""
-    with os.fdopen(r, "rb") as f:
-        data = f.read()
-    os.waitpid(pid, 0)
-    return data.decode().split("\n")
+    return " ".join(out)
 
 
 # ------------------------------------------------------------ parsing
