@@ -312,7 +312,9 @@ class Client:
             if now >= deadline:
                 raise socket.timeout("no room to send for %g s" %
                                      self.io_timeout)
-            select.select([], [sock], [], deadline - now)
+            p = select.poll()           # not select(): fds may be > 1023
+            p.register(sock.fileno(), select.POLLOUT)
+            p.poll(max(1, int((deadline - now) * 1000)))
 
     def _call(self, req, want, op, resource=None):
         if self._closed is not None or self._pid != os.getpid():
