@@ -1092,6 +1092,7 @@ class ArbiterLock:
             if ctx.reenter():
                 return _AcquireReturnProxy(self)
         t = P.normalize_timeout(timeout)
+        start = time.monotonic()
         if not self._acq_mutex.acquire(timeout=-1 if t is None else t):
             raise E.Timeout("gave up waiting for %r after %g s: another "
                             "thread is acquiring this lock object" %
@@ -1102,6 +1103,8 @@ class ArbiterLock:
                     return _AcquireReturnProxy(self)
                 ended = ctx.ended()
             _end_quietly(ended)
+            if t:       # what is left of it after waiting for the mutex
+                timeout = max(t - (time.monotonic() - start), 1e-3)
             lease = self._take(timeout)
             with self._mutex:
                 if ctx.lease is not None:

@@ -315,3 +315,23 @@ def test_full_listen_queue_is_reported_at_once():
             s.close()
         lsock.close()
         shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+
+
+def test_shared_lock_object_keeps_one_deadline(daemon, res):
+    # thread_local=False: a thread that first waits for the lock object (held
+    # by a thread whose acquire then fails) must not get its full timeout
+    # again for the daemon.
+    holder = ac.Client(daemon.socket)
+    holder.acquire(res)
+    c = ac.Client(daemon.socket)
+    lock = ac.ArbiterLock(res, client=c, thread_local=False)
+    first = threading.Thread(target=timed, args=(lock.acquire, 0.6))
+    first.start()
+    while not lock._acq_mutex.locked():
+        pass                                # the first one is acquiring
+    took, r = timed(lock.acquire, 1)
+    first.join()
+    assert isinstance(r, ac.Timeout), repr(r)
+    assert 1 <= took <= 1 + MARGIN, took
+    holder.close()
+    c.close()
