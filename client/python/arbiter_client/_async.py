@@ -240,6 +240,7 @@ class AsyncClient:
             _trust.check_default_folder(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.setblocking(False)
+        start = time.monotonic()     # connect_timeout: connect + handshake
         try:
             try:
                 await asyncio.wait_for(loop.sock_connect(sock, path),
@@ -261,12 +262,14 @@ class AsyncClient:
         try:
             transport.write(P.hello_frame(1, self.name))
             try:
-                m = await asyncio.wait_for(asyncio.shield(proto.handshake),
-                                           self.connect_timeout)
+                m = await asyncio.wait_for(
+                    asyncio.shield(proto.handshake),
+                    max(0, self.connect_timeout - (time.monotonic() - start)))
             except asyncio.TimeoutError:
                 raise E.ProtocolError(
-                    "no answer to Hello from %s: is that socket an arbiter?"
-                    % path, socket_path=path) from None
+                    "no answer to Hello from %s in time: is that socket an "
+                    "arbiter (and is it running, not stopped)?" % path,
+                    socket_path=path) from None
             if m.WhichOneof("kind") != "welcome":
                 raise P.welcome_error(m, path)
         except BaseException:

@@ -196,6 +196,7 @@ class Client:
         if is_default:
             _trust.check_default_folder(self.socket_path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        start = time.monotonic()     # connect_timeout: connect + handshake
         try:
             sock.settimeout(connect_timeout)
             try:
@@ -209,7 +210,8 @@ class Client:
             except OSError as exc:
                 raise P.connect_error(exc, self.socket_path) from None
             _trust.check_peer(sock, self.socket_path, trust_uids)
-            welcome = self._handshake(sock)
+            welcome = self._handshake(
+                sock, connect_timeout - (time.monotonic() - start))
             sock.settimeout(None)
         except BaseException:
             sock.close()
@@ -229,20 +231,27 @@ class Client:
                          daemon=True, name="arbiter-callbacks").start()
         _live_clients.add(self)
 
-    def _handshake(self, sock):
+    def _handshake(self, sock, seconds):
         path = self.socket_path
+        deadline = time.monotonic() + seconds
         try:
             sock.sendall(P.hello_frame(1, self.name))
             msgs = []
             while not msgs:
+                # One bound for the whole handshake, however it trickles in.
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise socket.timeout()
+                sock.settimeout(left)
                 data = sock.recv(65536)
                 if not data:
                     raise P.lost(path, "it closed during the handshake")
                 msgs = self._reader.feed(data)
         except socket.timeout:
             raise E.ProtocolError(
-                "no answer to Hello from %s: is that socket an arbiter?" %
-                path, socket_path=path) from None
+                "no answer to Hello from %s in time: is that socket an "
+                "arbiter (and is it running, not stopped)?" % path,
+                socket_path=path) from None
         except OSError as exc:
             raise P.lost(path, "during the handshake: %s" % exc) from None
         m = msgs[0]

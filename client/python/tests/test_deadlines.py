@@ -335,3 +335,15 @@ def test_shared_lock_object_keeps_one_deadline(daemon, res):
     assert 1 <= took <= 1 + MARGIN, took
     holder.close()
     c.close()
+
+
+def test_connect_and_handshake_bounded_with_a_stopped_daemon(stopped):
+    d = stopped
+    os.kill(d.pid, signal.SIGSTOP)
+    took, r = timed(ac.Client, d.socket, connect_timeout=0.5)
+    assert isinstance(r, ac.ProtocolError), repr(r)
+    assert "no answer to Hello from %s" % d.socket in str(r)
+    assert took <= 0.5 + MARGIN
+    took, r = atimed(ac.AsyncClient(d.socket, connect_timeout=0.5).ping())
+    assert isinstance(r, ac.ProtocolError), repr(r)
+    assert took <= 0.5 + MARGIN
