@@ -52,7 +52,8 @@ def default_folder(uid):
 
 def parse_trust(value, what=ENV):
     """A trust list (a comma-separated string, or an iterable of uids and
-    user names) as (set of uids, any_uid, [entries not understood])."""
+    user names) as (set of uids, any_uid, [entries not understood, as
+    "WHAT has 'entry'"])."""
     if value is None:
         return set(), False, []
     if isinstance(value, (str, bytes)):
@@ -64,13 +65,14 @@ def parse_trust(value, what=ENV):
     else:
         items = list(value)
     uids, bad = set(), []
+    label = "%s has" % what
     any_uid = False
     for item in items:
         if isinstance(item, int) and not isinstance(item, bool):
             if item >= 0:
                 uids.add(item)
             else:
-                bad.append(str(item))
+                bad.append("%s %r" % (label, item))
             continue
         text = str(item).strip()
         if not text:
@@ -83,7 +85,7 @@ def parse_trust(value, what=ENV):
             try:
                 uids.add(pwd.getpwnam(text).pw_uid)
             except KeyError:
-                bad.append(text)
+                bad.append("%s %r" % (label, text))
     return uids, any_uid, bad
 
 
@@ -95,24 +97,28 @@ def folder_problem(path, folder, st, uid):
     can (or does not exist: then no daemon runs there)."""
     if st is None:
         return None
-    fix = ("Remove it (rm -r %s) and restart arbiterd, or name a socket you "
-           "trust with ARBITER_SOCKET." % folder)
-    if stat.S_ISLNK(st.st_mode):
-        return ("arbiter: refusing %s: its folder %s is a symbolic link, so "
-                "another user could be answering as arbiterd. %s" %
-                (path, folder, fix))
-    if not stat.S_ISDIR(st.st_mode):
-        return ("arbiter: refusing %s: its folder %s is not a directory. %s"
-                % (path, folder, fix))
+    mode = st.st_mode
+    if stat.S_ISLNK(mode) or not stat.S_ISDIR(mode):
+        return ("refusing %s: its folder %s is %s, not a folder of yours, so "
+                "another user could be answering as arbiterd. Remove it (rm "
+                "%s) and restart arbiterd, or name a socket you trust with "
+                "ARBITER_SOCKET." % (
+                    path, folder, "a symbolic link" if stat.S_ISLNK(mode)
+                    else "a file", folder))
     if st.st_uid != uid:
-        return ("arbiter: refusing %s: its folder %s belongs to %s, not to "
-                "you (uid %d), so another user could be answering as "
-                "arbiterd. %s" % (path, folder, who(st.st_uid), uid, fix))
-    if st.st_mode & 0o022:
-        return ("arbiter: refusing %s: its folder %s is writable by group or "
-                "others (mode %04o), so another user could be answering as "
-                "arbiterd. %s" % (path, folder, stat.S_IMODE(st.st_mode),
-                                  fix))
+        return ("refusing %s: its folder %s belongs to %s, not to you (uid "
+                "%d), so another user could be answering as arbiterd. Remove "
+                "it (rm -r %s) and restart arbiterd, or name a socket you "
+                "trust with ARBITER_SOCKET." % (path, folder, who(st.st_uid),
+                                                uid, folder))
+    if mode & 0o022:
+        by = ("group and others" if mode & 0o020 and mode & 0o002 else
+              "its group" if mode & 0o020 else "others")
+        return ("refusing %s: its folder %s is writable by %s (mode %04o), "
+                "so another user could be answering as arbiterd. Close it "
+                "(chmod go-w %s) or remove it (rm -r %s) and restart "
+                "arbiterd, or name a socket you trust with ARBITER_SOCKET." %
+                (path, folder, by, stat.S_IMODE(mode), folder, folder))
     return None
 
 
@@ -142,14 +148,14 @@ def peer_problem(path, peer_uid, euid, trust, folder_st=None,
     name = user_name(peer_uid)
     runs_as = "uid %d (%s)" % (peer_uid, name) if name else "uid %d" % \
         peer_uid
-    msg = ("arbiter: refusing the server on %s: it runs as %s, not as you "
-           "(uid %d) or root. If uid %d runs your arbiterd, trust it with "
-           "ARBITER_TRUST_UID=%d (or trust_uids=[%d])." %
+    msg = ("refusing the server on %s: it runs as %s, not as you (uid %d) "
+           "or root. If uid %d runs your arbiterd, trust it with "
+           "ARBITER_TRUST_UID=%d (Python: trust_uids=[%d])" %
            (path, runs_as, euid, peer_uid, peer_uid, peer_uid))
     if bad:
-        msg += (" (Trusted-uid entries that name no user were ignored: %s.)"
-                % ", ".join(repr(b) for b in bad))
-    return msg
+        return msg + ("; note: %s, which is neither a uid nor a user name." %
+                      "; ".join(bad))
+    return msg + "."
 
 
 # ------------------------------------------------------------ reading them
@@ -214,9 +220,8 @@ def check_peer(sock, path, trust_uids):
         uid = peer_uid(sock)
     except OSError as exc:
         raise E.UntrustedServer(
-            "arbiter: refusing the server on %s: cannot read who serves it "
-            "(SO_PEERCRED: %s). Name a socket of a local arbiterd" %
-            (path, exc), socket_path=path) from None
+            "refusing the server on %s: cannot learn its uid (SO_PEERCRED: "
+            "%s)" % (path, exc), socket_path=path) from None
     if uid is None:
         raise E.NotRunning(
             "arbiterd on %s does not accept the connection: its listen queue "
@@ -228,8 +233,9 @@ def check_peer(sock, path, trust_uids):
     if uid == euid or uid == 0 or trust[1] or uid in trust[0]:
         return uid
     folder = os.path.dirname(path) or "."
-    parent = os.path.dirname(os.path.abspath(folder))
-    msg = peer_problem(path, uid, euid, trust, _lstat(folder), _stat(parent))
+    # When the folder is no link, its ".." is its real parent.
+    msg = peer_problem(path, uid, euid, trust, _lstat(folder),
+                       _stat(os.path.join(folder, "..")))
     if msg:
         raise E.UntrustedServer(msg, socket_path=path, uid=uid)
     return uid

@@ -191,7 +191,8 @@ def test_trust_of_other_uids_does_not_open_the_door(tmpdirs, fakes,
     f = nobody_server(tmpdirs, fakes)
     monkeypatch.setenv("ARBITER_TRUST_UID", "1,no-such-user-here")
     e = refused(ac.Client, f.path, trust_uids=[2])
-    assert "'no-such-user-here'" in str(e)
+    assert "note: ARBITER_TRUST_UID has 'no-such-user-here', which is "\
+        "neither a uid nor a user name." in str(e)
 
 
 @needs_root
@@ -257,13 +258,32 @@ def test_default_folder_writable_by_others_is_refused(tmpdirs, default_at,
     default_at(f.path)
     for e in refusal_of_default():
         msg = str(e)
-        assert "refusing %s: its folder %s is writable by group or others "\
-               "(mode 0777)" % (f.path, d) in msg
-        assert "rm -r %s" % d in msg and "ARBITER_SOCKET" in msg
+        assert "refusing %s: its folder %s is writable by group and "\
+               "others (mode 0777)" % (f.path, d) in msg
+        assert "chmod go-w %s" % d in msg and "ARBITER_SOCKET" in msg
     assert "connect" not in f._lines
     # The same socket named explicitly is served by our own uid: trusted.
     with ac.Client(f.path) as c:
         c.ping()
+
+
+@pytest.mark.parametrize("mode,by", [(0o770, "its group"),
+                                     (0o703, "others")])
+def test_default_folder_writable_by_group_or_others(tmpdirs, default_at,
+                                                    mode, by):
+    d = tmpdirs(mode)
+    default_at(os.path.join(d, "arbiter.sock"))
+    for e in refusal_of_default():
+        assert "its folder %s is writable by %s (mode %04o)" % (d, by, mode)\
+            in str(e)
+
+
+def test_default_folder_that_is_a_file_is_refused(tmpdirs, default_at):
+    f = os.path.join(tmpdirs(0o700), "arbiter-x")
+    open(f, "w").close()
+    default_at(os.path.join(f, "arbiter.sock"))
+    for e in refusal_of_default():
+        assert "its folder %s is a file, not a folder of yours" % f in str(e)
 
 
 def test_default_folder_that_is_a_symlink_is_refused(tmpdirs, default_at):
@@ -357,6 +377,6 @@ def test_parse_trust():
     assert _trust.parse_trust(" 0 , nobody,,12") == ({0, NOBODY, 12}, False,
                                                      [])
     assert _trust.parse_trust("*")[1] is True
-    assert _trust.parse_trust(["root", 5, "x-no-user"]) == ({0, 5}, False,
-                                                           ["x-no-user"])
+    assert _trust.parse_trust(["root", 5, "x-no-user"], "trust_uids") == (
+        {0, 5}, False, ["trust_uids has 'x-no-user'"])
     assert _trust.parse_trust(None) == (set(), False, [])
