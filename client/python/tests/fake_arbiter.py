@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 
-from arbiter_client._proto import FrameReader, pb, encode  # noqa: F401
+from arbiter_client._proto import FrameReader, pb
 
 NOBODY = 65534
 
