@@ -208,6 +208,11 @@ class AsyncClient:
         self._closing = False
         self._tasks = set()
         self._shutdown_seen = False     # the daemon said it stops
+        # Requests bounded by io_timeout: id -> (deadline, op), oldest
+        # first; one timer (the watchdog) fires at the oldest deadline,
+        # cheaper than a timer per request.
+        self._io_waits = {}
+        self._watchdog = None
 
     def __repr__(self):
         return "<arbiter_client.AsyncClient %s conn=%s %s>" % (
@@ -336,14 +341,17 @@ class AsyncClient:
         req.id = next(self._ids)
         p = _APending(self._loop.create_future())
         self._submit(req, p)
-        timer = self._loop.call_later(self.io_timeout, self._io_expired, op)
+        deadline = self._loop.time() + self.io_timeout
+        self._io_waits[req.id] = (deadline, op)
+        if self._watchdog is None:
+            self._watchdog = self._loop.call_at(deadline, self._check_io)
         try:
             m = await p.fut
         except asyncio.CancelledError:
             p.ignore = True
             raise
         finally:
-            timer.cancel()
+            self._io_waits.pop(req.id, None)
         kind = m.WhichOneof("kind")
         if kind == want:
             return getattr(m, want)
@@ -352,11 +360,21 @@ class AsyncClient:
                                  op=op)
         raise P.unexpected_reply(m, self.socket_path, op)
 
-    def _io_expired(self, op):
-        """No answer within io_timeout: the daemon is stopped or hung. Give
-        the connection up (its leases end when the daemon sees it closed)
-        rather than leave the request's fate unknown."""
-        self._fail(P.io_expired(self.socket_path, op, self.io_timeout))
+    def _check_io(self):
+        """The watchdog: a request without an answer within io_timeout
+        means the daemon is stopped or hung. Give the connection up (its
+        leases end when the daemon sees it closed) rather than leave the
+        request's fate unknown; else wait for the next oldest deadline."""
+        self._watchdog = None
+        if self._closed is not None:
+            return
+        for deadline, op in self._io_waits.values():
+            if deadline <= self._loop.time():
+                self._fail(P.io_expired(self.socket_path, op,
+                                        self.io_timeout))
+            else:
+                self._watchdog = self._loop.call_at(deadline, self._check_io)
+            return
 
     def _acquire_expired(self, req_id, p, text, timeout):
         """An acquire's own deadline ran out before the daemon answered:
