@@ -347,3 +347,21 @@ def test_connect_and_handshake_bounded_with_a_stopped_daemon(stopped):
     took, r = atimed(ac.AsyncClient(d.socket, connect_timeout=0.5).ping())
     assert isinstance(r, ac.ProtocolError), repr(r)
     assert took <= 0.5 + MARGIN
+
+
+def test_async_io_timeout_counts_from_each_request(stopped):
+    # One watchdog serves every request: a request sent later still gets
+    # its whole io_timeout.
+    d = stopped
+
+    async def main():
+        c = ac.AsyncClient(d.socket, io_timeout=0.6)
+        await c.ping()                      # arms the watchdog for t0+0.6
+        await asyncio.sleep(0.3)            # a time offset, not a wait
+        os.kill(d.pid, signal.SIGSTOP)
+        t = time.monotonic()
+        with pytest.raises(ac.ConnectionLost):
+            await asyncio.wait_for(c.ping(), HANG)
+        return time.monotonic() - t
+    took = asyncio.run(main())
+    assert 0.6 <= took <= 0.6 + MARGIN, took
