@@ -9,6 +9,7 @@ switches to another uid (as root) and then only does socket work: nothing is
 executed from the clone, so it works from any folder, even a 0700 home.
 Everything it sees is reported, one line per event, on a pipe.
 """
+import ctypes
 import os
 import selectors
 import signal
@@ -123,6 +124,15 @@ def serve(lsock, mode, report, stop_fd=None):
                         _reply(s, req.id, pong=pb.Pong(role="active"))
 
 
+def _die_with_parent():
+    """SIGKILL when the test process dies, so a killed run never leaves a
+    fake server behind."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+    except Exception:
+        pass
+
+
 class Fake:
     """A fake server on path; .lines() reads its report."""
 
@@ -155,6 +165,7 @@ class Fake:
                 os.setgroups([])
                 os.setresgid(uid, uid, uid)
                 os.setresuid(uid, uid, uid)
+                _die_with_parent()      # after the uid change, which clears it
                 lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 lsock.bind(path)
                 lsock.listen(16)
