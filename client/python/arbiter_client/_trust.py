@@ -229,8 +229,10 @@ def check_peer(sock, path, trust_uids):
             "(`arbiterctl -S %s status`) and retry" % (path, path),
             socket_path=path)
     euid = os.geteuid()
-    trust = trust_of(trust_uids)
-    if uid == euid or uid == 0 or trust[1] or uid in trust[0]:
+    if uid == euid or uid == 0:
+        return uid
+    trust = trust_of(trust_uids)       # user names are looked up only now
+    if trust[1] or uid in trust[0]:
         return uid
     folder = os.path.dirname(path) or "."
     # When the folder is no link, its ".." is its real parent.
