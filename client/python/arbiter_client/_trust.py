@@ -43,11 +43,6 @@ def who(uid):
     return "uid %d (%s)" % (uid, name) if name else "uid %d" % uid
 
 
-def default_folder(uid):
-    """The folder of the default socket for a caller of this uid."""
-    return "/run/arbiter" if uid == 0 else "/tmp/arbiter-%u" % uid
-
-
 # ------------------------------------------------------------ trust lists
 
 def parse_trust(value, what=ENV):
@@ -200,9 +195,9 @@ def peer_uid(sock):
     data = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                            _UCRED.size)
     pid, uid, _ = _UCRED.unpack(data)
-    if uid < 0 or (pid == 0 and uid == 0 and _not_connected(sock)):
-        return None
-    return uid
+    if uid == -1 or (pid == 0 and uid == 0 and _not_connected(sock)):
+        return None             # no peer: (uid_t)-1
+    return uid & 0xFFFFFFFF     # uid_t is unsigned
 
 
 def _not_connected(sock):
