@@ -28,7 +28,8 @@ from ._sync import ArbiterLock, Client, Lease, QueueInfo, default_client
 from ._async import AsyncArbiterLock, AsyncClient, AsyncLease
 from .errors import (AlreadyHeld, ArbiterError, Cancelled, ConnectionLost,
                      Forbidden, InvalidName, LeaseRevoked, NotRunning,
-                     ProtocolError, ShuttingDown, Timeout, WouldBlock)
+                     ProtocolError, ShuttingDown, Timeout, UntrustedServer,
+                     WouldBlock)
 
 __version__ = "0.1.0"
 
@@ -39,5 +40,5 @@ __all__ = [
     "EXCLUSIVE", "SHARED", "PROTOCOL_VERSION",
     "ArbiterError", "NotRunning", "ConnectionLost", "ShuttingDown",
     "ProtocolError", "Forbidden", "Timeout", "WouldBlock", "Cancelled",
-    "AlreadyHeld", "InvalidName", "LeaseRevoked",
+    "AlreadyHeld", "InvalidName", "LeaseRevoked", "UntrustedServer",
 ]

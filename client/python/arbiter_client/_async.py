@@ -23,6 +23,7 @@ import time
 import weakref
 
 from . import _proto as P
+from . import _trust
 from . import errors as E
 from ._proto import pb
 from ._sync import QueueInfo
@@ -160,17 +161,17 @@ class _Protocol(asyncio.BufferedProtocol):
         c = self.client
         if self.handshake is not None and not self.handshake.done():
             self.handshake.set_exception(P.lost(
-                c.socket_path, "the daemon closed the connection during the "
-                "handshake"))
+                c.socket_path, "it closed during the handshake"))
         if c._proto is not self:
             return      # a failed connect: the client may try again
         if c._closing:
             why = E.ConnectionLost("this AsyncClient was closed (arbiter at "
                                    "%s)" % c.socket_path,
                                    socket_path=c.socket_path)
+        elif exc is None and c._shutdown_seen:
+            why = P.shut_down(c.socket_path)
         else:
-            why = P.lost(c.socket_path, str(exc) if exc else
-                         "the daemon closed it")
+            why = P.lost(c.socket_path, str(exc) if exc else None)
         c._fail(why)
 
 
@@ -179,12 +180,16 @@ class AsyncClient:
 
     Connects on first use (or ``await client.connect()``, or ``async with
     AsyncClient() as client``). Arguments as for Client; ``on_revoked`` may be
-    a plain function or a coroutine function (run as a task).
+    a plain function or a coroutine function (run as a task); so are
+    ``trust_uids``, ``connect_timeout`` and ``io_timeout``.
     """
 
     def __init__(self, socket_path=None, name=None, *, on_revoked=None,
-                 connect_timeout=10.0):
-        self.socket_path = P.resolve_socket_path(socket_path)
+                 connect_timeout=10.0, io_timeout=P.IO_TIMEOUT,
+                 trust_uids=None):
+        self.socket_path, self._is_default = P.resolve_socket(socket_path)
+        self.io_timeout = P.check_io_timeout(io_timeout, "io_timeout")
+        self.trust_uids = trust_uids
         self.name = name if name is not None else P.default_client_name()
         self.on_revoked = on_revoked
         self.connect_timeout = connect_timeout
@@ -202,6 +207,12 @@ class AsyncClient:
         self._closed = None
         self._closing = False
         self._tasks = set()
+        self._shutdown_seen = False     # the daemon said it stops
+        # Requests bounded by io_timeout: id -> (deadline, op), oldest
+        # first; one timer (the watchdog) fires at the oldest deadline,
+        # cheaper than a timer per request.
+        self._io_waits = {}
+        self._watchdog = None
 
     def __repr__(self):
         return "<arbiter_client.AsyncClient %s conn=%s %s>" % (
@@ -230,17 +241,23 @@ class AsyncClient:
     async def _connect(self):
         loop = asyncio.get_running_loop()
         path = self.socket_path
+        if self._is_default:
+            _trust.check_default_folder(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.setblocking(False)
+        start = time.monotonic()     # connect_timeout: connect + handshake
         try:
             try:
                 await asyncio.wait_for(loop.sock_connect(sock, path),
                                        self.connect_timeout)
             except asyncio.TimeoutError:
-                raise E.NotRunning("connecting to %s timed out" % path,
-                                   socket_path=path) from None
+                raise E.NotRunning(
+                    "connecting to %s timed out after %g s: is arbiterd "
+                    "stopped or overloaded?" % (path, self.connect_timeout),
+                    socket_path=path) from None
             except OSError as exc:
                 raise P.connect_error(exc, path) from None
+            _trust.check_peer(sock, path, self.trust_uids)
             transport, proto = await loop.create_connection(
                 lambda: _Protocol(self), sock=sock)
         except BaseException:
@@ -250,12 +267,14 @@ class AsyncClient:
         try:
             transport.write(P.hello_frame(1, self.name))
             try:
-                m = await asyncio.wait_for(asyncio.shield(proto.handshake),
-                                           self.connect_timeout)
+                m = await asyncio.wait_for(
+                    asyncio.shield(proto.handshake),
+                    max(0, self.connect_timeout - (time.monotonic() - start)))
             except asyncio.TimeoutError:
                 raise E.ProtocolError(
-                    "no answer to Hello from %s: is that socket an arbiter?"
-                    % path, socket_path=path) from None
+                    "no answer to Hello from %s in time: is that socket an "
+                    "arbiter (and is it running, not stopped)?" % path,
+                    socket_path=path) from None
             if m.WhichOneof("kind") != "welcome":
                 raise P.welcome_error(m, path)
         except BaseException:
@@ -322,11 +341,17 @@ class AsyncClient:
         req.id = next(self._ids)
         p = _APending(self._loop.create_future())
         self._submit(req, p)
+        deadline = self._loop.time() + self.io_timeout
+        self._io_waits[req.id] = (deadline, op)
+        if self._watchdog is None:
+            self._watchdog = self._loop.call_at(deadline, self._check_io)
         try:
             m = await p.fut
         except asyncio.CancelledError:
             p.ignore = True
             raise
+        finally:
+            self._io_waits.pop(req.id, None)
         kind = m.WhichOneof("kind")
         if kind == want:
             return getattr(m, want)
@@ -334,6 +359,36 @@ class AsyncClient:
             raise P.daemon_error(m.error, self.socket_path, resource=resource,
                                  op=op)
         raise P.unexpected_reply(m, self.socket_path, op)
+
+    def _check_io(self):
+        """The watchdog: a request without an answer within io_timeout
+        means the daemon is stopped or hung. Give the connection up (its
+        leases end when the daemon sees it closed) rather than leave the
+        request's fate unknown; else wait for the next oldest deadline."""
+        self._watchdog = None
+        if self._closed is not None:
+            return
+        for deadline, op in self._io_waits.values():
+            if deadline <= self._loop.time():
+                self._fail(P.io_expired(self.socket_path, op,
+                                        self.io_timeout))
+            else:
+                self._watchdog = self._loop.call_at(deadline, self._check_io)
+            return
+
+    def _acquire_expired(self, req_id, p, text, timeout):
+        """An acquire's own deadline ran out before the daemon answered:
+        withdraw it (a grant that comes later is released on arrival)."""
+        if p.msg is not None or p.fut.done() or self._closed is not None:
+            return
+        p.abandoned = True
+        if p.gate is not None:
+            # Closed to other tasks until the daemon answers the withdrawal,
+            # but no longer "ours": asking again is not AlreadyHeld.
+            p.gate.task = None
+        self._send_ignored(pb.Request(release=pb.Release(request_id=req_id)))
+        p.fut.set_exception(P.acquire_expired(text, timeout,
+                                              self.socket_path))
 
     def _send_ignored(self, req):
         req.id = next(self._ids)
@@ -344,6 +399,8 @@ class AsyncClient:
 
     def _dispatch(self, m):
         kind = m.WhichOneof("kind")
+        if kind in ("revoked", "error") and P.says_shutdown(m):
+            self._shutdown_seen = True
         if kind == "revoked":
             r = m.revoked
             lease = self._leases.pop(r.lease_id, None)
@@ -456,11 +513,8 @@ class AsyncClient:
                     socket_path=self.socket_path, resource=text)
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
-                raise E.Timeout(
-                    "gave up waiting for %r after %g s: another task of this "
-                    "process held it all that time (same AsyncClient). Raise "
-                    "the timeout" % (text, timeout),
-                    socket_path=self.socket_path, resource=text)
+                raise P.gate_timeout(text, timeout, g.task is None, "task",
+                                     self.socket_path)
             try:
                 await asyncio.wait_for(asyncio.shield(g.done), left)
             except asyncio.TimeoutError:
@@ -507,14 +561,24 @@ class AsyncClient:
         except BaseException:
             self._gate_exit(raw, gate)
             raise
+        give_up = P.acquire_deadline(deadline)
+        timer = None
+        if give_up is not None:
+            timer = self._loop.call_later(
+                give_up - time.monotonic(), self._acquire_expired, req.id, p,
+                text, timeout)
         try:
             m = await p.fut
         except E.ArbiterError:
-            self._gate_exit(raw, gate)
+            if not p.abandoned:     # else closed when the daemon answers
+                self._gate_exit(raw, gate)
             raise
         except BaseException:
             self._withdraw(req.id, p)
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
         if p.lease is not None:
             return p.lease
         self._gate_exit(raw, gate)
@@ -525,6 +589,8 @@ class AsyncClient:
 
     def _withdraw(self, req_id, p):
         """Synchronous, so it completes even in a cancelled task."""
+        if p.abandoned:
+            return
         if p.msg is None:
             if self._closed is not None:
                 self._gate_exit(p.raw, p.gate)
@@ -698,14 +764,6 @@ class _AcquireCall:
         return False
 
 
-class _TaskCtx:
-    __slots__ = ("counter", "lease")
-
-    def __init__(self):
-        self.counter = 0
-        self.lease = None
-
-
 class AsyncArbiterLock:
     """The asyncio twin of ArbiterLock: ``await lock.acquire(timeout=None,
     blocking=True)``, ``await lock.release()``, ``is_locked``, ``async with
@@ -714,7 +772,7 @@ class AsyncArbiterLock:
 
     def __init__(self, resource, timeout=-1, *, shared=False, ttl=None,
                  blocking=True, client=None, socket_path=None,
-                 on_revoked=None, **_ignored):
+                 on_revoked=None, trust_uids=None, **_ignored):
         self._raw, self.resource = P.check_name(resource)
         self.timeout = timeout
         self.blocking = blocking
@@ -723,7 +781,9 @@ class AsyncArbiterLock:
         self.on_revoked = on_revoked
         self._own_client = client is None
         self._socket_path = socket_path
-        self._client = client or AsyncClient(socket_path)
+        self._trust_uids = trust_uids
+        self._client = client or AsyncClient(socket_path,
+                                             trust_uids=trust_uids)
         self._ctxs = weakref.WeakKeyDictionary()
 
     @property
@@ -731,20 +791,22 @@ class AsyncArbiterLock:
         """The AsyncClient used; without client=, a private one, made
         again if its connection was lost."""
         if self._own_client and self._client.closed:
-            self._client = AsyncClient(self._socket_path)
+            self._client = AsyncClient(self._socket_path,
+                                       trust_uids=self._trust_uids)
         return self._client
 
     def _ctx(self):
         t = asyncio.current_task()
         c = self._ctxs.get(t)
         if c is None:
-            c = self._ctxs[t] = _TaskCtx()
+            c = self._ctxs[t] = P.LockCount()
         return c
 
     @property
     def is_locked(self):
-        """True while the current task holds it."""
-        return self._ctx().counter > 0
+        """True while the current task holds it: False as soon as the
+        daemon ended the lease (the next acquire takes a new one)."""
+        return self._ctx().held
 
     @property
     def lock_counter(self):
@@ -768,20 +830,23 @@ class AsyncArbiterLock:
         if not blocking:
             timeout = 0
         ctx = self._ctx()
-        if ctx.counter == 0:
-            ctx.lease = await self.client.acquire(
+        if not ctx.reenter():
+            ended = ctx.ended()
+            if ended is not None:       # lets the next one in
+                try:
+                    await ended.release()
+                except E.LeaseRevoked:
+                    pass
+            ctx.adopt(await self.client.acquire(
                 self._raw, self.shared, timeout, self.ttl,
-                on_revoked=self.on_revoked)
-        ctx.counter += 1
+                on_revoked=self.on_revoked))
         return _AcquireReturnProxy(self)
 
     async def release(self, force=False):
-        ctx = self._ctx()
-        if ctx.counter == 0:
-            return
-        ctx.counter = 0 if force else ctx.counter - 1
-        if ctx.counter == 0:
-            lease, ctx.lease = ctx.lease, None
+        lease, ended = self._ctx().count_down(force)
+        if ended is not None:
+            ended.check()
+        if lease is not None:
             await lease.release()
 
     async def _exit(self, ev):

@@ -47,12 +47,90 @@ def default_socket_path():
 def resolve_socket_path(socket_path=None):
     """The argument, else $ARBITER_SOCKET (when set and not empty), else the
     default path (like arb_socket_path() in libarbiter)."""
+    return resolve_socket(socket_path)[0]
+
+
+def resolve_socket(socket_path=None):
+    """(path, is_default): as resolve_socket_path(), and whether the path
+    is the default one, whose folder the client checks before connecting."""
     if socket_path:
-        return os.fspath(socket_path)
+        return os.fspath(socket_path), False
     env = os.environ.get("ARBITER_SOCKET")
     if env:
-        return env
-    return default_socket_path()
+        return env, False
+    return default_socket_path(), True
+
+
+# How long a request may wait for its answer (and a send for room) before
+# the client gives the connection up: ping, stats, status, release, renew,
+# revoke. Acquire waits as long as its own timeout asks, plus ACQUIRE_GRACE.
+IO_TIMEOUT = 30.0
+# An acquire with a timeout gives up by itself this long after the daemon
+# should have answered TIMEOUT: a stopped or stalled daemon cannot make it
+# wait longer (the request is withdrawn; a late grant is released at once).
+ACQUIRE_GRACE = 0.15
+
+
+def check_io_timeout(value, what):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            value <= 0:
+        raise ValueError("%s must be a positive number of seconds, not %r" %
+                         (what, value))
+    return float(value)
+
+
+def acquire_deadline(deadline):
+    """The monotonic time at which an acquire whose timeout runs out at
+    deadline gives up by itself (None: never, for no timeout)."""
+    if deadline is None:
+        return None
+    return deadline + ACQUIRE_GRACE
+
+
+def acquire_expired(text, timeout, path):
+    """The exception for an acquire whose own deadline ran out before the
+    daemon answered."""
+    if timeout == 0:
+        return E.WouldBlock(
+            "could not lock %r without waiting: arbiterd on %s did not answer "
+            "within %g s (stopped or overloaded?); the request was withdrawn. "
+            "Retry later, and check the daemon (`arbiterctl -S %s status`)" %
+            (text, path, ACQUIRE_GRACE, path), socket_path=path,
+            resource=text)
+    return E.Timeout(
+        "gave up waiting for %r after %g s: arbiterd on %s did not answer in "
+        "time (stopped or overloaded?); the request was withdrawn. Raise the "
+        "timeout, or check the daemon (`arbiterctl -S %s status`)" %
+        (text, timeout, path, path), socket_path=path, resource=text)
+
+
+def gate_timeout(text, timeout, withdrawing, who, path):
+    """The exception for an acquire that ran out of time waiting in this
+    process for another thread (task) of the same client, or for an
+    earlier request of it that gave up and awaits the daemon's answer."""
+    if withdrawing:
+        return E.Timeout(
+            "gave up waiting for %r after %g s: an earlier request for it "
+            "from this client gave up, and arbiterd on %s has not answered "
+            "its withdrawal yet (stopped or overloaded?). Check the daemon "
+            "(`arbiterctl -S %s status`)" % (text, timeout, path, path),
+            socket_path=path, resource=text)
+    return E.Timeout(
+        "gave up waiting for %r after %g s: another %s of this process held "
+        "it all that time (same client, arbiter at %s). Raise the timeout" %
+        (text, timeout, who, path), socket_path=path, resource=text)
+
+
+def io_expired(path, op, seconds):
+    """The exception for a request whose answer did not come within the
+    I/O timeout: the connection is given up."""
+    return E.ConnectionLost(
+        "arbiterd on %s did not answer the %s within %g s (stopped, hung or "
+        "overloaded?), so the connection to it was closed and its leases "
+        "are gone. Check the daemon (`arbiterctl -S %s status`), then make a "
+        "new client (io_timeout= sets this bound)" % (path, op, seconds,
+                                                     path),
+        socket_path=path)
 
 
 def default_client_name():
@@ -327,6 +405,12 @@ def connect_error(exc, path):
         return E.NotRunning(
             "nothing listens on %s (a socket file left by a stopped "
             "arbiterd?): start arbiterd" % path, socket_path=path)
+    if isinstance(exc, BlockingIOError):
+        return E.NotRunning(
+            "arbiterd on %s does not accept the connection: its listen queue "
+            "is full (is it stopped or overloaded?). Check the daemon "
+            "(`arbiterctl -S %s status`) and retry" % (path, path),
+            socket_path=path)
     if isinstance(exc, PermissionError):
         return E.Forbidden(
             "permission denied on %s for uid %d: the socket's mode/group "
@@ -351,11 +435,32 @@ def welcome_error(m, path):
     return unexpected_reply(m, path, "Hello")
 
 
-def lost(path, why):
+def lost(path, why=None):
+    """The exception for a connection that broke (why: the error seen) or
+    ended without a word from the daemon (why None)."""
+    if why is None:
+        why = "it closed without a reply"
     return E.ConnectionLost(
-        "connection to the arbiter at %s lost (%s); its leases are gone. "
-        "Create a new client once the daemon is back" % (path, why),
-        socket_path=path)
+        "the connection to arbiterd on %s was lost (%s): the daemon may have "
+        "died (killed, crashed) or been restarted. Its leases are gone; "
+        "check that arbiterd runs (`arbiterctl -S %s status`), then make a "
+        "new client" % (path, why, path), socket_path=path)
+
+
+def shut_down(path):
+    """The exception for a connection that ended after the daemon said it
+    was shutting down."""
+    return E.ShuttingDown(
+        "arbiterd on %s shut down and closed the connection; its leases are "
+        "gone. Make a new client once it is back" % path, socket_path=path)
+
+
+def says_shutdown(m):
+    """True for a message that announces the daemon's shutdown."""
+    kind = m.WhichOneof("kind")
+    if kind == "revoked":
+        return m.revoked.reason == pb.SHUTDOWN
+    return kind == "error" and m.error.code == pb.SHUTTING_DOWN
 
 
 # ------------------------------------------------------------ leases
@@ -438,6 +543,73 @@ class BaseLease:
         return "<%s %r %s token=%d id=%d %s>" % (
             type(self).__name__, self.resource, self.mode, self.token,
             self.lease_id, state)
+
+
+class LockCount:
+    """The re-entrant count of a lock object (ArbiterLock, AsyncArbiterLock;
+    one per thread or task) and the lease behind it.
+
+    When the daemon ends the lease (revoke, ttl, lost connection) the lock
+    is no longer held: the next acquire takes a new lease with a count of
+    its own, and the acquires still open on the ended lease stay as debt:
+    once the new lease's count is back to 0, each further release raises
+    LeaseRevoked for the ended one (so an outer ``with lock:`` around an
+    inner one that re-acquired reports that it was not protected
+    throughout)."""
+
+    def __init__(self):
+        self.counter = 0
+        self.lease = None
+        self.void = 0           # open acquires of an ended lease
+        self.void_lease = None
+
+    @property
+    def held(self):
+        return (self.counter > 0 and self.lease is not None and
+                self.lease.held)
+
+    def reenter(self):
+        """Count up when the lease is still held; False: take a lease."""
+        if self.held:
+            self.counter += 1
+            return True
+        return False
+
+    def ended(self):
+        """The lease the daemon ended while counted (to release, quietly,
+        before taking a new one: that lets the next one in), or None."""
+        if self.counter > 0 and self.lease is not None and \
+                not self.lease.held:
+            return self.lease
+        return None
+
+    def adopt(self, lease):
+        """A new lease was taken: it starts a count of 1."""
+        if self.counter > 0 and self.lease is not None:
+            self.void += self.counter
+            self.void_lease = self.lease
+        self.counter = 1
+        self.lease = lease
+
+    def count_down(self, force=False):
+        """One release (all with force): returns (lease to release now or
+        None, ended lease to report or None)."""
+        if force:
+            self.void = 0
+            self.void_lease = None
+        if self.counter > 0:
+            self.counter = 0 if force else self.counter - 1
+            if self.counter > 0:
+                return None, None
+            lease, self.lease = self.lease, None
+            return lease, None
+        if self.void > 0:
+            self.void -= 1
+            ended = self.void_lease
+            if self.void == 0:
+                self.void_lease = None
+            return None, ended
+        return None, None
 
 
 # ------------------------------------------------------------ stats, status

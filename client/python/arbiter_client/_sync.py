@@ -38,6 +38,7 @@ from collections import namedtuple
 from queue import SimpleQueue
 
 from . import _proto as P
+from . import _trust
 from . import errors as E
 from ._proto import pb
 
@@ -141,13 +142,25 @@ class Client:
     ends without being released: TTL expiry, admin revoke, daemon shutdown,
     lost connection.
 
+    ``trust_uids``: uids or user names (or ``"*"``) trusted to serve the
+    socket besides your own uid, root and $ARBITER_TRUST_UID.
+    ``connect_timeout`` bounds connect and handshake; ``io_timeout``
+    (seconds, default 30) bounds the wait for any other answer (ping,
+    stats, status, release, renew, revoke): when it runs out the connection
+    is given up (ConnectionLost). An acquire with a timeout gives up by
+    itself shortly after it, whatever the daemon does.
+
     Raises NotRunning when no daemon answers, Forbidden when the socket or
-    the daemon refuses this uid, ProtocolError on a version mismatch.
+    the daemon refuses this uid, UntrustedServer when the socket's folder or
+    the server's uid is not trusted, ProtocolError on a version mismatch.
     """
 
     def __init__(self, socket_path=None, name=None, *, on_revoked=None,
-                 connect_timeout=10.0):
-        self.socket_path = P.resolve_socket_path(socket_path)
+                 connect_timeout=10.0, io_timeout=P.IO_TIMEOUT,
+                 trust_uids=None):
+        self.socket_path, is_default = P.resolve_socket(socket_path)
+        self.io_timeout = P.check_io_timeout(io_timeout, "io_timeout")
+        self.trust_uids = trust_uids
         self.name = name if name is not None else P.default_client_name()
         self.on_revoked = on_revoked
         self._pid = os.getpid()
@@ -178,20 +191,34 @@ class Client:
         self._reading = False                # a thread has the reader role
         self._watch_wanted = False           # parked long: notify at idle
         self._callers = 0                    # threads waiting for replies
+        self._shutdown_seen = False          # the daemon said it stops
 
+        if is_default:
+            _trust.check_default_folder(self.socket_path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        start = time.monotonic()     # connect_timeout: connect + handshake
         try:
             sock.settimeout(connect_timeout)
             try:
                 sock.connect(self.socket_path)
+            except socket.timeout:
+                raise E.NotRunning(
+                    "connecting to %s timed out after %g s: is arbiterd "
+                    "stopped or overloaded?" % (self.socket_path,
+                                                connect_timeout),
+                    socket_path=self.socket_path) from None
             except OSError as exc:
                 raise P.connect_error(exc, self.socket_path) from None
-            welcome = self._handshake(sock)
+            _trust.check_peer(sock, self.socket_path, trust_uids)
+            welcome = self._handshake(
+                sock, connect_timeout - (time.monotonic() - start))
             sock.settimeout(None)
         except BaseException:
             sock.close()
             raise
         self._sock = sock
+        self._poller = select.poll()
+        self._poller.register(sock.fileno(), select.POLLIN)
         self.server_version = welcome.server_version
         self.connection_id = welcome.connection_id
         self.role = welcome.role
@@ -204,21 +231,27 @@ class Client:
                          daemon=True, name="arbiter-callbacks").start()
         _live_clients.add(self)
 
-    def _handshake(self, sock):
+    def _handshake(self, sock, seconds):
         path = self.socket_path
+        deadline = time.monotonic() + seconds
         try:
             sock.sendall(P.hello_frame(1, self.name))
             msgs = []
             while not msgs:
+                # One bound for the whole handshake, however it trickles in.
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise socket.timeout()
+                sock.settimeout(left)
                 data = sock.recv(65536)
                 if not data:
-                    raise P.lost(path, "the daemon closed the connection "
-                                       "during the handshake")
+                    raise P.lost(path, "it closed during the handshake")
                 msgs = self._reader.feed(data)
         except socket.timeout:
             raise E.ProtocolError(
-                "no answer to Hello from %s: is that socket an arbiter?" %
-                path, socket_path=path) from None
+                "no answer to Hello from %s in time: is that socket an "
+                "arbiter (and is it running, not stopped)?" % path,
+                socket_path=path) from None
         except OSError as exc:
             raise P.lost(path, "during the handshake: %s" % exc) from None
         m = msgs[0]
@@ -261,10 +294,36 @@ class Client:
             self._pending[req.id] = pending
         try:
             with self._send_lock:
-                self._sock.sendall(data)
+                self._sendall(data)
+        except socket.timeout:
+            self._fail(P.io_expired(self.socket_path, "request (no room to "
+                                    "send it)", self.io_timeout))
+            raise copy.copy(self._closed) from None
         except OSError as exc:
             self._fail(P.lost(self.socket_path, "sending: %s" % exc))
             raise copy.copy(self._closed) from None
+
+    def _sendall(self, data):
+        """sendall, but waiting at most io_timeout for room (a stopped
+        daemon that reads nothing cannot block a sender forever)."""
+        sock = self._sock
+        view = memoryview(data)
+        deadline = None
+        while view:
+            try:
+                view = view[sock.send(view, socket.MSG_DONTWAIT):]
+                continue
+            except (BlockingIOError, InterruptedError):
+                pass
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + self.io_timeout
+            if now >= deadline:
+                raise socket.timeout("no room to send for %g s" %
+                                     self.io_timeout)
+            p = select.poll()           # not select(): fds may be > 1023
+            p.register(sock.fileno(), select.POLLOUT)
+            p.poll(max(1, int((deadline - now) * 1000)))
 
     def _call(self, req, want, op, resource=None):
         if self._closed is not None or self._pid != os.getpid():
@@ -277,7 +336,13 @@ class Client:
         except BaseException:
             self._wait_abort()
             raise
-        m = self._wait(p)
+        m = self._wait(p, time.monotonic() + self.io_timeout)
+        if m is None:
+            # No answer in time: the daemon is stopped or hung. Give the
+            # connection up (its leases end when the daemon sees it closed)
+            # rather than leave this request's fate unknown.
+            self._fail(P.io_expired(self.socket_path, op, self.io_timeout))
+            m = self._wait_result(p)
         kind = m.WhichOneof("kind")
         if kind == want:
             return getattr(m, want)
@@ -300,20 +365,29 @@ class Client:
         with self._cv:
             self._callers += 1
 
-    def _wait(self, p):
+    def _wait(self, p, deadline=None):
         """Wait for p's final answer (after _enter_call), reading the socket
-        ourselves whenever no other thread is reading it."""
+        ourselves whenever no other thread is reading it. Returns None when
+        the monotonic deadline (None: none) passed first."""
         cv = self._cv
         try:
             while True:
                 with cv:
                     while self._reading and not p.done():
-                        cv.wait()
+                        if deadline is None:
+                            cv.wait()
+                        else:
+                            left = deadline - time.monotonic()
+                            if left <= 0:
+                                break
+                            cv.wait(left)
                     if p.done():
                         break
+                    if deadline is not None and time.monotonic() >= deadline:
+                        return None
                     self._reading = True
                 try:
-                    self._read_some(True)
+                    self._read_some(True, deadline)
                 finally:
                     with cv:
                         self._reading = False
@@ -324,6 +398,10 @@ class Client:
                 if self._callers == 0 and self._watch_wanted:
                     self._watch_wanted = False
                     self._watch_cv.notify()
+        return self._wait_result(p)
+
+    @staticmethod
+    def _wait_result(p):
         if p.exc is not None:
             raise copy.copy(p.exc)     # one instance per raise: it is shared
         return p.msg
@@ -332,14 +410,24 @@ class Client:
         with self._cv:
             self._callers -= 1
 
-    def _read_some(self, block):
+    def _read_some(self, block, deadline=None):
         """With the reader role: read what is there (block: wait for
-        something) and dispatch every whole frame."""
+        something, until the monotonic deadline if not None) and dispatch
+        every whole frame."""
         inbox = self._inbox
         if not inbox:
+            if block:
+                if deadline is None:
+                    ms = None
+                else:
+                    ms = max(0, int((deadline - time.monotonic()) * 1000) + 1)
+                try:
+                    if not self._poller.poll(ms):
+                        return
+                except InterruptedError:
+                    return
             try:
-                n = self._sock.recv_into(self._rbuf, 0,
-                                        0 if block else socket.MSG_DONTWAIT)
+                n = self._sock.recv_into(self._rbuf, 0, socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -361,7 +449,9 @@ class Client:
             return E.ConnectionLost(
                 "this Client was closed (arbiter at %s)" % self.socket_path,
                 socket_path=self.socket_path)
-        return P.lost(self.socket_path, err or "the daemon closed it")
+        if err is None and self._shutdown_seen:
+            return P.shut_down(self.socket_path)
+        return P.lost(self.socket_path, err)
 
     # The watcher parks while threads wait for replies. Waking it each time
     # the count of waiting threads drops to 0 would put a thread switch on
@@ -414,6 +504,8 @@ class Client:
 
     def _dispatch(self, m):
         kind = m.WhichOneof("kind")
+        if kind in ("revoked", "error") and P.says_shutdown(m):
+            self._shutdown_seen = True
         if kind == "revoked":
             self._handle_revoked(m.revoked)
             return
@@ -587,12 +679,8 @@ class Client:
                 else:
                     left = deadline - time.monotonic()
                     if left <= 0:
-                        raise E.Timeout(
-                            "gave up waiting for %r after %g s: another "
-                            "thread of this process held it all that time "
-                            "(same Client). Raise the timeout" %
-                            (text, timeout), socket_path=self.socket_path,
-                            resource=text)
+                        raise P.gate_timeout(text, timeout, g.thread is None,
+                                             "thread", self.socket_path)
                     self._gate_cond.wait(left)
             g = self._gates[raw] = _Gate(me)
             return g
@@ -629,7 +717,10 @@ class Client:
         daemon holds the resource back after an unclean end of this lease.
 
         A KeyboardInterrupt (or any exception) while waiting withdraws the
-        request: nothing stays granted or queued.
+        request: nothing stays granted or queued. With a timeout, the call
+        returns within it (plus about 0.15 s) even when the daemon is
+        stopped or never answers: the request is withdrawn, and a grant that
+        comes later is released at once.
         """
         raw, text = P.check_name(resource)
         timeout = P.normalize_timeout(timeout)
@@ -658,13 +749,33 @@ class Client:
             self._gate_exit(raw, gate)
             raise
         try:
-            m = self._wait(p)
+            m = self._wait(p, P.acquire_deadline(deadline))
         except E.ArbiterError:
             self._gate_exit(raw, gate)
             raise
         except BaseException:
             self._withdraw(req.id, p)
             raise
+        if m is None:
+            # The daemon did not answer in time (stopped, hung): withdraw,
+            # unless the answer came in the meantime.
+            with self._lock:
+                done = p.done()
+                if not done:
+                    p.abandoned = True
+                    # Still closed to other threads until the daemon answers
+                    # the withdrawal, but no longer "ours": the caller may
+                    # ask again (and wait in-process) without AlreadyHeld.
+                    gate.thread = None
+            if not done:
+                self._send_ignored(pb.Request(
+                    release=pb.Release(request_id=req.id)))
+                raise P.acquire_expired(text, timeout, self.socket_path)
+            try:
+                m = self._wait_result(p)
+            except E.ArbiterError:
+                self._gate_exit(raw, gate)
+                raise
         if p.lease is not None:
             return p.lease
         self._gate_exit(raw, gate)
@@ -840,16 +951,28 @@ _default_lock = threading.Lock()
 _default_clients = {}
 
 
-def default_client(socket_path=None):
+def default_client(socket_path=None, trust_uids=None):
     """The process-wide Client for a socket (made on first use, made again
     after its connection was lost or after fork). ArbiterLock uses it when
-    given no client."""
-    path = P.resolve_socket_path(socket_path)
+    given no client. ``trust_uids`` as for Client (one Client per socket and
+    trust list)."""
+    path, _ = P.resolve_socket(socket_path)
+    key = (path, _trust_key(trust_uids))
     with _default_lock:
-        c = _default_clients.get(path)
+        c = _default_clients.get(key)
         if c is None or c.closed or c._pid != os.getpid():
-            c = _default_clients[path] = Client(path)
+            # socket_path as given: an unnamed one is checked as the default
+            c = _default_clients[key] = Client(socket_path,
+                                               trust_uids=trust_uids)
         return c
+
+
+def _trust_key(trust_uids):
+    if trust_uids is None:
+        return None
+    if isinstance(trust_uids, (str, bytes, int)):
+        return repr(trust_uids)
+    return tuple(sorted(repr(u) for u in trust_uids))
 
 
 def _after_fork_in_child():
@@ -879,18 +1002,8 @@ class _AcquireReturnProxy:
         return False
 
 
-class _Ctx:
-    __slots__ = ("counter", "lease")
-
-    def __init__(self):
-        self.counter = 0
-        self.lease = None
-
-
-class _LocalCtx(threading.local):
-    def __init__(self):
-        self.counter = 0
-        self.lease = None
+class _LocalCtx(P.LockCount, threading.local):
+    """One LockCount per thread."""
 
 
 class ArbiterLock:
@@ -911,12 +1024,19 @@ class ArbiterLock:
 
     ``client``: the Client to use; default: one Client per process and
     socket (see default_client()), made again if its connection was lost.
-    ``shared``, ``ttl``, ``on_revoked``: as for Client.acquire().
+    ``shared``, ``ttl``, ``on_revoked``: as for Client.acquire();
+    ``trust_uids``: as for Client (without ``client=``).
+
+    When the daemon ends the lease (ttl expiry, admin revoke, daemon lost),
+    ``is_locked`` turns False at once and the next acquire() takes a new
+    lease with a count of its own; releases beyond that count (and the
+    release that ends a revoked lease's count) raise LeaseRevoked.
     """
 
     def __init__(self, resource, timeout=-1, *, shared=False, ttl=None,
                  blocking=True, thread_local=True, client=None,
-                 socket_path=None, on_revoked=None, **_ignored):
+                 socket_path=None, on_revoked=None, trust_uids=None,
+                 **_ignored):
         self._raw, self.resource = P.check_name(resource)
         self.timeout = timeout
         self.blocking = blocking
@@ -925,8 +1045,9 @@ class ArbiterLock:
         self.on_revoked = on_revoked
         self._client = client
         self._socket_path = socket_path
+        self._trust_uids = trust_uids
         self._thread_local = thread_local
-        self._ctx = _LocalCtx() if thread_local else _Ctx()
+        self._ctx = _LocalCtx() if thread_local else P.LockCount()
         self._mutex = threading.Lock()       # guards counts (shared ctx)
         self._acq_mutex = threading.Lock()   # one acquirer (shared ctx)
         self._held = weakref.WeakSet()
@@ -940,13 +1061,13 @@ class ArbiterLock:
     def client(self):
         if self._client is not None:
             return self._client
-        return default_client(self._socket_path)
+        return default_client(self._socket_path, self._trust_uids)
 
     @property
     def is_locked(self):
         """True while this object (this thread's share, when thread_local)
-        holds the lease."""
-        return self._ctx.counter > 0
+        holds the lease: False as soon as the daemon ended it."""
+        return self._ctx.held
 
     @property
     def lock_counter(self):
@@ -972,30 +1093,32 @@ class ArbiterLock:
             timeout = 0
         ctx = self._ctx
         if self._thread_local:
-            if ctx.counter > 0:
-                ctx.counter += 1
-                return _AcquireReturnProxy(self)
-            ctx.lease = self._take(timeout)
-            ctx.counter = 1
+            if not ctx.reenter():
+                _end_quietly(ctx.ended())
+                ctx.adopt(self._take(timeout))
             return _AcquireReturnProxy(self)
         with self._mutex:
-            if ctx.counter > 0:
-                ctx.counter += 1
+            if ctx.reenter():
                 return _AcquireReturnProxy(self)
         t = P.normalize_timeout(timeout)
+        start = time.monotonic()
         if not self._acq_mutex.acquire(timeout=-1 if t is None else t):
             raise E.Timeout("gave up waiting for %r after %g s: another "
                             "thread is acquiring this lock object" %
                             (self.resource, t), resource=self.resource)
         try:
             with self._mutex:
-                if ctx.counter > 0:
-                    ctx.counter += 1
+                if ctx.reenter():
                     return _AcquireReturnProxy(self)
+                ended = ctx.ended()
+            _end_quietly(ended)
+            if t:       # what is left of it after waiting for the mutex
+                timeout = max(t - (time.monotonic() - start), 1e-3)
             lease = self._take(timeout)
             with self._mutex:
-                ctx.lease = lease
-                ctx.counter = 1
+                if ctx.lease is not None:
+                    self._held.discard(ctx.lease)
+                ctx.adopt(lease)
         finally:
             self._acq_mutex.release()
         return _AcquireReturnProxy(self)
@@ -1010,16 +1133,13 @@ class ArbiterLock:
         """Count down; at zero (or with force=True) release the lease.
         Raises LeaseRevoked if the daemon ended the lease meanwhile.
         Releasing an unlocked lock does nothing."""
-        ctx = self._ctx
         with self._mutex:
-            if ctx.counter == 0:
-                return
-            ctx.counter = 0 if force else ctx.counter - 1
-            if ctx.counter > 0:
-                return
-            lease, ctx.lease = ctx.lease, None
-        self._held.discard(lease)
-        lease.release()
+            lease, ended = self._ctx.count_down(force)
+        if ended is not None:
+            ended.check()
+        if lease is not None:
+            self._held.discard(lease)
+            lease.release()
 
     def _exit(self, ev):
         _release_on_exit(self, ev)
@@ -1046,6 +1166,15 @@ class ArbiterLock:
         return "<ArbiterLock %r %s counter=%d>" % (
             self.resource, "locked" if self.is_locked else "unlocked",
             self.lock_counter)
+
+
+def _end_quietly(lease):
+    """Clean up after a lease the daemon ended (lets the next one in)."""
+    if lease is not None:
+        try:
+            lease.release()
+        except E.LeaseRevoked:
+            pass
 
 
 def _quiet_release(lease):

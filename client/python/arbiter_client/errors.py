@@ -9,6 +9,8 @@ and carries the daemon's own message when the daemon sent one:
 ``ConnectionLost``        an open connection to the daemon closed or broke
 ``ShuttingDown``          the daemon is stopping (a ``ConnectionLost``)
 ``ProtocolError``         the daemon and client do not understand each other
+``UntrustedServer``       the socket's folder or the server's uid is not one
+                          this client trusts (also a ``PermissionError``)
 ``Forbidden``             the daemon refused this uid/gid, or an admin request
 ``Timeout``               ``timeout`` ran out while waiting (a
                           ``TimeoutError``, like ``filelock.Timeout``)
@@ -55,6 +57,23 @@ class ShuttingDown(ConnectionLost):
 class ProtocolError(ArbiterError):
     """The daemon sent something this client cannot read, or refused what
     the client sent as malformed (version mismatch or a bug)."""
+
+
+class UntrustedServer(ArbiterError, PermissionError):
+    """The socket is served by a uid this client does not trust, or the
+    default socket's folder could let another user answer as arbiterd.
+    ``uid`` is the server's uid (or the folder's owner), ``user`` its user
+    name (None without one), ``folder`` the folder at fault (or None).
+    Trust a server's uid with $ARBITER_TRUST_UID or ``trust_uids=``."""
+
+    def __init__(self, message, *, uid=None, folder=None, **kw):
+        super().__init__(message, **kw)
+        self.uid = uid
+        self.folder = folder
+        self.user = None
+        if uid is not None:
+            from ._trust import user_name
+            self.user = user_name(uid)
 
 
 class Forbidden(ArbiterError):
@@ -104,5 +123,5 @@ class LeaseRevoked(ArbiterError):
 __all__ = [
     "ArbiterError", "NotRunning", "ConnectionLost", "ShuttingDown",
     "ProtocolError", "Forbidden", "Timeout", "WouldBlock", "Cancelled",
-    "AlreadyHeld", "InvalidName", "LeaseRevoked",
+    "AlreadyHeld", "InvalidName", "LeaseRevoked", "UntrustedServer",
 ]

@@ -80,6 +80,36 @@ def client_env():
     return env
 
 
+def in_child_as(uid, fn, *args):
+    """fn(*args) in a forked child that switched to uid (and gid uid, no
+    supplementary groups); returns what it returned, a str. Nothing is
+    executed from the clone as that uid, so this works from a clone in any
+    folder, even a 0700 home. An exception in the child fails the test."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+            out = fn(*args)
+            code = 0
+        except BaseException as exc:
+            out = "child as uid %d failed: %r" % (uid, exc)
+        try:
+            os.write(w, out.encode())
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        out = f.read().decode()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, out
+    return out
+
+
 def _die_with_parent():
     """In the child before exec: get SIGKILL when the test process dies,
     so a killed test run never leaves a daemon behind."""

@@ -1,12 +1,16 @@
 """Forbidden: socket permissions, access.allow_uids and admin-only requests,
-seen by a client running as another uid (needs root to switch uid)."""
+seen by a client running as another uid (needs root to switch uid).
+
+The client of another uid is a forked child that switches uid and only does
+socket work with the arbiter_client this test process already imported:
+nothing is executed (or imported) from the clone as that uid, so the tests
+work from a clone in any folder, even a 0700 home."""
 import os
-import subprocess
-import sys
 
 import pytest
 
-from conftest import WAIT, client_env
+import arbiter_client as ac
+from conftest import in_child_as
 
 pytestmark = pytest.mark.skipif(os.getuid() != 0,
                                 reason="needs root to run a client as "
@@ -14,32 +18,25 @@ pytestmark = pytest.mark.skipif(os.getuid() != 0,
 
 NOBODY = 65534
 
-PROBE = r"""
-import sys
-import arbiter_client as ac
-what = sys.argv[2]
-try:
-    c = ac.Client(sys.argv[1], name="nobody")
-    if what == "revoke":
-        c.revoke(pid=1)
-    elif what == "reset":
-        c.stats_reset()
-    elif what == "lease":
-        with c.lease("open-to-all"):
-            pass
-    print("OK")
-except ac.Forbidden as e:
-    print("Forbidden:", e)
-"""
+
+def _probe(socket_path, what):
+    try:
+        c = ac.Client(socket_path, name="nobody")
+        if what == "revoke":
+            c.revoke(pid=1)
+        elif what == "reset":
+            c.stats_reset()
+        elif what == "lease":
+            with c.lease("open-to-all"):
+                pass
+        return "OK"
+    except ac.Forbidden as e:
+        return "Forbidden: %s" % e
 
 
 def probe(socket_path, what):
-    r = subprocess.run([sys.executable, "-c", PROBE, socket_path, what],
-                       capture_output=True, text=True, timeout=WAIT,
-                       env=client_env(), user=NOBODY, group=NOBODY,
-                       extra_groups=[])
-    assert r.returncode == 0, r.stderr
-    return r.stdout.strip()
+    """_probe() in a forked child running as uid/gid NOBODY (no exec)."""
+    return in_child_as(NOBODY, _probe, socket_path, what)
 
 
 def test_socket_mode_refuses_other_uids(fresh_daemon):
