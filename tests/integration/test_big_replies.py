@@ -405,3 +405,63 @@ def test_global_output_cap_sheds_the_slowest_reader(tmp_path):
             w.close()
     finally:
         d.stop()
+
+
+def test_status_walk_survives_the_table_growing(tmp_path):
+    """Resources created between pages make the daemon's hash table grow
+    several times over; every resource present for the whole walk is still
+    listed exactly once."""
+    d = Daemon(tmp_path, args=["-o", "log.level=info"])
+    try:
+        old = hold_many(d.socket, 2000, prefix="old")
+        w = Wire(d.socket)
+        seen = []
+        cursor = b""
+        pages = 0
+        new = []
+        while True:
+            req = pb.StatusRequest(page_size=100)
+            if cursor:
+                req.cursor = cursor
+            m = w.call(status=req)
+            seen += [r.resource for r in m.status.resources]
+            pages += 1
+            if pages == 3:
+                new = hold_many(d.socket, 30000, prefix="new")
+            cursor = m.status.next_cursor
+            if not cursor:
+                break
+        olds = [r for r in seen if r.startswith("old")]
+        assert len(olds) == 2000
+        assert len(set(olds)) == 2000
+        for x in old + new + [w]:
+            x.close()
+    finally:
+        d.stop()
+
+
+def test_text_status_lists_every_queue_entry_up_to_the_cap(tmp_path):
+    """A resource's queue beyond 1000 is counted, not listed, in text and
+    binary status alike."""
+    d = Daemon(tmp_path, args=["-o", "log.level=info"])
+    try:
+        holder = Wire(d.socket)
+        holder.lock("q")
+        ws = []
+        for i in range(1003):
+            w = Wire(d.socket)
+            w.acquire("q", quiet=True)
+            w.call(ping=pb.Ping())  # answered after the Acquire was read
+            ws.append(w)
+        text = d.text(["status q"])
+        assert text.count("\nwaiter:position=") == 1000
+        assert "\nwaiters_omitted:3\n" in text
+        st = holder.call(status=pb.StatusRequest(resource=b"q")).status
+        assert len(st.resources[0].waiters) == 1000
+        assert st.resources[0].waiters_omitted == 3
+        r = d.ctl("status", "--json", check=True)
+        assert json.loads(r.stdout)["resources"]["q"]["waiters_omitted"] == 3
+        for w in ws + [holder]:
+            w.close()
+    finally:
+        d.stop()
