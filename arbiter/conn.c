@@ -513,6 +513,7 @@ conn_read_cb(evutil_socket_t fd, short what, void *arg)
 		linger_timer(c);
 		if (c->kill == NULL)
 			admin_input(c);
+		flushq_add(c); /* closes it once nothing is left to write */
 		server_flush(srv);
 		return;
 	}

@@ -88,7 +88,7 @@ def big(tmp_path_factory):
     yield d
     for w in ws:
         w.close()
-    d.stop()
+    harness.check_clean_exit(d)
 
 
 def test_one_connection_holds_100000_leases_in_linear_time(tmp_path):
@@ -99,13 +99,13 @@ def test_one_connection_holds_100000_leases_in_linear_time(tmp_path):
                                "-o", "log.level=info"])
     try:
         ws = hold_many(d.socket, MANY, per_conn=MANY,
-                       deadline=time.monotonic() + 30)
+                       deadline=time.monotonic() + 30 * harness.SLOW)
         st = ws[0].call(status=pb.StatusRequest(resource=b"r000000007"
                                                 + b"x" * 2))
         assert st.WhichOneof("kind") == "status"
         ws[0].close()
     finally:
-        d.stop()
+        harness.check_clean_exit(d)
 
 
 # ---------------------------------------------------------- text closing
@@ -131,6 +131,38 @@ def test_text_status_then_half_close_gets_the_whole_reply(big):
     assert "resources:%d\n" % MANY in text
     # Lines sent after status are answered after its whole reply.
     assert text.endswith("\n.\npong active\n")
+
+
+def test_text_half_close_with_nothing_pending_closes(tmp_path):
+    d = Daemon(tmp_path)
+    try:
+        s = connect_raw(d.socket)
+        s.sendall(b"ping\n")
+        s.shutdown(socket.SHUT_WR)
+        assert read_all(s) == b"pong active\n"
+        s.close()
+    finally:
+        harness.check_clean_exit(d)
+
+
+def test_closing_text_client_that_stops_reading_is_dropped(tmp_path):
+    """The flush before close is bounded: a client that sends quit and
+    reads nothing more is closed after limits.close_flush_ms."""
+    d = Daemon(tmp_path, args=["-o", "limits.close_flush_ms=200"])
+    try:
+        s = connect_raw(d.socket)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        # About 800 KB of replies, more than the socket buffers hold.
+        s.sendall(b"help\n" * 2000 + b"quit\n")
+        d.log.wait_for("within limits.close_flush_ms")
+        try:
+            got = read_all(s)
+        except ConnectionResetError:
+            got = b""
+        assert len(got) < 2000 * 300
+        s.close()
+    finally:
+        harness.check_clean_exit(d)
 
 
 # ------------------------------------------------------- binary clients
@@ -283,7 +315,7 @@ def test_bystander_ping_p99_stays_low_during_big_status(tmp_path):
             p.wait()
         for w in holders:
             w.close()
-        big.stop()
+        harness.check_clean_exit(big)
     lat = sorted(float(x) for x in out.split())
     assert len(lat) > 100
     p99 = lat[int(len(lat) * 0.99)]
@@ -335,7 +367,7 @@ def test_queue_position_updates_cost_stays_linear(tmp_path):
         unwatched = drain_cpu(d, n, False)
         watched = drain_cpu(d, n, True)
     finally:
-        d.stop()
+        harness.check_clean_exit(d)
     print("drain of %d waiters: unwatched %.3f s, watched %.3f s CPU" %
           (n, unwatched, watched))
     assert watched < 5 * max(unwatched, 0.05), (watched, unwatched)
@@ -369,7 +401,7 @@ def test_position_updates_still_arrive_coalesced(tmp_path):
         for w in ws + [holder]:
             w.close()
     finally:
-        d.stop()
+        harness.check_clean_exit(d)
 
 
 # ------------------------------------------------------ global output cap
@@ -404,7 +436,7 @@ def test_global_output_cap_sheds_the_slowest_reader(tmp_path):
         for w in [fast, slow] + holders:
             w.close()
     finally:
-        d.stop()
+        harness.check_clean_exit(d)
 
 
 def test_status_walk_survives_the_table_growing(tmp_path):
@@ -437,7 +469,7 @@ def test_status_walk_survives_the_table_growing(tmp_path):
         for x in old + new + [w]:
             x.close()
     finally:
-        d.stop()
+        harness.check_clean_exit(d)
 
 
 def test_text_status_lists_every_queue_entry_up_to_the_cap(tmp_path):
@@ -464,4 +496,4 @@ def test_text_status_lists_every_queue_entry_up_to_the_cap(tmp_path):
         for w in ws + [holder]:
             w.close()
     finally:
-        d.stop()
+        harness.check_clean_exit(d)
