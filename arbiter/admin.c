@@ -77,15 +77,16 @@ enum { STREAM_NONE, STREAM_STATUS, STREAM_STATS };
 #define STREAM_STATUS_BUDGET 256
 #define STREAM_STATS_BUDGET 64
 
-/* Read nothing more until the reply is out: the lines that follow wait in
- * the socket, not in memory. */
+/* The reply's parts come from conn_flush once what is queued (the header,
+ * at least) has been written; never from here, so that a run of pipelined
+ * commands cannot nest admin_input calls. Read nothing more until the reply
+ * is out: the lines that follow wait in the socket, not in memory. */
 static void
 stream_start(struct conn *c, uint8_t kind)
 {
 	c->stream = kind;
 	c->stream_cursor = 0;
 	event_del(&c->ev_read);
-	admin_stream(c);
 }
 
 static size_t

@@ -145,6 +145,19 @@ def test_text_half_close_with_nothing_pending_closes(tmp_path):
         harness.check_clean_exit(d)
 
 
+def test_many_pipelined_status_commands_each_get_their_reply(tmp_path):
+    """Each streamed reply starts once the previous one is out, however
+    many commands wait behind it."""
+    d = Daemon(tmp_path)
+    try:
+        s = connect_raw(d.socket)
+        s.sendall(b"status\n" * 5000 + b"stats\n" * 100 + b"quit\n")
+        assert read_all(s).count(b"\n.\n") == 5100
+        s.close()
+    finally:
+        harness.check_clean_exit(d)
+
+
 def test_closing_text_client_that_stops_reading_is_dropped(tmp_path):
     """The flush before close is bounded: a client that sends quit and
     reads nothing more is closed after limits.close_flush_ms."""
