@@ -197,6 +197,13 @@ def test_arbiterctl_status_json_lists_100000_held_leases(big):
     assert all(len(v["holders"]) == 1 for v in doc["resources"].values())
 
 
+def test_arbiterctl_stats_merges_its_pages(big):
+    r = big.ctl("stats", "--json", check=True)
+    doc = json.loads(r.stdout)
+    assert len(doc["resources"]) == 10000  # stats.max_resources
+    assert doc["total_acquisitions"] == MANY
+
+
 def test_status_pages_are_bounded_and_cover_everything(big):
     w = Wire(big.socket)
     seen = set()

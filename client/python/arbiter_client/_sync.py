@@ -767,7 +767,9 @@ class Client:
 
     def status(self, resource=None):
         """Who holds and who waits, as a dict shaped like `arbiterctl status
-        --json`."""
+        --json`. The daemon answers in pages of at most 1000 resources;
+        this fetches them all (a resource created or ended meanwhile may be
+        missing)."""
         req = pb.Request(status=pb.StatusRequest())
         if resource is not None:
             req.status.resource = P.check_name(resource)[0]
