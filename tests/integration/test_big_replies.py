@@ -5,7 +5,6 @@ import json
 import os
 import socket
 import struct
-import threading
 import time
 
 import pytest
@@ -273,8 +272,10 @@ sent, lat, final = {}, [], []
 def reader():
     buf = b""
     while True:
-        while len(buf) >= 4 and len(buf) >= 4 + struct.unpack(">I", buf[:4])[0]:
+        while len(buf) >= 4:
             n = struct.unpack(">I", buf[:4])[0]
+            if len(buf) < 4 + n:
+                break
             m = pb.ServerMessage()
             m.ParseFromString(buf[4:4 + n])
             buf = buf[4 + n:]
