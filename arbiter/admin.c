@@ -5,6 +5,13 @@
  * from one table with usage strings, so `help` cannot fall out of date.
  * Replies are Redis INFO-like: `# Section` headers and `key:value` lines,
  * ending with a line holding only "." so scripts know where a reply stops.
+ *
+ * `status` and `stats` may cover a million resources: tens of megabytes and
+ * seconds of work. They are streamed: each loop turn that finds the
+ * client's output drained produces the next part (a bounded number of
+ * resources, walked with dispatch_scan), so the reply never sits whole in
+ * memory and other clients are served between parts. Lines after such a
+ * command wait until its reply is complete.
  */
 #include <inttypes.h>
 #include <stdarg.h>
@@ -64,73 +71,153 @@ print_figures(struct conn *c, const struct stats_res *r)
 	    h.count, h.mean, h.p50, h.p90, h.p99, h.max);
 }
 
+enum { STREAM_NONE, STREAM_STATUS, STREAM_STATS };
+
+/* Resources per part of a streamed reply (weighed as in Status pages). */
+#define STREAM_STATUS_BUDGET 256
+#define STREAM_STATS_BUDGET 64
+
+/* The reply's parts come from conn_flush once what is queued (the header,
+ * at least) has been written; never from here, so that a run of pipelined
+ * commands cannot nest admin_input calls. Read nothing more until the reply
+ * is out: the lines that follow wait in the socket, not in memory. */
+static void
+stream_start(struct conn *c, uint8_t kind)
+{
+	c->stream = kind;
+	c->stream_cursor = 0;
+	event_del(&c->ev_read);
+}
+
+static size_t
+stats_one(void *e, void *arg)
+{
+	struct conn *c = arg;
+	const struct stats_res *r = e;
+
+	out(c, "# Resource %s\n", r->name);
+	print_figures(c, r);
+	return 1;
+}
+
 static void
 cmd_stats(struct conn *c, const char *arg)
 {
 	struct server *srv = c->srv;
-	struct stats_res *r, *tmp;
 
 	out(c, "# Server\nversion:%s\npid:%ld\nrole:%s\nuptime_seconds:%.3f\n"
 	       "connections:%u\nstorage_locked:%d\nholders:%u\nwaiters:%u\n"
 	       "token_last:%" PRIu64 "\ntoken_reserved:%" PRIu64
-	       "\nstate_writes:%u\nstate_fsyncs:%u\n",
+	       "\nstate_writes:%u\nstate_fsyncs:%u\nresources_tracked:%u\n",
 	    ARBITER_VERSION, (long)getpid(),
 	    role_name(srv),
 	    (double)(now_ns() - srv->t_start) / 1e9, srv->nconns,
 	    srv->storage.held ? 1 : 0, srv->lm.nheld, srv->lm.nwaiting,
 	    srv->lm.last_token, srv->lm.token_limit, srv->state_writes,
-	    srv->state_fsyncs);
-	if (*arg == '\0') {
-		out(c, "# Total\n");
-		print_figures(c, &srv->stats.total);
+	    srv->state_fsyncs, srv->stats.nres);
+	if (*arg != '\0') {
+		struct stats_res *r = stats_find(&srv->stats, arg, strlen(arg));
+
+		if (r != NULL)
+			stats_one(r, c);
+		end_reply(c);
+		return;
 	}
-	HASH_ITER(hh, srv->stats.by_name, r, tmp) {
-		if (*arg != '\0' && strcmp(arg, r->name) != 0)
-			continue;
-		out(c, "# Resource %s\n", r->name);
-		print_figures(c, r);
+	out(c, "# Total\n");
+	print_figures(c, &srv->stats.total);
+	stream_start(c, STREAM_STATS);
+}
+
+static size_t
+status_one(void *e, void *arg)
+{
+	struct conn *c = arg;
+	const struct lm_res *res = e;
+	const struct lm_req *r;
+	uint64_t now = now_ns();
+	unsigned pos = 0, n = 0;
+
+	out(c, "# Resource %s\n", res->name);
+	TAILQ_FOREACH(r, &res->holders, q_entry) {
+		if (n++ == DISPATCH_LIST_MAX)
+			break;
+		out(c,
+		    "holder:lease=%" PRIu64 " mode=%s pid=%u uid=%u "
+		    "name=%s held_ms=%" PRIu64 " token=%" PRIu64 "\n",
+		    r->id, lockmgr_mode_name(r->mode), r->owner->pid,
+		    r->owner->uid, r->owner->name[0] ? r->owner->name : "-",
+		    (now - r->t_granted) / 1000000, r->token);
 	}
-	end_reply(c);
+	if (res->nholders > DISPATCH_LIST_MAX)
+		out(c, "holders_omitted:%u\n",
+		    res->nholders - DISPATCH_LIST_MAX);
+	TAILQ_FOREACH(r, &res->waiters, q_entry) {
+		if (pos == DISPATCH_LIST_MAX)
+			break;
+		out(c,
+		    "waiter:position=%u lease=%" PRIu64 " mode=%s pid=%u "
+		    "uid=%u name=%s waiting_ms=%" PRIu64 "\n",
+		    ++pos, r->id, lockmgr_mode_name(r->mode),
+		    r->owner->pid, r->owner->uid,
+		    r->owner->name[0] ? r->owner->name : "-",
+		    (now - r->t_queued) / 1000000);
+	}
+	if (res->nwaiters > DISPATCH_LIST_MAX)
+		out(c, "waiters_omitted:%u\n",
+		    res->nwaiters - DISPATCH_LIST_MAX);
+	return 1 + ((res->nholders < DISPATCH_LIST_MAX ? res->nholders
+						       : DISPATCH_LIST_MAX) +
+		    (res->nwaiters < DISPATCH_LIST_MAX ? res->nwaiters
+						       : DISPATCH_LIST_MAX)) /
+			4;
 }
 
 static void
 cmd_status(struct conn *c, const char *arg)
 {
 	struct server *srv = c->srv;
-	struct lm_res *res, *tmp;
-	uint64_t now = now_ns();
 
-	out(c, "# Server\nrole:%s\nstorage:%s\nconnections:%u\n",
-	    role_name(srv),
-	    srv->cfg.storage_path, srv->nconns);
+	out(c, "# Server\nrole:%s\nstorage:%s\nconnections:%u\n"
+	       "resources:%u\nholders:%u\nwaiters:%u\n",
+	    role_name(srv), srv->cfg.storage_path, srv->nconns, srv->lm.nres,
+	    srv->lm.nheld, srv->lm.nwaiting);
 	if (srv->role == ROLE_STANDBY)
 		out(c, "storage_holder:%s\n", srv->storage_holder);
-	HASH_ITER(hh, srv->lm.res, res, tmp) {
-		struct lm_req *r;
-		unsigned pos = 0;
+	if (*arg != '\0') {
+		struct lm_res *res = lockmgr_find(&srv->lm, arg, strlen(arg));
 
-		if (*arg != '\0' && strcmp(arg, res->name) != 0)
-			continue;
-		out(c, "# Resource %s\n", res->name);
-		TAILQ_FOREACH(r, &res->holders, q_entry) {
-			out(c,
-			    "holder:lease=%" PRIu64 " mode=%s pid=%u uid=%u "
-			    "name=%s held_ms=%" PRIu64 " token=%" PRIu64 "\n",
-			    r->id, lockmgr_mode_name(r->mode), r->owner->pid,
-			    r->owner->uid, r->owner->name[0] ? r->owner->name : "-",
-			    (now - r->t_granted) / 1000000, r->token);
-		}
-		TAILQ_FOREACH(r, &res->waiters, q_entry) {
-			out(c,
-			    "waiter:position=%u lease=%" PRIu64 " mode=%s pid=%u "
-			    "uid=%u name=%s waiting_ms=%" PRIu64 "\n",
-			    ++pos, r->id, lockmgr_mode_name(r->mode),
-			    r->owner->pid, r->owner->uid,
-			    r->owner->name[0] ? r->owner->name : "-",
-			    (now - r->t_queued) / 1000000);
-		}
+		if (res != NULL)
+			status_one(res, c);
+		end_reply(c);
+		return;
 	}
+	stream_start(c, STREAM_STATUS);
+}
+
+void
+admin_stream(struct conn *c)
+{
+	struct server *srv = c->srv;
+
+	if (c->stream == STREAM_STATUS)
+		dispatch_scan(srv->lm.res ? &srv->lm.res->hh : NULL,
+			      &c->stream_cursor, STREAM_STATUS_BUDGET,
+			      status_one, c);
+	else if (c->stream == STREAM_STATS)
+		dispatch_scan(srv->stats.by_name ? &srv->stats.by_name->hh
+						 : NULL,
+			      &c->stream_cursor, STREAM_STATS_BUDGET, stats_one,
+			      c);
+	else
+		return;
+	if (c->stream_cursor != 0)
+		return;
+	c->stream = STREAM_NONE;
 	end_reply(c);
+	if (!c->eof && c->state != CONN_DEAD)
+		event_add(&c->ev_read, NULL);
+	/* Go on with the lines that came meanwhile. */
+	admin_input(c);
 }
 
 static void
@@ -145,6 +232,7 @@ cmd_quit(struct conn *c, const char *arg)
 {
 	(void)arg;
 	c->kill = "quit";
+	c->linger = true; /* the replies before it still go out whole */
 }
 
 static void cmd_help(struct conn *c, const char *arg);
@@ -227,7 +315,7 @@ admin_input(struct conn *c)
 		}
 		c->welcomed = true;
 	}
-	while (c->kill == NULL) {
+	while (c->kill == NULL && c->stream == STREAM_NONE) {
 		struct evbuffer_ptr eol;
 		size_t len;
 		char line[65537];
@@ -241,7 +329,7 @@ admin_input(struct conn *c)
 				    max);
 				c->kill = "text line too long";
 			}
-			return;
+			break;
 		}
 		len = (size_t)eol.pos;
 		if (len > max) {
@@ -254,5 +342,10 @@ admin_input(struct conn *c)
 		evbuffer_remove(c->in, line, len + 1);
 		line[len] = '\0';
 		run_line(c, line);
+	}
+	if (c->eof && c->kill == NULL && c->stream == STREAM_NONE) {
+		/* The peer is done sending: close once it has every reply. */
+		c->kill = "eof";
+		c->linger = true;
 	}
 }

@@ -42,6 +42,8 @@ struct config {
 	uint64_t max_waiters_per_resource;
 	uint64_t handshake_timeout_ms;
 	uint64_t output_buffer_bytes;
+	uint64_t output_total_bytes;
+	uint64_t close_flush_ms;
 	uint64_t max_text_line;
 	/* [leases] */
 	uint64_t lock_delay_ms;

@@ -10,7 +10,17 @@
  *
  * Memory per connection is bounded: input by max_frame_bytes (or
  * max_text_line) plus one read, output by output_buffer_bytes, after which
- * the client is dropped as one that does not read its replies.
+ * the client is dropped as one that does not read its replies. The output of
+ * all connections together is bounded by output_total_bytes: past it the
+ * connections with the most unread output are dropped first, so a few slow
+ * readers cannot add up to more memory than the daemon was given while the
+ * clients that keep up are served. Big replies never sit whole in a buffer:
+ * binary Status and Stats come in pages, and a text reply is produced a part
+ * at a time as the client reads it (admin_stream).
+ *
+ * A text session that ends (quit, or the peer shutting down its side) still
+ * gets its whole reply: the socket closes once the output is written, unless
+ * the peer reads nothing for limits.close_flush_ms.
  *
  * A closed connection is unlinked from everything and its leases revoked at
  * once; the struct itself is freed on a later loop turn, so no callback on
@@ -84,6 +94,16 @@ conn_new(struct server *srv, int fd, bool refused)
 	return c;
 }
 
+/* Keep server.out_total in step with this connection's output. */
+static void
+out_account(struct conn *c)
+{
+	size_t n = evbuffer_get_length(c->out);
+
+	c->srv->out_total += n - c->out_counted;
+	c->out_counted = n;
+}
+
 static void
 flushq_add(struct conn *c)
 {
@@ -108,6 +128,9 @@ conn_close(struct conn *c, const char *reason)
 	event_del(&c->ev_read);
 	event_del(&c->ev_write);
 	event_del(&c->ev_deadline);
+	c->stream = 0;
+	evbuffer_drain(c->out, evbuffer_get_length(c->out));
+	out_account(c);
 	close(c->fd);
 	c->fd = -1;
 	TAILQ_REMOVE(&srv->conns, c, entry);
@@ -135,21 +158,55 @@ conn_free(struct conn *c)
 	free(c);
 }
 
+/* Drop a connection whose replies are not read, freeing them now. */
+static void
+shed(struct conn *c, const char *kill, const char *what, uint64_t limit)
+{
+	char label[96];
+	size_t n = evbuffer_get_length(c->out);
+
+	c->kill = kill;
+	c->linger = false;
+	c->stream = 0;
+	evbuffer_drain(c->out, n);
+	out_account(c);
+	log_warn(what, "%s pending=%zu limit=%llu",
+		 conn_label(c, label, sizeof label), n,
+		 (unsigned long long)limit);
+	flushq_add(c);
+}
+
 static void
 check_output_cap(struct conn *c)
 {
-	char label[96];
+	struct server *srv = c->srv;
 
-	if (evbuffer_get_length(c->out) > c->srv->cfg.output_buffer_bytes &&
-	    c->kill == NULL) {
-		c->kill = "output buffer over limits.output_buffer_bytes "
-			  "(the client does not read its replies)";
-		/* Its unread replies are dropped with it: free them now. */
-		evbuffer_drain(c->out, evbuffer_get_length(c->out));
-		log_warn("client dropped: output buffer over "
-			 "limits.output_buffer_bytes",
-			 "%s limit=%llu", conn_label(c, label, sizeof label),
-			 (unsigned long long)c->srv->cfg.output_buffer_bytes);
+	out_account(c);
+	if (evbuffer_get_length(c->out) > srv->cfg.output_buffer_bytes &&
+	    c->kill == NULL)
+		shed(c,
+		     "output buffer over limits.output_buffer_bytes "
+		     "(the client does not read its replies)",
+		     "client dropped: output buffer over "
+		     "limits.output_buffer_bytes",
+		     srv->cfg.output_buffer_bytes);
+	/* Over the global bound: drop the slowest readers (the most unread
+	 * output) until under it. */
+	while (srv->out_total > srv->cfg.output_total_bytes) {
+		struct conn *w, *worst = NULL;
+
+		TAILQ_FOREACH(w, &srv->conns, entry) {
+			if (worst == NULL || w->out_counted > worst->out_counted)
+				worst = w;
+		}
+		if (worst == NULL || worst->out_counted == 0)
+			break;
+		shed(worst,
+		     "output of all clients over limits.output_total_bytes "
+		     "(this client had the most unread replies)",
+		     "client dropped: output of all clients over "
+		     "limits.output_total_bytes; this one read slowest",
+		     srv->cfg.output_total_bytes);
 	}
 }
 
@@ -169,8 +226,8 @@ conn_send(struct conn *c, const Arbiter__ServerMessage *m)
 	}
 	v.iov_len = codec_pack_frame(&m->base, v.iov_base);
 	evbuffer_commit_space(c->out, &v, 1);
-	check_output_cap(c);
 	flushq_add(c);
+	check_output_cap(c);
 }
 
 void
@@ -179,8 +236,8 @@ conn_send_text(struct conn *c, const char *s, size_t len)
 	if (c->state == CONN_DEAD || c->kill != NULL)
 		return;
 	evbuffer_add(c->out, s, len);
-	check_output_cap(c);
 	flushq_add(c);
+	check_output_cap(c);
 }
 
 static void
@@ -229,29 +286,71 @@ conn_fail(struct conn *c, uint64_t id, Arbiter__ErrorCode code,
 	flushq_add(c);
 }
 
+static void
+want_write(struct conn *c)
+{
+	if (!c->want_write) {
+		c->want_write = true;
+		event_add(&c->ev_write, NULL);
+	}
+}
+
+/* A closing text session: give the peer close_flush_ms to read on. */
+static void
+linger_timer(struct conn *c)
+{
+	uint64_t ms = c->srv->cfg.close_flush_ms;
+	struct timeval tv = {(time_t)(ms / 1000),
+			     (suseconds_t)(ms % 1000) * 1000};
+
+	evtimer_add(&c->ev_deadline, &tv);
+}
+
 bool
 conn_flush(struct conn *c)
 {
+	bool wrote = false;
+
 	if (c->state == CONN_DEAD)
 		return false;
 	while (evbuffer_get_length(c->out) > 0) {
 		int n = evbuffer_write(c->out, c->fd);
 
-		if (n > 0)
+		if (n > 0) {
+			wrote = true;
 			continue;
+		}
 		if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
 			if (errno == EINTR)
 				continue;
-			if (c->kill != NULL)
+			if (c->kill != NULL && !c->linger)
 				break; /* give up on the last words */
-			if (!c->want_write) {
-				c->want_write = true;
-				event_add(&c->ev_write, NULL);
-			}
+			out_account(c);
+			if ((c->linger || c->eof) && (wrote || !c->want_write))
+				linger_timer(c);
+			want_write(c);
 			return true;
 		}
 		conn_close(c, n == 0 ? "peer closed" : strerror(errno));
 		return false;
+	}
+	out_account(c);
+	if (c->stream != 0 && c->kill == NULL) {
+		/* The buffer drained: produce the next part of the reply, to
+		 * be written on a later loop turn so that one big reply
+		 * never holds up the others. */
+		admin_stream(c);
+		if (c->in_flushq) {
+			/* Not again in this turn's flush: EV_WRITE brings it
+			 * back once the other clients had theirs. */
+			TAILQ_REMOVE(&c->srv->flushq, c, flush_entry);
+			c->in_flushq = false;
+		}
+		if (c->linger || c->eof)
+			linger_timer(c);
+		if (evbuffer_get_length(c->out) > 0 || c->stream != 0)
+			want_write(c);
+		return true;
 	}
 	if (c->kill != NULL) {
 		char sink[4096];
@@ -287,8 +386,14 @@ conn_deadline_cb(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
-	if (c->state == CONN_TEXT)
-		return; /* text sessions have no handshake */
+	if (c->state == CONN_TEXT) {
+		/* Text sessions have no handshake; this is the bound on a
+		 * closing one that stopped reading its last reply. */
+		if (c->linger || c->eof)
+			conn_close(c, "closing, and the last reply was not read "
+				      "within limits.close_flush_ms");
+		return;
+	}
 	if (!c->welcomed)
 		conn_fail(c, 0, ARBITER__ERROR_CODE__LIMIT,
 			  "no Hello within limits.handshake_timeout_ms "
@@ -399,6 +504,19 @@ conn_read_cb(evutil_socket_t fd, short what, void *arg)
 	/* read(2), not evbuffer_read: that asks FIONREAD first, one more
 	 * system call on every request. */
 	n = read(fd, srv->rbuf, CONN_READ_CHUNK);
+	if (n == 0 && c->state == CONN_TEXT && !c->refused &&
+	    (c->kill == NULL || c->linger)) {
+		/* The peer shut down its side (or closed after `quit`): it
+		 * may still read. Answer what it sent, then close. */
+		event_del(&c->ev_read);
+		c->eof = true;
+		linger_timer(c);
+		if (c->kill == NULL)
+			admin_input(c);
+		flushq_add(c); /* closes it once nothing is left to write */
+		server_flush(srv);
+		return;
+	}
 	if (n <= 0) {
 		if (n < 0 && (errno == EAGAIN || errno == EINTR))
 			return;

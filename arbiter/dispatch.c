@@ -18,6 +18,7 @@
 #include "log.h"
 #include "role.h"
 #include "server.h"
+#include "xalloc.h"
 
 #define container_of(ptr, type, member)                                        \
 	((type *)(void *)((char *)(ptr)-offsetof(type, member)))
@@ -506,6 +507,111 @@ fill_resource_stats(struct server *srv, const struct stats_res *r,
 	b->rs.hold = &b->hold;
 }
 
+/* ------------------------------------------------------------ paging */
+
+static uint64_t
+rev64(uint64_t v)
+{
+	v = ((v >> 1) & 0x5555555555555555ULL) | ((v & 0x5555555555555555ULL) << 1);
+	v = ((v >> 2) & 0x3333333333333333ULL) | ((v & 0x3333333333333333ULL) << 2);
+	v = ((v >> 4) & 0x0F0F0F0F0F0F0F0FULL) | ((v & 0x0F0F0F0F0F0F0F0FULL) << 4);
+	return __builtin_bswap64(v);
+}
+
+/*
+ * The cursor counts buckets with its bits reversed (Redis's dictScan): when
+ * the table doubles, bucket b splits into b and b + old size, which the
+ * reversed count reaches only after b, so nothing seen is seen again and
+ * nothing present is missed. uthash never shrinks its table.
+ */
+void
+dispatch_scan(const UT_hash_handle *hh, uint64_t *cursor, size_t budget,
+	      size_t (*fn)(void *elem, void *arg), void *arg)
+{
+	const UT_hash_table *tbl;
+	uint64_t v = *cursor, mask;
+	size_t spent = 0;
+
+	if (hh == NULL) {
+		*cursor = 0;
+		return;
+	}
+	tbl = hh->tbl;
+	mask = (uint64_t)tbl->num_buckets - 1;
+	do {
+		const UT_hash_handle *e = tbl->buckets[v & mask].hh_head;
+
+		while (e != NULL) {
+			const UT_hash_handle *next = e->hh_next;
+
+			spent += fn((char *)(uintptr_t)e - tbl->hho, arg);
+			e = next;
+		}
+		v |= ~mask;
+		v = rev64(rev64(v) + 1);
+	} while (v != 0 && spent < budget);
+	*cursor = v;
+}
+
+/* The cursor on the wire: 8 bytes, big-endian; absent or empty: the start. */
+static bool
+cursor_in(const ProtobufCBinaryData *b, protobuf_c_boolean has,
+	  uint64_t *cursor)
+{
+	*cursor = 0;
+	if (!has || b->len == 0)
+		return true;
+	if (b->len != 8)
+		return false;
+	for (size_t i = 0; i < 8; i++)
+		*cursor = *cursor << 8 | b->data[i];
+	return true;
+}
+
+static void
+cursor_out(uint64_t cursor, uint8_t buf[8], ProtobufCBinaryData *b)
+{
+	for (int i = 7; i >= 0; i--, cursor >>= 8)
+		buf[i] = (uint8_t)cursor;
+	b->data = buf;
+	b->len = 0;
+	if (buf[0] | buf[1] | buf[2] | buf[3] | buf[4] | buf[5] | buf[6] |
+	    buf[7])
+		b->len = 8;
+}
+
+static size_t
+page_size(protobuf_c_boolean has, uint32_t want)
+{
+	return !has || want == 0 || want > DISPATCH_PAGE_MAX ? DISPATCH_PAGE_MAX
+							     : want;
+}
+
+/* Elements picked for one page. */
+struct pick {
+	void **v;
+	size_t n, cap;
+};
+
+static void
+pick_add(struct pick *p, void *e)
+{
+	if (p->n == p->cap) {
+		p->cap = p->cap ? 2 * p->cap : 64;
+		p->v = xreallocarray(p->v, p->cap, sizeof *p->v);
+	}
+	p->v[p->n++] = e;
+}
+
+static size_t
+pick_one(void *e, void *arg)
+{
+	pick_add(arg, e);
+	return 1;
+}
+
+/* ------------------------------------------------------------ stats */
+
 static void
 do_stats(struct conn *c, const Arbiter__Request *req)
 {
@@ -514,42 +620,41 @@ do_stats(struct conn *c, const Arbiter__Request *req)
 	Arbiter__Stats out = ARBITER__STATS__INIT;
 	struct rs_buf total, *bufs = NULL;
 	Arbiter__ResourceStats **list = NULL;
-	struct stats_res *r = NULL, *tmp;
-	size_t n = 0, i = 0;
+	struct pick pk = {0};
+	uint64_t cursor = 0;
+	uint8_t cbuf[8];
 	char role[16];
 
+	if (!cursor_in(&q->cursor, q->has_cursor, &cursor)) {
+		conn_send_error(c, req->id, ARBITER__ERROR_CODE__BAD_REQUEST,
+				"stats cursor of %zu bytes is not one this "
+				"daemon gave; start again without a cursor",
+				q->cursor.len);
+		return;
+	}
 	fill_resource_stats(srv, &srv->stats.total, &total);
 	out.total = &total.rs;
 	if (q->has_resource) {
-		r = stats_find(&srv->stats, (const char *)q->resource.data,
-			       q->resource.len);
-		n = r ? 1 : 0;
+		struct stats_res *r = stats_find(
+		    &srv->stats, (const char *)q->resource.data, q->resource.len);
+
+		if (r != NULL)
+			pick_add(&pk, r);
+		cursor = 0;
 	} else
-		n = srv->stats.nres;
-	if (n > 0) {
-		bufs = calloc(n, sizeof *bufs);
-		list = calloc(n, sizeof *list);
-		if (bufs == NULL || list == NULL) {
-			free(bufs);
-			free(list);
-			conn_send_error(c, req->id,
-					ARBITER__ERROR_CODE__INTERNAL,
-					"out of memory building stats");
-			return;
-		}
-		if (q->has_resource) {
-			fill_resource_stats(srv, r, &bufs[0]);
-			list[i++] = &bufs[0].rs;
-		} else {
-			HASH_ITER(hh, srv->stats.by_name, r, tmp)
-			{
-				fill_resource_stats(srv, r, &bufs[i]);
-				list[i] = &bufs[i].rs;
-				i++;
-			}
+		dispatch_scan(srv->stats.by_name ? &srv->stats.by_name->hh
+						 : NULL,
+			      &cursor, page_size(q->has_page_size, q->page_size),
+			      pick_one, &pk);
+	if (pk.n > 0) {
+		bufs = xcalloc(pk.n, sizeof *bufs);
+		list = xcalloc(pk.n, sizeof *list);
+		for (size_t i = 0; i < pk.n; i++) {
+			fill_resource_stats(srv, pk.v[i], &bufs[i]);
+			list[i] = &bufs[i].rs;
 		}
 	}
-	out.n_resources = i;
+	out.n_resources = pk.n;
 	out.resources = list;
 	out.has_connections = true;
 	out.connections = srv->nconns;
@@ -561,9 +666,33 @@ do_stats(struct conn *c, const Arbiter__Request *req)
 	out.uptime_seconds = (double)(now_ns() - srv->t_start) / 1e9;
 	out.has_resources_omitted = true;
 	out.resources_omitted = srv->stats.omitted;
+	out.has_next_cursor = true;
+	cursor_out(cursor, cbuf, &out.next_cursor);
+	out.has_resources_tracked = true;
+	out.resources_tracked = srv->stats.nres;
 	reply(c, req->id, ARBITER__SERVER_MESSAGE__KIND_STATS, &out);
 	free(bufs);
 	free(list);
+	free(pk.v);
+}
+
+/* ------------------------------------------------------------ status */
+
+static size_t
+min_list(unsigned n)
+{
+	return n < DISPATCH_LIST_MAX ? n : DISPATCH_LIST_MAX;
+}
+
+/* Weigh a resource by the lines it adds, so a page stays bounded in time
+ * and size whatever its queues hold. */
+static size_t
+pick_res(void *e, void *arg)
+{
+	struct lm_res *res = e;
+
+	pick_add(arg, e);
+	return 1 + (min_list(res->nholders) + min_list(res->nwaiters)) / 4;
 }
 
 static void
@@ -575,44 +704,50 @@ do_status(struct conn *c, const Arbiter__Request *req)
 	Arbiter__ResourceStatus *rs = NULL, **rlist = NULL;
 	Arbiter__Holder *hs = NULL, **hlist = NULL;
 	Arbiter__Waiter *ws = NULL, **wlist = NULL;
-	struct lm_res *res, *tmp;
-	size_t nres = 0, nh = 0, nw = 0, ri = 0, hi = 0, wi = 0;
-	uint64_t now = now_ns();
+	struct pick pk = {0};
+	size_t nh = 0, nw = 0, hi = 0, wi = 0;
+	uint64_t now = now_ns(), cursor = 0;
+	uint8_t cbuf[8];
 	char role[16], version[] = ARBITER_VERSION;
 
-	HASH_ITER(hh, srv->lm.res, res, tmp)
-	{
-		if (q->has_resource &&
-		    (res->len != q->resource.len ||
-		     memcmp(res->name, q->resource.data, res->len) != 0))
-			continue;
-		nres++;
-		nh += res->nholders;
-		nw += res->nwaiters;
+	if (!cursor_in(&q->cursor, q->has_cursor, &cursor)) {
+		conn_send_error(c, req->id, ARBITER__ERROR_CODE__BAD_REQUEST,
+				"status cursor of %zu bytes is not one this "
+				"daemon gave; start again without a cursor",
+				q->cursor.len);
+		return;
 	}
-	rs = calloc(nres + 1, sizeof *rs);
-	rlist = calloc(nres + 1, sizeof *rlist);
-	hs = calloc(nh + 1, sizeof *hs);
-	hlist = calloc(nh + 1, sizeof *hlist);
-	ws = calloc(nw + 1, sizeof *ws);
-	wlist = calloc(nw + 1, sizeof *wlist);
-	if (!rs || !rlist || !hs || !hlist || !ws || !wlist) {
-		conn_send_error(c, req->id, ARBITER__ERROR_CODE__INTERNAL,
-				"out of memory building status");
-		goto done;
+	if (q->has_resource) {
+		struct lm_res *res =
+		    lockmgr_find(&srv->lm, (const char *)q->resource.data,
+				 q->resource.len);
+
+		if (res != NULL)
+			pick_add(&pk, res);
+		cursor = 0;
+	} else
+		dispatch_scan(srv->lm.res ? &srv->lm.res->hh : NULL, &cursor,
+			      page_size(q->has_page_size, q->page_size),
+			      pick_res, &pk);
+	for (size_t i = 0; i < pk.n; i++) {
+		const struct lm_res *res = pk.v[i];
+
+		nh += min_list(res->nholders);
+		nw += min_list(res->nwaiters);
 	}
-	HASH_ITER(hh, srv->lm.res, res, tmp)
-	{
-		Arbiter__ResourceStatus *s;
+	rs = xcalloc(pk.n + 1, sizeof *rs);
+	rlist = xcalloc(pk.n + 1, sizeof *rlist);
+	hs = xcalloc(nh + 1, sizeof *hs);
+	hlist = xcalloc(nh + 1, sizeof *hlist);
+	ws = xcalloc(nw + 1, sizeof *ws);
+	wlist = xcalloc(nw + 1, sizeof *wlist);
+	for (size_t i = 0; i < pk.n; i++) {
+		const struct lm_res *res = pk.v[i];
+		Arbiter__ResourceStatus *s = &rs[i];
 		struct lm_req *r;
 
-		if (q->has_resource &&
-		    (res->len != q->resource.len ||
-		     memcmp(res->name, q->resource.data, res->len) != 0))
-			continue;
-		s = &rs[ri];
 		arbiter__resource_status__init(s);
-		rlist[ri++] = s;
+		rlist[i] = s;
 		s->resource = res->name;
 		s->holders = &hlist[hi];
 		s->waiters = &wlist[wi];
@@ -620,6 +755,8 @@ do_status(struct conn *c, const Arbiter__Request *req)
 		{
 			Arbiter__Holder *h = &hs[hi];
 
+			if (s->n_holders == DISPATCH_LIST_MAX)
+				break;
 			arbiter__holder__init(h);
 			h->has_lease_id = h->has_mode = h->has_pid = true;
 			h->has_uid = h->has_held_us = h->has_token = true;
@@ -640,6 +777,8 @@ do_status(struct conn *c, const Arbiter__Request *req)
 		{
 			Arbiter__Waiter *w = &ws[wi];
 
+			if (s->n_waiters == DISPATCH_LIST_MAX)
+				break;
 			arbiter__waiter__init(w);
 			w->has_lease_id = w->has_mode = w->has_pid = true;
 			w->has_uid = w->has_waiting_us = true;
@@ -654,12 +793,15 @@ do_status(struct conn *c, const Arbiter__Request *req)
 			wlist[wi++] = w;
 			s->n_waiters++;
 		}
+		s->has_holders_omitted = s->has_waiters_omitted = true;
+		s->holders_omitted = res->nholders - (unsigned)s->n_holders;
+		s->waiters_omitted = res->nwaiters - (unsigned)s->n_waiters;
 		s->has_delayed_us = true;
 		s->delayed_us = res->delay.idx >= 0 && res->delay.when > now
 				    ? (res->delay.when - now) / 1000
 				    : 0;
 	}
-	out.n_resources = ri;
+	out.n_resources = pk.n;
 	out.resources = rlist;
 	snprintf(role, sizeof role, "%s", role_name(srv));
 	out.role = role;
@@ -671,14 +813,21 @@ do_status(struct conn *c, const Arbiter__Request *req)
 	out.has_pid = true;
 	out.pid = (uint32_t)getpid();
 	out.server_version = version;
+	out.has_next_cursor = true;
+	cursor_out(cursor, cbuf, &out.next_cursor);
+	out.has_resources_total = out.has_holders_total = true;
+	out.has_waiters_total = true;
+	out.resources_total = srv->lm.nres;
+	out.holders_total = srv->lm.nheld;
+	out.waiters_total = srv->lm.nwaiting;
 	reply(c, req->id, ARBITER__SERVER_MESSAGE__KIND_STATUS, &out);
-done:
 	free(rs);
 	free(rlist);
 	free(hs);
 	free(hlist);
 	free(ws);
 	free(wlist);
+	free(pk.v);
 }
 
 static void

@@ -252,9 +252,24 @@ queue_event(struct lockmgr *lm, struct lm_req *r, uint32_t pos)
 	r->last_pos = pos;
 }
 
-/* Tell waiters who asked for it where they stand now. */
 static void
-notify_positions(struct lockmgr *lm, struct lm_res *res, bool holders_changed)
+unmove(struct lockmgr *lm, struct lm_req *r)
+{
+	if (r->moved) {
+		TAILQ_REMOVE(&lm->moved, r, m_entry);
+		r->moved = false;
+	}
+}
+
+/*
+ * Tell waiters who asked for it where they stand now. With a position
+ * interval, a move is only marked here (a cheap walk) and told by
+ * send_moved() once the interval is over: draining n watchers then costs
+ * O(n) events instead of n^2/2. Reaching the head is told at once.
+ */
+static void
+notify_positions(struct lockmgr *lm, struct lm_res *res, bool holders_changed,
+		 uint64_t now)
 {
 	struct lm_req *w;
 	uint32_t pos = 0;
@@ -263,9 +278,42 @@ notify_positions(struct lockmgr *lm, struct lm_res *res, bool holders_changed)
 		return;
 	TAILQ_FOREACH(w, &res->waiters, q_entry) {
 		pos++;
-		if (w->position_updates && (w->last_pos != pos || holders_changed))
+		if (!w->position_updates ||
+		    (w->last_pos == pos && !holders_changed))
+			continue;
+		if (lm->limits.position_interval_ns == 0 || pos == 1) {
+			unmove(lm, w);
 			queue_event(lm, w, pos);
+		} else if (!w->moved) {
+			w->moved = true;
+			TAILQ_INSERT_TAIL(&lm->moved, w, m_entry);
+			if (lm->moved_due == 0)
+				lm->moved_due = deadline_after(
+				    now, lm->limits.position_interval_ns);
+		}
 	}
+}
+
+/* The held-back position updates: one walk per resource concerned. */
+static void
+send_moved(struct lockmgr *lm)
+{
+	struct lm_req *first;
+
+	while ((first = TAILQ_FIRST(&lm->moved)) != NULL) {
+		struct lm_req *w;
+		uint32_t pos = 0;
+
+		TAILQ_FOREACH(w, &first->res->waiters, q_entry) {
+			pos++;
+			if (w->moved) {
+				unmove(lm, w);
+				queue_event(lm, w, pos);
+			}
+		}
+		unmove(lm, first); /* not waiting: cannot happen, but bound */
+	}
+	lm->moved_due = 0;
 }
 
 static void
@@ -281,6 +329,7 @@ grant(struct lockmgr *lm, struct lm_res *res, struct lm_req *r, uint64_t now,
 		lm->nwaiting--;
 		if (r->position_updates)
 			res->nwatchers--;
+		unmove(lm, r);
 	}
 	timer_disarm(lm, &r->timer);
 	r->state = LM_HELD;
@@ -322,7 +371,7 @@ grant_pass(struct lockmgr *lm, struct lm_res *res, uint64_t now)
 		grant(lm, res, head, now, false);
 		granted = true;
 	}
-	notify_positions(lm, res, granted);
+	notify_positions(lm, res, granted, now);
 }
 
 /* Unlink a request from everything, queue its ENDED event and free it. */
@@ -357,6 +406,7 @@ end_req(struct lockmgr *lm, struct lm_req *r, enum lm_end why, uint64_t now)
 		lm->nwaiting--;
 		if (r->position_updates)
 			res->nwatchers--;
+		unmove(lm, r);
 	}
 	TAILQ_REMOVE(&r->owner->reqs, r, o_entry);
 	r->owner->nreqs--;
@@ -386,6 +436,7 @@ lockmgr_init(struct lockmgr *lm)
 	lm->open = true;
 	TAILQ_INIT(&lm->stalled);
 	TAILQ_INIT(&lm->dead);
+	TAILQ_INIT(&lm->moved);
 }
 
 void
@@ -432,16 +483,29 @@ lockmgr_acquire(struct lockmgr *lm, struct lm_owner *o,
 	struct lm_req *r;
 	bool blocked;
 
-	TAILQ_FOREACH(r, &o->reqs, o_entry) {
-		if (r->res->len == a->len &&
-		    memcmp(r->res->name, a->resource, a->len) == 0)
-			return LM_ERR_ALREADY_HELD;
+	/* Already held or awaited by this owner? Walk the shorter list: the
+	 * owner's requests, or the resource's holders and waiters (an owner
+	 * may hold many thousands of leases, a resource queue as many). */
+	res = lockmgr_find(lm, a->resource, a->len);
+	if (res != NULL && o->nreqs <= res->nholders + res->nwaiters) {
+		TAILQ_FOREACH(r, &o->reqs, o_entry) {
+			if (r->res == res)
+				return LM_ERR_ALREADY_HELD;
+		}
+	} else if (res != NULL) {
+		TAILQ_FOREACH(r, &res->holders, q_entry) {
+			if (r->owner == o)
+				return LM_ERR_ALREADY_HELD;
+		}
+		TAILQ_FOREACH(r, &res->waiters, q_entry) {
+			if (r->owner == o)
+				return LM_ERR_ALREADY_HELD;
+		}
 	}
 	if (lm->limits.max_leases_per_owner &&
 	    o->nreqs >= lm->limits.max_leases_per_owner)
 		return LM_ERR_MAX_LEASES;
 
-	res = lockmgr_find(lm, a->resource, a->len);
 	blocked = res != NULL &&
 		  (gate_shut(lm, res) || res->nwaiters > 0 ||
 		   !compatible(res, a->mode));
@@ -637,13 +701,17 @@ lockmgr_tick(struct lockmgr *lm, uint64_t now)
 			res_maybe_dead(lm, res);
 		}
 	}
+	if (lm->moved_due != 0 && lm->moved_due <= now)
+		send_moved(lm);
 	check_idle(lm);
 }
 
 uint64_t
 lockmgr_next_deadline(const struct lockmgr *lm)
 {
-	return lm->nheap > 0 ? lm->heap[0]->when : LM_FOREVER;
+	uint64_t t = lm->nheap > 0 ? lm->heap[0]->when : LM_FOREVER;
+
+	return lm->moved_due != 0 && lm->moved_due < t ? lm->moved_due : t;
 }
 
 void

@@ -90,10 +90,12 @@ struct lm_req {
 	uint64_t delay_ns;  /* lock-delay after an unclean end */
 	uint32_t last_pos;  /* last position reported */
 	bool position_updates;
+	bool moved;	    /* on lockmgr->moved: its position update waits */
 	struct lm_timer timer; /* timeout while waiting, expiry while held */
 
 	TAILQ_ENTRY(lm_req) q_entry; /* res->holders or res->waiters */
 	TAILQ_ENTRY(lm_req) o_entry; /* owner->reqs */
+	TAILQ_ENTRY(lm_req) m_entry; /* lockmgr->moved */
 	UT_hash_handle hh;	     /* lockmgr->reqs by id */
 };
 
@@ -150,7 +152,14 @@ struct lm_limits {
 	unsigned max_resources;		 /* 0: unlimited */
 	unsigned max_leases_per_owner;	 /* held + pending; 0: unlimited */
 	unsigned max_waiters_per_resource; /* 0: unlimited */
+	/* Position updates: at most one per request per this interval (the
+	 * latest position, sent by lockmgr_tick), except that reaching the
+	 * head of the queue is told at once. 0: every move at once. */
+	uint64_t position_interval_ns;
 };
+
+/* What the daemon uses: a waiter needs a few updates a second at most. */
+#define LM_POSITION_INTERVAL_NS (250 * 1000000ULL)
 
 struct lm_acquire {
 	const char *resource; /* validated by the caller */
@@ -182,6 +191,8 @@ struct lockmgr {
 
 	TAILQ_HEAD(, lm_res) stalled; /* want a token beyond token_limit */
 	TAILQ_HEAD(, lm_res) dead;    /* empty, freed at events_done */
+	TAILQ_HEAD(, lm_req) moved;   /* position updates held back */
+	uint64_t moved_due;	      /* when they go out; 0: none */
 
 	struct lm_event *ev;
 	size_t nev, ev_cap;

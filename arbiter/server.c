@@ -49,6 +49,7 @@ lockmgr_limits_from(struct server *srv)
 			(unsigned)srv->cfg.max_leases_per_connection,
 		.max_waiters_per_resource =
 			(unsigned)srv->cfg.max_waiters_per_resource,
+		.position_interval_ns = LM_POSITION_INTERVAL_NS,
 	};
 
 	lockmgr_set_limits(&srv->lm, &l);

@@ -51,6 +51,11 @@ struct conn {
 	struct event ev_deadline; /* handshake deadline, until Welcome */
 	struct evbuffer *in;
 	struct evbuffer *out;
+	size_t out_counted;   /* its share of server.out_total */
+	bool linger;	      /* kill only once the output is written */
+	bool eof;	      /* text: the peer shut down its side */
+	uint8_t stream;	      /* text: a status/stats reply being produced */
+	uint64_t stream_cursor;
 	struct lm_owner owner; /* pid, uid, gid and name live here */
 	uint64_t t_connected;  /* monotonic ns */
 	TAILQ_ENTRY(conn) entry;
@@ -104,6 +109,7 @@ struct server {
 	unsigned nconns;   /* served connections */
 	unsigned nrefused; /* refused ones waiting to be told why */
 	uint64_t next_conn_id;
+	size_t out_total; /* output buffered across connections */
 
 	bool stopping;
 	int exit_code;
@@ -149,10 +155,25 @@ const char *conn_label(const struct conn *c, char *buf, size_t len);
 
 /* dispatch.c */
 void dispatch_request(struct conn *c, const Arbiter__Request *req);
+/*
+ * One step of a walk over a uthash table that survives the table's growth
+ * (Redis's SCAN cursor): visit whole buckets from *cursor, calling fn on
+ * each element, until fn's weights add up to at least budget or the walk is
+ * done. *cursor becomes 0 when it is. hh: any element's handle, or NULL for
+ * an empty table.
+ */
+void dispatch_scan(const UT_hash_handle *hh, uint64_t *cursor, size_t budget,
+		   size_t (*fn)(void *elem, void *arg), void *arg);
+/* Pages: the most resources one Status/Stats page (or text chunk) holds, and
+ * the most holders or waiters listed per resource. */
+#define DISPATCH_PAGE_MAX 1000
+#define DISPATCH_LIST_MAX 1000
 void dispatch_apply_events(struct server *srv);
 Arbiter__Mode dispatch_mode(enum lm_mode m);
 
 /* admin.c */
 void admin_input(struct conn *c);
+/* Produce the next part of a streamed reply (c->stream set). */
+void admin_stream(struct conn *c);
 
 #endif

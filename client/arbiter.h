@@ -140,7 +140,9 @@ int arb_revoke(arb_client *c, uint64_t lease_id, uint32_t pid);
 /*
  * Stats and status as the daemon's protobuf messages, for tools. The returned
  * pointer (an Arbiter__Stats / Arbiter__Status from arbiter.pb-c.h) stays
- * valid until the next call on this client.
+ * valid until the next call on this client. The daemon answers in pages of
+ * at most 1000 resources; these fetch every page and return them as one
+ * message (a resource created or ended meanwhile may be missing).
  */
 int arb_stats(arb_client *c, const char *resource, const void **stats);
 int arb_status(arb_client *c, const char *resource, const void **status);

@@ -63,6 +63,7 @@ usage(FILE *out)
 "                   acquisitions, failures, wait and hold times\n"
 "  status [--json] [RESOURCE]\n"
 "                   every resource with its holders and waiters, in order\n"
+"                   (up to 1000 of each per resource; the rest counted)\n"
 "  who              who holds the storage lock and every resource\n"
 "  revoke --lease ID | --pid PID\n"
 "                   end a lease (admins only); its holder is told\n"
@@ -720,7 +721,9 @@ cmd_status(int argc, char **argv)
 				printf(", \"waiting_us\": %" PRIu64 "}",
 				       w->waiting_us);
 			}
-			printf("]}");
+			printf("], \"holders_omitted\": %u, "
+			       "\"waiters_omitted\": %u}",
+			       r->holders_omitted, r->waiters_omitted);
 		}
 		printf("}}\n");
 	} else {
@@ -768,6 +771,11 @@ cmd_status(int argc, char **argv)
 					       : "-",
 				       d, "-");
 			}
+			if (r->holders_omitted > 0 || r->waiters_omitted > 0)
+				printf("%-20s and %u more holders, %u more "
+				       "waiters, not listed\n",
+				       r->resource, r->holders_omitted,
+				       r->waiters_omitted);
 			if (r->delayed_us > 0) {
 				fmt_dur(d, sizeof d, r->delayed_us);
 				printf("%-20s lock-delay for %s more\n",

@@ -901,20 +901,112 @@ set_name(ProtobufCBinaryData *field, const char *name)
 	return true;
 }
 
+/*
+ * Stats and Status come in pages (see arbiter.proto). The pages are packed
+ * one after another, which protobuf defines as merging them: the repeated
+ * resources add up and the last page's other fields win. The whole is then
+ * unpacked into the client's arena, where it lives until the next call.
+ */
+struct pages {
+	uint8_t *buf;
+	size_t len, cap;
+	uint8_t cursor[8];
+	size_t cursor_len;
+};
+
+static int
+pages_add(arb_client *c, struct pages *pg, const ProtobufCMessage *m,
+	  protobuf_c_boolean has_next, const ProtobufCBinaryData *next)
+{
+	size_t n = protobuf_c_message_get_packed_size(m);
+
+	if (pg->cap - pg->len < n) {
+		size_t ncap = pg->cap ? pg->cap : 65536;
+		uint8_t *nb;
+
+		while (ncap - pg->len < n)
+			ncap *= 2;
+		nb = realloc(pg->buf, ncap);
+		if (nb == NULL) {
+			seterr(c, "out of memory for a reply of %zu bytes",
+			       pg->len + n);
+			return -ENOMEM;
+		}
+		pg->buf = nb;
+		pg->cap = ncap;
+	}
+	pg->len += protobuf_c_message_pack(m, pg->buf + pg->len);
+	pg->cursor_len = 0;
+	if (has_next && next->len > 0) {
+		if (next->len > sizeof pg->cursor) {
+			seterr(c, "the daemon sent a page cursor of %zu bytes "
+				  "(version mismatch?)",
+			       next->len);
+			return -ARB_EPROTO;
+		}
+		memcpy(pg->cursor, next->data, next->len);
+		pg->cursor_len = next->len;
+	}
+	return 0;
+}
+
+static int
+pages_unpack(arb_client *c, struct pages *pg,
+	     const ProtobufCMessageDescriptor *d, const void **out)
+{
+	/* Decoded, a message takes 1.5 to 3 times its packed size. */
+	size_t cap = 2 * pg->len + 65536;
+
+	for (;;) {
+		ProtobufCMessage *m;
+
+		codec_arena_free(&c->arena);
+		codec_arena_init(&c->arena, cap);
+		if (c->arena.cap == 0) {
+			seterr(c, "out of memory for a reply of %zu bytes",
+			       pg->len);
+			return -ENOMEM;
+		}
+		m = protobuf_c_message_unpack(d, &c->arena.alloc, pg->len,
+					      pg->buf);
+		if (m != NULL) {
+			*out = m;
+			return 0;
+		}
+		if (cap > 64 * pg->len + 65536) {
+			seterr(c, "the daemon's reply does not decode "
+				  "(version mismatch?)");
+			return -ARB_EPROTO;
+		}
+		cap *= 2;
+	}
+}
+
 int
 arb_stats(arb_client *c, const char *resource, const void **stats)
 {
 	Arbiter__Request req = ARBITER__REQUEST__INIT;
 	Arbiter__StatsRequest s = ARBITER__STATS_REQUEST__INIT;
 	Arbiter__ServerMessage *m;
+	struct pages pg = {0};
 	int rc;
 
 	s.has_resource = set_name(&s.resource, resource);
 	req.kind_case = ARBITER__REQUEST__KIND_STATS;
 	req.stats = &s;
-	rc = call(c, &req, &m, ARBITER__SERVER_MESSAGE__KIND_STATS);
+	do {
+		rc = call(c, &req, &m, ARBITER__SERVER_MESSAGE__KIND_STATS);
+		if (rc == 0)
+			rc = pages_add(c, &pg, &m->stats->base,
+				       m->stats->has_next_cursor,
+				       &m->stats->next_cursor);
+		s.has_cursor = pg.cursor_len > 0;
+		s.cursor.data = pg.cursor;
+		s.cursor.len = pg.cursor_len;
+	} while (rc == 0 && s.has_cursor);
 	if (rc == 0)
-		*stats = m->stats;
+		rc = pages_unpack(c, &pg, &arbiter__stats__descriptor, stats);
+	free(pg.buf);
 	return rc;
 }
 
@@ -924,14 +1016,25 @@ arb_status(arb_client *c, const char *resource, const void **status)
 	Arbiter__Request req = ARBITER__REQUEST__INIT;
 	Arbiter__StatusRequest s = ARBITER__STATUS_REQUEST__INIT;
 	Arbiter__ServerMessage *m;
+	struct pages pg = {0};
 	int rc;
 
 	s.has_resource = set_name(&s.resource, resource);
 	req.kind_case = ARBITER__REQUEST__KIND_STATUS;
 	req.status = &s;
-	rc = call(c, &req, &m, ARBITER__SERVER_MESSAGE__KIND_STATUS);
+	do {
+		rc = call(c, &req, &m, ARBITER__SERVER_MESSAGE__KIND_STATUS);
+		if (rc == 0)
+			rc = pages_add(c, &pg, &m->status->base,
+				       m->status->has_next_cursor,
+				       &m->status->next_cursor);
+		s.has_cursor = pg.cursor_len > 0;
+		s.cursor.data = pg.cursor;
+		s.cursor.len = pg.cursor_len;
+	} while (rc == 0 && s.has_cursor);
 	if (rc == 0)
-		*status = m->status;
+		rc = pages_unpack(c, &pg, &arbiter__status__descriptor, status);
+	free(pg.buf);
 	return rc;
 }
 

@@ -1720,6 +1720,73 @@ Test(lockmgr, new_waiter_behind_a_watcher_sends_no_update)
 	cr_assert_null(find_ev(LM_EV_QUEUED, w1));
 }
 
+/* The already-held check walks the shorter list: the owner's requests or
+ * the resource's queues. Both ways find held and waiting requests. */
+Test(lockmgr, already_held_found_from_either_side)
+{
+	struct lm_acquire a = req("a", LM_EXCLUSIVE);
+	uint64_t id;
+
+	must_grant(&ow[0], "a", LM_EXCLUSIVE, 0);
+	must_grant(&ow[0], "b", LM_EXCLUSIVE, 0);
+	must_grant(&ow[0], "c", LM_EXCLUSIVE, 0);
+	must_grant(&ow[1], "w", LM_EXCLUSIVE, 0);
+	must_queue(&ow[0], "w", LM_EXCLUSIVE, LM_FOREVER, 0);
+	/* ow[0] has 4 requests, "a" one holder: the resource side. */
+	cr_assert_eq(lockmgr_acquire(&lm, &ow[0], &a, 0, &id),
+		     LM_ERR_ALREADY_HELD);
+	a = req("w", LM_EXCLUSIVE);
+	cr_assert_eq(lockmgr_acquire(&lm, &ow[0], &a, 0, &id),
+		     LM_ERR_ALREADY_HELD);
+	/* ow[1] has 1 request, "w" two entries: the owner side. */
+	cr_assert_eq(lockmgr_acquire(&lm, &ow[1], &a, 0, &id),
+		     LM_ERR_ALREADY_HELD);
+}
+
+/* With an interval, moves behind the head are told once per interval with
+ * the latest position; the head is told at once. */
+Test(lockmgr, position_updates_are_coalesced_over_the_interval)
+{
+	struct lm_limits lim = {.position_interval_ns = 100};
+	struct lm_acquire a = watcher("db", LM_EXCLUSIVE);
+	uint64_t h, w[5];
+
+	lockmgr_set_limits(&lm, &lim);
+	h = must_grant(&ow[0], "db", LM_EXCLUSIVE, 0);
+	for (int i = 0; i < 5; i++)
+		cr_assert_eq(lockmgr_acquire(&lm, &ow[1 + i], &a, 0, &w[i]),
+			     LM_OK_QUEUED);
+	done();
+
+	/* Two grants in a row: only the new head hears at once. */
+	cr_assert_eq(lockmgr_release(&lm, &ow[0], h, false, 1), 0);
+	cr_assert_not_null(find_ev(LM_EV_GRANTED, w[0]));
+	cr_assert_eq(must_find(LM_EV_QUEUED, w[1])->position, 1);
+	cr_assert_eq(count_kind(LM_EV_QUEUED), 1);
+	done();
+	cr_assert_eq(lockmgr_release(&lm, &ow[1], w[0], false, 2), 0);
+	cr_assert_eq(must_find(LM_EV_QUEUED, w[2])->position, 1);
+	cr_assert_eq(count_kind(LM_EV_QUEUED), 1);
+	cr_assert_eq(lockmgr_next_deadline(&lm), 101);
+	done();
+
+	/* The interval ends: one update each, with the latest position. */
+	lockmgr_tick(&lm, 101);
+	cr_assert_eq(must_find(LM_EV_QUEUED, w[3])->position, 2);
+	cr_assert_eq(must_find(LM_EV_QUEUED, w[4])->position, 3);
+	cr_assert_eq(count_kind(LM_EV_QUEUED), 2);
+	cr_assert_eq(lockmgr_next_deadline(&lm), LM_FOREVER);
+	done();
+
+	/* A held-back update is dropped when its request ends. */
+	cr_assert_eq(lockmgr_release(&lm, &ow[3], w[2], false, 102), 0);
+	done();
+	cr_assert_eq(lockmgr_release(&lm, &ow[5], w[4], false, 103), 0);
+	done();
+	lockmgr_tick(&lm, 300);
+	cr_assert_eq(count_kind(LM_EV_QUEUED), 0);
+}
+
 /* ------------------------------------------------------------ names */
 
 Test(lockmgr, end_and_mode_names)

@@ -676,14 +676,27 @@ class AsyncClient:
         req = pb.Request(stats=pb.StatsRequest())
         if resource is not None:
             req.stats.resource = P.check_name(resource)[0]
-        return P.stats_dict(await self._call(req, "stats", "stats request"))
+        # The daemon answers in pages; merging them adds up the resources.
+        whole = pb.Stats()
+        while True:
+            page = await self._call(req, "stats", "stats request")
+            whole.MergeFrom(page)
+            if not page.next_cursor:
+                return P.stats_dict(whole)
+            req.stats.cursor = page.next_cursor
 
     async def status(self, resource=None):
         req = pb.Request(status=pb.StatusRequest())
         if resource is not None:
             req.status.resource = P.check_name(resource)[0]
-        return P.status_dict(await self._call(req, "status",
-                                              "status request"))
+        # The daemon answers in pages; merging them adds up the resources.
+        whole = pb.Status()
+        while True:
+            page = await self._call(req, "status", "status request")
+            whole.MergeFrom(page)
+            if not page.next_cursor:
+                return P.status_dict(whole)
+            req.status.cursor = page.next_cursor
 
     async def revoke(self, lease_id=None, pid=None):
         if (lease_id is None) == (pid is None):

@@ -867,15 +867,31 @@ class Client:
         req = pb.Request(stats=pb.StatsRequest())
         if resource is not None:
             req.stats.resource = P.check_name(resource)[0]
-        return P.stats_dict(self._call(req, "stats", "stats request"))
+        # The daemon answers in pages; merging them adds up the resources.
+        whole = pb.Stats()
+        while True:
+            page = self._call(req, "stats", "stats request")
+            whole.MergeFrom(page)
+            if not page.next_cursor:
+                return P.stats_dict(whole)
+            req.stats.cursor = page.next_cursor
 
     def status(self, resource=None):
         """Who holds and who waits, as a dict shaped like `arbiterctl status
-        --json`."""
+        --json`. The daemon answers in pages of at most 1000 resources;
+        this fetches them all (a resource created or ended meanwhile may be
+        missing)."""
         req = pb.Request(status=pb.StatusRequest())
         if resource is not None:
             req.status.resource = P.check_name(resource)[0]
-        return P.status_dict(self._call(req, "status", "status request"))
+        # The daemon answers in pages; merging them adds up the resources.
+        whole = pb.Status()
+        while True:
+            page = self._call(req, "status", "status request")
+            whole.MergeFrom(page)
+            if not page.next_cursor:
+                return P.status_dict(whole)
+            req.status.cursor = page.next_cursor
 
     def revoke(self, lease_id=None, pid=None):
         """Admin: end one lease (by id) or every lease of a pid; returns how
