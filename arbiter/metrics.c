@@ -725,7 +725,7 @@ metrics_accepted(struct listener *l, int fd)
 		m->full_logged = true;
 		(void)!send(fd, busy, sizeof busy - 1,
 			    MSG_NOSIGNAL | MSG_DONTWAIT);
-		close(fd);
+		server_close_answered(fd);
 		return;
 	}
 	m->full_logged = false;

@@ -163,7 +163,23 @@ reap_cb(evutil_socket_t fd, short what, void *arg)
 
 /* ------------------------------------------------------------ listener */
 
-/* Refuse a connection over max_connections with a LIMIT error, unread. */
+void
+server_close_answered(int fd)
+{
+	char buf[4096];
+
+	/* What the peer sent before we got to it (a Hello, a request head):
+	 * closing with it unread would reset the connection, and the peer
+	 * could lose the answer. A few reads at most; it may go on sending. */
+	for (int i = 0; i < 4; i++) {
+		if (recv(fd, buf, sizeof buf, MSG_DONTWAIT) <= 0)
+			break;
+	}
+	shutdown(fd, SHUT_WR);
+	close(fd);
+}
+
+/* Refuse a connection over a limit with a LIMIT error, unread. */
 static void
 refuse(int fd, const char *msg)
 {
@@ -182,7 +198,7 @@ refuse(int fd, const char *msg)
 		n = codec_pack_frame(&m.base, buf);
 		(void)!send(fd, buf, n, MSG_NOSIGNAL | MSG_DONTWAIT);
 	}
-	close(fd);
+	server_close_answered(fd);
 }
 
 static void
@@ -199,7 +215,7 @@ listener_pause(struct listener *l, int err)
 	l->paused = true;
 	if (l->pauses++ == 0) {
 		l->t_paused = now_ns();
-		log_warn("accept paused: out of file descriptors",
+		log_warn("accept paused",
 			 "listener=%s error=\"%s\" nofile=%" PRIu64
 			 " conns=%u hint=\"raise the open-file limit or "
 			 "lower limits.max_connections\"",
@@ -438,8 +454,8 @@ unix_accepted(struct listener *l, int fd)
 		return;
 	}
 	if (!room) {
-		/* Logged once until a connection closes: a flood of them
-		 * must not become a flood of lines. */
+		/* Logged once until a client is served again: a flood of
+		 * them must not become a flood of lines. */
 		if (!srv->fd_full_logged)
 			log_warn("connection refused",
 				 "reason=open_file_limit conns=%u nofile=%" PRIu64

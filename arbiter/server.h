@@ -164,6 +164,9 @@ void server_fd_freed(struct server *srv);
  * share; Unix clients get the rest.
  */
 bool server_fd_room(struct server *srv, int fd, bool metrics);
+/* Close a connection refused with an answer already sent, so that the peer
+ * reads the answer rather than a reset. */
+void server_close_answered(int fd);
 
 /* Carry out the lockmgr's queued events, then flush output. Call after
  * every batch of lockmgr calls. */
