@@ -251,9 +251,11 @@ metrics_render(struct server *srv, struct evbuffer *b)
 
 /* ------------------------------------------------------------ HTTP */
 
-/* After the reply, input is read and dropped this long at most, so that
- * closing with unread bytes does not reset the reply away. */
+/* After the reply, input is read and dropped for this long and this much at
+ * most, so that closing with unread bytes does not reset the reply away; a
+ * peer that goes on sending past that is cut off. */
 #define LINGER_MS 1000
+#define LINGER_BYTES 65536
 
 enum mc_state {
 	MC_HEAD,   /* reading the request line and headers */
@@ -269,6 +271,7 @@ struct mconn {
 	enum mc_state state;
 	size_t scanned;	    /* MC_HEAD: bytes searched for the head's end */
 	uint64_t body_left; /* MC_BODY: bytes still to drop */
+	size_t lingered;    /* MC_LINGER: bytes dropped */
 	bool head_only;	    /* HEAD: the reply has no body */
 	int route;	    /* 1 /metrics, 2 /healthz, 0 anything else */
 	struct event ev_read;
@@ -637,13 +640,17 @@ mc_read_cb(evutil_socket_t fd, short what, void *arg)
 							  : "closed mid-body");
 			return;
 		}
-		if (c->state == MC_BODY) {
-			if ((uint64_t)n < c->body_left) {
-				c->body_left -= (uint64_t)n;
-				return;
-			}
-			mc_route(c);
+		if (c->state == MC_LINGER) {
+			c->lingered += (size_t)n;
+			if (c->lingered > LINGER_BYTES)
+				mc_close(c, "went on sending after the reply");
+			return;
 		}
+		if ((uint64_t)n < c->body_left) {
+			c->body_left -= (uint64_t)n;
+			return;
+		}
+		mc_route(c);
 		return;
 	}
 	{
