@@ -234,11 +234,19 @@ listener_cb(evutil_socket_t lfd, short what, void *arg)
 		int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 
 		if (fd < 0) {
-			if (errno == EINTR || errno == ECONNABORTED)
+			if (errno == EAGAIN || errno == EWOULDBLOCK)
+				return;
+			/* Errors of the one connection that went away
+			 * (accept(2) asks to retry those at once). */
+			if (errno == EINTR || errno == ECONNABORTED ||
+			    errno == EPROTO || errno == ENETDOWN ||
+			    errno == ENETUNREACH || errno == EHOSTDOWN ||
+			    errno == EHOSTUNREACH || errno == ENONET ||
+			    errno == ENOPROTOOPT || errno == EOPNOTSUPP)
 				continue;
-			if (errno == EMFILE || errno == ENFILE ||
-			    errno == ENOBUFS || errno == ENOMEM)
-				listener_pause(l, errno);
+			/* EMFILE, ENFILE, ENOBUFS, ENOMEM, or anything that
+			 * would fail again at once: back off, never spin. */
+			listener_pause(l, errno);
 			return;
 		}
 		if (l->pauses > 0) {
