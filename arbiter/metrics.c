@@ -580,8 +580,10 @@ mc_input(struct mconn *c)
 	size_t len = evbuffer_get_length(c->in), hlen = 0, from;
 	const char *p, *e1, *e2;
 
+	if (len == 0)
+		return;
 	p = (const char *)evbuffer_pullup(c->in, -1);
-	if (p == NULL && len > 0) {
+	if (p == NULL) {
 		mc_close(c, "out of memory");
 		return;
 	}

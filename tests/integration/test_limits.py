@@ -265,7 +265,20 @@ def test_idle_connections_cannot_take_the_descriptors_tokens_need(tmp_path):
         w = Wire(d.socket)
         for _ in range(80):
             fillers.append(harness.connect_raw(d.socket))
-        # Past the descriptors kept for its own files, a client is told.
+        # Wait until the daemon has run out (accept paused) or refused
+        # clients to keep its own descriptors (open_file_limit).
+        with d.log.cond:
+            assert d.log.cond.wait_for(lambda: [
+                l for l in d.log.lines if "accept paused" in l or
+                "reason=open_file_limit" in l], WAIT), "fillers never taken"
+        # 12,000 grants cross the first block of 10,000 tokens: the next
+        # block's state write needs descriptors, and gets them.
+        n, last = grant_many(w, 12000)
+        assert n == 12000, "grants stopped after %d" % n
+        assert w.lock("db").token == last + 1
+        assert not [l for l in d.log.drain()
+                    if "cannot reserve fencing tokens" in l]
+        # The clients past the reserve were told why and closed.
         end, told = time.monotonic() + WAIT, b""
         while b"open-file limit" not in told:
             assert time.monotonic() < end, "no connection refused"
@@ -277,13 +290,6 @@ def test_idle_connections_cannot_take_the_descriptors_tokens_need(tmp_path):
                     pass
                 fillers.remove(s)
                 s.close()
-        # 12,000 grants cross the first block of 10,000 tokens: the next
-        # block's state write needs descriptors, and gets them.
-        n, last = grant_many(w, 12000)
-        assert n == 12000, "grants stopped after %d" % n
-        assert w.lock("db").token == last + 1
-        assert not [l for l in d.log.drain()
-                    if "cannot reserve fencing tokens" in l]
     finally:
         for s in fillers:
             s.close()
