@@ -14,6 +14,13 @@ import harness
 from harness import WAIT, Wire, pb
 
 
+# Valgrind answers the daemon's getrlimit/setrlimit itself and keeps
+# descriptors of its own at the top of the range: the figures differ.
+own_limits = pytest.mark.skipif(
+    bool(harness.WRAPPER), reason="the daemon runs under a wrapper "
+    "(valgrind) that emulates the open-file limit")
+
+
 def free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -174,7 +181,8 @@ def test_metrics_connections_are_capped_and_the_rest_refused(tmp_path):
                 pending.remove(s)
         assert len(refused) == 96, "%d refused" % len(refused)
         assert any(r.startswith(b"HTTP/1.1 503 ") for r in refused)
-        assert open_fds(d.pid) <= before + 4
+        # 4 kept, give or take one a wrapper (valgrind) opens meanwhile.
+        assert open_fds(d.pid) <= before + 4 + 2
         assert b" 503 " in http_get(port)  # still full
         assert_served(d)
         for s in pending:  # free the slots: served again
@@ -214,6 +222,7 @@ def test_idle_and_trickling_metrics_connections_are_closed(tmp_path):
 
 # ------------------------------------------------------------ descriptors
 
+@own_limits
 def test_out_of_descriptors_a_pending_connection_does_not_spin(tmp_path):
     d, port = metrics_daemon(tmp_path)
     held = [Wire(d.socket, "held%d" % i) for i in range(6)]
@@ -257,6 +266,7 @@ def grant_many(w, n):
     return len(grants), grants[-1].granted.token if grants else 0
 
 
+@own_limits
 def test_idle_connections_cannot_take_the_descriptors_tokens_need(tmp_path):
     d = harness.Daemon(tmp_path, preexec_fn=nofile(64),
                        args=["-o", "limits.handshake_timeout_ms=600000"])
@@ -296,6 +306,7 @@ def test_idle_connections_cannot_take_the_descriptors_tokens_need(tmp_path):
         harness.check_clean_exit(d)
 
 
+@own_limits
 def test_the_start_warns_when_max_connections_exceeds_the_limit(tmp_path):
     d = harness.Daemon(tmp_path, name="a", preexec_fn=nofile(64))
     try:
@@ -317,6 +328,7 @@ def test_the_start_warns_when_max_connections_exceeds_the_limit(tmp_path):
         harness.check_clean_exit(fits)
 
 
+@own_limits
 def test_the_soft_open_file_limit_is_raised_to_the_hard_one(tmp_path):
     d = harness.Daemon(tmp_path, preexec_fn=nofile(64, 256))
     try:
