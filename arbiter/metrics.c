@@ -12,7 +12,8 @@
  * connection: every reply says "Connection: close". This is a small HTTP/1.x
  * responder rather than evhttp because libevent 2.1's evhttp can neither cap
  * its connections nor take one accepted elsewhere, and reads a request head
- * with no deadline of its own.
+ * with no deadline of its own. The request head is parsed by http.c, a pure
+ * function over the bytes read so far, unit-tested and fuzzed on its own.
  *
  * Resource names are chosen by clients, so as labels they are capped: the
  * first metrics.max_resource_labels resources (in the order first seen) get
@@ -20,7 +21,6 @@
  * Counters come from the stats' running totals, which never go backwards
  * while the daemon runs (a stats reset moves only the Stats reply's baseline).
  */
-#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <netdb.h>
@@ -33,6 +33,7 @@
 
 #include <event2/buffer.h>
 
+#include "http.h"
 #include "log.h"
 #include "metrics.h"
 #include "role.h"
@@ -269,11 +270,9 @@ struct mconn {
 	struct metrics *m;
 	int fd;
 	enum mc_state state;
-	size_t scanned;	    /* MC_HEAD: bytes searched for the head's end */
-	uint64_t body_left; /* MC_BODY: bytes still to drop */
-	size_t lingered;    /* MC_LINGER: bytes dropped */
-	bool head_only;	    /* HEAD: the reply has no body */
-	int route;	    /* 1 /metrics, 2 /healthz, 0 anything else */
+	struct http_request req; /* the request head, as parsed so far */
+	uint64_t body_left;	 /* MC_BODY: bytes still to drop */
+	size_t lingered;	 /* MC_LINGER: bytes dropped */
 	struct event ev_read;
 	struct event ev_write;
 	struct event ev_deadline;
@@ -458,127 +457,29 @@ serve_healthz(struct mconn *c, bool head_only)
 	evbuffer_free(b);
 }
 
-/* Is the line [p, end) the header named name (case-insensitive)? Sets
- * *value to its trimmed value. */
-static bool
-header_is(const char *p, const char *end, const char *name,
-	  const char **value, size_t *vlen)
-{
-	size_t n = strlen(name);
-
-	if ((size_t)(end - p) <= n || p[n] != ':' || strncasecmp(p, name, n) != 0)
-		return false;
-	p += n + 1;
-	while (p < end && (*p == ' ' || *p == '\t'))
-		p++;
-	while (end > p && (end[-1] == ' ' || end[-1] == '\t' || end[-1] == '\r'))
-		end--;
-	*value = p;
-	*vlen = (size_t)(end - p);
-	return true;
-}
-
-/* The request head is head[0, len): answer it, or start dropping its body.
- * Returns false when a reply has been started. */
-static bool
-mc_request(struct mconn *c, const char *head, size_t len)
-{
-	const char *end = head + len, *eol, *sp1, *sp2, *v;
-	uint64_t clen = 0;
-	size_t vlen, plen;
-
-	eol = memchr(head, '\n', len);
-	sp1 = memchr(head, ' ', (size_t)(eol - head));
-	sp2 = sp1 ? memchr(sp1 + 1, ' ', (size_t)(eol - sp1 - 1)) : NULL;
-	if (sp1 == NULL || sp2 == NULL || eol - sp2 < 9 ||
-	    strncmp(sp2 + 1, "HTTP/1.", 7) != 0) {
-		mc_reply_text(c, 400, "Bad Request",
-			      "expected a request line such as 'GET /metrics "
-			      "HTTP/1.1'\n",
-			      false, NULL);
-		return false;
-	}
-	c->head_only = sp1 - head == 4 && memcmp(head, "HEAD", 4) == 0;
-	if (!c->head_only && !(sp1 - head == 3 && memcmp(head, "GET", 3) == 0)) {
-		mc_reply_text(c, 405, "Method Not Allowed",
-			      "only GET and HEAD are served here\n", false,
-			      "Allow: GET, HEAD\r\n");
-		return false;
-	}
-	for (const char *p = eol + 1; p < end;) {
-		const char *le = memchr(p, '\n', (size_t)(end - p));
-
-		if (le == NULL)
-			le = end;
-		if (header_is(p, le, "Content-Length", &v, &vlen)) {
-			uint64_t d = 0;
-
-			if (vlen == 0 || vlen > 18) {
-				mc_reply_text(c, 400, "Bad Request",
-					      "bad Content-Length\n", false,
-					      NULL);
-				return false;
-			}
-			for (size_t i = 0; i < vlen; i++) {
-				if (!isdigit((unsigned char)v[i])) {
-					mc_reply_text(c, 400, "Bad Request",
-						      "bad Content-Length\n",
-						      false, NULL);
-					return false;
-				}
-				d = d * 10 + (uint64_t)(v[i] - '0');
-			}
-			clen = d;
-		} else if (header_is(p, le, "Transfer-Encoding", &v, &vlen)) {
-			mc_reply_text(c, 411, "Length Required",
-				      "a request body needs a Content-Length\n",
-				      false, NULL);
-			return false;
-		}
-		p = le + 1;
-	}
-	if (clen > c->m->srv->cfg.metrics_max_body_bytes) {
-		mc_reply_text(c, 413, "Content Too Large",
-			      "request body over metrics.max_body_bytes\n",
-			      false, NULL);
-		return false;
-	}
-	c->body_left = clen;
-	plen = (size_t)(sp2 - sp1 - 1);
-	for (size_t i = 0; i < plen; i++) {
-		if (sp1[1 + i] == '?') {
-			plen = i;
-			break;
-		}
-	}
-	c->route = 0;
-	if (plen == 8 && memcmp(sp1 + 1, "/metrics", 8) == 0)
-		c->route = 1;
-	else if (plen == 8 && memcmp(sp1 + 1, "/healthz", 8) == 0)
-		c->route = 2;
-	return true;
-}
-
 /* The whole request is in (its body dropped): answer it. */
 static void
 mc_route(struct mconn *c)
 {
-	if (c->route == 1)
-		serve_metrics(c, c->head_only);
-	else if (c->route == 2)
-		serve_healthz(c, c->head_only);
+	bool head_only = c->req.head_only;
+
+	if (c->req.route == HTTP_ROUTE_METRICS)
+		serve_metrics(c, head_only);
+	else if (c->req.route == HTTP_ROUTE_HEALTHZ)
+		serve_healthz(c, head_only);
 	else
 		mc_reply_text(c, 404, "Not Found", "try /metrics or /healthz\n",
-			      c->head_only, NULL);
+			      head_only, NULL);
 }
 
-/* Find the end of the request head in what has arrived. */
+/* Parse what has arrived: answer a refused request, or drop the body of a
+ * good one (what is left of it) and answer it. */
 static void
 mc_input(struct mconn *c)
 {
-	uint64_t max = c->m->srv->cfg.metrics_max_header_bytes;
-	size_t len = evbuffer_get_length(c->in), hlen = 0, from;
-	const char *p, *e1, *e2;
+	struct server *srv = c->m->srv;
+	size_t len = evbuffer_get_length(c->in);
+	const char *p;
 
 	if (len == 0)
 		return;
@@ -587,40 +488,28 @@ mc_input(struct mconn *c)
 		mc_close(c, "out of memory");
 		return;
 	}
-	/* Search only what is new (and the three bytes before it): a peer
-	 * sending a byte at a time must not make this quadratic. */
-	from = c->scanned > 3 ? c->scanned - 3 : 0;
-	c->scanned = len;
-	e1 = len - from >= 4 ? memmem(p + from, len - from, "\r\n\r\n", 4)
-			     : NULL;
-	e2 = len - from >= 2 ? memmem(p + from, len - from, "\n\n", 2) : NULL;
-	if (e1 != NULL && (e2 == NULL || e1 < e2))
-		hlen = (size_t)(e1 - p) + 4;
-	else if (e2 != NULL)
-		hlen = (size_t)(e2 - p) + 2;
-	if ((hlen == 0 && len > max) || hlen > max) {
+	switch (http_parse(&c->req, p, len, srv->cfg.metrics_max_header_bytes,
+			   srv->cfg.metrics_max_body_bytes)) {
+	case HTTP_MORE:
+		return;
+	case HTTP_ERROR:
 		log_debug("metrics request refused",
-			  "reason=\"head over metrics.max_header_bytes\" "
-			  "limit=%" PRIu64,
-			  max);
-		mc_reply_text(c, 431, "Request Header Fields Too Large",
-			      "request head over metrics.max_header_bytes\n",
-			      false, NULL);
+			  "status=%d reason=\"%.*s\"", c->req.status,
+			  (int)strcspn(c->req.text, "\n"), c->req.text);
+		mc_reply_text(c, c->req.status, c->req.reason, c->req.text,
+			      c->req.head_only, c->req.extra);
 		return;
+	case HTTP_REQUEST:
+		break;
 	}
-	if (hlen == 0)
-		return;
-	if (!mc_request(c, p, hlen))
-		return;
-	evbuffer_drain(c->in, hlen);
-	len = evbuffer_get_length(c->in);
-	if (c->body_left > len) {
-		c->body_left -= len;
-		evbuffer_drain(c->in, len);
+	len -= c->req.head_len;
+	evbuffer_drain(c->in, evbuffer_get_length(c->in));
+	if (c->req.body_len > len) {
+		c->body_left = c->req.body_len - len;
 		c->state = MC_BODY;
 		return;
 	}
-	evbuffer_drain(c->in, len);
+	/* Bytes past the body: one request per connection, so dropped. */
 	mc_route(c);
 }
 
@@ -742,6 +631,7 @@ metrics_accepted(struct listener *l, int fd)
 	c->m = m;
 	c->fd = fd;
 	c->state = MC_HEAD;
+	http_request_init(&c->req);
 	c->in = evbuffer_new();
 	c->out = evbuffer_new();
 	if (c->in == NULL || c->out == NULL) {
