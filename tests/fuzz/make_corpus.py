@@ -230,6 +230,20 @@ def http_seeds():
     return S
 
 
+def metrics_seeds():
+    """The same heads sent to a real metrics listener (fuzz_metrics), and a
+    few whose client resets right after sending (a last byte with its top
+    bit set)."""
+    S = http_seeds()
+    get = S["get-metrics"]
+    S["reset-after-get"] = get + b"\x80"
+    S["reset-mid-head"] = b"GET /metrics HTTP/1.1\r\nX: \xff"
+    S["reset-mid-body"] = (b"GET /metrics HTTP/1.1\r\nContent-Length: 9\r\n"
+                           b"\r\nabc\xff")
+    S["reset-after-refusal"] = b"POST / HTTP/1.1\r\n\r\n\x80"
+    return S
+
+
 def mp(v):
     """Enough of msgpack for state files: maps, str, uint, bin, arrays."""
     if isinstance(v, bool):
@@ -326,6 +340,7 @@ def main():
     write(a.outdir, "config", config_seeds())
     write(a.outdir, "state", state_seeds())
     write(a.outdir, "http", http_seeds())
+    write(a.outdir, "metrics", metrics_seeds())
 
 
 if __name__ == "__main__":
