@@ -167,7 +167,7 @@ request_line(struct http_request *r, const char *p, const char *end)
 	plen = (size_t)(sp2 - path);
 	if (plen >= 7 && (names_equal(path, 7, "http://") ||
 			  (plen >= 8 && names_equal(path, 8, "https://")))) {
-		const char *auth = memchr(path, '/', plen) + 2;
+		const char *auth = path + (path[4] == ':' ? 7 : 8);
 		const char *slash = memchr(auth, '/', (size_t)(sp2 - auth));
 
 		if (slash == NULL)
