@@ -101,6 +101,7 @@ $(BUILD)/arbiterctl: $(CTL_OBJ) $(BUILD)/libarbiter.a
 # TEST_DEPS_<name> narrows that list; the default is every module.
 TEST_DEPS_lockmgr = $(BUILD)/arbiter/lockmgr.o
 TEST_DEPS_codec = $(PROTO_OBJ)
+TEST_DEPS_metrics = $(BUILD)/arbiter/http.o
 test_deps = $(or $(TEST_DEPS_$(1)),$(DAEMON_OBJ) $(PROTO_OBJ) $(CLIENT_OBJ))
 
 .SECONDEXPANSION:

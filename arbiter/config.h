@@ -60,6 +60,10 @@ struct config {
 	/* [metrics] */
 	char *metrics_listen;
 	uint64_t max_resource_labels;
+	uint64_t metrics_max_connections;
+	uint64_t metrics_max_header_bytes;
+	uint64_t metrics_max_body_bytes;
+	uint64_t metrics_timeout_ms;
 	/* [stats] */
 	uint64_t stats_max_resources;
 	unsigned stats_enabled;

@@ -6,6 +6,7 @@
  * deadlines by one evtimer kept at the earliest of them, a standby by the
  * storage wait thread's eventfd, and signals through libevent's signal events.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
@@ -14,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -28,8 +30,17 @@
 #include "xalloc.h"
 
 #define ACCEPT_BATCH 64
-/* Refused connections kept open until told why (see accept_cb). */
+/* Refused connections kept open until told why (see unix_accepted). */
 #define REFUSED_MAX 64
+/*
+ * Descriptors never given to clients, for what the daemon opens after start:
+ * the state file, its temp file and the folder fsync (the writer thread), the
+ * lock file reopened, its holder record read and the standby thread's own
+ * open, the inotify watch, two eventfds, the metrics socket on a reload, the
+ * config file and the passwd/group files it may read, the notify socket.
+ * About 16 at worst; the rest is margin.
+ */
+#define FD_RESERVE 24
 
 uint64_t
 now_ns(void)
@@ -148,16 +159,28 @@ reap_cb(evutil_socket_t fd, short what, void *arg)
 		conn_free(c);
 	}
 	/* A closed connection freed a descriptor: accept again if paused. */
-	if (srv->ev_accept != NULL && !srv->stopping &&
-	    !event_pending(srv->ev_accept, EV_READ, NULL)) {
-		event_del(srv->ev_accept_resume);
-		event_add(srv->ev_accept, NULL);
-	}
+	server_fd_freed(srv);
 }
 
 /* ------------------------------------------------------------ listener */
 
-/* Refuse a connection over max_connections with a LIMIT error, unread. */
+void
+server_close_answered(int fd)
+{
+	char buf[4096];
+
+	/* What the peer sent before we got to it (a Hello, a request head):
+	 * closing with it unread would reset the connection, and the peer
+	 * could lose the answer. A few reads at most; it may go on sending. */
+	for (int i = 0; i < 4; i++) {
+		if (recv(fd, buf, sizeof buf, MSG_DONTWAIT) <= 0)
+			break;
+	}
+	shutdown(fd, SHUT_WR);
+	close(fd);
+}
+
+/* Refuse a connection over a limit with a LIMIT error, unread. */
 static void
 refuse(int fd, const char *msg)
 {
@@ -176,59 +199,286 @@ refuse(int fd, const char *msg)
 		n = codec_pack_frame(&m.base, buf);
 		(void)!send(fd, buf, n, MSG_NOSIGNAL | MSG_DONTWAIT);
 	}
-	close(fd);
+	server_close_answered(fd);
 }
 
 static void
-accept_cb(evutil_socket_t lfd, short what, void *arg)
+listener_pause(struct listener *l, int err)
 {
-	struct server *srv = arg;
+	struct timeval tv = {1, 0};
 
-	(void)what;
-	for (int i = 0; i < ACCEPT_BATCH; i++) {
-		int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-
-		if (fd < 0) {
-			if (errno == EMFILE || errno == ENFILE ||
-			    errno == ENOBUFS || errno == ENOMEM) {
-				struct timeval tv = {1, 0};
-
-				/* Out of descriptors: stop accepting until a
-				 * connection closes (reap_cb), or a second
-				 * passes, whichever comes first. */
-				log_warn("accept paused", "error=%s conns=%u",
-					 strerror(errno), srv->nconns);
-				event_del(srv->ev_accept);
-				event_add(srv->ev_accept_resume, &tv);
-			}
-			return;
-		}
-		if (srv->nconns >= srv->cfg.max_connections) {
-			log_warn("connection refused",
-				 "reason=max_connections limit=%" PRIu64,
-				 srv->cfg.max_connections);
-			/* Keep a few to tell them why once they speak (or at
-			 * the handshake deadline); past that, close at once. */
-			if (srv->nrefused < REFUSED_MAX)
-				conn_new(srv, fd, true);
-			else
-				refuse(fd, "limits.max_connections reached; "
-					   "try again later or raise the limit");
-			continue;
-		}
-		conn_new(srv, fd, false);
+	/* Out of descriptors: stop polling until a client descriptor is
+	 * closed (server_fd_freed) or a second passes. A level-triggered
+	 * listener left armed would wake the loop again at once, for as long
+	 * as a connection waits in the queue. */
+	event_del(l->ev_accept);
+	evtimer_add(l->ev_resume, &tv);
+	l->paused = true;
+	if (l->pauses++ == 0) {
+		l->t_paused = now_ns();
+		log_warn("accept paused",
+			 "listener=%s error=\"%s\" nofile=%" PRIu64
+			 " conns=%u hint=\"raise the open-file limit or "
+			 "lower limits.max_connections\"",
+			 l->name, strerror(err), l->srv->fd_limit,
+			 l->srv->nconns);
 	}
 }
 
 static void
-accept_resume_cb(evutil_socket_t fd, short what, void *arg)
+listener_cb(evutil_socket_t lfd, short what, void *arg)
 {
-	struct server *srv = arg;
+	struct listener *l = arg;
+
+	(void)what;
+	for (int i = 0; i < ACCEPT_BATCH && l->ev_accept != NULL; i++) {
+		int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+
+		if (fd < 0) {
+			if (errno == EAGAIN || errno == EWOULDBLOCK)
+				return;
+			/* Errors of the one connection that went away
+			 * (accept(2) asks to retry those at once). */
+			if (errno == EINTR || errno == ECONNABORTED ||
+			    errno == EPROTO || errno == ENETDOWN ||
+			    errno == ENETUNREACH || errno == EHOSTDOWN ||
+			    errno == EHOSTUNREACH || errno == ENONET ||
+			    errno == ENOPROTOOPT || errno == EOPNOTSUPP)
+				continue;
+			/* EMFILE, ENFILE, ENOBUFS, ENOMEM, or anything that
+			 * would fail again at once: back off, never spin. */
+			listener_pause(l, errno);
+			return;
+		}
+		if (l->pauses > 0) {
+			log_info("accept resumed", "listener=%s paused_ms=%" PRIu64
+						   " pauses=%u",
+				 l->name, (now_ns() - l->t_paused) / 1000000,
+				 l->pauses);
+			l->pauses = 0;
+		}
+		l->accepted(l, fd);
+	}
+}
+
+static void
+listener_resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct listener *l = arg;
 
 	(void)fd;
 	(void)what;
-	if (!srv->stopping)
-		event_add(srv->ev_accept, NULL);
+	if (l->paused && !l->srv->stopping) {
+		l->paused = false;
+		event_add(l->ev_accept, NULL);
+	}
+}
+
+int
+listener_start(struct listener *l, struct server *srv, int fd,
+	       const char *name, void (*accepted)(struct listener *l, int fd),
+	       void *arg)
+{
+	memset(l, 0, sizeof *l);
+	l->srv = srv;
+	l->name = name;
+	l->fd = fd;
+	l->accepted = accepted;
+	l->arg = arg;
+	l->ev_accept = event_new(srv->base, fd, EV_READ | EV_PERSIST,
+				 listener_cb, l);
+	l->ev_resume = evtimer_new(srv->base, listener_resume_cb, l);
+	if (l->ev_accept == NULL || l->ev_resume == NULL ||
+	    event_add(l->ev_accept, NULL) < 0) {
+		listener_stop(l);
+		return -1;
+	}
+	return 0;
+}
+
+void
+listener_stop(struct listener *l)
+{
+	if (l->ev_accept != NULL)
+		event_free(l->ev_accept);
+	if (l->ev_resume != NULL)
+		event_free(l->ev_resume);
+	l->ev_accept = l->ev_resume = NULL;
+	l->paused = false;
+}
+
+void
+server_fd_freed(struct server *srv)
+{
+	struct listener *ls[] = {&srv->accept, metrics_listener(srv)};
+
+	for (size_t i = 0; i < sizeof ls / sizeof ls[0]; i++) {
+		if (ls[i] == NULL || !ls[i]->paused || srv->stopping)
+			continue;
+		event_del(ls[i]->ev_resume);
+		listener_resume_cb(-1, 0, ls[i]);
+	}
+}
+
+/* ------------------------------------------------------------ descriptors */
+
+/* Descriptors open now, counted in /proc/self/fd (the highest one plus one
+ * where that is not mounted). */
+static unsigned
+fd_count(void)
+{
+	DIR *d = opendir("/proc/self/fd");
+	struct dirent *e;
+	unsigned n = 0;
+
+	if (d == NULL) {
+		int top = 0;
+
+		for (int fd = 0; fd < 65536; fd++) {
+			if (fcntl(fd, F_GETFD) >= 0)
+				top = fd + 1;
+		}
+		return (unsigned)top;
+	}
+	while ((e = readdir(d)) != NULL) {
+		if (e->d_name[0] != '.')
+			n++;
+	}
+	closedir(d);
+	return n > 0 ? n - 1 : 0; /* not the one opendir used */
+}
+
+/* Client descriptors the limit leaves, in all and for Unix clients. */
+static uint64_t
+fd_clients_max(const struct server *srv)
+{
+	uint64_t keep = (uint64_t)srv->fd_base + FD_RESERVE;
+
+	return srv->fd_limit > keep ? srv->fd_limit - keep : 0;
+}
+
+static uint64_t
+fd_unix_max(const struct server *srv)
+{
+	uint64_t all = fd_clients_max(srv);
+	uint64_t m = srv->metrics != NULL ? srv->cfg.metrics_max_connections
+					  : 0;
+
+	return all > m ? all - m : 0;
+}
+
+bool
+server_fd_room(struct server *srv, int fd, bool metrics)
+{
+	uint64_t unix_fds = (uint64_t)srv->nconns + srv->nrefused;
+
+	if (srv->fd_limit == 0)
+		return true; /* not measured: the fuzz harness */
+	/* Descriptors are handed out lowest first: everything below fd is
+	 * taken, whatever our counts say. */
+	if ((uint64_t)fd + FD_RESERVE >= srv->fd_limit)
+		return false;
+	if (metrics)
+		return unix_fds + metrics_nconns(srv) < fd_clients_max(srv);
+	return unix_fds < fd_unix_max(srv);
+}
+
+/* Raise the soft open-file limit to the hard one: the soft default (1024)
+ * is there for select(2), which libevent does not use here. */
+static void
+fd_limit_raise(struct server *srv)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0) {
+		log_warn("cannot read the open-file limit", "error=\"%s\"",
+			 strerror(errno));
+		return;
+	}
+	if (rl.rlim_cur < rl.rlim_max) {
+		rlim_t was = rl.rlim_cur;
+
+		rl.rlim_cur = rl.rlim_max;
+		if (setrlimit(RLIMIT_NOFILE, &rl) < 0) {
+			log_warn("cannot raise the open-file limit",
+				 "soft=%llu hard=%llu error=\"%s\"",
+				 (unsigned long long)was,
+				 (unsigned long long)rl.rlim_max,
+				 strerror(errno));
+			rl.rlim_cur = was;
+		} else {
+			log_debug("open-file limit raised", "from=%llu to=%llu",
+				  (unsigned long long)was,
+				  (unsigned long long)rl.rlim_cur);
+		}
+	}
+	srv->fd_limit = rl.rlim_cur == RLIM_INFINITY ? UINT64_MAX
+						     : (uint64_t)rl.rlim_cur;
+}
+
+/* Warn when limits.max_connections promises more than the descriptors can
+ * give: past what the limit allows, clients are refused anyway. */
+static void
+fd_limit_check(struct server *srv)
+{
+	uint64_t allowed = fd_unix_max(srv), m;
+
+	if (srv->fd_limit == 0 || srv->cfg.max_connections <= allowed)
+		return;
+	m = srv->metrics != NULL ? srv->cfg.metrics_max_connections : 0;
+	log_warn("limits.max_connections is above what the open-file limit "
+		 "allows",
+		 "max_connections=%" PRIu64 " allowed=%" PRIu64
+		 " nofile=%" PRIu64 " open_at_start=%u reserved=%d "
+		 "metrics_connections=%" PRIu64
+		 " hint=\"raise the open-file limit to at least %" PRIu64
+		 " (LimitNOFILE= in the systemd unit, ulimit -n, the "
+		 "container's nofile ulimit) or lower limits.max_connections "
+		 "to %" PRIu64 "\"",
+		 srv->cfg.max_connections, allowed, srv->fd_limit,
+		 srv->fd_base, FD_RESERVE, m,
+		 srv->cfg.max_connections + srv->fd_base + FD_RESERVE + m,
+		 allowed);
+}
+
+/* ------------------------------------------------------------ listener */
+
+static void
+unix_accepted(struct listener *l, int fd)
+{
+	struct server *srv = l->srv;
+	bool room = server_fd_room(srv, fd, false);
+
+	if (srv->nconns >= srv->cfg.max_connections) {
+		log_warn("connection refused",
+			 "reason=max_connections limit=%" PRIu64,
+			 srv->cfg.max_connections);
+		/* Keep a few to tell them why once they speak (or at the
+		 * handshake deadline); past that, close at once. */
+		if (srv->nrefused < REFUSED_MAX && room)
+			conn_new(srv, fd, true);
+		else
+			refuse(fd, "limits.max_connections reached; try "
+				   "again later or raise the limit");
+		return;
+	}
+	if (!room) {
+		/* Logged once until a client is served again: a flood of
+		 * them must not become a flood of lines. */
+		if (!srv->fd_full_logged)
+			log_warn("connection refused",
+				 "reason=open_file_limit conns=%u nofile=%" PRIu64
+				 " hint=\"raise the open-file limit; the "
+				 "daemon keeps %d descriptors for its own "
+				 "files\"",
+				 srv->nconns, srv->fd_limit, FD_RESERVE);
+		srv->fd_full_logged = true;
+		refuse(fd, "arbiterd is at its open-file limit; try again "
+			   "later, or ask its operator to raise the limit");
+		return;
+	}
+	srv->fd_full_logged = false;
+	conn_new(srv, fd, false);
 }
 
 /* Is an arbiter answering on this socket path? */
@@ -416,6 +666,8 @@ reload(struct server *srv)
 	}
 	config_free(&srv->cfg);
 	srv->cfg = nc;
+	/* A reload can promise more connections than the descriptors allow. */
+	fd_limit_check(srv);
 	log_setup((enum log_level)srv->cfg.log_level,
 		  srv->cfg.log_format == LOGJSON);
 	lockmgr_limits_from(srv);
@@ -449,9 +701,7 @@ server_begin_shutdown(struct server *srv, const char *why)
 	notify_send("STOPPING=1");
 	log_info("shutting down", "reason=%s holders=%u waiters=%u conns=%u",
 		 why, srv->lm.nheld, srv->lm.nwaiting, srv->nconns);
-	if (srv->ev_accept != NULL)
-		event_del(srv->ev_accept);
-	event_del(srv->ev_accept_resume);
+	listener_stop(&srv->accept);
 	if (srv->listen_fd >= 0) {
 		close(srv->listen_fd);
 		srv->listen_fd = -1;
@@ -534,25 +784,30 @@ server_init(struct server *srv, char *err, size_t errlen)
 {
 	if (server_core_init(srv, err, errlen) < 0)
 		return -1;
+	fd_limit_raise(srv);
 	if (role_start(srv, err, errlen) < 0)
 		return -1;
 
 	if (listen_socket(srv, err, errlen) < 0)
 		return -1;
 
-	srv->ev_accept = event_new(srv->base, srv->listen_fd,
-				   EV_READ | EV_PERSIST, accept_cb, srv);
-	srv->ev_accept_resume = evtimer_new(srv->base, accept_resume_cb, srv);
+	if (listener_start(&srv->accept, srv, srv->listen_fd, "socket",
+			   unix_accepted, srv) < 0) {
+		snprintf(err, errlen, "cannot watch the socket %s",
+			 srv->cfg.socket_path);
+		return -1;
+	}
 	srv->ev_stop = evtimer_new(srv->base, stop_cb, srv);
 	srv->ev_sigterm = evsignal_new(srv->base, SIGTERM, signal_cb, srv);
 	srv->ev_sigint = evsignal_new(srv->base, SIGINT, signal_cb, srv);
 	srv->ev_sighup = evsignal_new(srv->base, SIGHUP, signal_cb, srv);
-	event_add(srv->ev_accept, NULL);
 	event_add(srv->ev_sigterm, NULL);
 	event_add(srv->ev_sigint, NULL);
 	event_add(srv->ev_sighup, NULL);
 	if (metrics_start(srv, err, errlen) < 0)
 		return -1;
+	srv->fd_base = fd_count();
+	fd_limit_check(srv);
 	role_listening(srv);
 	return 0;
 }
@@ -594,6 +849,7 @@ server_free(struct server *srv)
 	}
 	if (srv->socket_created)
 		unlink(srv->cfg.socket_path);
+	listener_stop(&srv->accept);
 	if (srv->listen_fd >= 0)
 		close(srv->listen_fd);
 	metrics_stop(srv);
@@ -608,7 +864,7 @@ server_free(struct server *srv)
 	srv->rbuf = NULL;
 	if (srv->base != NULL) {
 		struct event **evs[] = {
-			&srv->ev_accept, &srv->ev_accept_resume, &srv->ev_timer,
+			&srv->ev_timer,
 			&srv->ev_reap,	 &srv->ev_stop,		 &srv->ev_sigterm,
 			&srv->ev_sigint, &srv->ev_sighup,	 &srv->ev_storage,
 			&srv->ev_reserve, &srv->ev_linger, &srv->ev_watch,

@@ -66,6 +66,28 @@ TAILQ_HEAD(conn_list, conn);
 
 enum server_role { ROLE_ACTIVE, ROLE_STANDBY, ROLE_IDLE };
 
+/*
+ * One listening socket and its accept loop. Every listener (the Unix socket,
+ * the metrics port) backs off the same way when the process is out of
+ * descriptors: it stops polling until a client descriptor is closed or a
+ * second passes, and says so once per pause (server.c).
+ */
+struct listener {
+	struct server *srv;
+	const char *name;      /* for logs: "socket" or "metrics" */
+	int fd;		       /* the listening socket; not owned */
+	struct event *ev_accept;
+	struct event *ev_resume; /* the one-second back-off */
+	bool paused;
+	unsigned pauses;     /* back-offs since the last accept that worked */
+	uint64_t t_paused;   /* monotonic ns, first of those */
+	/* Owns fd from then on: serve it or close it. */
+	void (*accepted)(struct listener *l, int fd);
+	void *arg;
+};
+
+struct metrics;
+
 struct server {
 	struct event_base *base;
 	struct config cfg;
@@ -81,8 +103,7 @@ struct server {
 
 	int listen_fd;
 	bool socket_created; /* remove the socket file at exit */
-	struct event *ev_accept;
-	struct event *ev_accept_resume; /* after EMFILE back-off */
+	struct listener accept; /* on listen_fd */
 	struct event *ev_timer;
 	uint64_t timer_when;
 	struct event *ev_sigterm, *ev_sigint, *ev_sighup;
@@ -98,7 +119,12 @@ struct server {
 	unsigned state_writes;
 	struct event *ev_reap;
 	struct event *ev_stop; /* shutdown deadline */
-	struct evhttp *http;   /* metrics listener, NULL when off */
+	struct metrics *metrics; /* metrics listener, NULL when off */
+	/* Descriptors: the soft RLIMIT_NOFILE, those open once started, and
+	 * whether the "no descriptor left for a client" warning is out. */
+	uint64_t fd_limit;
+	unsigned fd_base;
+	bool fd_full_logged;
 
 	struct codec_arena arena; /* decodes one request at a time */
 	uint8_t *rbuf;		  /* every read lands here first (CONN_READ_CHUNK) */
@@ -127,6 +153,26 @@ int server_core_init(struct server *srv, char *err, size_t errlen);
 int server_init(struct server *srv, char *err, size_t errlen);
 int server_run(struct server *srv);
 void server_free(struct server *srv);
+
+/* Start polling l->fd; accepted() gets each new connection. */
+int listener_start(struct listener *l, struct server *srv, int fd,
+		   const char *name,
+		   void (*accepted)(struct listener *l, int fd), void *arg);
+/* Stop polling and free the events (the socket stays open); idempotent. */
+void listener_stop(struct listener *l);
+/* A client descriptor was closed: paused listeners try again now. */
+void server_fd_freed(struct server *srv);
+/*
+ * Whether a new client connection that got descriptor fd may stay open
+ * without eating into the descriptors kept for the daemon's own files (state
+ * file and its temp, lock file, folder fsync, config reload, the helper
+ * threads' wake-ups). metrics: for the metrics listener, which has its own
+ * share; Unix clients get the rest.
+ */
+bool server_fd_room(struct server *srv, int fd, bool metrics);
+/* Close a connection refused with an answer already sent, so that the peer
+ * reads the answer rather than a reset. */
+void server_close_answered(int fd);
 
 /* Carry out the lockmgr's queued events, then flush output. Call after
  * every batch of lockmgr calls. */

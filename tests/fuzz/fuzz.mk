@@ -21,8 +21,9 @@
 #
 # Harnesses (tests/fuzz/fuzz_<target>.c): wire (frames + dispatcher on a real
 # connection), admin (text protocol), config (config_load), state
-# (state_decode). New inputs found while fuzzing go to
-# tests/fuzz/corpus-new/<target>/ (not committed); crashes to
+# (state_decode), http (the metrics port's request head parser), metrics
+# (that port end to end, over TCP on 127.0.0.1). New inputs found while
+# fuzzing go to tests/fuzz/corpus-new/<target>/ (not committed); crashes to
 # build-fuzz/fuzz/crash-<target>-*. Reproduce one with
 #   build-fuzz/fuzz/fuzz-<target> FILE
 #
@@ -38,7 +39,7 @@ FUZZ_MK := $(lastword $(MAKEFILE_LIST))
 FUZZ_TOP := $(firstword $(MAKEFILE_LIST))
 FUZZ_MAKE = $(MAKE) --no-print-directory -f $(FUZZ_TOP) -f $(FUZZ_MK)
 
-FUZZ_TARGETS ?= wire admin config state
+FUZZ_TARGETS ?= wire admin config state http metrics
 FUZZ_SECONDS ?= 60
 FUZZ_JOBS ?= 1
 FUZZ_CC ?= clang

@@ -185,6 +185,65 @@ def config_seeds():
     return S
 
 
+def http_seeds():
+    """Request heads for the metrics port's parser (fuzz_http): what
+    scrapers and probes send, and each kind of head it must refuse."""
+    get = b"GET /metrics HTTP/1.1\r\nHost: 10.0.0.7:9477\r\n\r\n"
+    S = {
+        "get-metrics": get,
+        "get-healthz": b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+        "head": b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+        "prometheus": (b"GET /metrics HTTP/1.1\r\nHost: 10.0.0.7:9477\r\n"
+                       b"User-Agent: Prometheus/2.45.0\r\nAccept: text/plain;"
+                       b"version=0.0.4;q=0.5,*/*;q=0.1\r\nAccept-Encoding: "
+                       b"gzip\r\nX-Prometheus-Scrape-Timeout-Seconds: 10\r\n"
+                       b"\r\n"),
+        "kube-probe": (b"GET /healthz HTTP/1.1\r\nHost: 10.0.0.7:9477\r\n"
+                       b"User-Agent: kube-probe/1.29\r\nAccept: */*\r\n"
+                       b"Connection: close\r\n\r\n"),
+        "http-1.0": b"GET /metrics HTTP/1.0\r\n\r\n",
+        "bare-lf": b"GET /metrics HTTP/1.1\nHost: x\n\n",
+        "lf-lines-crlf-end": b"GET /healthz HTTP/1.1\nHost: x\n\r\n",
+        "empty-lines-first": b"\r\n\nGET /metrics HTTP/1.1\r\n\r\n",
+        "query-fragment": b"GET /metrics?a=1&b#f HTTP/1.1\r\n\r\n",
+        "absolute-form": b"GET http://h:1/healthz?x HTTP/1.1\r\n\r\n",
+        "not-found": b"GET /metrics/ HTTP/1.1\r\n\r\n",
+        "body": (b"GET /metrics HTTP/1.1\r\nContent-Length: 5\r\n"
+                 b"Content-Length: 05\r\n\r\nhello"),
+        "pipelined": get + b"GET /healthz HTTP/1.1\r\n\r\n",
+        "partial": b"GET /metrics HTTP/1.1\r\nHost: x\r\n",
+        "post": b"POST /metrics HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}",
+        "http-2": b"GET /metrics HTTP/2.0\r\n\r\n",
+        "bad-request-line": b"GET  /metrics HTTP/1.1 x\r\n\r\n",
+        "nul-and-bare-cr": b"GET /met\x00rics HTTP/1.1\rX: \x00\r\n\r\n",
+        "folded": b"GET /metrics HTTP/1.1\r\nX: a\r\n\tb\r\n\r\n",
+        "space-before-colon": (b"GET /metrics HTTP/1.1\r\nContent-Length : 1"
+                               b"\r\n\r\nx"),
+        "conflicting-lengths": (b"GET /metrics HTTP/1.1\r\nContent-Length: 0"
+                                b"\r\nContent-Length: 5\r\n\r\nhello"),
+        "chunked": (b"GET /metrics HTTP/1.1\r\nTransfer-Encoding: chunked"
+                    b"\r\nContent-Length: 3\r\n\r\n0\r\n\r\n"),
+        "huge-length": (b"HEAD /metrics HTTP/1.1\r\nContent-Length: "
+                        b"184467440737095516170\r\n\r\n"),
+        "long-head": b"GET /metrics HTTP/1.1\r\nX: " + b"a" * 200 + b"\r\n\r\n",
+    }
+    return S
+
+
+def metrics_seeds():
+    """The same heads sent to a real metrics listener (fuzz_metrics), and a
+    few whose client resets right after sending (a last byte with its top
+    bit set)."""
+    S = http_seeds()
+    get = S["get-metrics"]
+    S["reset-after-get"] = get + b"\x80"
+    S["reset-mid-head"] = b"GET /metrics HTTP/1.1\r\nX: \xff"
+    S["reset-mid-body"] = (b"GET /metrics HTTP/1.1\r\nContent-Length: 9\r\n"
+                           b"\r\nabc\xff")
+    S["reset-after-refusal"] = b"POST / HTTP/1.1\r\n\r\n\x80"
+    return S
+
+
 def mp(v):
     """Enough of msgpack for state files: maps, str, uint, bin, arrays."""
     if isinstance(v, bool):
@@ -280,6 +339,8 @@ def main():
     write(a.outdir, "admin", admin_seeds())
     write(a.outdir, "config", config_seeds())
     write(a.outdir, "state", state_seeds())
+    write(a.outdir, "http", http_seeds())
+    write(a.outdir, "metrics", metrics_seeds())
 
 
 if __name__ == "__main__":

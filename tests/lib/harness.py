@@ -111,7 +111,8 @@ class Daemon:
     """One arbiterd with its own socket and storage under tmp."""
 
     def __init__(self, tmp, name="a", storage=None, args=(), env=None,
-                 wait_ready=True, config=None, sockdir=None):
+                 wait_ready=True, config=None, sockdir=None,
+                 preexec_fn=None):
         self.tmp = str(tmp)
         self.socket = os.path.join(sockdir or self.tmp, name + ".sock")
         self.storage = storage or os.path.join(self.tmp, "data")
@@ -126,7 +127,8 @@ class Daemon:
             e.update(env)
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, env=e)
+                                     stderr=subprocess.PIPE, env=e,
+                                     preexec_fn=preexec_fn)
         self.pid = self.proc.pid
         self.log = LineReader(self.proc.stderr, self.proc)
         if wait_ready:
