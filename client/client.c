@@ -588,9 +588,10 @@ static int
 check_kind(arb_client *c, const Arbiter__ServerMessage *reply, uint64_t id,
 	   Arbiter__ServerMessage__KindCase want)
 {
-	if (reply->kind_case != want) {
+	if (reply == NULL || reply->kind_case != want) {
 		seterr(c, "unexpected reply kind %d to request %llu",
-		       (int)reply->kind_case, (unsigned long long)id);
+		       reply ? (int)reply->kind_case : -1,
+		       (unsigned long long)id);
 		return -ARB_EPROTO;
 	}
 	return 0;
@@ -603,6 +604,7 @@ call(arb_client *c, Arbiter__Request *req, Arbiter__ServerMessage **reply,
 {
 	int rc;
 
+	*reply = NULL;
 	req->id = ++c->next_id;
 	set_deadline(c, c->timeout_ms);
 	rc = send_request(c, req);
@@ -760,7 +762,7 @@ delegated_by_root(const char *path, uid_t uid)
 	    (st.st_mode & 022) != 0)
 		return false;
 	/* The folder is no link, so its ".." is its real parent. */
-	strcat(dir, "/..");
+	snprintf(dir + strlen(dir), 4, "/..");
 	return stat(dir, &st) == 0 && S_ISDIR(st.st_mode) && st.st_uid == 0 &&
 	       (st.st_mode & 022) == 0;
 }
@@ -1092,7 +1094,7 @@ arb_acquire(arb_client *c, const char *resource, enum arb_mode mode,
 {
 	Arbiter__Request req = ARBITER__REQUEST__INIT;
 	Arbiter__Acquire a = ARBITER__ACQUIRE__INIT;
-	Arbiter__ServerMessage *m;
+	Arbiter__ServerMessage *m = NULL;
 	int rc;
 
 	rc = build_acquire(c, &a, resource, mode, timeout_ms, opts);
@@ -1124,9 +1126,9 @@ arb_acquire(arb_client *c, const char *resource, enum arb_mode mode,
 		       (long long)timeout_ms, resource, c->path);
 		return -ARB_ETIMEOUT;
 	}
-	if (rc == 0)
-		rc = check_kind(c, m, req.id,
-				ARBITER__SERVER_MESSAGE__KIND_GRANTED);
+	if (rc < 0)
+		return rc;
+	rc = check_kind(c, m, req.id, ARBITER__SERVER_MESSAGE__KIND_GRANTED);
 	if (rc < 0)
 		return rc;
 	fill_lease(out, m->granted);
