@@ -211,7 +211,9 @@ struct arb_event {
 /*
  * Start an acquire without waiting; *request_id identifies its events.
  * Answers arrive through arb_next_event(). Cancel a pending one with
- * arb_cancel().
+ * arb_cancel(). Here the caller's loop owns the clock: if the daemon's
+ * answer is late, arb_cancel() it (that also ends the lease when a grant
+ * crossed the cancel, so an ARB_EV_GRANTED after it is no longer held).
  */
 int arb_acquire_async(arb_client *c, const char *resource, enum arb_mode mode,
 		      int64_t timeout_ms, const struct arb_acquire_opts *opts,
