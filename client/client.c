@@ -50,7 +50,7 @@ struct arb_client {
 	size_t nttl, ttl_cap;
 	uint32_t max_frame;
 	int timeout_ms;	     /* I/O bound of each request; 0: none */
-	int bound_ms;	     /* the bound of the current wait, for messages */
+	int64_t bound_ms;    /* the bound of the current wait, for messages */
 	uint64_t deadline_ms; /* end of the current wait (mono_ms); 0: none */
 	uint64_t ignore[IGNORE_MAX]; /* ring of withdrawn request ids */
 	size_t nignore;
@@ -205,12 +205,15 @@ time_left(const arb_client *c)
 	if (c->deadline_ms == 0)
 		return -1;
 	now = mono_ms();
-	return c->deadline_ms > now ? (int)(c->deadline_ms - now) : 0;
+	if (c->deadline_ms <= now)
+		return 0;
+	return c->deadline_ms - now > INT32_MAX ? INT32_MAX
+						 : (int)(c->deadline_ms - now);
 }
 
 /* Bound the next wait by ms (0: no bound), for the messages too. */
 static void
-set_deadline(arb_client *c, int ms)
+set_deadline(arb_client *c, int64_t ms)
 {
 	c->bound_ms = ms;
 	c->deadline_ms = ms > 0 ? mono_ms() + (uint64_t)ms : 0;
@@ -220,10 +223,10 @@ static void
 set_timeout_error(arb_client *c)
 {
 	seterr(c,
-	       "no answer from the arbiter at %s within %d ms: is it "
+	       "no answer from the arbiter at %s within %lld ms: is it "
 	       "stopped, hung or overloaded? (check with: arbiterctl -S %s "
 	       "ping)",
-	       c->path, c->bound_ms, c->path);
+	       c->path, (long long)c->bound_ms, c->path);
 }
 
 /* The peer is gone: say so, and that the daemon may have died. */
@@ -1106,13 +1109,10 @@ arb_acquire(arb_client *c, const char *resource, enum arb_mode mode,
 	req.id = ++c->next_id;
 	/* The daemon's timer decides, but the client does not depend on it:
 	 * a daemon that is stopped or stalled costs at most the margin. */
-	if (timeout_ms >= 0)
-		set_deadline(c, timeout_ms > INT32_MAX - ARB_ACQUIRE_MARGIN_MS
-					? INT32_MAX
-					: (int)timeout_ms +
-						  ARB_ACQUIRE_MARGIN_MS);
-	else
-		set_deadline(c, 0);
+	set_deadline(c, timeout_ms < 0 ? 0
+				       : timeout_ms > INT64_MAX / 2
+				       ? INT64_MAX / 2
+				       : timeout_ms + ARB_ACQUIRE_MARGIN_MS);
 	rc = send_request(c, &req);
 	if (rc == 0)
 		rc = await_reply(c, req.id, &m, opts, resource);
