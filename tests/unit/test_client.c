@@ -216,6 +216,7 @@ enum script {
 	LATE_GRANT,	   /* grant an acquire only after it was withdrawn */
 	DIE_AT_ACQUIRE,	   /* exit when the acquire comes, as a crash would */
 	SERVE,		   /* answer Hello and Ping */
+	TRICKLE,	   /* answer Ping one byte every 50 ms, forever */
 };
 
 static void
@@ -236,6 +237,19 @@ play(int fd, int out, enum script script)
 		case ARBITER__REQUEST__KIND_PING:
 			if (script == SERVE || script == LATE_GRANT)
 				send_pong(fd, req->id);
+			if (script == TRICKLE) {
+				/* A frame that never ends: 4 KiB promised. */
+				static const uint8_t hdr[] = {0, 0, 16, 0};
+
+				for (size_t i = 0;; i++) {
+					uint8_t b = i < 4 ? hdr[i] : 0;
+					struct timespec ts = {0, 50000000};
+
+					if (write(fd, &b, 1) != 1)
+						break;
+					nanosleep(&ts, NULL);
+				}
+			}
 			break;
 		case ARBITER__REQUEST__KIND_ACQUIRE:
 			if (script == DIE_AT_ACQUIRE)
@@ -490,6 +504,23 @@ Test(client, ping_to_a_server_that_stops_answering_is_bounded)
 	cr_assert_eq(arb_release(c, 5), -ETIMEDOUT);
 	took = now_ms() - t0;
 	cr_assert_leq(took, 2 * 300 + 250);
+	arb_close(c);
+	fake_stop(&f);
+}
+
+Test(client, a_server_that_trickles_its_answer_is_still_bounded)
+{
+	struct fake f;
+	arb_client *c;
+	uint64_t t0, took;
+
+	fake_start(&f, dir, "a.sock", 0, TRICKLE);
+	cr_assert_eq(arb_connect_timeout(&c, f.path, "t", 300), 0);
+	t0 = now_ms();
+	cr_assert_eq(arb_ping(c, NULL, 0), -ETIMEDOUT);
+	took = now_ms() - t0;
+	cr_assert_leq(took, 300 + 250, "took %llu ms",
+		      (unsigned long long)took);
 	arb_close(c);
 	fake_stop(&f);
 }
