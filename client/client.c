@@ -345,6 +345,13 @@ fill(arb_client *c, bool block)
 		c->rcap = ncap;
 	}
 	for (;;) {
+		if (block && c->deadline_ms != 0 && time_left(c) == 0) {
+			/* Checked before reading too: bytes that keep coming
+			 * (a flood of Queued, a frame trickled byte by byte)
+			 * must not stretch the wait. */
+			set_timeout_error(c);
+			return -ETIMEDOUT;
+		}
 		/* Always non-blocking: waiting is poll's job (with the
 		 * deadline, if any). */
 		n = recv(c->fd, c->rbuf + c->rlen, c->rcap - c->rlen,

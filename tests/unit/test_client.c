@@ -195,6 +195,29 @@ send_granted(int fd, uint64_t id, uint64_t lease_id)
 	fake_send(fd, &m);
 }
 
+/* 0, or -1 once the client is gone. */
+static int
+send_queued(int fd, uint64_t id)
+{
+	Arbiter__ServerMessage m = ARBITER__SERVER_MESSAGE__INIT;
+	Arbiter__Queued q = ARBITER__QUEUED__INIT;
+	uint8_t buf[256];
+	size_t n;
+	struct timespec ts = {0, 1000000};
+
+	m.has_id = true;
+	m.id = id;
+	m.kind_case = ARBITER__SERVER_MESSAGE__KIND_QUEUED;
+	m.queued = &q;
+	q.lease_id = id;
+	q.resource = "db";
+	q.has_position = true;
+	q.position = 1;
+	n = codec_pack_frame(&m.base, buf);
+	nanosleep(&ts, NULL);
+	return send(fd, buf, n, MSG_NOSIGNAL) == (ssize_t)n ? 0 : -1;
+}
+
 static void
 send_pong(int fd, uint64_t id)
 {
@@ -217,6 +240,7 @@ enum script {
 	DIE_AT_ACQUIRE,	   /* exit when the acquire comes, as a crash would */
 	SERVE,		   /* answer Hello and Ping */
 	TRICKLE,	   /* answer Ping one byte every 50 ms, forever */
+	FLOOD_QUEUED,	   /* answer an acquire with Queued, forever */
 };
 
 static void
@@ -254,6 +278,9 @@ play(int fd, int out, enum script script)
 		case ARBITER__REQUEST__KIND_ACQUIRE:
 			if (script == DIE_AT_ACQUIRE)
 				_exit(0);
+			while (script == FLOOD_QUEUED &&
+			       send_queued(fd, req->id) == 0)
+				;
 			acquire_id = req->id;
 			break;
 		case ARBITER__REQUEST__KIND_RELEASE:
@@ -504,6 +531,27 @@ Test(client, ping_to_a_server_that_stops_answering_is_bounded)
 	cr_assert_eq(arb_release(c, 5), -ETIMEDOUT);
 	took = now_ms() - t0;
 	cr_assert_leq(took, 2 * 300 + 250);
+	arb_close(c);
+	fake_stop(&f);
+}
+
+Test(client, a_flood_of_queued_reports_does_not_stretch_an_acquire)
+{
+	struct fake f;
+	struct arb_lease l;
+	arb_client *c;
+	uint64_t t0, took;
+	int rc;
+
+	fake_start(&f, dir, "a.sock", 0, FLOOD_QUEUED);
+	cr_assert_eq(arb_connect(&c, f.path, "t"), 0, "%s",
+		     arb_connect_error());
+	t0 = now_ms();
+	rc = arb_acquire(c, "db", ARB_EXCLUSIVE, 300, NULL, &l);
+	took = now_ms() - t0;
+	cr_assert_eq(rc, -ARB_ETIMEOUT, "rc %d: %s", rc, arb_last_error(c));
+	cr_assert_leq(took, 300 + 250, "took %llu ms",
+		      (unsigned long long)took);
 	arb_close(c);
 	fake_stop(&f);
 }
