@@ -18,6 +18,24 @@
  *
  * Ownership: arb_connect() allocates the client; arb_close() frees it and
  * closes the connection, which ends every lease it holds.
+ *
+ * Who answers: a client talks only to a server it trusts, and fails closed
+ * with -ARB_EUNTRUSTED (arb_connect_error() says why and what to do).
+ * When the default socket is used, its folder (/tmp/arbiter-UID, or
+ * /run/arbiter for root) must be a real folder owned by the caller and not
+ * writable by group or others. For every socket, the uid of the process
+ * serving it (SO_PEERCRED) must be the caller's effective uid, root, a uid
+ * in $ARBITER_TRUST_UID (comma-separated uids or user names; `*` turns the
+ * check off) or given to arb_trust_uid(), or the owner of the socket's
+ * folder when that folder is closed to group and others and sits in a
+ * folder of root's closed the same way (only root can have handed it over,
+ * as systemd's RuntimeDirectory= does).
+ *
+ * Waits are bounded by the client itself, whatever the daemon does: each
+ * request's answer (connect and handshake included) within the I/O timeout
+ * (ARB_DEFAULT_IO_TIMEOUT_MS unless arb_connect_timeout() says otherwise),
+ * else -ETIMEDOUT; an acquire with a timeout within that timeout plus
+ * ARB_ACQUIRE_MARGIN_MS, else -ARB_ETIMEOUT with the request withdrawn.
  */
 #ifndef ARBITER_CLIENT_H
 #define ARBITER_CLIENT_H
@@ -25,6 +43,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -51,7 +70,17 @@ enum arb_error {
 	ARB_EPROTO = 1100,	 /* the daemon sent something we cannot read */
 	ARB_ECONNLOST = 1101,	 /* the connection closed under us */
 	ARB_EREVOKED = 1102,	 /* the lease was revoked (see arb_event) */
+	ARB_EUNTRUSTED = 1103,	 /* the socket or its server is not trusted */
 };
+
+/* The bound of every wait for an answer, unless arb_connect_timeout() sets
+ * another: a hung daemon fails a call with -ETIMEDOUT after 10 s. */
+#define ARB_DEFAULT_IO_TIMEOUT_MS 10000
+/* An acquire with a timeout returns at most this long after it, even when
+ * the daemon never answers (its own answer normally comes well before). */
+#define ARB_ACQUIRE_MARGIN_MS 150
+/* arb_trust_uid(ARB_TRUST_ANY_UID) trusts every server: the check is off. */
+#define ARB_TRUST_ANY_UID ((uid_t)-1)
 
 enum arb_mode { ARB_EXCLUSIVE = 0, ARB_SHARED = 1 };
 
@@ -89,13 +118,21 @@ struct arb_acquire_opts {
  */
 int arb_connect(arb_client **out, const char *socket_path, const char *name);
 /*
- * The same, but every later call that waits for an answer (not a grant:
- * acquire waits as its own timeout says) fails with -ETIMEDOUT when the
- * daemon says nothing for timeout_ms. For health probes and tools.
+ * The same with another I/O bound: connecting, the handshake and every
+ * later call that waits for an answer (not a grant: an acquire waits as its
+ * own timeout says) fail with -ETIMEDOUT when the answer has not come
+ * within timeout_ms. timeout_ms < 0: ARB_DEFAULT_IO_TIMEOUT_MS (what
+ * arb_connect uses); 0: no bound at all.
  */
 int arb_connect_timeout(arb_client **out, const char *socket_path,
 			const char *name, int timeout_ms);
 const char *arb_connect_error(void);
+/*
+ * Trust servers run by uid too, for every later connect in this process,
+ * like a uid in $ARBITER_TRUST_UID (ARB_TRUST_ANY_UID: any uid). Thread-safe.
+ * Returns 0, or -ENOSPC past 64 uids.
+ */
+int arb_trust_uid(uid_t uid);
 void arb_close(arb_client *c);
 
 /* The socket's file descriptor, for poll(2) with the non-blocking API, or to
@@ -107,7 +144,10 @@ int arb_set_inherit(arb_client *c, bool inherit);
 /*
  * Acquire a lease, blocking until granted, refused or timed out.
  * timeout_ms: ARB_WAIT_FOREVER, 0 to try once (-ARB_EWOULDBLOCK if held), or
- * a bound (-ARB_ETIMEOUT when it runs out). opts may be NULL.
+ * a bound (-ARB_ETIMEOUT when it runs out). opts may be NULL. With a
+ * timeout it returns within timeout_ms + ARB_ACQUIRE_MARGIN_MS whatever the
+ * daemon does: if the daemon has not answered by then, the request is
+ * withdrawn and a grant that still arrives is released unseen.
  */
 int arb_acquire(arb_client *c, const char *resource, enum arb_mode mode,
 		int64_t timeout_ms, const struct arb_acquire_opts *opts,
@@ -173,7 +213,9 @@ struct arb_event {
 /*
  * Start an acquire without waiting; *request_id identifies its events.
  * Answers arrive through arb_next_event(). Cancel a pending one with
- * arb_cancel().
+ * arb_cancel(). Here the caller's loop owns the clock: if the daemon's
+ * answer is late, arb_cancel() it (that also ends the lease when a grant
+ * crossed the cancel, so an ARB_EV_GRANTED after it is no longer held).
  */
 int arb_acquire_async(arb_client *c, const char *resource, enum arb_mode mode,
 		      int64_t timeout_ms, const struct arb_acquire_opts *opts,

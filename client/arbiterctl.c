@@ -9,6 +9,7 @@
 #include <inttypes.h>
 #include <math.h>
 #include <poll.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -29,6 +30,7 @@
 #define EXIT_USAGE 64	  /* bad command line */
 #define EXIT_UNAVAIL 69	  /* cannot reach the daemon */
 #define EXIT_SOFTWARE 70  /* the daemon refused for another reason */
+#define EXIT_NOPERM 77	  /* the socket or its server is not trusted */
 #define EXIT_REVOKED 75	  /* run: the lease was revoked under the command */
 #define EXIT_NOEXEC 126	  /* run: command found but not executable */
 #define EXIT_NOTFOUND 127 /* run: command not found */
@@ -41,7 +43,8 @@ static void
 usage(FILE *out)
 {
 	fprintf(out,
-"usage: arbiterctl [-S SOCKET | -c CONFIG] [-t SECS] COMMAND [ARGS]\n"
+"usage: arbiterctl [-S SOCKET | -c CONFIG] [-t SECS] [--trust-uid UID]...\n"
+"                  COMMAND [ARGS]\n"
 "\n"
 "Commands:\n"
 "  run [-x|-s] [-n | -w SECS] [-E CODE] [-v] [--ttl SECS] RESOURCE -- CMD [ARG...]\n"
@@ -74,11 +77,21 @@ usage(FILE *out)
 "/tmp/arbiter-UID/arbiter.sock (other users).\n"
 "\n"
 "-t SECS bounds how long any answer may take (default 10; 0: no bound),\n"
-"waiting for a lease excepted, so a hung arbiter fails a probe.\n"
+"waiting for a lease excepted, so a hung arbiter fails a probe. A wait\n"
+"for a lease (-w) ends at most 0.15 s after SECS even if the arbiter\n"
+"never answers.\n"
+"\n"
+"Trust: arbiterctl talks only to a server run by you, by root, by a uid\n"
+"in $ARBITER_TRUST_UID (uids or user names, comma-separated; '*': any)\n"
+"or by --trust-uid UID (a uid or user name, repeatable), or by the owner\n"
+"of a socket folder that only root can have handed over (systemd's\n"
+"RuntimeDirectory=). The default socket's folder must be yours and closed\n"
+"to others. Anything else is refused (exit 77), naming the uid.\n"
 "\n"
 "Exit codes: 0 ok; 1 (or -E CODE) busy or timed out; 64 usage; 69 the\n"
 "arbiter cannot be reached; 70 the arbiter refused; 75 lease revoked;\n"
-"126/127 CMD not executable/not found; else CMD's own status.\n");
+"77 the socket or its server is not trusted; 126/127 CMD not\n"
+"executable/not found; else CMD's own status.\n");
 }
 
 static void
@@ -147,18 +160,52 @@ connect_or_die(const char *name)
 {
 	arb_client *c;
 
-	if (arb_connect_timeout(&c, socket_path, name, io_timeout_ms) < 0)
-		die(EXIT_UNAVAIL, "%s", arb_connect_error());
+	int rc = arb_connect_timeout(&c, socket_path, name, io_timeout_ms);
+
+	if (rc < 0)
+		die(rc == -ARB_EUNTRUSTED ? EXIT_NOPERM : EXIT_UNAVAIL, "%s",
+		    arb_connect_error());
 	return c;
 }
 
 static int
 exit_for(int rc)
 {
+	if (rc == -ARB_EUNTRUSTED)
+		return EXIT_NOPERM;
 	if (rc == -ARB_ECONNLOST || rc == -ENOENT || rc == -ECONNREFUSED ||
 	    rc == -ETIMEDOUT)
 		return EXIT_UNAVAIL;
 	return EXIT_SOFTWARE;
+}
+
+/* --trust-uid: a uid, a user name, or '*' for any. */
+static void
+trust_uid_arg(const char *arg)
+{
+	struct passwd *pw;
+	char *end;
+	unsigned long v;
+
+	if (strcmp(arg, "*") == 0) {
+		(void)arb_trust_uid(ARB_TRUST_ANY_UID);
+		return;
+	}
+	errno = 0;
+	v = strtoul(arg, &end, 10);
+	if (arg[0] >= '0' && arg[0] <= '9' && *end == '\0' && errno == 0 &&
+	    v < (unsigned long)(uid_t)-1) {
+		if (arb_trust_uid((uid_t)v) < 0)
+			die(EXIT_USAGE, "--trust-uid: too many uids");
+		return;
+	}
+	pw = getpwnam(arg);
+	if (pw == NULL)
+		die(EXIT_USAGE, "--trust-uid: '%s' is neither a uid nor a user "
+				"name",
+		    arg);
+	if (arb_trust_uid(pw->pw_uid) < 0)
+		die(EXIT_USAGE, "--trust-uid: too many uids");
 }
 
 /* ------------------------------------------------------------ run */
@@ -850,11 +897,20 @@ cmd_revoke(int argc, char **argv)
 int
 main(int argc, char **argv)
 {
+	static const struct option opts[] = {
+		{"trust-uid", required_argument, NULL, 'U'},
+		{"help", no_argument, NULL, 'h'},
+		{"version", no_argument, NULL, 'V'},
+		{NULL, 0, NULL, 0},
+	};
 	const char *cmd;
 	int ch;
 
-	while ((ch = getopt(argc, argv, "+S:c:t:hV")) != -1) {
+	while ((ch = getopt_long(argc, argv, "+S:c:t:hV", opts, NULL)) != -1) {
 		switch (ch) {
+		case 'U':
+			trust_uid_arg(optarg);
+			break;
 		case 't':
 			io_timeout_ms = (int)(parse_secs(optarg, "-t") * 1000);
 			break;

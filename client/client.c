@@ -8,11 +8,14 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
+#include <pwd.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -26,6 +29,10 @@
 #define ARENA_START (64u << 10)
 #define ARENA_CAP (64u << 20)
 #define EVQ_MAX 1024
+/* Requests the client gave up on whose answers may still come. */
+#define IGNORE_MAX 64
+/* How long a withdrawal may take to send before the connection is cut. */
+#define WITHDRAW_SEND_MS 50
 
 struct arb_client {
 	int fd;
@@ -41,11 +48,13 @@ struct arb_client {
 		uint64_t id, ttl_ms, due_ms;
 	} *ttl; /* leases with a ttl, for arb_keepalive */
 	size_t nttl, ttl_cap;
-	const struct arb_acquire_opts *opts; /* during a blocking acquire */
-	const char *resource;
 	uint32_t max_frame;
-	int timeout_ms; /* 0: wait as long as it takes */
-	bool in_acquire;
+	int timeout_ms;	     /* I/O bound of each request; 0: none */
+	int64_t bound_ms;    /* the bound of the current wait, for messages */
+	uint64_t deadline_ms; /* end of the current wait (mono_ms); 0: none */
+	uint64_t ignore[IGNORE_MAX]; /* ring of withdrawn request ids */
+	size_t nignore;
+	bool broken; /* a frame was cut short: nothing more may be sent */
 };
 
 static __thread char connect_err[1024];
@@ -102,6 +111,8 @@ arb_strerror(int err)
 		return "connection to the daemon lost";
 	if (e == ARB_EREVOKED)
 		return "lease revoked";
+	if (e == ARB_EUNTRUSTED)
+		return "the socket or the server behind it is not trusted";
 	if (e > 1000 && e - 1000 < (int)(sizeof names / sizeof names[0]) &&
 	    names[e - 1000] != NULL)
 		return names[e - 1000];
@@ -185,12 +196,65 @@ static int fill(arb_client *c, bool block);
 static int take_frame(arb_client *c, Arbiter__ServerMessage **m);
 static int error_of(arb_client *c, const Arbiter__Error *e);
 
+/* Milliseconds left before the current wait's deadline; -1: no deadline. */
+static int
+time_left(const arb_client *c)
+{
+	uint64_t now;
+
+	if (c->deadline_ms == 0)
+		return -1;
+	now = mono_ms();
+	if (c->deadline_ms <= now)
+		return 0;
+	return c->deadline_ms - now > INT32_MAX ? INT32_MAX
+						 : (int)(c->deadline_ms - now);
+}
+
+/* Bound the next wait by ms (0: no bound), for the messages too. */
+static void
+set_deadline(arb_client *c, int64_t ms)
+{
+	c->bound_ms = ms;
+	c->deadline_ms = ms > 0 ? mono_ms() + (uint64_t)ms : 0;
+}
+
+static void
+set_timeout_error(arb_client *c)
+{
+	seterr(c,
+	       "no answer from the arbiter at %s within %lld ms: is it "
+	       "stopped, hung or overloaded? (check with: arbiterctl -S %s "
+	       "ping)",
+	       c->path, (long long)c->bound_ms, c->path);
+}
+
+/* The peer is gone: say so, and that the daemon may have died. */
+static void
+set_lost_error(arb_client *c, const char *when, int err)
+{
+	seterr(c,
+	       "the connection to arbiterd on %s was lost%s%s%s%s: the daemon "
+	       "may have died or been restarted (check with: arbiterctl -S "
+	       "%s ping, and the daemon's log)",
+	       c->path, when, err ? " (" : "", err ? strerror(err) : "",
+	       err ? ")" : "", c->path);
+}
+
 static int
 send_request(arb_client *c, Arbiter__Request *req)
 {
 	uint8_t stack[1024], *buf = stack;
 	size_t n = codec_frame_size(&req->base), off = 0;
+	bool own_deadline = false;
+	int rc = 0;
 
+	if (c->broken) {
+		seterr(c, "the connection to arbiterd on %s was cut after an "
+			  "earlier send timed out; connect again",
+		       c->path);
+		return -ARB_ECONNLOST;
+	}
 	if (n - FRAME_HEADER > c->max_frame) {
 		seterr(c, "request of %zu bytes is over the daemon's "
 			  "max_frame_bytes (%u)",
@@ -200,44 +264,64 @@ send_request(arb_client *c, Arbiter__Request *req)
 	if (n > sizeof stack && (buf = malloc(n)) == NULL)
 		return -ENOMEM;
 	codec_pack_frame(&req->base, buf);
+	/* A send outside a bounded wait (async calls, an acquire without a
+	 * timeout) is bounded by the I/O timeout all the same. */
+	if (c->deadline_ms == 0 && c->timeout_ms > 0) {
+		set_deadline(c, c->timeout_ms);
+		own_deadline = true;
+	}
 	while (off < n) {
-		ssize_t w = send(c->fd, buf + off, n - off, MSG_NOSIGNAL);
+		ssize_t w = send(c->fd, buf + off, n - off,
+				 MSG_NOSIGNAL | MSG_DONTWAIT);
 
 		if (w < 0 && errno == EINTR)
 			continue;
-		if (w < 0 && errno == EAGAIN) {
+		if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
 			struct pollfd p = {.fd = c->fd, .events = POLLOUT};
 
-			poll(&p, 1, -1);
+			if (poll(&p, 1, time_left(c)) == 0) {
+				set_timeout_error(c);
+				if (off > 0) {
+					/* Half a frame is on the wire: the
+					 * stream cannot be resumed. */
+					shutdown(c->fd, SHUT_RDWR);
+					c->broken = true;
+				}
+				rc = -ETIMEDOUT;
+				break;
+			}
 			continue;
 		}
 		if (w <= 0) {
 			int e = errno;
 			Arbiter__ServerMessage *m = NULL;
 
-			if (buf != stack)
-				free(buf);
 			/* The daemon may have said why before closing (a
 			 * limit, a refusal): report its words, not EPIPE. */
 			while (fill(c, false) > 0)
 				;
 			if (take_frame(c, &m) > 0 && m != NULL &&
-			    m->kind_case == ARBITER__SERVER_MESSAGE__KIND_ERROR)
-				return error_of(c, m->error);
-			seterr(c, "connection to %s lost while sending: %s",
-			       c->path, strerror(e));
-			return -ARB_ECONNLOST;
+			    m->kind_case == ARBITER__SERVER_MESSAGE__KIND_ERROR) {
+				rc = error_of(c, m->error);
+			} else {
+				set_lost_error(c, " while sending", e);
+				rc = -ARB_ECONNLOST;
+			}
+			break;
 		}
 		off += (size_t)w;
 	}
 	if (buf != stack)
 		free(buf);
-	return 0;
+	if (own_deadline)
+		c->deadline_ms = 0;
+	return rc;
 }
 
 /*
- * Read more bytes. block: wait for them. Returns 1 when bytes came, 0 when
- * none are ready (non-blocking), < 0 on EOF or error.
+ * Read more bytes. block: wait for them, until the current deadline.
+ * Returns 1 when bytes came, 0 when none are ready (non-blocking), < 0 on
+ * EOF, error or deadline (-ETIMEDOUT).
  */
 static int
 fill(arb_client *c, bool block)
@@ -261,8 +345,15 @@ fill(arb_client *c, bool block)
 		c->rcap = ncap;
 	}
 	for (;;) {
+		if (block && c->deadline_ms != 0 && time_left(c) == 0) {
+			/* Checked before reading too: bytes that keep coming
+			 * (a flood of Queued, a frame trickled byte by byte)
+			 * must not stretch the wait. */
+			set_timeout_error(c);
+			return -ETIMEDOUT;
+		}
 		/* Always non-blocking: waiting is poll's job (with the
-		 * timeout, if any). */
+		 * deadline, if any). */
 		n = recv(c->fd, c->rbuf + c->rlen, c->rcap - c->rlen,
 			 MSG_DONTWAIT);
 		if (n > 0) {
@@ -273,24 +364,16 @@ fill(arb_client *c, bool block)
 			continue;
 		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
 			struct pollfd p = {.fd = c->fd, .events = POLLIN};
-			int t = c->timeout_ms > 0 && !c->in_acquire
-					? c->timeout_ms
-					: -1;
 
 			if (!block)
 				return 0;
-			if (poll(&p, 1, t) == 0) {
-				seterr(c, "no answer from the arbiter at %s "
-					  "within %d ms: is it hung or "
-					  "overloaded?",
-				       c->path, t);
+			if (poll(&p, 1, time_left(c)) == 0) {
+				set_timeout_error(c);
 				return -ETIMEDOUT;
 			}
 			continue;
 		}
-		seterr(c, "connection to the arbiter at %s lost%s%s", c->path,
-		       n < 0 ? ": " : " (the daemon closed it)",
-		       n < 0 ? strerror(errno) : "");
+		set_lost_error(c, "", n < 0 ? errno : 0);
 		return -ARB_ECONNLOST;
 	}
 }
@@ -411,13 +494,62 @@ to_event(arb_client *c, const Arbiter__ServerMessage *m, struct arb_event *ev)
 	}
 }
 
+static void
+ignore_add(arb_client *c, uint64_t id)
+{
+	/* A ring: an id whose answer never comes (a quiet release that
+	 * worked) is overwritten in time; ids are never reused. */
+	c->ignore[c->nignore++ % IGNORE_MAX] = id;
+}
+
+static bool
+ignore_has(const arb_client *c, uint64_t id, size_t *slot)
+{
+	size_t n = c->nignore < IGNORE_MAX ? c->nignore : IGNORE_MAX;
+
+	for (size_t i = 0; i < n; i++) {
+		if (id != 0 && c->ignore[i] == id) {
+			*slot = i;
+			return true;
+		}
+	}
+	return false;
+}
+
+static int send_release(arb_client *c, bool by_request, uint64_t key,
+			bool quiet, uint64_t *sent_id);
+
+/*
+ * A frame answering a request the client gave up on (see withdraw) is
+ * swallowed here: the caller was already told it failed. A Granted that
+ * arrives anyway is released at once, so no lease is held that nobody
+ * knows of. Returns true when m was such a frame.
+ */
+static bool
+absorb(arb_client *c, const Arbiter__ServerMessage *m)
+{
+	size_t slot;
+	uint64_t rid;
+
+	if (!ignore_has(c, m->id, &slot))
+		return false;
+	if (m->kind_case == ARBITER__SERVER_MESSAGE__KIND_QUEUED)
+		return true; /* more may follow */
+	c->ignore[slot] = 0;
+	if (m->kind_case == ARBITER__SERVER_MESSAGE__KIND_GRANTED &&
+	    send_release(c, false, m->granted->lease_id, true, &rid) == 0)
+		ignore_add(c, rid);
+	return true;
+}
+
 /*
  * Read until the reply to request id arrives; other frames become events.
  * Queued frames for id call the acquire's on_queued. On success *out is the
- * reply, valid until the next read.
+ * reply, valid until the next read. Waits until the deadline set before.
  */
 static int
-await_reply(arb_client *c, uint64_t id, Arbiter__ServerMessage **out)
+await_reply(arb_client *c, uint64_t id, Arbiter__ServerMessage **out,
+	    const struct arb_acquire_opts *o, const char *resource)
 {
 	for (;;) {
 		Arbiter__ServerMessage *m;
@@ -432,12 +564,12 @@ await_reply(arb_client *c, uint64_t id, Arbiter__ServerMessage **out)
 				return rc;
 			continue;
 		}
+		if (absorb(c, m))
+			continue;
 		if (m->id == id && m->kind_case ==
 					   ARBITER__SERVER_MESSAGE__KIND_QUEUED) {
-			const struct arb_acquire_opts *o = c->opts;
-
 			if (o != NULL && o->on_queued != NULL)
-				o->on_queued(o->ctx, c->resource,
+				o->on_queued(o->ctx, resource,
 					     m->queued->position,
 					     m->queued->holder_pid,
 					     m->queued->holder_name
@@ -463,24 +595,274 @@ await_reply(arb_client *c, uint64_t id, Arbiter__ServerMessage **out)
 }
 
 static int
+check_kind(arb_client *c, const Arbiter__ServerMessage *reply, uint64_t id,
+	   Arbiter__ServerMessage__KindCase want)
+{
+	if (reply == NULL || reply->kind_case != want) {
+		seterr(c, "unexpected reply kind %d to request %llu",
+		       reply ? (int)reply->kind_case : -1,
+		       (unsigned long long)id);
+		return -ARB_EPROTO;
+	}
+	return 0;
+}
+
+/* One request and its reply, within the client's I/O bound. */
+static int
 call(arb_client *c, Arbiter__Request *req, Arbiter__ServerMessage **reply,
      Arbiter__ServerMessage__KindCase want)
 {
 	int rc;
 
+	*reply = NULL;
 	req->id = ++c->next_id;
+	set_deadline(c, c->timeout_ms);
 	rc = send_request(c, req);
+	if (rc == 0)
+		rc = await_reply(c, req->id, reply, NULL, NULL);
+	c->deadline_ms = 0;
 	if (rc < 0)
 		return rc;
-	rc = await_reply(c, req->id, reply);
-	if (rc < 0)
-		return rc;
-	if ((*reply)->kind_case != want) {
-		seterr(c, "unexpected reply kind %d to request %llu",
-		       (int)(*reply)->kind_case, (unsigned long long)req->id);
-		return -ARB_EPROTO;
+	return check_kind(c, *reply, req->id, want);
+}
+
+/* ------------------------------------------------------------ trust */
+
+/*
+ * Who may serve the socket: the rule every client applies (the Python
+ * client too). The default per-user folder must be the caller's own and
+ * closed to others; after connect, the server's uid (SO_PEERCRED) must be
+ * the caller's, root's, one the caller trusts (ARBITER_TRUST_UID,
+ * arb_trust_uid), or the owner of a folder only root can have handed it.
+ * Anything else could be another local user answering as arbiterd and
+ * granting every lease, so the client refuses before saying Hello.
+ */
+#define TRUST_MAX 64
+
+static pthread_mutex_t trust_lock = PTHREAD_MUTEX_INITIALIZER;
+static uid_t trust_uids[TRUST_MAX];
+static size_t ntrust;
+static bool trust_any;
+
+int
+arb_trust_uid(uid_t uid)
+{
+	int rc = 0;
+
+	pthread_mutex_lock(&trust_lock);
+	if (uid == ARB_TRUST_ANY_UID)
+		trust_any = true;
+	else if (ntrust < TRUST_MAX)
+		trust_uids[ntrust++] = uid;
+	else
+		rc = -ENOSPC;
+	pthread_mutex_unlock(&trust_lock);
+	return rc;
+}
+
+static bool
+trusted_by_option(uid_t uid)
+{
+	bool yes;
+
+	pthread_mutex_lock(&trust_lock);
+	yes = trust_any;
+	for (size_t i = 0; !yes && i < ntrust; i++)
+		yes = trust_uids[i] == uid;
+	pthread_mutex_unlock(&trust_lock);
+	return yes;
+}
+
+/* " (name)" for a uid that has a user name, else "". */
+static void
+user_suffix(char *buf, size_t len, uid_t uid)
+{
+	struct passwd pw, *res = NULL;
+	char tmp[2048];
+
+	buf[0] = '\0';
+	if (getpwuid_r(uid, &pw, tmp, sizeof tmp, &res) == 0 && res != NULL)
+		snprintf(buf, len, " (%s)", pw.pw_name);
+}
+
+/*
+ * Does $ARBITER_TRUST_UID name uid? Entries are uids or user names,
+ * separated by commas, spaces allowed; `*` trusts any uid. An entry that is
+ * neither a number nor a known user goes into bad (for the refusal's text).
+ */
+static bool
+trusted_by_env(uid_t uid, char *bad, size_t badlen)
+{
+	const char *env = getenv("ARBITER_TRUST_UID");
+	const char *p = env;
+
+	bad[0] = '\0';
+	while (p != NULL && *p != '\0') {
+		const char *e = strchr(p, ',');
+		size_t n = e ? (size_t)(e - p) : strlen(p);
+		char word[256];
+		char *end;
+		unsigned long v;
+
+		while (n > 0 && (*p == ' ' || *p == '\t')) {
+			p++;
+			n--;
+		}
+		while (n > 0 && (p[n - 1] == ' ' || p[n - 1] == '\t'))
+			n--;
+		if (n > 0 && n < sizeof word) {
+			memcpy(word, p, n);
+			word[n] = '\0';
+			errno = 0;
+			v = strtoul(word, &end, 10);
+			if (strcmp(word, "*") == 0)
+				return true;
+			if (word[0] >= '0' && word[0] <= '9' && *end == '\0' &&
+			    errno == 0 && v < (unsigned long)(uid_t)-1) {
+				if ((uid_t)v == uid)
+					return true;
+			} else {
+				struct passwd pw, *res = NULL;
+				char tmp[2048];
+
+				if (getpwnam_r(word, &pw, tmp, sizeof tmp,
+					       &res) == 0 &&
+				    res != NULL) {
+					if (pw.pw_uid == uid)
+						return true;
+				} else if (bad[0] == '\0') {
+					snprintf(bad, badlen, "%.40s", word);
+				}
+			}
+		} else if (n > 0 && bad[0] == '\0') {
+			snprintf(bad, badlen, "%.40s...", p);
+		}
+		p = e ? e + 1 : NULL;
+	}
+	return false;
+}
+
+/* The folder part of a socket path ("." when it has none). */
+static void
+folder_of(const char *path, char *buf, size_t len)
+{
+	const char *slash = strrchr(path, '/');
+
+	if (slash == NULL)
+		snprintf(buf, len, ".");
+	else if (slash == path)
+		snprintf(buf, len, "/");
+	else
+		snprintf(buf, len, "%.*s", (int)(slash - path), path);
+}
+
+/*
+ * Rule (d): uid owns the socket's folder, a real folder closed to group and
+ * others, inside a folder of root's closed to others too. Only root can
+ * have handed that folder to uid (systemd's RuntimeDirectory= does).
+ */
+static bool
+delegated_by_root(const char *path, uid_t uid)
+{
+	char dir[sizeof ((struct sockaddr_un *)0)->sun_path + 4];
+	struct stat st;
+
+	folder_of(path, dir, sizeof dir - 3);
+	if (lstat(dir, &st) < 0 || !S_ISDIR(st.st_mode) || st.st_uid != uid ||
+	    (st.st_mode & 022) != 0)
+		return false;
+	/* The folder is no link, so its ".." is its real parent. */
+	snprintf(dir + strlen(dir), 4, "/..");
+	return stat(dir, &st) == 0 && S_ISDIR(st.st_mode) && st.st_uid == 0 &&
+	       (st.st_mode & 022) == 0;
+}
+
+/*
+ * Rule 2: the default per-user folder must be a real folder of the
+ * caller's, not writable by group or others. 0 when fine or absent (the
+ * connect then says there is no socket), else -ARB_EUNTRUSTED with err set.
+ */
+static int
+check_default_folder(const char *path, char *err, size_t errlen)
+{
+	char dir[sizeof ((struct sockaddr_un *)0)->sun_path], who[300];
+	struct stat st;
+	uid_t me = getuid();
+
+	folder_of(path, dir, sizeof dir);
+	if (lstat(dir, &st) < 0)
+		return 0;
+	if (S_ISLNK(st.st_mode) || !S_ISDIR(st.st_mode)) {
+		snprintf(err, errlen,
+			 "refusing %s: its folder %s is %s, not a folder of "
+			 "yours, so another user could be answering as "
+			 "arbiterd. Remove it (rm %s) and restart arbiterd, or "
+			 "name a socket you trust with ARBITER_SOCKET.",
+			 path, dir,
+			 S_ISLNK(st.st_mode) ? "a symbolic link" : "a file",
+			 dir);
+		return -ARB_EUNTRUSTED;
+	}
+	if (st.st_uid != me) {
+		user_suffix(who, sizeof who, st.st_uid);
+		snprintf(err, errlen,
+			 "refusing %s: its folder %s belongs to uid %u%s, not "
+			 "to you (uid %u), so another user could be answering "
+			 "as arbiterd. Remove it (rm -r %s) and restart "
+			 "arbiterd, or name a socket you trust with "
+			 "ARBITER_SOCKET.",
+			 path, dir, (unsigned)st.st_uid, who, (unsigned)me, dir);
+		return -ARB_EUNTRUSTED;
+	}
+	if ((st.st_mode & 022) != 0) {
+		snprintf(err, errlen,
+			 "refusing %s: its folder %s is writable by %s (mode "
+			 "%04o), so another user could be answering as "
+			 "arbiterd. Close it (chmod go-w %s) or remove it (rm "
+			 "-r %s) and restart arbiterd, or name a socket you "
+			 "trust with ARBITER_SOCKET.",
+			 path, dir,
+			 (st.st_mode & 020) && (st.st_mode & 002)
+				 ? "group and others"
+			 : (st.st_mode & 020) ? "its group"
+					      : "others",
+			 (unsigned)(st.st_mode & 07777), dir, dir);
+		return -ARB_EUNTRUSTED;
 	}
 	return 0;
+}
+
+/* Rule 3: who serves the socket we are connected to? */
+static int
+check_peer(int fd, const char *path, char *err, size_t errlen)
+{
+	struct ucred cr;
+	socklen_t len = sizeof cr;
+	uid_t me = geteuid();
+	char bad[64], who[300];
+
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) < 0) {
+		snprintf(err, errlen,
+			 "refusing the server on %s: cannot learn its uid "
+			 "(SO_PEERCRED: %s)",
+			 path, strerror(errno));
+		return -ARB_EUNTRUSTED;
+	}
+	if (cr.uid == me || cr.uid == 0 || trusted_by_option(cr.uid) ||
+	    trusted_by_env(cr.uid, bad, sizeof bad) ||
+	    delegated_by_root(path, cr.uid))
+		return 0;
+	user_suffix(who, sizeof who, cr.uid);
+	snprintf(err, errlen,
+		 "refusing the server on %s: it runs as uid %u%s, not as you "
+		 "(uid %u) or root. If uid %u runs your arbiterd, trust it with "
+		 "ARBITER_TRUST_UID=%u (arbiterctl --trust-uid %u; C: "
+		 "arb_trust_uid(%u))%s%s%s",
+		 path, (unsigned)cr.uid, who, (unsigned)me, (unsigned)cr.uid,
+		 (unsigned)cr.uid, (unsigned)cr.uid, (unsigned)cr.uid,
+		 bad[0] ? "; note: ARBITER_TRUST_UID has '" : ".", bad,
+		 bad[0] ? "', which is neither a uid nor a user name." : "");
+	return -ARB_EUNTRUSTED;
 }
 
 /* ------------------------------------------------------------ connect */
@@ -488,7 +870,7 @@ call(arb_client *c, Arbiter__Request *req, Arbiter__ServerMessage **reply,
 int
 arb_connect(arb_client **out, const char *socket_path, const char *name)
 {
-	return arb_connect_timeout(out, socket_path, name, 0);
+	return arb_connect_timeout(out, socket_path, name, -1);
 }
 
 int
@@ -500,6 +882,7 @@ arb_connect_timeout(arb_client **out, const char *socket_path,
 	Arbiter__Hello hello = ARBITER__HELLO__INIT;
 	Arbiter__ServerMessage *m;
 	arb_client *c;
+	bool default_path = false;
 	int rc;
 
 	*out = NULL;
@@ -509,16 +892,30 @@ arb_connect_timeout(arb_client **out, const char *socket_path,
 		return -ENOMEM;
 	c->fd = -1;
 	c->max_frame = 65536;
-	c->timeout_ms = timeout_ms > 0 ? timeout_ms : 0;
-	if (socket_path != NULL && *socket_path != '\0')
+	c->timeout_ms = timeout_ms < 0	 ? ARB_DEFAULT_IO_TIMEOUT_MS
+			: timeout_ms > 0 ? timeout_ms
+					 : 0;
+	if (socket_path != NULL && *socket_path != '\0') {
 		snprintf(c->path, sizeof c->path, "%s", socket_path);
-	else
+	} else {
+		const char *env = getenv("ARBITER_SOCKET");
+
+		default_path = env == NULL || *env == '\0';
 		arb_socket_path(c->path, sizeof c->path);
+	}
 	if (strlen(c->path) >= sizeof sa.sun_path) {
 		snprintf(connect_err, sizeof connect_err,
 			 "socket path %s is longer than 107 bytes", c->path);
 		free(c);
 		return -ENAMETOOLONG;
+	}
+	if (default_path) {
+		rc = check_default_folder(c->path, connect_err,
+					  sizeof connect_err);
+		if (rc < 0) {
+			free(c);
+			return rc;
+		}
 	}
 	codec_arena_init(&c->arena, ARENA_START);
 	c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -539,6 +936,11 @@ arb_connect_timeout(arb_client **out, const char *socket_path,
 	if (connect(c->fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
 		rc = -errno;
 		goto fail_errno;
+	}
+	rc = check_peer(c->fd, c->path, connect_err, sizeof connect_err);
+	if (rc < 0) {
+		arb_close(c);
+		return rc;
 	}
 
 	hello.protocol_version = ARB_PROTOCOL_VERSION;
@@ -568,6 +970,15 @@ arb_connect_timeout(arb_client **out, const char *socket_path,
 
 fail_errno:
 	switch (-rc) {
+	case EAGAIN:
+	case EINPROGRESS:
+		/* SO_SNDTIMEO ran out: the listen queue stayed full. */
+		rc = -ETIMEDOUT;
+		snprintf(connect_err, sizeof connect_err,
+			 "arbiterd on %s did not accept the connection within "
+			 "%d ms: is it stopped, hung or overloaded?",
+			 c->path, c->timeout_ms);
+		break;
 	case ENOENT:
 		snprintf(connect_err, sizeof connect_err,
 			 "no arbiter socket at %s: is arbiterd running? (set "
@@ -663,6 +1074,29 @@ quiet_unless_watched(Arbiter__Acquire *a, const struct arb_acquire_opts *opts)
 	}
 }
 
+/*
+ * Give up on a request the daemon has not answered in time: withdraw it
+ * (a Release by request id also ends the lease if the daemon granted it
+ * meanwhile) and swallow whatever answer still comes. If even the
+ * withdrawal cannot be sent at once, cut the connection: the daemon then
+ * ends whatever it might have granted.
+ */
+static void
+withdraw(arb_client *c, uint64_t request_id)
+{
+	uint64_t rid;
+
+	ignore_add(c, request_id);
+	set_deadline(c, WITHDRAW_SEND_MS);
+	if (send_release(c, true, request_id, true, &rid) == 0) {
+		ignore_add(c, rid);
+	} else if (!c->broken) {
+		shutdown(c->fd, SHUT_RDWR);
+		c->broken = true;
+	}
+	c->deadline_ms = 0;
+}
+
 int
 arb_acquire(arb_client *c, const char *resource, enum arb_mode mode,
 	    int64_t timeout_ms, const struct arb_acquire_opts *opts,
@@ -670,7 +1104,7 @@ arb_acquire(arb_client *c, const char *resource, enum arb_mode mode,
 {
 	Arbiter__Request req = ARBITER__REQUEST__INIT;
 	Arbiter__Acquire a = ARBITER__ACQUIRE__INIT;
-	Arbiter__ServerMessage *m;
+	Arbiter__ServerMessage *m = NULL;
 	int rc;
 
 	rc = build_acquire(c, &a, resource, mode, timeout_ms, opts);
@@ -679,13 +1113,29 @@ arb_acquire(arb_client *c, const char *resource, enum arb_mode mode,
 	quiet_unless_watched(&a, opts);
 	req.kind_case = ARBITER__REQUEST__KIND_ACQUIRE;
 	req.acquire = &a;
-	c->opts = opts;
-	c->resource = resource;
-	c->in_acquire = true;
-	rc = call(c, &req, &m, ARBITER__SERVER_MESSAGE__KIND_GRANTED);
-	c->in_acquire = false;
-	c->opts = NULL;
-	c->resource = NULL;
+	req.id = ++c->next_id;
+	/* The daemon's timer decides, but the client does not depend on it:
+	 * a daemon that is stopped or stalled costs at most the margin. */
+	set_deadline(c, timeout_ms < 0 ? 0
+				       : timeout_ms > INT64_MAX / 2
+				       ? INT64_MAX / 2
+				       : timeout_ms + ARB_ACQUIRE_MARGIN_MS);
+	rc = send_request(c, &req);
+	if (rc == 0)
+		rc = await_reply(c, req.id, &m, opts, resource);
+	c->deadline_ms = 0;
+	if (rc == -ETIMEDOUT && timeout_ms >= 0) {
+		withdraw(c, req.id);
+		seterr(c,
+		       "timed out waiting %lld ms for '%s': arbiterd on %s did "
+		       "not answer in time (stopped or overloaded?), so the "
+		       "request was withdrawn",
+		       (long long)timeout_ms, resource, c->path);
+		return -ARB_ETIMEOUT;
+	}
+	if (rc < 0)
+		return rc;
+	rc = check_kind(c, m, req.id, ARBITER__SERVER_MESSAGE__KIND_GRANTED);
 	if (rc < 0)
 		return rc;
 	fill_lease(out, m->granted);
@@ -714,7 +1164,8 @@ arb_acquire_async(arb_client *c, const char *resource, enum arb_mode mode,
 
 /* A Release sent without waiting: its answer, if any, becomes an event. */
 static int
-send_release(arb_client *c, bool by_request, uint64_t key, bool quiet)
+send_release(arb_client *c, bool by_request, uint64_t key, bool quiet,
+	     uint64_t *sent_id)
 {
 	Arbiter__Request req = ARBITER__REQUEST__INIT;
 	Arbiter__Release r = ARBITER__RELEASE__INIT;
@@ -731,6 +1182,8 @@ send_release(arb_client *c, bool by_request, uint64_t key, bool quiet)
 	req.kind_case = ARBITER__REQUEST__KIND_RELEASE;
 	req.release = &r;
 	req.id = ++c->next_id;
+	if (sent_id != NULL)
+		*sent_id = req.id;
 	return send_request(c, &req);
 }
 
@@ -739,7 +1192,7 @@ arb_cancel(arb_client *c, uint64_t request_id)
 {
 	/* The Released reply (or UNKNOWN_LEASE if it was granted or failed
 	 * meanwhile) arrives as an ARB_EV_REPLY / ARB_EV_FAILED event. */
-	return send_release(c, true, request_id, false);
+	return send_release(c, true, request_id, false, NULL);
 }
 
 int
@@ -758,6 +1211,8 @@ arb_next_event(arb_client *c, struct arb_event *ev)
 		rc = take_frame(c, &m);
 		if (rc < 0)
 			return rc;
+		if (m != NULL && absorb(c, m))
+			continue;
 		if (m != NULL) {
 			to_event(c, m, ev);
 			if (ev->kind == ARB_EV_GRANTED)
@@ -791,7 +1246,7 @@ int
 arb_release_nowait(arb_client *c, uint64_t lease_id)
 {
 	ttl_forget(c, lease_id);
-	return send_release(c, false, lease_id, true);
+	return send_release(c, false, lease_id, true, NULL);
 }
 
 int
