@@ -779,7 +779,8 @@ delegated_by_root(const char *path, uid_t uid)
 
 /*
  * Rule 2: the default per-user folder must be a real folder of the
- * caller's, not writable by group or others. 0 when fine or absent (the
+ * caller's (or one root handed to a service, rule d), not writable by
+ * group or others. 0 when fine or absent (the
  * connect then says there is no socket), else -ARB_EUNTRUSTED with err set.
  */
 static int
@@ -803,7 +804,9 @@ check_default_folder(const char *path, char *err, size_t errlen)
 			 dir);
 		return -ARB_EUNTRUSTED;
 	}
-	if (st.st_uid != me) {
+	/* A folder root handed to a service (systemd's /run/arbiter for a
+	 * daemon of its own user) is as safe as root's own. */
+	if (st.st_uid != me && !delegated_by_root(path, st.st_uid)) {
 		user_suffix(who, sizeof who, st.st_uid);
 		snprintf(err, errlen,
 			 "refusing %s: its folder %s belongs to uid %u%s, not "

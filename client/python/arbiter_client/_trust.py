@@ -86,10 +86,13 @@ def parse_trust(value, what=ENV):
 
 # ------------------------------------------------------------ decisions
 
-def folder_problem(path, folder, st, uid):
+def folder_problem(path, folder, st, uid, parent_st=None):
     """Why the default socket folder (its lstat result st, None when it
-    does not exist) cannot be trusted by a caller of this uid; None when it
-    can (or does not exist: then no daemon runs there)."""
+    does not exist; parent_st, the stat of its parent) cannot be trusted by
+    a caller of this uid; None when it can (or does not exist: then no
+    daemon runs there). A folder root handed to a service (systemd's
+    /run/arbiter for a daemon of its own user, rule d) is as safe as the
+    caller's own."""
     if st is None:
         return None
     mode = st.st_mode
@@ -100,7 +103,7 @@ def folder_problem(path, folder, st, uid):
                 "ARBITER_SOCKET." % (
                     path, folder, "a symbolic link" if stat.S_ISLNK(mode)
                     else "a file", folder))
-    if st.st_uid != uid:
+    if st.st_uid != uid and not delegated_by_root(st.st_uid, st, parent_st):
         return ("refusing %s: its folder %s belongs to %s, not to you (uid "
                 "%d), so another user could be answering as arbiterd. Remove "
                 "it (rm -r %s) and restart arbiterd, or name a socket you "
@@ -174,7 +177,8 @@ def check_default_folder(path):
     is not the caller's own private folder (call before connecting)."""
     uid = os.getuid()
     folder = os.path.dirname(path)
-    msg = folder_problem(path, folder, _lstat(folder), uid)
+    msg = folder_problem(path, folder, _lstat(folder), uid,
+                         _stat(os.path.join(folder, "..")))
     if msg:
         st = _lstat(folder)
         raise E.UntrustedServer(msg, socket_path=path, folder=folder,

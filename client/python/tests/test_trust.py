@@ -311,6 +311,26 @@ def test_default_folder_of_another_user_is_refused(tmpdirs, default_at):
         assert e.uid == NOBODY and e.user == "nobody"
 
 
+@needs_root
+def test_default_folder_root_handed_to_the_daemon_user_is_used(
+        tmpdirs, fakes, default_at):
+    # Root on a systemd host: the default /run/arbiter belongs to the
+    # daemon's user, handed over by root (0750 inside root's 0755 /run).
+    parent = tmpdirs(0o755)
+    folder = os.path.join(parent, "arbiter")
+    os.mkdir(folder, 0o750)
+    os.chown(folder, NOBODY, NOBODY)
+    f = fakes(os.path.join(folder, "arbiter.sock"), uid=NOBODY)
+    default_at(f.path)
+    with ac.Client() as c:
+        c.acquire("db", timeout=0)
+    # The same folder open to its group is no longer root's hand-over.
+    os.chmod(folder, 0o770)
+    for e in refusal_of_default():
+        assert "its folder %s belongs to uid %d (nobody)" % (folder, NOBODY)\
+            in str(e)
+
+
 def test_private_default_folder_is_used(fresh_daemon, default_at):
     d = fresh_daemon()                 # its folder: 0700, ours
     default_at(d.socket)
