@@ -12,8 +12,8 @@
  * whole tree from the kernel as they would without arbiterctl; Ctrl-Z
  * stops the tree and then arbiterctl, so the shell sees the job stop, and
  * when Ctrl-C ends CMD arbiterctl ends by SIGINT too, so the shell sees
- * that. The terminal is given back at the end. SIGINT, SIGTERM, SIGHUP and SIGQUIT
- * sent to arbiterctl itself are passed on to the whole group.
+ * that. The terminal is given back at the end. SIGINT, SIGTERM, SIGHUP and
+ * SIGQUIT sent to arbiterctl itself are passed on to the whole group.
  *
  * Losing the lease (revoked by an admin, ttl run out, the daemon gone):
  * SIGTERM (and SIGCONT, should it be stopped) to the whole group, SIGKILL
@@ -67,11 +67,13 @@ void
 ctl_run_usage(FILE *out)
 {
 	fputs("  run [-x|-s] [-n | -w SECS] [-E CODE] [-v] [--ttl SECS] [--grace SECS]\n"
-	      "      RESOURCE -- CMD [ARG...]\n"
+	      "      RESOURCE [--] CMD [ARG...]\n"
 	      "        Hold a lease on RESOURCE while CMD runs, like flock(1). Exclusive\n"
 	      "        (-x) by default, -s for shared. -n fails at once if it is held;\n"
 	      "        -w waits at most SECS (fractions allowed); both exit with CODE\n"
 	      "        (-E, default 1) on conflict or timeout. Otherwise waits forever.\n"
+	      "        Options may follow RESOURCE too when '--' ends them: CMD is\n"
+	      "        what follows '--'.\n"
 	      "        CMD inherits the connection, so the lease ends when CMD ends (even\n"
 	      "        if arbiterctl is killed), and finds ARBITER_RESOURCE,\n"
 	      "        ARBITER_LEASE_ID and ARBITER_TOKEN (the fencing token) in its\n"
@@ -195,22 +197,61 @@ parse_opts(struct run_opts *o, int n, char **v)
 	return optind;
 }
 
+/*
+ * run [OPTIONS] RESOURCE [OPTIONS] -- CMD [ARG...], or the flock(1) form
+ * run [OPTIONS] RESOURCE CMD [ARG...]. When RESOURCE is followed by '--'
+ * or by an option, everything up to the first '--' is options and CMD is
+ * what follows it; when it is followed by a plain word, CMD starts there
+ * and a later '--' is CMD's own (run db sh -c 'x' -- y).
+ */
 static void
 parse_args(struct run_opts *o, int argc, char **argv)
 {
-	int k = parse_opts(o, argc, argv);
+	static const char use[] = "usage: arbiterctl run [-x|-s] [-n|-w SECS] "
+				  "RESOURCE -- CMD [ARG...]";
+	char **v = calloc((size_t)argc + 1, sizeof *v);
+	int dd = 1, n, k, rest;
 
-	if (k >= argc)
-		die(EXIT_USAGE,
-		    "run: missing RESOURCE; usage: arbiterctl run "
-		    "[-x|-s] [-n|-w SECS] RESOURCE -- CMD [ARG...]");
-	o->resource = argv[k++];
-	if (k < argc && strcmp(argv[k], "--") == 0)
-		k++;
-	if (k >= argc)
-		die(EXIT_USAGE, "run: missing the command to run after '%s --'",
-		    o->resource);
-	o->cmd = &argv[k];
+	if (v == NULL)
+		die(EXIT_SOFTWARE, "run: out of memory");
+	while (dd < argc && strcmp(argv[dd], "--") != 0)
+		dd++;
+	/* getopt never sees the '--' nor what follows it. */
+	v[0] = "arbiterctl run";
+	for (int i = 1; i < dd; i++)
+		v[i] = argv[i];
+	n = dd;
+	k = parse_opts(o, n, v);
+	if (k >= n) {
+		free(v);
+		die(EXIT_USAGE, "run: missing RESOURCE%s; %s",
+		    dd < argc ? " before '--'" : "", use);
+	}
+	o->resource = argv[k];
+	rest = k + 1;
+	if (dd < argc && (rest == dd || argv[rest][0] == '-')) {
+		/* Options between RESOURCE and '--'. */
+		v[0] = "arbiterctl run";
+		for (int i = rest; i < dd; i++)
+			v[1 + i - rest] = argv[i];
+		n = 1 + dd - rest;
+		k = parse_opts(o, n, v);
+		if (k < n) {
+			const char *bad = v[k];
+
+			free(v);
+			die(EXIT_USAGE,
+			    "run: unexpected '%s' between '%s' and '--': "
+			    "put CMD after '--'; %s",
+			    bad, o->resource, use);
+		}
+		rest = dd + 1;
+	}
+	free(v);
+	if (rest >= argc)
+		die(EXIT_USAGE, "run: missing the command to run after '%s%s'",
+		    o->resource, dd < argc ? " --" : "");
+	o->cmd = &argv[rest];
 	if (o->ttl > 0 && o->ttl < 0.1)
 		die(EXIT_USAGE, "--ttl: at least 0.1 seconds");
 }

@@ -1,5 +1,5 @@
 """arbiterctl run: the command's whole tree under the lease, lease loss,
-the terminal and signals."""
+the terminal, signals and the command line."""
 import os
 import pty
 import select
@@ -194,3 +194,22 @@ def test_ctrl_c_on_the_terminal_reaches_the_whole_tree(daemon, tmp_path):
         if worker is not None:
             kill_quietly(worker)
         os.close(master)
+
+
+# ------------------------------------------------------------ command line
+
+
+def test_options_before_double_dash_are_options(daemon):
+    r = daemon.ctl("run", "-x", "db", "-v", "--", "true")
+    assert r.returncode == 0, r.stderr
+    assert "got 'db'" in r.stderr  # -v was taken as the option
+    r = daemon.ctl("run", "db", "-E", "9", "--", "sh", "-c", "exit 3")
+    assert r.returncode == 3, r.stderr
+    r = daemon.ctl("run", "db", "--", "-v")
+    assert r.returncode == 127  # after '--', '-v' is the command
+    r = daemon.ctl("run", "db", "-v", "stray", "--", "true")
+    assert r.returncode == 64
+    assert "unexpected 'stray' between 'db' and '--'" in r.stderr
+    # The flock(1) form: CMD right after RESOURCE keeps its own '--'.
+    r = daemon.ctl("run", "db", "echo", "a", "--", "b")
+    assert r.returncode == 0 and r.stdout == "a -- b\n", r.stderr
