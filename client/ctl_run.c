@@ -5,6 +5,12 @@
  *
  * What it owns:
  *
+ * Waiting. The acquire is sent without blocking and the wait runs in our
+ * own poll, so -w SECS is kept by this process whatever the daemon does
+ * (stopped, hung): when the bound passes, the request is withdrawn and
+ * run exits with the conflict code. The daemon's own timer (the same
+ * bound) normally answers first, with the holder in its message.
+ *
  * The command's tree. CMD runs in a process group of its own, so that
  * everything it starts (sh -c 'worker; ...') can be signalled at once.
  * When arbiterctl runs in the foreground of its terminal, that group
@@ -42,6 +48,8 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <termios.h>
 #include <time.h>
@@ -52,11 +60,15 @@
 
 /* Exit codes of run besides the command's own (see usage()). */
 #define EXIT_USAGE    64  /* bad command line */
+#define EXIT_UNAVAIL  69  /* cannot reach the daemon */
 #define EXIT_SOFTWARE 70  /* the daemon refused for another reason */
 #define EXIT_REVOKED  75  /* the lease was lost under the command */
 #define EXIT_NOEXEC   126 /* command found but not executable */
 #define EXIT_NOTFOUND 127 /* command not found */
 
+/* How long past -w the daemon's own timeout answer is awaited before ours
+ * is used; well inside the promised bound (-w plus a quarter second). */
+#define LATE_MS 50
 /* How long members of the group may outlive SIGKILL before run gives up
  * on them (a process in uninterruptible sleep cannot die at once). */
 #define KILL_WAIT_MS 5000
@@ -70,8 +82,10 @@ ctl_run_usage(FILE *out)
 	      "      RESOURCE [--] CMD [ARG...]\n"
 	      "        Hold a lease on RESOURCE while CMD runs, like flock(1). Exclusive\n"
 	      "        (-x) by default, -s for shared. -n fails at once if it is held;\n"
-	      "        -w waits at most SECS (fractions allowed); both exit with CODE\n"
-	      "        (-E, default 1) on conflict or timeout. Otherwise waits forever.\n"
+	      "        -w waits at most SECS (fractions allowed), whatever the arbiter\n"
+	      "        does, then withdraws the request; both exit with CODE (-E,\n"
+	      "        default 1) on conflict or timeout (69 if the arbiter did not\n"
+	      "        even answer the connection in time). Otherwise waits forever.\n"
 	      "        Options may follow RESOURCE too when '--' ends them: CMD is\n"
 	      "        what follows '--'.\n"
 	      "        CMD inherits the connection, so the lease ends when CMD ends (even\n"
@@ -280,6 +294,85 @@ on_queued(void *ctx, const char *resource, uint32_t position,
 	else
 		fprintf(stderr, "arbiterctl: waiting for '%s': position %u\n",
 			resource, position);
+}
+
+/* The daemon's socket path, from the connection itself. */
+static void
+peer_path(arb_client *c, char *buf, size_t len)
+{
+	struct sockaddr_un sa;
+	socklen_t sl = sizeof sa;
+
+	memset(&sa, 0, sizeof sa);
+	if (getpeername(arb_fd(c), (struct sockaddr *)&sa, &sl) < 0 ||
+	    sa.sun_path[0] == '\0')
+		snprintf(buf, len, "%s", "its socket");
+	else
+		snprintf(buf, len, "%.*s", (int)sizeof sa.sun_path,
+			 sa.sun_path);
+}
+
+/*
+ * Acquire with our own deadline: deadline_ns 0 waits as long as the daemon
+ * takes. On a deadline the request is withdrawn and -ARB_ETIMEOUT returned
+ * with the message in msg (the daemon's own errors leave msg empty and
+ * are read with arb_last_error()).
+ */
+static int
+acquire_bounded(arb_client *c, const struct run_opts *o, int64_t timeout_ms,
+		uint64_t deadline_ns, const struct arb_acquire_opts *ao,
+		struct arb_lease *lease, char *msg, size_t msglen)
+{
+	uint64_t req, t0 = mono_ns();
+	int rc;
+
+	msg[0] = '\0';
+	rc = arb_acquire_async(c, o->resource, o->mode, timeout_ms, ao, &req);
+	if (rc < 0)
+		return rc;
+	for (;;) {
+		struct pollfd p = {.fd = arb_fd(c), .events = POLLIN};
+		struct arb_event ev;
+		char path[sizeof((struct sockaddr_un *)0)->sun_path + 1];
+
+		while ((rc = arb_next_event(c, &ev)) > 0) {
+			if (ev.request_id != req)
+				continue;
+			switch (ev.kind) {
+			case ARB_EV_GRANTED:
+				*lease = ev.lease;
+				return 0;
+			case ARB_EV_QUEUED:
+				if (ao->on_queued != NULL)
+					ao->on_queued(
+					    ao->ctx, o->resource, ev.position,
+					    ev.holder_pid, ev.message);
+				break;
+			case ARB_EV_FAILED:
+				return ev.error;
+			default:
+				break;
+			}
+		}
+		if (rc < 0)
+			return rc;
+		rc = poll(&p, 1, deadline_ns ? ms_until(deadline_ns) : -1);
+		if (rc < 0 && errno != EINTR)
+			return -errno;
+		if (rc != 0 || (deadline_ns && mono_ns() < deadline_ns))
+			continue;
+		/* Withdraw it; should the grant cross this, closing the
+		 * connection ends the lease as well. */
+		(void)arb_cancel(c, req);
+		peer_path(c, path, sizeof path);
+		snprintf(msg, msglen,
+			 "timed out after %" PRIu64
+			 " ms waiting for '%s' (the arbiter at %s did not "
+			 "answer in time: is it stopped or overloaded?); the "
+			 "request was withdrawn",
+			 (mono_ns() - t0) / 1000000, o->resource, path);
+		return timeout_ms == 0 ? -ETIMEDOUT : -ARB_ETIMEOUT;
+	}
 }
 
 /* ------------------------------------------------------------ the tree */
@@ -630,11 +723,27 @@ ctl_run(int argc, char **argv)
 	struct arb_acquire_opts ao = {.lock_delay_ms = -1};
 	struct wait_view view = {.show = false};
 	struct run r = {.sigfd = -1, .tty = -1};
-	char name[65], buf[32];
+	uint64_t t0 = mono_ns(), deadline = 0;
+	char name[65], buf[32], msg[800];
 	int rc, status;
 	bool on_tty;
 
 	parse_args(&o, argc, argv);
+	/*
+	 * -w bounds the whole wait, the connection's handshake included;
+	 * the daemon gets what is left of it and answers first when it can.
+	 * -n is one question: it gets the -t bound like any other.
+	 */
+	if (o.timeout_ms > 0) {
+		int64_t bound = o.timeout_ms + LATE_MS;
+
+		if (bound < INT32_MAX &&
+		    (io_timeout_ms <= 0 || bound < io_timeout_ms))
+			io_timeout_ms = (int)bound;
+		deadline = t0 + (uint64_t)bound * 1000000;
+	} else if (o.timeout_ms == 0 && io_timeout_ms > 0) {
+		deadline = t0 + (uint64_t)io_timeout_ms * 1000000;
+	}
 	snprintf(name, sizeof name, "arbiterctl:%s", o.cmd[0]);
 	r.c = connect_or_die(name);
 	view.show = verbose || isatty(STDERR_FILENO);
@@ -642,17 +751,27 @@ ctl_run(int argc, char **argv)
 	ao.ctx = &view;
 	ao.position_updates = view.show;
 	ao.ttl_ms = (uint64_t)(o.ttl * 1000 + 0.5);
-	rc = arb_acquire(r.c, o.resource, o.mode, o.timeout_ms, &ao, &r.lease);
+	if (o.timeout_ms > 0) {
+		int64_t left =
+		    o.timeout_ms - (int64_t)((mono_ns() - t0) / 1000000);
+
+		rc = acquire_bounded(r.c, &o, left > 0 ? left : 0, deadline,
+				     &ao, &r.lease, msg, sizeof msg);
+	} else {
+		rc = acquire_bounded(r.c, &o, o.timeout_ms, deadline, &ao,
+				     &r.lease, msg, sizeof msg);
+	}
 	if (rc == -ARB_EWOULDBLOCK || rc == -ARB_ETIMEOUT) {
-		fprintf(stderr, "arbiterctl: %s\n", arb_last_error(r.c));
+		fprintf(stderr, "arbiterctl: %s\n",
+			msg[0] ? msg : arb_last_error(r.c));
 		arb_close(r.c);
 		return o.conflict;
 	}
 	if (rc < 0) {
 		fprintf(stderr, "arbiterctl: cannot lock '%s': %s\n",
-			o.resource, arb_last_error(r.c));
+			o.resource, msg[0] ? msg : arb_last_error(r.c));
 		arb_close(r.c);
-		return exit_for(rc);
+		return rc == -ETIMEDOUT ? EXIT_UNAVAIL : exit_for(rc);
 	}
 	if (verbose)
 		fprintf(stderr,

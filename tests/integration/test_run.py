@@ -1,5 +1,5 @@
 """arbiterctl run: the command's whole tree under the lease, lease loss,
-the terminal, signals and the command line."""
+the terminal, signals, the command line and the client's own wait bound."""
 import os
 import pty
 import select
@@ -11,7 +11,7 @@ import time
 import pytest
 
 import harness
-from harness import ARBITERCTL, SLOW, WAIT
+from harness import ARBITERCTL, SLOW, WAIT, Wire
 
 # A worker for CMD's tree: writes its pid, says ready, then records the
 # first SIGINT or SIGTERM it gets and exits 4.
@@ -213,3 +213,40 @@ def test_options_before_double_dash_are_options(daemon):
     # The flock(1) form: CMD right after RESOURCE keeps its own '--'.
     r = daemon.ctl("run", "db", "echo", "a", "--", "b")
     assert r.returncode == 0 and r.stdout == "a -- b\n", r.stderr
+
+
+# ------------------------------------------------------------ -w bound
+
+
+def test_wait_bound_holds_when_the_daemon_stops_while_queued(daemon, procs):
+    holder = Wire(daemon.socket, "holder")
+    holder.lock("db")
+    t0 = time.monotonic()
+    p = daemon.ctl_bg("run", "-v", "-w", "2", "db", "--", "true")
+    procs.append(p)
+    p.err.wait_for("waiting for 'db': position 1, held by pid")
+    os.kill(daemon.pid, signal.SIGSTOP)
+    try:
+        rc = p.wait(WAIT)
+        took = time.monotonic() - t0
+    finally:
+        os.kill(daemon.pid, signal.SIGCONT)
+    assert rc == 1
+    assert 2 <= took < 2 + 0.25 * SLOW, took
+    p.err.wait_for("timed out after")
+    p.err.wait_for("the request was withdrawn")
+    # The withdrawn request holds nothing once the daemon runs again.
+    holder.close()
+    assert lease_is_free(daemon)
+
+
+def test_wait_bound_holds_when_the_daemon_never_answers_hello(daemon):
+    os.kill(daemon.pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        r = daemon.ctl("run", "-w", "2", "db", "--", "true")
+        took = time.monotonic() - t0
+    finally:
+        os.kill(daemon.pid, signal.SIGCONT)
+    assert took < 2 + 0.25 * SLOW, took
+    assert r.returncode == 69 and "no answer from the arbiter" in r.stderr
