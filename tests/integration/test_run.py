@@ -53,13 +53,14 @@ def lease_is_free(daemon):
 # ------------------------------------------------------------ lease loss
 
 
-@pytest.mark.parametrize("how", ["revoke", "daemon_killed"])
+@pytest.mark.parametrize("how", ["revoke", "daemon_killed", "ttl_expired"])
 def test_lease_loss_ends_the_worker_under_sh(daemon, procs, tmp_path, how):
     pidfile = str(tmp_path / "worker.pid")
     # sh waits on a worker it started: only a signal to the whole process
     # group reaches the worker.
-    p = daemon.ctl_bg("run", "--grace", str(10 * SLOW), "db", "--", "sh",
-                      "-c", 'sleep 600 & echo $! > "$1"; echo held; wait',
+    p = daemon.ctl_bg("run", "--grace", str(10 * SLOW), "--ttl", "0.5",
+                      "db", "--", "sh", "-c",
+                      'sleep 600 & echo $! > "$1"; echo held; wait',
                       "sh", pidfile)
     procs.append(p)
     p.out.wait_for("held")
@@ -70,8 +71,15 @@ def test_lease_loss_ends_the_worker_under_sh(daemon, procs, tmp_path, how):
         if how == "revoke":
             r = daemon.ctl("revoke", "--pid", str(p.pid))
             assert r.returncode == 0, r.stderr
-        else:
+        elif how == "daemon_killed":
             daemon.kill9()
+        else:
+            # arbiterctl cannot renew while stopped: the ttl runs out,
+            # which the next holder's grant shows.
+            os.kill(p.pid, signal.SIGSTOP)
+            w = Wire(daemon.socket, "next")
+            w.lock("db")
+            os.kill(p.pid, signal.SIGCONT)
         assert p.wait(WAIT) == 75
         p.err.wait_for("lost (")
         # arbiterctl exits once the group is empty: the worker is gone.
