@@ -384,17 +384,19 @@ struct run {
 	const char *resource;
 	struct arb_lease lease;
 	double grace;
-	pid_t pg;	  /* CMD's pid, and its process group */
-	int sigfd;	  /* SIGCHLD and the forwarded signals */
-	int tty;	  /* the terminal handed to CMD's group, or -1 */
-	sigset_t oldmask; /* to restore in CMD */
-	bool cmd_done;	  /* CMD has been reaped */
-	int cmd_status;	  /* its exit status, 128+N for a signal */
-	int cmd_sig;	  /* N when a signal ended it, else 0 */
-	bool lost;	  /* the lease is gone; CMD is being stopped */
-	bool killed;	  /* SIGKILL sent to the group */
-	uint64_t kill_at; /* ns: when SIGKILL goes out (lost) */
-	uint64_t give_up; /* ns: when members left after SIGKILL are left */
+	pid_t pg;	      /* CMD's pid, and its process group */
+	int sigfd;	      /* SIGCHLD and the forwarded signals */
+	int tty;	      /* the terminal handed to CMD's group, or -1 */
+	sigset_t oldmask;     /* to restore in CMD */
+	bool cmd_done;	      /* CMD has been reaped */
+	int cmd_status;	      /* its exit status, 128+N for a signal */
+	int cmd_sig;	      /* N when a signal ended it, else 0 */
+	bool lost;	      /* the lease is gone; CMD is being stopped */
+	bool killed;	      /* SIGKILL sent to the group */
+	uint64_t next_renew;  /* ns: the next renewal of a ttl lease, or 0 */
+	uint64_t valid_until; /* ns: when a ttl lease runs out, unrenewed */
+	uint64_t kill_at;     /* ns: when SIGKILL goes out (lost) */
+	uint64_t give_up;     /* ns: when members left after SIGKILL are left */
 };
 
 static int
@@ -639,6 +641,42 @@ read_daemon(struct run *r)
 }
 
 /*
+ * Renew a ttl lease, a third of its ttl after the last renewal. An answer
+ * that does not come within -t is no loss by itself (a busy arbiter): the
+ * lease holds until its ttl has run out since the last renewal that was
+ * answered, and is tried again every tenth of the ttl meanwhile. A
+ * refusal (expired, revoked) is a loss.
+ */
+static void
+renew(struct run *r)
+{
+	uint64_t sent = mono_ns(), ttl = r->lease.ttl_ms * 1000000;
+	int rc = arb_renew(r->c, r->lease.id, 0);
+	char why[700];
+
+	if (rc == 0) {
+		r->valid_until = sent + ttl;
+		r->next_renew = sent + ttl / 3;
+		return;
+	}
+	if (rc == -ETIMEDOUT && mono_ns() < r->valid_until) {
+		r->next_renew = mono_ns() + ttl / 10;
+		if (r->next_renew > r->valid_until)
+			r->next_renew = r->valid_until;
+		return;
+	}
+	if (rc == -ETIMEDOUT)
+		snprintf(why, sizeof why,
+			 "no renewal was answered within its ttl of %" PRIu64
+			 " ms: %s",
+			 r->lease.ttl_ms, arb_last_error(r->c));
+	else
+		snprintf(why, sizeof why, "renewing it failed: %s",
+			 arb_last_error(r->c));
+	lose(r, why);
+}
+
+/*
  * Wait for CMD in one poll with the daemon's socket: renew a ttl lease at
  * a third of its ttl, pass signals on, and stop the tree when the lease
  * is lost. Returns the exit status.
@@ -646,10 +684,10 @@ read_daemon(struct run *r)
 static int
 supervise(struct run *r)
 {
-	uint64_t next_renew = 0;
-
-	if (r->lease.ttl_ms > 0)
-		next_renew = mono_ns() + r->lease.ttl_ms / 3 * 1000000;
+	if (r->lease.ttl_ms > 0) {
+		r->valid_until = mono_ns() + r->lease.ttl_ms * 1000000;
+		r->next_renew = mono_ns() + r->lease.ttl_ms / 3 * 1000000;
+	}
 	for (;;) {
 		struct pollfd p[2] = {
 		    {.fd = r->sigfd, .events = POLLIN},
@@ -663,8 +701,8 @@ supervise(struct run *r)
 			return EXIT_REVOKED;
 		if (r->lost) {
 			timeout = ms_until(r->killed ? r->give_up : r->kill_at);
-		} else if (next_renew) {
-			timeout = ms_until(next_renew);
+		} else if (r->next_renew) {
+			timeout = ms_until(r->next_renew);
 		}
 		/* Once lost, the socket has nothing more to say. */
 		n = poll(p, r->lost ? 1 : 2, timeout);
@@ -688,26 +726,8 @@ supervise(struct run *r)
 			read_daemon(r);
 			continue;
 		}
-		if (next_renew && mono_ns() >= next_renew) {
-			int64_t rc = arb_keepalive(r->c);
-
-			if (rc < -1) {
-				char why[600];
-
-				snprintf(why, sizeof why,
-					 "renewing it failed: %s",
-					 arb_last_error(r->c));
-				lose(r, why);
-				continue;
-			}
-			/* -1: no ttl lease left to renew; never spin on 0. */
-			if (rc < 0)
-				next_renew = 0;
-			else
-				next_renew =
-				    mono_ns() +
-				    (uint64_t)(rc > 0 ? rc : 1) * 1000000;
-		}
+		if (r->next_renew && mono_ns() >= r->next_renew)
+			renew(r);
 	}
 }
 

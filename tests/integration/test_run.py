@@ -258,3 +258,30 @@ def test_wait_bound_holds_when_the_daemon_never_answers_hello(daemon):
         os.kill(daemon.pid, signal.SIGCONT)
     assert took < 2 + 0.25 * SLOW, took
     assert r.returncode == 69 and "no answer from the arbiter" in r.stderr
+
+
+def test_a_short_wait_bound_does_not_make_a_busy_arbiter_a_lost_lease(
+        daemon, procs, tmp_path):
+    # -w 0.2 bounds every answer to 250 ms; a renewal that the stalled
+    # daemon answers late is retried while the 3 s ttl still holds.
+    fifo = str(tmp_path / "go")
+    os.mkfifo(fifo)
+    p = daemon.ctl_bg("run", "-w", "0.2", "--ttl", "3", "db", "--", "sh",
+                      "-c", 'echo held; read x < "$1"; echo done', "sh",
+                      fifo)
+    procs.append(p)
+    p.out.wait_for("held")
+    os.kill(daemon.pid, signal.SIGSTOP)
+    try:
+        time.sleep(1.6)  # the stall under test spans the 1 s renewal
+    finally:
+        os.kill(daemon.pid, signal.SIGCONT)
+    try:  # not blocking: with the command gone there is no reader
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:
+        pytest.fail("the command was stopped: %s" % "\n".join(
+            p.err.drain()))
+    os.write(fd, b"go\n")
+    os.close(fd)
+    p.out.wait_for("done")
+    assert p.wait(WAIT) == 0, "\n".join(p.err.drain())
