@@ -48,7 +48,7 @@ DAEMON_OBJ := $(DAEMON_SRC:%.c=$(BUILD)/%.o)
 MAIN_OBJ := $(BUILD)/arbiter/main.o
 
 CLIENT_OBJ := $(BUILD)/client/client.o
-CTL_OBJ := $(BUILD)/client/arbiterctl.o
+CTL_OBJ := $(BUILD)/client/arbiterctl.o $(BUILD)/client/ctl_run.o
 
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)

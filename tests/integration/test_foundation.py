@@ -218,15 +218,16 @@ def test_killed_holder_that_pipelined_loses_its_lease_at_once(daemon):
 
 def test_kill9_of_an_arbiterctl_holder_hands_over(daemon, procs):
     first = daemon.ctl_bg("run", "db", "--", "sh", "-c",
-                          "echo held; exec sleep 60")
+                          "echo held $$; exec sleep 60")
     procs.append(first)
-    first.out.wait_for("held")
+    cmd = int(first.out.wait_for("held").split()[1])
     second = daemon.ctl_bg("run", "-v", "db", "--", "sh", "-c",
                            'echo "got $ARBITER_TOKEN"')
     procs.append(second)
     second.err.wait_for("waiting for 'db': position 1")
     t0 = time.monotonic()
-    os.killpg(first.pid, signal.SIGKILL)  # arbiterctl and its command
+    os.killpg(first.pid, signal.SIGKILL)  # arbiterctl
+    os.killpg(cmd, signal.SIGKILL)  # and its command, in a group of its own
     line = second.out.wait_for("got ")
     took = time.monotonic() - t0
     assert int(line.split()[1]) >= 2
@@ -237,15 +238,15 @@ def test_kill9_of_an_arbiterctl_holder_hands_over(daemon, procs):
 def test_killing_arbiterctl_alone_keeps_the_lease_while_the_command_runs(
         daemon, procs):
     first = daemon.ctl_bg("run", "db", "--", "sh", "-c",
-                          "echo held; exec sleep 60")
+                          "echo held $$; exec sleep 60")
     procs.append(first)
-    first.out.wait_for("held")
+    cmd = int(first.out.wait_for("held").split()[1])
     os.kill(first.pid, signal.SIGKILL)  # arbiterctl only, not its command
     first.wait()
     r = daemon.ctl("run", "-n", "db", "--", "true")
     assert r.returncode == 1 and "busy" in r.stderr
     # The command still runs; ending it ends the lease.
-    os.killpg(first.pid, signal.SIGKILL)
+    os.killpg(cmd, signal.SIGKILL)
     w = Wire(daemon.socket)
     assert w.lock("db").token >= 2
 

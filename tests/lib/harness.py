@@ -225,13 +225,40 @@ def check_clean_exit(d):
             rc, "\n".join(d.log.lines[-30:]))
 
 
-def kill_tree(p):
-    """Kill a process started with start_new_session=True and its group."""
-    if p.poll() is None:
+def descendant_groups(pid):
+    """Process groups of the processes below pid (arbiterctl run puts its
+    command in a group of its own), read from /proc."""
+    below = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
         try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+            with open("/proc/%s/stat" % d) as f:
+                st = f.read()
+        except OSError:
+            continue
+        state_ppid_pgrp = st[st.rindex(")") + 2:].split()[:3]
+        below.setdefault(int(state_ppid_pgrp[1]), []).append(
+            (int(d), int(state_ppid_pgrp[2])))
+    groups, todo = set(), [pid]
+    while todo:
+        for child, pgrp in below.get(todo.pop(), []):
+            groups.add(pgrp)
+            todo.append(child)
+    groups.discard(os.getpgrp())
+    return groups
+
+
+def kill_tree(p):
+    """Kill a process started with start_new_session=True, its group and
+    the groups of the processes below it."""
+    if p.poll() is None:
+        groups = descendant_groups(p.pid) | {p.pid}
+        for g in groups:
+            try:
+                os.killpg(g, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         p.wait()
 
 
