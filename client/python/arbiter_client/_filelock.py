@@ -38,7 +38,7 @@ a RuntimeError). The sync FileLock shares one connection per process and
 socket (default_client()), so it queues in-process first: a table of
 "slots", one per socket and resource, lets one lock context (a thread of a
 thread-local object, or the object) at a time past it to the daemon; the
-others wait on a condition, within their timeout. The asyncio
+others wait in arrival order, within their timeout. The asyncio
 AsyncFileLock uses one connection per lock object instead (made on first
 use in the running loop), so the daemon queues two objects on one name as it
 queues two processes.
@@ -50,6 +50,7 @@ After fork the child does not hold the parent's lock: a lease belongs to
 the process that took it, and the child's first acquire takes its own.
 """
 import asyncio
+import collections
 import contextlib
 import inspect
 import logging
@@ -256,13 +257,28 @@ class _AcquireReturnProxy:
 # ------------------------------------------------------------ in-process slots
 
 class _Slot:
-    __slots__ = ("owner", "thread", "waiters", "cond")
+    """The in-process queue of one (socket, resource): its owner (a lock
+    context's token) and the thread that took it, and the waiters in
+    arrival order. A release hands the slot to the first waiter directly,
+    so a newcomer never overtakes a waiter."""
+
+    __slots__ = ("owner", "thread", "queue", "cond")
 
     def __init__(self, lock):
         self.owner = None
         self.thread = None
-        self.waiters = 0
+        self.queue = collections.deque()    # [token, thread] entries
         self.cond = threading.Condition(lock)
+
+    def hand_on(self):
+        """The owner is done: the first waiter owns it now (with
+        _slot_lock held). Returns False when nobody waits."""
+        if not self.queue:
+            self.owner = self.thread = None
+            return False
+        self.owner, self.thread = self.queue.popleft()
+        self.cond.notify_all()
+        return True
 
 
 _slot_lock = threading.Lock()
@@ -288,9 +304,10 @@ def _slot_take(lock, token, t):
             raise lock._busy("Another lock object of this process (thread "
                              "%d) holds it; retry later, or pass a timeout."
                              % s.thread, t)
-        s.waiters += 1
+        entry = [token, me]
+        s.queue.append(entry)
         try:
-            while s.owner is not None:
+            while s.owner is not token:
                 if deadline is None:
                     s.cond.wait()
                     continue
@@ -301,14 +318,13 @@ def _slot_take(lock, token, t):
                         "process (thread %d) to release it." % (t, s.thread),
                         t)
                 s.cond.wait(left)
-            s.owner, s.thread = token, me
-        finally:
-            s.waiters -= 1
-            if s.owner is None:
-                if s.waiters:
-                    s.cond.notify()     # pass on a wake-up we did not use
-                elif _slots.get(key) is s:
+        except BaseException:
+            if s.owner is token:        # handed over as we gave up
+                if not s.hand_on() and _slots.get(key) is s:
                     del _slots[key]
+            else:
+                s.queue.remove(entry)
+            raise
 
 
 def _slot_give(key, token):
@@ -316,10 +332,7 @@ def _slot_give(key, token):
         s = _slots.get(key)
         if s is None or s.owner is not token:
             return
-        s.owner = s.thread = None
-        if s.waiters:
-            s.cond.notify()
-        else:
+        if not s.hand_on():
             del _slots[key]
 
 

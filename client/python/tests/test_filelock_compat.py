@@ -363,6 +363,27 @@ def test_thread_local_waiter_gets_it_when_released(path):
     assert result == {"locked": True}
 
 
+def test_threads_waiting_in_process_go_in_arrival_order(path):
+    from arbiter_client import _filelock
+    lock = FileLock(path)
+    order = []
+    lock.acquire()
+    threads = []
+    for i in range(3):
+        def waiter(i=i):
+            with lock.acquire(timeout=20):
+                order.append(i)
+        t = threading.Thread(target=waiter)
+        t.start()
+        threads.append(t)
+        until(lambda: len(_filelock._slots[lock._key].queue) == i + 1,
+              "waiter %d to queue in this process" % i)
+    lock.release()
+    for t in threads:
+        t.join(20)
+    assert order == [0, 1, 2]
+
+
 def test_thread_local_timeout_is_per_thread(path):
     """filelock's thread-local context holds the defaults too."""
     lock = FileLock(path, timeout=3)
