@@ -373,6 +373,7 @@ def _after_fork_in_child():
     _reaper_start_lock = threading.Lock()
     for cls in (FileLock, AsyncFileLock):   # a thread may have held one
         cls._instances_lock = threading.Lock()
+    _async_holders.clear()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
