@@ -96,7 +96,8 @@ def run_in_thread(fn):
 def test_with_statement_and_counter(impl, path):
     lock = impl(path)
     assert not lock.is_locked and count(lock) == 0
-    with lock:
+    with lock as got:
+        assert got is lock
         assert lock.is_locked and count(lock) == 1
         with lock:                          # re-entrant: counts
             assert count(lock) == 2
@@ -382,6 +383,29 @@ def test_threads_waiting_in_process_go_in_arrival_order(path):
     for t in threads:
         t.join(20)
     assert order == [0, 1, 2]
+
+
+def test_threads_and_objects_exclude_each_other(path):
+    """8 threads, half sharing one object, half with objects of their own:
+    never two inside at once, and every round done."""
+    shared = FileLock(path)
+    inside, done, bad = [], [], []
+
+    def worker(i):
+        lock = shared if i % 2 else FileLock(path)
+        for _ in range(25):
+            with lock.acquire(timeout=20):
+                inside.append(i)
+                if len(inside) != 1:
+                    bad.append(list(inside))
+                inside.remove(i)
+            done.append(i)
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert bad == [] and len(done) == 8 * 25
 
 
 def test_thread_local_timeout_is_per_thread(path):
