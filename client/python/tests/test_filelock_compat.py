@@ -318,6 +318,35 @@ def test_other_process_holds_it(path, clients, env):
     assert result == {"locked": True}
 
 
+WORKER = """
+import sys
+from arbiter_client import FileLock    # the one line changed from filelock
+
+lock_path, counter, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+lock = FileLock(lock_path, timeout=60)
+for _ in range(rounds):
+    with lock:                         # read, then write: loses updates
+        with open(counter) as f:       # unless the lock excludes
+            n = int(f.read())
+        with open(counter, "w") as f:
+            f.write(str(n + 1))
+"""
+
+
+def test_processes_lose_no_update(tmp_path, env):
+    counter = tmp_path / "counter"
+    counter.write_text("0")
+    e = client_env()
+    e["ARBITER_SOCKET"] = env.socket
+    procs = [subprocess.Popen(
+        [sys.executable, "-c", WORKER, str(tmp_path / "count.lock"),
+         str(counter), "25"], env=e) for _ in range(4)]
+    for p in procs:
+        assert p.wait(60) == 0
+    assert counter.read_text() == "100"
+    assert not (tmp_path / "count.lock").exists()
+
+
 def test_name_too_long_is_invalid(tmp_path, env):
     with pytest.raises(ValueError):
         FileLock(str(tmp_path / ("x" * 300)))
