@@ -93,7 +93,7 @@ class FileLockTimeout(*_TIMEOUT_BASES):
         self.detail = detail
         msg = "The file lock '%s' could not be acquired." % (lock_file,)
         if detail:
-            msg += " " + detail
+            msg += " " + detail[:1].upper() + detail[1:]
         E.ArbiterError.__init__(self, msg, code=code,
                                 daemon_message=daemon_message,
                                 socket_path=socket_path, resource=resource)
@@ -262,21 +262,20 @@ class _Slot:
     arrival order. A release hands the slot to the first waiter directly,
     so a newcomer never overtakes a waiter."""
 
-    __slots__ = ("owner", "thread", "queue", "cond")
+    __slots__ = ("owner", "thread", "name", "queue", "cond")
 
     def __init__(self, lock):
-        self.owner = None
-        self.thread = None
-        self.queue = collections.deque()    # [token, thread] entries
+        self.owner = self.thread = self.name = None
+        self.queue = collections.deque()    # (token, ident, name) entries
         self.cond = threading.Condition(lock)
 
     def hand_on(self):
         """The owner is done: the first waiter owns it now (with
         _slot_lock held). Returns False when nobody waits."""
         if not self.queue:
-            self.owner = self.thread = None
+            self.owner = self.thread = self.name = None
             return False
-        self.owner, self.thread = self.queue.popleft()
+        self.owner, self.thread, self.name = self.queue.popleft()
         self.cond.notify_all()
         return True
 
@@ -287,24 +286,26 @@ _slots = {}
 
 def _slot_take(lock, token, t):
     """Let lock context `token` past the in-process queue of lock's
-    (socket, resource), waiting at most t seconds (None: forever)."""
+    (socket, resource), waiting at most t seconds (None: forever). Returns
+    whether it had to wait."""
     key = lock._key
     me = threading.get_ident()
+    name = threading.current_thread().name
     deadline = None if not t else time.monotonic() + t
     with _slot_lock:
         s = _slots.get(key)
         if s is None:
             s = _slots[key] = _Slot(_slot_lock)
         if s.owner is None:
-            s.owner, s.thread = token, me
-            return
+            s.owner, s.thread, s.name = token, me, name
+            return False
         if t is None and s.thread == me:
             raise lock._deadlock("thread")
         if t == 0:
             raise lock._busy("Another lock object of this process (thread "
-                             "%d) holds it; retry later, or pass a timeout."
-                             % s.thread, t)
-        entry = [token, me]
+                             "%r) holds it; retry later, or pass a timeout."
+                             % s.name, t)
+        entry = (token, me, name)
         s.queue.append(entry)
         try:
             while s.owner is not token:
@@ -315,9 +316,10 @@ def _slot_take(lock, token, t):
                 if left <= 0:
                     raise lock._busy(
                         "Waited %g s for another lock object of this "
-                        "process (thread %d) to release it." % (t, s.thread),
+                        "process (thread %r) to release it." % (t, s.name),
                         t)
                 s.cond.wait(left)
+            return True
         except BaseException:
             if s.owner is token:        # handed over as we gave up
                 if not s.hand_on() and _slots.get(key) is s:
@@ -602,14 +604,16 @@ class FileLock(_BaseLock, contextlib.ContextDecorator):
             if ctx.reenter():
                 return _AcquireReturnProxy(self)
         start = time.monotonic()
-        if not self._acq_mutex.acquire(timeout=-1 if t is None else t):
+        waited = not self._acq_mutex.acquire(False)
+        if waited and not self._acq_mutex.acquire(
+                timeout=-1 if t is None else t):
             raise self._busy("Another thread is acquiring this lock object; "
                              "waited %g s." % t, t)
         try:
             with self._mutex:
                 if ctx.reenter():
                     return _AcquireReturnProxy(self)
-            self._first_acquire(ctx, _left(t, start))
+            self._first_acquire(ctx, _left(t, start) if waited else t)
         finally:
             self._acq_mutex.release()
         return _AcquireReturnProxy(self)
@@ -619,17 +623,19 @@ class FileLock(_BaseLock, contextlib.ContextDecorator):
         _LOGGER.debug("Attempting to acquire lock %s on %s", lid, path)
         start = time.monotonic()
         ended = ctx.ended()
+        waited = False
         if ended is None:
-            _slot_take(self, ctx.token, t)
+            waited = _slot_take(self, ctx.token, t)
         else:       # the daemon ended our lease: we still own the slot
             try:
                 ended.release()
             except E.LeaseRevoked:
                 pass
+        left = _left(t, start) if waited else t
         try:
             lease = self.client.acquire(
-                self._raw, False, _left(t, start), self.ttl,
-                on_revoked=self.on_revoked, on_queued=self._on_queued())
+                self._raw, False, left, self.ttl, on_revoked=self.on_revoked,
+                on_queued=self._on_queued())
         except E.Timeout as exc:
             if ended is None:
                 _slot_give(self._key, ctx.token)
@@ -803,7 +809,8 @@ class AsyncFileLock(_BaseLock, _AsyncDecorator):
             return AsyncAcquireReturnProxy(self)
         start = time.monotonic()
         mutex = self._acquirer_mutex()
-        if mutex.locked() and t == 0:
+        waited = mutex.locked()
+        if waited and t == 0:
             raise self._busy("Another task is acquiring this lock object.",
                              t)
         try:
@@ -814,7 +821,7 @@ class AsyncFileLock(_BaseLock, _AsyncDecorator):
         try:
             if ctx.reenter():
                 return AsyncAcquireReturnProxy(self)
-            await self._first_acquire(ctx, _left(t, start))
+            await self._first_acquire(ctx, _left(t, start) if waited else t)
         finally:
             mutex.release()
         return AsyncAcquireReturnProxy(self)

@@ -223,7 +223,7 @@ def test_timeout_class_when_filelock_cannot_be_imported():
         "e = T('/p.lock', 'held')\n"
         "assert e.lock_file == '/p.lock' and isinstance(e, TimeoutError)\n"
         "assert str(e) == \"The file lock '/p.lock' could not be acquired. "
-        "held\", str(e)\n")
+        "Held\", str(e)\n")
     subprocess.run([sys.executable, "-c", code], env=client_env(),
                    check=True, timeout=60)
 
