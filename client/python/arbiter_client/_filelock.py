@@ -785,8 +785,8 @@ class AsyncFileLock(_BaseLock, _AsyncDecorator):
             return self._given_client
         c = self._own_client
         loop = asyncio.get_running_loop()
-        if c is not None and (c.closed or c._pid != os.getpid() or
-                              c._loop not in (None, loop)):
+        if c is not None and (c.closed or _pid_of(c) != os.getpid() or
+                              getattr(c, "_loop", None) not in (None, loop)):
             _shut_quietly(c)
             c = None
         if c is None:
@@ -905,12 +905,17 @@ class AsyncFileLock(_BaseLock, _AsyncDecorator):
             _shut_quietly(c)
 
 
+def _pid_of(client):
+    """The process an AsyncClient was made in."""
+    return getattr(client, "_pid", os.getpid())
+
+
 def _shut_quietly(client):
     """Shut an AsyncClient's socket down from anywhere (__del__, another
     loop, a closed loop): the daemon sees the connection end and ends its
     leases; its own loop, if it still runs, sees EOF and cleans up."""
     tr = getattr(client, "_transport", None)
-    if tr is None or client._pid != os.getpid():
+    if tr is None or _pid_of(client) != os.getpid():
         return
     try:
         tr.get_extra_info("socket").shutdown(socket.SHUT_RDWR)
