@@ -662,3 +662,41 @@ def test_async_lock_usable_in_a_second_event_loop(path):
             return lock.is_locked
     assert run(once()) is True
     assert run(once()) is True              # a new loop: a new connection
+
+
+def test_async_is_locked_false_after_revocation(path, env):
+    async def main():
+        lock = AsyncFileLock(path)
+        await lock.acquire()
+        env.ctl("revoke", "--lease", str(lock.lease.lease_id))
+        deadline = time.monotonic() + 20
+        while lock.is_locked:               # the Revoked event arrives
+            await lock.client.ping()
+            assert time.monotonic() < deadline
+        with pytest.raises(A.LeaseRevoked):
+            await lock.release()
+        async with lock.acquire(timeout=5):
+            assert lock.is_locked
+    run(main())
+
+
+def test_async_cancelled_wait_leaves_the_object_usable(path):
+    async def main():
+        first, second = AsyncFileLock(path), AsyncFileLock(path)
+        await first.acquire()
+        waiter = asyncio.ensure_future(second.acquire())
+        while not await _waiters(first, second):    # queued at the daemon
+            pass
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        assert not second.is_locked and second.lock_counter == 0
+        await first.release()
+        async with second.acquire(timeout=5):
+            assert second.is_locked
+    run(main())
+
+
+async def _waiters(lock, other):
+    st = await lock.client.status(other.resource)
+    return st["resources"][other.resource]["waiters"]
