@@ -683,10 +683,13 @@ class FileLock(_BaseLock, contextlib.ContextDecorator):
         holds = getattr(self, "_holds", None)
         if not holds:
             return
-        pid = os.getpid()
-        for token, (lease, owner_pid) in list(holds.items()):
-            if owner_pid == pid:
-                _reaper_queue.put((lease, self._key, token))
+        try:
+            pid = os.getpid()
+            for token, (lease, owner_pid) in list(holds.items()):
+                if owner_pid == pid:
+                    _reaper_queue.put((lease, self._key, token))
+        except Exception:   # interpreter shutdown: the connection ends too
+            pass
 
 
 # ------------------------------------------------------------ AsyncFileLock
@@ -914,12 +917,11 @@ def _shut_quietly(client):
     """Shut an AsyncClient's socket down from anywhere (__del__, another
     loop, a closed loop): the daemon sees the connection end and ends its
     leases; its own loop, if it still runs, sees EOF and cleans up."""
-    tr = getattr(client, "_transport", None)
-    if tr is None or _pid_of(client) != os.getpid():
-        return
     try:
-        tr.get_extra_info("socket").shutdown(socket.SHUT_RDWR)
-    except Exception:
+        tr = getattr(client, "_transport", None)
+        if tr is not None and _pid_of(client) == os.getpid():
+            tr.get_extra_info("socket").shutdown(socket.SHUT_RDWR)
+    except Exception:   # already closed, or interpreter shutdown
         pass
 
 
