@@ -12,7 +12,7 @@ set -eu
 BUILD_PKGS="gcc make pkg-config libevent-dev libprotobuf-c-dev protobuf-c-compiler
 libmsgpack-dev libinih-dev uthash-dev protobuf-compiler python3 python3-protobuf"
 TEST_PKGS="libcriterion-dev python3-pytest python3-venv python3-pip
-python3-setuptools python3-wheel util-linux procps socat
+python3-setuptools python3-wheel python3-filelock util-linux procps socat
 prometheus yamllint python3-yaml systemd valgrind clang-tidy cppcheck strace
 clang libclang-rt-14-dev"
 

@@ -10,8 +10,8 @@ lock. Quick use::
         with arb.lease("qdrant", timeout=30) as lease:
             ...                                # exclusive until the block ends
 
-    from arbiter_client import ArbiterLock     # filelock.FileLock's API
-    lock = ArbiterLock("sqlite:app.db", timeout=10)
+    from arbiter_client import FileLock        # drop-in for filelock's
+    lock = FileLock("/data/app.db.lock", timeout=10)  # no file is made
     with lock:
         ...
 
@@ -26,6 +26,8 @@ from ._proto import (EXCLUSIVE, PROTOCOL_VERSION, SHARED, BaseLease,
                      Revocation, default_socket_path, resolve_socket_path)
 from ._sync import ArbiterLock, Client, Lease, QueueInfo, default_client
 from ._async import AsyncArbiterLock, AsyncClient, AsyncLease
+from ._filelock import (AsyncFileLock, FileLock, FileLockTimeout,
+                        LockDeadlock)
 from .errors import (AlreadyHeld, ArbiterError, Cancelled, ConnectionLost,
                      Forbidden, InvalidName, LeaseRevoked, NotRunning,
                      ProtocolError, ShuttingDown, Timeout, UntrustedServer,
@@ -36,6 +38,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Client", "AsyncClient", "Lease", "AsyncLease", "BaseLease",
     "ArbiterLock", "AsyncArbiterLock", "Revocation", "QueueInfo",
+    "FileLock", "AsyncFileLock", "FileLockTimeout", "LockDeadlock",
     "default_client", "default_socket_path", "resolve_socket_path",
     "EXCLUSIVE", "SHARED", "PROTOCOL_VERSION",
     "ArbiterError", "NotRunning", "ConnectionLost", "ShuttingDown",
