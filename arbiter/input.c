@@ -129,7 +129,8 @@ input_read_cb(evutil_socket_t fd, short what, void *arg)
 		conn_linger_timer(c);
 		if (c->kill == NULL)
 			admin_input(c);
-		conn_flushq_add(c); /* closes it once nothing is left to write */
+		conn_flushq_add(
+		    c); /* closes it once nothing is left to write */
 		return;
 	}
 	if (n <= 0) {
@@ -165,8 +166,8 @@ input_read_cb(evutil_socket_t fd, short what, void *arg)
 		evbuffer_drain(c->in, evbuffer_get_length(c->in));
 		if (c->state == CONN_TEXT) {
 			static const char msg[] =
-				"error: limits.max_connections reached; try "
-				"again later or raise the limit\n";
+			    "error: limits.max_connections reached; try "
+			    "again later or raise the limit\n";
 
 			conn_send_text(c, msg, sizeof msg - 1);
 			c->kill = "max_connections";

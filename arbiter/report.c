@@ -227,17 +227,18 @@ report_stats(struct conn *c, const Arbiter__Request *req,
 	arbiter__stats__init(out);
 	rp->kind = ARBITER__SERVER_MESSAGE__KIND_STATS;
 	if (q->has_resource) {
-		struct stats_res *r = stats_find(
-		    &srv->stats, (const char *)q->resource.data, q->resource.len);
+		struct stats_res *r =
+		    stats_find(&srv->stats, (const char *)q->resource.data,
+			       q->resource.len);
 
 		if (r != NULL)
 			pick_add(&pk, r);
 		cursor = 0;
 	} else
-		dispatch_scan(srv->stats.by_name ? &srv->stats.by_name->hh
-						 : NULL,
-			      &cursor, page_size(q->has_page_size, q->page_size),
-			      pick_one, &pk);
+		dispatch_scan(
+		    srv->stats.by_name ? &srv->stats.by_name->hh : NULL,
+		    &cursor, page_size(q->has_page_size, q->page_size),
+		    pick_one, &pk);
 	/* The total first, then the page's resources. */
 	bufs = dispatch_keep(rp, xcalloc(pk.n + 1, sizeof *bufs));
 	total = &bufs[pk.n];
@@ -312,9 +313,8 @@ report_status(struct conn *c, const Arbiter__Request *req,
 	arbiter__status__init(out);
 	rp->kind = ARBITER__SERVER_MESSAGE__KIND_STATUS;
 	if (q->has_resource) {
-		struct lm_res *res =
-		    lockmgr_find(&srv->lm, (const char *)q->resource.data,
-				 q->resource.len);
+		struct lm_res *res = lockmgr_find(
+		    &srv->lm, (const char *)q->resource.data, q->resource.len);
 
 		if (res != NULL)
 			pick_add(&pk, res);
@@ -416,4 +416,3 @@ report_status(struct conn *c, const Arbiter__Request *req,
 	out->waiters_total = srv->lm.nwaiting;
 	free(pk.v);
 }
-
