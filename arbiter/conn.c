@@ -1,6 +1,7 @@
 /*
- * conn: one client connection. Reads bytes, cuts them into frames (or lines,
- * for the text protocol), hands each to dispatch, queues replies, writes.
+ * conn: one client connection's life and output: accepts its credentials,
+ * queues replies, writes them when the loop's pump flushes, closes. Its
+ * read callback, which cuts frames and lines, is in input.c.
  *
  * Why raw events and evbuffers rather than bufferevents: every complete frame
  * is drained in the read callback (a dead client can never hide behind
