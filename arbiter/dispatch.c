@@ -6,9 +6,15 @@
  * or an Error (WOULD_BLOCK, TIMEOUT, CANCELLED, SHUTTING_DOWN, ...). A Queued
  * event may come before it. Revoked events carry id 0 and name the lease.
  *
- * Handlers never close a connection themselves: they queue an Error and mark
- * it (conn_fail); the loop closes it after flushing, outside any callback
- * that could still touch it.
+ * Handlers do not send: they fill a dispatch_reply (a message, an Error, or
+ * an Error that closes the connection), and dispatch_request sends it after
+ * the lockmgr events their call caused (see there). Nothing here writes to a
+ * socket or closes one: frames only queue, and the loop's pump (server.c)
+ * writes them and closes failed connections at the end of the turn.
+ *
+ * The request table holds each kind's policy (allowed before Hello, admin
+ * only), checked once before the handler runs; dispatch_access is the one
+ * access check, shared with the text protocol.
  */
 #include <inttypes.h>
 #include <stdarg.h>

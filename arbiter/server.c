@@ -1,6 +1,7 @@
 /*
- * server: the event base, the Unix listener, signals, the one timer that
- * tracks the lockmgr's earliest deadline, reload and shutdown.
+ * server: the event base and its loop with the pump that runs once per
+ * turn, the Unix listener, signals, the one timer that tracks the lockmgr's
+ * earliest deadline, reload and shutdown.
  *
  * Nothing here polls. Connections wake us by becoming readable, the lockmgr's
  * deadlines by one evtimer kept at the earliest of them, a standby by the
