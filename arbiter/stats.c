@@ -33,6 +33,13 @@ const struct stats_field stats_fields[STATS_NFIELDS] = {
 #undef STATS_FIELD_H
 };
 
+/* stats_value reads a counter's field at the counter's own index. */
+#define STATS_SAME_INDEX(n, h)                                              \
+	_Static_assert((int)STATS_F_##n == (int)STAT_##n,                   \
+		       "counters come first in stats_fields");
+STATS_COUNTERS(STATS_SAME_INDEX)
+#undef STATS_SAME_INDEX
+
 /* Durations are bucketed in units of 1024 ns (about a microsecond). */
 #define UNIT_SHIFT 10
 
