@@ -19,6 +19,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "report.h"
 #include "role.h"
 #include "server.h"
 
@@ -47,28 +48,24 @@ end_reply(struct conn *c)
 }
 
 static void
+print_field(const struct stats_field *fd, const struct stats_value *v,
+	    void *arg)
+{
+	char buf[256];
+	int n = report_text_field(fd, v, buf, sizeof buf);
+
+	if (n > 0)
+		conn_send_text(arg, buf,
+			       (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
+}
+
+static void
 print_figures(struct conn *c, const struct stats_res *r)
 {
 	struct stats_figures f;
-	struct hist_summary w, h;
 
 	stats_since_reset(r, &f);
-	for (unsigned k = 0; k < STATS_NCOUNTERS; k++)
-		out(c, "%s:%" PRIu64 "\n", stats_counter_names[k], f.c[k]);
-	hist_summarize(&f.wait, &w);
-	hist_summarize(&f.hold, &h);
-	out(c, "total_acquisitions:%" PRIu64 "\n",
-	    f.c[STAT_acquired_immediate] + f.c[STAT_acquired_after_wait]);
-	out(c, "failed_acquisitions:%" PRIu64 "\n",
-	    f.c[STAT_failed_timeout] + f.c[STAT_failed_would_block] +
-		    f.c[STAT_failed_forbidden] + f.c[STAT_failed_invalid]);
-	out(c, "average_wait_time:%.6f\nmax_wait_time:%.6f\n", w.mean, w.max);
-	out(c, "wait_seconds:count=%" PRIu64
-	       " mean=%.6f p50=%.6f p90=%.6f p99=%.6f max=%.6f\n",
-	    w.count, w.mean, w.p50, w.p90, w.p99, w.max);
-	out(c, "hold_seconds:count=%" PRIu64
-	       " mean=%.6f p50=%.6f p90=%.6f p99=%.6f max=%.6f\n",
-	    h.count, h.mean, h.p50, h.p90, h.p99, h.max);
+	stats_emit(&f, print_field, c);
 }
 
 enum { STREAM_NONE, STREAM_STATUS, STREAM_STATS };
@@ -300,12 +297,7 @@ admin_input(struct conn *c)
 	if (!c->welcomed) {
 		/* The text protocol is read-only, but access control still
 		 * applies: the same allow lists as binary clients. */
-		const struct config *cfg = &srv->cfg;
-
-		if ((cfg->allow_uids.n || cfg->allow_gids.n) &&
-		    !config_id_allowed(&cfg->allow_uids, c->owner.uid) &&
-		    !config_id_allowed(&cfg->allow_gids, c->owner.gid) &&
-		    c->owner.uid != (uint32_t)getuid()) {
+		if (!dispatch_access(srv, &c->owner, ACCESS_CLIENT)) {
 			stats_count(&srv->stats, NULL, STAT_failed_forbidden);
 			out(c, "error: forbidden: uid %u gid %u is not in "
 			       "access.allow_uids or access.allow_gids\n",

@@ -36,6 +36,7 @@ struct config_key {
 	const char *def;
 	const char *const *names; /* T_ENUM */
 	bool live;		  /* SIGHUP applies it without a restart */
+	const char *help;	  /* for --help-config and value errors */
 };
 
 static const char *const hold_names[] = {"always", "on-demand", NULL};
@@ -48,67 +49,386 @@ static const char *const bool_names[] = {"no", "yes", NULL};
 #define MAXU UINT64_C(1000000000000)
 
 static const struct config_key keys[] = {
-	{"socket", "path", T_PATH, O(socket_path), 0, 0, "", NULL, false},
-	{"socket", "mode", T_MODE, O(socket_mode), 0, 0777, "0660", NULL, false},
-	{"socket", "group", T_STR, O(socket_group), 0, 0, "", NULL, false},
-	{"storage", "path", T_PATH, O(storage_path), 0, 0, "/var/lib/arbiter",
-	 NULL, false},
-	{"storage", "lock_file", T_PATH, O(lock_file), 0, 0, "", NULL, false},
-	{"storage", "state_file", T_PATH, O(state_file), 0, 0, "", NULL, false},
-	{"storage", "hold", T_ENUM, O(hold), 0, 0, "always", hold_names, false},
-	{"storage", "linger_ms", T_UINT, O(linger_ms), 0, 86400000, "1000", NULL,
-	 true},
-	{"limits", "max_connections", T_UINT, O(max_connections), 1, 1000000,
-	 "4096", NULL, true},
-	{"limits", "max_frame_bytes", T_BYTES, O(max_frame_bytes), 64, 16777215,
-	 "65536", NULL, true},
-	{"limits", "max_resources", T_UINT, O(max_resources), 1, 100000000,
-	 "1000000", NULL, true},
-	{"limits", "max_leases_per_connection", T_UINT,
-	 O(max_leases_per_connection), 1, 1000000, "1024", NULL, true},
-	{"limits", "max_waiters_per_resource", T_UINT,
-	 O(max_waiters_per_resource), 1, 10000000, "100000", NULL, true},
-	{"limits", "handshake_timeout_ms", T_UINT, O(handshake_timeout_ms), 10,
-	 3600000, "5000", NULL, true},
-	{"limits", "output_buffer_bytes", T_BYTES, O(output_buffer_bytes), 4096,
-	 1073741824, "4M", NULL, true},
-	{"limits", "output_total_bytes", T_BYTES, O(output_total_bytes), 65536,
-	 17179869184ULL, "16M", NULL, true},
-	{"limits", "close_flush_ms", T_UINT, O(close_flush_ms), 10, 3600000,
-	 "10000", NULL, true},
-	{"limits", "max_text_line", T_BYTES, O(max_text_line), 64, 65536, "1024",
-	 NULL, true},
-	{"leases", "lock_delay_ms", T_UINT, O(lock_delay_ms), 0, 3600000, "0",
-	 NULL, true},
-	{"leases", "max_lock_delay_ms", T_UINT, O(max_lock_delay_ms), 0, 3600000,
-	 "60000", NULL, true},
-	{"leases", "max_ttl_ms", T_UINT, O(max_ttl_ms), 1, MAXU, "86400000",
-	 NULL, true},
-	{"leases", "slow_grant_ms", T_UINT, O(slow_grant_ms), 0, MAXU, "1000",
-	 NULL, true},
-	{"access", "allow_uids", T_UIDS, O(allow_uids), 0, 0, "", NULL, true},
-	{"access", "allow_gids", T_GIDS, O(allow_gids), 0, 0, "", NULL, true},
-	{"access", "admin_uids", T_UIDS, O(admin_uids), 0, 0, "0", NULL, true},
-	{"log", "level", T_ENUM, O(log_level), 0, 0, "info", level_names, true},
-	{"log", "format", T_ENUM, O(log_format), 0, 0, "logfmt", format_names,
-	 true},
-	{"metrics", "listen", T_STR, O(metrics_listen), 0, 0, "", NULL, true},
-	{"metrics", "max_resource_labels", T_UINT, O(max_resource_labels), 0,
-	 100000, "100", NULL, true},
-	{"metrics", "max_connections", T_UINT, O(metrics_max_connections), 1,
-	 10000, "16", NULL, true},
-	{"metrics", "max_header_bytes", T_BYTES, O(metrics_max_header_bytes),
-	 512, 1048576, "8K", NULL, true},
-	{"metrics", "max_body_bytes", T_BYTES, O(metrics_max_body_bytes), 0,
-	 1048576, "4K", NULL, true},
-	{"metrics", "timeout_ms", T_UINT, O(metrics_timeout_ms), 100, 600000,
-	 "10000", NULL, true},
-	{"stats", "max_resources", T_UINT, O(stats_max_resources), 1, 10000000,
-	 "10000", NULL, true},
-	{"stats", "enabled", T_ENUM, O(stats_enabled), 0, 0, "yes", bool_names,
-	 true},
-	{"shutdown", "timeout_ms", T_UINT, O(shutdown_timeout_ms), 0, 600000,
-	 "5000", NULL, true},
+	{
+		.section = "socket",
+		.key = "path",
+		.type = T_PATH,
+		.off = O(socket_path),
+		.def = "",
+		.help = "Unix socket clients connect to; empty: "
+			"/run/arbiter/arbiter.sock as root, "
+			"/tmp/arbiter-UID/arbiter.sock otherwise",
+	},
+	{
+		.section = "socket",
+		.key = "mode",
+		.type = T_MODE,
+		.off = O(socket_mode),
+		.max = 0777,
+		.def = "0660",
+		.help = "file mode of the socket; connecting needs write permission",
+	},
+	{
+		.section = "socket",
+		.key = "group",
+		.type = T_STR,
+		.off = O(socket_group),
+		.def = "",
+		.help = "group of the socket, a name or number; empty: the "
+			"daemon's group",
+	},
+	{
+		.section = "storage",
+		.key = "path",
+		.type = T_PATH,
+		.off = O(storage_path),
+		.def = "/var/lib/arbiter",
+		.help = "the storage folder whose lock arbiter holds; created if "
+			"missing",
+	},
+	{
+		.section = "storage",
+		.key = "lock_file",
+		.type = T_PATH,
+		.off = O(lock_file),
+		.def = "",
+		.help = "the lock file; empty: <storage.path>/.arbiter.lock",
+	},
+	{
+		.section = "storage",
+		.key = "state_file",
+		.type = T_PATH,
+		.off = O(state_file),
+		.def = "",
+		.help = "the state file of fencing-token high-water marks; empty:"
+			" <storage.path>/.arbiter.state",
+	},
+	{
+		.section = "storage",
+		.key = "hold",
+		.type = T_ENUM,
+		.off = O(hold),
+		.def = "always",
+		.names = hold_names,
+		.help = "always: hold the storage lock for the daemon's life (a "
+			"second arbiter waits as a standby); on-demand: take it "
+			"with the first lease, drop it linger_ms after the last",
+	},
+	{
+		.section = "storage",
+		.key = "linger_ms",
+		.type = T_UINT,
+		.off = O(linger_ms),
+		.max = 86400000,
+		.def = "1000",
+		.live = true,
+		.help = "on-demand only: how long the storage lock outlives the "
+			"last lease",
+	},
+	{
+		.section = "limits",
+		.key = "max_connections",
+		.type = T_UINT,
+		.off = O(max_connections),
+		.min = 1,
+		.max = 1000000,
+		.def = "4096",
+		.live = true,
+		.help = "client connections at once; more are refused with an error",
+	},
+	{
+		.section = "limits",
+		.key = "max_frame_bytes",
+		.type = T_BYTES,
+		.off = O(max_frame_bytes),
+		.min = 64,
+		.max = 16777215,
+		.def = "65536",
+		.live = true,
+		.help = "largest request frame in bytes (K/M suffixes allowed)",
+	},
+	{
+		.section = "limits",
+		.key = "max_resources",
+		.type = T_UINT,
+		.off = O(max_resources),
+		.min = 1,
+		.max = 100000000,
+		.def = "1000000",
+		.live = true,
+		.help = "distinct resources held or waited for at once",
+	},
+	{
+		.section = "limits",
+		.key = "max_leases_per_connection",
+		.type = T_UINT,
+		.off = O(max_leases_per_connection),
+		.min = 1,
+		.max = 1000000,
+		.def = "1024",
+		.live = true,
+		.help = "leases plus pending requests on one connection",
+	},
+	{
+		.section = "limits",
+		.key = "max_waiters_per_resource",
+		.type = T_UINT,
+		.off = O(max_waiters_per_resource),
+		.min = 1,
+		.max = 10000000,
+		.def = "100000",
+		.live = true,
+		.help = "waiters queued on one resource",
+	},
+	{
+		.section = "limits",
+		.key = "handshake_timeout_ms",
+		.type = T_UINT,
+		.off = O(handshake_timeout_ms),
+		.min = 10,
+		.max = 3600000,
+		.def = "5000",
+		.live = true,
+		.help = "a client must send Hello within this many ms of connecting",
+	},
+	{
+		.section = "limits",
+		.key = "output_buffer_bytes",
+		.type = T_BYTES,
+		.off = O(output_buffer_bytes),
+		.min = 4096,
+		.max = 1073741824,
+		.def = "4M",
+		.live = true,
+		.help = "replies queued for a client that does not read them; "
+			"past this it is disconnected",
+	},
+	{
+		.section = "limits",
+		.key = "output_total_bytes",
+		.type = T_BYTES,
+		.off = O(output_total_bytes),
+		.min = 65536,
+		.max = 17179869184ULL,
+		.def = "16M",
+		.live = true,
+		.help = "replies queued for all clients together; past this the "
+			"slowest readers are disconnected first",
+	},
+	{
+		.section = "limits",
+		.key = "close_flush_ms",
+		.type = T_UINT,
+		.off = O(close_flush_ms),
+		.min = 10,
+		.max = 3600000,
+		.def = "10000",
+		.live = true,
+		.help = "how long a closing text session may take to read its "
+			"last replies",
+	},
+	{
+		.section = "limits",
+		.key = "max_text_line",
+		.type = T_BYTES,
+		.off = O(max_text_line),
+		.min = 64,
+		.max = 65536,
+		.def = "1024",
+		.live = true,
+		.help = "longest line of the text admin protocol",
+	},
+	{
+		.section = "leases",
+		.key = "lock_delay_ms",
+		.type = T_UINT,
+		.off = O(lock_delay_ms),
+		.max = 3600000,
+		.def = "0",
+		.live = true,
+		.help = "after a lease ends uncleanly, the resource is not "
+			"granted again for this long; 0: off",
+	},
+	{
+		.section = "leases",
+		.key = "max_lock_delay_ms",
+		.type = T_UINT,
+		.off = O(max_lock_delay_ms),
+		.max = 3600000,
+		.def = "60000",
+		.live = true,
+		.help = "the longest lock delay a client may ask for",
+	},
+	{
+		.section = "leases",
+		.key = "max_ttl_ms",
+		.type = T_UINT,
+		.off = O(max_ttl_ms),
+		.min = 1,
+		.max = MAXU,
+		.def = "86400000",
+		.live = true,
+		.help = "the longest ttl_ms a client may ask for",
+	},
+	{
+		.section = "leases",
+		.key = "slow_grant_ms",
+		.type = T_UINT,
+		.off = O(slow_grant_ms),
+		.max = MAXU,
+		.def = "1000",
+		.live = true,
+		.help = "a grant that waited at least this long is logged; 0: never",
+	},
+	{
+		.section = "access",
+		.key = "allow_uids",
+		.type = T_UIDS,
+		.off = O(allow_uids),
+		.def = "",
+		.live = true,
+		.help = "users (names or numbers, comma-separated) who may "
+			"connect; with allow_gids empty too: anyone who can open "
+			"the socket",
+	},
+	{
+		.section = "access",
+		.key = "allow_gids",
+		.type = T_GIDS,
+		.off = O(allow_gids),
+		.def = "",
+		.live = true,
+		.help = "groups (names or numbers, comma-separated) whose members"
+			" may connect",
+	},
+	{
+		.section = "access",
+		.key = "admin_uids",
+		.type = T_UIDS,
+		.off = O(admin_uids),
+		.def = "0",
+		.live = true,
+		.help = "users who may revoke leases and reset stats (the "
+			"daemon's own uid always may)",
+	},
+	{
+		.section = "log",
+		.key = "level",
+		.type = T_ENUM,
+		.off = O(log_level),
+		.def = "info",
+		.names = level_names,
+		.live = true,
+		.help = "debug, info, warn or error",
+	},
+	{
+		.section = "log",
+		.key = "format",
+		.type = T_ENUM,
+		.off = O(log_format),
+		.def = "logfmt",
+		.names = format_names,
+		.live = true,
+		.help = "logfmt (key=value) or json (one object per line)",
+	},
+	{
+		.section = "metrics",
+		.key = "listen",
+		.type = T_STR,
+		.off = O(metrics_listen),
+		.def = "",
+		.live = true,
+		.help = "HOST:PORT of the Prometheus /metrics and /healthz "
+			"listener; empty: off",
+	},
+	{
+		.section = "metrics",
+		.key = "max_resource_labels",
+		.type = T_UINT,
+		.off = O(max_resource_labels),
+		.max = 100000,
+		.def = "100",
+		.live = true,
+		.help = "resources that get their own label; the rest are folded "
+			"into \"_other\"",
+	},
+	{
+		.section = "metrics",
+		.key = "max_connections",
+		.type = T_UINT,
+		.off = O(metrics_max_connections),
+		.min = 1,
+		.max = 10000,
+		.def = "16",
+		.live = true,
+		.help = "metrics connections at once; past it a new one gets 503",
+	},
+	{
+		.section = "metrics",
+		.key = "max_header_bytes",
+		.type = T_BYTES,
+		.off = O(metrics_max_header_bytes),
+		.min = 512,
+		.max = 1048576,
+		.def = "8K",
+		.live = true,
+		.help = "largest request line plus headers; past it 431",
+	},
+	{
+		.section = "metrics",
+		.key = "max_body_bytes",
+		.type = T_BYTES,
+		.off = O(metrics_max_body_bytes),
+		.max = 1048576,
+		.def = "4K",
+		.live = true,
+		.help = "largest request body, read and dropped; past it 413",
+	},
+	{
+		.section = "metrics",
+		.key = "timeout_ms",
+		.type = T_UINT,
+		.off = O(metrics_timeout_ms),
+		.min = 100,
+		.max = 600000,
+		.def = "10000",
+		.live = true,
+		.help = "ms a metrics client has to send its request, and again "
+			"to read the reply",
+	},
+	{
+		.section = "stats",
+		.key = "max_resources",
+		.type = T_UINT,
+		.off = O(stats_max_resources),
+		.min = 1,
+		.max = 10000000,
+		.def = "10000",
+		.live = true,
+		.help = "resources whose figures are kept one by one; the rest "
+			"are folded together",
+	},
+	{
+		.section = "stats",
+		.key = "enabled",
+		.type = T_ENUM,
+		.off = O(stats_enabled),
+		.def = "yes",
+		.names = bool_names,
+		.live = true,
+		.help = "no: record nothing (stats and /metrics show zeros)",
+	},
+	{
+		.section = "shutdown",
+		.key = "timeout_ms",
+		.type = T_UINT,
+		.off = O(shutdown_timeout_ms),
+		.max = 600000,
+		.def = "5000",
+		.live = true,
+		.help = "on SIGTERM/SIGINT, how long to wait for the holders' "
+			"Revoked messages to be written",
+	},
 };
 
 #define NKEYS (sizeof keys / sizeof keys[0])
@@ -415,7 +735,7 @@ handler(void *user, const char *section, const char *name, const char *value)
 		return 1;
 	}
 	if (set_value(x->c, k, value, x->base, msg, sizeof msg) < 0)
-		fail(x, "%s.%s: %s", section, name, msg);
+		fail(x, "%s.%s: %s [%s]", section, name, msg, k->help);
 	return 1;
 }
 
@@ -475,8 +795,9 @@ apply_env(struct config *c, char *err, size_t errlen)
 		if (v == NULL)
 			continue;
 		if (set_value(c, &keys[i], v, NULL, msg, sizeof msg) < 0) {
-			snprintf(err, errlen, "environment %s: %s.%s: %s", name,
-				 keys[i].section, keys[i].key, msg);
+			snprintf(err, errlen, "environment %s: %s.%s: %s [%s]",
+				 name, keys[i].section, keys[i].key, msg,
+				 keys[i].help);
 			return -1;
 		}
 	}
@@ -509,7 +830,8 @@ apply_override(struct config *c, const char *o, char *err, size_t errlen)
 		return -1;
 	}
 	if (set_value(c, k, eq + 1, NULL, msg, sizeof msg) < 0) {
-		snprintf(err, errlen, "-o %s: %s.%s: %s", o, section, key, msg);
+		snprintf(err, errlen, "-o %s: %s.%s: %s [%s]", o, section, key,
+			 msg, k->help);
 		return -1;
 	}
 	return 0;
@@ -656,6 +978,57 @@ config_print(const struct config *c, FILE *out)
 		}
 		format_value(c, &keys[i], v, sizeof v);
 		fprintf(out, "%s = %s\n", keys[i].key, v);
+	}
+}
+
+/* The range or choices of a key, for --help-config. */
+static void
+describe_type(const struct config_key *k, char *buf, size_t len)
+{
+	size_t o;
+
+	switch (k->type) {
+	case T_UINT:
+	case T_BYTES:
+		snprintf(buf, len, "%s, %" PRIu64 " to %" PRIu64,
+			 k->type == T_UINT ? "number" : "size (K, M, G)",
+			 k->min, k->max);
+		break;
+	case T_ENUM:
+		o = (size_t)snprintf(buf, len, "one of");
+		for (unsigned i = 0; k->names[i] != NULL && o < len; i++)
+			o += (size_t)snprintf(buf + o, len - o, "%s %s",
+					      i ? "," : "", k->names[i]);
+		break;
+	case T_MODE:
+		snprintf(buf, len, "octal file mode");
+		break;
+	case T_PATH:
+		snprintf(buf, len, "path, relative to the config file");
+		break;
+	case T_STR:
+		snprintf(buf, len, "text");
+		break;
+	case T_UIDS:
+	case T_GIDS:
+		snprintf(buf, len, "list of %s names or numbers",
+			 k->type == T_UIDS ? "user" : "group");
+		break;
+	}
+}
+
+void
+config_help(FILE *out)
+{
+	char type[200];
+
+	for (size_t i = 0; i < NKEYS; i++) {
+		describe_type(&keys[i], type, sizeof type);
+		fprintf(out, "%s.%s = %s\n    %s; %s\n    %s\n",
+			keys[i].section, keys[i].key, keys[i].def, type,
+			keys[i].live ? "a reload (SIGHUP) applies it"
+				     : "changing it needs a restart",
+			keys[i].help);
 	}
 }
 

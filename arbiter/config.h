@@ -83,6 +83,9 @@ int config_load(struct config *c, const char *path, char *const *overrides,
 		size_t noverrides, char *err, size_t errlen);
 void config_free(struct config *c);
 
+/* Print every key with its default, type, bounds and help (--help-config). */
+void config_help(FILE *out);
+
 /* Print every key with its effective value, as a loadable config file. */
 void config_print(const struct config *c, FILE *out);
 

@@ -1,6 +1,7 @@
 /*
- * conn: one client connection. Reads bytes, cuts them into frames (or lines,
- * for the text protocol), hands each to dispatch, queues replies, writes.
+ * conn: one client connection's life and output: accepts its credentials,
+ * queues replies, writes them when the loop's pump flushes, closes. Its
+ * read callback, which cuts frames and lines, is in input.c.
  *
  * Why raw events and evbuffers rather than bufferevents: every complete frame
  * is drained in the read callback (a dead client can never hide behind
@@ -35,12 +36,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "frame.h"
 #include "log.h"
 #include "server.h"
 #include "xalloc.h"
 
-static void conn_read_cb(evutil_socket_t fd, short what, void *arg);
 static void conn_write_cb(evutil_socket_t fd, short what, void *arg);
 static void conn_deadline_cb(evutil_socket_t fd, short what, void *arg);
 
@@ -78,7 +77,7 @@ conn_new(struct server *srv, int fd, bool refused)
 		abort();
 	}
 	event_assign(&c->ev_read, srv->base, fd, EV_READ | EV_PERSIST,
-		     conn_read_cb, c);
+		     input_read_cb, c);
 	event_assign(&c->ev_write, srv->base, fd, EV_WRITE, conn_write_cb, c);
 	evtimer_assign(&c->ev_deadline, srv->base, conn_deadline_cb, c);
 	event_add(&c->ev_read, NULL);
@@ -104,8 +103,8 @@ out_account(struct conn *c)
 	c->out_counted = n;
 }
 
-static void
-flushq_add(struct conn *c)
+void
+conn_flushq_add(struct conn *c)
 {
 	if (!c->in_flushq && c->state != CONN_DEAD) {
 		c->in_flushq = true;
@@ -145,9 +144,9 @@ conn_close(struct conn *c, const char *reason)
 	/* Leases die with the socket, now: the next waiter is granted in
 	 * this same loop turn. */
 	lockmgr_drop_owner(&srv->lm, &c->owner, LM_END_DISCONNECT, now_ns());
+	/* Its events (the next waiter's grant) and the free are the pump's:
+	 * they happen at the end of this loop turn, after every callback. */
 	TAILQ_INSERT_TAIL(&srv->graveyard, c, entry);
-	event_active(srv->ev_reap, EV_TIMEOUT, 0);
-	server_after_lockmgr(srv);
 }
 
 void
@@ -173,7 +172,7 @@ shed(struct conn *c, const char *kill, const char *what, uint64_t limit)
 	log_warn(what, "%s pending=%zu limit=%llu",
 		 conn_label(c, label, sizeof label), n,
 		 (unsigned long long)limit);
-	flushq_add(c);
+	conn_flushq_add(c);
 }
 
 static void
@@ -221,12 +220,12 @@ conn_send(struct conn *c, const Arbiter__ServerMessage *m)
 	n = codec_frame_size(&m->base);
 	if (evbuffer_reserve_space(c->out, (ev_ssize_t)n, &v, 1) < 1) {
 		c->kill = "out of memory for output";
-		flushq_add(c);
+		conn_flushq_add(c);
 		return;
 	}
 	v.iov_len = codec_pack_frame(&m->base, v.iov_base);
 	evbuffer_commit_space(c->out, &v, 1);
-	flushq_add(c);
+	conn_flushq_add(c);
 	check_output_cap(c);
 }
 
@@ -236,7 +235,7 @@ conn_send_text(struct conn *c, const char *s, size_t len)
 	if (c->state == CONN_DEAD || c->kill != NULL)
 		return;
 	evbuffer_add(c->out, s, len);
-	flushq_add(c);
+	conn_flushq_add(c);
 	check_output_cap(c);
 }
 
@@ -283,7 +282,7 @@ conn_fail(struct conn *c, uint64_t id, Arbiter__ErrorCode code,
 		c->kill = codec_error_name(code);
 	log_info("connection refused or dropped", "%s code=%s",
 		 conn_label(c, label, sizeof label), codec_error_name(code));
-	flushq_add(c);
+	conn_flushq_add(c);
 }
 
 static void
@@ -296,8 +295,8 @@ want_write(struct conn *c)
 }
 
 /* A closing text session: give the peer close_flush_ms to read on. */
-static void
-linger_timer(struct conn *c)
+void
+conn_linger_timer(struct conn *c)
 {
 	uint64_t ms = c->srv->cfg.close_flush_ms;
 	struct timeval tv = {(time_t)(ms / 1000),
@@ -327,7 +326,7 @@ conn_flush(struct conn *c)
 				break; /* give up on the last words */
 			out_account(c);
 			if ((c->linger || c->eof) && (wrote || !c->want_write))
-				linger_timer(c);
+				conn_linger_timer(c);
 			want_write(c);
 			return true;
 		}
@@ -335,23 +334,8 @@ conn_flush(struct conn *c)
 		return false;
 	}
 	out_account(c);
-	if (c->stream != 0 && c->kill == NULL) {
-		/* The buffer drained: produce the next part of the reply, to
-		 * be written on a later loop turn so that one big reply
-		 * never holds up the others. */
-		admin_stream(c);
-		if (c->in_flushq) {
-			/* Not again in this turn's flush: EV_WRITE brings it
-			 * back once the other clients had theirs. */
-			TAILQ_REMOVE(&c->srv->flushq, c, flush_entry);
-			c->in_flushq = false;
-		}
-		if (c->linger || c->eof)
-			linger_timer(c);
-		if (evbuffer_get_length(c->out) > 0 || c->stream != 0)
-			want_write(c);
-		return true;
-	}
+	if (c->stream != 0 && c->kill == NULL)
+		return true; /* the pump produces the next part */
 	if (c->kill != NULL) {
 		char sink[4096];
 
@@ -367,6 +351,23 @@ conn_flush(struct conn *c)
 	return true;
 }
 
+void
+conn_stream_produced(struct conn *c)
+{
+	if (c->in_flushq) {
+		/* Not again in this turn's flush: EV_WRITE brings it back
+		 * once the other clients had theirs. */
+		TAILQ_REMOVE(&c->srv->flushq, c, flush_entry);
+		c->in_flushq = false;
+	}
+	if (c->state == CONN_DEAD)
+		return;
+	if (c->linger || c->eof)
+		conn_linger_timer(c);
+	if (evbuffer_get_length(c->out) > 0 || c->stream != 0)
+		want_write(c);
+}
+
 static void
 conn_write_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -375,8 +376,7 @@ conn_write_cb(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	c->want_write = false;
-	flushq_add(c);
-	server_flush(c->srv);
+	conn_flushq_add(c);
 }
 
 static void
@@ -399,176 +399,5 @@ conn_deadline_cb(evutil_socket_t fd, short what, void *arg)
 			  "no Hello within limits.handshake_timeout_ms "
 			  "(%llu ms); closing",
 			  (unsigned long long)c->srv->cfg.handshake_timeout_ms);
-	server_flush(c->srv);
 }
 
-/*
- * Check the frame header at hdr with avail bytes there. Returns 1 with *n
- * (the body's length) when the whole frame is there, 0 when more is needed,
- * -1 when the header is bad (the connection is then failed).
- */
-static int
-frame_ready(struct conn *c, const uint8_t *hdr, size_t avail, uint32_t *n)
-{
-	uint32_t max = (uint32_t)c->srv->cfg.max_frame_bytes;
-	enum frame_status st;
-
-	if (avail < FRAME_HEADER)
-		return 0;
-	st = frame_parse(hdr, FRAME_HEADER, max, n);
-	if (st == FRAME_EMPTY) {
-		conn_fail(c, 0, ARBITER__ERROR_CODE__BAD_FRAME,
-			  "frame length 0; every frame carries one "
-			  "message of 1 to %u bytes",
-			  max);
-		return -1;
-	}
-	if (st == FRAME_TOO_BIG) {
-		conn_fail(c, 0, ARBITER__ERROR_CODE__LIMIT,
-			  "frame of %u bytes is over "
-			  "limits.max_frame_bytes (%u)",
-			  *n, max);
-		return -1;
-	}
-	return avail - FRAME_HEADER >= *n;
-}
-
-/* Decode one frame's body and dispatch it. */
-static void
-frame_dispatch(struct conn *c, const uint8_t *body, uint32_t n)
-{
-	struct server *srv = c->srv;
-	Arbiter__Request *req;
-
-	codec_arena_reset(&srv->arena);
-	req = codec_unpack_request(&srv->arena, body, n);
-	if (req == NULL) {
-		conn_fail(c, 0, ARBITER__ERROR_CODE__BAD_FRAME,
-			  "frame of %u bytes is not a valid Request "
-			  "message (protocol version %d)",
-			  n, ARB_PROTOCOL_VERSION);
-		return;
-	}
-	dispatch_request(c, req);
-}
-
-/* Cut complete frames out of the buffered input and dispatch each. */
-static void
-conn_frames(struct conn *c)
-{
-	while (c->state == CONN_BINARY && c->kill == NULL) {
-		size_t avail = evbuffer_get_length(c->in);
-		uint8_t hdr[FRAME_HEADER];
-		const uint8_t *p;
-		uint32_t n;
-
-		if (avail >= FRAME_HEADER)
-			evbuffer_copyout(c->in, hdr, FRAME_HEADER);
-		if (frame_ready(c, hdr, avail, &n) <= 0)
-			return;
-		p = evbuffer_pullup(c->in, (ev_ssize_t)(FRAME_HEADER + n));
-		frame_dispatch(c, p + FRAME_HEADER, n);
-		evbuffer_drain(c->in, FRAME_HEADER + n);
-	}
-}
-
-/*
- * The common case: nothing buffered, and the read holds whole frames.
- * Dispatch them straight from the read buffer; only a partial frame at the
- * end is copied into the connection's input.
- */
-static void
-conn_frames_direct(struct conn *c, const uint8_t *p, size_t len)
-{
-	size_t used = 0;
-	uint32_t n;
-
-	while (c->state == CONN_BINARY && c->kill == NULL &&
-	       frame_ready(c, p + used, len - used, &n) > 0) {
-		frame_dispatch(c, p + used + FRAME_HEADER, n);
-		used += FRAME_HEADER + n;
-	}
-	if (c->kill == NULL && used < len &&
-	    evbuffer_add(c->in, p + used, len - used) < 0)
-		conn_close(c, "out of memory for input");
-}
-
-static void
-conn_read_cb(evutil_socket_t fd, short what, void *arg)
-{
-	struct conn *c = arg;
-	struct server *srv = c->srv;
-	ssize_t n;
-
-	(void)what;
-	/* read(2), not evbuffer_read: that asks FIONREAD first, one more
-	 * system call on every request. */
-	n = read(fd, srv->rbuf, CONN_READ_CHUNK);
-	if (n == 0 && c->state == CONN_TEXT && !c->refused &&
-	    (c->kill == NULL || c->linger)) {
-		/* The peer shut down its side (or closed after `quit`): it
-		 * may still read. Answer what it sent, then close. */
-		event_del(&c->ev_read);
-		c->eof = true;
-		linger_timer(c);
-		if (c->kill == NULL)
-			admin_input(c);
-		flushq_add(c); /* closes it once nothing is left to write */
-		server_flush(srv);
-		return;
-	}
-	if (n <= 0) {
-		if (n < 0 && (errno == EAGAIN || errno == EINTR))
-			return;
-		conn_close(c, n == 0 ? "eof" : strerror(errno));
-		server_flush(srv);
-		return;
-	}
-	if (c->kill != NULL) {
-		/* Closing: ignore what it still sends. */
-		evbuffer_drain(c->in, evbuffer_get_length(c->in));
-		return;
-	}
-	if (c->state == CONN_BINARY && !c->refused &&
-	    evbuffer_get_length(c->in) == 0) {
-		conn_frames_direct(c, srv->rbuf, (size_t)n);
-		server_flush(srv);
-		return;
-	}
-	if (evbuffer_add(c->in, srv->rbuf, (size_t)n) < 0) {
-		conn_close(c, "out of memory for input");
-		server_flush(srv);
-		return;
-	}
-	if (c->state == CONN_NEW) {
-		unsigned char first;
-
-		evbuffer_copyout(c->in, &first, 1);
-		c->state = isalpha(first) ? CONN_TEXT : CONN_BINARY;
-		if (c->state == CONN_TEXT)
-			event_del(&c->ev_deadline);
-	}
-	if (c->refused) {
-		/* Read what it sent, so the close is clean, then say why. */
-		evbuffer_drain(c->in, evbuffer_get_length(c->in));
-		if (c->state == CONN_TEXT) {
-			static const char msg[] =
-				"error: limits.max_connections reached; try "
-				"again later or raise the limit\n";
-
-			conn_send_text(c, msg, sizeof msg - 1);
-			c->kill = "max_connections";
-		} else
-			conn_fail(c, 0, ARBITER__ERROR_CODE__LIMIT,
-				  "limits.max_connections (%llu) reached; try "
-				  "again later or raise the limit",
-				  (unsigned long long)srv->cfg.max_connections);
-		server_flush(srv);
-		return;
-	}
-	if (c->state == CONN_BINARY)
-		conn_frames(c);
-	else if (c->state == CONN_TEXT)
-		admin_input(c);
-	server_flush(srv);
-}

@@ -19,7 +19,8 @@ usage(FILE *out)
 	fprintf(out,
 		"usage: arbiterd [-c FILE] [--socket PATH] [--storage DIR]\n"
 		"                [-o SECTION.KEY=VALUE ...] [--check-config] "
-		"[--reset-state] [--version]\n"
+		"[--help-config]\n"
+		"                [--reset-state] [--version]\n"
 		"\n"
 		"Hold the storage folder's lock and lend access to local "
 		"processes as\n"
@@ -33,6 +34,8 @@ usage(FILE *out)
 		"last wins\n"
 		"      --check-config    validate, print the effective "
 		"configuration, exit\n"
+		"      --help-config     every key with its default, bounds "
+		"and meaning\n"
 		"      --reset-state     start even if the state file is "
 		"corrupt or from a\n"
 		"                        newer version; fencing tokens restart "
@@ -58,6 +61,7 @@ main(int argc, char **argv)
 		{"socket", required_argument, NULL, 'S'},
 		{"storage", required_argument, NULL, 's'},
 		{"check-config", no_argument, NULL, 'C'},
+		{"help-config", no_argument, NULL, 'H'},
 		{"reset-state", no_argument, NULL, 'R'},
 		{"version", no_argument, NULL, 'V'},
 		{"help", no_argument, NULL, 'h'},
@@ -102,6 +106,10 @@ main(int argc, char **argv)
 		case 'R':
 			reset = true;
 			break;
+		case 'H':
+			config_help(stdout);
+			rc = 0;
+			goto out;
 		case 'V':
 			printf("arbiterd %s (protocol %d)\n", ARBITER_VERSION,
 			       ARB_PROTOCOL_VERSION);

@@ -82,21 +82,22 @@ struct series {
 };
 
 static void
-emit_hist(struct evbuffer *b, const char *metric, const struct series *s,
-	  size_t n, bool hold)
+emit_hist(struct evbuffer *b, const struct stats_field *fd,
+	  const struct series *s, size_t n)
 {
-	evbuffer_add_printf(b, "# HELP arbiter_%s_seconds %s\n# TYPE "
+	const char *metric = fd->name;
+
+	evbuffer_add_printf(b, "# HELP arbiter_%s_seconds %s.\n# TYPE "
 			       "arbiter_%s_seconds histogram\n",
-			    metric,
-			    hold ? "How long leases were held."
-				 : "How long acquisitions waited before the "
-				   "grant (0 when immediate).",
-			    metric);
+			    metric, fd->help, metric);
 	for (size_t i = 0; i < n; i++) {
-		const struct hist *h = hold ? &s[i].f->hold : &s[i].f->wait;
+		struct stats_value v;
+		const struct hist *h;
 		uint64_t cum = 0;
 		unsigned next = 0;
 
+		stats_value(s[i].f, (unsigned)(fd - stats_fields), &v);
+		h = v.h;
 		for (unsigned k = 0; k <= HIST_OCTAVES; k += EXPO_STEP) {
 			unsigned edge = 1 + k * HIST_SUB; /* first bucket >= 2^k */
 			double le = (double)(1u << 10) * (double)(1ull << k) / 1e9;
@@ -226,27 +227,36 @@ metrics_render(struct server *srv, struct evbuffer *b)
 					    g ? s[i].waiters : s[i].holders);
 		}
 	}
-	for (unsigned k = 0; k < STATS_NCOUNTERS; k++) {
+	/* Every figure Prometheus renders, from the stats' one list: counters
+	 * as arbiter_<name>_total, histograms as arbiter_<name>_seconds. */
+	for (unsigned k = 0; k < STATS_NFIELDS; k++) {
+		const struct stats_field *fd = &stats_fields[k];
+		struct stats_value v;
+
+		if (!fd->prom)
+			continue;
+		if (fd->kind == STATS_HIST) {
+			emit_hist(b, fd, s, n);
+			continue;
+		}
 		evbuffer_add_printf(b, "# HELP arbiter_%s_total %s.\n# TYPE "
 				       "arbiter_%s_total counter\n",
-				    stats_counter_names[k], stats_counter_help[k],
-				    stats_counter_names[k]);
-		if (k == STAT_failed_forbidden) {
+				    fd->name, fd->help, fd->name);
+		if (k == STATS_F_failed_forbidden) {
 			/* Refused before any resource is named. */
+			stats_value(&st->total.cur, k, &v);
 			evbuffer_add_printf(b, "arbiter_%s_total %" PRIu64 "\n",
-					    stats_counter_names[k],
-					    st->total.cur.c[k]);
+					    fd->name, v.u);
 			continue;
 		}
 		for (size_t i = 0; i < n; i++) {
+			stats_value(s[i].f, k, &v);
 			evbuffer_add_printf(b, "arbiter_%s_total{resource=\"",
-					    stats_counter_names[k]);
+					    fd->name);
 			label(b, s[i].name);
-			evbuffer_add_printf(b, "\"} %" PRIu64 "\n", s[i].f->c[k]);
+			evbuffer_add_printf(b, "\"} %" PRIu64 "\n", v.u);
 		}
 	}
-	emit_hist(b, "wait", s, n, false);
-	emit_hist(b, "hold", s, n, true);
 	free(s);
 }
 

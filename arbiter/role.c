@@ -159,10 +159,8 @@ written_cb(evutil_socket_t fd, short what, void *arg)
 	if (!srv->writer.busy)
 		return; /* drained by a change of role */
 	rc = writer_collect(srv);
-	if (reserved(srv, rc, srv->writer.token_hw, srv->writer.err) == 0) {
-		server_after_lockmgr(srv);
-		server_flush(srv);
-	}
+	/* The grants it allows are carried out by the loop's pump. */
+	(void)reserved(srv, rc, srv->writer.token_hw, srv->writer.err);
 }
 
 /* Retry after a failed write. */
@@ -248,8 +246,6 @@ watch_cb(evutil_socket_t fd, short what, void *arg)
 	notify_send("STATUS=standby: the storage lock was lost");
 	if (rc == -EAGAIN)
 		become_standby(srv);
-	server_after_lockmgr(srv);
-	server_flush(srv);
 }
 
 /*
@@ -366,8 +362,6 @@ storage_cb(evutil_socket_t fd, short what, void *arg)
 		return;
 	}
 	log_info("took over the storage", "waiters=%u", srv->lm.nwaiting);
-	server_after_lockmgr(srv);
-	server_flush(srv);
 }
 
 /* on-demand: give the storage back once nothing is outstanding. */

@@ -1,6 +1,7 @@
 /*
- * server: the event base, the Unix listener, signals, the one timer that
- * tracks the lockmgr's earliest deadline, reload and shutdown.
+ * server: the event base and its loop with the pump that runs once per
+ * turn, the Unix listener, signals, the one timer that tracks the lockmgr's
+ * earliest deadline, reload and shutdown.
  *
  * Nothing here polls. Connections wake us by becoming readable, the lockmgr's
  * deadlines by one evtimer kept at the earliest of them, a standby by the
@@ -41,15 +42,6 @@
  * About 16 at worst; the rest is margin.
  */
 #define FD_RESERVE 24
-
-uint64_t
-now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 static void
 lockmgr_limits_from(struct server *srv)
@@ -96,70 +88,99 @@ timer_cb(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	srv->timer_when = LM_FOREVER;
-	lockmgr_tick(&srv->lm, now_ns());
-	server_after_lockmgr(srv);
-	server_flush(srv);
+	lockmgr_tick(&srv->lm, now_ns()); /* its events are the pump's */
 }
 
-void
-server_after_lockmgr(struct server *srv)
-{
-	bool need_tokens = false, busy = false, idle = false;
+/* ------------------------------------------------------------ the pump */
 
-	/* Reserving tokens can grant, which queues more events: loop. */
-	for (int round = 0; round < 4; round++) {
-		const struct lm_event *ev;
-		size_t n;
-
-		ev = lockmgr_events(&srv->lm, &n);
-		if (n == 0)
-			break;
-		for (size_t i = 0; i < n; i++) {
-			need_tokens |= ev[i].kind == LM_EV_NEED_TOKENS;
-			busy |= ev[i].kind == LM_EV_BUSY;
-			idle |= ev[i].kind == LM_EV_IDLE;
-		}
-		dispatch_apply_events(srv);
-		lockmgr_events_done(&srv->lm);
-		role_after_events(srv, need_tokens, busy, idle);
-		need_tokens = busy = idle = false;
-	}
-	arm_timer(srv);
-}
-
-void
-server_flush(struct server *srv)
+/* Write out what the connections queued; close those marked kill. */
+static void
+flush_all(struct server *srv)
 {
 	struct conn *c;
 
 	while ((c = TAILQ_FIRST(&srv->flushq)) != NULL) {
 		TAILQ_REMOVE(&srv->flushq, c, flush_entry);
 		c->in_flushq = false;
-		conn_flush(c);
+		if (!conn_flush(c) || c->stream == 0 || c->kill != NULL ||
+		    evbuffer_get_length(c->out) > 0)
+			continue;
+		/* A streamed text reply drained: produce its next part, to be
+		 * written on a later turn so that one big reply never holds
+		 * up the others. */
+		admin_stream(c);
+		conn_stream_produced(c);
 	}
+}
+
+/* Free the connections closed this turn: no callback is on the stack. */
+static void
+reap(struct server *srv)
+{
+	struct conn *c;
+	bool freed = false;
+
+	while ((c = TAILQ_FIRST(&srv->graveyard)) != NULL) {
+		TAILQ_REMOVE(&srv->graveyard, c, entry);
+		conn_free(c);
+		freed = true;
+	}
+	/* A closed connection freed a descriptor: accept again if paused. */
+	if (freed)
+		server_fd_freed(srv);
+}
+
+/*
+ * The pump, once per loop turn, in this order: the lockmgr events still
+ * queued (requests drained their own; a close, the timer and a change of
+ * role leave theirs here), then every connection's output. Writing can find
+ * a connection dead, whose close queues events again (the next waiter's
+ * grant): go round until none is left. Then free the closed connections
+ * (after the events that point at them), and re-arm the lockmgr timer.
+ */
+static void
+server_pump(struct server *srv)
+{
+	size_t n;
+
+	do {
+		dispatch_drain(srv);
+		flush_all(srv);
+		(void)lockmgr_events(&srv->lm, &n);
+	} while (n > 0 || !TAILQ_EMPTY(&srv->flushq));
+	reap(srv);
+	arm_timer(srv);
 	if (srv->stopping) {
+		struct conn *c;
+
 		TAILQ_FOREACH(c, &srv->conns, entry) {
 			if (evbuffer_get_length(c->out) > 0)
 				return;
 		}
-		event_base_loopbreak(srv->base);
+		srv->done = true;
 	}
 }
 
-static void
-reap_cb(evutil_socket_t fd, short what, void *arg)
+/*
+ * Why the pump runs from this loop (tmux's proc_loop with its loop
+ * callback, Redis's beforeSleep) and not from a lowest-priority event made
+ * active whenever there is something to flush: libevent 2.1 runs only the
+ * highest-priority non-empty active queue per pass and polls again between
+ * passes, so under a steady stream of input a low-priority flush can wait
+ * indefinitely, and priorities would slow every other event; the
+ * prepare/check watchers (evwatch) that would fit exactly arrive only in
+ * libevent 2.2. EVLOOP_ONCE returns once the callbacks of one wait, and
+ * those they made active, have run, so the pump runs exactly once before
+ * the loop sleeps again.
+ */
+int
+server_turn(struct server *srv, int flags)
 {
-	struct server *srv = arg;
-	struct conn *c;
+	int rc = event_base_loop(srv->base, flags | EVLOOP_ONCE);
 
-	(void)fd;
-	(void)what;
-	while ((c = TAILQ_FIRST(&srv->graveyard)) != NULL) {
-		TAILQ_REMOVE(&srv->graveyard, c, entry);
-		conn_free(c);
-	}
-	/* A closed connection freed a descriptor: accept again if paused. */
-	server_fd_freed(srv);
+	if (rc == 0 && !event_base_got_break(srv->base))
+		server_pump(srv);
+	return rc;
 }
 
 /* ------------------------------------------------------------ listener */
@@ -712,21 +733,19 @@ server_begin_shutdown(struct server *srv, const char *why)
 	}
 	/* Close the gate first, so revoking one holder grants nobody else. */
 	lockmgr_set_open(&srv->lm, false, now);
-	TAILQ_FOREACH(c, &srv->conns, entry) {
-		/* Nothing below closes a connection: sends only queue. */
+	TAILQ_FOREACH(c, &srv->conns, entry)
 		lockmgr_drop_owner(&srv->lm, &c->owner, LM_END_SHUTDOWN, now);
-		server_after_lockmgr(srv);
+	/* Queue the Revoked and SHUTTING_DOWN frames now: a connection
+	 * marked kill takes no more output. The pump writes them. */
+	dispatch_drain(srv);
+	TAILQ_FOREACH(c, &srv->conns, entry) {
 		if (c->kill == NULL)
 			c->kill = "shutdown";
-		if (!c->in_flushq) {
-			c->in_flushq = true;
-			TAILQ_INSERT_TAIL(&srv->flushq, c, flush_entry);
-		}
+		conn_flushq_add(c);
 	}
 	tv.tv_sec = (time_t)(srv->cfg.shutdown_timeout_ms / 1000);
 	tv.tv_usec = (suseconds_t)(srv->cfg.shutdown_timeout_ms % 1000) * 1000;
 	evtimer_add(srv->ev_stop, &tv);
-	server_flush(srv);
 }
 
 static void
@@ -775,7 +794,6 @@ server_core_init(struct server *srv, char *err, size_t errlen)
 		return -1;
 	}
 	srv->ev_timer = evtimer_new(srv->base, timer_cb, srv);
-	srv->ev_reap = event_new(srv->base, -1, 0, reap_cb, srv);
 	return 0;
 }
 
@@ -819,7 +837,9 @@ server_run(struct server *srv)
 				  "role=%s",
 		 ARBITER_VERSION, (long)getpid(), srv->cfg.socket_path,
 		 srv->cfg.storage_path, role_name(srv));
-	event_base_dispatch(srv->base);
+	while (!srv->done && server_turn(srv, 0) == 0 &&
+	       !event_base_got_break(srv->base))
+		;
 	return srv->exit_code;
 }
 
@@ -864,8 +884,7 @@ server_free(struct server *srv)
 	srv->rbuf = NULL;
 	if (srv->base != NULL) {
 		struct event **evs[] = {
-			&srv->ev_timer,
-			&srv->ev_reap,	 &srv->ev_stop,		 &srv->ev_sigterm,
+			&srv->ev_timer,	 &srv->ev_stop,		 &srv->ev_sigterm,
 			&srv->ev_sigint, &srv->ev_sighup,	 &srv->ev_storage,
 			&srv->ev_reserve, &srv->ev_linger, &srv->ev_watch,
 			&srv->ev_written,

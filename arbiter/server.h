@@ -117,7 +117,6 @@ struct server {
 	bool state_loaded;
 	unsigned state_fsyncs;
 	unsigned state_writes;
-	struct event *ev_reap;
 	struct event *ev_stop; /* shutdown deadline */
 	struct metrics *metrics; /* metrics listener, NULL when off */
 	/* Descriptors: the soft RLIMIT_NOFILE, those open once started, and
@@ -131,20 +130,28 @@ struct server {
 
 	struct conn_list conns;
 	struct conn_list flushq;    /* have output or a kill pending */
-	struct conn_list graveyard; /* closed, freed by ev_reap */
+	struct conn_list graveyard; /* closed, freed by the pump */
 	unsigned nconns;   /* served connections */
 	unsigned nrefused; /* refused ones waiting to be told why */
 	uint64_t next_conn_id;
 	size_t out_total; /* output buffered across connections */
 
 	bool stopping;
+	bool done; /* stopping, and every reply is written */
 	int exit_code;
 	uint64_t t_start; /* monotonic ns */
 	time_t wall_start;
 };
 
 /* Monotonic clock in ns: the lockmgr's and the stats' time base. */
-uint64_t now_ns(void);
+static inline uint64_t
+now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
 
 /* Everything but the listener, the storage lock, signals and metrics: the
  * lists, lock manager, stats, buffers, the event loop with its timer and
@@ -174,16 +181,22 @@ bool server_fd_room(struct server *srv, int fd, bool metrics);
  * reads the answer rather than a reset. */
 void server_close_answered(int fd);
 
-/* Carry out the lockmgr's queued events, then flush output. Call after
- * every batch of lockmgr calls. */
-void server_after_lockmgr(struct server *srv);
-/* Write out everything queued on connections; close those marked kill. */
-void server_flush(struct server *srv);
+/*
+ * One loop turn: wait for events (not with EVLOOP_NONBLOCK in flags), run
+ * every ready callback, then the pump: carry out the lockmgr events that
+ * callbacks left (a closed connection's, the timer's, a change of role's),
+ * write every connection's queued output, free closed connections, re-arm
+ * the lockmgr timer. Callbacks never flush or re-arm themselves. Returns
+ * event_base_loop's result.
+ */
+int server_turn(struct server *srv, int flags);
 void server_begin_shutdown(struct server *srv, const char *why);
 
 /* conn.c */
 /* refused: over max_connections; it is answered with LIMIT and closed. */
 struct conn *conn_new(struct server *srv, int fd, bool refused);
+/* Unlink it, end its leases in the lockmgr (their events are the pump's to
+ * carry out) and put it on the graveyard, freed at the end of the turn. */
 void conn_close(struct conn *c, const char *reason);
 void conn_free(struct conn *c);
 /* Queue a framed message; marks the connection for flushing. */
@@ -195,12 +208,67 @@ void conn_fail(struct conn *c, uint64_t id, Arbiter__ErrorCode code,
 	       const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 void conn_send_error(struct conn *c, uint64_t id, Arbiter__ErrorCode code,
 		     const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-/* Try to write queued output now; returns false if the connection died. */
+/* Write queued output now; returns false if the connection died. With a
+ * streamed text reply and its output drained, the caller produces the next
+ * part (admin_stream), then calls conn_stream_produced. */
 bool conn_flush(struct conn *c);
+void conn_stream_produced(struct conn *c);
+/* Write it out at the end of this loop turn. */
+void conn_flushq_add(struct conn *c);
+/* A closing text session: give the peer limits.close_flush_ms to read. */
+void conn_linger_timer(struct conn *c);
+
+/* input.c: the read callback of every connection. */
+void input_read_cb(evutil_socket_t fd, short what, void *arg);
 const char *conn_label(const struct conn *c, char *buf, size_t len);
 
 /* dispatch.c */
+
+/*
+ * A handler's answer, sent by dispatch_request after the lockmgr's events:
+ * a message of kind (its body in u, pointing into this struct or into
+ * buffers given to dispatch_keep, freed once sent), an Error (error), or
+ * an Error after which the connection closes (fail). kind 0 and no error:
+ * no reply (a quiet Release, an Acquire answered by its event).
+ */
+struct dispatch_reply {
+	Arbiter__ServerMessage__KindCase kind;
+	union {
+		Arbiter__Welcome welcome;
+		Arbiter__Released released;
+		Arbiter__Pong pong;
+		Arbiter__Renewed renewed;
+		Arbiter__RevokeDone revoke_done;
+		Arbiter__StatsResetDone stats_reset_done;
+		Arbiter__Stats stats;
+		Arbiter__Status status;
+	} u;
+	Arbiter__Limits limits;
+	char role[16];
+	char version[sizeof ARBITER_VERSION];
+	uint8_t cursor[8];
+	bool error, fail;
+	Arbiter__ErrorCode code;
+	char text[600];
+	void *owned[8];
+	size_t nowned;
+};
+
+/* Run one decoded request (see dispatch.c for the order of its frames). */
 void dispatch_request(struct conn *c, const Arbiter__Request *req);
+/* Carry out the lockmgr's queued events: frames, stats, token reservations
+ * and the on-demand linger. */
+void dispatch_drain(struct server *srv);
+void dispatch_error(struct dispatch_reply *rp, Arbiter__ErrorCode code,
+		    const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+void dispatch_fail(struct dispatch_reply *rp, Arbiter__ErrorCode code,
+		   const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* Free p once the reply is sent; returns p. */
+void *dispatch_keep(struct dispatch_reply *rp, void *p);
+enum dispatch_access { ACCESS_CLIENT, ACCESS_ADMIN };
+/* May this peer use the daemon (ACCESS_CLIENT), or its admin requests? */
+bool dispatch_access(const struct server *srv, const struct lm_owner *o,
+		     enum dispatch_access level);
 /*
  * One step of a walk over a uthash table that survives the table's growth
  * (Redis's SCAN cursor): visit whole buckets from *cursor, calling fn on
@@ -214,7 +282,6 @@ void dispatch_scan(const UT_hash_handle *hh, uint64_t *cursor, size_t budget,
  * the most holders or waiters listed per resource. */
 #define DISPATCH_PAGE_MAX 1000
 #define DISPATCH_LIST_MAX 1000
-void dispatch_apply_events(struct server *srv);
 Arbiter__Mode dispatch_mode(enum lm_mode m);
 
 /* admin.c */

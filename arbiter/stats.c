@@ -22,6 +22,24 @@ const char *const stats_counter_help[STATS_NCOUNTERS] = {
 #undef STATS_HELP
 };
 
+const struct stats_field stats_fields[STATS_NFIELDS] = {
+#define STATS_FIELD_C(n, h) [STATS_F_##n] = {#n, h, STATS_COUNTER, true},
+#define STATS_FIELD_D(n, k, p, h) [STATS_F_##n] = {#n, h, k, p},
+#define STATS_FIELD_H(n, h) [STATS_F_##n] = {#n, h, STATS_HIST, true},
+	STATS_COUNTERS(STATS_FIELD_C) STATS_DERIVED(STATS_FIELD_D)
+	    STATS_HISTS(STATS_FIELD_H)
+#undef STATS_FIELD_C
+#undef STATS_FIELD_D
+#undef STATS_FIELD_H
+};
+
+/* stats_value reads a counter's field at the counter's own index. */
+#define STATS_SAME_INDEX(n, h)                                              \
+	_Static_assert((int)STATS_F_##n == (int)STAT_##n,                   \
+		       "counters come first in stats_fields");
+STATS_COUNTERS(STATS_SAME_INDEX)
+#undef STATS_SAME_INDEX
+
 /* Durations are bucketed in units of 1024 ns (about a microsecond). */
 #define UNIT_SHIFT 10
 
@@ -241,4 +259,51 @@ stats_since_reset(const struct stats_res *r, struct stats_figures *out)
 		out->c[k] = r->cur.c[k] - r->base.c[k];
 	hist_sub(&out->wait, &r->cur.wait, &r->base.wait);
 	hist_sub(&out->hold, &r->cur.hold, &r->base.hold);
+}
+
+void
+stats_value(const struct stats_figures *f, unsigned i, struct stats_value *out)
+{
+	const uint64_t *c = f->c;
+
+	memset(out, 0, sizeof *out);
+	if (i < STATS_NCOUNTERS) {
+		out->u = c[i];
+		return;
+	}
+	switch ((enum stats_field_id)i) {
+	case STATS_F_total_acquisitions:
+		out->u = c[STAT_acquired_immediate] + c[STAT_acquired_after_wait];
+		break;
+	case STATS_F_failed_acquisitions:
+		out->u = c[STAT_failed_timeout] + c[STAT_failed_would_block] +
+			 c[STAT_failed_forbidden] + c[STAT_failed_invalid];
+		break;
+	case STATS_F_average_wait_time:
+		out->d = f->wait.count ? (double)f->wait.sum_ns / 1e9 /
+					     (double)f->wait.count
+				       : 0.0;
+		break;
+	case STATS_F_max_wait_time:
+		out->d = (double)f->wait.max_ns / 1e9;
+		break;
+	case STATS_F_wait:
+	case STATS_F_hold:
+		out->h = i == STATS_F_wait ? &f->wait : &f->hold;
+		hist_summarize(out->h, &out->s);
+		break;
+	default:
+		break;
+	}
+}
+
+void
+stats_emit(const struct stats_figures *f, stats_emit_fn *fn, void *arg)
+{
+	struct stats_value v;
+
+	for (unsigned i = 0; i < STATS_NFIELDS; i++) {
+		stats_value(f, i, &v);
+		fn(&stats_fields[i], &v, arg);
+	}
 }

@@ -36,6 +36,27 @@
 	X(revoked_shutdown, "leases ended by daemon shutdown")                \
 	X(revoked_storage_lost, "leases ended because the storage lock was lost")
 
+/*
+ * Figures derived from the counters and the wait histogram, kept for the
+ * names apps already use. prom: 0 where Prometheus derives it itself from
+ * the counters (sum() or _sum/_count), so /metrics does not repeat it.
+ */
+#define STATS_DERIVED(X)                                                    \
+	X(total_acquisitions, STATS_SUM, 0,                                 \
+	  "leases granted, immediately or after waiting")                   \
+	X(failed_acquisitions, STATS_SUM, 0,                                \
+	  "acquires refused: timeout, would-block, forbidden or invalid")   \
+	X(average_wait_time, STATS_SECONDS, 0,                              \
+	  "mean wait before a grant, in seconds")                           \
+	X(max_wait_time, STATS_SECONDS, 0,                                  \
+	  "longest wait before a grant, in seconds")
+
+/* The histograms, in seconds. */
+#define STATS_HISTS(X)                                                      \
+	X(wait, "How long acquisitions waited before the grant (0 when "    \
+		"immediate)")                                               \
+	X(hold, "How long leases were held")
+
 enum stats_counter {
 #define STATS_ENUM(name, help) STAT_##name,
 	STATS_COUNTERS(STATS_ENUM)
@@ -82,6 +103,56 @@ struct stats {
 	unsigned max_res;
 	uint64_t omitted; /* distinct resources folded into other */
 };
+
+/*
+ * Every figure of one resource (or the total), each defined once: the
+ * counters, then the derived figures, then the histograms. stats_emit()
+ * is the one producer; the Stats reply, the text protocol and Prometheus
+ * render what it yields, so a figure added to a list above reaches all of
+ * them (tests/unit/test_stats.c checks that it does).
+ */
+enum stats_field_kind {
+	STATS_COUNTER, /* u: a counter of STATS_COUNTERS */
+	STATS_SUM,     /* u: a sum of counters */
+	STATS_SECONDS, /* d: seconds */
+	STATS_HIST,    /* h: a histogram, s: its summary */
+};
+
+struct stats_field {
+	const char *name;
+	const char *help;
+	enum stats_field_kind kind;
+	bool prom; /* rendered by Prometheus */
+};
+
+enum stats_field_id {
+#define STATS_FID_C(name, help) STATS_F_##name,
+#define STATS_FID_D(name, kind, prom, help) STATS_F_##name,
+#define STATS_FID_H(name, help) STATS_F_##name,
+	STATS_COUNTERS(STATS_FID_C) STATS_DERIVED(STATS_FID_D)
+	    STATS_HISTS(STATS_FID_H)
+#undef STATS_FID_C
+#undef STATS_FID_D
+#undef STATS_FID_H
+	STATS_NFIELDS
+};
+
+struct stats_value {
+	uint64_t u;
+	double d;
+	const struct hist *h;
+	struct hist_summary s;
+};
+
+extern const struct stats_field stats_fields[STATS_NFIELDS];
+
+/* The value of field i (an enum stats_field_id) of f. */
+void stats_value(const struct stats_figures *f, unsigned i,
+		 struct stats_value *out);
+/* Call fn on every field of f, in stats_fields order. */
+typedef void stats_emit_fn(const struct stats_field *fd,
+			   const struct stats_value *v, void *arg);
+void stats_emit(const struct stats_figures *f, stats_emit_fn *fn, void *arg);
 
 extern const char *const stats_counter_names[STATS_NCOUNTERS];
 extern const char *const stats_counter_help[STATS_NCOUNTERS];

@@ -3,7 +3,7 @@
  * harnesses (see fuzz_server.h).
  *
  * Why socketpairs rather than filling c->in directly: the bytes then take
- * the daemon's own read callback (conn_read_cb: the first-byte choice of
+ * the daemon's own read callback (input_read_cb: the first-byte choice of
  * protocol, 64 KiB reads, the refused and kill paths), so no testing hook
  * is needed in conn.c and nothing here can drift from what the daemon does.
  *
@@ -78,7 +78,7 @@ fuzz_init(void)
 
 /* ------------------------------------------------------------ the loop */
 
-/* Mirrors server.c's reap_cb (there is no listener to resume). */
+/* Free what the last pump left (peers closed since). */
 static void
 reap(struct server *srv)
 {
@@ -173,7 +173,7 @@ pump(struct fuzz_server *fs, struct peer *p, const uint8_t *data, size_t len)
 				moved = true;
 			}
 		}
-		event_base_loop(fs->srv.base, EVLOOP_NONBLOCK);
+		server_turn(&fs->srv, EVLOOP_NONBLOCK);
 		for (int i = 0; i < NPEERS; i++) {
 			moved |= drain(&fs->peer[i]);
 			moved |= unread_by_daemon(&fs->peer[i]) > 0;
@@ -459,7 +459,6 @@ fuzz_server_free(struct fuzz_server *fs)
 	for (int i = 0; i < NPEERS; i++)
 		peer_free(&fs->peer[i]);
 	event_free(srv->ev_timer);
-	event_free(srv->ev_reap);
 	event_base_free(srv->base);
 	storage_free(&srv->storage);
 	lockmgr_free(&srv->lm);

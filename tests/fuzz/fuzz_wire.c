@@ -1,6 +1,6 @@
 /*
  * fuzz_wire: the bytes are one client's input stream on a real connection:
- * framing (conn_frames), bounded decoding (codec), the request table and
+ * framing (input_frames), bounded decoding (codec), the request table and
  * every handler (dispatch), the lockmgr behind them, and the flush and kill
  * paths. Two helper connections hold and wait for "db" and "idx", so the
  * client meets queues. Everything the daemon answers must be well-formed

@@ -51,6 +51,28 @@ def test_config_errors_name_file_line_and_key(tmp_path, text, message):
     assert str(tmp_path / "arbiter.conf") + message in r.stderr, r.stderr
 
 
+def test_help_config_explains_every_key_of_the_reference_config():
+    conf = os.path.join(os.path.dirname(__file__), "..", "..", "arbiter.conf")
+    r = subprocess.run([ARBITERD, "--help-config"], capture_output=True,
+                       text=True, timeout=WAIT)
+    assert r.returncode == 0, r.stderr
+    section = None
+    for line in open(conf):
+        if line.startswith("["):
+            section = line.strip()[1:-1]
+        elif line[:1].isalpha() and "=" in line:
+            key = line.split("=")[0].strip()
+            assert "\n%s.%s = " % (section, key) in "\n" + r.stdout, key
+    assert "limits.max_connections = 4096\n    number, 1 to 1000000" \
+        in r.stdout
+
+
+def test_a_bad_value_says_what_its_key_is_for(tmp_path):
+    r = check_config(tmp_path, "[limits]\nmax_connections = 0\n")
+    assert r.returncode == 2
+    assert "(1 to 1000000) [client connections at once" in r.stderr, r.stderr
+
+
 def test_the_reference_config_loads_as_is():
     conf = os.path.join(os.path.dirname(__file__), "..", "..", "arbiter.conf")
     r = subprocess.run([ARBITERD, "-c", conf, "--check-config"],
