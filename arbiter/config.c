@@ -10,6 +10,7 @@
  */
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <grp.h>
 #include <inttypes.h>
 #include <limits.h>
@@ -18,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <ini.h>
@@ -55,6 +57,7 @@ static const struct config_key keys[] = {
 	 NULL, false},
 	{"storage", "lock_file", T_PATH, O(lock_file), 0, 0, "", NULL, false},
 	{"storage", "state_file", T_PATH, O(state_file), 0, 0, "", NULL, false},
+	{"storage", "group", T_STR, O(storage_group), 0, 0, "", NULL, false},
 	{"storage", "hold", T_ENUM, O(hold), 0, 0, "always", hold_names, false},
 	{"storage", "linger_ms", T_UINT, O(linger_ms), 0, 86400000, "1000", NULL,
 	 true},
@@ -407,6 +410,47 @@ handler(void *user, const char *section, const char *name, const char *value)
 	return 1;
 }
 
+/*
+ * Open the config file for reading. Links are followed (config maps and
+ * /etc/alternatives use them), but the open never blocks and only a
+ * regular file is read: a FIFO there would otherwise hang the start, or the
+ * event loop on SIGHUP.
+ */
+static FILE *
+open_config(const char *path, char *err, size_t errlen)
+{
+	struct stat st;
+	FILE *fp;
+	int fd, e;
+
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+	if (fd < 0) {
+		snprintf(err, errlen, "%s: cannot open config file: %s", path,
+			 strerror(errno));
+		return NULL;
+	}
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+		close(fd);
+		snprintf(err, errlen,
+			 "%s: the config file is not a regular file (%s); "
+			 "point -c at a file",
+			 path,
+			 S_ISFIFO(st.st_mode)  ? "a FIFO"
+			 : S_ISDIR(st.st_mode) ? "a folder"
+					       : "a device or socket");
+		return NULL;
+	}
+	(void)fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+	fp = fdopen(fd, "r");
+	if (fp == NULL) {
+		e = errno;
+		close(fd);
+		snprintf(err, errlen, "%s: cannot read config file: %s", path,
+			 strerror(e));
+	}
+	return fp;
+}
+
 static int
 load_file(struct config *c, const char *path, char *err, size_t errlen)
 {
@@ -414,12 +458,9 @@ load_file(struct config *c, const char *path, char *err, size_t errlen)
 	char *abs = NULL, *slash;
 	int rc;
 
-	x.fp = fopen(path, "r");
-	if (x.fp == NULL) {
-		snprintf(err, errlen, "%s: cannot open config file: %s", path,
-			 strerror(errno));
+	x.fp = open_config(path, err, errlen);
+	if (x.fp == NULL)
 		return -1;
-	}
 	abs = realpath(path, NULL);
 	c->path = abs ? strdup(abs) : strdup(path);
 	if (abs != NULL && (slash = strrchr(abs, '/')) != NULL)

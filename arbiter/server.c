@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <inttypes.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -230,20 +231,43 @@ accept_resume_cb(evutil_socket_t fd, short what, void *arg)
 		event_add(srv->ev_accept, NULL);
 }
 
-/* Is an arbiter answering on this socket path? */
-static bool
-socket_alive(const char *path)
+/* What the liveness probe of an existing socket file found. */
+enum probe { PROBE_DEAD, PROBE_ALIVE, PROBE_STALLED };
+
+/*
+ * Is an arbiter answering on this socket path? A non-blocking connect, so a
+ * stopped or wedged daemon cannot hang us: it accepts at once when a
+ * listener is there (the kernel completes it), is refused when none is, and
+ * fails with EAGAIN when a listener is there but its queue is full (stopped
+ * with SIGSTOP, or stuck). Anything slower is given a bounded wait.
+ */
+static enum probe
+socket_probe(const char *path)
 {
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};
-	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	bool alive;
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	enum probe r = PROBE_DEAD;
 
 	if (fd < 0)
-		return false;
+		return PROBE_DEAD;
 	snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
-	alive = connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0;
+	if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0)
+		r = PROBE_ALIVE;
+	else if (errno == EAGAIN)
+		r = PROBE_STALLED;
+	else if (errno == EINPROGRESS) {
+		struct pollfd p = {.fd = fd, .events = POLLOUT};
+		int e = 0;
+		socklen_t len = sizeof e;
+
+		if (poll(&p, 1, 1000) <= 0)
+			r = PROBE_STALLED;
+		else if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &len) == 0 &&
+			 e == 0)
+			r = PROBE_ALIVE;
+	}
 	close(fd);
-	return alive;
+	return r;
 }
 
 static int
@@ -305,12 +329,24 @@ listen_socket(struct server *srv, char *err, size_t errlen)
 							   : "");
 			return -1;
 		}
-		if (socket_alive(path)) {
+		switch (socket_probe(path)) {
+		case PROBE_ALIVE:
 			snprintf(err, errlen,
 				 "an arbiter is already answering on %s; stop "
 				 "it first or choose another socket.path",
 				 path);
 			return -1;
+		case PROBE_STALLED:
+			snprintf(err, errlen,
+				 "a process listens on %s but accepts no "
+				 "connection (its queue is full: stopped, e.g. "
+				 "by SIGSTOP, or stuck); it is not replaced. "
+				 "Resume or stop it (ss -xlp shows it), or "
+				 "choose another socket.path",
+				 path);
+			return -1;
+		case PROBE_DEAD:
+			break;
 		}
 		/* A dead socket file from a crashed daemon: replace it. */
 		if (unlink(path) < 0) {
@@ -611,7 +647,7 @@ server_free(struct server *srv)
 			&srv->ev_reap,	 &srv->ev_stop,		 &srv->ev_sigterm,
 			&srv->ev_sigint, &srv->ev_sighup,	 &srv->ev_storage,
 			&srv->ev_reserve, &srv->ev_linger, &srv->ev_watch,
-			&srv->ev_written,
+			&srv->ev_written, &srv->ev_retry, &srv->ev_dirwatch,
 		};
 
 		for (size_t i = 0; i < sizeof evs / sizeof evs[0]; i++) {
