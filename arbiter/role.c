@@ -422,7 +422,6 @@ activate(struct server *srv, char *err, size_t errlen)
 	if (hw < srv->lm.last_token)
 		hw = srv->lm.last_token;
 	srv->state_loaded = true;
-	srv->shutdown_revokes = srv->stats.total.cur.c[STAT_revoked_shutdown];
 	lockmgr_set_tokens(&srv->lm, hw, hw);
 	srv->role = ROLE_ACTIVE;
 	srv->storage_holder[0] = '\0';
@@ -700,6 +699,10 @@ role_before_acquire(struct server *srv)
 void
 role_after_events(struct server *srv, bool need_tokens, bool busy, bool idle)
 {
+	/* Every change of the lease count comes with events, so this is
+	 * current when a shutdown begins (and ends them all). */
+	if (!srv->stopping)
+		srv->leases_held = srv->lm.nheld > 0;
 	if (srv->role != ROLE_ACTIVE)
 		return;
 	if (need_tokens ||
@@ -726,10 +729,9 @@ role_release(struct server *srv)
 
 	if (srv->role == ROLE_ACTIVE) {
 		/* Everything handed out is at or below last_token. */
-		/* Clean only if no lease was ended by the shutdown: their
-		 * holders may still be finishing (arbiterctl run's grace). */
-		bool clean = srv->stats.total.cur.c[STAT_revoked_shutdown] ==
-			     srv->shutdown_revokes;
+		/* Clean only if the shutdown ended no lease: their holders
+		 * may still be finishing (arbiterctl run's grace). */
+		bool clean = !(srv->stopping && srv->leases_held);
 
 		lockmgr_set_open(&srv->lm, false, now_ns());
 		writer_drain(srv);

@@ -375,7 +375,9 @@ listen_socket(struct server *srv, char *err, size_t errlen)
 	}
 	umask(old);
 	srv->socket_created = true;
-	if (chmod(path, (mode_t)srv->cfg.socket_mode) < 0)
+	/* Never through a link: the folder may be shared. */
+	if (fchmodat(AT_FDCWD, path, (mode_t)srv->cfg.socket_mode,
+		     AT_SYMLINK_NOFOLLOW) < 0)
 		log_warn("chmod socket failed", "path=%s error=%s", path,
 			 strerror(errno));
 	if (srv->cfg.socket_group[0] != '\0') {
@@ -392,7 +394,7 @@ listen_socket(struct server *srv, char *err, size_t errlen)
 				 srv->cfg.socket_group);
 			return -1;
 		}
-		if (chown(path, (uid_t)-1, (gid_t)gid) < 0) {
+		if (lchown(path, (uid_t)-1, (gid_t)gid) < 0) {
 			int e = errno;
 
 			close(fd);

@@ -91,7 +91,7 @@ struct server {
 	struct event *ev_dirwatch; /* inotify on its folder, while retrying */
 	unsigned retry_ms;	  /* the back-off: 100 ms doubling to 5 s */
 	char retry_err[300];	  /* the failure last logged */
-	uint64_t shutdown_revokes; /* revoked_shutdown at activation */
+	bool leases_held;	  /* while running: any lease outstanding */
 	bool reset_state;	  /* --reset-state */
 	bool state_loaded;
 	unsigned state_fsyncs;

@@ -400,11 +400,14 @@ temp_create(const char *tmp, int gid, char *err, size_t errlen)
 			break;
 	}
 	if (fd < 0) {
-		snprintf(err, errlen, "cannot create %s: %s%s", tmp, strerror(e),
-			 e == EISDIR || e == EPERM || e == EEXIST
-			     ? " (something that is not a file is in the way; "
-			       "remove it)"
-			     : "");
+		snprintf(err, errlen,
+			 "cannot create the temp file %s: %s; %s", tmp,
+			 strerror(e),
+			 e == EISDIR ? "a folder is in the way: remove it"
+			 : e == EPERM || e == EACCES || e == EEXIST
+			     ? "something the daemon cannot replace is in the "
+			       "way: remove it (only arbiter writes there)"
+			     : "check the storage folder");
 		return -e;
 	}
 	(void)fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);

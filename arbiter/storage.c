@@ -554,7 +554,8 @@ storage_watch(struct storage *s)
 	/* An unlink or a rename onto the path changes our inode's link
 	 * count (IN_ATTRIB); a rename of it is IN_MOVE_SELF. */
 	if (inotify_add_watch(s->watch_fd, s->lock_path,
-			      IN_ATTRIB | IN_MOVE_SELF | IN_DELETE_SELF) < 0)
+			      IN_ATTRIB | IN_MOVE_SELF | IN_DELETE_SELF |
+				  IN_DONT_FOLLOW) < 0)
 		return -errno;
 	return s->watch_fd;
 }

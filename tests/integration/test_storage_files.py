@@ -394,8 +394,9 @@ def test_a_standby_taking_over_from_a_dead_active_waits_the_lock_delay(
         harness.check_clean_exit(b)
 
 
-def test_a_shutdown_with_leases_held_counts_as_unclean(tmp_path):
-    d = harness.Daemon(tmp_path)
+@pytest.mark.parametrize("stats", ["yes", "no"])
+def test_a_shutdown_with_leases_held_counts_as_unclean(tmp_path, stats):
+    d = harness.Daemon(tmp_path, args=["-o", "stats.enabled=" + stats])
     w = Wire(d.socket)
     w.lock("db")
     harness.check_clean_exit(d)
@@ -417,6 +418,30 @@ def test_after_a_clean_shutdown_the_first_grant_is_not_delayed(tmp_path):
         assert not [l for l in d2.log.drain() if "did not end cleanly" in l]
     finally:
         harness.check_clean_exit(d2)
+
+
+# ------------------------------------------------------------ the config file
+
+def test_a_fifo_as_the_config_file_is_refused_at_start(tmp_path):
+    conf = tmp_path / "arbiter.conf"
+    os.mkfifo(conf)
+    refused_at_start(tmp_path, str(conf), "not a regular file",
+                     args=["-c", str(conf)])
+
+
+def test_a_reload_from_a_config_file_turned_fifo_is_refused(tmp_path):
+    conf = tmp_path / "arbiter.conf"
+    conf.write_text("[log]\nlevel = debug\n")
+    d = harness.Daemon(tmp_path, config=str(conf))
+    try:
+        os.unlink(conf)
+        os.mkfifo(conf)
+        d.proc.send_signal(signal.SIGHUP)
+        line = d.log.wait_for("reload refused")
+        assert "not a regular file" in line
+        assert d.ctl("ping", timeout=BOUND).stdout == "pong active\n"
+    finally:
+        harness.check_clean_exit(d)
 
 
 # ------------------------------------------------------------ a second daemon beside a stopped one
