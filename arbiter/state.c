@@ -286,12 +286,16 @@ state_read(const char *path, struct state_data *out, char *err, size_t errlen)
 				      : "");
 		return rc;
 	}
-	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+	if (fstat(fd, &st) < 0) {
 		rc = -errno;
 		close(fd);
+		snprintf(err, errlen, "cannot examine it: %s", strerror(-rc));
+		return rc;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		close(fd);
 		snprintf(err, errlen, "%s, not a regular file; remove it",
-			 rc < 0		      ? "cannot be examined"
-			 : S_ISFIFO(st.st_mode) ? "it is a FIFO"
+			 S_ISFIFO(st.st_mode)	? "it is a FIFO"
 			 : S_ISDIR(st.st_mode)	? "it is a folder"
 			 : S_ISSOCK(st.st_mode) ? "it is a socket"
 						: "it is a device");

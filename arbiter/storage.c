@@ -208,8 +208,14 @@ lock_open(struct storage *s, const char *path, char *err, size_t errlen)
 		describe_open_error(path, e, err, errlen);
 		return -e;
 	}
-	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+	if (fstat(fd, &st) < 0) {
 		e = errno;
+		snprintf(err, errlen, "cannot examine storage lock file %s: %s",
+			 path, strerror(e));
+		close(fd);
+		return -e;
+	}
+	if (!S_ISREG(st.st_mode)) {
 		snprintf(err, errlen,
 			 "storage lock file %s is %s, not a regular file; "
 			 "remove it (arbiter creates the file itself)",
