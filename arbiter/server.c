@@ -232,7 +232,7 @@ accept_resume_cb(evutil_socket_t fd, short what, void *arg)
 }
 
 /* What the liveness probe of an existing socket file found. */
-enum probe { PROBE_DEAD, PROBE_ALIVE, PROBE_STALLED };
+enum probe { PROBE_DEAD, PROBE_ALIVE, PROBE_STALLED, PROBE_UNKNOWN };
 
 /*
  * Is an arbiter answering on this socket path? A non-blocking connect, so a
@@ -242,17 +242,22 @@ enum probe { PROBE_DEAD, PROBE_ALIVE, PROBE_STALLED };
  * with SIGSTOP, or stuck). Anything slower is given a bounded wait.
  */
 static enum probe
-socket_probe(const char *path)
+socket_probe(const char *path, int *why)
 {
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};
 	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-	enum probe r = PROBE_DEAD;
+	enum probe r = PROBE_UNKNOWN;
 
-	if (fd < 0)
-		return PROBE_DEAD;
+	*why = 0;
+	if (fd < 0) {
+		*why = errno;
+		return PROBE_UNKNOWN;
+	}
 	snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
 	if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0)
 		r = PROBE_ALIVE;
+	else if (errno == ECONNREFUSED || errno == ENOENT)
+		r = PROBE_DEAD; /* no listener: a crashed daemon's file */
 	else if (errno == EAGAIN)
 		r = PROBE_STALLED;
 	else if (errno == EINPROGRESS) {
@@ -265,7 +270,12 @@ socket_probe(const char *path)
 		else if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &len) == 0 &&
 			 e == 0)
 			r = PROBE_ALIVE;
-	}
+		else if (e == ECONNREFUSED)
+			r = PROBE_DEAD;
+		else
+			*why = e;
+	} else
+		*why = errno;
 	close(fd);
 	return r;
 }
@@ -316,7 +326,7 @@ listen_socket(struct server *srv, char *err, size_t errlen)
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};
 	struct stat st;
 	mode_t old;
-	int fd;
+	int fd, why;
 
 	if (make_socket_dir(path, err, errlen) < 0)
 		return -1;
@@ -329,7 +339,7 @@ listen_socket(struct server *srv, char *err, size_t errlen)
 							   : "");
 			return -1;
 		}
-		switch (socket_probe(path)) {
+		switch (socket_probe(path, &why)) {
 		case PROBE_ALIVE:
 			snprintf(err, errlen,
 				 "an arbiter is already answering on %s; stop "
@@ -344,6 +354,14 @@ listen_socket(struct server *srv, char *err, size_t errlen)
 				 "Resume or stop it (ss -xlp shows it), or "
 				 "choose another socket.path",
 				 path);
+			return -1;
+		case PROBE_UNKNOWN:
+			snprintf(err, errlen,
+				 "cannot tell whether a process listens on %s "
+				 "(connect: %s); it is not replaced. Remove it "
+				 "if no arbiter runs there, or choose another "
+				 "socket.path",
+				 path, strerror(why));
 			return -1;
 		case PROBE_DEAD:
 			break;

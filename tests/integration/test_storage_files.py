@@ -486,3 +486,18 @@ def test_a_second_daemon_beside_a_stopped_one_with_a_full_queue_says_so(
         a.proc.send_signal(signal.SIGCONT)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         harness.check_clean_exit(a)
+
+
+def test_a_socket_that_cannot_be_probed_is_never_replaced(tmp_path):
+    """As root the probe connects (and finds it alive); as another user a
+    mode-0 socket refuses the probe: neither may be taken for dead."""
+    path = os.path.join(str(tmp_path), "a.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(path)
+        listener.listen(8)
+        os.chmod(path, 0)
+        refused_at_start(tmp_path, path, "socket.path")
+        assert stat.S_ISSOCK(os.lstat(path).st_mode)
+    finally:
+        listener.close()
