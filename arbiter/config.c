@@ -413,8 +413,8 @@ handler(void *user, const char *section, const char *name, const char *value)
 /*
  * Open the config file for reading. Links are followed (config maps and
  * /etc/alternatives use them), but the open never blocks and only a
- * regular file is read: a FIFO there would otherwise hang the start, or the
- * event loop on SIGHUP.
+ * regular file (or a character device such as /dev/null) is read: a FIFO
+ * there would otherwise hang the start, or the event loop on SIGHUP.
  */
 static FILE *
 open_config(const char *path, char *err, size_t errlen)
@@ -429,7 +429,8 @@ open_config(const char *path, char *err, size_t errlen)
 			 strerror(errno));
 		return NULL;
 	}
-	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+	if (fstat(fd, &st) < 0 ||
+	    !(S_ISREG(st.st_mode) || S_ISCHR(st.st_mode))) {
 		close(fd);
 		snprintf(err, errlen,
 			 "%s: the config file is not a regular file (%s); "
@@ -437,10 +438,14 @@ open_config(const char *path, char *err, size_t errlen)
 			 path,
 			 S_ISFIFO(st.st_mode)  ? "a FIFO"
 			 : S_ISDIR(st.st_mode) ? "a folder"
-					       : "a device or socket");
+					       : "a socket or device");
 		return NULL;
 	}
-	(void)fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+	/* A character device (-c /dev/null for no settings) keeps
+	 * O_NONBLOCK: one that has nothing to read fails instead of
+	 * hanging. */
+	if (S_ISREG(st.st_mode))
+		(void)fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
 	fp = fdopen(fd, "r");
 	if (fp == NULL) {
 		e = errno;

@@ -393,9 +393,12 @@ listen_socket(struct server *srv, char *err, size_t errlen)
 	}
 	umask(old);
 	srv->socket_created = true;
-	/* Never through a link: the folder may be shared. */
-	if (fchmodat(AT_FDCWD, path, (mode_t)srv->cfg.socket_mode,
-		     AT_SYMLINK_NOFOLLOW) < 0)
+	/* The umask gave it its mode; a default ACL on the folder may not
+	 * have. Only then chmod, and only the socket we made (not a link
+	 * put in its place in a shared folder). */
+	if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode) &&
+	    (st.st_mode & 07777) != (mode_t)srv->cfg.socket_mode &&
+	    chmod(path, (mode_t)srv->cfg.socket_mode) < 0)
 		log_warn("chmod socket failed", "path=%s error=%s", path,
 			 strerror(errno));
 	if (srv->cfg.socket_group[0] != '\0') {
