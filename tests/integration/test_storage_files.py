@@ -215,17 +215,20 @@ def test_a_lock_path_that_is_not_a_file_is_refused_at_start(tmp_path, kind):
     refused_at_start(tmp_path, str(lock), words, "remove it")
 
 
-@pytest.mark.parametrize("kind", ["folder", "fifo"])
+@pytest.mark.parametrize("kind", ["folder", "fifo", "symlink"])
 def test_a_state_path_that_is_not_a_file_is_refused_at_start(tmp_path, kind):
     data = tmp_path / "data"
     data.mkdir()
     state = data / ".arbiter.state"
     if kind == "folder":
         state.mkdir()
-    else:
+    elif kind == "fifo":
         os.mkfifo(state)
-    refused_at_start(tmp_path, str(state), "not a regular file",
-                     "remove it", "--reset-state")
+    else:
+        os.symlink(tmp_path / "elsewhere", state)
+    refused_at_start(tmp_path, str(state), "remove it", "--reset-state",
+                     "symbolic link" if kind == "symlink"
+                     else "not a regular file")
 
 
 def test_a_fifo_at_the_state_path_is_replaced_with_reset_state(tmp_path):
@@ -260,6 +263,26 @@ def test_a_fifo_at_the_temp_file_stops_neither_grants_nor_shutdown(tmp_path):
             assert Wire(d2.socket).lock("db").token > first.token + 25000
         finally:
             harness.check_clean_exit(d2)
+    finally:
+        harness.check_clean_exit(d)
+
+
+def test_a_fifo_put_at_the_state_path_while_running_is_replaced(tmp_path):
+    d = harness.Daemon(tmp_path)
+    state = os.path.join(d.storage, ".arbiter.state")
+    lock = os.path.join(d.storage, ".arbiter.lock")
+    try:
+        w = Wire(d.socket)
+        first = w.lock("db")
+        w.release(first.lease_id)
+        os.unlink(state)
+        os.mkfifo(state)
+        assert grant_many(w, 25000) == first.token + 25000
+        os.unlink(state)
+        os.mkfifo(state)
+        stop_within(d)
+        assert can_lock(lock)
+        assert stat.S_ISREG(os.lstat(state).st_mode)
     finally:
         harness.check_clean_exit(d)
 
