@@ -245,7 +245,8 @@ retry_arm(struct server *srv, const char *err)
 	srv->retry_ms = srv->retry_ms == 0	   ? 100
 			: srv->retry_ms >= 2500 ? 5000
 						: srv->retry_ms * 2;
-	if (strcmp(err, srv->retry_err) != 0) {
+	/* (retry_err may hold a cut copy of a long message) */
+	if (strncmp(err, srv->retry_err, sizeof srv->retry_err - 1) != 0) {
 		log_error("cannot take the storage lock; retrying until it can "
 			  "be taken",
 			  "error=\"%s\" retry_ms=%u", err, srv->retry_ms);
