@@ -196,6 +196,59 @@ def test_another_user_cannot_open_the_lock_file_to_read_lock_it(tmp_path):
         harness.check_clean_exit(d)
 
 
+@needs_root
+def test_a_read_lock_taken_before_the_fix_is_named_and_outlived(tmp_path):
+    """A user who opened the old 0644 file before the daemon tightened it
+    keeps a read lock: the daemon waits as a standby, says what holds it,
+    and takes over the moment that process lets go (the kernel wakes it)."""
+    top = harness.open_dir()
+    data = os.path.join(top, "data")
+    os.mkdir(data, 0o755)
+    lock = os.path.join(data, ".arbiter.lock")
+    with open(lock, "wb"):
+        pass
+    os.chmod(lock, 0o644)
+    ready_r, ready_w = os.pipe()
+    hold_r, hold_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(ready_r)
+            os.close(hold_w)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            fd = os.open(lock, os.O_RDONLY)
+            fcntl.fcntl(fd, F_OFD_SETLK, flock(fcntl.F_RDLCK))
+            os.write(ready_w, b"x")
+            os.read(hold_r, 1)  # hold until the test closes its end
+        finally:
+            os._exit(0)
+    os.close(ready_w)
+    os.close(hold_r)
+    d = None
+    try:
+        assert os.read(ready_r, 1) == b"x"
+        d = harness.Daemon(top, storage=data)
+        line = d.log.wait_for("standby")
+        assert "read-locked by a process that is not an arbiter" in line
+        assert mode_of(lock) == 0o600
+        os.close(hold_w)
+        hold_w = None
+        os.waitpid(pid, 0)
+        pid = None
+        d.log.wait_for("took over the storage")
+        assert Wire(d.socket).lock("db").token > 0
+    finally:
+        if hold_w is not None:
+            os.close(hold_w)
+        if pid is not None:
+            os.waitpid(pid, 0)
+        os.close(ready_r)
+        if d is not None:
+            harness.check_clean_exit(d)
+
+
 # ------------------------------------------------------------ not a file
 
 @pytest.mark.parametrize("kind", ["folder", "fifo", "symlink"])
