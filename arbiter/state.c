@@ -381,13 +381,16 @@ state_encode(msgpack_sbuffer *sb, uint64_t token_hw, bool clean,
 }
 
 /*
- * Create the temp file exclusively: remove whatever is at its name first (a
- * crash's leftover, or a FIFO or link someone put there: the name is ours),
- * then O_CREAT|O_EXCL, which never follows a link and never opens a FIFO.
- * A folder there is not removed: the caller reports it.
+ * Create the temp file exclusively, its name in tmp (of size len, holding
+ * "<path>.tmp" on entry): remove whatever is at that name first (a crash's
+ * leftover, or a FIFO or link someone put there: the name is ours), then
+ * O_CREAT|O_EXCL, which never follows a link and never opens a FIFO. When
+ * the name cannot be cleared (a folder there, or another user's file in a
+ * sticky folder), a fresh random name beside it is used instead, so that
+ * no one can stop the token reservations by squatting on one name.
  */
 static int
-temp_create(const char *tmp, int gid, char *err, size_t errlen)
+temp_create(char *tmp, size_t len, int gid, char *err, size_t errlen)
 {
 	mode_t mode = gid >= 0 ? 0640 : 0600;
 	int fd = -1, e = 0;
@@ -402,6 +405,16 @@ temp_create(const char *tmp, int gid, char *err, size_t errlen)
 			  mode);
 		if (fd >= 0 || (e = errno) != EEXIST)
 			break;
+	}
+	if (fd < 0 && strlen(tmp) + 8 < len) {
+		char *end = tmp + strlen(tmp);
+
+		memcpy(end, ".XXXXXX", 8);
+		fd = mkostemp(tmp, O_CLOEXEC);
+		if (fd < 0)
+			*end = '\0';
+		else
+			(void)fchmod(fd, mode);
 	}
 	if (fd < 0) {
 		snprintf(err, errlen,
@@ -430,7 +443,7 @@ state_store(const char *path, int gid, const char *data, size_t len,
 	int fd, dfd;
 
 	snprintf(tmp, sizeof tmp, "%s.tmp", path);
-	fd = temp_create(tmp, gid, err, errlen);
+	fd = temp_create(tmp, sizeof tmp, gid, err, errlen);
 	if (fd < 0)
 		return fd;
 	while (off < len) {

@@ -270,10 +270,11 @@ def test_grants_go_on_while_the_state_write_fails(tmp_path):
         w = Wire(d.socket)
         first = w.lock("db")
         w.release(first.lease_id)
-        # A folder where the temp file goes: the next state write fails
-        # (the daemon removes anything else it finds at that name).
-        tmp = os.path.join(d.storage, ".arbiter.state.tmp")
-        os.mkdir(tmp)
+        # A folder where the state file goes: the next state write fails
+        # (its rename cannot replace a folder).
+        state = os.path.join(d.storage, ".arbiter.state")
+        os.unlink(state)
+        os.mkdir(state)
         # Half a block in, the next block's write starts and fails; the
         # loop must go on granting the rest of this block (10,000 tokens).
         last = grant_many(w, 9999)
@@ -284,7 +285,7 @@ def test_grants_go_on_while_the_state_write_fails(tmp_path):
         assert w.call(ping=pb.Ping()).WhichOneof("kind") == "pong"
         assert not [m for m in w.pending if m.id == held and
                     m.WhichOneof("kind") == "granted"]
-        os.rmdir(tmp)
+        os.rmdir(state)
         # The retry, a second later, writes a real file and grants.
         assert w.granted(held).token == last + 1
     finally:

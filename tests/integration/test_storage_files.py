@@ -297,19 +297,28 @@ def test_a_fifo_at_the_state_path_is_replaced_with_reset_state(tmp_path):
         harness.check_clean_exit(d)
 
 
-def test_a_fifo_at_the_temp_file_stops_neither_grants_nor_shutdown(tmp_path):
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_a_temp_file_name_taken_stops_neither_grants_nor_shutdown(tmp_path,
+                                                                  kind):
     d = harness.Daemon(tmp_path)
     lock = os.path.join(d.storage, ".arbiter.lock")
+    tmp = os.path.join(d.storage, ".arbiter.state.tmp")
     try:
         w = Wire(d.socket)
         first = w.lock("db")
         w.release(first.lease_id)
-        os.mkfifo(os.path.join(d.storage, ".arbiter.state.tmp"))
+        if kind == "fifo":
+            os.mkfifo(tmp)
+        else:
+            os.mkdir(tmp)
         # 25,000 grants cross two token blocks, each reserved through the
         # temp file's name.
         assert grant_many(w, 25000) == first.token + 25000
-        os.mkfifo(os.path.join(d.storage, ".arbiter.state.tmp"))
+        if kind == "fifo":
+            os.mkfifo(tmp)
         stop_within(d)
+        assert not [n for n in os.listdir(d.storage)
+                    if n.startswith(".arbiter.state.tmp.")]
         assert can_lock(lock)  # the storage lock was given back
         d2 = harness.Daemon(tmp_path)
         try:
