@@ -171,6 +171,30 @@ tighten(struct storage *s, int fd, const struct stat *st, const char *path)
 		 path, bad_group ? " (and chgrp it to storage.group)" : "");
 }
 
+/* Warn (in s->note) when every user may write the lock file's folder:
+ * then anyone can replace the lock or state file, whatever their modes. */
+static void
+folder_check(struct storage *s, const char *path)
+{
+	char dir[4096], *slash;
+	struct stat st;
+	size_t n = strlen(s->note);
+
+	snprintf(dir, sizeof dir, "%s", path);
+	slash = strrchr(dir, '/');
+	if (slash == NULL)
+		snprintf(dir, sizeof dir, ".");
+	else
+		*(slash == dir ? slash + 1 : slash) = '\0';
+	if (stat(dir, &st) < 0 || !(st.st_mode & S_IWOTH))
+		return;
+	snprintf(s->note + n, sizeof s->note - n,
+		 "%sstorage folder %s is writable by every user (mode %04o): "
+		 "anyone can replace the lock and state files there; run "
+		 "chmod o-w %s",
+		 n > 0 ? "; " : "", dir, (unsigned)(st.st_mode & 07777), dir);
+}
+
 /*
  * Open (creating when missing) the lock file: never through a link, never
  * blocking (a FIFO there must not hang the daemon), only a regular file.
@@ -236,6 +260,7 @@ lock_open(struct storage *s, const char *path, char *err, size_t errlen)
 		(void)fchmod(fd, want);
 	} else
 		tighten(s, fd, &st, path);
+	folder_check(s, path);
 	return fd;
 }
 

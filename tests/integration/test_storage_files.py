@@ -145,6 +145,21 @@ def test_an_open_lock_file_is_tightened_at_start(tmp_path):
         harness.check_clean_exit(d)
 
 
+def test_a_storage_folder_everyone_may_write_is_warned_about(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    os.chmod(data, 0o1777)
+    lock = data / ".arbiter.lock"
+    lock.write_bytes(b"")
+    os.chmod(lock, 0o644)
+    d = harness.Daemon(tmp_path)
+    try:
+        line = d.log.wait_for("writable by every user")
+        assert "tightened" in line and "chmod o-w %s" % data in line
+    finally:
+        harness.check_clean_exit(d)
+
+
 def test_storage_group_gives_the_lock_file_to_that_group(tmp_path):
     gid = os.getgid()  # a group this user is surely in
     data = tmp_path / "data"
