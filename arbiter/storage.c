@@ -609,17 +609,12 @@ storage_check(struct storage *s, char *err, size_t errlen)
 {
 	char buf[4096];
 	char *dir, *slash;
-	int rc;
+	int rc, old;
 
 	while (s->watch_fd >= 0 && read(s->watch_fd, buf, sizeof buf) > 0)
 		;
 	if (s->fd < 0 || !s->held || same_file(s->fd, s->lock_path))
 		return 0;
-	/* Our file is gone from the path: its lock protects nothing now.
-	 * Drop it and lock whatever is there, as at start. */
-	close(s->fd);
-	s->fd = -1;
-	s->held = false;
 	dir = strdup(s->lock_path);
 	if (dir == NULL) {
 		snprintf(err, errlen, "out of memory");
@@ -628,8 +623,16 @@ storage_check(struct storage *s, char *err, size_t errlen)
 	slash = strrchr(dir, '/');
 	if (slash != NULL)
 		*(slash == dir ? slash + 1 : slash) = '\0';
+	/* Our file is gone from the path: its lock protects nothing now.
+	 * Lock whatever is there, as at start, and only then let the old
+	 * one go: a standby blocked on the old file must not wake and race
+	 * us for the new one. */
+	old = s->fd;
+	s->fd = -1;
+	s->held = false;
 	rc = storage_try_lock(s, slash != NULL ? dir : ".", s->lock_path,
 			      s->socket_path, err, errlen);
+	close(old);
 	free(dir);
 	if (rc < 0) {
 		char why[sizeof buf];

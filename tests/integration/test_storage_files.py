@@ -411,6 +411,31 @@ def test_a_lock_path_broken_while_active_is_retried_until_fixed(tmp_path,
         harness.check_clean_exit(d)
 
 
+def test_a_removed_lock_file_keeps_the_active_active_and_the_standby_waiting(
+        tmp_path):
+    """The active locks the new file before it lets the old one go, so the
+    standby blocked on the old one never races it for the new one."""
+    a = harness.Daemon(tmp_path, name="a")
+    b = harness.Daemon(tmp_path, name="b", storage=a.storage)
+    lock = os.path.join(a.storage, ".arbiter.lock")
+    try:
+        w = Wire(a.socket)
+        w.lock("db")
+        for _ in range(5):
+            start_a, start_b = len(a.log.lines), len(b.log.lines)
+            os.unlink(lock)
+            a.log.wait_for("still holding the lock", start=start_a)
+            b.log.wait_for("replaced while waiting; waiting on the new one",
+                           start=start_b)
+            assert a.ctl("ping").stdout == "pong active\n"
+            assert b.ctl("ping").stdout == "pong standby\n"
+        assert w.call(ping=pb.Ping()).WhichOneof("kind") == "pong"
+        assert not [m for m in w.pending if m.WhichOneof("kind") == "revoked"]
+    finally:
+        harness.check_clean_exit(b)
+        harness.check_clean_exit(a)
+
+
 # ------------------------------------------------------------ tokens
 
 @pytest.mark.parametrize("end", ["clean", "kill9"])
