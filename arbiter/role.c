@@ -325,6 +325,21 @@ watch_cb(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	rc = storage_check(&srv->storage, err, sizeof err);
+	if (rc == 0 && srv->role != ROLE_ACTIVE &&
+	    storage_stuck_behind_reader(&srv->storage)) {
+		/* A standby blocked behind a process that is not an arbiter
+		 * (a read lock, taken while the file was still open to all)
+		 * would wait for it forever: once the file is replaced or
+		 * removed, take the one at the path instead. */
+		log_warn("the lock file was replaced while a process that is "
+			 "not an arbiter read-locked the old one; taking the "
+			 "new one",
+			 "lock_file=%s", srv->cfg.lock_file);
+		event_del(srv->ev_storage);
+		storage_wait_cancel(&srv->storage);
+		take_storage(srv);
+		return;
+	}
 	if (rc == 0)
 		return;
 	if (rc == 1) {
@@ -481,6 +496,8 @@ become_standby(struct server *srv)
 	event_assign(srv->ev_storage, srv->base, srv->storage.wake_fd, EV_READ,
 		     storage_cb, srv);
 	event_add(srv->ev_storage, NULL);
+	/* And notice the file waited on being replaced (watch_cb). */
+	watch_start(srv);
 }
 
 /*
@@ -502,6 +519,7 @@ take_storage(struct server *srv)
 		srv->role = ROLE_IDLE;
 		return;
 	}
+	watch_stop(srv); /* what it watched is no longer waited on */
 	rc = storage_try_lock(&srv->storage, srv->cfg.storage_path,
 			      srv->cfg.lock_file, srv->cfg.socket_path, err,
 			      sizeof err);

@@ -574,6 +574,56 @@ storage_wait_done(struct storage *s)
 	return 0;
 }
 
+/* Interrupt the wait thread and join it (see storage_free). */
+static void
+wait_stop(struct storage *s)
+{
+	/* Closing the fd does not wake F_OFD_SETLKW; a signal does. Repeat
+	 * it in case it landed just before the thread blocked. */
+	s->stop = 1;
+	for (;;) {
+		struct timespec ts;
+
+		pthread_kill(s->tid, SIGUSR1);
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_nsec += 20000000;
+		if (ts.tv_nsec >= 1000000000) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000;
+		}
+		if (pthread_timedjoin_np(s->tid, NULL, &ts) == 0)
+			break;
+	}
+	s->waiting = false;
+}
+
+void
+storage_wait_cancel(struct storage *s)
+{
+	uint64_t v;
+
+	if (!s->waiting)
+		return;
+	wait_stop(s);
+	(void)!read(s->wake_fd, &v, sizeof v);
+	/* Whatever it may have got at the last moment is a stale file's
+	 * lock: closing drops it. */
+	if (s->fd >= 0)
+		close(s->fd);
+	s->fd = -1;
+	s->held = false;
+}
+
+bool
+storage_stuck_behind_reader(struct storage *s)
+{
+	struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET};
+
+	if (!s->waiting || s->fd < 0 || same_file(s->fd, s->lock_path))
+		return false;
+	return fcntl(s->fd, F_OFD_GETLK, &fl) == 0 && fl.l_type == F_RDLCK;
+}
+
 int
 storage_watch(struct storage *s)
 {
@@ -735,23 +785,7 @@ storage_free(struct storage *s)
 {
 	storage_unlock(s);
 	if (s->waiting) {
-		/* Closing the fd does not wake F_OFD_SETLKW; a signal does.
-		 * Repeat it in case it landed just before the thread blocked. */
-		s->stop = 1;
-		for (;;) {
-			struct timespec ts;
-
-			pthread_kill(s->tid, SIGUSR1);
-			clock_gettime(CLOCK_REALTIME, &ts);
-			ts.tv_nsec += 20000000;
-			if (ts.tv_nsec >= 1000000000) {
-				ts.tv_sec++;
-				ts.tv_nsec -= 1000000000;
-			}
-			if (pthread_timedjoin_np(s->tid, NULL, &ts) == 0)
-				break;
-		}
-		s->waiting = false;
+		wait_stop(s);
 		if (s->wait_err == 0) /* it got the lock as we stopped */
 			storage_unlock(s);
 	}

@@ -67,6 +67,17 @@ int storage_wait_start(struct storage *s);
 int storage_wait_done(struct storage *s);
 
 /*
+ * Stop waiting (the wait thread is joined, its wake-up drained) and close
+ * the file waited on. For a standby stuck behind a process that is not an
+ * arbiter, once the lock file was replaced: see storage_stuck_behind_reader.
+ */
+void storage_wait_cancel(struct storage *s);
+/* While waiting: true when the path no longer names the file waited on and
+ * that file is held by a read lock, which no arbiter takes (so no arbiter
+ * will ever let it go for us). */
+bool storage_stuck_behind_reader(struct storage *s);
+
+/*
  * Guard against the lock file being deleted or replaced under us (an old
  * "delete stale lock files" job): another arbiter would then create a new
  * file and lock it. storage_watch() gives an inotify fd to watch; when it

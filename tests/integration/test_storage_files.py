@@ -212,10 +212,13 @@ def test_another_user_cannot_open_the_lock_file_to_read_lock_it(tmp_path):
 
 
 @needs_root
-def test_a_read_lock_taken_before_the_fix_is_named_and_outlived(tmp_path):
+@pytest.mark.parametrize("fix", ["reader-ends", "file-removed"])
+def test_a_read_lock_taken_before_the_fix_is_named_and_outlived(tmp_path,
+                                                                fix):
     """A user who opened the old 0644 file before the daemon tightened it
     keeps a read lock: the daemon waits as a standby, says what holds it,
-    and takes over the moment that process lets go (the kernel wakes it)."""
+    and takes over the moment that process lets go (the kernel wakes it),
+    or the moment the file is removed (no arbiter would ever free it)."""
     top = harness.open_dir()
     data = os.path.join(top, "data")
     os.mkdir(data, 0o755)
@@ -248,12 +251,17 @@ def test_a_read_lock_taken_before_the_fix_is_named_and_outlived(tmp_path):
         line = d.log.wait_for("standby")
         assert "read-locked by a process that is not an arbiter" in line
         assert mode_of(lock) == 0o600
-        os.close(hold_w)
-        hold_w = None
-        os.waitpid(pid, 0)
-        pid = None
+        if fix == "file-removed":
+            os.unlink(lock)
+            d.log.wait_for("not an arbiter read-locked the old one")
+        else:
+            os.close(hold_w)
+            hold_w = None
+            os.waitpid(pid, 0)
+            pid = None
         d.log.wait_for("took over the storage")
         assert Wire(d.socket).lock("db").token > 0
+        assert d.ctl("ping").stdout == "pong active\n"
     finally:
         if hold_w is not None:
             os.close(hold_w)
