@@ -378,7 +378,8 @@ describe_holder(int fd, const char *lock_path, char *err, size_t errlen)
 		snprintf(err, errlen,
 			 "storage %s is read-locked by a process that is not "
 			 "an arbiter (arbiters take write locks); find it with "
-			 "lslocks or fuser %s and stop it. The file's mode "
+			 "lslocks or fuser %s and stop it, or remove the file "
+			 "(arbiter then locks a new one). The file's mode "
 			 "keeps other users from opening it from now on",
 			 lock_path, lock_path);
 		return;
