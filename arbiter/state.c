@@ -439,6 +439,7 @@ state_store(const char *path, int gid, const char *data, size_t len,
 	    unsigned *fsyncs, char *err, size_t errlen)
 {
 	char tmp[4200], dir[4200], *slash;
+	struct stat mine, now;
 	size_t off = 0;
 	int fd, dfd;
 
@@ -471,6 +472,8 @@ state_store(const char *path, int gid, const char *data, size_t len,
 		return rc;
 	}
 	(*fsyncs)++;
+	if (fstat(fd, &mine) < 0)
+		memset(&mine, 0, sizeof mine);
 	close(fd);
 	if (rename(tmp, path) < 0) {
 		int rc = -errno;
@@ -482,6 +485,18 @@ state_store(const char *path, int gid, const char *data, size_t len,
 			     : "");
 		unlink(tmp);
 		return rc;
+	}
+	/* Whoever may write the folder could have swapped the temp name
+	 * between our write and the rename: then what now sits at the path
+	 * is not our record. Say so; the caller writes again. */
+	if (lstat(path, &now) < 0 || now.st_dev != mine.st_dev ||
+	    now.st_ino != mine.st_ino) {
+		snprintf(err, errlen,
+			 "%s was replaced while the state was written to it; "
+			 "another process writes in the storage folder: stop "
+			 "it (only arbiter writes there)",
+			 tmp);
+		return -ESTALE;
 	}
 	snprintf(dir, sizeof dir, "%s", path);
 	slash = strrchr(dir, '/');
