@@ -10,6 +10,7 @@
  */
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <grp.h>
 #include <inttypes.h>
 #include <limits.h>
@@ -18,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <ini.h>
@@ -102,6 +104,15 @@ static const struct config_key keys[] = {
 		.def = "",
 		.help = "the state file of fencing-token high-water marks; empty:"
 			" <storage.path>/.arbiter.state",
+	},
+	{
+		.section = "storage",
+		.key = "group",
+		.type = T_STR,
+		.off = O(storage_group),
+		.def = "",
+		.help = "a group that may also open the lock file (0660) and read "
+			"the state file (0640); empty: the daemon's user alone",
 	},
 	{
 		.section = "storage",
@@ -739,6 +750,52 @@ handler(void *user, const char *section, const char *name, const char *value)
 	return 1;
 }
 
+/*
+ * Open the config file for reading. Links are followed (config maps and
+ * /etc/alternatives use them), but the open never blocks and only a
+ * regular file (or a character device such as /dev/null) is read: a FIFO
+ * there would otherwise hang the start, or the event loop on SIGHUP.
+ */
+static FILE *
+open_config(const char *path, char *err, size_t errlen)
+{
+	struct stat st;
+	FILE *fp;
+	int fd, e;
+
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+	if (fd < 0) {
+		snprintf(err, errlen, "%s: cannot open config file: %s", path,
+			 strerror(errno));
+		return NULL;
+	}
+	if (fstat(fd, &st) < 0 ||
+	    !(S_ISREG(st.st_mode) || S_ISCHR(st.st_mode))) {
+		close(fd);
+		snprintf(err, errlen,
+			 "%s: the config file is not a regular file (%s); "
+			 "point -c at a file",
+			 path,
+			 S_ISFIFO(st.st_mode)  ? "a FIFO"
+			 : S_ISDIR(st.st_mode) ? "a folder"
+					       : "a socket or device");
+		return NULL;
+	}
+	/* A character device (-c /dev/null for no settings) keeps
+	 * O_NONBLOCK: one that has nothing to read fails instead of
+	 * hanging. */
+	if (S_ISREG(st.st_mode))
+		(void)fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+	fp = fdopen(fd, "r");
+	if (fp == NULL) {
+		e = errno;
+		close(fd);
+		snprintf(err, errlen, "%s: cannot read config file: %s", path,
+			 strerror(e));
+	}
+	return fp;
+}
+
 static int
 load_file(struct config *c, const char *path, char *err, size_t errlen)
 {
@@ -746,12 +803,9 @@ load_file(struct config *c, const char *path, char *err, size_t errlen)
 	char *abs = NULL, *slash;
 	int rc;
 
-	x.fp = fopen(path, "r");
-	if (x.fp == NULL) {
-		snprintf(err, errlen, "%s: cannot open config file: %s", path,
-			 strerror(errno));
+	x.fp = open_config(path, err, errlen);
+	if (x.fp == NULL)
 		return -1;
-	}
 	abs = realpath(path, NULL);
 	c->path = abs ? strdup(abs) : strdup(path);
 	if (abs != NULL && (slash = strrchr(abs, '/')) != NULL)

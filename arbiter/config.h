@@ -32,6 +32,7 @@ struct config {
 	char *storage_path;
 	char *lock_file;
 	char *state_file;
+	char *storage_group; /* may also open the lock file; "" for none */
 	unsigned hold;
 	uint64_t linger_ms;
 	/* [limits] */

@@ -506,6 +506,15 @@ lockmgr_acquire(struct lockmgr *lm, struct lm_owner *o,
 	    o->nreqs >= lm->limits.max_leases_per_owner)
 		return LM_ERR_MAX_LEASES;
 
+	if (res == NULL && lm->open && now < lm->hold_until) {
+		/* Held back (lockmgr_hold_all): the resource starts with
+		 * the hold as its lock-delay. */
+		if (lm->limits.max_resources &&
+		    lm->nres >= lm->limits.max_resources)
+			return LM_ERR_MAX_RESOURCES;
+		res = res_new(lm, a->resource, a->len);
+		timer_arm(lm, &res->delay, lm->hold_until);
+	}
 	blocked = res != NULL &&
 		  (gate_shut(lm, res) || res->nwaiters > 0 ||
 		   !compatible(res, a->mode));
@@ -729,6 +738,20 @@ lockmgr_set_open(struct lockmgr *lm, bool open, uint64_t now)
 			grant_pass(lm, res, now);
 	}
 	check_idle(lm);
+}
+
+void
+lockmgr_hold_all(struct lockmgr *lm, uint64_t until, uint64_t now)
+{
+	struct lm_res *res, *tmp;
+
+	lm->hold_until = until;
+	if (until <= now)
+		return;
+	HASH_ITER(hh, lm->res, res, tmp) {
+		if (res->delay.idx < 0 || res->delay.when < until)
+			timer_arm(lm, &res->delay, until);
+	}
 }
 
 void

@@ -183,6 +183,7 @@ struct lockmgr {
 	uint64_t last_token;  /* highest token handed out */
 	uint64_t token_limit; /* may not hand out beyond this */
 	bool open;	      /* gate: grants allowed */
+	uint64_t hold_until;  /* lockmgr_hold_all(): no first grant before */
 	bool busy;	      /* BUSY sent and no IDLE since */
 	struct lm_limits limits;
 
@@ -254,6 +255,17 @@ uint64_t lockmgr_next_deadline(const struct lockmgr *lm);
  * Opening it grants every resource's queue head.
  */
 void lockmgr_set_open(struct lockmgr *lm, bool open, uint64_t now);
+
+/*
+ * Hold every resource back until `until` (monotonic ns), as a lock-delay
+ * would: the ones that exist now and every one first asked for before then.
+ * Used after an unclean end of the storage's previous holder, whose lease
+ * holders may still be finishing. A try-lock during the hold fails with
+ * WOULD_BLOCK and leaves its resource behind, delayed, until the hold ends
+ * (so the caller can tell why). until <= now ends nothing early: it only
+ * stops holding resources that do not exist yet.
+ */
+void lockmgr_hold_all(struct lockmgr *lm, uint64_t until, uint64_t now);
 
 /* Fencing tokens: start after `last` and never hand out beyond `limit`. */
 void lockmgr_set_tokens(struct lockmgr *lm, uint64_t last, uint64_t limit);

@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <inttypes.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -502,20 +503,53 @@ unix_accepted(struct listener *l, int fd)
 	conn_new(srv, fd, false);
 }
 
-/* Is an arbiter answering on this socket path? */
-static bool
-socket_alive(const char *path)
+/* What the liveness probe of an existing socket file found. */
+enum probe { PROBE_DEAD, PROBE_ALIVE, PROBE_STALLED, PROBE_UNKNOWN };
+
+/*
+ * Is an arbiter answering on this socket path? A non-blocking connect, so a
+ * stopped or wedged daemon cannot hang us: it accepts at once when a
+ * listener is there (the kernel completes it), is refused when none is, and
+ * fails with EAGAIN when a listener is there but its queue is full (stopped
+ * with SIGSTOP, or stuck). Anything slower is given a bounded wait.
+ */
+static enum probe
+socket_probe(const char *path, int *why)
 {
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};
-	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	bool alive;
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	enum probe r = PROBE_UNKNOWN;
 
-	if (fd < 0)
-		return false;
+	*why = 0;
+	if (fd < 0) {
+		*why = errno;
+		return PROBE_UNKNOWN;
+	}
 	snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
-	alive = connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0;
+	if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0)
+		r = PROBE_ALIVE;
+	else if (errno == ECONNREFUSED || errno == ENOENT)
+		r = PROBE_DEAD; /* no listener: a crashed daemon's file */
+	else if (errno == EAGAIN)
+		r = PROBE_STALLED;
+	else if (errno == EINPROGRESS) {
+		struct pollfd p = {.fd = fd, .events = POLLOUT};
+		int e = 0;
+		socklen_t len = sizeof e;
+
+		if (poll(&p, 1, 1000) <= 0)
+			r = PROBE_STALLED;
+		else if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &len) == 0 &&
+			 e == 0)
+			r = PROBE_ALIVE;
+		else if (e == ECONNREFUSED)
+			r = PROBE_DEAD;
+		else
+			*why = e;
+	} else
+		*why = errno;
 	close(fd);
-	return alive;
+	return r;
 }
 
 static int
@@ -564,7 +598,7 @@ listen_socket(struct server *srv, char *err, size_t errlen)
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};
 	struct stat st;
 	mode_t old;
-	int fd;
+	int fd, why;
 
 	if (make_socket_dir(path, err, errlen) < 0)
 		return -1;
@@ -577,12 +611,32 @@ listen_socket(struct server *srv, char *err, size_t errlen)
 							   : "");
 			return -1;
 		}
-		if (socket_alive(path)) {
+		switch (socket_probe(path, &why)) {
+		case PROBE_ALIVE:
 			snprintf(err, errlen,
 				 "an arbiter is already answering on %s; stop "
 				 "it first or choose another socket.path",
 				 path);
 			return -1;
+		case PROBE_STALLED:
+			snprintf(err, errlen,
+				 "a process listens on %s but accepts no "
+				 "connection (its queue is full: stopped, e.g. "
+				 "by SIGSTOP, or stuck); it is not replaced. "
+				 "Resume or stop it (ss -xlp shows it), or "
+				 "choose another socket.path",
+				 path);
+			return -1;
+		case PROBE_UNKNOWN:
+			snprintf(err, errlen,
+				 "cannot tell whether a process listens on %s "
+				 "(connect: %s); it is not replaced. Remove it "
+				 "if no arbiter runs there, or choose another "
+				 "socket.path",
+				 path, strerror(why));
+			return -1;
+		case PROBE_DEAD:
+			break;
 		}
 		/* A dead socket file from a crashed daemon: replace it. */
 		if (unlink(path) < 0) {
@@ -611,7 +665,12 @@ listen_socket(struct server *srv, char *err, size_t errlen)
 	}
 	umask(old);
 	srv->socket_created = true;
-	if (chmod(path, (mode_t)srv->cfg.socket_mode) < 0)
+	/* The umask gave it its mode; a default ACL on the folder may not
+	 * have. Only then chmod, and only the socket we made (not a link
+	 * put in its place in a shared folder). */
+	if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode) &&
+	    (st.st_mode & 07777) != (mode_t)srv->cfg.socket_mode &&
+	    chmod(path, (mode_t)srv->cfg.socket_mode) < 0)
 		log_warn("chmod socket failed", "path=%s error=%s", path,
 			 strerror(errno));
 	if (srv->cfg.socket_group[0] != '\0') {
@@ -628,7 +687,7 @@ listen_socket(struct server *srv, char *err, size_t errlen)
 				 srv->cfg.socket_group);
 			return -1;
 		}
-		if (chown(path, (uid_t)-1, (gid_t)gid) < 0) {
+		if (lchown(path, (uid_t)-1, (gid_t)gid) < 0) {
 			int e = errno;
 
 			close(fd);
@@ -887,7 +946,7 @@ server_free(struct server *srv)
 			&srv->ev_timer,	 &srv->ev_stop,		 &srv->ev_sigterm,
 			&srv->ev_sigint, &srv->ev_sighup,	 &srv->ev_storage,
 			&srv->ev_reserve, &srv->ev_linger, &srv->ev_watch,
-			&srv->ev_written,
+			&srv->ev_written, &srv->ev_retry, &srv->ev_dirwatch,
 		};
 
 		for (size_t i = 0; i < sizeof evs / sizeof evs[0]; i++) {

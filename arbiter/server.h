@@ -113,6 +113,11 @@ struct server {
 	struct state_writer writer; /* reserves the next token block */
 	struct event *ev_linger;  /* on-demand: release when idle */
 	struct event *ev_watch;	  /* inotify on the lock file, while active */
+	struct event *ev_retry;	  /* retry taking an unusable lock file */
+	struct event *ev_dirwatch; /* inotify on its folder, while retrying */
+	unsigned retry_ms;	  /* the back-off: 100 ms doubling to 5 s */
+	char retry_err[300];	  /* the failure last logged */
+	bool leases_held;	  /* while running: any lease outstanding */
 	bool reset_state;	  /* --reset-state */
 	bool state_loaded;
 	unsigned state_fsyncs;

@@ -7,6 +7,9 @@
  *   "counters"  map      counter name -> uint (cumulative)
  *   "resources" map      resource name -> last token granted
  *   "written"   uint     unix time of the write, for humans
+ *   "clean"     bool     true only when written at a graceful end with no
+ *                        lease outstanding: the next holder of the storage
+ *                        applies leases.lock_delay_ms when it is false
  * Unknown keys are ignored so a later minor version can add some; a larger
  * "format" is refused, never guessed at.
  */
@@ -210,6 +213,14 @@ state_decode(const uint8_t *buf, size_t len, struct state_data *out, char *err,
 			}
 			out->token_hw = v->via.u64;
 			have_hw = true;
+		} else if (key_is(k, "clean")) {
+			if (v->type != MSGPACK_OBJECT_BOOLEAN) {
+				snprintf(err, errlen, "bad \"clean\" field");
+				rc = -EINVAL;
+				goto out;
+			}
+			out->clean = v->via.boolean;
+			out->have_clean = true;
 		} else if (key_is(k, "counters")) {
 			if (v->type != MSGPACK_OBJECT_MAP) {
 				snprintf(err, errlen, "bad \"counters\" field");
@@ -262,22 +273,37 @@ state_read(const char *path, struct state_data *out, char *err, size_t errlen)
 	int fd, rc;
 
 	memset(out, 0, sizeof *out);
-	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	/* O_NONBLOCK: a FIFO put here must not hang the daemon in open(2). */
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK |
+			    O_NOCTTY);
 	if (fd < 0) {
 		rc = -errno;
 		if (rc == -ENOENT)
 			return rc;
 		snprintf(err, errlen, "cannot open: %s%s", strerror(-rc),
 			 rc == -ELOOP ? " (it is a symbolic link, which "
-					"arbiter refuses)"
+					"arbiter refuses; remove it)"
 				      : "");
 		return rc;
 	}
-	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) ||
-	    (size_t)st.st_size > STATE_MAX_BYTES) {
+	if (fstat(fd, &st) < 0) {
+		rc = -errno;
 		close(fd);
-		snprintf(err, errlen, "not a regular file of at most %u bytes",
-			 STATE_MAX_BYTES);
+		snprintf(err, errlen, "cannot examine it: %s", strerror(-rc));
+		return rc;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		close(fd);
+		snprintf(err, errlen, "%s, not a regular file; remove it",
+			 S_ISFIFO(st.st_mode)	? "it is a FIFO"
+			 : S_ISDIR(st.st_mode)	? "it is a folder"
+			 : S_ISSOCK(st.st_mode) ? "it is a socket"
+						: "it is a device");
+		return -EINVAL;
+	}
+	if ((size_t)st.st_size > STATE_MAX_BYTES) {
+		close(fd);
+		snprintf(err, errlen, "larger than %u bytes", STATE_MAX_BYTES);
 		return -EINVAL;
 	}
 	buf = malloc((size_t)st.st_size + 1);
@@ -310,7 +336,8 @@ pack_str(msgpack_packer *pk, const char *s, size_t n)
 
 /* The record, encoded in the loop: the stats belong to the loop's thread. */
 static void
-state_encode(msgpack_sbuffer *sb, uint64_t token_hw, const struct stats *st)
+state_encode(msgpack_sbuffer *sb, uint64_t token_hw, bool clean,
+	     const struct stats *st)
 {
 	msgpack_packer pk;
 	const struct stats_res *r, *rtmp;
@@ -318,9 +345,14 @@ state_encode(msgpack_sbuffer *sb, uint64_t token_hw, const struct stats *st)
 
 	msgpack_sbuffer_init(sb);
 	msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
-	msgpack_pack_map(&pk, 5);
+	msgpack_pack_map(&pk, 6);
 	pack_str(&pk, "format", 6);
 	msgpack_pack_uint32(&pk, STATE_FORMAT);
+	pack_str(&pk, "clean", 5);
+	if (clean)
+		msgpack_pack_true(&pk);
+	else
+		msgpack_pack_false(&pk);
 	pack_str(&pk, "token_hw", 8);
 	msgpack_pack_uint64(&pk, token_hw);
 	pack_str(&pk, "written", 7);
@@ -348,25 +380,73 @@ state_encode(msgpack_sbuffer *sb, uint64_t token_hw, const struct stats *st)
 	}
 }
 
+/*
+ * Create the temp file exclusively, its name in tmp (of size len, holding
+ * "<path>.tmp" on entry): remove whatever is at that name first (a crash's
+ * leftover, or a FIFO or link someone put there: the name is ours), then
+ * O_CREAT|O_EXCL, which never follows a link and never opens a FIFO. When
+ * the name cannot be cleared (a folder there, or another user's file in a
+ * sticky folder), a fresh random name beside it is used instead, so that
+ * no one can stop the token reservations by squatting on one name.
+ */
+static int
+temp_create(char *tmp, size_t len, int gid, char *err, size_t errlen)
+{
+	mode_t mode = gid >= 0 ? 0640 : 0600;
+	int fd = -1, e = 0;
+
+	for (int i = 0; i < 5; i++) {
+		if (unlink(tmp) < 0 && errno != ENOENT) {
+			e = errno;
+			break;
+		}
+		fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC |
+				   O_NOFOLLOW | O_NONBLOCK | O_NOCTTY,
+			  mode);
+		if (fd >= 0 || (e = errno) != EEXIST)
+			break;
+	}
+	if (fd < 0 && strlen(tmp) + 8 < len) {
+		char *end = tmp + strlen(tmp);
+
+		memcpy(end, ".XXXXXX", 8);
+		fd = mkostemp(tmp, O_CLOEXEC);
+		if (fd < 0)
+			*end = '\0';
+		else
+			(void)fchmod(fd, mode);
+	}
+	if (fd < 0) {
+		snprintf(err, errlen,
+			 "cannot create the temp file %s: %s; %s", tmp,
+			 strerror(e),
+			 e == EISDIR ? "a folder is in the way: remove it"
+			 : e == EPERM || e == EACCES || e == EEXIST
+			     ? "something the daemon cannot replace is in the "
+			       "way: remove it (only arbiter writes there)"
+			     : "check the storage folder");
+		return -e;
+	}
+	(void)fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+	if (gid >= 0)
+		(void)!fchown(fd, (uid_t)-1, (gid_t)gid);
+	return fd;
+}
+
 /* Store an encoded record durably: temp file, fsync, rename, folder fsync. */
 static int
-state_store(const char *path, const char *data, size_t len, unsigned *fsyncs,
-	    char *err, size_t errlen)
+state_store(const char *path, int gid, const char *data, size_t len,
+	    unsigned *fsyncs, char *err, size_t errlen)
 {
 	char tmp[4200], dir[4200], *slash;
+	struct stat mine, now;
 	size_t off = 0;
 	int fd, dfd;
 
 	snprintf(tmp, sizeof tmp, "%s.tmp", path);
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW,
-		  0640);
-	if (fd < 0) {
-		int rc = -errno;
-
-		snprintf(err, errlen, "cannot create %s: %s", tmp,
-			 strerror(-rc));
-		return rc;
-	}
+	fd = temp_create(tmp, sizeof tmp, gid, err, errlen);
+	if (fd < 0)
+		return fd;
 	while (off < len) {
 		ssize_t w = write(fd, data + off, len - off);
 
@@ -392,14 +472,31 @@ state_store(const char *path, const char *data, size_t len, unsigned *fsyncs,
 		return rc;
 	}
 	(*fsyncs)++;
+	if (fstat(fd, &mine) < 0)
+		memset(&mine, 0, sizeof mine);
 	close(fd);
 	if (rename(tmp, path) < 0) {
 		int rc = -errno;
 
-		snprintf(err, errlen, "cannot rename %s to %s: %s", tmp, path,
-			 strerror(-rc));
+		snprintf(err, errlen, "cannot rename %s to %s: %s%s", tmp,
+			 path, strerror(-rc),
+			 rc == -EISDIR || rc == -ENOTEMPTY
+			     ? " (a folder is in the way; remove it)"
+			     : "");
 		unlink(tmp);
 		return rc;
+	}
+	/* Whoever may write the folder could have swapped the temp name
+	 * between our write and the rename: then what now sits at the path
+	 * is not our record. Say so; the caller writes again. */
+	if (lstat(path, &now) < 0 || now.st_dev != mine.st_dev ||
+	    now.st_ino != mine.st_ino) {
+		snprintf(err, errlen,
+			 "%s was replaced while the state was written to it; "
+			 "another process writes in the storage folder: stop "
+			 "it (only arbiter writes there)",
+			 tmp);
+		return -ESTALE;
 	}
 	snprintf(dir, sizeof dir, "%s", path);
 	slash = strrchr(dir, '/');
@@ -418,14 +515,14 @@ state_store(const char *path, const char *data, size_t len, unsigned *fsyncs,
 }
 
 int
-state_write(const char *path, uint64_t token_hw, const struct stats *st,
-	    unsigned *fsyncs, char *err, size_t errlen)
+state_write(const char *path, uint64_t token_hw, bool clean, int gid,
+	    const struct stats *st, unsigned *fsyncs, char *err, size_t errlen)
 {
 	msgpack_sbuffer sb;
 	int rc;
 
-	state_encode(&sb, token_hw, st);
-	rc = state_store(path, sb.data, sb.size, fsyncs, err, errlen);
+	state_encode(&sb, token_hw, clean, st);
+	rc = state_store(path, gid, sb.data, sb.size, fsyncs, err, errlen);
 	msgpack_sbuffer_destroy(&sb);
 	return rc;
 }
@@ -436,8 +533,8 @@ writer_thread(void *arg)
 	struct state_writer *w = arg;
 	uint64_t one = 1;
 
-	w->rc = state_store(w->path, w->sb.data, w->sb.size, &w->fsyncs,
-			    w->err, sizeof w->err);
+	w->rc = state_store(w->path, w->gid, w->sb.data, w->sb.size,
+			    &w->fsyncs, w->err, sizeof w->err);
 	(void)!write(w->wake_fd, &one, sizeof one);
 	return NULL;
 }
@@ -451,7 +548,7 @@ state_writer_init(struct state_writer *w)
 
 int
 state_writer_start(struct state_writer *w, const char *path,
-		   uint64_t token_hw, const struct stats *st)
+		   uint64_t token_hw, int gid, const struct stats *st)
 {
 	int rc;
 
@@ -471,7 +568,8 @@ state_writer_start(struct state_writer *w, const char *path,
 		snprintf(w->err, sizeof w->err, "out of memory");
 		return -ENOMEM;
 	}
-	state_encode(&w->sb, token_hw, st);
+	state_encode(&w->sb, token_hw, false, st);
+	w->gid = gid;
 	w->token_hw = token_hw;
 	w->fsyncs = 0;
 	w->rc = 0;

@@ -29,6 +29,9 @@
 struct state_data {
 	uint32_t format;
 	uint64_t token_hw;
+	bool clean;	 /* "clean": written at a graceful end with no lease
+			  * outstanding; false while a daemon runs */
+	bool have_clean; /* the record has the field (older ones do not) */
 	uint64_t counters[STATS_NCOUNTERS];
 	bool have_counters;
 };
@@ -45,17 +48,24 @@ int state_decode(const uint8_t *buf, size_t len, struct state_data *out,
 
 /*
  * Read the file. -ENOENT when it does not exist (a new storage); other
- * errors as state_decode, or -errno for I/O (a symlink is refused).
+ * errors as state_decode, or -errno for I/O. Anything but a regular file
+ * (a symlink, a FIFO, a folder) is refused with a message naming it; the
+ * open never blocks.
  */
 int state_read(const char *path, struct state_data *out, char *err,
 	       size_t errlen);
 
 /*
- * Write hw and the counters (and each tracked resource's last token) to the
- * file, durably. 0, or -errno with err set. *fsyncs counts the fsync calls.
+ * Write hw, the clean mark and the counters (and each tracked resource's
+ * last token) to the file, durably: a temp file beside it ("<path>.tmp",
+ * created exclusively after removing whatever a crash or anyone else left
+ * there; never through a link, never blocking), fsync, rename, folder fsync.
+ * The file gets mode 0600, or 0640 and group gid when gid >= 0. 0, or
+ * -errno with err set. *fsyncs counts the fsync calls.
  */
-int state_write(const char *path, uint64_t token_hw, const struct stats *st,
-		unsigned *fsyncs, char *err, size_t errlen);
+int state_write(const char *path, uint64_t token_hw, bool clean, int gid,
+		const struct stats *st, unsigned *fsyncs, char *err,
+		size_t errlen);
 
 /*
  * One durable write in a helper thread. The record is encoded by the
@@ -69,6 +79,7 @@ struct state_writer {
 	bool busy;    /* a thread is writing */
 	pthread_t tid;
 	char *path;
+	int gid;	    /* as state_write */
 	msgpack_sbuffer sb; /* the encoded record */
 	uint64_t token_hw;  /* the mark being written */
 	unsigned fsyncs;    /* fsync calls made by the write */
@@ -77,9 +88,10 @@ struct state_writer {
 };
 
 void state_writer_init(struct state_writer *w);
-/* 0 when the thread runs; -EBUSY when one already does; -errno, err set. */
+/* 0 when the thread runs; -EBUSY when one already does; -errno, err set.
+ * Its record is marked not clean: the daemon is running. */
 int state_writer_start(struct state_writer *w, const char *path,
-		       uint64_t token_hw, const struct stats *st);
+		       uint64_t token_hw, int gid, const struct stats *st);
 /* Wait for the thread (at once, when wake_fd is readable); its result. */
 int state_writer_finish(struct state_writer *w);
 /* Finish a write still running, close the eventfd. */

@@ -264,28 +264,28 @@ def test_tokens_reserved_in_the_background_survive_a_kill9(tmp_path):
     assert_tokens_grow_after_kill9(tmp_path, d, last)
 
 
-def test_grants_go_on_while_the_state_write_is_stuck(tmp_path):
+def test_grants_go_on_while_the_state_write_fails(tmp_path):
     d = harness.Daemon(tmp_path)
     try:
         w = Wire(d.socket)
         first = w.lock("db")
         w.release(first.lease_id)
-        # A FIFO where the temp file goes: the next state write blocks in
-        # open(2) until someone reads it, then fails (a FIFO has no fsync).
-        fifo = os.path.join(d.storage, ".arbiter.state.tmp")
-        os.mkfifo(fifo)
-        # Half a block in, the next block's write starts and sticks; the
+        # A folder where the state file goes: the next state write fails
+        # (its rename cannot replace a folder).
+        state = os.path.join(d.storage, ".arbiter.state")
+        os.unlink(state)
+        os.mkdir(state)
+        # Half a block in, the next block's write starts and fails; the
         # loop must go on granting the rest of this block (10,000 tokens).
         last = grant_many(w, 9999)
         assert last == first.token + 9999
+        d.log.wait_for("cannot reserve fencing tokens")
         # Past the block, grants wait for the write.
         held = w.acquire("db")
         assert w.call(ping=pb.Ping()).WhichOneof("kind") == "pong"
         assert not [m for m in w.pending if m.id == held and
                     m.WhichOneof("kind") == "granted"]
-        with open(fifo, "rb") as f:  # unstick it: the write fails
-            assert f.read()
-        d.log.wait_for("cannot reserve fencing tokens")
+        os.rmdir(state)
         # The retry, a second later, writes a real file and grants.
         assert w.granted(held).token == last + 1
     finally:

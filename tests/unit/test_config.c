@@ -96,6 +96,7 @@ static const struct {
     {"storage", "path", "/srv/data", "/srv/data"},
     {"storage", "lock_file", "/srv/l", "/srv/l"},
     {"storage", "state_file", "/srv/s", "/srv/s"},
+    {"storage", "group", "0", "0"},
     {"storage", "hold", "on-demand", "on-demand"},
     {"storage", "linger_ms", "7", "7"},
     {"limits", "max_connections", "11", "11"},

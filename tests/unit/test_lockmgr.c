@@ -1292,6 +1292,65 @@ Test(lockmgr, resource_kept_while_lock_delay_runs_then_freed)
 	cr_assert_eq(lockmgr_next_deadline(&lm), LM_FOREVER);
 }
 
+/* ------------------------------------------------------------ hold all */
+
+Test(lockmgr, hold_all_delays_the_first_grant_of_a_new_resource)
+{
+	uint64_t id, w;
+
+	lockmgr_hold_all(&lm, 1000, 0);
+	cr_assert_eq(acq(&ow[0], "db", LM_EXCLUSIVE, 0, 10, &id),
+		     LM_ERR_WOULD_BLOCK);
+	cr_assert_not_null(find_res("db"), "kept, delayed, to say why");
+	cr_assert(find_res("db")->delay.idx >= 0);
+	w = must_queue(&ow[1], "db", LM_EXCLUSIVE, LM_FOREVER, 20);
+	done();
+	cr_assert_eq(lockmgr_next_deadline(&lm), 1000);
+	lockmgr_tick(&lm, 999);
+	cr_assert_eq(count_kind(LM_EV_GRANTED), 0);
+	lockmgr_tick(&lm, 1000);
+	cr_assert_not_null(find_ev(LM_EV_GRANTED, w));
+	cr_assert_eq(must_find(LM_EV_GRANTED, w)->waited_ns, 980);
+}
+
+Test(lockmgr, hold_all_delays_resources_already_queued)
+{
+	uint64_t w;
+
+	lockmgr_set_open(&lm, false, 0); /* a standby: requests queue */
+	w = must_queue(&ow[0], "db", LM_EXCLUSIVE, LM_FOREVER, 0);
+	done();
+	lockmgr_hold_all(&lm, 500, 100);
+	lockmgr_set_open(&lm, true, 100);
+	cr_assert_eq(count_kind(LM_EV_GRANTED), 0);
+	done();
+	lockmgr_tick(&lm, 500);
+	cr_assert_not_null(find_ev(LM_EV_GRANTED, w));
+}
+
+Test(lockmgr, hold_all_ends_for_resources_asked_for_after_it)
+{
+	lockmgr_hold_all(&lm, 500, 0);
+	must_grant(&ow[0], "db", LM_EXCLUSIVE, 500);
+	cr_assert_eq(lockmgr_next_deadline(&lm), LM_FOREVER);
+}
+
+Test(lockmgr, hold_all_keeps_a_later_lock_delay)
+{
+	uint64_t w;
+
+	grant_delayed(&ow[0], "db", LM_EXCLUSIVE, 0, 900, 0);
+	lockmgr_drop_owner(&lm, &ow[0], LM_END_DISCONNECT, 0);
+	w = must_queue(&ow[1], "db", LM_EXCLUSIVE, LM_FOREVER, 0);
+	done();
+	lockmgr_hold_all(&lm, 300, 0);
+	cr_assert_eq(lockmgr_next_deadline(&lm), 900);
+	lockmgr_tick(&lm, 300);
+	cr_assert(is_waiting(w));
+	lockmgr_tick(&lm, 900);
+	cr_assert_not_null(find_ev(LM_EV_GRANTED, w));
+}
+
 /* ------------------------------------------------------------ revoke */
 
 Test(lockmgr, revoke_lease_ends_it_as_admin_and_grants_next)

@@ -6,8 +6,11 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <msgpack.h>
 
@@ -246,4 +249,118 @@ Test(state, random_bytes_are_refused_cleanly)
 		if (decode(buf, n) != 0)
 			cr_assert(err[0] != '\0', "round %d", round);
 	}
+}
+
+/* ------------------------------------------------------------ the file */
+
+static char dir[64], path[128], tmp[140];
+static struct stats st;
+
+static void
+file_setup(void)
+{
+	setup();
+	snprintf(dir, sizeof dir, "/tmp/arbiter-state-XXXXXX");
+	cr_assert_not_null(mkdtemp(dir));
+	snprintf(path, sizeof path, "%s/.arbiter.state", dir);
+	snprintf(tmp, sizeof tmp, "%s.tmp", path);
+	stats_init(&st, 10);
+}
+
+static void
+file_teardown(void)
+{
+	struct stat sbuf;
+
+	if (lstat(tmp, &sbuf) == 0 && S_ISDIR(sbuf.st_mode))
+		rmdir(tmp);
+	else
+		unlink(tmp);
+	if (lstat(path, &sbuf) == 0 && S_ISDIR(sbuf.st_mode))
+		rmdir(path);
+	else
+		unlink(path);
+	rmdir(dir);
+	stats_free(&st);
+	teardown();
+}
+
+TestSuite(state_file, .init = file_setup, .fini = file_teardown);
+
+static int
+write_mark(uint64_t hw, bool clean)
+{
+	unsigned fsyncs = 0;
+
+	return state_write(path, hw, clean, -1, &st, &fsyncs, err, sizeof err);
+}
+
+Test(state_file, the_clean_mark_round_trips_and_the_file_is_private)
+{
+	struct stat sbuf;
+
+	cr_assert_eq(write_mark(77, true), 0, "%s", err);
+	cr_assert_eq(state_read(path, &sd, err, sizeof err), 0, "%s", err);
+	cr_assert_eq(sd.token_hw, 77);
+	cr_assert(sd.have_clean && sd.clean);
+	cr_assert_eq(write_mark(78, false), 0, "%s", err);
+	cr_assert_eq(state_read(path, &sd, err, sizeof err), 0, "%s", err);
+	cr_assert(sd.have_clean && !sd.clean);
+	cr_assert_eq(lstat(path, &sbuf), 0);
+	cr_assert_eq(sbuf.st_mode & 07777, 0600);
+}
+
+Test(state_file, a_record_without_the_clean_mark_decodes_as_unknown)
+{
+	pack_valid(STATE_FORMAT, 5);
+	cr_assert_eq(decode(sb.data, sb.size), 0, "%s", err);
+	cr_assert(!sd.have_clean);
+}
+
+Test(state_file, a_fifo_at_the_temp_name_is_replaced_not_waited_on)
+{
+	cr_assert_eq(mkfifo(tmp, 0600), 0);
+	cr_assert_eq(write_mark(9, false), 0, "%s", err);
+	cr_assert_eq(state_read(path, &sd, err, sizeof err), 0, "%s", err);
+	cr_assert_eq(sd.token_hw, 9);
+}
+
+Test(state_file, a_link_at_the_temp_name_is_replaced_not_followed)
+{
+	char target[160];
+	struct stat sbuf;
+
+	snprintf(target, sizeof target, "%s/target", dir);
+	cr_assert_eq(symlink(target, tmp), 0);
+	cr_assert_eq(write_mark(9, false), 0, "%s", err);
+	cr_assert_neq(lstat(target, &sbuf), 0, "the link was followed");
+}
+
+Test(state_file, a_fifo_at_the_state_path_is_refused_without_blocking)
+{
+	cr_assert_eq(mkfifo(path, 0600), 0);
+	cr_assert_eq(state_read(path, &sd, err, sizeof err), -EINVAL);
+	cr_assert(strstr(err, "FIFO") != NULL, "%s", err);
+	/* A write replaces it with a file. */
+	cr_assert_eq(write_mark(3, false), 0, "%s", err);
+	cr_assert_eq(state_read(path, &sd, err, sizeof err), 0, "%s", err);
+}
+
+Test(state_file, a_folder_at_the_temp_name_is_stepped_around)
+{
+	cr_assert_eq(mkdir(tmp, 0700), 0);
+	cr_assert_eq(write_mark(3, false), 0, "%s", err);
+	cr_assert_eq(state_read(path, &sd, err, sizeof err), 0, "%s", err);
+	cr_assert_eq(sd.token_hw, 3);
+}
+
+Test(state_file, a_folder_at_the_state_path_fails_and_says_what_to_do)
+{
+	struct stat sbuf;
+
+	cr_assert_eq(mkdir(path, 0700), 0);
+	cr_assert_lt(write_mark(3, false), 0);
+	cr_assert(strstr(err, path) != NULL && strstr(err, "remove it") != NULL,
+		  "%s", err);
+	cr_assert_neq(lstat(tmp, &sbuf), 0, "the temp file is left behind");
 }
