@@ -211,10 +211,16 @@ def wait_log(proc, needle, timeout=10.0):
 def wait_ping(arbiterctl, sock, timeout=10.0, proc=None):
     """The daemon answers a ping. With proc, its "arbiter ready" log line is
     awaited first, so the ping is never a guess."""
-    if proc is not None and proc.stderr is not None and \
-            not getattr(proc, "ready_seen", False):
-        wait_log(proc, "arbiter ready", timeout)
-        proc.ready_seen = True
+    if proc is not None and proc.stderr is not None:
+        if not getattr(proc, "ready_seen", False):
+            wait_log(proc, "arbiter ready", timeout)
+            proc.ready_seen = True
+        # Ready means answering: one ping, no retry loop.
+        r = subprocess.run([str(arbiterctl), "-S", str(sock), "ping"],
+                           capture_output=True, text=True, timeout=timeout)
+        assert r.returncode == 0, "arbiterd said ready but %s: %s" % (
+            sock, r.stderr)
+        return r
     deadline = time.monotonic() + timeout
     while True:
         r = subprocess.run([str(arbiterctl), "-S", str(sock), "ping"],
