@@ -27,7 +27,7 @@ import pytest
 
 from deploylib import (K8S, children, deployment, dockerfile_instructions, entrypoint_argv,
                        exec_form, free_port, image_user, last, map_args, shipped, stage_image,
-                       stop, wait_log, wait_ping)
+                       SLOW, stop, wait_log, wait_ping)
 
 
 @pytest.fixture
@@ -125,10 +125,10 @@ def test_entrypoint_starts_answers_probes_and_stops_on_sigterm(image):
             capture_output=True, text=True, env=image["env"]).stdout
     finally:
         rc, took = stop(proc)
-    holder_rc = holder.wait(timeout=20)
+    holder_rc = holder.wait(timeout=20 * SLOW)
     err = proc.stderr.read()
     assert rc == 0, err
-    assert took < image["want"]["timeout_ms"] / 1000 + 2, took
+    assert took < image["want"]["timeout_ms"] / 1000 + 2 * SLOW, took
     assert not image["sock"].exists(), "the socket is removed on exit"
     assert holder_rc == 75, holder.stderr.read()  # arbiterctl: lease revoked
 
@@ -167,14 +167,14 @@ def test_entrypoint_as_pid1_non_root(image):
         # drops signals that would take their default action on PID 1.
         t = time.monotonic()
         os.kill(pid, signal.SIGTERM)
-        rc = proc.wait(timeout=20)
+        rc = proc.wait(timeout=20 * SLOW)
         took = time.monotonic() - t
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     assert rc == 0, proc.stderr.read()
-    assert took < image["want"]["timeout_ms"] / 1000 + 2
+    assert took < image["want"]["timeout_ms"] / 1000 + 2 * SLOW
 
 
 def test_metrics_listener_serves_healthz_and_metrics(image, build):
@@ -227,7 +227,7 @@ def test_legacy_app_waits_for_arbiter(image):
         assert attempt() == b"attempt\n"  # the first one failed: it looped
         assert waiter.poll() is None, "returned before arbiter was up"
         proc = start(image)
-        assert waiter.wait(timeout=10) == 0
+        assert waiter.wait(timeout=10 * SLOW) == 0
     finally:
         if waiter.poll() is None:
             waiter.kill()
@@ -288,7 +288,7 @@ def test_two_replicas_on_one_volume_active_and_standby(image, build):
         assert app.poll() is None, "granted by a standby"
         rc_a, _ = stop(a)
         assert rc_a == 0, a.stderr.read()
-        assert app.wait(timeout=20) == 0, app.stderr.read()
+        assert app.wait(timeout=20 * SLOW) == 0, app.stderr.read()
         assert healthz(img_b) == 200
         assert subprocess.run([ctl, "-S", str(img_b["sock"]), "ping"], capture_output=True,
                               text=True).stdout.split() == ["pong", "active"]

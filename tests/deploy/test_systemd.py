@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from deploylib import UNIT, children, free_port, parse_conf, stop, wait_ping
+from deploylib import SLOW, UNIT, children, free_port, parse_conf, stop, wait_ping
 
 REPO_CONF = Path(__file__).resolve().parents[2] / "arbiter.conf"
 
@@ -199,7 +199,7 @@ def trace(build):
                           "-o", "metrics.listen=127.0.0.1:%d" % free_port()],
                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        wait_ping(build / "arbiterctl", run / "arbiter.sock", timeout=20, proc=p)
+        wait_ping(build / "arbiterctl", run / "arbiter.sock", timeout=20 * SLOW, proc=p)
         subprocess.run(ctl + ["run", "r", "--", "true"], check=True, env=env)
         subprocess.run(ctl + ["stats"], check=True, env=env, capture_output=True)
         subprocess.run(ctl + ["who"], env=env, capture_output=True)
@@ -211,7 +211,7 @@ def trace(build):
         os.kill(daemon, signal.SIGHUP)
         wait_ping(build / "arbiterctl", run / "arbiter.sock", proc=p)
         os.kill(daemon, signal.SIGTERM)
-        rc = p.wait(timeout=20)  # strace exits with arbiterd's status
+        rc = p.wait(timeout=20 * SLOW)  # strace exits with arbiterd's status
         ok = True
     finally:
         if not ok:  # failed half-way: leave nothing behind
@@ -221,7 +221,7 @@ def trace(build):
             p.wait()
         if holder is not None:  # revoked at shutdown: arbiterctl exits 75
             try:
-                holder.wait(timeout=10)
+                holder.wait(timeout=10 * SLOW)
             except subprocess.TimeoutExpired:
                 holder.kill()
                 holder.wait()
