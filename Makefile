@@ -7,6 +7,8 @@
 #                   replay; WITH_VALGRIND=yes adds the valgrind pass
 #   make valgrind   the unit and integration tests with the daemon under valgrind
 #   make asan       only the ASan+UBSan pass
+#   make coverage   gcov line coverage per file (build-cov)
+#   make selftests  the valgrind/ASan verdicts must fail on tests/selftest
 #   make fuzz       libFuzzer harnesses for FUZZ_SECONDS each
 #   make chaos      the mutual-exclusion checker for DURATION seconds
 #   make bench      benchmarks (never part of make test)
