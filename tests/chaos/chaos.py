@@ -77,8 +77,9 @@ class Daemon:
                 self.lines += 1
                 if not self.ready.is_set() and b"arbiter ready" in line:
                     self.ready.set()
-                if any(m.encode() in line for m in check.SANITIZER_MARKS):
-                    self.marks.append(line.decode("utf-8", "replace"))
+                text = line.decode("utf-8", "replace")
+                if check.is_report(text):
+                    self.marks.append(text)
                 i = line.find(b"level=")
                 if i >= 0:
                     lv = line[i + 6:].split(b" ", 1)[0].decode("ascii",

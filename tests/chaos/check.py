@@ -31,12 +31,27 @@ when nothing failed.
 import heapq
 import json
 import os
+import re
 import sys
 from collections import Counter, defaultdict
 
 SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
-                   "runtime error:", "Invalid read", "Invalid write",
+                   "runtime error:", "UndefinedBehaviorSanitizer",
+                   "Invalid read", "Invalid write",
                    "definitely lost", "Conditional jump", "uninitialised")
+# valgrind's error reports (its lines start with ==PID==); as in
+# tests/lib/harness.py.
+VALGRIND_ERROR = re.compile(
+    r"^==\d+== +(Invalid |Conditional jump|Use of uninitialised|"
+    r"Syscall param|Mismatched free|Source and destination overlap|"
+    r"Process terminating|Argument '|.*(definitely|indirectly) lost in|"
+    r"ERROR SUMMARY: [1-9])")
+
+
+def is_report(line):
+    """True when a daemon's output line belongs to a sanitizer report."""
+    return any(m in line for m in SANITIZER_MARKS) or \
+        VALGRIND_ERROR.match(line) is not None
 REC = 64
 SHOW = 5  # examples printed per failed check
 
