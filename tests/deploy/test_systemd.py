@@ -292,7 +292,7 @@ def test_daemon_works_without_netlink(build, restrict_af):
     assert rc == 0, p.stderr.read()
 
 
-def test_writes_only_to_socket_folder_and_storage(trace):
+def test_writes_only_to_socket_folder_and_storage(trace, build):
     """ProtectSystem=strict / readOnlyRootFilesystem: arbiterd writes only
     its socket folder and the storage."""
     bad = []
@@ -310,6 +310,10 @@ def test_writes_only_to_socket_folder_and_storage(trace):
             continue
         for path in paths:
             if path == "/dev/null":
+                continue
+            # A --coverage build (make coverage) writes its .gcda counters
+            # beside its objects at exit: gcov's, not the daemon's.
+            if path.startswith(str(build) + "/") and path.endswith(".gcda"):
                 continue
             if not path.startswith(trace["top"] + "/") and path != trace["top"]:
                 bad.append((name, path))
