@@ -10,7 +10,7 @@ import time
 import pytest
 
 import harness
-from harness import ARBITERD, WAIT, Wire, WireError, error_of, pb
+from harness import WAIT, Wire, WireError, error_of, pb
 
 
 # ------------------------------------------------------------ queues

@@ -9,7 +9,7 @@ import time
 import pytest
 
 import harness
-from harness import ARBITERD, WAIT, Wire, error_of, pb
+from harness import WAIT, Wire, error_of, pb
 
 needs_root = pytest.mark.skipif(os.getuid() != 0,
                                 reason="switching uid needs root")

@@ -31,7 +31,7 @@ WRAPPER = os.environ.get("ARBITERD_WRAPPER", "").split()
 def _built_with_asan(path):
     try:
         with open(path, "rb") as f:
-            return b"AddressSanitizer" in f.read()
+            return b"__asan_init" in f.read()  # the ASan runtime's entry point
     except OSError:
         return False
 
