@@ -41,7 +41,7 @@ RESULTS = os.environ.get("TEST_RESULTS")
 VALGRIND = ["valgrind", "--error-exitcode=99", "--leak-check=full",
             "--show-leak-kinds=definite,indirect",
             "--errors-for-leak-kinds=definite,indirect",
-            "--track-origins=yes", "--trace-children=yes"]
+            "--trace-children=yes"]
 
 
 def record(name, tests):
