@@ -7,6 +7,8 @@
 #                   replay; WITH_VALGRIND=yes adds the valgrind pass
 #   make valgrind   the unit and integration tests with the daemon under valgrind
 #   make asan       only the ASan+UBSan pass
+#   make coverage   gcov line coverage per file (build-cov)
+#   make selftests  the valgrind/ASan verdicts must fail on tests/selftest
 #   make fuzz       libFuzzer harnesses for FUZZ_SECONDS each
 #   make chaos      the mutual-exclusion checker for DURATION seconds
 #   make bench      benchmarks (never part of make test)
@@ -57,7 +59,8 @@ BINS := $(BUILD)/arbiterd $(BUILD)/arbiterctl $(BUILD)/libarbiter.a \
 	$(BUILD)/libarbiter.so $(PYGEN)
 
 .PHONY: all deps run test check check-unit check-integration check-deploy \
-	asan valgrind fuzz bench install clean format lint
+	asan valgrind fuzz bench install clean format lint selftests \
+	selftest-valgrind selftest-asan selftest-asan-run coverage coverage-run
 
 all: $(BUILD)/.deps-ok $(BINS)
 
@@ -113,26 +116,61 @@ $(BUILD)/tests/test_%: tests/unit/test_%.c $$(call test_deps,$$*)
 run: all
 	$(BUILD)/arbiterd -c $(CONF)
 
+# The sanitizer flags, defined once: the ASan pass, its self-test and the
+# unit tests' verdicts all use them.
+ASAN_VARS = BUILD=build-asan OPT=-O1 \
+	SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all"
+
+# make test records every runner's results under TEST_RESULTS (pytest's
+# --junitxml files, criterion's reports, one record per other step) and
+# ends with tests/lib/testrun.py's summary: every skipped test with its
+# reason, every failure, and one closing line "N passed, 0 failed". Every
+# step runs even when an earlier one failed, so the summary is complete.
+# Under CI=true a skip that is not on tests/skips.allow fails the run.
+TESTRUN := $(PYTHON) tests/lib/testrun.py
+ifdef TEST_RESULTS
+export TEST_RESULTS
+endif
+# pytest: skip reasons in the output (-rs), results for the summary.
+PYTEST_REPORT = -rs $(if $(TEST_RESULTS),--junitxml=$(TEST_RESULTS)/$(notdir $(BUILD))-$(1).xml)
+
+TEST_STEPS := lint check asan fuzz-replay selftests $(if $(filter yes,$(WITH_VALGRIND)),valgrind)
+
 test:
 	@sh scripts/deps.sh test
-	$(MAKE) lint
-	$(MAKE) check
-	$(MAKE) check BUILD=build-asan OPT=-O1 \
-		SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all"
-	$(MAKE) fuzz-replay
-ifeq ($(WITH_VALGRIND),yes)
-	$(MAKE) valgrind
-endif
+	@rm -rf $(CURDIR)/build/test-results && mkdir -p $(CURDIR)/build/test-results
+	@fail=; for s in $(TEST_STEPS); do \
+		case $$s in lint|fuzz-replay) \
+			$(TESTRUN) step $$s -- $(MAKE) $$s || fail="$$fail $$s";; \
+		*) $(MAKE) $$s || fail="$$fail $$s";; \
+		esac; \
+	done; \
+	[ -z "$$fail" ] || echo "make test: these steps failed:$$fail"; \
+	$(TESTRUN) summary --allow tests/skips.allow && [ -z "$$fail" ]
+test: export TEST_RESULTS = $(CURDIR)/build/test-results
+
+CHECK_STEPS := check-unit check-integration check-python check-deploy \
+	chaos-selftest chaos-short load-short bench-smoke
 
 check: all $(UNIT_BIN)
-	$(MAKE) check-unit check-integration check-python check-deploy \
-		chaos-selftest chaos-short load-short bench-smoke
+	@fail=; for s in $(CHECK_STEPS); do \
+		case $$s in check-*) $(MAKE) $$s || fail="$$fail $$s";; \
+		*) $(TESTRUN) step $(notdir $(BUILD))-$$s -- $(MAKE) $$s || \
+			fail="$$fail $$s";; \
+		esac; \
+	done; \
+	[ -z "$$fail" ] || { echo "make check ($(BUILD)): failed:$$fail"; exit 1; }
 
+# Each binary through tests/lib/testrun.py, which fails on the runner's
+# status and on any sanitizer report of a criterion worker (LeakSanitizer
+# runs when a worker exits, after criterion has counted the test).
 check-unit: $(UNIT_BIN)
-	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t --jobs 2; done
+	@fail=0; for t in $(UNIT_BIN); do \
+		$(TESTRUN) unit $$t --jobs 2 || fail=1; done; exit $$fail
 
 check-integration: all
-	ARBITER_BUILD=$(abspath $(BUILD)) $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
+	ARBITER_BUILD=$(abspath $(BUILD)) $(PYTHON) -m pytest -q -p no:cacheprovider \
+		$(call PYTEST_REPORT,integration) tests/integration
 
 # The Python client, installed offline into a venv that sees Debian's
 # python3-protobuf, then its tests against this build's daemon.
@@ -143,34 +181,85 @@ check-python: all
 		$(BUILD)/venv/bin/python -m pip install -q --no-index \
 		--no-build-isolation ./client/python
 	ARBITER_BUILD=$(abspath $(BUILD)) $(BUILD)/venv/bin/python -m pytest -q \
-		-p no:cacheprovider client/python/tests
+		-p no:cacheprovider $(call PYTEST_REPORT,python) client/python/tests
 
 check-deploy: all
-	ARBITER_BUILD=$(abspath $(BUILD)) $(PYTHON) -m pytest -q -p no:cacheprovider tests/deploy
+	ARBITER_BUILD=$(abspath $(BUILD)) $(PYTHON) -m pytest -q -p no:cacheprovider \
+		$(call PYTEST_REPORT,deploy) tests/deploy
 
 asan:
-	$(MAKE) check BUILD=build-asan OPT=-O1 \
-		SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all"
+	$(MAKE) check $(ASAN_VARS)
 
 # The daemon runs under valgrind in the integration tests (ARBITERD_WRAPPER;
 # the harness fails a test on any valgrind report in the daemon's output).
 # Criterion re-executes itself for each test and ignores its workers' exit
-# codes, so the unit tests run with --trace-children and their logs are
-# scanned for errors and leaks.
+# codes, so the unit tests run with --trace-children, one log per process,
+# and tests/lib/testrun.py fails the binary on any log whose ERROR SUMMARY
+# is not 0 (leaks of the kinds definite and indirect count as errors).
 VALGRIND := valgrind --quiet --error-exitcode=99 --leak-check=full \
 	--show-leak-kinds=definite,indirect --errors-for-leak-kinds=definite,indirect
 
 valgrind: all $(UNIT_BIN)
-	@rm -rf $(BUILD)/valgrind && mkdir -p $(BUILD)/valgrind
-	@set -e; for t in $(UNIT_BIN); do echo "== $$t (valgrind)"; \
-		$(VALGRIND) --trace-children=yes \
-			--log-file=$(BUILD)/valgrind/%p.log $$t --jobs 1; done
-	@if grep -lE "ERROR SUMMARY: [1-9]|(definitely|indirectly) lost: [1-9]" \
-		$(BUILD)/valgrind/*.log; then \
-		echo "valgrind found errors in the unit tests: see the logs above"; \
-		exit 1; fi
+	@fail=0; for t in $(UNIT_BIN); do \
+		$(TESTRUN) unit --valgrind $$t --jobs 1 || fail=1; done; exit $$fail
 	ARBITER_BUILD=$(abspath $(BUILD)) ARBITERD_WRAPPER="$(VALGRIND)" \
-		$(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
+		$(PYTHON) -m pytest -q -p no:cacheprovider \
+		$(call PYTEST_REPORT,valgrind-integration) tests/integration
+
+# Self-tests of the checkers: tests/selftest/broken.c holds a criterion test
+# with an out-of-bounds read and one with a leak. It is never built by
+# `all` or run by check-unit. `make selftest-valgrind` and `make
+# selftest-asan` run it through the same verdict as the unit tests and MUST
+# FAIL; SELFTEST_ARGS=--filter=selftest/NAME runs one test alone. `make
+# selftests` (part of make test) runs each defect alone under each checker
+# and passes only when every run failed with the report that names it.
+SELFTEST_BIN := $(BUILD)/selftest/broken
+
+$(SELFTEST_BIN): tests/selftest/broken.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 -g -O0 $(SAN) -o $@ $< -lcriterion
+
+selftest-valgrind: $(SELFTEST_BIN)
+	$(TESTRUN) unit --valgrind $(SELFTEST_BIN) --jobs 1 $(SELFTEST_ARGS)
+
+selftest-asan:
+	$(MAKE) selftest-asan-run $(ASAN_VARS)
+
+selftest-asan-run: $(SELFTEST_BIN)
+	$(TESTRUN) unit $(SELFTEST_BIN) --jobs 1 $(SELFTEST_ARGS)
+
+SELFTEST_LEAK := SELFTEST_ARGS=--filter=selftest/leaks_a_heap_block
+SELFTEST_OOB := SELFTEST_ARGS=--filter=selftest/reads_past_the_end_of_a_heap_block
+
+selftests:
+	@fail=0; \
+	$(TESTRUN) expect-fail valgrind-sees-a-leak-in-a-criterion-worker \
+		--says "definitely lost" -- $(MAKE) selftest-valgrind $(SELFTEST_LEAK) || fail=1; \
+	$(TESTRUN) expect-fail valgrind-sees-an-out-of-bounds-read \
+		--says "Invalid read" -- $(MAKE) selftest-valgrind $(SELFTEST_OOB) || fail=1; \
+	$(TESTRUN) expect-fail lsan-sees-a-leak-in-a-criterion-worker \
+		--says "ERROR: LeakSanitizer" -- $(MAKE) selftest-asan $(SELFTEST_LEAK) || fail=1; \
+	$(TESTRUN) expect-fail asan-sees-an-out-of-bounds-read \
+		--says "heap-buffer-overflow" -- $(MAKE) selftest-asan $(SELFTEST_OOB) || fail=1; \
+	exit $$fail
+
+# Line coverage: a --coverage build in build-cov, the unit, integration,
+# Python client and deployment tests against it, then one line per daemon, client and
+# protocol file (gcov -n through tests/lib/coverage.py; COVERAGE_MIN=85
+# fails when a daemon file is below 85 %).
+COV_VARS = BUILD=build-cov OPT=-O0 SAN=--coverage
+COVERAGE_MIN ?=
+
+coverage:
+	$(MAKE) coverage-run $(COV_VARS)
+
+coverage-run: all $(UNIT_BIN)
+	@find $(BUILD) -name '*.gcda' -delete
+	@for s in check-unit check-integration check-python check-deploy; do \
+		$(MAKE) $$s || echo "coverage: $$s failed; figures below are partial"; \
+	done
+	$(PYTHON) tests/lib/coverage.py $(BUILD) $(if $(COVERAGE_MIN),--min $(COVERAGE_MIN)) \
+		$(wildcard arbiter/*.c) $(wildcard client/*.c) $(PROTO_SRC)
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib \
@@ -210,7 +299,7 @@ format:
 	clang-format -i arbiter/*.[ch] proto/*.[ch] client/*.[ch] tests/unit/*.c
 
 clean:
-	rm -rf build build-asan build-fuzz build-fuzz-replay build-fuzzcov
+	rm -rf build build-asan build-cov build-fuzz build-fuzz-replay build-fuzzcov
 
 include tests/chaos/chaos.mk
 include tests/bench/bench.mk

@@ -5,7 +5,8 @@
 #
 #   make chaos DURATION=600       long chaos run (default 300 s, 16 workers)
 #   make chaos-short              the ~55 s run that make test does
-#   make chaos-selftest           proves the checker sees a broken lock (10 s)
+#   make chaos-selftest           proves the checker sees a broken lock and,
+#                                 alone, a broken fence (about 20 s)
 #   make load LOAD_SECONDS=60     10,000 connections acquiring/releasing
 #   make load-short               the same for 10 s
 #

@@ -20,6 +20,8 @@ daemon incarnations and kills, and verifies per resource:
                   equals the logged increments plus those
   fencing         a section was refused by the storage only after its own
                   daemon incarnation had been killed
+  fencing exercised  when the daemon was killed, some sections outlived
+                  their incarnation and were fenced (the path ran)
 
 and globally: no unexpected errors or events in the worker logs, no process
 died by itself, the last daemon stopped cleanly, every incarnation granted
@@ -29,12 +31,27 @@ when nothing failed.
 import heapq
 import json
 import os
+import re
 import sys
 from collections import Counter, defaultdict
 
 SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
-                   "runtime error:", "Invalid read", "Invalid write",
+                   "runtime error:", "UndefinedBehaviorSanitizer",
+                   "Invalid read", "Invalid write",
                    "definitely lost", "Conditional jump", "uninitialised")
+# valgrind's error reports (its lines start with ==PID==); as in
+# tests/lib/harness.py.
+VALGRIND_ERROR = re.compile(
+    r"^==\d+== +(Invalid |Conditional jump|Use of uninitialised|"
+    r"Syscall param|Mismatched free|Source and destination overlap|"
+    r"Process terminating|Argument '|.*(definitely|indirectly) lost in|"
+    r"ERROR SUMMARY: [1-9])")
+
+
+def is_report(line):
+    """True when a daemon's output line belongs to a sanitizer report."""
+    return any(m in line for m in SANITIZER_MARKS) or \
+        VALGRIND_ERROR.match(line) is not None
 REC = 64
 SHOW = 5  # examples printed per failed check
 
@@ -360,6 +377,21 @@ def check(run, out=sys.stdout):
         "%d %s" % (n, lv) for lv, n in sorted(levels.items())))
     for l in warns[:SHOW]:
         print("     warn: " + l, file=out)
+    # The fencing path is proven only if it ran: after a daemon kill -9,
+    # sections must have outlived their incarnation (their writes are what
+    # the journal, no-lost-update and fencing checks judge).
+    problems = []
+    killed_incs = sum(1 for d in daemons[:-1] if d.get("kill_ns"))
+    if killed_incs and (outlived == 0 or fenced_outlived == 0):
+        problems.append(
+            "%d daemon kill(s) but %s: the fencing path never ran (were "
+            "the workers sent SIGUSR1 before the kill?)" % (
+                killed_incs, "no section outlived its daemon"
+                if outlived == 0 else "no section that outlived its "
+                "daemon was fenced"))
+    res.report("fencing exercised", problems,
+               " (%d sections outlived their daemon, %d fenced)" % (
+                   outlived, fenced_outlived))
     problems = []
     for k, d in enumerate(daemons):
         n = sum(len(by[r].get(k, ())) for r in by)

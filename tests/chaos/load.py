@@ -87,11 +87,24 @@ def main():
     ap.add_argument("--threads", type=int, default=4,
                     help="client threads (arb_release blocks a thread for "
                     "one round trip, so a few keep the daemon busy)")
-    ap.add_argument("--max-rss-mib", type=float, default=1024,
-                    help="fail when the daemon's peak RSS is above this")
-    ap.add_argument("--max-growth-mib", type=float, default=16,
+    # README, "Memory per connection": an idle connection costs about
+    # 1 KiB in the daemon, each lease or waiting request 192 bytes; every
+    # connection here holds or waits for one lease.
+    ap.add_argument("--conn-bytes", type=float, default=1024 + 192,
+                    help="the README's daemon memory per connection with "
+                    "one lease or waiter (default 1216 bytes)")
+    ap.add_argument("--margin", type=float, default=2,
+                    help="peak RSS may exceed the idle RSS by at most "
+                    "conns * --conn-bytes * --margin (default 2: "
+                    "allocator slack and the buffers of bursts)")
+    ap.add_argument("--max-rss-mib", type=float, default=None,
+                    help="a fixed peak RSS bound instead of the one from "
+                    "the per-connection figure")
+    ap.add_argument("--max-growth-mib", type=float, default=1,
                     help="fail when RSS grows more than this during the "
-                    "steady state (after the first quarter of the run)")
+                    "steady state (after the first quarter of the run); "
+                    "a leak of 8 bytes per acquire/release already grows "
+                    "it by more in 10 s")
     ap.add_argument("--keep", action="store_true")
     a = ap.parse_args()
 
@@ -202,9 +215,19 @@ def main():
         "some connection never got a grant (min ops %s)"
         % results.get("min_ops_per_conn")]
     mem = []
-    if hwm > a.max_rss_mib * MiB:
-        mem.append("peak RSS %.1f MiB over %.0f MiB" % (hwm / MiB,
-                                                          a.max_rss_mib))
+    if a.max_rss_mib is not None:
+        bound = a.max_rss_mib * MiB
+        why = "--max-rss-mib"
+    else:
+        bound = idle + a.conns * a.conn_bytes * a.margin
+        why = ("idle %.1f MiB + %d connections x %.0f bytes (README) x "
+               "%.1f" % (idle / MiB, a.conns, a.conn_bytes, a.margin))
+    print("load: peak RSS bound %.1f MiB (%s)" % (bound / MiB, why))
+    if hwm > bound:
+        mem.append("peak RSS %.1f MiB over %.1f MiB (%s): %.0f bytes per "
+                   "connection above idle" % (
+                       hwm / MiB, bound / MiB, why,
+                       (hwm - idle) / max(a.conns, 1)))
     if growth > a.max_growth_mib * MiB:
         mem.append("RSS grew %.1f MiB during the steady state" % (
             growth / MiB))

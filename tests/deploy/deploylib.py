@@ -37,6 +37,23 @@ UNIT = SYSTEMD / "arbiterd.service"
 IMAGE_BUILD_DIR = "/src/build"
 
 
+def _slow():
+    """The suite's one slow factor (tests/lib/harness.py: ARBITER_TEST_SLOW,
+    x3 for an ASan build), without importing the harness's protobuf."""
+    f = float(os.environ.get("ARBITER_TEST_SLOW") or 1)
+    build = os.environ.get("ARBITER_BUILD")
+    try:
+        with open(os.path.join(build or "", "arbiterd"), "rb") as fh:
+            if b"__asan_init" in fh.read():  # the ASan runtime's entry
+                f *= 3
+    except OSError:
+        pass
+    return max(f, 1.0)
+
+
+SLOW = _slow()
+
+
 # ------------------------------------------------------------ config
 
 def parse_conf(path):
@@ -183,7 +200,7 @@ def free_port():
     return port
 
 
-def wait_log(proc, needle, timeout=10.0):
+def wait_log(proc, needle, timeout=None):
     """Read proc's stderr (a pipe) until a line holds needle; return it.
 
     Reads the file descriptor itself, so the file object stays usable for a
@@ -191,6 +208,7 @@ def wait_log(proc, needle, timeout=10.0):
     proc.log_seen).
     """
     import select
+    timeout = timeout or 10 * SLOW
     fd = proc.stderr.fileno()
     seen = getattr(proc, "log_seen", "")
     deadline = time.monotonic() + timeout
@@ -208,17 +226,24 @@ def wait_log(proc, needle, timeout=10.0):
     return next(l for l in seen.splitlines() if needle in l)
 
 
-def wait_ping(arbiterctl, sock, timeout=10.0, proc=None):
+def wait_ping(arbiterctl, sock, timeout=None, proc=None):
     """The daemon answers a ping. With proc, its "arbiter ready" log line is
     awaited first, so the ping is never a guess."""
-    if proc is not None and proc.stderr is not None and \
-            not getattr(proc, "ready_seen", False):
-        wait_log(proc, "arbiter ready", timeout)
-        proc.ready_seen = True
+    timeout = timeout or 10 * SLOW
+    if proc is not None and proc.stderr is not None:
+        if not getattr(proc, "ready_seen", False):
+            wait_log(proc, "arbiter ready", timeout)
+            proc.ready_seen = True
+        # Ready means answering: one ping, no retry loop.
+        r = subprocess.run([str(arbiterctl), "-S", str(sock), "ping"],
+                           capture_output=True, text=True, timeout=timeout)
+        assert r.returncode == 0, "arbiterd said ready but %s: %s" % (
+            sock, r.stderr)
+        return r
     deadline = time.monotonic() + timeout
     while True:
         r = subprocess.run([str(arbiterctl), "-S", str(sock), "ping"],
-                           capture_output=True, text=True, timeout=10)
+                           capture_output=True, text=True, timeout=timeout)
         if r.returncode == 0:
             return r
         if proc is not None and proc.poll() is not None:
@@ -229,13 +254,13 @@ def wait_ping(arbiterctl, sock, timeout=10.0, proc=None):
         time.sleep(0.05)
 
 
-def stop(proc, sig=signal.SIGTERM, timeout=20):
+def stop(proc, sig=signal.SIGTERM, timeout=None):
     """Signal, wait, return (exit code, seconds taken)."""
     t = time.monotonic()
     if proc.poll() is None:
         proc.send_signal(sig)
     try:
-        rc = proc.wait(timeout=timeout)
+        rc = proc.wait(timeout=timeout or 20 * SLOW)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()

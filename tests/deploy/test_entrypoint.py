@@ -13,6 +13,7 @@ namespace, running as the image's non-root uid.
 """
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -26,7 +27,7 @@ import pytest
 
 from deploylib import (K8S, children, deployment, dockerfile_instructions, entrypoint_argv,
                        exec_form, free_port, image_user, last, map_args, shipped, stage_image,
-                       stop, wait_ping)
+                       SLOW, stop, wait_log, wait_ping)
 
 
 @pytest.fixture
@@ -115,20 +116,19 @@ def test_entrypoint_starts_answers_probes_and_stops_on_sigterm(image):
         # exits 0 within the bound.
         holder = subprocess.Popen(
             [str(image["arbiterctl"]), "-S", str(image["sock"]), "run", "res", "--",
-             "sleep", "60"], env=image["env"], stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 10
-        while "1 holding" not in subprocess.run(
-                [str(image["arbiterctl"]), "-S", str(image["sock"]), "stats"],
-                capture_output=True, text=True, env=image["env"]).stdout:
-            assert time.monotonic() < deadline, "the lease was never granted"
-            time.sleep(0.05)
+             "sh", "-c", "echo held; exec sleep 60"], env=image["env"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # The command prints once it holds the lease: no polling.
+        assert holder.stdout.readline() == "held\n", holder.stderr.read()
+        assert "1 holding" in subprocess.run(
+            [str(image["arbiterctl"]), "-S", str(image["sock"]), "stats"],
+            capture_output=True, text=True, env=image["env"]).stdout
     finally:
         rc, took = stop(proc)
-    holder_rc = holder.wait(timeout=20)
+    holder_rc = holder.wait(timeout=20 * SLOW)
     err = proc.stderr.read()
     assert rc == 0, err
-    assert took < image["want"]["timeout_ms"] / 1000 + 2, took
+    assert took < image["want"]["timeout_ms"] / 1000 + 2 * SLOW, took
     assert not image["sock"].exists(), "the socket is removed on exit"
     assert holder_rc == 75, holder.stderr.read()  # arbiterctl: lease revoked
 
@@ -170,33 +170,25 @@ def test_entrypoint_as_pid1_non_root(image, monkeypatch):
         # drops signals that would take their default action on PID 1.
         t = time.monotonic()
         os.kill(pid, signal.SIGTERM)
-        rc = proc.wait(timeout=20)
+        rc = proc.wait(timeout=20 * SLOW)
         took = time.monotonic() - t
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     assert rc == 0, proc.stderr.read()
-    assert took < image["want"]["timeout_ms"] / 1000 + 2
+    assert took < image["want"]["timeout_ms"] / 1000 + 2 * SLOW
 
 
 def test_metrics_listener_serves_healthz_and_metrics(image, build):
-    if b"/healthz" not in (build / "arbiterd").read_bytes():
-        pytest.skip("this arbiterd has no metrics listener yet ([metrics] listen is "
-                    "being added); the port and annotations were checked statically")
     proc = start(image)
     try:
+        # The listener logs before the daemon says it is ready.
+        wait_log(proc, "metrics listening")
         wait_ping(image["arbiterctl"], image["sock"], proc=proc)
         base = "http://" + image["env"]["ARBITER_METRICS_LISTEN"]
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/healthz", timeout=5) as r:
-                    assert r.status == 200  # active, the lock is held
-                break
-            except (urllib.error.URLError, ConnectionError):
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
+        with urllib.request.urlopen(base + "/healthz", timeout=5) as r:
+            assert r.status == 200  # active, the lock is held
         with urllib.request.urlopen(base + "/metrics", timeout=5) as r:
             assert r.status == 200
             assert r.read()
@@ -212,17 +204,38 @@ def test_legacy_app_waits_for_arbiter(image):
     script = app["args"][0]
     wait = script[:script.index("done\n") + 5]
     assert wait.count("until") == 1
-    wait = map_args([wait], image["mapping"])[0]
+    # arbiterctl in the loop is a wrapper that reports each attempt on a
+    # FIFO, so the test sees the loop try, fail and try again (an event, not
+    # a sleep) before the daemon starts.
+    fifo = image["top"] / "attempts"
+    os.mkfifo(fifo)
+    fd = os.open(fifo, os.O_RDWR)  # a reader from now on: writers never block
+    shim = image["top"] / "arbiterctl-shim"
+    shim.write_text('#!/bin/sh\necho attempt >%s\nexec %s "$@"\n' % (
+        fifo, image["arbiterctl"]))
+    shim.chmod(0o755)
+    mapping = dict(image["mapping"])
+    mapping["/usr/local/bin/arbiterctl"] = shim
+    wait = map_args([wait], mapping)[0]
+    assert str(shim) in wait
+
+    def attempt():
+        assert select.select([fd], [], [], 30)[0], "the loop never tried"
+        return os.read(fd, 8)
+
     waiter = subprocess.Popen(["sh", "-c", wait], env=image["env"])
-    time.sleep(1.5)
-    assert waiter.poll() is None, "returned before arbiter was up"
-    proc = start(image)
+    proc = None
     try:
-        assert waiter.wait(timeout=10) == 0
+        assert attempt() == b"attempt\n"
+        assert attempt() == b"attempt\n"  # the first one failed: it looped
+        assert waiter.poll() is None, "returned before arbiter was up"
+        proc = start(image)
+        assert waiter.wait(timeout=10 * SLOW) == 0
     finally:
         if waiter.poll() is None:
             waiter.kill()
-        rc, _ = stop(proc)
+        os.close(fd)
+        rc = stop(proc)[0] if proc is not None else 0
     assert rc == 0
 
 
@@ -240,8 +253,6 @@ def test_two_replicas_on_one_volume_active_and_standby(image, build):
     storage, each with its own socket folder (its pod's emptyDir). The second
     is a standby that passes every probe, /healthz tells them apart, and it
     takes over, granting its queued app, when the active one gets SIGTERM."""
-    if b"/healthz" not in (build / "arbiterd").read_bytes():
-        pytest.skip("this arbiterd has no metrics listener yet")
     run_b = image["top"] / "run-b"
     run_b.mkdir()
     env_b = dict(image["env"], ARBITER_SOCKET_PATH=str(run_b / image["sock"].name),
@@ -269,22 +280,18 @@ def test_two_replicas_on_one_volume_active_and_standby(image, build):
         r = wait_ping(ctl, img_b["sock"], proc=b)
         assert r.stdout.split() == ["pong", "standby"]
         check_running(img_b, b)  # every probe passes on the standby
-        deadline = time.monotonic() + 10
-        while healthz(img_b) != 503 or healthz(image) != 200:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        # The standby's app queues; it is granted after the takeover.
-        app = subprocess.Popen([ctl, "-S", str(img_b["sock"]), "run", "-w", "30", "demo",
+        # Both answered ping after their ready lines: the roles are settled.
+        assert healthz(img_b) == 503 and healthz(image) == 200
+        # The standby's app queues (arbiterctl says so on stderr); it is
+        # granted after the takeover.
+        app = subprocess.Popen([ctl, "-S", str(img_b["sock"]), "run", "-v", "-w", "30", "demo",
                                 "--", "true"], env=env_b, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 10
-        while waiters(ctl, img_b, "demo") != 1:  # queued on the standby
-            assert app.poll() is None, "granted by a standby"
-            assert time.monotonic() < deadline, "never queued on the standby"
-            time.sleep(0.05)
+        wait_log(app, "waiting for 'demo'")
+        assert waiters(ctl, img_b, "demo") == 1  # queued on the standby
         assert app.poll() is None, "granted by a standby"
         rc_a, _ = stop(a)
         assert rc_a == 0, a.stderr.read()
-        assert app.wait(timeout=20) == 0, app.stderr.read()
+        assert app.wait(timeout=20 * SLOW) == 0, app.stderr.read()
         assert healthz(img_b) == 200
         assert subprocess.run([ctl, "-S", str(img_b["sock"]), "ping"], capture_output=True,
                               text=True).stdout.split() == ["pong", "active"]

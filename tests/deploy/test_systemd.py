@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from deploylib import UNIT, children, free_port, parse_conf, stop, wait_ping
+from deploylib import SLOW, UNIT, children, free_port, parse_conf, stop, wait_ping
 
 REPO_CONF = Path(__file__).resolve().parents[2] / "arbiter.conf"
 
@@ -199,7 +199,7 @@ def trace(build):
                           "-o", "metrics.listen=127.0.0.1:%d" % free_port()],
                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        wait_ping(build / "arbiterctl", run / "arbiter.sock", timeout=20, proc=p)
+        wait_ping(build / "arbiterctl", run / "arbiter.sock", timeout=20 * SLOW, proc=p)
         subprocess.run(ctl + ["run", "r", "--", "true"], check=True, env=env)
         subprocess.run(ctl + ["stats"], check=True, env=env, capture_output=True)
         subprocess.run(ctl + ["who"], env=env, capture_output=True)
@@ -211,7 +211,7 @@ def trace(build):
         os.kill(daemon, signal.SIGHUP)
         wait_ping(build / "arbiterctl", run / "arbiter.sock", proc=p)
         os.kill(daemon, signal.SIGTERM)
-        rc = p.wait(timeout=20)  # strace exits with arbiterd's status
+        rc = p.wait(timeout=20 * SLOW)  # strace exits with arbiterd's status
         ok = True
     finally:
         if not ok:  # failed half-way: leave nothing behind
@@ -221,7 +221,7 @@ def trace(build):
             p.wait()
         if holder is not None:  # revoked at shutdown: arbiterctl exits 75
             try:
-                holder.wait(timeout=10)
+                holder.wait(timeout=10 * SLOW)
             except subprocess.TimeoutExpired:
                 holder.kill()
                 holder.wait()
@@ -284,16 +284,15 @@ def test_daemon_works_without_netlink(build, restrict_af):
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         wait_ping(build / "arbiterctl", top / "a.sock", proc=p)
-        if b"/healthz" in (build / "arbiterd").read_bytes():
-            with urllib.request.urlopen("http://127.0.0.1:%d/healthz" % port, timeout=5) as r:
-                assert r.status == 200
+        with urllib.request.urlopen("http://127.0.0.1:%d/healthz" % port, timeout=5) as r:
+            assert r.status == 200
     finally:
         rc, _ = stop(p)
         shutil.rmtree(top, ignore_errors=True)
     assert rc == 0, p.stderr.read()
 
 
-def test_writes_only_to_socket_folder_and_storage(trace):
+def test_writes_only_to_socket_folder_and_storage(trace, build):
     """ProtectSystem=strict / readOnlyRootFilesystem: arbiterd writes only
     its socket folder and the storage."""
     bad = []
@@ -312,6 +311,10 @@ def test_writes_only_to_socket_folder_and_storage(trace):
         for path in paths:
             if path == "/dev/null":
                 continue
+            # A --coverage build (make coverage) writes its .gcda counters
+            # beside its objects at exit: gcov's, not the daemon's.
+            if path.startswith(str(build) + "/") and path.endswith(".gcda"):
+                continue
             if not path.startswith(trace["top"] + "/") and path != trace["top"]:
                 bad.append((name, path))
     # mkdir -p of the storage walks its parents (EEXIST); that is not a write.
@@ -322,18 +325,10 @@ def test_writes_only_to_socket_folder_and_storage(trace):
 
 # ------------------------------------------------------------ sd_notify
 
-def notify_capable(build):
-    return b"NOTIFY_SOCKET" in (build / "arbiterd").read_bytes()
-
-
 @pytest.mark.parametrize("abstract", [False, True], ids=["path", "abstract"])
 def test_notify_ready_after_lock_and_listen_stopping_on_sigterm(build, abstract):
     """Type=notify: READY=1 only once the lock is held and the socket answers;
     STOPPING=1 after SIGTERM, before exit. systemd's side played here."""
-    if not notify_capable(build):
-        pytest.skip("this arbiterd does not send sd_notify messages yet: the unit's "
-                    "Type=notify needs READY=1 and STOPPING=1 over $NOTIFY_SOCKET "
-                    "(systemd would kill it after TimeoutStartSec)")
     top = Path(tempfile.mkdtemp(prefix="deploytest-"))
     try:
         ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

@@ -8,6 +8,16 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lib"))
 import harness  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def scan_every_daemon():
+    """Every daemon a test starts, however it ended (stopped, refused to
+    start, killed with SIGKILL), is scanned for sanitizer and valgrind
+    reports after the test; a report fails the test."""
+    since = len(harness.STARTED)
+    yield
+    harness.scan_started(since)
+
+
 @pytest.fixture
 def daemon(tmp_path):
     """A running arbiterd in a private folder, stopped after the test."""

@@ -700,8 +700,7 @@ def start_refused(tmp_path, name, *args):
     d = harness.Daemon(tmp_path, name=name, args=list(args),
                        storage=str(tmp_path / ("data-" + name)),
                        wait_ready=False)
-    assert d.proc.wait(WAIT) != 0
-    return "\n".join(d.log.drain())
+    return harness.expect_refusal(d)
 
 
 def test_a_socket_path_that_is_a_symlink_to_a_live_socket_is_refused(

@@ -10,7 +10,7 @@ import time
 import pytest
 
 import harness
-from harness import ARBITERD, WAIT, Wire, WireError, error_of, pb
+from harness import WAIT, Wire, WireError, error_of, pb
 
 
 # ------------------------------------------------------------ queues
@@ -254,11 +254,18 @@ def test_killing_arbiterctl_alone_keeps_the_lease_while_the_command_runs(
 # ------------------------------------------------------------ arbiterctl run
 
 def test_run_gives_the_command_its_lease_in_the_environment(daemon):
+    w = Wire(daemon.socket)
+    before = w.lock("db")
+    w.release(before.lease_id)
     r = daemon.ctl("run", "db", "--", "sh", "-c",
                    'echo "$ARBITER_RESOURCE $ARBITER_LEASE_ID $ARBITER_TOKEN"')
     assert r.returncode == 0
     res, lease, token = r.stdout.split()
-    assert res == "db" and int(lease) >= 1 and int(token) >= 1
+    # The command's lease is the next grant of db: a new lease id, and a
+    # token above every earlier one, below every later one.
+    assert res == "db" and int(lease) > before.lease_id
+    assert int(token) > before.token
+    assert w.lock("db").token > int(token)
 
 
 def test_run_exits_with_the_commands_status(daemon):
@@ -343,10 +350,10 @@ def test_restart_after_kill9_replaces_the_dead_socket(tmp_path):
 
 
 def test_a_live_socket_is_never_taken_over(daemon, tmp_path):
-    r = subprocess.run([ARBITERD, "-S", daemon.socket, "-s",
-                        str(tmp_path / "other")], capture_output=True,
-                       text=True, timeout=WAIT)
-    assert r.returncode != 0 and "already answering" in r.stderr
+    r = harness.run_arbiterd(["-S", daemon.socket, "-s",
+                              str(tmp_path / "other")])
+    assert r.returncode == 1, r.stderr
+    assert "already answering" in r.stderr and daemon.socket in r.stderr
     assert daemon.ctl("ping").returncode == 0
 
 
@@ -416,7 +423,11 @@ def test_unknown_mode_is_refused(daemon):
     w.send_raw(struct.pack(">I", len(req)) + req)
     m = w.wait(w.next_id)
     assert m.WhichOneof("kind") == "error"
-    assert m.error.code in (pb.BAD_REQUEST, pb.BAD_FRAME)
+    # A well-formed frame with a bad value is a bad request, answered on a
+    # connection that stays open.
+    assert m.error.code == pb.BAD_REQUEST, m
+    assert "unknown mode 7" in m.error.message
+    assert w.call(ping=pb.Ping()).WhichOneof("kind") == "pong"
 
 
 def test_a_silent_client_is_closed_at_the_handshake_deadline(tmp_path):

@@ -59,8 +59,8 @@ def test_stats_count_a_scripted_scenario_exactly(daemon):
     w = db["wait_seconds"]
     assert w["count"] == 2
     assert abs(w["p99"] - max(waits) / 1e6) <= 0.125 * max(waits) / 1e6
-    assert w["p50"] < 0.001  # the immediate grant
-    assert 0.19 <= db["hold_seconds"]["max"] < 10
+    assert w["p50"] < 0.001 * harness.SLOW  # the immediate grant
+    assert 0.19 <= db["hold_seconds"]["max"] < 10 * harness.SLOW
 
 
 def test_stats_of_one_resource_and_the_table(daemon):

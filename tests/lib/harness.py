@@ -6,6 +6,7 @@ daemon's own log line on stderr, never guessed with a sleep. Every process a
 test starts is registered so it can be killed at the end.
 """
 import os
+import re
 import signal
 import socket
 import struct
@@ -25,9 +26,41 @@ ARBITERD = os.path.join(BUILD, "arbiterd")
 ARBITERCTL = os.path.join(BUILD, "arbiterctl")
 # make valgrind sets this to run the daemon under valgrind.
 WRAPPER = os.environ.get("ARBITERD_WRAPPER", "").split()
-# Generous bound for anything a test waits on; under valgrind things crawl.
-SLOW = 10 if WRAPPER else 1
+
+
+def _built_with_asan(path):
+    try:
+        with open(path, "rb") as f:
+            return b"__asan_init" in f.read()  # the ASan runtime's entry point
+    except OSError:
+        return False
+
+
+def slow_factor():
+    """The one factor every time bound in the tests is multiplied by.
+
+    ARBITER_TEST_SLOW (a number, default 1) for a loaded or slow machine,
+    times 10 when the daemon runs under a wrapper (valgrind), times 3 when
+    the build is instrumented with AddressSanitizer.
+    """
+    try:
+        f = float(os.environ.get("ARBITER_TEST_SLOW") or 1)
+    except ValueError:
+        raise SystemExit("ARBITER_TEST_SLOW=%r is not a number" %
+                         os.environ["ARBITER_TEST_SLOW"])
+    if WRAPPER:
+        f *= 10
+    if _built_with_asan(ARBITERD):
+        f *= 3
+    return max(f, 1.0)
+
+
+SLOW = slow_factor()
+# Generous bound for anything a test waits on (an event that must come).
 WAIT = 20 * SLOW
+# Every Daemon ever started by this process, so that a test's fixture can
+# scan each one's output for sanitizer and valgrind reports (scan_started).
+STARTED = []
 
 
 def open_dir():
@@ -131,6 +164,8 @@ class Daemon:
                                      preexec_fn=preexec_fn)
         self.pid = self.proc.pid
         self.log = LineReader(self.proc.stderr, self.proc)
+        self.scanned = False
+        STARTED.append(self)
         if wait_ready:
             self.log.wait_for("arbiter ready")
 
@@ -205,8 +240,45 @@ def read_until_closed(s):
 
 
 SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
-                   "runtime error:", "Invalid read", "Invalid write",
+                   "runtime error:", "UndefinedBehaviorSanitizer",
+                   "ThreadSanitizer", "Invalid read", "Invalid write",
                    "definitely lost", "Conditional jump", "uninitialised")
+# valgrind prefixes every line with ==PID==; these start an error report.
+VALGRIND_ERROR = re.compile(
+    r"^==\d+== +(Invalid |Conditional jump|Use of uninitialised|"
+    r"Syscall param|Mismatched free|Source and destination overlap|"
+    r"Process terminating|Argument '|.*(definitely|indirectly) lost in|"
+    r"ERROR SUMMARY: [1-9])")
+
+
+def sanitizer_reports(lines):
+    """The lines of lines that belong to a sanitizer or valgrind report."""
+    if isinstance(lines, str):
+        lines = lines.splitlines()
+    return [l for l in lines
+            if any(m in l for m in SANITIZER_MARKS) or VALGRIND_ERROR.match(l)]
+
+
+def assert_no_reports(lines, what="arbiterd"):
+    """Fail when lines (a process's output) hold a sanitizer report."""
+    if isinstance(lines, str):
+        lines = lines.splitlines()
+    bad = sanitizer_reports(lines)
+    assert not bad, "sanitizer/valgrind report from %s:\n%s" % (
+        what, "\n".join(lines[-80:]))
+
+
+def run_arbiterd(args, **kw):
+    """subprocess.run of arbiterd (under the wrapper, if any) with text
+    output captured, failing on a sanitizer report in its output."""
+    kw.setdefault("capture_output", True)
+    kw.setdefault("text", True)
+    kw.setdefault("timeout", WAIT)
+    kw.setdefault("stdin", subprocess.DEVNULL)
+    r = subprocess.run(WRAPPER + [ARBITERD] + list(args), **kw)
+    assert_no_reports((r.stderr or "") + "\n" + (r.stdout or ""),
+                      "arbiterd %s" % " ".join(args))
+    return r
 
 
 def check_clean_exit(d):
@@ -217,12 +289,46 @@ def check_clean_exit(d):
     """
     was_running = d.proc.poll() is None
     rc = d.stop()
-    bad = [l for l in d.log.lines if any(m in l for m in SANITIZER_MARKS)]
-    assert not bad, "sanitizer/valgrind report:\n" + "\n".join(
-        d.log.lines[-60:])
+    d.scanned = True
+    assert_no_reports(d.log.lines, "arbiterd pid %d" % d.pid)
     if was_running:
         assert rc == 0, "arbiterd exited %s on SIGTERM:\n%s" % (
             rc, "\n".join(d.log.lines[-30:]))
+
+
+def scan_started(since=0):
+    """Stop every Daemon started since index since of STARTED that is still
+    running, and fail if any of them, running or not (refused to start,
+    killed with SIGKILL, stopped by the test), printed a sanitizer or
+    valgrind report. The fixtures call it after each test."""
+    bad = []
+    for d in STARTED[since:]:
+        d.stop()
+        if d.scanned:
+            continue
+        d.scanned = True
+        if sanitizer_reports(d.log.lines):
+            bad.append("arbiterd pid %d:\n%s" % (
+                d.pid, "\n".join(d.log.lines[-80:])))
+    assert not bad, "sanitizer/valgrind report:\n" + "\n\n".join(bad)
+
+
+def expect_refusal(d, *needles, status=1):
+    """Wait for a daemon started with wait_ready=False to refuse to start:
+    it must exit with status, print every needle, and print no sanitizer
+    report (under ASan a memory error exits non-zero too). Returns its
+    output."""
+    rc = d.proc.wait(WAIT)
+    lines = d.log.drain()
+    out = "\n".join(lines)
+    d.scanned = True
+    assert_no_reports(lines, "arbiterd pid %d (refused to start)" % d.pid)
+    assert rc == status, "arbiterd exited %s, want %s:\n%s" % (
+        rc, status, out)
+    for n in needles:
+        assert n in out, "arbiterd refused without saying %r:\n%s" % (
+            n, out)
+    return out
 
 
 def descendant_groups(pid):
