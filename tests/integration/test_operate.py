@@ -52,8 +52,7 @@ def test_config_errors_name_file_line_and_key(tmp_path, text, message):
 
 def test_help_config_explains_every_key_of_the_reference_config():
     conf = os.path.join(os.path.dirname(__file__), "..", "..", "arbiter.conf")
-    r = subprocess.run([ARBITERD, "--help-config"], capture_output=True,
-                       text=True, timeout=WAIT)
+    r = harness.run_arbiterd(["--help-config"])
     assert r.returncode == 0, r.stderr
     section = None
     for line in open(conf):
