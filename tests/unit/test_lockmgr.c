@@ -1803,6 +1803,647 @@ Test(lockmgr, end_and_mode_names)
 	cr_assert_str_eq(lockmgr_mode_name(LM_SHARED), "shared");
 }
 
+/* ------------------------------------------------------------ conversion */
+
+static enum lm_conv_result
+conv(struct lm_owner *o, uint64_t id, enum lm_mode mode, uint64_t timeout_ns,
+     uint64_t tag, uint64_t now)
+{
+	struct lm_convert c = {.lease_id = id,
+			       .mode = mode,
+			       .timeout_ns = timeout_ns,
+			       .tag = tag};
+
+	return lockmgr_convert(&lm, o, &c, now);
+}
+
+/* The first event of this kind about this lease, from a conversion
+ * (convert true) or not, or NULL. */
+static const struct lm_event *
+find_conv(enum lm_ev_kind kind, uint64_t lease_id, bool convert)
+{
+	size_t n;
+	const struct lm_event *ev = lockmgr_events(&lm, &n);
+
+	for (size_t i = 0; i < n; i++) {
+		if (ev[i].kind == kind && ev[i].lease_id == lease_id &&
+		    ev[i].convert == convert)
+			return &ev[i];
+	}
+	return NULL;
+}
+
+static const struct lm_event *
+must_conv(enum lm_ev_kind kind, uint64_t lease_id)
+{
+	const struct lm_event *e = find_conv(kind, lease_id, true);
+
+	cr_assert_not_null(e, "no conversion event of kind %d for lease %" PRIu64,
+			   kind, lease_id);
+	return e;
+}
+
+static const struct lm_req *
+lease(uint64_t id)
+{
+	const struct lm_req *r = lockmgr_lease(&lm, id);
+
+	cr_assert_not_null(r, "lease %" PRIu64 " is gone", id);
+	return r;
+}
+
+Test(lockmgr, downgrade_is_done_at_once_keeping_lease_and_token)
+{
+	uint64_t x = must_grant(&ow[0], "db", LM_EXCLUSIVE, 0);
+	uint64_t tok = lease(x)->token;
+	const struct lm_event *e;
+
+	done();
+	cr_assert_eq(conv(&ow[0], x, LM_SHARED, LM_FOREVER, 77, 10),
+		     LM_CONV_DONE);
+	e = must_conv(LM_EV_GRANTED, x);
+	cr_assert_eq(e->mode, LM_SHARED);
+	cr_assert_eq(e->was, LM_EXCLUSIVE);
+	cr_assert_eq(e->token, tok, "a downgrade keeps the lease's token");
+	cr_assert_eq(e->tag, 77, "the convert's tag, not the acquire's");
+	cr_assert(e->immediate);
+	cr_assert_eq(e->waited_ns, 0);
+	cr_assert_eq(nev(), 1);
+	cr_assert(is_held(x));
+	cr_assert_eq(lease(x)->mode, LM_SHARED);
+	cr_assert_eq(lease(x)->token, tok);
+	cr_assert_eq(lease(x)->t_granted, 0, "held since its grant");
+	cr_assert_eq(find_res("db")->held_mode, LM_SHARED);
+	done();
+	/* Now a reader among readers. */
+	must_grant(&ow[1], "db", LM_SHARED, 11);
+}
+
+Test(lockmgr, downgrade_grants_the_waiting_readers_in_the_same_call)
+{
+	uint64_t x = must_grant(&ow[0], "db", LM_EXCLUSIVE, 0);
+	uint64_t r1 = must_queue(&ow[1], "db", LM_SHARED, LM_FOREVER, 1);
+	uint64_t r2 = must_queue(&ow[2], "db", LM_SHARED, LM_FOREVER, 2);
+	uint64_t w = must_queue(&ow[3], "db", LM_EXCLUSIVE, LM_FOREVER, 3);
+	uint64_t r3 = must_queue(&ow[4], "db", LM_SHARED, LM_FOREVER, 4);
+	const struct lm_event *c, *g1, *g2;
+
+	done();
+	cr_assert_eq(conv(&ow[0], x, LM_SHARED, LM_FOREVER, 9, 20),
+		     LM_CONV_DONE);
+	c = must_conv(LM_EV_GRANTED, x);
+	g1 = find_conv(LM_EV_GRANTED, r1, false);
+	g2 = find_conv(LM_EV_GRANTED, r2, false);
+	cr_assert_not_null(g1);
+	cr_assert_not_null(g2);
+	cr_assert(ev_index(c) < ev_index(g1) && ev_index(g1) < ev_index(g2),
+		  "the downgrade is told first, then the grants in order");
+	cr_assert_gt(g1->token, c->token);
+	cr_assert_gt(g2->token, g1->token);
+	cr_assert(is_waiting(w), "the writer still waits for the readers");
+	cr_assert(is_waiting(r3), "nothing jumps the queued writer");
+	cr_assert_eq(find_res("db")->nholders, 3);
+	cr_assert_eq(lockmgr_position(lease(w)), 1);
+}
+
+Test(lockmgr, downgrade_never_waits_even_with_the_gate_shut_or_no_tokens)
+{
+	uint64_t x = must_grant(&ow[0], "db", LM_EXCLUSIVE, 0);
+	uint64_t r1 = must_queue(&ow[1], "db", LM_SHARED, LM_FOREVER, 1);
+
+	lockmgr_set_tokens(&lm, lm.last_token, lm.last_token);
+	lockmgr_set_open(&lm, false, 2);
+	done();
+	cr_assert_eq(conv(&ow[0], x, LM_SHARED, 0, 9, 3), LM_CONV_DONE);
+	cr_assert_eq(lease(x)->mode, LM_SHARED);
+	cr_assert(is_waiting(r1), "the gate still holds new grants back");
+	done();
+	lockmgr_set_open(&lm, true, 4);
+	lockmgr_add_tokens(&lm, UINT64_MAX, 4);
+	cr_assert(is_held(r1));
+}
+
+Test(lockmgr, upgrade_of_a_lone_reader_is_at_once_with_a_new_token)
+{
+	uint64_t other = must_grant(&ow[2], "other", LM_EXCLUSIVE, 0);
+	uint64_t r = must_grant(&ow[0], "db", LM_SHARED, 1);
+	uint64_t w = must_queue(&ow[1], "db", LM_EXCLUSIVE, LM_FOREVER, 2);
+	uint64_t old = lease(r)->token;
+	const struct lm_event *e;
+
+	cr_assert_gt(old, lease(other)->token);
+	done();
+	cr_assert_eq(conv(&ow[0], r, LM_EXCLUSIVE, LM_FOREVER, 5, 3),
+		     LM_CONV_DONE);
+	e = must_conv(LM_EV_GRANTED, r);
+	cr_assert_eq(e->mode, LM_EXCLUSIVE);
+	cr_assert_eq(e->was, LM_SHARED);
+	cr_assert_eq(e->token, old + 1, "higher than every earlier token");
+	cr_assert_eq(e->lease_id, r, "the same lease");
+	cr_assert(e->immediate);
+	cr_assert_eq(lease(r)->token, old + 1);
+	cr_assert_eq(lease(r)->mode, LM_EXCLUSIVE);
+	cr_assert(is_waiting(w), "the upgrade goes ahead of the queue");
+	done();
+	cr_assert_eq(lockmgr_release(&lm, &ow[0], r, false, 4), 0);
+	cr_assert_gt(must_find(LM_EV_GRANTED, w)->token, old + 1);
+}
+
+Test(lockmgr, upgrade_waits_only_for_the_other_readers_to_leave)
+{
+	uint64_t r1 = must_grant(&ow[0], "db", LM_SHARED, 0);
+	uint64_t r2 = must_grant(&ow[1], "db", LM_SHARED, 1);
+	uint64_t r3 = must_grant(&ow[2], "db", LM_SHARED, 2);
+	const struct lm_event *e;
+
+	done();
+	cr_assert_eq(conv(&ow[0], r1, LM_EXCLUSIVE, LM_FOREVER, 5, 10),
+		     LM_CONV_WAITING);
+	cr_assert_eq(nev(), 0);
+	cr_assert(is_held(r1), "the shared lease is kept while it waits");
+	cr_assert_eq(lease(r1)->mode, LM_SHARED);
+	cr_assert(lease(r1)->converting, "status sees it converting");
+	cr_assert_eq(find_res("db")->converting, lease(r1));
+	cr_assert_eq(lm.nconverting, 1);
+	cr_assert_eq(lockmgr_next_deadline(&lm), LM_FOREVER);
+	cr_assert_eq(lockmgr_release(&lm, &ow[1], r2, false, 20), 0);
+	cr_assert_null(find_conv(LM_EV_GRANTED, r1, true));
+	done();
+	cr_assert_eq(lockmgr_release(&lm, &ow[2], r3, false, 30), 0);
+	e = must_conv(LM_EV_GRANTED, r1);
+	cr_assert_eq(e->tag, 5);
+	cr_assert_not(e->immediate);
+	cr_assert_eq(e->waited_ns, 20);
+	cr_assert_eq(lease(r1)->mode, LM_EXCLUSIVE);
+	cr_assert_not(lease(r1)->converting);
+	cr_assert_null(find_res("db")->converting);
+	cr_assert_eq(lm.nconverting, 0);
+}
+
+Test(lockmgr, queued_writer_cannot_starve_an_upgrade)
+{
+	uint64_t r1 = must_grant(&ow[0], "db", LM_SHARED, 0);
+	uint64_t r2 = must_grant(&ow[1], "db", LM_SHARED, 1);
+	uint64_t w = must_queue(&ow[2], "db", LM_EXCLUSIVE, LM_FOREVER, 2);
+	uint64_t up;
+
+	done();
+	cr_assert_eq(conv(&ow[0], r1, LM_EXCLUSIVE, LM_FOREVER, 5, 3),
+		     LM_CONV_WAITING);
+	cr_assert_eq(lockmgr_release(&lm, &ow[1], r2, false, 4), 0);
+	cr_assert_not_null(must_conv(LM_EV_GRANTED, r1));
+	cr_assert_null(find_ev(LM_EV_GRANTED, w));
+	cr_assert(is_waiting(w), "R1 is granted exclusive before W");
+	up = lease(r1)->token;
+	done();
+	cr_assert_eq(lockmgr_release(&lm, &ow[0], r1, false, 5), 0);
+	cr_assert_gt(must_find(LM_EV_GRANTED, w)->token, up);
+}
+
+Test(lockmgr, readers_arriving_during_an_upgrade_queue_behind_it_in_fifo)
+{
+	uint64_t r1 = must_grant(&ow[0], "db", LM_SHARED, 0);
+	uint64_t r2 = must_grant(&ow[1], "db", LM_SHARED, 1);
+	uint64_t r3, w, r4, id;
+
+	done();
+	cr_assert_eq(conv(&ow[0], r1, LM_EXCLUSIVE, LM_FOREVER, 5, 2),
+		     LM_CONV_WAITING);
+	/* Compatible with today's readers, but an upgrade waits first. */
+	cr_assert_eq(acq(&ow[5], "db", LM_SHARED, 0, 3, &id),
+		     LM_ERR_WOULD_BLOCK);
+	r3 = must_queue(&ow[2], "db", LM_SHARED, LM_FOREVER, 3);
+	w = must_queue(&ow[3], "db", LM_EXCLUSIVE, LM_FOREVER, 4);
+	r4 = must_queue(&ow[4], "db", LM_SHARED, LM_FOREVER, 5);
+	cr_assert_eq(must_find(LM_EV_QUEUED, r3)->position, 1);
+	done();
+	cr_assert_eq(lockmgr_release(&lm, &ow[1], r2, false, 6), 0);
+	cr_assert_not_null(must_conv(LM_EV_GRANTED, r1));
+	cr_assert(is_waiting(r3) && is_waiting(w) && is_waiting(r4));
+	done();
+	cr_assert_eq(lockmgr_release(&lm, &ow[0], r1, false, 7), 0);
+	cr_assert(is_held(r3));
+	cr_assert(is_waiting(w) && is_waiting(r4), "FIFO for everyone else");
+	done();
+	cr_assert_eq(lockmgr_release(&lm, &ow[2], r3, false, 8), 0);
+	cr_assert(is_held(w) && is_waiting(r4));
+}
+
+Test(lockmgr, second_upgrade_is_refused_as_deadlock_and_the_first_proceeds)
+{
+	uint64_t r1 = must_grant(&ow[0], "db", LM_SHARED, 0);
+	uint64_t r2 = must_grant(&ow[1], "db", LM_SHARED, 1);
+	uint64_t t2 = lease(r2)->token;
+
+	done();
+	cr_assert_eq(conv(&ow[0], r1, LM_EXCLUSIVE, LM_FOREVER, 5, 2),
+		     LM_CONV_WAITING);
+	cr_assert_eq(conv(&ow[1], r2, LM_EXCLUSIVE, LM_FOREVER, 6, 3),
+		     LM_CONV_ERR_DEADLOCK);
+	cr_assert_eq(conv(&ow[1], r2, LM_EXCLUSIVE, 1000, 7, 3),
+		     LM_CONV_ERR_DEADLOCK);
+	cr_assert_eq(conv(&ow[1], r2, LM_EXCLUSIVE, 0, 8, 3),
+		     LM_CONV_ERR_DEADLOCK,
+		     "a try-once is told to let go, not to retry");
+	cr_assert_eq(nev(), 0, "a refusal changes nothing");
+	cr_assert(is_held(r2));
+	cr_assert_eq(lease(r2)->mode, LM_SHARED);
+	cr_assert_eq(lease(r2)->token, t2);
+	cr_assert_not(lease(r2)->converting);
+	cr_assert_eq(lockmgr_next_deadline(&lm), LM_FOREVER);
+	cr_assert_eq(lockmgr_release(&lm, &ow[1], r2, false, 4), 0);
+	cr_assert_not_null(must_conv(LM_EV_GRANTED, r1));
+	cr_assert_eq(lease(r1)->mode, LM_EXCLUSIVE);
+}
+
+Test(lockmgr, second_upgrade_of_the_same_lease_is_refused_as_pending)
+{
+	uint64_t r1 = must_grant(&ow[0], "db", LM_SHARED, 0);
+
+	must_grant(&ow[1], "db", LM_SHARED, 1);
+	cr_assert_eq(conv(&ow[0], r1, LM_EXCLUSIVE, 100, 5, 2),
+		     LM_CONV_WAITING);
+	done();
+	cr_assert_eq(conv(&ow[0], r1, LM_EXCLUSIVE, LM_FOREVER, 6, 3),
+		     LM_CONV_ERR_PENDING);
+	cr_assert_eq(nev(), 0);
+	cr_assert_eq(lockmgr_next_deadline(&lm), 102, "first timeout kept");
+}
+
+Test(lockmgr, upgrade_timeout_leaves_the_shared_lease_as_it_was)
+{
+	uint64_t r1 = must_grant(&ow[0], "db", LM_SHARED, 0);
+	uint64_t r2 = must_grant(&ow[1], "db", LM_SHARED, 1);
+	uint64_t t1 = lease(r1)->token;
+	const struct lm_event *e;
+
+	done();
+	cr_assert_eq(conv(&ow[0], r1, LM_EXCLUSIVE, 100, 5, 10),
+		     LM_CONV_WAITING);
+	cr_assert_eq(lockmgr_next_deadline(&lm), 110);
+	lockmgr_tick(&lm, 109);
+	cr_assert_eq(nev(), 0);
+	lockmgr_tick(&lm, 110);
+	cr_assert_eq(nev(), 1);
+	e = must_conv(LM_EV_ENDED, r1);
+	cr_assert_eq(e->end, LM_END_TIMEOUT);
+	cr_assert_not(e->held, "the conversion ended, not the lease");
+	cr_assert_eq(e->tag, 5);
+	cr_assert_eq(e->mode, LM_EXCLUSIVE, "the mode it asked for");
+	cr_assert_eq(e->waited_ns, 100);
+	cr_assert(is_held(r1) && is_held(r2));
+	cr_assert_eq(lease(r1)->mode, LM_SHARED);
+	cr_assert_eq(lease(r1)->token, t1);
+	cr_assert_not(lease(r1)->converting);
+	cr_assert_null(find_res("db")->converting);
+	cr_assert_eq(lm.nconverting, 0);
+	cr_assert_eq(lockmgr_next_deadline(&lm), LM_FOREVER);
+	done();
+	/* Readers are welcome again, and the holder may ask again. */
+	must_grant(&ow[2], "db", LM_SHARED, 111);
+	cr_assert_eq(conv(&ow[0], r1, LM_EXCLUSIVE, 10, 6, 112),
+		     LM_CONV_WAITING);
+}
+
+Test(lockmgr, upgrade_timeout_lets_the_readers_it_held_back_through)
+{
+	uint64_t r1 = must_grant(&ow[0], "db", LM_SHARED, 0);
+	uint64_t r3, w;
+
+	must_grant(&ow[1], "db", LM_SHARED, 1);
+	cr_assert_eq(conv(&ow[0], r1, LM_EXCLUSIVE, 50, 5, 2),
+		     LM_CONV_WAITING);
+	r3 = must_queue(&ow[2], "db", LM_SHARED, LM_FOREVER, 3);
+	w = must_queue(&ow[3], "db", LM_EXCLUSIVE, LM_FOREVER, 4);
+	done();
+	lockmgr_tick(&lm, 52);
+	cr_assert_eq(must_conv(LM_EV_ENDED, r1)->end, LM_END_TIMEOUT);
+	cr_assert_not_null(find_conv(LM_EV_GRANTED, r3, false));
+	cr_assert(ev_index(must_conv(LM_EV_ENDED, r1)) <
+		  ev_index(find_conv(LM_EV_GRANTED, r3, false)));
+	cr_assert(is_waiting(w));
+}
+
+Test(lockmgr, try_once_upgrade_would_block_while_others_read)
+{
+	uint64_t r1 = must_grant(&ow[0], "db", LM_SHARED, 0);
+	uint64_t t1 = lease(r1)->token;
+
+	must_grant(&ow[1], "db", LM_SHARED, 1);
+	done();
+	cr_assert_eq(conv(&ow[0], r1, LM_EXCLUSIVE, 0, 5, 2),
+		     LM_CONV_ERR_WOULD_BLOCK);
+	cr_assert_eq(nev(), 0);
+	cr_assert_eq(lease(r1)->mode, LM_SHARED);
+	cr_assert_eq(lease(r1)->token, t1);
+	cr_assert_not(lease(r1)->converting);
+	cr_assert_null(find_res("db")->converting);
+	cr_assert_eq(lockmgr_next_deadline(&lm), LM_FOREVER);
+}
+
+Test(lockmgr, try_once_upgrade_of_a_lone_reader_is_done)
+{
+	uint64_t r1 = must_grant(&ow[0], "db", LM_SHARED, 0);
+
+	done();
+	cr_assert_eq(conv(&ow[0], r1, LM_EXCLUSIVE, 0, 5, 2), LM_CONV_DONE);
+	cr_assert_eq(lease(r1)->mode, LM_EXCLUSIVE);
+}
+
+Test(lockmgr, death_while_converting_ends_the_upgrade_then_the_lease)
+{
+	uint64_t r1 = grant_delayed(&ow[0], "db", LM_SHARED, 0, 300, 0);
+	uint64_t r2 = must_grant(&ow[1], "db", LM_SHARED, 1);
+	uint64_t w = must_queue(&ow[2], "db", LM_EXCLUSIVE, LM_FOREVER, 2);
+	const struct lm_event *c, *l;
+
+	cr_assert_eq(conv(&ow[0], r1, LM_EXCLUSIVE, 500, 5, 3),
+		     LM_CONV_WAITING);
+	done();
+	lockmgr_drop_owner(&lm, &ow[0], LM_END_DISCONNECT, 10);
+	c = must_conv(LM_EV_ENDED, r1);
+	l = find_conv(LM_EV_ENDED, r1, false);
+	cr_assert_not_null(l);
+	cr_assert(ev_index(c) < ev_index(l), "the upgrade ends first");
+	cr_assert_eq(c->end, LM_END_DISCONNECT);
+	cr_assert_eq(c->tag, 5);
+	cr_assert_not(c->held);
+	cr_assert_eq(l->end, LM_END_DISCONNECT);
+	cr_assert(l->held);
+	cr_assert_eq(l->tag, 0, "the lease's event has the acquire's tag");
+	cr_assert_null(lockmgr_lease(&lm, r1));
+	cr_assert_null(find_res("db")->converting);
+	cr_assert_eq(lm.nconverting, 0);
+	cr_assert(is_held(r2) && is_waiting(w));
+	/* Lock-delay as for any unclean end; the upgrade's timeout is gone. */
+	cr_assert_eq(lockmgr_next_deadline(&lm), 310);
+	done();
+	cr_assert_eq(lockmgr_release(&lm, &ow[1], r2, false, 20), 0);
+	cr_assert(is_waiting(w));
+	done();
+	lockmgr_tick(&lm, 310);
+	cr_assert(is_held(w));
+}
+
+Test(lockmgr, expiry_while_converting_ends_the_upgrade_as_expired)
+{
+	uint64_t r1 = grant_delayed(&ow[0], "db", LM_SHARED, 100, 0, 0);
+	uint64_t r2 = must_grant(&ow[1], "db", LM_SHARED, 1);
+
+	cr_assert_eq(conv(&ow[0], r1, LM_EXCLUSIVE, LM_FOREVER, 5, 3),
+		     LM_CONV_WAITING);
+	done();
+	lockmgr_tick(&lm, 100);
+	cr_assert_eq(nev(), 2);
+	cr_assert_eq(must_conv(LM_EV_ENDED, r1)->end, LM_END_EXPIRED);
+	cr_assert_eq(find_conv(LM_EV_ENDED, r1, false)->end, LM_END_EXPIRED);
+	cr_assert_null(lockmgr_lease(&lm, r1));
+	cr_assert(is_held(r2));
+	cr_assert_null(find_res("db")->converting);
+}
+
+Test(lockmgr, renew_keeps_a_converting_lease_alive)
+{
+	uint64_t r1 = grant_delayed(&ow[0], "db", LM_SHARED, 100, 0, 0);
+	uint64_t r2 = must_grant(&ow[1], "db", LM_SHARED, 1);
+
+	cr_assert_eq(conv(&ow[0], r1, LM_EXCLUSIVE, LM_FOREVER, 5, 3),
+		     LM_CONV_WAITING);
+	cr_assert_eq(lockmgr_renew(&lm, &ow[0], r1, 0, 90), 0);
+	done();
+	lockmgr_tick(&lm, 150);
+	cr_assert_eq(nev(), 0);
+	cr_assert_eq(lockmgr_release(&lm, &ow[1], r2, false, 160), 0);
+	cr_assert_eq(must_conv(LM_EV_GRANTED, r1)->ttl_ns, 100);
+	cr_assert_eq(lockmgr_next_deadline(&lm), 190, "expiry unchanged");
+}
+
+Test(lockmgr, revoke_and_release_while_converting_end_the_upgrade_too)
+{
+	uint64_t r1 = must_grant(&ow[0], "db", LM_SHARED, 0);
+	uint64_t r2 = must_grant(&ow[1], "db", LM_SHARED, 1);
+	uint64_t r3 = must_grant(&ow[2], "db", LM_SHARED, 2);
+
+	cr_assert_eq(conv(&ow[0], r1, LM_EXCLUSIVE, LM_FOREVER, 5, 3),
+		     LM_CONV_WAITING);
+	done();
+	cr_assert_eq(lockmgr_revoke_lease(&lm, r1, 4), 0);
+	cr_assert_eq(must_conv(LM_EV_ENDED, r1)->end, LM_END_ADMIN);
+	cr_assert_eq(find_conv(LM_EV_ENDED, r1, false)->end, LM_END_ADMIN);
+	done();
+
+	cr_assert_eq(conv(&ow[1], r2, LM_EXCLUSIVE, LM_FOREVER, 6, 5),
+		     LM_CONV_WAITING);
+	cr_assert_eq(lockmgr_release(&lm, &ow[1], r2, false, 6), 0);
+	cr_assert_eq(must_conv(LM_EV_ENDED, r2)->end, LM_END_RELEASE);
+	cr_assert_eq(find_conv(LM_EV_ENDED, r2, false)->end, LM_END_RELEASE);
+	done();
+
+	cr_assert_eq(conv(&ow[2], r3, LM_EXCLUSIVE, LM_FOREVER, 7, 7),
+		     LM_CONV_DONE, "alone now");
+	done();
+	cr_assert_eq(lockmgr_revoke_pid(&lm, ow[2].pid, 8), 1);
+	cr_assert_null(find_conv(LM_EV_ENDED, r3, true), "nothing waited");
+}
+
+Test(lockmgr, revoke_pid_and_storage_loss_end_a_waiting_upgrade_first)
+{
+	uint64_t r1 = must_grant(&ow[0], "db", LM_SHARED, 0);
+	uint64_t r2 = must_grant(&ow[1], "db", LM_SHARED, 1);
+
+	cr_assert_eq(conv(&ow[0], r1, LM_EXCLUSIVE, LM_FOREVER, 5, 3),
+		     LM_CONV_WAITING);
+	done();
+	cr_assert_eq(lockmgr_revoke_pid(&lm, ow[1].pid, 4), 1);
+	/* The other reader is gone: the upgrade goes through at once. */
+	cr_assert_eq(must_conv(LM_EV_GRANTED, r1)->mode, LM_EXCLUSIVE);
+	done();
+	r2 = must_queue(&ow[1], "db", LM_SHARED, LM_FOREVER, 5);
+	cr_assert_eq(conv(&ow[0], r1, LM_SHARED, LM_FOREVER, 6, 6),
+		     LM_CONV_DONE);
+	cr_assert(is_held(r2));
+	cr_assert_eq(conv(&ow[0], r1, LM_EXCLUSIVE, LM_FOREVER, 7, 7),
+		     LM_CONV_WAITING);
+	done();
+	lockmgr_set_open(&lm, false, 8);
+	cr_assert_eq(lockmgr_revoke_all(&lm, LM_END_STORAGE_LOST, 8), 2);
+	cr_assert_eq(must_conv(LM_EV_ENDED, r1)->end, LM_END_STORAGE_LOST);
+	cr_assert(ev_index(must_conv(LM_EV_ENDED, r1)) <
+		  ev_index(find_conv(LM_EV_ENDED, r1, false)));
+	cr_assert_eq(lm.nconverting, 0);
+}
+
+Test(lockmgr, other_readers_death_grants_the_upgrade_after_its_lock_delay)
+{
+	uint64_t r1 = must_grant(&ow[0], "db", LM_SHARED, 0);
+	const struct lm_event *e;
+
+	grant_delayed(&ow[1], "db", LM_SHARED, 0, 200, 1);
+	cr_assert_eq(conv(&ow[0], r1, LM_EXCLUSIVE, LM_FOREVER, 5, 2),
+		     LM_CONV_WAITING);
+	done();
+	lockmgr_drop_owner(&lm, &ow[1], LM_END_DISCONNECT, 10);
+	cr_assert_null(find_conv(LM_EV_GRANTED, r1, true),
+		       "the dead reader's I/O settles first");
+	cr_assert_eq(lockmgr_next_deadline(&lm), 210);
+	done();
+	lockmgr_tick(&lm, 210);
+	e = must_conv(LM_EV_GRANTED, r1);
+	cr_assert_eq(e->waited_ns, 208);
+	cr_assert_not(e->immediate);
+}
+
+Test(lockmgr, clean_release_of_the_other_reader_grants_the_upgrade_at_once)
+{
+	uint64_t r1 = must_grant(&ow[0], "db", LM_SHARED, 0);
+	uint64_t r2 = grant_delayed(&ow[1], "db", LM_SHARED, 0, 200, 1);
+
+	cr_assert_eq(conv(&ow[0], r1, LM_EXCLUSIVE, LM_FOREVER, 5, 2),
+		     LM_CONV_WAITING);
+	done();
+	cr_assert_eq(lockmgr_release(&lm, &ow[1], r2, false, 10), 0);
+	cr_assert_not_null(must_conv(LM_EV_GRANTED, r1));
+}
+
+Test(lockmgr, upgrade_waits_while_the_gate_is_shut)
+{
+	uint64_t r1 = must_grant(&ow[0], "db", LM_SHARED, 0);
+
+	lockmgr_set_open(&lm, false, 1);
+	done();
+	cr_assert_eq(conv(&ow[0], r1, LM_EXCLUSIVE, 0, 5, 2),
+		     LM_CONV_ERR_WOULD_BLOCK);
+	cr_assert_eq(conv(&ow[0], r1, LM_EXCLUSIVE, LM_FOREVER, 6, 3),
+		     LM_CONV_WAITING);
+	cr_assert_eq(nev(), 0);
+	lockmgr_set_open(&lm, true, 4);
+	cr_assert_eq(must_conv(LM_EV_GRANTED, r1)->tag, 6);
+}
+
+Test(lockmgr, upgrade_without_a_token_left_stalls_until_tokens_come)
+{
+	uint64_t r1 = must_grant(&ow[0], "db", LM_SHARED, 0);
+	uint64_t t1 = lease(r1)->token;
+
+	lockmgr_set_tokens(&lm, t1, t1);
+	done();
+	cr_assert_eq(conv(&ow[0], r1, LM_EXCLUSIVE, LM_FOREVER, 5, 2),
+		     LM_CONV_WAITING);
+	cr_assert_eq(count_kind(LM_EV_NEED_TOKENS), 1);
+	cr_assert_eq(lease(r1)->mode, LM_SHARED);
+	done();
+	lockmgr_add_tokens(&lm, t1 + 10, 3);
+	cr_assert_eq(must_conv(LM_EV_GRANTED, r1)->token, t1 + 1);
+	cr_assert_eq(lease(r1)->mode, LM_EXCLUSIVE);
+}
+
+Test(lockmgr, tokens_grow_across_upgrades_and_stay_on_downgrades)
+{
+	uint64_t r1, r2, a, t[6];
+
+	lockmgr_set_tokens(&lm, 5000, UINT64_MAX);
+	r1 = must_grant(&ow[0], "db", LM_SHARED, 0);
+	t[0] = lease(r1)->token;
+	a = must_grant(&ow[1], "other", LM_EXCLUSIVE, 1);
+	cr_assert_eq(conv(&ow[0], r1, LM_EXCLUSIVE, 0, 5, 2), LM_CONV_DONE);
+	t[1] = lease(r1)->token;
+	cr_assert_eq(conv(&ow[0], r1, LM_SHARED, 0, 6, 3), LM_CONV_DONE);
+	t[2] = lease(r1)->token;
+	r2 = must_grant(&ow[2], "db", LM_SHARED, 4);
+	t[3] = lease(r2)->token;
+	cr_assert_eq(lockmgr_release(&lm, &ow[2], r2, false, 5), 0);
+	cr_assert_eq(conv(&ow[0], r1, LM_EXCLUSIVE, 0, 7, 6), LM_CONV_DONE);
+	t[4] = lease(r1)->token;
+	t[5] = lease(a)->token;
+	cr_assert_eq(t[0], 5001);
+	cr_assert_eq(t[5], 5002);
+	cr_assert_eq(t[1], 5003, "upgrade: above every earlier token");
+	cr_assert_eq(t[2], t[1], "downgrade: the same token");
+	cr_assert_eq(t[3], 5004);
+	cr_assert_eq(t[4], 5005);
+	cr_assert_eq(lm.last_token, 5005);
+}
+
+Test(lockmgr, convert_to_the_mode_held_withdraws_a_waiting_upgrade)
+{
+	uint64_t r1 = must_grant(&ow[0], "db", LM_SHARED, 0);
+	uint64_t t1 = lease(r1)->token;
+	uint64_t r3;
+	const struct lm_event *end, *c, *g;
+
+	must_grant(&ow[1], "db", LM_SHARED, 1);
+	cr_assert_eq(conv(&ow[0], r1, LM_EXCLUSIVE, 1000, 5, 2),
+		     LM_CONV_WAITING);
+	r3 = must_queue(&ow[2], "db", LM_SHARED, LM_FOREVER, 3);
+	done();
+	cr_assert_eq(conv(&ow[0], r1, LM_SHARED, LM_FOREVER, 6, 10),
+		     LM_CONV_DONE);
+	end = must_conv(LM_EV_ENDED, r1);
+	c = must_conv(LM_EV_GRANTED, r1);
+	g = find_conv(LM_EV_GRANTED, r3, false);
+	cr_assert_eq(end->end, LM_END_CANCEL);
+	cr_assert_eq(end->tag, 5);
+	cr_assert_eq(end->waited_ns, 8);
+	cr_assert_eq(c->tag, 6);
+	cr_assert_eq(c->mode, LM_SHARED);
+	cr_assert_eq(c->was, LM_SHARED);
+	cr_assert_eq(c->token, t1);
+	cr_assert_not_null(g, "the reader held back by the upgrade goes");
+	cr_assert(ev_index(end) < ev_index(c) && ev_index(c) < ev_index(g));
+	cr_assert_not(lease(r1)->converting);
+	cr_assert_eq(lockmgr_next_deadline(&lm), LM_FOREVER);
+}
+
+Test(lockmgr, convert_to_the_mode_held_is_done_and_changes_nothing)
+{
+	uint64_t x = must_grant(&ow[0], "db", LM_EXCLUSIVE, 0);
+	uint64_t t = lease(x)->token;
+	uint64_t w = must_queue(&ow[1], "db", LM_SHARED, LM_FOREVER, 1);
+
+	done();
+	cr_assert_eq(conv(&ow[0], x, LM_EXCLUSIVE, 0, 5, 2), LM_CONV_DONE);
+	cr_assert_eq(nev(), 1);
+	cr_assert_eq(must_conv(LM_EV_GRANTED, x)->token, t);
+	cr_assert_eq(lease(x)->mode, LM_EXCLUSIVE);
+	cr_assert(is_waiting(w));
+}
+
+Test(lockmgr, convert_of_a_pending_unknown_or_foreign_lease_is_refused)
+{
+	uint64_t x = must_grant(&ow[0], "db", LM_EXCLUSIVE, 0);
+	uint64_t w = must_queue(&ow[1], "db", LM_SHARED, LM_FOREVER, 1);
+
+	done();
+	cr_assert_eq(conv(&ow[1], w, LM_EXCLUSIVE, LM_FOREVER, 5, 2),
+		     LM_CONV_ERR_NOT_HELD);
+	cr_assert_eq(conv(&ow[1], x, LM_SHARED, LM_FOREVER, 5, 2),
+		     LM_CONV_ERR_UNKNOWN);
+	cr_assert_eq(conv(&ow[0], 424242, LM_SHARED, LM_FOREVER, 5, 2),
+		     LM_CONV_ERR_UNKNOWN);
+	cr_assert_eq(nev(), 0);
+	cr_assert_eq(lease(x)->mode, LM_EXCLUSIVE);
+	cr_assert_eq(lease(w)->mode, LM_SHARED);
+}
+
+Test(lockmgr, waiting_upgrades_on_two_resources_do_not_interfere)
+{
+	uint64_t a1 = must_grant(&ow[0], "a", LM_SHARED, 0);
+	uint64_t b1 = must_grant(&ow[1], "b", LM_SHARED, 0);
+	uint64_t a2 = must_grant(&ow[2], "a", LM_SHARED, 0);
+
+	must_grant(&ow[3], "b", LM_SHARED, 0);
+	cr_assert_eq(conv(&ow[0], a1, LM_EXCLUSIVE, LM_FOREVER, 5, 1),
+		     LM_CONV_WAITING);
+	cr_assert_eq(conv(&ow[1], b1, LM_EXCLUSIVE, LM_FOREVER, 6, 1),
+		     LM_CONV_WAITING, "no deadlock across resources");
+	cr_assert_eq(lm.nconverting, 2);
+	done();
+	cr_assert_eq(lockmgr_release(&lm, &ow[2], a2, false, 2), 0);
+	cr_assert_not_null(must_conv(LM_EV_GRANTED, a1));
+	cr_assert_null(find_conv(LM_EV_GRANTED, b1, true));
+	cr_assert_eq(lm.nconverting, 1);
+}
+
 /* ================================================= randomized model test */
 
 /*
