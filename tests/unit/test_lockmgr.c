@@ -2449,7 +2449,10 @@ Test(lockmgr, waiting_upgrades_on_two_resources_do_not_interfere)
 /*
  * The reference model. It knows only the contract: strict FIFO per
  * resource, shared runs granted together, the gate, lock-delay after an
- * unclean end, the token limit, the limits and their refusals. It tracks
+ * unclean end, the token limit, the limits and their refusals, and
+ * conversion: downgrades at once, one waiting upgrade per resource ahead of
+ * the queue, deadlock refusals, and a waiting upgrade ending just before its
+ * lease. It tracks
  * every live request, replays each event against its own state and checks
  * it is allowed at that moment, then compares the whole state with the
  * lock manager's after every step.
@@ -2473,6 +2476,8 @@ struct mreq {
 	uint64_t deadline; /* waiting: timeout; held: expiry; or FOREVER */
 	uint64_t ttl, delay, token;
 	uint32_t last_pos;
+	bool converting; /* its upgrade waits */
+	uint64_t conv_tag, t_conv, conv_deadline;
 };
 
 enum m_op {
@@ -2486,7 +2491,31 @@ enum m_op {
 	OP_REVOKE_PID,
 	OP_GATE,
 	OP_TOKENS,
+	OP_CONVERT,
 };
+
+/*
+ * What the random walks reached, summed over every seed, so the test can
+ * insist that each conversion path was taken at least once.
+ */
+enum m_cov {
+	COV_DONE_UP,
+	COV_DONE_DOWN,
+	COV_DONE_SAME,
+	COV_WAITING,
+	COV_ERR_UNKNOWN,
+	COV_ERR_NOT_HELD,
+	COV_ERR_PENDING,
+	COV_ERR_WOULD_BLOCK,
+	COV_ERR_DEADLOCK,
+	COV_UP_AFTER_WAIT,
+	COV_CONV_TIMEOUT,
+	COV_CONV_CANCEL,
+	COV_CONV_WITH_LEASE,
+	COV_DOWN_GRANTS,
+	COV_N
+};
+static uint64_t m_cov[COV_N];
 
 struct model {
 	uint64_t seed;
@@ -2512,6 +2541,10 @@ struct model {
 	uint32_t op_pid;
 	enum lm_end op_why;
 	uint64_t new_id; /* the request this step's acquire made, or 0 */
+	uint64_t op_tag; /* this step's convert: its tag and mode */
+	enum lm_mode op_mode;
+	uint64_t expect_end; /* a lease whose ENDED must come next, or 0 */
+	enum lm_end expect_why;
 };
 
 #define MCHECK(m, cond, ...)                                                   \
@@ -2688,11 +2721,22 @@ m_remove(struct model *m, struct mreq *r)
 	*r = m->live[--m->nlive];
 }
 
+/* The holder of res whose upgrade waits, or NULL. */
+static struct mreq *
+m_converter(struct model *m, int res)
+{
+	for (int i = 0; i < m->nlive; i++) {
+		if (m->live[i].res == res && m->live[i].converting)
+			return &m->live[i];
+	}
+	return NULL;
+}
+
 static bool
 m_blocked(struct model *m, int res, enum lm_mode mode)
 {
 	return !m->open || m->delayed[res] || m_count(m, res, false) > 0 ||
-	       !m_compatible(m, res, mode);
+	       m_converter(m, res) != NULL || !m_compatible(m, res, mode);
 }
 
 static uint64_t
@@ -2717,13 +2761,81 @@ m_event(struct model *m, const struct lm_event *e, struct lm_owner *owners)
 		res = m_res_of(e->res);
 		MCHECK(m, res == r->res, "event names the wrong resource");
 		MCHECK(m, e->owner == &owners[r->owner], "wrong owner");
-		MCHECK(m, e->tag == r->tag, "wrong tag");
-		MCHECK(m, e->mode == r->mode, "wrong mode");
+		if (!e->convert) {
+			MCHECK(m, e->tag == r->tag, "wrong tag");
+			MCHECK(m, e->mode == r->mode, "wrong mode");
+		}
+	}
+	/* A waiting upgrade that ended with its lease: the lease is next. */
+	if (m->expect_end != 0) {
+		MCHECK(m,
+		       e->kind == LM_EV_ENDED && !e->convert &&
+			   e->lease_id == m->expect_end &&
+			   e->end == m->expect_why,
+		       "lease %" PRIu64 " did not end right after its upgrade",
+		       m->expect_end);
+		m->expect_end = 0;
+	}
+	if (e->convert) {
+		MCHECK(m, e->kind == LM_EV_GRANTED || e->kind == LM_EV_ENDED,
+		       "convert flag on event %d", e->kind);
+		MCHECK(m, r->held, "conversion event for a pending request");
+		MCHECK(m, e->ttl_ns == r->ttl || e->kind == LM_EV_ENDED,
+		       "ttl in a conversion");
 	}
 
 	switch (e->kind) {
 	case LM_EV_GRANTED: {
 		struct mreq *h = m_head(m, res);
+
+		if (e->convert) {
+			if (r->converting) {
+				MCHECK(m, !e->immediate, "waited, yet immediate");
+				MCHECK(m, e->tag == r->conv_tag, "upgrade tag");
+				MCHECK(m, e->waited_ns == m->now - r->t_conv,
+				       "upgrade waited_ns");
+				MCHECK(m,
+				       e->mode == LM_EXCLUSIVE &&
+					   e->was == LM_SHARED &&
+					   r->mode == LM_SHARED,
+				       "only upgrades wait");
+				m_cov[COV_UP_AFTER_WAIT]++;
+			} else {
+				MCHECK(m,
+				       m->op == OP_CONVERT && r->id == m->op_id,
+				       "conversion nobody asked for");
+				MCHECK(m, e->immediate, "not immediate");
+				MCHECK(m, e->tag == m->op_tag, "convert tag");
+				MCHECK(m, e->waited_ns == 0, "waited_ns");
+				MCHECK(m,
+				       e->was == r->mode &&
+					   e->mode == m->op_mode,
+				       "modes of the conversion");
+			}
+			if (e->was == LM_SHARED && e->mode == LM_EXCLUSIVE) {
+				MCHECK(m, m->open, "upgrade with the gate shut");
+				MCHECK(m, !m->delayed[res],
+				       "upgrade during lock-delay");
+				MCHECK(m, m_count(m, res, true) == 1,
+				       "upgrade beside other holders");
+				MCHECK(m, e->token > m->last_token,
+				       "upgrade token %" PRIu64
+				       " not above %" PRIu64,
+				       e->token, m->last_token);
+				MCHECK(m, e->token <= m->limit,
+				       "token beyond the limit");
+				m->last_token = e->token;
+				r->token = e->token;
+			} else {
+				MCHECK(m, e->token == r->token,
+				       "a downgrade or no-op changed the token");
+			}
+			r->mode = e->mode;
+			r->converting = false;
+			break;
+		}
+		MCHECK(m, m_converter(m, res) == NULL,
+		       "lease %" PRIu64 " granted while an upgrade waits", r->id);
 
 		MCHECK(m, !r->held, "lease %" PRIu64 " granted twice", r->id);
 		MCHECK(m, m->open, "granted while the gate is shut");
@@ -2773,6 +2885,87 @@ m_event(struct model *m, const struct lm_event *e, struct lm_owner *owners)
 	case LM_EV_ENDED: {
 		enum lm_end want;
 
+		if (e->convert) {
+			bool with_lease = true;
+
+			MCHECK(m, r->converting, "no upgrade waited");
+			MCHECK(m, !e->held, "held flag of an upgrade");
+			MCHECK(m, e->tag == r->conv_tag, "upgrade tag");
+			MCHECK(m, e->mode == LM_EXCLUSIVE, "upgrade mode");
+			MCHECK(m, e->waited_ns == m->now - r->t_conv,
+			       "upgrade waited_ns");
+			switch (m->op) {
+			case OP_CONVERT:
+				MCHECK(m, r->id == m->op_id,
+				       "withdrew another's upgrade");
+				want = LM_END_CANCEL;
+				with_lease = false;
+				break;
+			case OP_RELEASE:
+			case OP_CANCEL:
+				MCHECK(m, r->id == m->op_id,
+				       "release ended another's upgrade");
+				want = LM_END_RELEASE;
+				break;
+			case OP_DROP:
+				MCHECK(m, r->owner == m->op_owner,
+				       "drop ended another owner's upgrade");
+				want = m->op_why;
+				break;
+			case OP_REVOKE:
+				MCHECK(m, r->id == m->op_id,
+				       "revoke ended the wrong upgrade");
+				want = LM_END_ADMIN;
+				break;
+			case OP_REVOKE_PID:
+				MCHECK(m, m_pids[r->owner] == m->op_pid,
+				       "revoke_pid ended another pid's upgrade");
+				want = LM_END_ADMIN;
+				break;
+			case OP_TICK:
+				/* Whichever of its timeout and its lease's
+				 * expiry came first (either, when equal). */
+				if (e->end == LM_END_TIMEOUT) {
+					MCHECK(m,
+					       r->conv_deadline <= m->now &&
+						   r->conv_deadline <=
+						       r->deadline,
+					       "upgrade timed out early");
+					want = LM_END_TIMEOUT;
+					with_lease = false;
+				} else {
+					MCHECK(m,
+					       r->deadline <= m->now &&
+						   r->deadline <=
+						       r->conv_deadline,
+					       "upgrade ended by an expiry "
+					       "not due");
+					want = LM_END_EXPIRED;
+				}
+				break;
+			default:
+				MCHECK(m, false,
+				       "no upgrade may end in this operation");
+				want = LM_END_RELEASE;
+			}
+			MCHECK(m, e->end == want, "upgrade end %s, want %s",
+			       lockmgr_end_name(e->end),
+			       lockmgr_end_name(want));
+			r->converting = false;
+			if (with_lease) {
+				m->expect_end = r->id;
+				m->expect_why = want;
+				m_cov[COV_CONV_WITH_LEASE]++;
+			} else {
+				m_cov[want == LM_END_CANCEL
+					  ? COV_CONV_CANCEL
+					  : COV_CONV_TIMEOUT]++;
+			}
+			break;
+		}
+		MCHECK(m, !r->converting,
+		       "lease %" PRIu64 " ended before its waiting upgrade",
+		       r->id);
 		MCHECK(m, e->held == r->held, "held flag wrong");
 		switch (m->op) {
 		case OP_RELEASE:
@@ -2851,6 +3044,8 @@ m_events(struct model *m, struct lm_owner *owners)
 
 	for (size_t i = 0; i < n; i++)
 		m_event(m, &ev[i], owners);
+	MCHECK(m, m->expect_end == 0,
+	       "lease %" PRIu64 " outlived its ended upgrade", m->expect_end);
 }
 
 /* The whole state, after the step's events were replayed. */
@@ -2868,6 +3063,11 @@ m_check_state(struct model *m, struct lm_owner *owners)
 		MCHECK(m, q->owner == &owners[r->owner], "owner");
 		MCHECK(m, (q->state == LM_HELD) == r->held, "state of %" PRIu64,
 		       r->id);
+		MCHECK(m, q->mode == r->mode, "mode of %" PRIu64, r->id);
+		MCHECK(m, q->converting == r->converting,
+		       "converting flag of %" PRIu64, r->id);
+		if (r->converting && r->conv_deadline < next)
+			next = r->conv_deadline;
 		if (r->held) {
 			held++;
 			MCHECK(m, q->token == r->token, "token");
@@ -2891,6 +3091,14 @@ m_check_state(struct model *m, struct lm_owner *owners)
 	       held);
 	MCHECK(m, lm.nwaiting == (unsigned)waiting, "nwaiting %u, model %d",
 	       lm.nwaiting, waiting);
+	{
+		unsigned nconv = 0;
+
+		for (int res = 0; res < M_RES; res++)
+			nconv += m_converter(m, res) != NULL;
+		MCHECK(m, lm.nconverting == nconv, "nconverting %u, model %u",
+		       lm.nconverting, nconv);
+	}
 	for (int o = 0; o < M_OWNERS; o++)
 		MCHECK(m, owners[o].nreqs == (unsigned)m_owner_count(m, o),
 		       "owner %d nreqs", o);
@@ -2901,6 +3109,7 @@ m_check_state(struct model *m, struct lm_owner *owners)
 		    lockmgr_find(&lm, m_names[res], strlen(m_names[res]));
 		int nh = m_count(m, res, true), nw = m_count(m, res, false);
 		const struct mreq *h = m_head(m, res);
+		const struct mreq *cv = m_converter(m, res);
 		uint64_t max_held_seq = 0;
 		bool excl = false;
 
@@ -2912,6 +3121,10 @@ m_check_state(struct model *m, struct lm_owner *owners)
 		if (lr != NULL) {
 			MCHECK(m, lr->nholders == (unsigned)nh, "nholders");
 			MCHECK(m, lr->nwaiters == (unsigned)nw, "nwaiters");
+			MCHECK(m,
+			       lr->converting ==
+				   (cv ? lockmgr_lease(&lm, cv->id) : NULL),
+			       "conversion slot of %s", m_names[res]);
 		}
 		for (int i = 0; i < m->nlive; i++) {
 			const struct mreq *r = &m->live[i];
@@ -2927,10 +3140,15 @@ m_check_state(struct model *m, struct lm_owner *owners)
 		/* FIFO: nobody holds who asked after a waiter. */
 		MCHECK(m, h == NULL || max_held_seq < h->seq,
 		       "a later request holds while an earlier one waits");
-		/* No lost wake-up. */
+		/* No lost wake-up, for the upgrade or the queue behind it. */
+		MCHECK(m,
+		       cv == NULL || !m->open || m->delayed[res] ||
+			   m->last_token >= m->limit || nh > 1,
+		       "upgrade of %" PRIu64 " on %s could be done but waits",
+		       cv ? cv->id : 0, m_names[res]);
 		MCHECK(m,
 		       h == NULL || !m->open || m->delayed[res] ||
-			   m->last_token >= m->limit ||
+			   m->last_token >= m->limit || cv != NULL ||
 			   !m_compatible(m, res, h->mode),
 		       "lease %" PRIu64 " on %s could be granted but waits",
 		       h ? h->id : 0, m_names[res]);
@@ -2968,10 +3186,87 @@ m_pick_id(struct model *m, int o, bool *own)
 	return (1ull << 40) + m_below(m, 1000);
 }
 
+/* Owner o converts one of its leases (or someone else's, or none). */
+static void
+m_convert_step(struct model *m, struct lm_owner *owners, int o)
+{
+	bool own, blocked;
+	uint64_t id = m_pick_id(m, o, &own), t = m_below(m, 10);
+	struct mreq *r = m_find(m, id);
+	struct lm_convert c;
+	enum lm_conv_result want, got;
+	size_t before = 0, n;
+
+	m->op = OP_CONVERT;
+	m->op_id = id;
+	memset(&c, 0, sizeof c);
+	c.lease_id = id;
+	/* Mostly a real change of mode; sometimes the mode held. */
+	if (r != NULL && m_below(m, 4) != 0)
+		c.mode = r->mode == LM_SHARED ? LM_EXCLUSIVE : LM_SHARED;
+	else
+		c.mode = m_below(m, 2) ? LM_SHARED : LM_EXCLUSIVE;
+	c.timeout_ns = t < 3 ? 0 : t < 6 ? LM_FOREVER : 1 + m_below(m, 200);
+	c.tag = m->op_tag = ++m->tagseq;
+	m->op_mode = c.mode;
+
+	if (!own)
+		want = LM_CONV_ERR_UNKNOWN;
+	else if (!r->held)
+		want = LM_CONV_ERR_NOT_HELD;
+	else if (c.mode == r->mode || c.mode == LM_SHARED)
+		want = LM_CONV_DONE; /* a waiting upgrade is shared */
+	else if (r->converting)
+		want = LM_CONV_ERR_PENDING;
+	else if (m_converter(m, r->res) != NULL)
+		want = LM_CONV_ERR_DEADLOCK;
+	else {
+		blocked = !m->open || m->delayed[r->res] ||
+			  m_count(m, r->res, true) > 1;
+		if (blocked && c.timeout_ns == 0)
+			want = LM_CONV_ERR_WOULD_BLOCK;
+		else if (!blocked && m->last_token < m->limit)
+			want = LM_CONV_DONE;
+		else
+			want = LM_CONV_WAITING;
+	}
+
+	if (want == LM_CONV_DONE)
+		before = (size_t)m_count(m, r->res, true);
+	got = lockmgr_convert(&lm, &owners[o], &c, m->now);
+	MCHECK(m, got == want, "convert gave %d, model %d", got, want);
+	switch (got) {
+	case LM_CONV_DONE:
+		m_cov[c.mode == r->mode		  ? COV_DONE_SAME
+		      : c.mode == LM_EXCLUSIVE ? COV_DONE_UP
+					       : COV_DONE_DOWN]++;
+		m_events(m, owners);
+		MCHECK(m, r->mode == c.mode && !r->converting,
+		       "convert done, yet lease %" PRIu64 " is %s", r->id,
+		       lockmgr_mode_name(r->mode));
+		if ((size_t)m_count(m, r->res, true) > before)
+			m_cov[COV_DOWN_GRANTS]++;
+		break;
+	case LM_CONV_WAITING:
+		m_cov[COV_WAITING]++;
+		r->converting = true;
+		r->conv_tag = c.tag;
+		r->t_conv = m->now;
+		r->conv_deadline = m_after(m->now, c.timeout_ns);
+		m_events(m, owners);
+		MCHECK(m, r->converting, "a waiting upgrade was done");
+		break;
+	default:
+		m_cov[got - LM_CONV_ERR_UNKNOWN + COV_ERR_UNKNOWN]++;
+		lockmgr_events(&lm, &n);
+		MCHECK(m, n == 0, "refused convert queued events");
+	}
+}
+
 static void
 m_step(struct model *m, struct lm_owner *owners)
 {
-	uint64_t roll = m_below(m, 100);
+	uint64_t roll = m_below(m, 112);
 	int o = (int)m_below(m, M_OWNERS);
 
 	m->new_id = 0;
@@ -3153,7 +3448,7 @@ m_step(struct model *m, struct lm_owner *owners)
 		m->open = open;
 		lockmgr_set_open(&lm, open, m->now);
 		m_events(m, owners);
-	} else {
+	} else if (roll < 100) {
 		m->op = OP_TOKENS;
 		if (m->limit != UINT64_MAX) {
 			m->limit += m_below(m, 4);
@@ -3162,6 +3457,8 @@ m_step(struct model *m, struct lm_owner *owners)
 			lockmgr_add_tokens(&lm, UINT64_MAX, m->now);
 		}
 		m_events(m, owners);
+	} else {
+		m_convert_step(m, owners, o);
 	}
 
 	lockmgr_events_done(&lm);
@@ -3246,7 +3543,9 @@ m_run(uint64_t seed, int steps)
 	MCHECK(m, m->nlive == 0, "requests left");
 	MCHECK(m, m->issued == m->ended,
 	       "%" PRIu64 " issued, %" PRIu64 " ended", m->issued, m->ended);
-	MCHECK(m, lm.nres == 0 && lm.nheld == 0 && lm.nwaiting == 0,
+	MCHECK(m,
+	       lm.nres == 0 && lm.nheld == 0 && lm.nwaiting == 0 &&
+		   lm.nconverting == 0,
 	       "manager not empty");
 	MCHECK(m, lockmgr_next_deadline(&lm) == LM_FOREVER, "timers left");
 	MCHECK(m, !m->busy, "still busy");
@@ -3257,8 +3556,28 @@ m_run(uint64_t seed, int steps)
 }
 
 /* The model test owns its manager, so it skips the fixture. */
-Test(lockmgr_model, random_operations_keep_every_invariant, .timeout = 60)
+/* LOCKMGR_MODEL_SEEDS runs more seeds than the default, for a long soak. */
+Test(lockmgr_model, random_operations_keep_every_invariant, .timeout = 600)
 {
-	for (uint64_t seed = 1; seed <= M_SEEDS; seed++)
+	static const char *const cov_names[COV_N] = {
+	    "done_up",		"done_down",	"done_same",
+	    "waiting",		"err_unknown",	"err_not_held",
+	    "err_pending",	"err_would_block", "err_deadlock",
+	    "up_after_wait",	"conv_timeout", "conv_cancel",
+	    "conv_with_lease", "down_grants",
+	};
+	const char *env = getenv("LOCKMGR_MODEL_SEEDS");
+	uint64_t seeds = env ? strtoull(env, NULL, 10) : M_SEEDS;
+
+	if (seeds == 0)
+		seeds = M_SEEDS;
+	memset(m_cov, 0, sizeof m_cov);
+	for (uint64_t seed = 1; seed <= seeds; seed++)
 		m_run(seed, M_STEPS);
+	cr_log_info("model: %" PRIu64 " seeds of %d steps", seeds, M_STEPS);
+	for (int k = 0; k < COV_N; k++) {
+		cr_log_info("model: %s %" PRIu64, cov_names[k], m_cov[k]);
+		cr_expect_gt(m_cov[k], 0, "the walk never reached %s",
+			     cov_names[k]);
+	}
 }
