@@ -64,15 +64,14 @@ enum lm_result {
 
 /* The outcome of lockmgr_convert(). */
 enum lm_conv_result {
-	LM_CONV_DONE,		 /* converted now; an LM_EV_GRANTED with .convert
-				    was queued */
+	LM_CONV_DONE,		 /* done; a GRANTED with .convert queued */
 	LM_CONV_WAITING,	 /* the upgrade waits for the other holders */
 	LM_CONV_ERR_UNKNOWN,	 /* the owner has no such lease or request */
-	LM_CONV_ERR_NOT_HELD,	 /* the request is still waiting to be granted */
+	LM_CONV_ERR_NOT_HELD,	 /* the request is not granted yet */
 	LM_CONV_ERR_PENDING,	 /* an upgrade of this lease already waits */
-	LM_CONV_ERR_WOULD_BLOCK, /* try-once upgrade and it would have to wait */
-	LM_CONV_ERR_DEADLOCK,	 /* another holder's upgrade waits: both would
-				    wait for each other for ever */
+	LM_CONV_ERR_WOULD_BLOCK, /* try-once upgrade, and it would wait */
+	LM_CONV_ERR_DEADLOCK,	 /* another holder's upgrade waits: each
+				    would wait for the other for ever */
 };
 
 enum lm_req_state { LM_WAITING, LM_HELD };
@@ -116,8 +115,8 @@ struct lm_req {
 	bool moved;	    /* on lockmgr->moved: its position update waits */
 	bool converting;    /* held shared, its upgrade waits (res->converting);
 			       shown by status */
-	uint64_t conv_tag;  /* the waiting upgrade's caller value (request id) */
-	uint64_t t_conv;    /* ns, when the waiting upgrade was asked for */
+	uint64_t conv_tag;  /* the waiting upgrade's caller value */
+	uint64_t t_conv;    /* ns, when the waiting upgrade was asked */
 	struct lm_timer timer; /* timeout while waiting, expiry while held */
 	struct lm_timer conv_timer; /* the waiting upgrade's timeout */
 
@@ -269,8 +268,8 @@ int lockmgr_release(struct lockmgr *lm, struct lm_owner *o, uint64_t key,
 struct lm_convert {
 	uint64_t lease_id;
 	enum lm_mode mode;   /* the mode wanted */
-	uint64_t timeout_ns; /* upgrade: LM_FOREVER waits forever; 0: try once */
-	uint64_t tag;	     /* caller's value, echoed in the convert's events */
+	uint64_t timeout_ns; /* upgrade: LM_FOREVER, or 0 to try once */
+	uint64_t tag;	     /* caller's value, echoed in its events */
 };
 
 /*

@@ -39,7 +39,7 @@
 	X(upgraded_after_wait,                                              \
 	  "shared leases upgraded to exclusive after the other holders left") \
 	X(downgraded, "exclusive leases downgraded to shared")              \
-	X(upgrade_timeout, "upgrades that ran out of time, the lease kept shared") \
+	X(upgrade_timeout, "upgrades that ran out of time, lease kept shared") \
 	X(upgrade_deadlock,                                                 \
 	  "upgrades refused because another holder's upgrade already waited")
 

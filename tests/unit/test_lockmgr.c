@@ -1809,10 +1809,8 @@ static enum lm_conv_result
 conv(struct lm_owner *o, uint64_t id, enum lm_mode mode, uint64_t timeout_ns,
      uint64_t tag, uint64_t now)
 {
-	struct lm_convert c = {.lease_id = id,
-			       .mode = mode,
-			       .timeout_ns = timeout_ns,
-			       .tag = tag};
+	struct lm_convert c = {
+	    .lease_id = id, .mode = mode, .timeout_ns = timeout_ns, .tag = tag};
 
 	return lockmgr_convert(&lm, o, &c, now);
 }
@@ -1838,7 +1836,8 @@ must_conv(enum lm_ev_kind kind, uint64_t lease_id)
 {
 	const struct lm_event *e = find_conv(kind, lease_id, true);
 
-	cr_assert_not_null(e, "no conversion event of kind %d for lease %" PRIu64,
+	cr_assert_not_null(e,
+			   "no conversion event of kind %d for lease %" PRIu64,
 			   kind, lease_id);
 	return e;
 }
@@ -2111,8 +2110,7 @@ Test(lockmgr, upgrade_timeout_lets_the_readers_it_held_back_through)
 	uint64_t r3, w;
 
 	must_grant(&ow[1], "db", LM_SHARED, 1);
-	cr_assert_eq(conv(&ow[0], r1, LM_EXCLUSIVE, 50, 5, 2),
-		     LM_CONV_WAITING);
+	cr_assert_eq(conv(&ow[0], r1, LM_EXCLUSIVE, 50, 5, 2), LM_CONV_WAITING);
 	r3 = must_queue(&ow[2], "db", LM_SHARED, LM_FOREVER, 3);
 	w = must_queue(&ow[3], "db", LM_EXCLUSIVE, LM_FOREVER, 4);
 	done();
@@ -2790,7 +2788,8 @@ m_event(struct model *m, const struct lm_event *e, struct lm_owner *owners)
 
 		if (e->convert) {
 			if (r->converting) {
-				MCHECK(m, !e->immediate, "waited, yet immediate");
+				MCHECK(m, !e->immediate,
+				       "waited, yet immediate");
 				MCHECK(m, e->tag == r->conv_tag, "upgrade tag");
 				MCHECK(m, e->waited_ns == m->now - r->t_conv,
 				       "upgrade waited_ns");
@@ -2813,7 +2812,8 @@ m_event(struct model *m, const struct lm_event *e, struct lm_owner *owners)
 				       "modes of the conversion");
 			}
 			if (e->was == LM_SHARED && e->mode == LM_EXCLUSIVE) {
-				MCHECK(m, m->open, "upgrade with the gate shut");
+				MCHECK(m, m->open,
+				       "upgrade with the gate shut");
 				MCHECK(m, !m->delayed[res],
 				       "upgrade during lock-delay");
 				MCHECK(m, m_count(m, res, true) == 1,
@@ -2827,15 +2827,17 @@ m_event(struct model *m, const struct lm_event *e, struct lm_owner *owners)
 				m->last_token = e->token;
 				r->token = e->token;
 			} else {
-				MCHECK(m, e->token == r->token,
-				       "a downgrade or no-op changed the token");
+				MCHECK(
+				    m, e->token == r->token,
+				    "a downgrade or no-op changed the token");
 			}
 			r->mode = e->mode;
 			r->converting = false;
 			break;
 		}
 		MCHECK(m, m_converter(m, res) == NULL,
-		       "lease %" PRIu64 " granted while an upgrade waits", r->id);
+		       "lease %" PRIu64 " granted while an upgrade waits",
+		       r->id);
 
 		MCHECK(m, !r->held, "lease %" PRIu64 " granted twice", r->id);
 		MCHECK(m, m->open, "granted while the gate is shut");
@@ -2918,8 +2920,9 @@ m_event(struct model *m, const struct lm_event *e, struct lm_owner *owners)
 				want = LM_END_ADMIN;
 				break;
 			case OP_REVOKE_PID:
-				MCHECK(m, m_pids[r->owner] == m->op_pid,
-				       "revoke_pid ended another pid's upgrade");
+				MCHECK(
+				    m, m_pids[r->owner] == m->op_pid,
+				    "revoke_pid ended another pid's upgrade");
 				want = LM_END_ADMIN;
 				break;
 			case OP_TICK:
@@ -3237,7 +3240,7 @@ m_convert_step(struct model *m, struct lm_owner *owners, int o)
 	MCHECK(m, got == want, "convert gave %d, model %d", got, want);
 	switch (got) {
 	case LM_CONV_DONE:
-		m_cov[c.mode == r->mode		  ? COV_DONE_SAME
+		m_cov[c.mode == r->mode	       ? COV_DONE_SAME
 		      : c.mode == LM_EXCLUSIVE ? COV_DONE_UP
 					       : COV_DONE_DOWN]++;
 		m_events(m, owners);
@@ -3560,10 +3563,10 @@ m_run(uint64_t seed, int steps)
 Test(lockmgr_model, random_operations_keep_every_invariant, .timeout = 600)
 {
 	static const char *const cov_names[COV_N] = {
-	    "done_up",		"done_down",	"done_same",
-	    "waiting",		"err_unknown",	"err_not_held",
-	    "err_pending",	"err_would_block", "err_deadlock",
-	    "up_after_wait",	"conv_timeout", "conv_cancel",
+	    "done_up",	       "done_down",	  "done_same",
+	    "waiting",	       "err_unknown",	  "err_not_held",
+	    "err_pending",     "err_would_block", "err_deadlock",
+	    "up_after_wait",   "conv_timeout",	  "conv_cancel",
 	    "conv_with_lease", "down_grants",
 	};
 	const char *env = getenv("LOCKMGR_MODEL_SEEDS");
