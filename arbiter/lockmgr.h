@@ -290,7 +290,9 @@ struct lm_convert {
  * and the other holders' leaving grants it. Its timeout (LM_END_TIMEOUT) or
  * withdrawal leaves the shared lease as it was; the lease's own end (release,
  * disconnect, expiry, revoke) ends it first, with the same reason.
- * LM_CONV_ERR_DEADLOCK when another holder's upgrade already waits.
+ * LM_CONV_ERR_DEADLOCK when another holder's upgrade already waits, even
+ * for a try-once: retrying could never succeed while it holds on, so the
+ * answer says to let go.
  *
  * Converting to the mode held is done at once and changes nothing, except
  * that it withdraws this lease's waiting upgrade (LM_END_CANCEL): that is how
