@@ -7,8 +7,13 @@
  * all shared and the head shared). A granted shared head lets the shared
  * requests right behind it through in the same pass; the first exclusive
  * request stops the pass, so nothing ever jumps a queued exclusive request.
+ * Ahead of the queue sits the conversion slot (conv_pass): a holder's
+ * waiting upgrade is granted first, once the other holders have left, and
+ * while it waits nothing behind it is granted, so neither a queued writer nor
+ * a stream of new readers can starve it.
  *
- * Deadlines (waiting timeouts, lease expiry, lock-delay ends) live in one
+ * Deadlines (waiting timeouts, lease expiry, upgrade timeouts, lock-delay
+ * ends) live in one
  * binary min-heap of struct lm_timer; lockmgr_tick() fires what is due.
  */
 #include <errno.h>
@@ -350,37 +355,131 @@ grant(struct lockmgr *lm, struct lm_res *res, struct lm_req *r, uint64_t now,
 	ev->immediate = immediate;
 }
 
-/* Grant the queue head, and the shared requests right behind a shared head. */
+/* No token left: record the stall (told once) and say so. */
+static bool
+out_of_tokens(struct lockmgr *lm, struct lm_res *res)
+{
+	if (lm->last_token < lm->token_limit)
+		return false;
+	if (!res->stalled) {
+		res->stalled = true;
+		TAILQ_INSERT_TAIL(&lm->stalled, res, st_entry);
+		ev_push(lm, LM_EV_NEED_TOKENS);
+	}
+	return true;
+}
+
+/* ------------------------------------------------------------ conversion */
+
+/* The outcome of a conversion that happened: r's lease is in its new mode. */
+static void
+conv_event(struct lockmgr *lm, const struct lm_req *r, enum lm_mode was,
+	   uint64_t tag, uint64_t waited_ns, bool immediate)
+{
+	struct lm_event *ev = ev_push(lm, LM_EV_GRANTED);
+
+	ev_from_req(ev, r);
+	ev->tag = tag;
+	ev->convert = true;
+	ev->was = was;
+	ev->token = r->token;
+	ev->ttl_ns = r->ttl_ns;
+	ev->waited_ns = waited_ns;
+	ev->immediate = immediate;
+}
+
+/* Take a waiting upgrade out of its resource's conversion slot. */
+static void
+conv_unlink(struct lockmgr *lm, struct lm_req *r)
+{
+	timer_disarm(lm, &r->conv_timer);
+	r->res->converting = NULL;
+	r->converting = false;
+	lm->nconverting--;
+}
+
+/* A waiting upgrade ends without happening; the lease stays shared. */
+static void
+conv_end(struct lockmgr *lm, struct lm_req *r, enum lm_end why, uint64_t now)
+{
+	struct lm_event *ev = ev_push(lm, LM_EV_ENDED);
+
+	ev_from_req(ev, r);
+	ev->tag = r->conv_tag;
+	ev->mode = LM_EXCLUSIVE;
+	ev->convert = true;
+	ev->end = why;
+	ev->waited_ns = now - r->t_conv;
+	conv_unlink(lm, r);
+}
+
+/* Shared to exclusive in place, with a fresh token: a new grant of the
+ * right to write, which storage must tell apart from every earlier one. */
+static void
+upgrade(struct lockmgr *lm, struct lm_req *r, uint64_t tag, uint64_t asked,
+	uint64_t now, bool immediate)
+{
+	r->mode = LM_EXCLUSIVE;
+	r->res->held_mode = LM_EXCLUSIVE;
+	r->token = ++lm->last_token;
+	conv_event(lm, r, LM_SHARED, tag, now - asked, immediate);
+}
+
+/*
+ * The conversion slot goes ahead of the queue: grant the waiting upgrade
+ * once its holder is the only one left. True while it still waits, which
+ * holds back everything queued behind it.
+ */
+static bool
+conv_pass(struct lockmgr *lm, struct lm_res *res, uint64_t now)
+{
+	struct lm_req *r = res->converting;
+	uint64_t tag, asked;
+
+	if (r == NULL)
+		return false;
+	if (gate_shut(lm, res) || res->nholders > 1 || out_of_tokens(lm, res))
+		return true;
+	tag = r->conv_tag;
+	asked = r->t_conv;
+	conv_unlink(lm, r);
+	upgrade(lm, r, tag, asked, now, false);
+	return false;
+}
+
+/* Grant the waiting upgrade, then the queue head, and the shared requests
+ * right behind a shared head. */
 static void
 grant_pass(struct lockmgr *lm, struct lm_res *res, uint64_t now)
 {
 	struct lm_req *head;
 	bool granted = false;
 
-	while ((head = TAILQ_FIRST(&res->waiters)) != NULL) {
-		if (gate_shut(lm, res) || !compatible(res, head->mode))
-			break;
-		if (lm->last_token >= lm->token_limit) {
-			if (!res->stalled) {
-				res->stalled = true;
-				TAILQ_INSERT_TAIL(&lm->stalled, res, st_entry);
-				ev_push(lm, LM_EV_NEED_TOKENS);
-			}
-			break;
+	if (!conv_pass(lm, res, now)) {
+		while ((head = TAILQ_FIRST(&res->waiters)) != NULL) {
+			if (gate_shut(lm, res) || !compatible(res, head->mode))
+				break;
+			if (out_of_tokens(lm, res))
+				break;
+			grant(lm, res, head, now, false);
+			granted = true;
 		}
-		grant(lm, res, head, now, false);
-		granted = true;
 	}
 	notify_positions(lm, res, granted, now);
 }
 
-/* Unlink a request from everything, queue its ENDED event and free it. */
+/* Unlink a request from everything, queue its ENDED event and free it. A
+ * waiting upgrade ends first, for the same reason, so no event names it
+ * after its lease is gone. */
 static void
 end_req(struct lockmgr *lm, struct lm_req *r, enum lm_end why, uint64_t now)
 {
 	struct lm_res *res = r->res;
-	struct lm_event *ev = ev_push(lm, LM_EV_ENDED);
+	struct lm_event *ev;
 
+	if (r->converting)
+		conv_end(lm, r, why, now);
+	ev = ev_push(lm, LM_EV_ENDED);
 	ev_from_req(ev, r);
 	ev->end = why;
 	ev->held = r->state == LM_HELD;
@@ -517,7 +616,7 @@ lockmgr_acquire(struct lockmgr *lm, struct lm_owner *o,
 	}
 	blocked = res != NULL &&
 		  (gate_shut(lm, res) || res->nwaiters > 0 ||
-		   !compatible(res, a->mode));
+		   res->converting != NULL || !compatible(res, a->mode));
 	if (res == NULL && !lm->open)
 		blocked = true;
 	if (blocked && a->timeout_ns == 0)
@@ -549,6 +648,8 @@ lockmgr_acquire(struct lockmgr *lm, struct lm_owner *o,
 	r->position_updates = a->position_updates;
 	r->timer.idx = -1;
 	r->timer.kind = LM_T_REQ;
+	r->conv_timer.idx = -1;
+	r->conv_timer.kind = LM_T_CONV;
 	HASH_ADD(hh, lm->reqs, id, sizeof r->id, r);
 	TAILQ_INSERT_TAIL(&o->reqs, r, o_entry);
 	o->nreqs++;
@@ -592,6 +693,64 @@ lockmgr_release(struct lockmgr *lm, struct lm_owner *o, uint64_t key,
 	       now);
 	check_idle(lm);
 	return 0;
+}
+
+enum lm_conv_result
+lockmgr_convert(struct lockmgr *lm, struct lm_owner *o,
+		const struct lm_convert *c, uint64_t now)
+{
+	struct lm_req *r = lockmgr_lease(lm, c->lease_id);
+	struct lm_res *res;
+	bool blocked;
+
+	if (r == NULL || r->owner != o)
+		return LM_CONV_ERR_UNKNOWN;
+	if (r->state != LM_HELD)
+		return LM_CONV_ERR_NOT_HELD;
+	res = r->res;
+	if (c->mode == r->mode) {
+		/* Nothing to change, but a waiting upgrade is given up. */
+		if (r->converting)
+			conv_end(lm, r, LM_END_CANCEL, now);
+		conv_event(lm, r, r->mode, c->tag, 0, true);
+		grant_pass(lm, res, now);
+		return LM_CONV_DONE;
+	}
+	if (r->converting)
+		return LM_CONV_ERR_PENDING;
+	if (c->mode == LM_SHARED) {
+		/* Exclusive, so the only holder: nothing to wait for. The
+		 * shared requests at the head follow in the same call. */
+		r->mode = LM_SHARED;
+		res->held_mode = LM_SHARED;
+		conv_event(lm, r, LM_EXCLUSIVE, c->tag, 0, true);
+		grant_pass(lm, res, now);
+		return LM_CONV_DONE;
+	}
+
+	/* Two waiting upgrades would each wait for the other to leave. */
+	if (res->converting != NULL)
+		return LM_CONV_ERR_DEADLOCK;
+	blocked = gate_shut(lm, res) || res->nholders > 1;
+	if (blocked && c->timeout_ns == 0)
+		return LM_CONV_ERR_WOULD_BLOCK;
+	if (!blocked && lm->last_token < lm->token_limit) {
+		upgrade(lm, r, c->tag, now, now, true);
+		return LM_CONV_DONE;
+	}
+
+	/* Wait, still holding it shared: for the others, or for tokens. */
+	r->converting = true;
+	r->conv_tag = c->tag;
+	r->t_conv = now;
+	res->converting = r;
+	lm->nconverting++;
+	if (c->timeout_ns != LM_FOREVER)
+		timer_arm(lm, &r->conv_timer,
+			  deadline_after(now, c->timeout_ns));
+	if (!blocked)
+		grant_pass(lm, res, now); /* records the stall */
+	return LM_CONV_WAITING;
 }
 
 int
@@ -695,7 +854,16 @@ lockmgr_tick(struct lockmgr *lm, uint64_t now)
 		struct lm_timer *t = lm->heap[0];
 
 		timer_disarm(lm, t);
-		if (t->kind == LM_T_REQ) {
+		if (t->kind == LM_T_CONV) {
+			struct lm_req *r =
+			    container_of(t, struct lm_req, conv_timer);
+			struct lm_res *res = r->res;
+
+			/* The shared lease stays; the queue it held back may
+			 * move. */
+			conv_end(lm, r, LM_END_TIMEOUT, now);
+			grant_pass(lm, res, now);
+		} else if (t->kind == LM_T_REQ) {
 			struct lm_req *r = container_of(t, struct lm_req, timer);
 
 			finish(lm, r,
@@ -734,7 +902,7 @@ lockmgr_set_open(struct lockmgr *lm, bool open, uint64_t now)
 	if (!open)
 		return;
 	HASH_ITER(hh, lm->res, res, tmp) {
-		if (res->nwaiters > 0)
+		if (res->nwaiters > 0 || res->converting != NULL)
 			grant_pass(lm, res, now);
 	}
 	check_idle(lm);

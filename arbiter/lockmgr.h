@@ -8,6 +8,16 @@
  * is deterministic given its inputs, which is what lets the unit tests and the
  * model test drive it through every edge case.
  *
+ * Conversion (lockmgr_convert) changes a held lease's mode in place, the
+ * lease never let go. A downgrade to shared never waits. An upgrade to
+ * exclusive waits only for the other shared holders to leave, in the
+ * resource's conversion slot, which goes ahead of every queued request; a
+ * second holder asking to upgrade while one waits would wait for it for ever
+ * (each holds what the other waits for), so it is refused at once with
+ * LM_CONV_ERR_DEADLOCK. One slot per resource is the whole conversion queue:
+ * downgrades never wait, and any two waiting upgrades of one resource are
+ * such a deadlock.
+ *
  * Ownership: struct lm_owner is allocated by the caller (one per connection)
  * and must stay valid until lockmgr_drop_owner() has been called for it and
  * the events of that call have been drained. Everything else is owned here.
@@ -52,9 +62,21 @@ enum lm_result {
 	LM_ERR_MAX_WAITERS,	/* limits.max_waiters_per_resource reached */
 };
 
+/* The outcome of lockmgr_convert(). */
+enum lm_conv_result {
+	LM_CONV_DONE,		 /* done; a GRANTED with .convert queued */
+	LM_CONV_WAITING,	 /* the upgrade waits for the other holders */
+	LM_CONV_ERR_UNKNOWN,	 /* the owner has no such lease or request */
+	LM_CONV_ERR_NOT_HELD,	 /* the request is not granted yet */
+	LM_CONV_ERR_PENDING,	 /* an upgrade of this lease already waits */
+	LM_CONV_ERR_WOULD_BLOCK, /* try-once upgrade, and it would wait */
+	LM_CONV_ERR_DEADLOCK,	 /* another holder's upgrade waits: each
+				    would wait for the other for ever */
+};
+
 enum lm_req_state { LM_WAITING, LM_HELD };
 
-enum lm_timer_kind { LM_T_REQ, LM_T_RES };
+enum lm_timer_kind { LM_T_REQ, LM_T_RES, LM_T_CONV };
 
 struct lm_timer {
 	uint64_t when; /* monotonic ns */
@@ -91,7 +113,12 @@ struct lm_req {
 	uint32_t last_pos;  /* last position reported */
 	bool position_updates;
 	bool moved;	    /* on lockmgr->moved: its position update waits */
+	bool converting;    /* held shared, its upgrade waits (res->converting);
+			       shown by status */
+	uint64_t conv_tag;  /* the waiting upgrade's caller value */
+	uint64_t t_conv;    /* ns, when the waiting upgrade was asked */
 	struct lm_timer timer; /* timeout while waiting, expiry while held */
+	struct lm_timer conv_timer; /* the waiting upgrade's timeout */
 
 	TAILQ_ENTRY(lm_req) q_entry; /* res->holders or res->waiters */
 	TAILQ_ENTRY(lm_req) o_entry; /* owner->reqs */
@@ -108,6 +135,7 @@ struct lm_res {
 	struct lm_req_list waiters; /* FIFO */
 	unsigned nholders, nwaiters, nwatchers;
 	enum lm_mode held_mode;
+	struct lm_req *converting; /* the holder whose upgrade waits, or NULL */
 	struct lm_timer delay; /* lock-delay end */
 	bool stalled;	       /* on lockmgr->stalled, waiting for tokens */
 	bool dead;	       /* on lockmgr->dead, freed at events_done */
@@ -128,6 +156,16 @@ enum lm_ev_kind {
 /*
  * One thing the caller must carry out. For LM_EV_ENDED, .held tells whether
  * it was a lease (true) or a pending request (false); .end says why.
+ *
+ * .convert marks the outcome of a lockmgr_convert() call rather than of an
+ * acquire; .tag is then the convert's tag and .mode the mode it asked for:
+ *  - LM_EV_GRANTED: the lease now has .mode (it had .was) and .token; an
+ *    upgrade brings a new token, a downgrade (or a convert to the mode held)
+ *    keeps the lease's token. .immediate is false after waiting, .waited_ns
+ *    how long.
+ *  - LM_EV_ENDED (.held false): the waiting upgrade ended without happening.
+ *    LM_END_TIMEOUT or LM_END_CANCEL leave the lease shared and held. Any
+ *    other reason is the lease's own end: its LM_EV_ENDED follows at once.
  */
 struct lm_event {
 	enum lm_ev_kind kind;
@@ -143,6 +181,8 @@ struct lm_event {
 	enum lm_end end;    /* ENDED */
 	bool held;	    /* ENDED */
 	bool immediate;	    /* GRANTED without waiting */
+	bool convert;	    /* about a conversion; see above */
+	enum lm_mode was;   /* GRANTED with .convert: the mode before */
 	uint32_t position;  /* QUEUED, 1-based */
 	const struct lm_owner *holder; /* QUEUED: first holder, may be NULL */
 	unsigned nholders;	       /* QUEUED */
@@ -179,6 +219,7 @@ struct lockmgr {
 	unsigned nres;
 	unsigned nheld;	      /* leases */
 	unsigned nwaiting;    /* pending requests */
+	unsigned nconverting; /* held leases whose upgrade waits */
 	uint64_t next_id;
 	uint64_t last_token;  /* highest token handed out */
 	uint64_t token_limit; /* may not hand out beyond this */
@@ -224,6 +265,44 @@ enum lm_result lockmgr_acquire(struct lockmgr *lm, struct lm_owner *o,
  */
 int lockmgr_release(struct lockmgr *lm, struct lm_owner *o, uint64_t key,
 		    bool by_tag, uint64_t now);
+
+struct lm_convert {
+	uint64_t lease_id;
+	enum lm_mode mode;   /* the mode wanted */
+	uint64_t timeout_ns; /* upgrade: LM_FOREVER, or 0 to try once */
+	uint64_t tag;	     /* caller's value, echoed in its events */
+};
+
+/*
+ * Change the mode of a lease the owner holds, without letting it go.
+ *
+ * Downgrade (exclusive to shared): done at once, keeping the lease's token;
+ * the shared requests at the head of the queue are granted in the same call.
+ * The token stays because a downgrade gives a right up and grants none:
+ * nothing the holder does afterwards needs telling apart from what it did
+ * before, and a downgrade that needed a new token could have to wait for the
+ * caller to reserve tokens, which a downgrade never does.
+ *
+ * Upgrade (shared to exclusive): done at once when the holder is alone (the
+ * gate open, no lock-delay, a token left), with a new fencing token higher
+ * than every earlier one. Otherwise, unless timeout_ns is 0
+ * (LM_CONV_ERR_WOULD_BLOCK), it waits in the resource's conversion slot,
+ * still holding its shared lease: new and queued requests wait behind it,
+ * and the other holders' leaving grants it. Its timeout (LM_END_TIMEOUT) or
+ * withdrawal leaves the shared lease as it was; the lease's own end (release,
+ * disconnect, expiry, revoke) ends it first, with the same reason.
+ * LM_CONV_ERR_DEADLOCK when another holder's upgrade already waits, even
+ * for a try-once: retrying could never succeed while it holds on, so the
+ * answer says to let go.
+ *
+ * Converting to the mode held is done at once and changes nothing, except
+ * that it withdraws this lease's waiting upgrade (LM_END_CANCEL): that is how
+ * a client gives up waiting and keeps its shared lease.
+ *
+ * On LM_CONV_ERR_* nothing changed and no event was queued.
+ */
+enum lm_conv_result lockmgr_convert(struct lockmgr *lm, struct lm_owner *o,
+				    const struct lm_convert *c, uint64_t now);
 
 /* Extend a lease's ttl (ttl_ns 0 keeps its own). -ENOENT, or -EINVAL when
  * the lease has no ttl or is not held yet. */

@@ -34,7 +34,14 @@
 	X(revoked_expired, "leases ended because their ttl ran out")        \
 	X(revoked_admin, "leases revoked by an administrator")              \
 	X(revoked_shutdown, "leases ended by daemon shutdown")                \
-	X(revoked_storage_lost, "leases ended because the storage lock was lost")
+	X(revoked_storage_lost, "leases ended because the storage lock was lost") \
+	X(upgraded_immediate, "shared leases upgraded to exclusive at once") \
+	X(upgraded_after_wait,                                              \
+	  "shared leases upgraded to exclusive after the other holders left") \
+	X(downgraded, "exclusive leases downgraded to shared")              \
+	X(upgrade_timeout, "upgrades that ran out of time, lease kept shared") \
+	X(upgrade_deadlock,                                                 \
+	  "upgrades refused because another holder's upgrade already waited")
 
 /*
  * Figures derived from the counters and the wait histogram, kept for the

@@ -1862,12 +1862,654 @@ Test(lockmgr, end_and_mode_names)
 	cr_assert_str_eq(lockmgr_mode_name(LM_SHARED), "shared");
 }
 
+/* ------------------------------------------------------------ conversion */
+
+static enum lm_conv_result
+conv(struct lm_owner *o, uint64_t id, enum lm_mode mode, uint64_t timeout_ns,
+     uint64_t tag, uint64_t now)
+{
+	struct lm_convert c = {
+	    .lease_id = id, .mode = mode, .timeout_ns = timeout_ns, .tag = tag};
+
+	return lockmgr_convert(&lm, o, &c, now);
+}
+
+/* The first event of this kind about this lease, from a conversion
+ * (convert true) or not, or NULL. */
+static const struct lm_event *
+find_conv(enum lm_ev_kind kind, uint64_t lease_id, bool convert)
+{
+	size_t n;
+	const struct lm_event *ev = lockmgr_events(&lm, &n);
+
+	for (size_t i = 0; i < n; i++) {
+		if (ev[i].kind == kind && ev[i].lease_id == lease_id &&
+		    ev[i].convert == convert)
+			return &ev[i];
+	}
+	return NULL;
+}
+
+static const struct lm_event *
+must_conv(enum lm_ev_kind kind, uint64_t lease_id)
+{
+	const struct lm_event *e = find_conv(kind, lease_id, true);
+
+	cr_assert_not_null(e,
+			   "no conversion event of kind %d for lease %" PRIu64,
+			   kind, lease_id);
+	return e;
+}
+
+static const struct lm_req *
+lease(uint64_t id)
+{
+	const struct lm_req *r = lockmgr_lease(&lm, id);
+
+	cr_assert_not_null(r, "lease %" PRIu64 " is gone", id);
+	return r;
+}
+
+Test(lockmgr, downgrade_is_done_at_once_keeping_lease_and_token)
+{
+	uint64_t x = must_grant(&ow[0], "db", LM_EXCLUSIVE, 0);
+	uint64_t tok = lease(x)->token;
+	const struct lm_event *e;
+
+	done();
+	cr_assert_eq(conv(&ow[0], x, LM_SHARED, LM_FOREVER, 77, 10),
+		     LM_CONV_DONE);
+	e = must_conv(LM_EV_GRANTED, x);
+	cr_assert_eq(e->mode, LM_SHARED);
+	cr_assert_eq(e->was, LM_EXCLUSIVE);
+	cr_assert_eq(e->token, tok, "a downgrade keeps the lease's token");
+	cr_assert_eq(e->tag, 77, "the convert's tag, not the acquire's");
+	cr_assert(e->immediate);
+	cr_assert_eq(e->waited_ns, 0);
+	cr_assert_eq(nev(), 1);
+	cr_assert(is_held(x));
+	cr_assert_eq(lease(x)->mode, LM_SHARED);
+	cr_assert_eq(lease(x)->token, tok);
+	cr_assert_eq(lease(x)->t_granted, 0, "held since its grant");
+	cr_assert_eq(find_res("db")->held_mode, LM_SHARED);
+	done();
+	/* Now a reader among readers. */
+	must_grant(&ow[1], "db", LM_SHARED, 11);
+}
+
+Test(lockmgr, downgrade_grants_the_waiting_readers_in_the_same_call)
+{
+	uint64_t x = must_grant(&ow[0], "db", LM_EXCLUSIVE, 0);
+	uint64_t r1 = must_queue(&ow[1], "db", LM_SHARED, LM_FOREVER, 1);
+	uint64_t r2 = must_queue(&ow[2], "db", LM_SHARED, LM_FOREVER, 2);
+	uint64_t w = must_queue(&ow[3], "db", LM_EXCLUSIVE, LM_FOREVER, 3);
+	uint64_t r3 = must_queue(&ow[4], "db", LM_SHARED, LM_FOREVER, 4);
+	const struct lm_event *c, *g1, *g2;
+
+	done();
+	cr_assert_eq(conv(&ow[0], x, LM_SHARED, LM_FOREVER, 9, 20),
+		     LM_CONV_DONE);
+	c = must_conv(LM_EV_GRANTED, x);
+	g1 = find_conv(LM_EV_GRANTED, r1, false);
+	g2 = find_conv(LM_EV_GRANTED, r2, false);
+	cr_assert_not_null(g1);
+	cr_assert_not_null(g2);
+	cr_assert(ev_index(c) < ev_index(g1) && ev_index(g1) < ev_index(g2),
+		  "the downgrade is told first, then the grants in order");
+	cr_assert_gt(g1->token, c->token);
+	cr_assert_gt(g2->token, g1->token);
+	cr_assert(is_waiting(w), "the writer still waits for the readers");
+	cr_assert(is_waiting(r3), "nothing jumps the queued writer");
+	cr_assert_eq(find_res("db")->nholders, 3);
+	cr_assert_eq(lockmgr_position(lease(w)), 1);
+}
+
+Test(lockmgr, downgrade_never_waits_even_with_the_gate_shut_or_no_tokens)
+{
+	uint64_t x = must_grant(&ow[0], "db", LM_EXCLUSIVE, 0);
+	uint64_t r1 = must_queue(&ow[1], "db", LM_SHARED, LM_FOREVER, 1);
+
+	lockmgr_set_tokens(&lm, lm.last_token, lm.last_token);
+	lockmgr_set_open(&lm, false, 2);
+	done();
+	cr_assert_eq(conv(&ow[0], x, LM_SHARED, 0, 9, 3), LM_CONV_DONE);
+	cr_assert_eq(lease(x)->mode, LM_SHARED);
+	cr_assert(is_waiting(r1), "the gate still holds new grants back");
+	done();
+	lockmgr_set_open(&lm, true, 4);
+	lockmgr_add_tokens(&lm, UINT64_MAX, 4);
+	cr_assert(is_held(r1));
+}
+
+Test(lockmgr, upgrade_of_a_lone_reader_is_at_once_with_a_new_token)
+{
+	uint64_t other = must_grant(&ow[2], "other", LM_EXCLUSIVE, 0);
+	uint64_t r = must_grant(&ow[0], "db", LM_SHARED, 1);
+	uint64_t w = must_queue(&ow[1], "db", LM_EXCLUSIVE, LM_FOREVER, 2);
+	uint64_t old = lease(r)->token;
+	const struct lm_event *e;
+
+	cr_assert_gt(old, lease(other)->token);
+	done();
+	cr_assert_eq(conv(&ow[0], r, LM_EXCLUSIVE, LM_FOREVER, 5, 3),
+		     LM_CONV_DONE);
+	e = must_conv(LM_EV_GRANTED, r);
+	cr_assert_eq(e->mode, LM_EXCLUSIVE);
+	cr_assert_eq(e->was, LM_SHARED);
+	cr_assert_eq(e->token, old + 1, "higher than every earlier token");
+	cr_assert_eq(e->lease_id, r, "the same lease");
+	cr_assert(e->immediate);
+	cr_assert_eq(lease(r)->token, old + 1);
+	cr_assert_eq(lease(r)->mode, LM_EXCLUSIVE);
+	cr_assert(is_waiting(w), "the upgrade goes ahead of the queue");
+	done();
+	cr_assert_eq(lockmgr_release(&lm, &ow[0], r, false, 4), 0);
+	cr_assert_gt(must_find(LM_EV_GRANTED, w)->token, old + 1);
+}
+
+Test(lockmgr, upgrade_waits_only_for_the_other_readers_to_leave)
+{
+	uint64_t r1 = must_grant(&ow[0], "db", LM_SHARED, 0);
+	uint64_t r2 = must_grant(&ow[1], "db", LM_SHARED, 1);
+	uint64_t r3 = must_grant(&ow[2], "db", LM_SHARED, 2);
+	const struct lm_event *e;
+
+	done();
+	cr_assert_eq(conv(&ow[0], r1, LM_EXCLUSIVE, LM_FOREVER, 5, 10),
+		     LM_CONV_WAITING);
+	cr_assert_eq(nev(), 0);
+	cr_assert(is_held(r1), "the shared lease is kept while it waits");
+	cr_assert_eq(lease(r1)->mode, LM_SHARED);
+	cr_assert(lease(r1)->converting, "status sees it converting");
+	cr_assert_eq(find_res("db")->converting, lease(r1));
+	cr_assert_eq(lm.nconverting, 1);
+	cr_assert_eq(lockmgr_next_deadline(&lm), LM_FOREVER);
+	cr_assert_eq(lockmgr_release(&lm, &ow[1], r2, false, 20), 0);
+	cr_assert_null(find_conv(LM_EV_GRANTED, r1, true));
+	done();
+	cr_assert_eq(lockmgr_release(&lm, &ow[2], r3, false, 30), 0);
+	e = must_conv(LM_EV_GRANTED, r1);
+	cr_assert_eq(e->tag, 5);
+	cr_assert_not(e->immediate);
+	cr_assert_eq(e->waited_ns, 20);
+	cr_assert_eq(lease(r1)->mode, LM_EXCLUSIVE);
+	cr_assert_not(lease(r1)->converting);
+	cr_assert_null(find_res("db")->converting);
+	cr_assert_eq(lm.nconverting, 0);
+}
+
+Test(lockmgr, queued_writer_cannot_starve_an_upgrade)
+{
+	uint64_t r1 = must_grant(&ow[0], "db", LM_SHARED, 0);
+	uint64_t r2 = must_grant(&ow[1], "db", LM_SHARED, 1);
+	uint64_t w = must_queue(&ow[2], "db", LM_EXCLUSIVE, LM_FOREVER, 2);
+	uint64_t up;
+
+	done();
+	cr_assert_eq(conv(&ow[0], r1, LM_EXCLUSIVE, LM_FOREVER, 5, 3),
+		     LM_CONV_WAITING);
+	cr_assert_eq(lockmgr_release(&lm, &ow[1], r2, false, 4), 0);
+	cr_assert_not_null(must_conv(LM_EV_GRANTED, r1));
+	cr_assert_null(find_ev(LM_EV_GRANTED, w));
+	cr_assert(is_waiting(w), "R1 is granted exclusive before W");
+	up = lease(r1)->token;
+	done();
+	cr_assert_eq(lockmgr_release(&lm, &ow[0], r1, false, 5), 0);
+	cr_assert_gt(must_find(LM_EV_GRANTED, w)->token, up);
+}
+
+Test(lockmgr, readers_arriving_during_an_upgrade_queue_behind_it_in_fifo)
+{
+	uint64_t r1 = must_grant(&ow[0], "db", LM_SHARED, 0);
+	uint64_t r2 = must_grant(&ow[1], "db", LM_SHARED, 1);
+	uint64_t r3, w, r4, id;
+
+	done();
+	cr_assert_eq(conv(&ow[0], r1, LM_EXCLUSIVE, LM_FOREVER, 5, 2),
+		     LM_CONV_WAITING);
+	/* Compatible with today's readers, but an upgrade waits first. */
+	cr_assert_eq(acq(&ow[5], "db", LM_SHARED, 0, 3, &id),
+		     LM_ERR_WOULD_BLOCK);
+	r3 = must_queue(&ow[2], "db", LM_SHARED, LM_FOREVER, 3);
+	w = must_queue(&ow[3], "db", LM_EXCLUSIVE, LM_FOREVER, 4);
+	r4 = must_queue(&ow[4], "db", LM_SHARED, LM_FOREVER, 5);
+	cr_assert_eq(must_find(LM_EV_QUEUED, r3)->position, 1);
+	done();
+	cr_assert_eq(lockmgr_release(&lm, &ow[1], r2, false, 6), 0);
+	cr_assert_not_null(must_conv(LM_EV_GRANTED, r1));
+	cr_assert(is_waiting(r3) && is_waiting(w) && is_waiting(r4));
+	done();
+	cr_assert_eq(lockmgr_release(&lm, &ow[0], r1, false, 7), 0);
+	cr_assert(is_held(r3));
+	cr_assert(is_waiting(w) && is_waiting(r4), "FIFO for everyone else");
+	done();
+	cr_assert_eq(lockmgr_release(&lm, &ow[2], r3, false, 8), 0);
+	cr_assert(is_held(w) && is_waiting(r4));
+}
+
+Test(lockmgr, second_upgrade_is_refused_as_deadlock_and_the_first_proceeds)
+{
+	uint64_t r1 = must_grant(&ow[0], "db", LM_SHARED, 0);
+	uint64_t r2 = must_grant(&ow[1], "db", LM_SHARED, 1);
+	uint64_t t2 = lease(r2)->token;
+
+	done();
+	cr_assert_eq(conv(&ow[0], r1, LM_EXCLUSIVE, LM_FOREVER, 5, 2),
+		     LM_CONV_WAITING);
+	cr_assert_eq(conv(&ow[1], r2, LM_EXCLUSIVE, LM_FOREVER, 6, 3),
+		     LM_CONV_ERR_DEADLOCK);
+	cr_assert_eq(conv(&ow[1], r2, LM_EXCLUSIVE, 1000, 7, 3),
+		     LM_CONV_ERR_DEADLOCK);
+	cr_assert_eq(conv(&ow[1], r2, LM_EXCLUSIVE, 0, 8, 3),
+		     LM_CONV_ERR_DEADLOCK,
+		     "a try-once is told to let go, not to retry");
+	cr_assert_eq(nev(), 0, "a refusal changes nothing");
+	cr_assert(is_held(r2));
+	cr_assert_eq(lease(r2)->mode, LM_SHARED);
+	cr_assert_eq(lease(r2)->token, t2);
+	cr_assert_not(lease(r2)->converting);
+	cr_assert_eq(lockmgr_next_deadline(&lm), LM_FOREVER);
+	cr_assert_eq(lockmgr_release(&lm, &ow[1], r2, false, 4), 0);
+	cr_assert_not_null(must_conv(LM_EV_GRANTED, r1));
+	cr_assert_eq(lease(r1)->mode, LM_EXCLUSIVE);
+}
+
+Test(lockmgr, second_upgrade_of_the_same_lease_is_refused_as_pending)
+{
+	uint64_t r1 = must_grant(&ow[0], "db", LM_SHARED, 0);
+
+	must_grant(&ow[1], "db", LM_SHARED, 1);
+	cr_assert_eq(conv(&ow[0], r1, LM_EXCLUSIVE, 100, 5, 2),
+		     LM_CONV_WAITING);
+	done();
+	cr_assert_eq(conv(&ow[0], r1, LM_EXCLUSIVE, LM_FOREVER, 6, 3),
+		     LM_CONV_ERR_PENDING);
+	cr_assert_eq(nev(), 0);
+	cr_assert_eq(lockmgr_next_deadline(&lm), 102, "first timeout kept");
+}
+
+Test(lockmgr, upgrade_timeout_leaves_the_shared_lease_as_it_was)
+{
+	uint64_t r1 = must_grant(&ow[0], "db", LM_SHARED, 0);
+	uint64_t r2 = must_grant(&ow[1], "db", LM_SHARED, 1);
+	uint64_t t1 = lease(r1)->token;
+	const struct lm_event *e;
+
+	done();
+	cr_assert_eq(conv(&ow[0], r1, LM_EXCLUSIVE, 100, 5, 10),
+		     LM_CONV_WAITING);
+	cr_assert_eq(lockmgr_next_deadline(&lm), 110);
+	lockmgr_tick(&lm, 109);
+	cr_assert_eq(nev(), 0);
+	lockmgr_tick(&lm, 110);
+	cr_assert_eq(nev(), 1);
+	e = must_conv(LM_EV_ENDED, r1);
+	cr_assert_eq(e->end, LM_END_TIMEOUT);
+	cr_assert_not(e->held, "the conversion ended, not the lease");
+	cr_assert_eq(e->tag, 5);
+	cr_assert_eq(e->mode, LM_EXCLUSIVE, "the mode it asked for");
+	cr_assert_eq(e->waited_ns, 100);
+	cr_assert(is_held(r1) && is_held(r2));
+	cr_assert_eq(lease(r1)->mode, LM_SHARED);
+	cr_assert_eq(lease(r1)->token, t1);
+	cr_assert_not(lease(r1)->converting);
+	cr_assert_null(find_res("db")->converting);
+	cr_assert_eq(lm.nconverting, 0);
+	cr_assert_eq(lockmgr_next_deadline(&lm), LM_FOREVER);
+	done();
+	/* Readers are welcome again, and the holder may ask again. */
+	must_grant(&ow[2], "db", LM_SHARED, 111);
+	cr_assert_eq(conv(&ow[0], r1, LM_EXCLUSIVE, 10, 6, 112),
+		     LM_CONV_WAITING);
+}
+
+Test(lockmgr, upgrade_timeout_lets_the_readers_it_held_back_through)
+{
+	uint64_t r1 = must_grant(&ow[0], "db", LM_SHARED, 0);
+	uint64_t r3, w;
+
+	must_grant(&ow[1], "db", LM_SHARED, 1);
+	cr_assert_eq(conv(&ow[0], r1, LM_EXCLUSIVE, 50, 5, 2), LM_CONV_WAITING);
+	r3 = must_queue(&ow[2], "db", LM_SHARED, LM_FOREVER, 3);
+	w = must_queue(&ow[3], "db", LM_EXCLUSIVE, LM_FOREVER, 4);
+	done();
+	lockmgr_tick(&lm, 52);
+	cr_assert_eq(must_conv(LM_EV_ENDED, r1)->end, LM_END_TIMEOUT);
+	cr_assert_not_null(find_conv(LM_EV_GRANTED, r3, false));
+	cr_assert(ev_index(must_conv(LM_EV_ENDED, r1)) <
+		  ev_index(find_conv(LM_EV_GRANTED, r3, false)));
+	cr_assert(is_waiting(w));
+}
+
+Test(lockmgr, try_once_upgrade_would_block_while_others_read)
+{
+	uint64_t r1 = must_grant(&ow[0], "db", LM_SHARED, 0);
+	uint64_t t1 = lease(r1)->token;
+
+	must_grant(&ow[1], "db", LM_SHARED, 1);
+	done();
+	cr_assert_eq(conv(&ow[0], r1, LM_EXCLUSIVE, 0, 5, 2),
+		     LM_CONV_ERR_WOULD_BLOCK);
+	cr_assert_eq(nev(), 0);
+	cr_assert_eq(lease(r1)->mode, LM_SHARED);
+	cr_assert_eq(lease(r1)->token, t1);
+	cr_assert_not(lease(r1)->converting);
+	cr_assert_null(find_res("db")->converting);
+	cr_assert_eq(lockmgr_next_deadline(&lm), LM_FOREVER);
+}
+
+Test(lockmgr, try_once_upgrade_of_a_lone_reader_is_done)
+{
+	uint64_t r1 = must_grant(&ow[0], "db", LM_SHARED, 0);
+
+	done();
+	cr_assert_eq(conv(&ow[0], r1, LM_EXCLUSIVE, 0, 5, 2), LM_CONV_DONE);
+	cr_assert_eq(lease(r1)->mode, LM_EXCLUSIVE);
+}
+
+Test(lockmgr, death_while_converting_ends_the_upgrade_then_the_lease)
+{
+	uint64_t r1 = grant_delayed(&ow[0], "db", LM_SHARED, 0, 300, 0);
+	uint64_t r2 = must_grant(&ow[1], "db", LM_SHARED, 1);
+	uint64_t w = must_queue(&ow[2], "db", LM_EXCLUSIVE, LM_FOREVER, 2);
+	const struct lm_event *c, *l;
+
+	cr_assert_eq(conv(&ow[0], r1, LM_EXCLUSIVE, 500, 5, 3),
+		     LM_CONV_WAITING);
+	done();
+	lockmgr_drop_owner(&lm, &ow[0], LM_END_DISCONNECT, 10);
+	c = must_conv(LM_EV_ENDED, r1);
+	l = find_conv(LM_EV_ENDED, r1, false);
+	cr_assert_not_null(l);
+	cr_assert(ev_index(c) < ev_index(l), "the upgrade ends first");
+	cr_assert_eq(c->end, LM_END_DISCONNECT);
+	cr_assert_eq(c->tag, 5);
+	cr_assert_not(c->held);
+	cr_assert_eq(l->end, LM_END_DISCONNECT);
+	cr_assert(l->held);
+	cr_assert_eq(l->tag, 0, "the lease's event has the acquire's tag");
+	cr_assert_null(lockmgr_lease(&lm, r1));
+	cr_assert_null(find_res("db")->converting);
+	cr_assert_eq(lm.nconverting, 0);
+	cr_assert(is_held(r2) && is_waiting(w));
+	/* Lock-delay as for any unclean end; the upgrade's timeout is gone. */
+	cr_assert_eq(lockmgr_next_deadline(&lm), 310);
+	done();
+	cr_assert_eq(lockmgr_release(&lm, &ow[1], r2, false, 20), 0);
+	cr_assert(is_waiting(w));
+	done();
+	lockmgr_tick(&lm, 310);
+	cr_assert(is_held(w));
+}
+
+Test(lockmgr, expiry_while_converting_ends_the_upgrade_as_expired)
+{
+	uint64_t r1 = grant_delayed(&ow[0], "db", LM_SHARED, 100, 0, 0);
+	uint64_t r2 = must_grant(&ow[1], "db", LM_SHARED, 1);
+
+	cr_assert_eq(conv(&ow[0], r1, LM_EXCLUSIVE, LM_FOREVER, 5, 3),
+		     LM_CONV_WAITING);
+	done();
+	lockmgr_tick(&lm, 100);
+	cr_assert_eq(nev(), 2);
+	cr_assert_eq(must_conv(LM_EV_ENDED, r1)->end, LM_END_EXPIRED);
+	cr_assert_eq(find_conv(LM_EV_ENDED, r1, false)->end, LM_END_EXPIRED);
+	cr_assert_null(lockmgr_lease(&lm, r1));
+	cr_assert(is_held(r2));
+	cr_assert_null(find_res("db")->converting);
+}
+
+Test(lockmgr, renew_keeps_a_converting_lease_alive)
+{
+	uint64_t r1 = grant_delayed(&ow[0], "db", LM_SHARED, 100, 0, 0);
+	uint64_t r2 = must_grant(&ow[1], "db", LM_SHARED, 1);
+
+	cr_assert_eq(conv(&ow[0], r1, LM_EXCLUSIVE, LM_FOREVER, 5, 3),
+		     LM_CONV_WAITING);
+	cr_assert_eq(lockmgr_renew(&lm, &ow[0], r1, 0, 90), 0);
+	done();
+	lockmgr_tick(&lm, 150);
+	cr_assert_eq(nev(), 0);
+	cr_assert_eq(lockmgr_release(&lm, &ow[1], r2, false, 160), 0);
+	cr_assert_eq(must_conv(LM_EV_GRANTED, r1)->ttl_ns, 100);
+	cr_assert_eq(lockmgr_next_deadline(&lm), 190, "expiry unchanged");
+}
+
+Test(lockmgr, revoke_and_release_while_converting_end_the_upgrade_too)
+{
+	uint64_t r1 = must_grant(&ow[0], "db", LM_SHARED, 0);
+	uint64_t r2 = must_grant(&ow[1], "db", LM_SHARED, 1);
+	uint64_t r3 = must_grant(&ow[2], "db", LM_SHARED, 2);
+
+	cr_assert_eq(conv(&ow[0], r1, LM_EXCLUSIVE, LM_FOREVER, 5, 3),
+		     LM_CONV_WAITING);
+	done();
+	cr_assert_eq(lockmgr_revoke_lease(&lm, r1, 4), 0);
+	cr_assert_eq(must_conv(LM_EV_ENDED, r1)->end, LM_END_ADMIN);
+	cr_assert_eq(find_conv(LM_EV_ENDED, r1, false)->end, LM_END_ADMIN);
+	done();
+
+	cr_assert_eq(conv(&ow[1], r2, LM_EXCLUSIVE, LM_FOREVER, 6, 5),
+		     LM_CONV_WAITING);
+	cr_assert_eq(lockmgr_release(&lm, &ow[1], r2, false, 6), 0);
+	cr_assert_eq(must_conv(LM_EV_ENDED, r2)->end, LM_END_RELEASE);
+	cr_assert_eq(find_conv(LM_EV_ENDED, r2, false)->end, LM_END_RELEASE);
+	done();
+
+	cr_assert_eq(conv(&ow[2], r3, LM_EXCLUSIVE, LM_FOREVER, 7, 7),
+		     LM_CONV_DONE, "alone now");
+	done();
+	cr_assert_eq(lockmgr_revoke_pid(&lm, ow[2].pid, 8), 1);
+	cr_assert_null(find_conv(LM_EV_ENDED, r3, true), "nothing waited");
+}
+
+Test(lockmgr, revoke_pid_and_storage_loss_end_a_waiting_upgrade_first)
+{
+	uint64_t r1 = must_grant(&ow[0], "db", LM_SHARED, 0);
+	uint64_t r2 = must_grant(&ow[1], "db", LM_SHARED, 1);
+
+	cr_assert_eq(conv(&ow[0], r1, LM_EXCLUSIVE, LM_FOREVER, 5, 3),
+		     LM_CONV_WAITING);
+	done();
+	cr_assert_eq(lockmgr_revoke_pid(&lm, ow[1].pid, 4), 1);
+	/* The other reader is gone: the upgrade goes through at once. */
+	cr_assert_eq(must_conv(LM_EV_GRANTED, r1)->mode, LM_EXCLUSIVE);
+	done();
+	r2 = must_queue(&ow[1], "db", LM_SHARED, LM_FOREVER, 5);
+	cr_assert_eq(conv(&ow[0], r1, LM_SHARED, LM_FOREVER, 6, 6),
+		     LM_CONV_DONE);
+	cr_assert(is_held(r2));
+	cr_assert_eq(conv(&ow[0], r1, LM_EXCLUSIVE, LM_FOREVER, 7, 7),
+		     LM_CONV_WAITING);
+	done();
+	lockmgr_set_open(&lm, false, 8);
+	cr_assert_eq(lockmgr_revoke_all(&lm, LM_END_STORAGE_LOST, 8), 2);
+	cr_assert_eq(must_conv(LM_EV_ENDED, r1)->end, LM_END_STORAGE_LOST);
+	cr_assert(ev_index(must_conv(LM_EV_ENDED, r1)) <
+		  ev_index(find_conv(LM_EV_ENDED, r1, false)));
+	cr_assert_eq(lm.nconverting, 0);
+}
+
+Test(lockmgr, other_readers_death_grants_the_upgrade_after_its_lock_delay)
+{
+	uint64_t r1 = must_grant(&ow[0], "db", LM_SHARED, 0);
+	const struct lm_event *e;
+
+	grant_delayed(&ow[1], "db", LM_SHARED, 0, 200, 1);
+	cr_assert_eq(conv(&ow[0], r1, LM_EXCLUSIVE, LM_FOREVER, 5, 2),
+		     LM_CONV_WAITING);
+	done();
+	lockmgr_drop_owner(&lm, &ow[1], LM_END_DISCONNECT, 10);
+	cr_assert_null(find_conv(LM_EV_GRANTED, r1, true),
+		       "the dead reader's I/O settles first");
+	cr_assert_eq(lockmgr_next_deadline(&lm), 210);
+	done();
+	lockmgr_tick(&lm, 210);
+	e = must_conv(LM_EV_GRANTED, r1);
+	cr_assert_eq(e->waited_ns, 208);
+	cr_assert_not(e->immediate);
+}
+
+Test(lockmgr, clean_release_of_the_other_reader_grants_the_upgrade_at_once)
+{
+	uint64_t r1 = must_grant(&ow[0], "db", LM_SHARED, 0);
+	uint64_t r2 = grant_delayed(&ow[1], "db", LM_SHARED, 0, 200, 1);
+
+	cr_assert_eq(conv(&ow[0], r1, LM_EXCLUSIVE, LM_FOREVER, 5, 2),
+		     LM_CONV_WAITING);
+	done();
+	cr_assert_eq(lockmgr_release(&lm, &ow[1], r2, false, 10), 0);
+	cr_assert_not_null(must_conv(LM_EV_GRANTED, r1));
+}
+
+Test(lockmgr, upgrade_waits_while_the_gate_is_shut)
+{
+	uint64_t r1 = must_grant(&ow[0], "db", LM_SHARED, 0);
+
+	lockmgr_set_open(&lm, false, 1);
+	done();
+	cr_assert_eq(conv(&ow[0], r1, LM_EXCLUSIVE, 0, 5, 2),
+		     LM_CONV_ERR_WOULD_BLOCK);
+	cr_assert_eq(conv(&ow[0], r1, LM_EXCLUSIVE, LM_FOREVER, 6, 3),
+		     LM_CONV_WAITING);
+	cr_assert_eq(nev(), 0);
+	lockmgr_set_open(&lm, true, 4);
+	cr_assert_eq(must_conv(LM_EV_GRANTED, r1)->tag, 6);
+}
+
+Test(lockmgr, upgrade_without_a_token_left_stalls_until_tokens_come)
+{
+	uint64_t r1 = must_grant(&ow[0], "db", LM_SHARED, 0);
+	uint64_t t1 = lease(r1)->token;
+
+	lockmgr_set_tokens(&lm, t1, t1);
+	done();
+	cr_assert_eq(conv(&ow[0], r1, LM_EXCLUSIVE, LM_FOREVER, 5, 2),
+		     LM_CONV_WAITING);
+	cr_assert_eq(count_kind(LM_EV_NEED_TOKENS), 1);
+	cr_assert_eq(lease(r1)->mode, LM_SHARED);
+	done();
+	lockmgr_add_tokens(&lm, t1 + 10, 3);
+	cr_assert_eq(must_conv(LM_EV_GRANTED, r1)->token, t1 + 1);
+	cr_assert_eq(lease(r1)->mode, LM_EXCLUSIVE);
+}
+
+Test(lockmgr, tokens_grow_across_upgrades_and_stay_on_downgrades)
+{
+	uint64_t r1, r2, a, t[6];
+
+	lockmgr_set_tokens(&lm, 5000, UINT64_MAX);
+	r1 = must_grant(&ow[0], "db", LM_SHARED, 0);
+	t[0] = lease(r1)->token;
+	a = must_grant(&ow[1], "other", LM_EXCLUSIVE, 1);
+	cr_assert_eq(conv(&ow[0], r1, LM_EXCLUSIVE, 0, 5, 2), LM_CONV_DONE);
+	t[1] = lease(r1)->token;
+	cr_assert_eq(conv(&ow[0], r1, LM_SHARED, 0, 6, 3), LM_CONV_DONE);
+	t[2] = lease(r1)->token;
+	r2 = must_grant(&ow[2], "db", LM_SHARED, 4);
+	t[3] = lease(r2)->token;
+	cr_assert_eq(lockmgr_release(&lm, &ow[2], r2, false, 5), 0);
+	cr_assert_eq(conv(&ow[0], r1, LM_EXCLUSIVE, 0, 7, 6), LM_CONV_DONE);
+	t[4] = lease(r1)->token;
+	t[5] = lease(a)->token;
+	cr_assert_eq(t[0], 5001);
+	cr_assert_eq(t[5], 5002);
+	cr_assert_eq(t[1], 5003, "upgrade: above every earlier token");
+	cr_assert_eq(t[2], t[1], "downgrade: the same token");
+	cr_assert_eq(t[3], 5004);
+	cr_assert_eq(t[4], 5005);
+	cr_assert_eq(lm.last_token, 5005);
+}
+
+Test(lockmgr, convert_to_the_mode_held_withdraws_a_waiting_upgrade)
+{
+	uint64_t r1 = must_grant(&ow[0], "db", LM_SHARED, 0);
+	uint64_t t1 = lease(r1)->token;
+	uint64_t r3;
+	const struct lm_event *end, *c, *g;
+
+	must_grant(&ow[1], "db", LM_SHARED, 1);
+	cr_assert_eq(conv(&ow[0], r1, LM_EXCLUSIVE, 1000, 5, 2),
+		     LM_CONV_WAITING);
+	r3 = must_queue(&ow[2], "db", LM_SHARED, LM_FOREVER, 3);
+	done();
+	cr_assert_eq(conv(&ow[0], r1, LM_SHARED, LM_FOREVER, 6, 10),
+		     LM_CONV_DONE);
+	end = must_conv(LM_EV_ENDED, r1);
+	c = must_conv(LM_EV_GRANTED, r1);
+	g = find_conv(LM_EV_GRANTED, r3, false);
+	cr_assert_eq(end->end, LM_END_CANCEL);
+	cr_assert_eq(end->tag, 5);
+	cr_assert_eq(end->waited_ns, 8);
+	cr_assert_eq(c->tag, 6);
+	cr_assert_eq(c->mode, LM_SHARED);
+	cr_assert_eq(c->was, LM_SHARED);
+	cr_assert_eq(c->token, t1);
+	cr_assert_not_null(g, "the reader held back by the upgrade goes");
+	cr_assert(ev_index(end) < ev_index(c) && ev_index(c) < ev_index(g));
+	cr_assert_not(lease(r1)->converting);
+	cr_assert_eq(lockmgr_next_deadline(&lm), LM_FOREVER);
+}
+
+Test(lockmgr, convert_to_the_mode_held_is_done_and_changes_nothing)
+{
+	uint64_t x = must_grant(&ow[0], "db", LM_EXCLUSIVE, 0);
+	uint64_t t = lease(x)->token;
+	uint64_t w = must_queue(&ow[1], "db", LM_SHARED, LM_FOREVER, 1);
+
+	done();
+	cr_assert_eq(conv(&ow[0], x, LM_EXCLUSIVE, 0, 5, 2), LM_CONV_DONE);
+	cr_assert_eq(nev(), 1);
+	cr_assert_eq(must_conv(LM_EV_GRANTED, x)->token, t);
+	cr_assert_eq(lease(x)->mode, LM_EXCLUSIVE);
+	cr_assert(is_waiting(w));
+}
+
+Test(lockmgr, convert_of_a_pending_unknown_or_foreign_lease_is_refused)
+{
+	uint64_t x = must_grant(&ow[0], "db", LM_EXCLUSIVE, 0);
+	uint64_t w = must_queue(&ow[1], "db", LM_SHARED, LM_FOREVER, 1);
+
+	done();
+	cr_assert_eq(conv(&ow[1], w, LM_EXCLUSIVE, LM_FOREVER, 5, 2),
+		     LM_CONV_ERR_NOT_HELD);
+	cr_assert_eq(conv(&ow[1], x, LM_SHARED, LM_FOREVER, 5, 2),
+		     LM_CONV_ERR_UNKNOWN);
+	cr_assert_eq(conv(&ow[0], 424242, LM_SHARED, LM_FOREVER, 5, 2),
+		     LM_CONV_ERR_UNKNOWN);
+	cr_assert_eq(nev(), 0);
+	cr_assert_eq(lease(x)->mode, LM_EXCLUSIVE);
+	cr_assert_eq(lease(w)->mode, LM_SHARED);
+}
+
+Test(lockmgr, waiting_upgrades_on_two_resources_do_not_interfere)
+{
+	uint64_t a1 = must_grant(&ow[0], "a", LM_SHARED, 0);
+	uint64_t b1 = must_grant(&ow[1], "b", LM_SHARED, 0);
+	uint64_t a2 = must_grant(&ow[2], "a", LM_SHARED, 0);
+
+	must_grant(&ow[3], "b", LM_SHARED, 0);
+	cr_assert_eq(conv(&ow[0], a1, LM_EXCLUSIVE, LM_FOREVER, 5, 1),
+		     LM_CONV_WAITING);
+	cr_assert_eq(conv(&ow[1], b1, LM_EXCLUSIVE, LM_FOREVER, 6, 1),
+		     LM_CONV_WAITING, "no deadlock across resources");
+	cr_assert_eq(lm.nconverting, 2);
+	done();
+	cr_assert_eq(lockmgr_release(&lm, &ow[2], a2, false, 2), 0);
+	cr_assert_not_null(must_conv(LM_EV_GRANTED, a1));
+	cr_assert_null(find_conv(LM_EV_GRANTED, b1, true));
+	cr_assert_eq(lm.nconverting, 1);
+}
+
 /* ================================================= randomized model test */
 
 /*
  * The reference model. It knows only the contract: strict FIFO per
  * resource, shared runs granted together, the gate, lock-delay after an
- * unclean end, the token limit, the limits and their refusals. It tracks
+ * unclean end, the token limit, the limits and their refusals, and
+ * conversion: downgrades at once, one waiting upgrade per resource ahead of
+ * the queue, deadlock refusals, and a waiting upgrade ending just before its
+ * lease. It tracks
  * every live request, replays each event against its own state and checks
  * it is allowed at that moment, then compares the whole state with the
  * lock manager's after every step.
@@ -1891,6 +2533,8 @@ struct mreq {
 	uint64_t deadline; /* waiting: timeout; held: expiry; or FOREVER */
 	uint64_t ttl, delay, token;
 	uint32_t last_pos;
+	bool converting; /* its upgrade waits */
+	uint64_t conv_tag, t_conv, conv_deadline;
 };
 
 enum m_op {
@@ -1904,7 +2548,31 @@ enum m_op {
 	OP_REVOKE_PID,
 	OP_GATE,
 	OP_TOKENS,
+	OP_CONVERT,
 };
+
+/*
+ * What the random walks reached, summed over every seed, so the test can
+ * insist that each conversion path was taken at least once.
+ */
+enum m_cov {
+	COV_DONE_UP,
+	COV_DONE_DOWN,
+	COV_DONE_SAME,
+	COV_WAITING,
+	COV_ERR_UNKNOWN,
+	COV_ERR_NOT_HELD,
+	COV_ERR_PENDING,
+	COV_ERR_WOULD_BLOCK,
+	COV_ERR_DEADLOCK,
+	COV_UP_AFTER_WAIT,
+	COV_CONV_TIMEOUT,
+	COV_CONV_CANCEL,
+	COV_CONV_WITH_LEASE,
+	COV_DOWN_GRANTS,
+	COV_N
+};
+static uint64_t m_cov[COV_N];
 
 struct model {
 	uint64_t seed;
@@ -1930,6 +2598,10 @@ struct model {
 	uint32_t op_pid;
 	enum lm_end op_why;
 	uint64_t new_id; /* the request this step's acquire made, or 0 */
+	uint64_t op_tag; /* this step's convert: its tag and mode */
+	enum lm_mode op_mode;
+	uint64_t expect_end; /* a lease whose ENDED must come next, or 0 */
+	enum lm_end expect_why;
 };
 
 #define MCHECK(m, cond, ...)                                                   \
@@ -2106,11 +2778,22 @@ m_remove(struct model *m, struct mreq *r)
 	*r = m->live[--m->nlive];
 }
 
+/* The holder of res whose upgrade waits, or NULL. */
+static struct mreq *
+m_converter(struct model *m, int res)
+{
+	for (int i = 0; i < m->nlive; i++) {
+		if (m->live[i].res == res && m->live[i].converting)
+			return &m->live[i];
+	}
+	return NULL;
+}
+
 static bool
 m_blocked(struct model *m, int res, enum lm_mode mode)
 {
 	return !m->open || m->delayed[res] || m_count(m, res, false) > 0 ||
-	       !m_compatible(m, res, mode);
+	       m_converter(m, res) != NULL || !m_compatible(m, res, mode);
 }
 
 static uint64_t
@@ -2135,13 +2818,85 @@ m_event(struct model *m, const struct lm_event *e, struct lm_owner *owners)
 		res = m_res_of(e->res);
 		MCHECK(m, res == r->res, "event names the wrong resource");
 		MCHECK(m, e->owner == &owners[r->owner], "wrong owner");
-		MCHECK(m, e->tag == r->tag, "wrong tag");
-		MCHECK(m, e->mode == r->mode, "wrong mode");
+		if (!e->convert) {
+			MCHECK(m, e->tag == r->tag, "wrong tag");
+			MCHECK(m, e->mode == r->mode, "wrong mode");
+		}
+	}
+	/* A waiting upgrade that ended with its lease: the lease is next. */
+	if (m->expect_end != 0) {
+		MCHECK(m,
+		       e->kind == LM_EV_ENDED && !e->convert &&
+			   e->lease_id == m->expect_end &&
+			   e->end == m->expect_why,
+		       "lease %" PRIu64 " did not end right after its upgrade",
+		       m->expect_end);
+		m->expect_end = 0;
+	}
+	if (e->convert) {
+		MCHECK(m, e->kind == LM_EV_GRANTED || e->kind == LM_EV_ENDED,
+		       "convert flag on event %d", e->kind);
+		MCHECK(m, r->held, "conversion event for a pending request");
+		MCHECK(m, e->ttl_ns == r->ttl || e->kind == LM_EV_ENDED,
+		       "ttl in a conversion");
 	}
 
 	switch (e->kind) {
 	case LM_EV_GRANTED: {
 		struct mreq *h = m_head(m, res);
+
+		if (e->convert) {
+			if (r->converting) {
+				MCHECK(m, !e->immediate,
+				       "waited, yet immediate");
+				MCHECK(m, e->tag == r->conv_tag, "upgrade tag");
+				MCHECK(m, e->waited_ns == m->now - r->t_conv,
+				       "upgrade waited_ns");
+				MCHECK(m,
+				       e->mode == LM_EXCLUSIVE &&
+					   e->was == LM_SHARED &&
+					   r->mode == LM_SHARED,
+				       "only upgrades wait");
+				m_cov[COV_UP_AFTER_WAIT]++;
+			} else {
+				MCHECK(m,
+				       m->op == OP_CONVERT && r->id == m->op_id,
+				       "conversion nobody asked for");
+				MCHECK(m, e->immediate, "not immediate");
+				MCHECK(m, e->tag == m->op_tag, "convert tag");
+				MCHECK(m, e->waited_ns == 0, "waited_ns");
+				MCHECK(m,
+				       e->was == r->mode &&
+					   e->mode == m->op_mode,
+				       "modes of the conversion");
+			}
+			if (e->was == LM_SHARED && e->mode == LM_EXCLUSIVE) {
+				MCHECK(m, m->open,
+				       "upgrade with the gate shut");
+				MCHECK(m, !m->delayed[res],
+				       "upgrade during lock-delay");
+				MCHECK(m, m_count(m, res, true) == 1,
+				       "upgrade beside other holders");
+				MCHECK(m, e->token > m->last_token,
+				       "upgrade token %" PRIu64
+				       " not above %" PRIu64,
+				       e->token, m->last_token);
+				MCHECK(m, e->token <= m->limit,
+				       "token beyond the limit");
+				m->last_token = e->token;
+				r->token = e->token;
+			} else {
+				MCHECK(
+				    m, e->token == r->token,
+				    "a downgrade or no-op changed the token");
+			}
+			r->mode = e->mode;
+			r->converting = false;
+			break;
+		}
+		MCHECK(m, m_converter(m, res) == NULL,
+		       "lease %" PRIu64 " granted while an upgrade waits",
+		       r->id);
 
 		MCHECK(m, !r->held, "lease %" PRIu64 " granted twice", r->id);
 		MCHECK(m, m->open, "granted while the gate is shut");
@@ -2191,6 +2946,88 @@ m_event(struct model *m, const struct lm_event *e, struct lm_owner *owners)
 	case LM_EV_ENDED: {
 		enum lm_end want;
 
+		if (e->convert) {
+			bool with_lease = true;
+
+			MCHECK(m, r->converting, "no upgrade waited");
+			MCHECK(m, !e->held, "held flag of an upgrade");
+			MCHECK(m, e->tag == r->conv_tag, "upgrade tag");
+			MCHECK(m, e->mode == LM_EXCLUSIVE, "upgrade mode");
+			MCHECK(m, e->waited_ns == m->now - r->t_conv,
+			       "upgrade waited_ns");
+			switch (m->op) {
+			case OP_CONVERT:
+				MCHECK(m, r->id == m->op_id,
+				       "withdrew another's upgrade");
+				want = LM_END_CANCEL;
+				with_lease = false;
+				break;
+			case OP_RELEASE:
+			case OP_CANCEL:
+				MCHECK(m, r->id == m->op_id,
+				       "release ended another's upgrade");
+				want = LM_END_RELEASE;
+				break;
+			case OP_DROP:
+				MCHECK(m, r->owner == m->op_owner,
+				       "drop ended another owner's upgrade");
+				want = m->op_why;
+				break;
+			case OP_REVOKE:
+				MCHECK(m, r->id == m->op_id,
+				       "revoke ended the wrong upgrade");
+				want = LM_END_ADMIN;
+				break;
+			case OP_REVOKE_PID:
+				MCHECK(
+				    m, m_pids[r->owner] == m->op_pid,
+				    "revoke_pid ended another pid's upgrade");
+				want = LM_END_ADMIN;
+				break;
+			case OP_TICK:
+				/* Whichever of its timeout and its lease's
+				 * expiry came first (either, when equal). */
+				if (e->end == LM_END_TIMEOUT) {
+					MCHECK(m,
+					       r->conv_deadline <= m->now &&
+						   r->conv_deadline <=
+						       r->deadline,
+					       "upgrade timed out early");
+					want = LM_END_TIMEOUT;
+					with_lease = false;
+				} else {
+					MCHECK(m,
+					       r->deadline <= m->now &&
+						   r->deadline <=
+						       r->conv_deadline,
+					       "upgrade ended by an expiry "
+					       "not due");
+					want = LM_END_EXPIRED;
+				}
+				break;
+			default:
+				MCHECK(m, false,
+				       "no upgrade may end in this operation");
+				want = LM_END_RELEASE;
+			}
+			MCHECK(m, e->end == want, "upgrade end %s, want %s",
+			       lockmgr_end_name(e->end),
+			       lockmgr_end_name(want));
+			r->converting = false;
+			if (with_lease) {
+				m->expect_end = r->id;
+				m->expect_why = want;
+				m_cov[COV_CONV_WITH_LEASE]++;
+			} else {
+				m_cov[want == LM_END_CANCEL
+					  ? COV_CONV_CANCEL
+					  : COV_CONV_TIMEOUT]++;
+			}
+			break;
+		}
+		MCHECK(m, !r->converting,
+		       "lease %" PRIu64 " ended before its waiting upgrade",
+		       r->id);
 		MCHECK(m, e->held == r->held, "held flag wrong");
 		switch (m->op) {
 		case OP_RELEASE:
@@ -2269,6 +3106,8 @@ m_events(struct model *m, struct lm_owner *owners)
 
 	for (size_t i = 0; i < n; i++)
 		m_event(m, &ev[i], owners);
+	MCHECK(m, m->expect_end == 0,
+	       "lease %" PRIu64 " outlived its ended upgrade", m->expect_end);
 }
 
 /* The whole state, after the step's events were replayed. */
@@ -2286,6 +3125,11 @@ m_check_state(struct model *m, struct lm_owner *owners)
 		MCHECK(m, q->owner == &owners[r->owner], "owner");
 		MCHECK(m, (q->state == LM_HELD) == r->held, "state of %" PRIu64,
 		       r->id);
+		MCHECK(m, q->mode == r->mode, "mode of %" PRIu64, r->id);
+		MCHECK(m, q->converting == r->converting,
+		       "converting flag of %" PRIu64, r->id);
+		if (r->converting && r->conv_deadline < next)
+			next = r->conv_deadline;
 		if (r->held) {
 			held++;
 			MCHECK(m, q->token == r->token, "token");
@@ -2309,6 +3153,14 @@ m_check_state(struct model *m, struct lm_owner *owners)
 	       held);
 	MCHECK(m, lm.nwaiting == (unsigned)waiting, "nwaiting %u, model %d",
 	       lm.nwaiting, waiting);
+	{
+		unsigned nconv = 0;
+
+		for (int res = 0; res < M_RES; res++)
+			nconv += m_converter(m, res) != NULL;
+		MCHECK(m, lm.nconverting == nconv, "nconverting %u, model %u",
+		       lm.nconverting, nconv);
+	}
 	for (int o = 0; o < M_OWNERS; o++)
 		MCHECK(m, owners[o].nreqs == (unsigned)m_owner_count(m, o),
 		       "owner %d nreqs", o);
@@ -2319,6 +3171,7 @@ m_check_state(struct model *m, struct lm_owner *owners)
 		    lockmgr_find(&lm, m_names[res], strlen(m_names[res]));
 		int nh = m_count(m, res, true), nw = m_count(m, res, false);
 		const struct mreq *h = m_head(m, res);
+		const struct mreq *cv = m_converter(m, res);
 		uint64_t max_held_seq = 0;
 		bool excl = false;
 
@@ -2330,6 +3183,10 @@ m_check_state(struct model *m, struct lm_owner *owners)
 		if (lr != NULL) {
 			MCHECK(m, lr->nholders == (unsigned)nh, "nholders");
 			MCHECK(m, lr->nwaiters == (unsigned)nw, "nwaiters");
+			MCHECK(m,
+			       lr->converting ==
+				   (cv ? lockmgr_lease(&lm, cv->id) : NULL),
+			       "conversion slot of %s", m_names[res]);
 		}
 		for (int i = 0; i < m->nlive; i++) {
 			const struct mreq *r = &m->live[i];
@@ -2345,10 +3202,15 @@ m_check_state(struct model *m, struct lm_owner *owners)
 		/* FIFO: nobody holds who asked after a waiter. */
 		MCHECK(m, h == NULL || max_held_seq < h->seq,
 		       "a later request holds while an earlier one waits");
-		/* No lost wake-up. */
+		/* No lost wake-up, for the upgrade or the queue behind it. */
+		MCHECK(m,
+		       cv == NULL || !m->open || m->delayed[res] ||
+			   m->last_token >= m->limit || nh > 1,
+		       "upgrade of %" PRIu64 " on %s could be done but waits",
+		       cv ? cv->id : 0, m_names[res]);
 		MCHECK(m,
 		       h == NULL || !m->open || m->delayed[res] ||
-			   m->last_token >= m->limit ||
+			   m->last_token >= m->limit || cv != NULL ||
 			   !m_compatible(m, res, h->mode),
 		       "lease %" PRIu64 " on %s could be granted but waits",
 		       h ? h->id : 0, m_names[res]);
@@ -2386,10 +3248,87 @@ m_pick_id(struct model *m, int o, bool *own)
 	return (1ull << 40) + m_below(m, 1000);
 }
 
+/* Owner o converts one of its leases (or someone else's, or none). */
+static void
+m_convert_step(struct model *m, struct lm_owner *owners, int o)
+{
+	bool own, blocked;
+	uint64_t id = m_pick_id(m, o, &own), t = m_below(m, 10);
+	struct mreq *r = m_find(m, id);
+	struct lm_convert c;
+	enum lm_conv_result want, got;
+	size_t before = 0, n;
+
+	m->op = OP_CONVERT;
+	m->op_id = id;
+	memset(&c, 0, sizeof c);
+	c.lease_id = id;
+	/* Mostly a real change of mode; sometimes the mode held. */
+	if (r != NULL && m_below(m, 4) != 0)
+		c.mode = r->mode == LM_SHARED ? LM_EXCLUSIVE : LM_SHARED;
+	else
+		c.mode = m_below(m, 2) ? LM_SHARED : LM_EXCLUSIVE;
+	c.timeout_ns = t < 3 ? 0 : t < 6 ? LM_FOREVER : 1 + m_below(m, 200);
+	c.tag = m->op_tag = ++m->tagseq;
+	m->op_mode = c.mode;
+
+	if (!own)
+		want = LM_CONV_ERR_UNKNOWN;
+	else if (!r->held)
+		want = LM_CONV_ERR_NOT_HELD;
+	else if (c.mode == r->mode || c.mode == LM_SHARED)
+		want = LM_CONV_DONE; /* a waiting upgrade is shared */
+	else if (r->converting)
+		want = LM_CONV_ERR_PENDING;
+	else if (m_converter(m, r->res) != NULL)
+		want = LM_CONV_ERR_DEADLOCK;
+	else {
+		blocked = !m->open || m->delayed[r->res] ||
+			  m_count(m, r->res, true) > 1;
+		if (blocked && c.timeout_ns == 0)
+			want = LM_CONV_ERR_WOULD_BLOCK;
+		else if (!blocked && m->last_token < m->limit)
+			want = LM_CONV_DONE;
+		else
+			want = LM_CONV_WAITING;
+	}
+
+	if (want == LM_CONV_DONE)
+		before = (size_t)m_count(m, r->res, true);
+	got = lockmgr_convert(&lm, &owners[o], &c, m->now);
+	MCHECK(m, got == want, "convert gave %d, model %d", got, want);
+	switch (got) {
+	case LM_CONV_DONE:
+		m_cov[c.mode == r->mode	       ? COV_DONE_SAME
+		      : c.mode == LM_EXCLUSIVE ? COV_DONE_UP
+					       : COV_DONE_DOWN]++;
+		m_events(m, owners);
+		MCHECK(m, r->mode == c.mode && !r->converting,
+		       "convert done, yet lease %" PRIu64 " is %s", r->id,
+		       lockmgr_mode_name(r->mode));
+		if ((size_t)m_count(m, r->res, true) > before)
+			m_cov[COV_DOWN_GRANTS]++;
+		break;
+	case LM_CONV_WAITING:
+		m_cov[COV_WAITING]++;
+		r->converting = true;
+		r->conv_tag = c.tag;
+		r->t_conv = m->now;
+		r->conv_deadline = m_after(m->now, c.timeout_ns);
+		m_events(m, owners);
+		MCHECK(m, r->converting, "a waiting upgrade was done");
+		break;
+	default:
+		m_cov[got - LM_CONV_ERR_UNKNOWN + COV_ERR_UNKNOWN]++;
+		lockmgr_events(&lm, &n);
+		MCHECK(m, n == 0, "refused convert queued events");
+	}
+}
+
 static void
 m_step(struct model *m, struct lm_owner *owners)
 {
-	uint64_t roll = m_below(m, 100);
+	uint64_t roll = m_below(m, 112);
 	int o = (int)m_below(m, M_OWNERS);
 
 	m->new_id = 0;
@@ -2571,7 +3510,7 @@ m_step(struct model *m, struct lm_owner *owners)
 		m->open = open;
 		lockmgr_set_open(&lm, open, m->now);
 		m_events(m, owners);
-	} else {
+	} else if (roll < 100) {
 		m->op = OP_TOKENS;
 		if (m->limit != UINT64_MAX) {
 			m->limit += m_below(m, 4);
@@ -2580,6 +3519,8 @@ m_step(struct model *m, struct lm_owner *owners)
 			lockmgr_add_tokens(&lm, UINT64_MAX, m->now);
 		}
 		m_events(m, owners);
+	} else {
+		m_convert_step(m, owners, o);
 	}
 
 	lockmgr_events_done(&lm);
@@ -2664,7 +3605,9 @@ m_run(uint64_t seed, int steps)
 	MCHECK(m, m->nlive == 0, "requests left");
 	MCHECK(m, m->issued == m->ended,
 	       "%" PRIu64 " issued, %" PRIu64 " ended", m->issued, m->ended);
-	MCHECK(m, lm.nres == 0 && lm.nheld == 0 && lm.nwaiting == 0,
+	MCHECK(m,
+	       lm.nres == 0 && lm.nheld == 0 && lm.nwaiting == 0 &&
+		   lm.nconverting == 0,
 	       "manager not empty");
 	MCHECK(m, lockmgr_next_deadline(&lm) == LM_FOREVER, "timers left");
 	MCHECK(m, !m->busy, "still busy");
@@ -2675,8 +3618,28 @@ m_run(uint64_t seed, int steps)
 }
 
 /* The model test owns its manager, so it skips the fixture. */
-Test(lockmgr_model, random_operations_keep_every_invariant, .timeout = 60)
+/* LOCKMGR_MODEL_SEEDS runs more seeds than the default, for a long soak. */
+Test(lockmgr_model, random_operations_keep_every_invariant, .timeout = 600)
 {
-	for (uint64_t seed = 1; seed <= M_SEEDS; seed++)
+	static const char *const cov_names[COV_N] = {
+	    "done_up",	       "done_down",	  "done_same",
+	    "waiting",	       "err_unknown",	  "err_not_held",
+	    "err_pending",     "err_would_block", "err_deadlock",
+	    "up_after_wait",   "conv_timeout",	  "conv_cancel",
+	    "conv_with_lease", "down_grants",
+	};
+	const char *env = getenv("LOCKMGR_MODEL_SEEDS");
+	uint64_t seeds = env ? strtoull(env, NULL, 10) : M_SEEDS;
+
+	if (seeds == 0)
+		seeds = M_SEEDS;
+	memset(m_cov, 0, sizeof m_cov);
+	for (uint64_t seed = 1; seed <= seeds; seed++)
 		m_run(seed, M_STEPS);
+	cr_log_info("model: %" PRIu64 " seeds of %d steps", seeds, M_STEPS);
+	for (int k = 0; k < COV_N; k++) {
+		cr_log_info("model: %s %" PRIu64, cov_names[k], m_cov[k]);
+		cr_expect_gt(m_cov[k], 0, "the walk never reached %s",
+			     cov_names[k]);
+	}
 }
