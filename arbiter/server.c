@@ -334,8 +334,10 @@ server_fd_freed(struct server *srv)
 {
 	struct listener *ls[] = {&srv->accept, metrics_listener(srv)};
 
+	if (srv->stopping)
+		return;
 	for (size_t i = 0; i < sizeof ls / sizeof ls[0]; i++) {
-		if (ls[i] == NULL || !ls[i]->paused || srv->stopping)
+		if (ls[i] == NULL || !ls[i]->paused)
 			continue;
 		event_del(ls[i]->ev_resume);
 		listener_resume_cb(-1, 0, ls[i]);
