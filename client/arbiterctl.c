@@ -4,14 +4,17 @@
  * the connection that holds the lease, so the lease lives exactly as long as
  * the command, even if arbiterctl itself is killed.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <math.h>
 #include <poll.h>
 #include <pwd.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,7 +45,8 @@ usage(FILE *out)
 	fprintf(out,
 "  ping             exit 0 when the arbiter answers; prints its role\n"
 "  stats [--json] [RESOURCE]\n"
-"                   acquisitions, failures, wait and hold times\n"
+"                   every figure of the daemon: acquisitions, failures,\n"
+"                   how leases ended, wait and hold times\n"
 "  status [--json] [RESOURCE]\n"
 "                   every resource with its holders and waiters, in order\n"
 "                   (up to 1000 of each per resource; the rest counted)\n"
@@ -218,89 +222,562 @@ json_str(FILE *out, const char *s)
 	fputc('"', out);
 }
 
-static void
-json_hist(FILE *out, const char *key, const Arbiter__Histogram *h)
-{
-	fprintf(out,
-		"\"%s\": {\"count\": %" PRIu64 ", \"sum\": %.9f, \"mean\": "
-		"%.9f, \"max\": %.9f, \"p50\": %.9f, \"p90\": %.9f, \"p99\": "
-		"%.9f}",
-		key, h ? h->count : 0, h ? h->sum_seconds : 0,
-		h ? h->mean_seconds : 0, h ? h->max_seconds : 0,
-		h ? h->p50_seconds : 0, h ? h->p90_seconds : 0,
-		h ? h->p99_seconds : 0);
-}
-
-static void
-json_figures(FILE *out, const Arbiter__ResourceStats *r)
-{
-	fprintf(out,
-		"\"total_acquisitions\": %" PRIu64
-		", \"failed_acquisitions\": %" PRIu64
-		", \"average_wait_time\": %.9f, \"max_wait_time\": %.9f, "
-		"\"acquired_immediate\": %" PRIu64
-		", \"acquired_after_wait\": %" PRIu64
-		", \"failed_timeout\": %" PRIu64
-		", \"failed_would_block\": %" PRIu64
-		", \"failed_forbidden\": %" PRIu64
-		", \"failed_invalid\": %" PRIu64 ", \"releases\": %" PRIu64
-		", \"cancelled\": %" PRIu64 ", \"revoked_disconnect\": %" PRIu64
-		", \"revoked_expired\": %" PRIu64 ", \"revoked_admin\": %" PRIu64
-		", \"revoked_shutdown\": %" PRIu64
-		", \"holders\": %u, \"waiters\": %u, ",
-		r->total_acquisitions, r->failed_acquisitions,
-		r->average_wait_time, r->max_wait_time, r->acquired_immediate,
-		r->acquired_after_wait, r->failed_timeout,
-		r->failed_would_block, r->failed_forbidden, r->failed_invalid,
-		r->releases, r->cancelled, r->revoked_disconnect,
-		r->revoked_expired, r->revoked_admin, r->revoked_shutdown,
-		r->holders, r->waiters);
-	json_hist(out, "wait_seconds", r->wait);
-	fputs(", ", out);
-	json_hist(out, "hold_seconds", r->hold);
-}
-
 /* ------------------------------------------------------------ stats */
 
-static void
-print_hist_row(const char *what, const Arbiter__Histogram *h)
+/*
+ * `stats` renders the Stats reply from its message descriptor, not from a
+ * list of figures kept here, so a figure the daemon adds to arbiter.proto
+ * reaches the table and --json with no change to this file. Fields come in
+ * field-number order; the rules are the same in the Python client
+ * (stats_dict in _proto.py):
+ *  - a repeated message lists one entry per element, named by the element's
+ *    first field when that is a string (ResourceStats.resource), which is
+ *    then not repeated inside the entry;
+ *  - in --json the top level's single message (the total) is spread over
+ *    the top level, and the repeated one comes last, keyed by name;
+ *  - a message whose floating-point fields all end in "_seconds" (a
+ *    Histogram) moves the unit to its own name: wait -> wait_seconds
+ *    holding count, sum, mean, max, p50, p90, p99;
+ *  - bytes (the paging cursor) are not shown.
+ */
+#define SECONDS "_seconds"
+
+typedef ProtobufCFieldDescriptor field_desc;
+
+static const void *
+field_at(const ProtobufCMessage *m, const field_desc *f)
 {
-	if (h == NULL || h->count == 0) {
-		printf("  %-6s -\n", what);
-		return;
+	return (const char *)m + f->offset;
+}
+
+static size_t
+field_count(const ProtobufCMessage *m, const field_desc *f)
+{
+	return *(const size_t *)(const void *)((const char *)m +
+					       f->quantifier_offset);
+}
+
+/* An absent submessage reads as one holding its defaults. */
+static const ProtobufCMessage *
+sub_message(const field_desc *f, const void *at, void *spare, size_t len)
+{
+	const ProtobufCMessage *sub = *(ProtobufCMessage *const *)at;
+	const ProtobufCMessageDescriptor *d = f->descriptor;
+
+	if (sub != NULL)
+		return sub;
+	if (d->sizeof_message > len)
+		die(EXIT_SOFTWARE,
+		    "stats: message %s is larger than expected; "
+		    "rebuild arbiterctl",
+		    d->name);
+	protobuf_c_message_init(d, spare);
+	return spare;
+}
+
+/* The first field names an element of a repeated message if a string. */
+static bool
+has_key(const ProtobufCMessageDescriptor *d)
+{
+	return d->n_fields > 0 && d->fields[0].type == PROTOBUF_C_TYPE_STRING &&
+	       d->fields[0].label != PROTOBUF_C_LABEL_REPEATED;
+}
+
+static bool
+is_key(const ProtobufCMessage *m, const field_desc *f)
+{
+	return f == &m->descriptor->fields[0] && has_key(m->descriptor);
+}
+
+static const char *
+key_of(const ProtobufCMessage *m)
+{
+	const char *const *at;
+
+	if (!has_key(m->descriptor))
+		return "";
+	at = field_at(m, &m->descriptor->fields[0]);
+	return *at ? *at : "";
+}
+
+/* Whether a message's floating-point fields all end in _seconds. */
+static bool
+in_seconds(const ProtobufCMessageDescriptor *d)
+{
+	size_t n = 0, sl = strlen(SECONDS);
+
+	for (unsigned i = 0; i < d->n_fields; i++) {
+		const field_desc *f = &d->fields[i];
+		size_t len = strlen(f->name);
+
+		if (f->type != PROTOBUF_C_TYPE_DOUBLE &&
+		    f->type != PROTOBUF_C_TYPE_FLOAT)
+			continue;
+		if (len <= sl || strcmp(f->name + len - sl, SECONDS) != 0)
+			return false;
+		n++;
 	}
-	printf("  %-6s count %" PRIu64 "  mean %s%.3f ms  p50 %.3f ms  p90 "
-	       "%.3f ms  p99 %.3f ms  max %.3f ms\n",
-	       what, h->count, "", h->mean_seconds * 1e3, h->p50_seconds * 1e3,
-	       h->p90_seconds * 1e3, h->p99_seconds * 1e3,
-	       h->max_seconds * 1e3);
+	return n > 0;
+}
+
+/* A field's name, less the _seconds its message moved to its own name. */
+static int
+name_len(const field_desc *f, bool strip)
+{
+	size_t len = strlen(f->name), sl = strlen(SECONDS);
+
+	if (strip && len > sl && strcmp(f->name + len - sl, SECONDS) == 0)
+		len -= sl;
+	return (int)len;
+}
+
+static bool
+is_number(const field_desc *f)
+{
+	return f->type != PROTOBUF_C_TYPE_STRING &&
+	       f->type != PROTOBUF_C_TYPE_BYTES &&
+	       f->type != PROTOBUF_C_TYPE_MESSAGE &&
+	       f->type != PROTOBUF_C_TYPE_ENUM &&
+	       f->type != PROTOBUF_C_TYPE_BOOL;
+}
+
+/* A numeric scalar as a double (exact below 2^53). */
+static double
+number_at(const field_desc *f, const void *at)
+{
+	switch (f->type) {
+	case PROTOBUF_C_TYPE_INT32:
+	case PROTOBUF_C_TYPE_SINT32:
+	case PROTOBUF_C_TYPE_SFIXED32:
+		return *(const int32_t *)at;
+	case PROTOBUF_C_TYPE_UINT32:
+	case PROTOBUF_C_TYPE_FIXED32:
+		return *(const uint32_t *)at;
+	case PROTOBUF_C_TYPE_INT64:
+	case PROTOBUF_C_TYPE_SINT64:
+	case PROTOBUF_C_TYPE_SFIXED64:
+		return (double)*(const int64_t *)at;
+	case PROTOBUF_C_TYPE_UINT64:
+	case PROTOBUF_C_TYPE_FIXED64:
+		return (double)*(const uint64_t *)at;
+	case PROTOBUF_C_TYPE_FLOAT:
+		return *(const float *)at;
+	case PROTOBUF_C_TYPE_DOUBLE:
+		return *(const double *)at;
+	case PROTOBUF_C_TYPE_BOOL:
+		return *(const protobuf_c_boolean *)at ? 1 : 0;
+	default:
+		return 0;
+	}
+}
+
+/*
+ * One scalar value: integers exactly, floating point with %.9f in JSON and
+ * %.6g in the table, enums by their lower-case name, bools as true/false.
+ */
+static void
+put_scalar(FILE *out, const field_desc *f, const void *at, bool json)
+{
+	switch (f->type) {
+	case PROTOBUF_C_TYPE_INT32:
+	case PROTOBUF_C_TYPE_SINT32:
+	case PROTOBUF_C_TYPE_SFIXED32:
+		fprintf(out, "%" PRId32, *(const int32_t *)at);
+		break;
+	case PROTOBUF_C_TYPE_UINT32:
+	case PROTOBUF_C_TYPE_FIXED32:
+		fprintf(out, "%" PRIu32, *(const uint32_t *)at);
+		break;
+	case PROTOBUF_C_TYPE_INT64:
+	case PROTOBUF_C_TYPE_SINT64:
+	case PROTOBUF_C_TYPE_SFIXED64:
+		fprintf(out, "%" PRId64, *(const int64_t *)at);
+		break;
+	case PROTOBUF_C_TYPE_UINT64:
+	case PROTOBUF_C_TYPE_FIXED64:
+		fprintf(out, "%" PRIu64, *(const uint64_t *)at);
+		break;
+	case PROTOBUF_C_TYPE_FLOAT:
+	case PROTOBUF_C_TYPE_DOUBLE:
+		fprintf(out, json ? "%.9f" : "%.6g", number_at(f, at));
+		break;
+	case PROTOBUF_C_TYPE_BOOL:
+		fputs(*(const protobuf_c_boolean *)at ? "true" : "false", out);
+		break;
+	case PROTOBUF_C_TYPE_ENUM: {
+		const ProtobufCEnumValue *v =
+		    protobuf_c_enum_descriptor_get_value(f->descriptor,
+							 *(const int *)at);
+		char name[64];
+		size_t i;
+
+		snprintf(name, sizeof name, "%s", v ? v->name : "unknown");
+		for (i = 0; name[i]; i++)
+			name[i] = (char)tolower((unsigned char)name[i]);
+		if (json)
+			json_str(out, name);
+		else
+			fputs(name, out);
+		break;
+	}
+	case PROTOBUF_C_TYPE_STRING:
+		if (json)
+			json_str(out, *(char *const *)at);
+		else
+			fputs(*(char *const *)at ? *(char *const *)at : "",
+			      out);
+		break;
+	default:
+		break;
+	}
+}
+
+/* Spare room for an absent submessage's defaults. */
+union spare {
+	ProtobufCMessage base;
+	char room[512];
+	max_align_t align;
+};
+
+/* The size of one element of a repeated scalar field. */
+static size_t
+scalar_size(const field_desc *f)
+{
+	switch (f->type) {
+	case PROTOBUF_C_TYPE_INT64:
+	case PROTOBUF_C_TYPE_SINT64:
+	case PROTOBUF_C_TYPE_SFIXED64:
+	case PROTOBUF_C_TYPE_UINT64:
+	case PROTOBUF_C_TYPE_FIXED64:
+		return sizeof(uint64_t);
+	case PROTOBUF_C_TYPE_DOUBLE:
+		return sizeof(double);
+	case PROTOBUF_C_TYPE_STRING:
+		return sizeof(char *);
+	case PROTOBUF_C_TYPE_BOOL:
+		return sizeof(protobuf_c_boolean);
+	case PROTOBUF_C_TYPE_ENUM:
+		return sizeof(int);
+	default:
+		return sizeof(uint32_t);
+	}
+}
+
+static void json_message(FILE *out, const ProtobufCMessage *m, bool strip);
+
+static void json_message(FILE *out, const ProtobufCMessage *m, bool strip);
+
+/* A repeated field: an object keyed by the elements' names, else a list. */
+static void
+json_list(FILE *out, const ProtobufCMessage *m, const field_desc *f)
+{
+	const void *const *v = *(const void *const *const *)field_at(m, f);
+	bool msg = f->type == PROTOBUF_C_TYPE_MESSAGE;
+	bool keyed = msg && has_key(f->descriptor);
+
+	fputc(keyed ? '{' : '[', out);
+	for (size_t j = 0; j < field_count(m, f); j++) {
+		fputs(j ? ", " : "", out);
+		if (keyed) {
+			json_str(out, key_of(v[j]));
+			fputs(": ", out);
+		}
+		if (msg)
+			json_message(out, v[j], false);
+		else
+			put_scalar(out, f, (const char *)v + j * scalar_size(f),
+				   true);
+	}
+	fputc(keyed ? '}' : ']', out);
+}
+
+/* The fields of m as JSON members, after *first; spread: the top level. */
+static void
+json_members(FILE *out, const ProtobufCMessage *m, bool strip, bool spread,
+	     bool *first)
+{
+	const ProtobufCMessageDescriptor *d = m->descriptor;
+
+	for (int late = 0; late < 2; late++)
+		for (unsigned i = 0; i < d->n_fields; i++) {
+			const field_desc *f = &d->fields[i];
+			const void *at = field_at(m, f);
+			bool rep = f->label == PROTOBUF_C_LABEL_REPEATED;
+			bool msg = f->type == PROTOBUF_C_TYPE_MESSAGE;
+			const ProtobufCMessage *sub = NULL;
+			union spare spare;
+
+			/* The top level's repeated messages come last. */
+			if (f->type == PROTOBUF_C_TYPE_BYTES || is_key(m, f) ||
+			    late != (spread && rep && msg))
+				continue;
+			if (msg && !rep)
+				sub = sub_message(f, at, &spare, sizeof spare);
+			if (sub != NULL && spread) {
+				json_members(out, sub, false, false, first);
+				continue;
+			}
+			fprintf(out, "%s\"%.*s", *first ? "" : ", ",
+				name_len(f, strip), f->name);
+			*first = false;
+			if (sub != NULL && in_seconds(f->descriptor))
+				fputs(SECONDS, out);
+			fputs("\": ", out);
+			if (rep)
+				json_list(out, m, f);
+			else if (sub != NULL)
+				json_message(out, sub,
+					     in_seconds(f->descriptor));
+			else
+				put_scalar(out, f, at, true);
+		}
 }
 
 static void
-print_figures(const Arbiter__ResourceStats *r)
+json_message(FILE *out, const ProtobufCMessage *m, bool strip)
 {
-	double rate = r->total_acquisitions + r->failed_acquisitions
-			      ? 100.0 * (double)r->failed_acquisitions /
-					(double)(r->total_acquisitions +
-						 r->failed_acquisitions)
-			      : 0;
+	bool first = true;
 
-	printf("  acquisitions %" PRIu64 " (immediate %" PRIu64
-	       ", after wait %" PRIu64 ")  failed %" PRIu64 " (%.1f %%)\n",
-	       r->total_acquisitions, r->acquired_immediate,
-	       r->acquired_after_wait, r->failed_acquisitions, rate);
-	printf("  failures: timeout %" PRIu64 ", busy %" PRIu64
-	       ", forbidden %" PRIu64 ", invalid %" PRIu64 "\n",
-	       r->failed_timeout, r->failed_would_block, r->failed_forbidden,
-	       r->failed_invalid);
-	printf("  ends: released %" PRIu64 ", cancelled %" PRIu64
-	       ", revoked: disconnect %" PRIu64 ", expired %" PRIu64
-	       ", admin %" PRIu64 ", shutdown %" PRIu64 "\n",
-	       r->releases, r->cancelled, r->revoked_disconnect,
-	       r->revoked_expired, r->revoked_admin, r->revoked_shutdown);
-	printf("  now: %u holding, %u waiting\n", r->holders, r->waiters);
-	print_hist_row("wait", r->wait);
-	print_hist_row("hold", r->hold);
+	fputc('{', out);
+	json_members(out, m, strip, false, &first);
+	fputc('}', out);
+}
+
+/*
+ * The table: a headline of the figures people read first, then every other
+ * scalar field, those that share the word before their first '_' on one
+ * line ("revoked: disconnect 1, expired 0, ..."), then one row per
+ * histogram. A headline marks what it showed in a bit set (by field index),
+ * so nothing is shown twice and nothing is left out.
+ */
+typedef uint64_t shown_set;
+
+static const field_desc *
+take(const ProtobufCMessage *m, const char *name, shown_set *shown)
+{
+	const field_desc *f = protobuf_c_message_descriptor_get_field_by_name(
+	    m->descriptor, name);
+	size_t i;
+
+	if (f == NULL || f->label == PROTOBUF_C_LABEL_REPEATED ||
+	    f->type == PROTOBUF_C_TYPE_MESSAGE ||
+	    f->type == PROTOBUF_C_TYPE_BYTES)
+		return NULL;
+	i = (size_t)(f - m->descriptor->fields);
+	if (i < 64)
+		*shown |= (shown_set)1 << i;
+	return f;
+}
+
+static double
+take_num(const ProtobufCMessage *m, const char *name, shown_set *shown)
+{
+	const field_desc *f = take(m, name, shown);
+
+	return f && f->type != PROTOBUF_C_TYPE_STRING &&
+		       f->type != PROTOBUF_C_TYPE_ENUM
+		   ? number_at(f, field_at(m, f))
+		   : 0;
+}
+
+static const char *
+take_str(const ProtobufCMessage *m, const char *name, shown_set *shown)
+{
+	const field_desc *f = take(m, name, shown);
+	const char *s;
+
+	if (f == NULL || f->type != PROTOBUF_C_TYPE_STRING)
+		return "?";
+	s = *(char *const *)field_at(m, f);
+	return s ? s : "?";
+}
+
+/* A field name as words: failed_would_block -> "failed would block". */
+static void
+put_words(const char *s, int len)
+{
+	for (int i = 0; i < len && s[i]; i++)
+		putchar(s[i] == '_' ? ' ' : s[i]);
+}
+
+static bool
+text_skips(const ProtobufCMessage *m, const field_desc *f, shown_set shown)
+{
+	size_t i = (size_t)(f - m->descriptor->fields);
+
+	return f->label == PROTOBUF_C_LABEL_REPEATED ||
+	       f->type == PROTOBUF_C_TYPE_MESSAGE ||
+	       f->type == PROTOBUF_C_TYPE_BYTES || is_key(m, f) ||
+	       (i < 64 && (shown >> i & 1));
+}
+
+/* The scalar fields not in shown, grouped by their first word. */
+static void
+text_scalars(const ProtobufCMessage *m, shown_set shown, const char *indent)
+{
+	const ProtobufCMessageDescriptor *d = m->descriptor;
+	bool *done = calloc(d->n_fields + 1, sizeof *done);
+	bool any = false;
+
+	if (done == NULL)
+		die(EXIT_SOFTWARE, "stats: out of memory");
+	for (unsigned i = 0; i < d->n_fields; i++)
+		done[i] = text_skips(m, &d->fields[i], shown);
+	for (unsigned i = 0; i < d->n_fields; i++) {
+		const char *name = d->fields[i].name;
+		size_t p = strcspn(name, "_");
+		unsigned mates = 0;
+
+		if (done[i] || name[p] != '_')
+			continue;
+		for (unsigned j = i + 1; j < d->n_fields; j++)
+			mates += !done[j] &&
+				 strncmp(d->fields[j].name, name, p + 1) == 0;
+		if (mates == 0)
+			continue;
+		printf("%s%.*s:", indent, (int)p, name);
+		for (unsigned j = i, n = 0; j < d->n_fields; j++) {
+			const field_desc *f = &d->fields[j];
+
+			if (done[j] || strncmp(f->name, name, p + 1) != 0)
+				continue;
+			printf("%s ", n++ ? "," : "");
+			put_words(f->name + p + 1, INT_MAX);
+			putchar(' ');
+			put_scalar(stdout, f, field_at(m, f), false);
+			done[j] = true;
+		}
+		putchar('\n');
+	}
+	for (unsigned i = 0; i < d->n_fields; i++) {
+		const field_desc *f = &d->fields[i];
+
+		if (done[i])
+			continue;
+		printf("%s", any ? ", " : indent);
+		put_words(f->name, INT_MAX);
+		putchar(' ');
+		put_scalar(stdout, f, field_at(m, f), false);
+		any = true;
+	}
+	if (any)
+		putchar('\n');
+	free(done);
+}
+
+/* A histogram in one row, durations in ms; "-" when it saw nothing. */
+static void
+text_seconds_row(const char *name, const ProtobufCMessage *h)
+{
+	const ProtobufCMessageDescriptor *d = h->descriptor;
+	bool empty = true;
+
+	for (unsigned i = 0; i < d->n_fields; i++)
+		if (is_number(&d->fields[i]) &&
+		    number_at(&d->fields[i], field_at(h, &d->fields[i])) != 0)
+			empty = false;
+	printf("  %-6s", name);
+	if (empty) {
+		printf(" -\n");
+		return;
+	}
+	for (unsigned i = 0; i < d->n_fields; i++) {
+		const field_desc *f = &d->fields[i];
+
+		if (!is_number(f))
+			continue;
+		printf(" %s", i ? " " : "");
+		put_words(f->name, name_len(f, true));
+		if (f->type == PROTOBUF_C_TYPE_DOUBLE ||
+		    f->type == PROTOBUF_C_TYPE_FLOAT)
+			printf(" %.3f ms", number_at(f, field_at(h, f)) * 1e3);
+		else {
+			putchar(' ');
+			put_scalar(stdout, f, field_at(h, f), false);
+		}
+	}
+	putchar('\n');
+}
+
+/* One resource's figures (or the total's). */
+static void
+print_figures(const ProtobufCMessage *m)
+{
+	const ProtobufCMessageDescriptor *d = m->descriptor;
+	shown_set shown = 0;
+	double ok = take_num(m, "total_acquisitions", &shown);
+	double failed = take_num(m, "failed_acquisitions", &shown);
+	double now = take_num(m, "acquired_immediate", &shown);
+	double later = take_num(m, "acquired_after_wait", &shown);
+	double holders = take_num(m, "holders", &shown);
+	double waiters = take_num(m, "waiters", &shown);
+
+	printf("  acquisitions %.0f (immediate %.0f, after wait %.0f)  failed "
+	       "%.0f (%.1f %%)\n",
+	       ok, now, later, failed,
+	       ok + failed > 0 ? 100.0 * failed / (ok + failed) : 0.0);
+	printf("  now: %.0f holding, %.0f waiting\n", holders, waiters);
+	text_scalars(m, shown, "  ");
+	for (unsigned i = 0; i < d->n_fields; i++) {
+		const field_desc *f = &d->fields[i];
+		union spare spare;
+		const ProtobufCMessage *sub;
+
+		if (f->type != PROTOBUF_C_TYPE_MESSAGE ||
+		    f->label == PROTOBUF_C_LABEL_REPEATED)
+			continue;
+		sub = sub_message(f, field_at(m, f), &spare, sizeof spare);
+		if (in_seconds(f->descriptor)) {
+			text_seconds_row(f->name, sub);
+		} else {
+			printf("  %s:\n", f->name);
+			text_scalars(sub, 0, "    ");
+		}
+	}
+}
+
+/* The whole Stats reply as a table: a headline, the other top-level
+ * figures, then the total (unless one resource was asked for) and each
+ * resource. */
+static void
+print_stats_table(const Arbiter__Stats *s, const char *resource)
+{
+	const ProtobufCMessage *m = &s->base;
+	const ProtobufCMessageDescriptor *d = m->descriptor;
+	shown_set shown = 0;
+	const char *role = take_str(m, "role", &shown);
+	double up = take_num(m, "uptime_seconds", &shown);
+	double conns = take_num(m, "connections", &shown);
+	bool locked = take_num(m, "storage_locked", &shown) != 0;
+	size_t listed = 0;
+
+	printf("arbiter %s, up %.0f s, %.0f connection%s, storage %s\n", role,
+	       up, conns, conns == 1 ? "" : "s",
+	       locked ? "locked" : "NOT locked");
+	text_scalars(m, shown, "");
+	for (unsigned i = 0; i < d->n_fields; i++) {
+		const field_desc *f = &d->fields[i];
+		const void *at = field_at(m, f);
+		union spare spare;
+
+		if (f->type != PROTOBUF_C_TYPE_MESSAGE)
+			continue;
+		if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+			const ProtobufCMessage *const *v =
+			    *(const ProtobufCMessage *const *const *)at;
+
+			for (size_t j = 0; j < field_count(m, f); j++) {
+				printf("%s:\n", key_of(v[j]));
+				print_figures(v[j]);
+				listed++;
+			}
+		} else if (resource == NULL) {
+			printf("%s:\n", f->name);
+			print_figures(sub_message(f, at, &spare, sizeof spare));
+		}
+	}
+	if (resource != NULL && listed == 0)
+		printf("no figures for '%s' yet\n", resource);
 }
 
 /* stats and status take [RESOURCE] [--json], in any order. */
@@ -339,37 +816,13 @@ cmd_stats(int argc, char **argv)
 		die(exit_for(rc), "stats: %s", arb_last_error(c));
 	s = p;
 	if (json) {
-		printf("{");
-		json_figures(stdout, s->total);
-		printf(", \"connections\": %u, \"role\": ", s->connections);
-		json_str(stdout, s->role);
-		printf(", \"storage_locked\": %s, \"uptime_seconds\": %.3f, "
-		       "\"resources_omitted\": %" PRIu64 ", \"resources\": {",
-		       s->storage_locked ? "true" : "false", s->uptime_seconds,
-		       s->resources_omitted);
-		for (size_t i = 0; i < s->n_resources; i++) {
-			printf("%s", i ? ", " : "");
-			json_str(stdout, s->resources[i]->resource);
-			printf(": {");
-			json_figures(stdout, s->resources[i]);
-			printf("}");
-		}
-		printf("}}\n");
+		bool first = true;
+
+		putchar('{');
+		json_members(stdout, &s->base, false, true, &first);
+		printf("}\n");
 	} else {
-		printf("arbiter %s, up %.0f s, %u connection%s, storage %s\n",
-		       s->role, s->uptime_seconds, s->connections,
-		       s->connections == 1 ? "" : "s",
-		       s->storage_locked ? "locked" : "NOT locked");
-		if (resource == NULL) {
-			printf("total:\n");
-			print_figures(s->total);
-		}
-		for (size_t i = 0; i < s->n_resources; i++) {
-			printf("%s:\n", s->resources[i]->resource);
-			print_figures(s->resources[i]);
-		}
-		if (resource != NULL && s->n_resources == 0)
-			printf("no figures for '%s' yet\n", resource);
+		print_stats_table(s, resource);
 	}
 	arb_close(c);
 	return 0;

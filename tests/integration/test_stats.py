@@ -72,6 +72,107 @@ def test_stats_of_one_resource_and_the_table(daemon):
     assert "failed 2 (40.0 %)" in t
 
 
+SECONDS = "_seconds"
+
+
+def figure_keys():
+    """The --json keys of one resource's figures, enumerated from the
+    ResourceStats descriptor: every field but the name, a Histogram's key
+    carrying the unit its members drop (wait -> wait_seconds: p50, ...)."""
+    keys = {}
+    for f in pb.ResourceStats.DESCRIPTOR.fields:
+        if f.name == "resource":
+            continue
+        if f.type == f.TYPE_MESSAGE:
+            keys[f.name + SECONDS] = {
+                g.name[:-len(SECONDS)] if g.name.endswith(SECONDS)
+                else g.name for g in f.message_type.fields}
+        else:
+            keys[f.name] = None
+    return keys
+
+
+def test_every_stats_field_reaches_arbiterctl_stats_json(daemon):
+    scenario(daemon)
+    s = json.loads(daemon.ctl("stats", "--json").stdout)
+    for where, d in (("top level", s), ("db", s["resources"]["db"]),
+                     ("other", s["resources"]["other"])):
+        for k, sub in figure_keys().items():
+            assert k in d, "%s lacks %s" % (where, k)
+            if sub is not None:
+                assert set(d[k]) == sub, (where, k)
+    for f in pb.Stats.DESCRIPTOR.fields:
+        if f.type == f.TYPE_BYTES:      # the paging cursor
+            continue
+        if f.name != "total":           # spread over the top level
+            assert f.name in s, "stats --json lacks %s" % f.name
+    assert s["revoked_storage_lost"] == 0
+    assert s["resources"]["db"]["revoked_storage_lost"] == 0
+    assert s["resources_tracked"] == 2
+    assert "next_cursor" not in s and "resource" not in s
+    assert list(s)[-1] == "resources"
+
+
+# The headline of each resource's table says these in words of its own.
+HEADLINE = {"total_acquisitions": "acquisitions 3 ",
+            "acquired_immediate": "(immediate 2,",
+            "acquired_after_wait": "after wait 1)",
+            "failed_acquisitions": "failed 2 (40.0 %)",
+            "holders": "now: 0 holding", "waiters": "0 waiting"}
+
+
+def shown(lines, name, value=None):
+    """Whether the table shows field `name`: as its words on a line, or
+    as the rest of its words on the line of its first word ("revoked:
+    disconnect 1, ..., storage lost 0")."""
+    first, _, rest = name.partition("_")
+    words = name.replace("_", " ") + ("" if value is None else " %s" % value)
+    tail = rest.replace("_", " ") + ("" if value is None else " %s" % value)
+    return any(words in l or (l.strip().startswith(first + ":") and
+                              (" " + tail) in l.split(":", 1)[1] + ",")
+               for l in lines)
+
+
+def sections(text):
+    """The table's sections ("total:", "db:", ...) and their lines."""
+    out, cur = {}, None
+    for l in text.splitlines():
+        if l.endswith(":") and not l.startswith(" "):
+            cur = out[l[:-1]] = []
+        elif cur is not None and l.startswith("  "):
+            cur.append(l)
+    return out
+
+
+def test_every_stats_field_reaches_arbiterctl_stats_table(daemon):
+    scenario(daemon)
+    t = daemon.ctl("stats").stdout
+    lines = t.splitlines()
+    total = sections(t)["total"]
+    for f in pb.ResourceStats.DESCRIPTOR.fields:
+        if f.name == "resource":
+            continue
+        if f.name in HEADLINE:
+            assert HEADLINE[f.name] in "\n".join(total), f.name
+        elif f.type == f.TYPE_MESSAGE:
+            row = next(l for l in total if l.split()[0] == f.name)
+            for g in f.message_type.fields:
+                assert " %s " % g.name.replace(SECONDS, "") in row, (
+                    f.name, g.name)
+        else:
+            assert shown(total, f.name), "the table lacks %s:\n%s" % (
+                f.name, t)
+    assert shown(total, "revoked_storage_lost", 0)
+    assert shown(total, "revoked_disconnect", 1)
+    for f in pb.Stats.DESCRIPTOR.fields:
+        if f.type != f.TYPE_MESSAGE and f.type != f.TYPE_BYTES and \
+                f.name not in ("role", "uptime_seconds", "connections",
+                               "storage_locked"):   # the first line
+            assert shown(lines, f.name), "the table lacks %s" % f.name
+    assert lines[0].startswith("arbiter active, up ")
+    assert "resources: omitted 0, tracked 2" in lines
+
+
 def test_status_lists_holders_and_waiters_in_queue_order(daemon):
     h1, h2 = Wire(daemon.socket, "reader-1"), Wire(daemon.socket, "reader-2")
     h1.lock("idx", shared=True)

@@ -614,67 +614,115 @@ class LockCount:
 
 # ------------------------------------------------------------ stats, status
 
-_FIGURES = (
-    "total_acquisitions", "failed_acquisitions", "average_wait_time",
-    "max_wait_time", "acquired_immediate", "acquired_after_wait",
-    "failed_timeout", "failed_would_block", "failed_forbidden",
-    "failed_invalid", "releases", "cancelled", "revoked_disconnect",
-    "revoked_expired", "revoked_admin", "revoked_shutdown", "holders",
-    "waiters",
-)
+# Both are built from the messages' descriptors, not from lists of their
+# fields kept here, so a figure the daemon adds to arbiter.proto reaches
+# these dicts with no change. The rules are those of `arbiterctl stats
+# --json` (arbiterctl.c): fields in field-number order; the elements of a
+# repeated message are keyed by their first field when that is a string
+# (the resource name), else listed; a message whose float fields all end in
+# "_seconds" (a Histogram) moves the unit to its own key (wait ->
+# wait_seconds holding count, sum, mean, max, p50, p90, p99); enums by
+# their lower-case name; bytes (the paging cursor) left out.
+
+_SECONDS = "_seconds"
+_PLANS = {}
 
 
-def _hist(h):
-    return {"count": h.count, "sum": h.sum_seconds, "mean": h.mean_seconds,
-            "max": h.max_seconds, "p50": h.p50_seconds,
-            "p90": h.p90_seconds, "p99": h.p99_seconds}
+def _plan(desc, spread, strip):
+    """How to render each field of a message, worked out once per message
+    type and way: (kind, field, output name, arg), arg being the key field
+    of a listed message's elements, or whether a submessage's unit moved
+    to its key."""
+    plan = _PLANS.get((desc.full_name, spread, strip))
+    if plan is not None:
+        return plan
+    fields = sorted(desc.fields, key=lambda f: f.number)
+    plan, late = [], []
+    for i, f in enumerate(fields):
+        rep = f.label == f.LABEL_REPEATED
+        msg = f.type == f.TYPE_MESSAGE
+        if f.type == f.TYPE_BYTES or (i == 0 and _is_key(f)):
+            continue
+        if msg and rep:
+            (late if spread else plan).append(
+                ("listed", f, f.name, _key_field(f.message_type)))
+        elif msg and spread:
+            plan.append(("spread", f, None, None))
+        elif msg:
+            unit = _in_seconds(f.message_type)
+            plan.append(("message", f, f.name + (_SECONDS if unit else ""),
+                         unit))
+        else:
+            name = f.name
+            if strip and name.endswith(_SECONDS):
+                name = name[:-len(_SECONDS)]
+            plan.append(("repeated" if rep else "scalar", f, name, None))
+    plan = _PLANS[(desc.full_name, spread, strip)] = plan + late
+    return plan
 
 
-def _figures(r):
-    d = {k: getattr(r, k) for k in _FIGURES}
-    d["wait_seconds"] = _hist(r.wait)
-    d["hold_seconds"] = _hist(r.hold)
+def _is_key(f):
+    return f.type == f.TYPE_STRING and f.label != f.LABEL_REPEATED
+
+
+def _key_field(desc):
+    first = min(desc.fields, key=lambda f: f.number, default=None)
+    return first.name if first is not None and _is_key(first) else None
+
+
+def _in_seconds(desc):
+    floats = [f.name for f in desc.fields
+              if f.type in (f.TYPE_DOUBLE, f.TYPE_FLOAT)]
+    return bool(floats) and all(n.endswith(_SECONDS) for n in floats)
+
+
+def _scalar(f, v):
+    if f.type == f.TYPE_ENUM:
+        e = f.enum_type.values_by_number.get(v)
+        return e.name.lower() if e is not None else "unknown"
+    return v
+
+
+def _message_dict(m, spread=False, strip=False):
+    """m's fields as a dict. spread: the top level of a reply, where a
+    single submessage (the total) is spread over the dict and a repeated
+    one comes last; strip: the unit went to the parent's key."""
+    d = {}
+    for kind, f, name, arg in _plan(m.DESCRIPTOR, spread, strip):
+        v = getattr(m, f.name)
+        if kind == "scalar":
+            d[name] = _scalar(f, v)
+        elif kind == "listed" and arg is None:
+            d[name] = [_message_dict(e) for e in v]
+        elif kind == "listed":
+            d[name] = {getattr(e, arg): _message_dict(e) for e in v}
+        elif kind == "spread":
+            d.update(_message_dict(v))
+        elif kind == "message":
+            d[name] = _message_dict(v, strip=arg)
+        else:
+            d[name] = [_scalar(f, x) for x in v]
     return d
 
 
 def stats_dict(s):
     """A Stats message as the dict `arbiterctl stats --json` prints: the
-    totals at the top level, then connections, role, storage_locked,
-    uptime_seconds, resources_omitted and `resources` keyed by name."""
-    d = _figures(s.total)
-    d["connections"] = s.connections
-    d["role"] = s.role
-    d["storage_locked"] = s.storage_locked
-    d["uptime_seconds"] = s.uptime_seconds
-    d["resources_omitted"] = s.resources_omitted
-    d["resources"] = {r.resource: _figures(r) for r in s.resources}
-    return d
-
-
-def _mode(m):
-    return SHARED if m == pb.SHARED else EXCLUSIVE
+    total's figures at the top level, then connections, storage_locked,
+    role, uptime_seconds, resources_omitted, resources_tracked and every
+    other field of Stats, and `resources` keyed by name."""
+    return _message_dict(s, spread=True)
 
 
 def status_dict(s):
     """A Status message as the dict `arbiterctl status --json` prints (plus
-    connection_id per holder and waiter)."""
+    connection_id per holder and waiter, and each waiter's position). Per
+    resource every field of ResourceStatus (delayed_us, holders, waiters,
+    holders_omitted, waiters_omitted: the ones past the 1000 listed)."""
     res = {}
     for r in s.resources:
-        res[r.resource] = {
-            "delayed_us": r.delayed_us,
-            "holders": [{
-                "lease_id": h.lease_id, "mode": _mode(h.mode), "pid": h.pid,
-                "uid": h.uid, "client_name": h.client_name,
-                "held_us": h.held_us, "token": h.token, "ttl_ms": h.ttl_ms,
-                "connection_id": h.connection_id,
-            } for h in r.holders],
-            "waiters": [{
-                "position": i + 1, "lease_id": w.lease_id,
-                "mode": _mode(w.mode), "pid": w.pid, "uid": w.uid,
-                "client_name": w.client_name, "waiting_us": w.waiting_us,
-                "connection_id": w.connection_id,
-            } for i, w in enumerate(r.waiters)],
-        }
+        e = res[r.resource] = _message_dict(r)
+        e["waiters"] = [dict(position=i + 1, **w)
+                        for i, w in enumerate(e["waiters"])]
     return {"role": s.role, "pid": s.pid, "version": s.server_version,
             "storage": s.storage_path, "storage_holder": s.storage_holder,
             "connections": s.connections, "resources": res}
