@@ -258,7 +258,7 @@ class AsyncClient:
                 self._check()
             lost = self._closed
             seconds = self.connect_timeout
-            if deadline is not None:
+            if deadline is not None and not once and lost is not None:
                 seconds = max(min(seconds, deadline - time.monotonic()),
                               0.001)
             try:

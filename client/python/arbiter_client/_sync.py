@@ -303,7 +303,7 @@ class Client:
                     self._raise_dead()
                 lost = self._closed
                 seconds = self.connect_timeout
-                if deadline is not None:
+                if deadline is not None and not once:
                     seconds = max(min(seconds, deadline - time.monotonic()),
                                   0.001)
                 try:
