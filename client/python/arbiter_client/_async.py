@@ -174,7 +174,7 @@ class _Protocol(asyncio.BufferedProtocol):
             why = E.ConnectionLost("this AsyncClient was closed (arbiter at "
                                    "%s)" % c.socket_path,
                                    socket_path=c.socket_path)
-        elif exc is None and c._shutdown_seen:
+        elif c._shutdown_seen:      # however the socket then broke
             why = P.shut_down(c.socket_path)
         else:
             why = P.lost(c.socket_path, str(exc) if exc else None)

@@ -394,8 +394,8 @@ class Client:
                 self.socket_path, "request (no room to send it)",
                 self.io_timeout), sock)) from None
         except OSError as exc:
-            raise copy.copy(self._fail(P.lost(
-                self.socket_path, "sending: %s" % exc), sock)) from None
+            raise copy.copy(self._fail(self._lost_why(
+                "sending: %s" % exc), sock)) from None
         return sock
 
     def _sendall(self, sock, data):
@@ -556,7 +556,7 @@ class Client:
             return E.ConnectionLost(
                 "this Client was closed (arbiter at %s)" % self.socket_path,
                 socket_path=self.socket_path)
-        if err is None and self._shutdown_seen:
+        if self._shutdown_seen:     # however the socket then broke
             return P.shut_down(self.socket_path)
         return P.lost(self.socket_path, err)
 
