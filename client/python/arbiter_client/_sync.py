@@ -1116,9 +1116,9 @@ _default_clients = {}
 
 def default_client(socket_path=None, trust_uids=None):
     """The process-wide Client for a socket (made on first use, made again
-    after fork; after a lost connection it connects again by itself). ArbiterLock uses it when
-    given no client. ``trust_uids`` as for Client (one Client per socket and
-    trust list)."""
+    after fork; after a lost connection it connects again by itself).
+    ArbiterLock uses it when given no client. ``trust_uids`` as for Client
+    (one Client per socket and trust list)."""
     path, _ = P.resolve_socket(socket_path)
     key = (path, _trust_key(trust_uids))
     with _default_lock:
