@@ -204,3 +204,39 @@ def test_store_under_leases_survives_a_killed_writer_and_daemon(
            len(store_errors), (after_victim - victim_killed) * 1e3,
            (after_daemon - daemon_killed) * 1e3,
            (daemon_ready - daemon_killed) * 1e3))
+
+
+def test_sqlite_fencing_refuses_the_holder_of_a_lease_lost_in_a_restart(
+        fresh_daemon, tmp_path):
+    # A holder whose lease vanished with the daemon, and that writes after
+    # the next holder (granted by the restarted daemon) did, is refused by
+    # the token check of the SQLite example, and changes nothing.
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))), "examples"))
+    try:
+        import sqlite_counter
+    finally:
+        sys.path.pop(0)
+    d = fresh_daemon()
+    path = store_path("sqlite", tmp_path)
+    resource = "sqlite:" + path
+    old = ac.Client(d.socket, name="old")
+    stale = old.acquire(resource)
+    assert sqlite_counter.add_one(path, stale) == 1
+    d.proc.send_signal(signal.SIGKILL)
+    d.proc.wait(WAIT)
+    d2 = Daemon(dir=d.dir)
+    try:
+        new = ac.Client(d2.socket, name="new")
+        with new.lease(resource, timeout=WAIT) as lease:
+            assert lease.token > stale.token
+            assert sqlite_counter.add_one(path, lease) == 2
+        with pytest.raises(sqlite_counter.StaleLease):
+            sqlite_counter.add_one(path, stale)
+        assert read_counter("sqlite", path) == (2, lease.token)
+        with pytest.raises(ac.LeaseRevoked, match="DISCONNECT"):
+            stale.release()
+        new.close()
+        old.close()
+    finally:
+        assert d2.stop() == 0
