@@ -220,3 +220,40 @@ def test_async_timeout_bounds_the_wait_for_a_restart(restartable, res):
         assert time.monotonic() - t0 < MARGIN
         await c.close()
     asyncio.run(main())
+
+
+def test_sync_threads_of_one_client_all_requeue_after_a_restart(restartable,
+                                                                res):
+    # Several threads wait through one Client (two of them for the same
+    # resource, the second in-process); one reconnect serves them all.
+    d, again = restartable
+    holder = ac.Client(d.socket)
+    shared = ac.Client(d.socket)
+    names = [res + "-%d" % i for i in range(3)]
+    for n in names:
+        holder.acquire(n)
+    outcome = queue.Queue()
+
+    def wait_for(name):
+        try:
+            lease = shared.acquire(name, timeout=10)
+            outcome.put((name, lease.token))
+            lease.release()
+        except BaseException as exc:
+            outcome.put((name, exc))
+    ts = [threading.Thread(target=wait_for, args=(n,))
+          for n in names + names[:1]]
+    for t in ts:
+        t.start()
+    for n in names:
+        until(lambda: waiters(holder, n), "a waiter on " + n)
+    kill_9(d)
+    again()
+    got = sorted(outcome.get(timeout=WAIT) for _ in ts)
+    for t in ts:
+        t.join(WAIT)
+    assert [n for n, _ in got] == sorted(names + names[:1])
+    assert all(isinstance(tok, int) for _, tok in got), got
+    assert shared.ping()["role"] == "active"
+    holder.close()
+    shared.close()
