@@ -14,7 +14,7 @@ libmsgpack-dev libinih-dev uthash-dev protobuf-compiler python3 python3-protobuf
 TEST_PKGS="libcriterion-dev python3-pytest python3-venv python3-pip
 python3-setuptools python3-wheel python3-filelock util-linux procps socat
 prometheus yamllint python3-yaml systemd valgrind clang-tidy cppcheck strace
-clang libclang-rt-14-dev"
+clang libclang-rt-14-dev python3-gdbm python3-plyvel"
 
 want="$BUILD_PKGS"
 if [ "${1:-build}" = test ]; then

@@ -11,6 +11,11 @@ asyncio.timeout(), wait_for()) withdraws the request before the
 CancelledError propagates: a queued request is withdrawn with
 Release{request_id}, and a grant that raced ahead is released by lease id.
 Nothing stays granted or queued.
+
+Restarts: as for Client. A lost connection's leases end and their holders
+are told; the next call connects again, and an acquire that was waiting or
+is about to wait connects again with back-off and queues anew within its own
+timeout.
 """
 import asyncio
 import copy
@@ -34,7 +39,7 @@ _live = weakref.WeakSet()
 
 class _APending:
     __slots__ = ("fut", "msg", "acquire", "raw", "abandoned", "lease", "gate",
-                 "on_queued", "on_revoked", "auto_renew", "ignore")
+                 "on_queued", "on_revoked", "auto_renew", "ignore", "conn")
 
     def __init__(self, fut, acquire=False, ignore=False):
         self.fut = fut
@@ -48,6 +53,7 @@ class _APending:
         self.on_queued = None
         self.on_revoked = None
         self.auto_renew = False
+        self.conn = None        # the connection (_Protocol) it went out on
 
 
 class _AGate:
@@ -62,7 +68,7 @@ class AsyncLease(P.BaseLease):
     """A granted lease (fields as for Lease); ``await lease.release()``,
     or ``async with`` it."""
 
-    __slots__ = ("_renew_task",)
+    __slots__ = ("_renew_task", "_proto")    # _proto: granted on it
 
     async def release(self):
         """End the lease; raises LeaseRevoked (after cleaning up) if the
@@ -168,7 +174,7 @@ class _Protocol(asyncio.BufferedProtocol):
             why = E.ConnectionLost("this AsyncClient was closed (arbiter at "
                                    "%s)" % c.socket_path,
                                    socket_path=c.socket_path)
-        elif exc is None and c._shutdown_seen:
+        elif c._shutdown_seen:      # however the socket then broke
             why = P.shut_down(c.socket_path)
         else:
             why = P.lost(c.socket_path, str(exc) if exc else None)
@@ -225,20 +231,63 @@ class AsyncClient:
         return self._closed is not None
 
     async def connect(self):
-        """Connect and say Hello (done by the first operation otherwise)."""
-        if self._transport is not None or self._closed is not None:
-            return self._check()
-        if self._connecting is None:
-            self._connecting = asyncio.ensure_future(self._connect())
-        try:
-            await asyncio.shield(self._connecting)
-        except BaseException:
-            if self._connecting.done():
-                self._connecting = None
-            raise
+        """Connect and say Hello (done by the first operation otherwise;
+        after a lost connection, connect again)."""
+        await self._connected()
         return self
 
-    async def _connect(self):
+    def _may_reconnect(self):
+        """True unless the client was closed, forked, or stopped on an error
+        that a new connection would not cure."""
+        return (not self._closing and self._pid == os.getpid() and
+                (self._closed is None or
+                 isinstance(self._closed, E.ConnectionLost)))
+
+    async def _connected(self, deadline=None, once=True, text=None,
+                         timeout=None):
+        """Return when connected: at once, or after connecting (again, when
+        the last connection was lost). once: a single attempt; else, after
+        a loss, attempts with back-off until the monotonic deadline (None:
+        no end), then Timeout."""
+        backoff = P.Backoff()
+        while True:
+            if self._transport is not None and self._closed is None:
+                self._check()
+                return
+            if self._closed is not None and not self._may_reconnect():
+                self._check()
+            lost = self._closed
+            seconds = self.connect_timeout
+            if deadline is not None and not once and lost is not None:
+                seconds = max(min(seconds, deadline - time.monotonic()),
+                              0.001)
+            try:
+                await self._connect_shared(seconds)
+                continue
+            except E.ArbiterError as exc:
+                if lost is None:
+                    raise
+                if once or not P.may_retry_connect(exc):
+                    raise P.reconnect_failed(exc, lost,
+                                             self.socket_path) from None
+                last = exc
+            delay = backoff.delay(deadline)
+            if delay is None:
+                raise P.back_too_late(text, timeout, self.socket_path, last)
+            await asyncio.sleep(delay)
+
+    async def _connect_shared(self, seconds):
+        """One attempt to connect, shared by the tasks that ask meanwhile."""
+        if self._connecting is None or self._connecting.done():
+            self._connecting = asyncio.ensure_future(self._connect(seconds))
+        fut = self._connecting
+        try:
+            await asyncio.shield(fut)
+        finally:
+            if fut.done() and self._connecting is fut:
+                self._connecting = None
+
+    async def _connect(self, seconds):
         loop = asyncio.get_running_loop()
         path = self.socket_path
         if self._is_default:
@@ -249,11 +298,11 @@ class AsyncClient:
         try:
             try:
                 await asyncio.wait_for(loop.sock_connect(sock, path),
-                                       self.connect_timeout)
+                                       seconds)
             except asyncio.TimeoutError:
                 raise E.NotRunning(
                     "connecting to %s timed out after %g s: is arbiterd "
-                    "stopped or overloaded?" % (path, self.connect_timeout),
+                    "stopped or overloaded?" % (path, seconds),
                     socket_path=path) from None
             except OSError as exc:
                 raise P.connect_error(exc, path) from None
@@ -269,7 +318,7 @@ class AsyncClient:
             try:
                 m = await asyncio.wait_for(
                     asyncio.shield(proto.handshake),
-                    max(0, self.connect_timeout - (time.monotonic() - start)))
+                    max(0, seconds - (time.monotonic() - start)))
             except asyncio.TimeoutError:
                 raise E.ProtocolError(
                     "no answer to Hello from %s in time: is that socket an "
@@ -288,6 +337,8 @@ class AsyncClient:
         self._loop = loop
         self._proto = proto
         self._transport = transport
+        self._shutdown_seen = False
+        self._closed = None
         _live.add(self)
 
     def _check(self):
@@ -301,9 +352,7 @@ class AsyncClient:
         return self
 
     async def _ensure(self):
-        if self._transport is None or self._closed is not None:
-            await self.connect()
-        self._check()
+        await self._connected()
 
     async def __aenter__(self):
         await self.connect()
@@ -320,9 +369,11 @@ class AsyncClient:
         self._closing = True
         if self._transport is not None:
             self._transport.close()
-            self._fail(E.ConnectionLost(
+            closed = E.ConnectionLost(
                 "this AsyncClient was closed (arbiter at %s)" %
-                self.socket_path, socket_path=self.socket_path))
+                self.socket_path, socket_path=self.socket_path)
+            self._fail(closed)
+            self._closed = closed   # also after a loss: say closed from now
         elif self._closed is None:
             self._closed = E.ConnectionLost("this AsyncClient was closed",
                                             socket_path=self.socket_path)
@@ -331,16 +382,33 @@ class AsyncClient:
 
     # ------------------------------------------------------------ plumbing
 
-    def _submit(self, req, p):
+    def _submit(self, req, p, conn=None):
+        """Send req (only on the connection conn, when given: a lease's
+        release or renew must never reach a later connection, whose leases
+        may have the same ids)."""
         self._check()
+        if conn is not None and conn is not self._proto:
+            raise P.lost(self.socket_path, "before this request")
         self._pending[req.id] = p
+        p.conn = self._proto
         self._transport.write(P.encode(req))
 
-    async def _call(self, req, want, op, resource=None):
+    async def _call(self, req, want, op, resource=None, conn=None):
+        if conn is not None:
+            return await self._call_on(req, want, op, resource, conn)
         await self._ensure()
+        try:
+            return await self._call_on(req, want, op, resource, None)
+        except E.ConnectionLost as exc:
+            if not (P.may_resend(exc, op) and self._may_reconnect()):
+                raise
+        await self._ensure()
+        return await self._call_on(req, want, op, resource, None)
+
+    async def _call_on(self, req, want, op, resource, conn):
         req.id = next(self._ids)
         p = _APending(self._loop.create_future())
-        self._submit(req, p)
+        self._submit(req, p, conn)
         deadline = self._loop.time() + self.io_timeout
         self._io_waits[req.id] = (deadline, op)
         if self._watchdog is None:
@@ -386,14 +454,15 @@ class AsyncClient:
             # Closed to other tasks until the daemon answers the withdrawal,
             # but no longer "ours": asking again is not AlreadyHeld.
             p.gate.task = None
-        self._send_ignored(pb.Request(release=pb.Release(request_id=req_id)))
+        self._send_ignored(pb.Request(release=pb.Release(request_id=req_id)),
+                           p.conn)
         p.fut.set_exception(P.acquire_expired(text, timeout,
                                               self.socket_path))
 
-    def _send_ignored(self, req):
+    def _send_ignored(self, req, conn):
         req.id = next(self._ids)
         try:
-            self._submit(req, _APending(None, ignore=True))
+            self._submit(req, _APending(None, ignore=True), conn)
         except E.ArbiterError:
             pass
 
@@ -427,6 +496,7 @@ class AsyncClient:
         if p.acquire:
             if kind == "granted":
                 lease = AsyncLease(self, p.raw, m.granted)
+                lease._proto = p.conn
                 lease._gate = p.gate
                 lease._on_revoked = p.on_revoked
                 lease._renew_task = None
@@ -434,7 +504,7 @@ class AsyncClient:
                     # The withdrawal came too late: release the grant.
                     lease.released = True
                     self._send_ignored(pb.Request(
-                        release=pb.Release(lease_id=lease.lease_id)))
+                        release=pb.Release(lease_id=lease.lease_id)), p.conn)
                     self._gate_exit(p.raw, p.gate)
                     return
                 self._leases[lease.lease_id] = lease
@@ -541,12 +611,37 @@ class AsyncClient:
                       lock_delay=None):
         """Acquire a lease (arguments as for Client.acquire). Cancellation
         safe: a cancelled acquire leaves nothing granted or queued."""
-        await self._ensure()
         raw, text = P.check_name(resource)
         timeout = P.normalize_timeout(timeout)
         ttl_ms = P.seconds_to_ms(ttl, "ttl") if ttl else 0
         deadline = None if timeout is None else time.monotonic() + timeout
+        await self._connected(deadline, timeout == 0, text, timeout)
         gate = await self._gate_enter(raw, text, timeout, deadline)
+        while True:
+            try:
+                return await self._acquire_on(
+                    raw, text, shared, timeout, deadline, ttl_ms, on_queued,
+                    on_revoked, auto_renew, lock_delay, gate)
+            except E.ConnectionLost as exc:
+                # The daemon went away while the request waited (or before
+                # it went out): nothing was granted that still stands. Ask
+                # the daemon that comes back, within the same timeout.
+                if not (P.may_requeue(exc, timeout, deadline) and
+                        self._may_reconnect()):
+                    self._gate_exit(raw, gate)
+                    raise
+            try:
+                await self._connected(deadline, False, text, timeout)
+            except BaseException:
+                self._gate_exit(raw, gate)
+                raise
+
+    async def _acquire_on(self, raw, text, shared, timeout, deadline, ttl_ms,
+                          on_queued, on_revoked, auto_renew, lock_delay,
+                          gate):
+        """One acquire on the current connection. ConnectionLost leaves the
+        gate to the caller (which may ask again); any other outcome settles
+        it."""
         try:
             req = P.acquire_in_time(
                 next(self._ids), raw, text, shared, timeout, deadline,
@@ -558,6 +653,8 @@ class AsyncClient:
             p.on_revoked = on_revoked
             p.auto_renew = auto_renew
             self._submit(req, p)
+        except E.ConnectionLost:
+            raise
         except BaseException:
             self._gate_exit(raw, gate)
             raise
@@ -569,6 +666,10 @@ class AsyncClient:
                 text, timeout)
         try:
             m = await p.fut
+        except E.ConnectionLost:
+            if p.abandoned:
+                self._gate_exit(raw, gate)
+            raise
         except E.ArbiterError:
             if not p.abandoned:     # else closed when the daemon answers
                 self._gate_exit(raw, gate)
@@ -581,10 +682,17 @@ class AsyncClient:
                 timer.cancel()
         if p.lease is not None:
             return p.lease
-        self._gate_exit(raw, gate)
         if m.WhichOneof("kind") == "error":
-            raise P.daemon_error(m.error, self.socket_path, resource=text,
+            exc = P.daemon_error(m.error, self.socket_path, resource=text,
                                  op="acquire", timeout=timeout)
+            if isinstance(exc, E.ConnectionLost):
+                # The daemon is stopping: this connection is done for.
+                if p.conn is self._proto:
+                    self._fail(P.shut_down(self.socket_path))
+                raise exc
+            self._gate_exit(raw, gate)
+            raise exc
+        self._gate_exit(raw, gate)
         raise P.unexpected_reply(m, self.socket_path, "Acquire")
 
     def _withdraw(self, req_id, p):
@@ -597,14 +705,14 @@ class AsyncClient:
                 return
             p.abandoned = True
             self._send_ignored(pb.Request(
-                release=pb.Release(request_id=req_id)))
+                release=pb.Release(request_id=req_id)), p.conn)
         elif p.lease is not None:
             lease = p.lease
-            self._leases.pop(lease.lease_id, None)
+            self._forget(lease)
             lease.released = True
             self._stop_renew(lease)
             self._send_ignored(pb.Request(
-                release=pb.Release(lease_id=lease.lease_id)))
+                release=pb.Release(lease_id=lease.lease_id)), lease._proto)
             self._gate_exit(p.raw, p.gate)
         else:
             self._gate_exit(p.raw, p.gate)
@@ -625,6 +733,12 @@ class AsyncClient:
             except E.ArbiterError:
                 return
 
+    def _forget(self, lease):
+        """Drop lease from the table only if it is the lease there: a later
+        connection's lease may have the same id."""
+        if self._leases.get(lease.lease_id) is lease:
+            del self._leases[lease.lease_id]
+
     async def _release_lease(self, lease):
         if lease.released:
             return
@@ -635,14 +749,15 @@ class AsyncClient:
                 req = pb.Request(release=pb.Release(lease_id=lease.lease_id))
                 try:
                     await self._call(req, "released", "release",
-                                     resource=lease.resource)
+                                     resource=lease.resource,
+                                     conn=lease._proto)
                 except E.ConnectionLost:
                     pass  # the lease ended with the connection
                 except E.ArbiterError as exc:
                     if exc.code != "UNKNOWN_LEASE" or lease.revoked is None:
                         raise
         finally:
-            self._leases.pop(lease.lease_id, None)
+            self._forget(lease)
             self._gate_exit(lease._raw, lease._gate)
         lease.check()
 
@@ -655,7 +770,8 @@ class AsyncClient:
         req = pb.Request(renew=pb.Renew(lease_id=lease.lease_id))
         if ttl:
             req.renew.ttl_ms = P.seconds_to_ms(ttl, "ttl")
-        r = await self._call(req, "renewed", "renew", resource=lease.resource)
+        r = await self._call(req, "renewed", "renew", resource=lease.resource,
+                             conn=lease._proto)
         lease.ttl = r.ttl_ms / 1000.0 if r.ttl_ms else None
         return lease.ttl
 
@@ -801,9 +917,10 @@ class AsyncArbiterLock:
 
     @property
     def client(self):
-        """The AsyncClient used; without client=, a private one, made
-        again if its connection was lost."""
-        if self._own_client and self._client.closed:
+        """The AsyncClient used; without client=, a private one (it
+        connects again after a lost connection; made anew after close or
+        fork)."""
+        if self._own_client and not self._client._may_reconnect():
             self._client = AsyncClient(self._socket_path,
                                        trust_uids=self._trust_uids)
         return self._client

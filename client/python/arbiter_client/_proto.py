@@ -4,6 +4,7 @@ mapping of daemon errors to exceptions, leases, and stats/status as dicts.
 Nothing here does I/O.
 """
 import os
+import random
 import sys
 import time
 
@@ -71,6 +72,76 @@ IO_TIMEOUT = 30.0
 ACQUIRE_GRACE = 0.15
 
 
+# Reconnecting after a lost connection (the daemon was killed or restarted):
+# the first retry after RECONNECT_FIRST seconds, each next one after twice
+# as long, up to RECONNECT_MAX; every delay is drawn from its upper half, so
+# clients cut off together do not come back in lockstep.
+RECONNECT_FIRST = 0.05
+RECONNECT_MAX = 1.0
+
+
+class Backoff:
+    """The delays between attempts to reach a daemon that is coming back.
+
+    ``delay(deadline)`` gives the seconds to wait before the next attempt,
+    cut to what is left before the monotonic deadline (None: no end), or
+    None once the deadline has passed: then give up."""
+
+    __slots__ = ("_next",)
+
+    def __init__(self):
+        self._next = RECONNECT_FIRST
+
+    def delay(self, deadline):
+        d = self._next * random.uniform(0.5, 1.0)
+        self._next = min(self._next * 2, RECONNECT_MAX)
+        if deadline is None:
+            return d
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        return min(d, left)
+
+
+def may_retry_connect(exc):
+    """True for a failed (re)connect that a restarting daemon explains: no
+    socket yet, nothing listening, a full listen queue, or a connection that
+    closed during the handshake. Refusals (trust, permission, protocol)
+    are final."""
+    return isinstance(exc, (E.NotRunning, E.ConnectionLost))
+
+
+def may_requeue(lost_exc, timeout, deadline):
+    """True when an acquire whose connection was lost while it waited (or
+    was about to wait) should reconnect and ask again: it may wait
+    (timeout is not 0), its deadline has not passed, and the loss is the
+    daemon's (not close(), not fork, not a protocol error)."""
+    if timeout == 0 or not isinstance(lost_exc, E.ConnectionLost):
+        return False
+    return deadline is None or time.monotonic() < deadline
+
+
+def back_too_late(text, timeout, path, last):
+    """The exception for an acquire whose timeout ran out while the daemon
+    was away (last: the last failed attempt to reach it)."""
+    return E.Timeout(
+        "gave up waiting for %r after %g s: the connection to arbiterd on %s "
+        "was lost and the daemon was not back in time (last attempt: %s). "
+        "Check that it runs (`arbiterctl -S %s status`), or raise the "
+        "timeout" % (text, timeout, path, last, path), socket_path=path,
+        resource=text)
+
+
+def reconnect_failed(exc, lost_exc, path):
+    """The exception for a call that found its connection lost and could
+    not connect again (exc: why, lost_exc: how the old one ended)."""
+    if not isinstance(exc, E.NotRunning):
+        return exc
+    return E.NotRunning(
+        "%s (the previous connection to it was lost: %s)" % (exc, lost_exc),
+        socket_path=path)
+
+
 def check_io_timeout(value, what):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or \
             value <= 0:
@@ -121,16 +192,32 @@ def gate_timeout(text, timeout, withdrawing, who, path):
         (text, timeout, who, path), socket_path=path, resource=text)
 
 
+# Requests that change nothing: sent again, once, on a new connection when
+# the one they went out on turns out to be dead (the daemon restarted while
+# the client was idle and had not yet seen the old connection end).
+READ_ONLY = frozenset(("ping", "stats request", "status request"))
+
+
+def may_resend(exc, op):
+    """True when the request op may go out again after exc ended its
+    connection: a read-only request, on a connection that broke (not one
+    that hung: that already took io_timeout)."""
+    return (op in READ_ONLY and isinstance(exc, E.ConnectionLost) and
+            not getattr(exc, "unanswered", False))
+
+
 def io_expired(path, op, seconds):
     """The exception for a request whose answer did not come within the
     I/O timeout: the connection is given up."""
-    return E.ConnectionLost(
+    exc = E.ConnectionLost(
         "arbiterd on %s did not answer the %s within %g s (stopped, hung or "
         "overloaded?), so the connection to it was closed and its leases "
-        "are gone. Check the daemon (`arbiterctl -S %s status`), then make a "
-        "new client (io_timeout= sets this bound)" % (path, op, seconds,
-                                                     path),
+        "are gone. Check the daemon (`arbiterctl -S %s status`); the client "
+        "connects again for its next call (io_timeout= sets this bound)" %
+        (path, op, seconds, path),
         socket_path=path)
+    exc.unanswered = True
+    return exc
 
 
 def default_client_name():
@@ -354,8 +441,8 @@ def daemon_error(err, path, *, resource=None, op="request", timeout=None):
                            (resource, msg, where), **kw)
     if code == "SHUTTING_DOWN":
         return E.ShuttingDown(
-            "the %s is shutting down: %s. Retry when it is back; a new "
-            "Client connects to the new daemon" % (where, msg), **kw)
+            "the %s is shutting down: %s. Retry when it is back: the client "
+            "connects again by itself" % (where, msg), **kw)
     if code == "ALREADY_HELD":
         return E.AlreadyHeld(
             "%s (%s). Release the first lease before asking again, or use "
@@ -443,8 +530,9 @@ def lost(path, why=None):
     return E.ConnectionLost(
         "the connection to arbiterd on %s was lost (%s): the daemon may have "
         "died (killed, crashed) or been restarted. Its leases are gone; "
-        "check that arbiterd runs (`arbiterctl -S %s status`), then make a "
-        "new client" % (path, why, path), socket_path=path)
+        "the client connects again for its next call (check that arbiterd "
+        "runs: `arbiterctl -S %s status`)" % (path, why, path),
+        socket_path=path)
 
 
 def shut_down(path):
@@ -452,7 +540,8 @@ def shut_down(path):
     was shutting down."""
     return E.ShuttingDown(
         "arbiterd on %s shut down and closed the connection; its leases are "
-        "gone. Make a new client once it is back" % path, socket_path=path)
+        "gone; the client connects again for its next call once it is "
+        "back" % path, socket_path=path)
 
 
 def says_shutdown(m):

@@ -20,6 +20,14 @@ same thread asking again for a resource it holds raises AlreadyHeld at once
 instead of waiting for itself forever (ArbiterLock counts re-entrant
 acquires instead).
 
+Restarts. When the daemon's connection is lost (the daemon was killed or
+restarted), every lease of the Client ends and its holder is told
+(on_revoked, LeaseRevoked, is_locked False): nothing is re-acquired behind
+its back. The Client itself connects again for its next call, and an
+acquire that was waiting, or is about to wait, connects again with back-off
+(50 ms doubling to 1 s) and queues anew within its own timeout; timeout=0
+answers at once. Each new connection is checked like the first (trust).
+
 fork(): a Client does not survive fork. In the child its connection is
 closed at once (so a dead parent's leases are never kept alive by a child)
 and every call raises ConnectionLost: create a new Client in the child.
@@ -54,7 +62,8 @@ class _Pending:
     """One request waiting for its final answer."""
 
     __slots__ = ("msg", "exc", "acquire", "raw", "abandoned", "lease",
-                 "gate", "ignore", "on_queued", "on_revoked", "auto_renew")
+                 "gate", "ignore", "on_queued", "on_revoked", "auto_renew",
+                 "conn")
 
     def __init__(self, acquire=False, ignore=False):
         self.msg = None
@@ -68,6 +77,7 @@ class _Pending:
         self.on_queued = None
         self.on_revoked = None
         self.auto_renew = False
+        self.conn = None        # the socket it was sent on
 
     def done(self):
         return self.msg is not None or self.exc is not None
@@ -84,7 +94,7 @@ class Lease(P.BaseLease):
     """A granted lease (see BaseLease for its fields). ``release()`` ends it;
     as a context manager it releases on exit. Any thread may release it."""
 
-    __slots__ = ()
+    __slots__ = ("_conn",)     # the socket it was granted on
 
     def release(self):
         """End the lease. Raises LeaseRevoked (after cleaning up) if the
@@ -193,45 +203,123 @@ class Client:
         self._callers = 0                    # threads waiting for replies
         self._shutdown_seen = False          # the daemon said it stops
 
-        if is_default:
+        self.connect_timeout = connect_timeout
+        self._is_default = is_default
+        self._conn_lock = threading.Lock()   # one (re)connect at a time
+        self._sock = None
+        self._thread = None
+        self._attach(*self._open(connect_timeout))
+        threading.Thread(target=self._work_loop, args=(self._work,),
+                         daemon=True, name="arbiter-callbacks").start()
+        _live_clients.add(self)
+
+    def _open(self, seconds):
+        """Connect and say Hello within seconds, checking the socket's
+        folder and the server's uid: (socket, welcome, reader, frames that
+        came after the Welcome)."""
+        if self._is_default:
             _trust.check_default_folder(self.socket_path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        start = time.monotonic()     # connect_timeout: connect + handshake
+        reader = P.FrameReader(self.socket_path)
+        start = time.monotonic()     # one bound for connect + handshake
         try:
-            sock.settimeout(connect_timeout)
+            sock.settimeout(seconds)
             try:
                 sock.connect(self.socket_path)
             except socket.timeout:
                 raise E.NotRunning(
                     "connecting to %s timed out after %g s: is arbiterd "
-                    "stopped or overloaded?" % (self.socket_path,
-                                                connect_timeout),
+                    "stopped or overloaded?" % (self.socket_path, seconds),
                     socket_path=self.socket_path) from None
             except OSError as exc:
                 raise P.connect_error(exc, self.socket_path) from None
-            _trust.check_peer(sock, self.socket_path, trust_uids)
-            welcome = self._handshake(
-                sock, connect_timeout - (time.monotonic() - start))
+            _trust.check_peer(sock, self.socket_path, self.trust_uids)
+            welcome, extra = self._handshake(
+                sock, reader, seconds - (time.monotonic() - start))
             sock.settimeout(None)
         except BaseException:
             sock.close()
             raise
-        self._sock = sock
-        self._poller = select.poll()
-        self._poller.register(sock.fileno(), select.POLLIN)
-        self.server_version = welcome.server_version
-        self.connection_id = welcome.connection_id
-        self.role = welcome.role
-        self.max_frame_bytes = welcome.limits.max_frame_bytes or 65536
+        return sock, welcome, reader, extra
+
+    def _attach(self, sock, welcome, reader, extra):
+        """Make a new connection the client's own: the first one, or one
+        made after a loss (once the old one's watcher has ended and no
+        thread reads it)."""
+        old = self._sock
+        if old is not None:
+            t = self._thread
+            if t is not None and t is not threading.current_thread():
+                t.join(self.io_timeout)
+            with self._cv:
+                while self._reading:
+                    self._cv.wait()
+                self._reading = True     # nobody reads during the swap
+        try:
+            with self._send_lock, self._lock:
+                self._sock = sock
+                self._reader = reader
+                self._inbox = collections.deque(extra)
+                self._poller = select.poll()
+                self._poller.register(sock.fileno(), select.POLLIN)
+                self._shutdown_seen = False
+                self.server_version = welcome.server_version
+                self.connection_id = welcome.connection_id
+                self.role = welcome.role
+                self.max_frame_bytes = welcome.limits.max_frame_bytes or 65536
+                self._closed = None
+        finally:
+            if old is not None:
+                with self._cv:
+                    self._reading = False
+                    self._cv.notify_all()
+        if old is not None:
+            old.close()
         self._thread = threading.Thread(
-            target=self._watch_loop, daemon=True,
+            target=self._watch_loop, args=(sock,), daemon=True,
             name="arbiter-watcher-%d" % self.connection_id)
         self._thread.start()
-        threading.Thread(target=self._work_loop, args=(self._work,),
-                         daemon=True, name="arbiter-callbacks").start()
-        _live_clients.add(self)
 
-    def _handshake(self, sock, seconds):
+    def _may_reconnect(self):
+        """True unless the client was closed, forked, or stopped on an error
+        that a new connection would not cure."""
+        return (not self._closing and self._pid == os.getpid() and
+                (self._closed is None or
+                 isinstance(self._closed, E.ConnectionLost)))
+
+    def _connected(self, deadline=None, once=True, text=None, timeout=None):
+        """Return when the client is connected: at once, or after
+        connecting again when the last connection was lost. once: a single
+        attempt (its failure is raised); else attempts with back-off until
+        the monotonic deadline (None: no end), then Timeout."""
+        if self._closed is None and self._pid == os.getpid():
+            return
+        backoff = P.Backoff()
+        while True:
+            with self._conn_lock:
+                if self._closed is None and self._pid == os.getpid():
+                    return
+                if not self._may_reconnect():
+                    self._raise_dead()
+                lost = self._closed
+                seconds = self.connect_timeout
+                if deadline is not None and not once:
+                    seconds = max(min(seconds, deadline - time.monotonic()),
+                                  0.001)
+                try:
+                    self._attach(*self._open(seconds))
+                    return
+                except E.ArbiterError as exc:
+                    if once or not P.may_retry_connect(exc):
+                        raise P.reconnect_failed(exc, lost,
+                                                 self.socket_path) from None
+                    last = exc
+            delay = backoff.delay(deadline)
+            if delay is None:
+                raise P.back_too_late(text, timeout, self.socket_path, last)
+            time.sleep(delay)
+
+    def _handshake(self, sock, reader, seconds):
         path = self.socket_path
         deadline = time.monotonic() + seconds
         try:
@@ -246,7 +334,7 @@ class Client:
                 data = sock.recv(65536)
                 if not data:
                     raise P.lost(path, "it closed during the handshake")
-                msgs = self._reader.feed(data)
+                msgs = reader.feed(data)
         except socket.timeout:
             raise E.ProtocolError(
                 "no answer to Hello from %s in time: is that socket an "
@@ -257,9 +345,9 @@ class Client:
         m = msgs[0]
         if m.WhichOneof("kind") != "welcome":
             raise P.welcome_error(m, path)
-        if len(msgs) > 1:  # never expected; keep them for the reader
-            self._inbox.extend(msgs[1:])
-        return m.welcome
+        # Frames after the Welcome are never expected; keep them for the
+        # reader.
+        return m.welcome, msgs[1:]
 
     # ------------------------------------------------------------ plumbing
 
@@ -285,28 +373,34 @@ class Client:
                 (self._pid, os.getpid()), socket_path=self.socket_path)
         raise copy.copy(self._closed)
 
-    def _submit(self, req, pending):
-        """Register pending under req.id and send req."""
+    def _submit(self, req, pending, conn=None):
+        """Register pending under req.id and send req (only on the
+        connection conn, when given: a lease's release or renew must never
+        reach a later connection, whose leases may have the same ids)."""
         data = P.encode(req)
         with self._lock:
             if self._closed is not None or self._pid != os.getpid():
                 self._raise_dead()
+            sock = self._sock
+            if conn is not None and conn is not sock:
+                raise P.lost(self.socket_path, "before this request")
             self._pending[req.id] = pending
+            pending.conn = sock
         try:
             with self._send_lock:
-                self._sendall(data)
+                self._sendall(sock, data)
         except socket.timeout:
-            self._fail(P.io_expired(self.socket_path, "request (no room to "
-                                    "send it)", self.io_timeout))
-            raise copy.copy(self._closed) from None
+            raise copy.copy(self._fail(P.io_expired(
+                self.socket_path, "request (no room to send it)",
+                self.io_timeout), sock)) from None
         except OSError as exc:
-            self._fail(P.lost(self.socket_path, "sending: %s" % exc))
-            raise copy.copy(self._closed) from None
+            raise copy.copy(self._fail(self._lost_why(
+                "sending: %s" % exc), sock)) from None
+        return sock
 
-    def _sendall(self, data):
+    def _sendall(self, sock, data):
         """sendall, but waiting at most io_timeout for room (a stopped
         daemon that reads nothing cannot block a sender forever)."""
-        sock = self._sock
         view = memoryview(data)
         deadline = None
         while view:
@@ -325,14 +419,24 @@ class Client:
             p.register(sock.fileno(), select.POLLOUT)
             p.poll(max(1, int((deadline - now) * 1000)))
 
-    def _call(self, req, want, op, resource=None):
-        if self._closed is not None or self._pid != os.getpid():
-            self._raise_dead()
+    def _call(self, req, want, op, resource=None, conn=None):
+        if conn is not None:
+            return self._call_on(req, want, op, resource, conn)
+        self._connected()
+        try:
+            return self._call_on(req, want, op, resource, None)
+        except E.ConnectionLost as exc:
+            if not (P.may_resend(exc, op) and self._may_reconnect()):
+                raise
+        self._connected()
+        return self._call_on(req, want, op, resource, None)
+
+    def _call_on(self, req, want, op, resource, conn):
         p = _Pending()
         req.id = next(self._ids)
         self._enter_call()
         try:
-            self._submit(req, p)
+            sock = self._submit(req, p, conn)
         except BaseException:
             self._wait_abort()
             raise
@@ -341,7 +445,8 @@ class Client:
             # No answer in time: the daemon is stopped or hung. Give the
             # connection up (its leases end when the daemon sees it closed)
             # rather than leave this request's fate unknown.
-            self._fail(P.io_expired(self.socket_path, op, self.io_timeout))
+            self._fail(P.io_expired(self.socket_path, op, self.io_timeout),
+                       sock)
             m = self._wait_result(p)
         kind = m.WhichOneof("kind")
         if kind == want:
@@ -351,11 +456,12 @@ class Client:
                                  resource=resource, op=op)
         raise P.unexpected_reply(m, self.socket_path, op)
 
-    def _send_ignored(self, req):
-        """Send a request whose answer nobody waits for (cleanup)."""
+    def _send_ignored(self, req, conn):
+        """Send a request whose answer nobody waits for (cleanup), on the
+        connection conn only."""
         req.id = next(self._ids)
         try:
-            self._submit(req, _Pending(ignore=True))
+            self._submit(req, _Pending(ignore=True), conn)
         except E.ArbiterError:
             pass
 
@@ -415,6 +521,7 @@ class Client:
         something, until the monotonic deadline if not None) and dispatch
         every whole frame."""
         inbox = self._inbox
+        sock = self._sock
         if not inbox:
             if block:
                 if deadline is None:
@@ -427,19 +534,19 @@ class Client:
                 except InterruptedError:
                     return
             try:
-                n = self._sock.recv_into(self._rbuf, 0, socket.MSG_DONTWAIT)
+                n = sock.recv_into(self._rbuf, 0, socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                self._fail(self._lost_why(str(exc)))
+                self._fail(self._lost_why(str(exc)), sock)
                 return
             if not n:
-                self._fail(self._lost_why(None))
+                self._fail(self._lost_why(None), sock)
                 return
             try:
                 inbox.extend(self._reader.feed(self._rview[:n]))
             except E.ArbiterError as exc:
-                self._fail(exc)
+                self._fail(exc, sock)
                 return
         while inbox:
             self._dispatch(inbox.popleft())
@@ -449,7 +556,7 @@ class Client:
             return E.ConnectionLost(
                 "this Client was closed (arbiter at %s)" % self.socket_path,
                 socket_path=self.socket_path)
-        if err is None and self._shutdown_seen:
+        if self._shutdown_seen:     # however the socket then broke
             return P.shut_down(self.socket_path)
         return P.lost(self.socket_path, err)
 
@@ -465,13 +572,14 @@ class Client:
     WATCH_RESUME = 0.02
     WATCH_MAX = 1.0
 
-    def _watch_loop(self):
+    def _watch_loop(self, sock):
         """While no thread waits for a reply, watch the socket for events
-        (Revoked) and EOF, so they are seen even when the app is idle."""
+        (Revoked) and EOF, so they are seen even when the app is idle.
+        Ends with the connection sock."""
         cv = self._cv
         wcv = self._watch_cv
         poller = select.poll()
-        poller.register(self._sock.fileno(), select.POLLIN)
+        poller.register(sock.fileno(), select.POLLIN)
         try:
             while True:
                 with cv:
@@ -482,11 +590,11 @@ class Client:
                             self._watch_wanted = True
                             delay = min(delay * 2, self.WATCH_MAX)
                     self._watch_wanted = False
-                    if self._closed is not None:
+                    if self._closed is not None or self._sock is not sock:
                         return
                 poller.poll()
                 with cv:
-                    if self._closed is not None:
+                    if self._closed is not None or self._sock is not sock:
                         return
                     if self._callers or self._reading:
                         continue  # a waiting thread reads it
@@ -500,7 +608,7 @@ class Client:
         except BaseException as exc:  # a bug: never leave waiters hanging
             self._fail(E.ProtocolError(
                 "arbiter_client watcher failed: %r" % exc,
-                socket_path=self.socket_path))
+                socket_path=self.socket_path), sock)
 
     def _dispatch(self, m):
         kind = m.WhichOneof("kind")
@@ -527,6 +635,7 @@ class Client:
             if p.acquire:
                 if kind == "granted":
                     lease = Lease(self, p.raw, m.granted)
+                    lease._conn = p.conn
                     lease._gate = p.gate
                     lease._on_revoked = p.on_revoked
                     lease._auto_renew = p.auto_renew
@@ -544,7 +653,8 @@ class Client:
             # raced ahead of the withdrawal, then let the next thread in.
             if cleanup is not True:
                 self._send_ignored(pb.Request(
-                    release=pb.Release(lease_id=cleanup.lease_id)))
+                    release=pb.Release(lease_id=cleanup.lease_id)),
+                    cleanup._conn)
             self._gate_exit(p.raw, p.gate)
         elif p.lease is not None and p.lease.ttl and p.auto_renew:
             self._schedule_renew(p.lease)
@@ -564,19 +674,24 @@ class Client:
             if cb is not None:
                 self._post(cb, rev)
 
-    def _fail(self, exc):
-        """The connection is gone: fail every waiter, revoke every lease."""
+    def _fail(self, exc, sock=None):
+        """The connection (sock, when given: only if it is still the
+        client's) is gone: fail every waiter, revoke every lease. Returns
+        the exception the connection ended with."""
         with self._lock:
+            if sock is not None and sock is not self._sock:
+                return exc      # an earlier connection, already given up
             if self._closed is not None:
-                return
+                return self._closed
             self._closed = exc
+            sock = self._sock
             pending = list(self._pending.values())
             self._pending.clear()
             leases = [lease for lease in self._leases.values()
                       if not lease.released]
             self._leases.clear()
         try:
-            self._sock.shutdown(socket.SHUT_RDWR)
+            sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
         for p in pending:
@@ -593,6 +708,7 @@ class Client:
                 self._notify_revoked(lease, rev)
         with self._renew_cond:
             self._renew_cond.notify_all()
+        return exc
 
     # --------------------------------------------------- worker (callbacks)
 
@@ -632,7 +748,9 @@ class Client:
         while True:
             with self._renew_cond:
                 while True:
-                    if self._closed is not None or self._dead():
+                    # A lost connection's leases are revoked (skipped
+                    # below); the renewer serves the next connection too.
+                    if self._closing or self._pid != os.getpid():
                         return
                     if not heap:
                         self._renew_cond.wait()
@@ -647,10 +765,8 @@ class Client:
                 continue
             try:
                 self.renew(lease)
-            except E.ConnectionLost:
-                return
             except E.ArbiterError:
-                continue  # released or revoked meanwhile: nothing to renew
+                continue  # released, revoked or lost: nothing to renew
             if lease.held:
                 self._schedule_renew(lease)
 
@@ -725,10 +841,33 @@ class Client:
         raw, text = P.check_name(resource)
         timeout = P.normalize_timeout(timeout)
         ttl_ms = P.seconds_to_ms(ttl, "ttl") if ttl else 0
-        if self._closed is not None or self._pid != os.getpid():
-            self._raise_dead()
         deadline = None if timeout is None else time.monotonic() + timeout
+        self._connected(deadline, timeout == 0, text, timeout)
         gate = self._gate_enter(raw, text, timeout, deadline)
+        while True:
+            try:
+                return self._acquire_on(
+                    raw, text, shared, timeout, deadline, ttl_ms, on_queued,
+                    on_revoked, auto_renew, lock_delay, gate)
+            except E.ConnectionLost as exc:
+                # The daemon went away while the request waited (or before
+                # it went out): nothing was granted that still stands. Ask
+                # the daemon that comes back, within the same timeout.
+                if not (P.may_requeue(exc, timeout, deadline) and
+                        self._may_reconnect()):
+                    self._gate_exit(raw, gate)
+                    raise
+            try:
+                self._connected(deadline, False, text, timeout)
+            except BaseException:
+                self._gate_exit(raw, gate)
+                raise
+
+    def _acquire_on(self, raw, text, shared, timeout, deadline, ttl_ms,
+                    on_queued, on_revoked, auto_renew, lock_delay, gate):
+        """One acquire on the current connection. ConnectionLost leaves the
+        gate to the caller (which may ask again); any other outcome settles
+        it."""
         try:
             req = P.acquire_in_time(
                 next(self._ids), raw, text, shared, timeout, deadline,
@@ -745,11 +884,15 @@ class Client:
             except BaseException:
                 self._wait_abort()
                 raise
+        except E.ConnectionLost:
+            raise
         except BaseException:
             self._gate_exit(raw, gate)
             raise
         try:
             m = self._wait(p, P.acquire_deadline(deadline))
+        except E.ConnectionLost:
+            raise
         except E.ArbiterError:
             self._gate_exit(raw, gate)
             raise
@@ -769,19 +912,27 @@ class Client:
                     gate.thread = None
             if not done:
                 self._send_ignored(pb.Request(
-                    release=pb.Release(request_id=req.id)))
+                    release=pb.Release(request_id=req.id)), p.conn)
                 raise P.acquire_expired(text, timeout, self.socket_path)
             try:
                 m = self._wait_result(p)
+            except E.ConnectionLost:
+                raise
             except E.ArbiterError:
                 self._gate_exit(raw, gate)
                 raise
         if p.lease is not None:
             return p.lease
-        self._gate_exit(raw, gate)
         if m.WhichOneof("kind") == "error":
-            raise P.daemon_error(m.error, self.socket_path, resource=text,
+            exc = P.daemon_error(m.error, self.socket_path, resource=text,
                                  op="acquire", timeout=timeout)
+            if isinstance(exc, E.ConnectionLost):
+                # The daemon is stopping: this connection is done for.
+                self._fail(P.shut_down(self.socket_path), p.conn)
+                raise exc
+            self._gate_exit(raw, gate)
+            raise exc
+        self._gate_exit(raw, gate)
         raise P.unexpected_reply(m, self.socket_path, "Acquire")
 
     def _withdraw(self, req_id, p):
@@ -794,17 +945,23 @@ class Client:
             # The final answer is still to come; the reader releases a grant
             # that raced ahead and lets the next thread in.
             self._send_ignored(pb.Request(
-                release=pb.Release(request_id=req_id)))
+                release=pb.Release(request_id=req_id)), p.conn)
         elif p.lease is not None:
             lease = p.lease
             with self._lock:
-                self._leases.pop(lease.lease_id, None)
+                self._forget(lease)
                 lease.released = True
             self._send_ignored(pb.Request(
-                release=pb.Release(lease_id=lease.lease_id)))
+                release=pb.Release(lease_id=lease.lease_id)), lease._conn)
             self._gate_exit(p.raw, p.gate)
         else:
             self._gate_exit(p.raw, p.gate)
+
+    def _forget(self, lease):
+        """Drop lease from the table (under self._lock), only if it is the
+        lease there: a later connection's lease may have the same id."""
+        if self._leases.get(lease.lease_id) is lease:
+            del self._leases[lease.lease_id]
 
     def _release_lease(self, lease):
         with self._lock:
@@ -817,7 +974,7 @@ class Client:
                 req = pb.Request(release=pb.Release(lease_id=lease.lease_id))
                 try:
                     self._call(req, "released", "release",
-                               resource=lease.resource)
+                               resource=lease.resource, conn=lease._conn)
                 except E.ConnectionLost:
                     pass  # the lease ended with the connection
                 except E.ArbiterError as exc:
@@ -825,7 +982,7 @@ class Client:
                         raise
         finally:
             with self._lock:
-                self._leases.pop(lease.lease_id, None)
+                self._forget(lease)
             self._gate_exit(lease._raw, lease._gate)
         lease.check()
 
@@ -841,7 +998,8 @@ class Client:
         req = pb.Request(renew=pb.Renew(lease_id=lease.lease_id))
         if ttl:
             req.renew.ttl_ms = P.seconds_to_ms(ttl, "ttl")
-        r = self._call(req, "renewed", "renew", resource=lease.resource)
+        r = self._call(req, "renewed", "renew", resource=lease.resource,
+                       conn=lease._conn)
         lease.ttl = r.ttl_ms / 1000.0 if r.ttl_ms else None
         return lease.ttl
 
@@ -925,7 +1083,11 @@ class Client:
         if threading.current_thread() is not self._thread:
             self._thread.join()
         self._fail(self._lost_why(None))
+        with self._lock:        # closed after a loss: say closed from now on
+            self._closed = self._lost_why(None)
         self._sock.close()
+        with self._renew_cond:
+            self._renew_cond.notify_all()
         self._work.put((None, ()))
         _live_clients.discard(self)
 
@@ -953,6 +1115,7 @@ class Client:
         self._watch_cv = threading.Condition(self._cv._lock)
         self._gate_cond = threading.Condition(threading.Lock())
         self._renew_cond = threading.Condition(threading.Lock())
+        self._conn_lock = threading.Lock()
         self._callers = 0
         self._reading = False
         self._closed = E.ConnectionLost(
@@ -969,14 +1132,14 @@ _default_clients = {}
 
 def default_client(socket_path=None, trust_uids=None):
     """The process-wide Client for a socket (made on first use, made again
-    after its connection was lost or after fork). ArbiterLock uses it when
-    given no client. ``trust_uids`` as for Client (one Client per socket and
-    trust list)."""
+    after fork; after a lost connection it connects again by itself).
+    ArbiterLock uses it when given no client. ``trust_uids`` as for Client
+    (one Client per socket and trust list)."""
     path, _ = P.resolve_socket(socket_path)
     key = (path, _trust_key(trust_uids))
     with _default_lock:
         c = _default_clients.get(key)
-        if c is None or c.closed or c._pid != os.getpid():
+        if c is None or not c._may_reconnect():
             # socket_path as given: an unnamed one is checked as the default
             c = _default_clients[key] = Client(socket_path,
                                                trust_uids=trust_uids)

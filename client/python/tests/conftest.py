@@ -123,13 +123,17 @@ class Daemon:
     """One arbiterd with its own socket and storage in a fresh short
     folder (Unix socket paths are limited to 107 bytes)."""
 
-    def __init__(self, args=(), mode=0o700):
+    def __init__(self, args=(), mode=0o700, dir=None):
+        """dir: the folder of an earlier Daemon, to start a daemon again on
+        its socket and storage (after that one died)."""
         if not os.access(ARBITERD, os.X_OK):
             pytest.fail("no arbiterd at %s: build it (make all BUILD=...) and "
                         "set ARBITER_BUILD to the absolute build folder" %
                         ARBITERD)
-        self.dir = tempfile.mkdtemp(prefix="arbpy-", dir="/tmp")
-        os.chmod(self.dir, mode)
+        if dir is None:
+            dir = tempfile.mkdtemp(prefix="arbpy-", dir="/tmp")
+            os.chmod(dir, mode)
+        self.dir = dir
         self.socket = os.path.join(self.dir, "a.sock")
         self.storage = os.path.join(self.dir, "data")
         cmd = [ARBITERD, "-S", self.socket, "-s", self.storage,
