@@ -3,6 +3,7 @@
 #
 #   sh scripts/deps.sh          what building and running need
 #   sh scripts/deps.sh test     that, plus what the test suite needs
+#   sh scripts/deps.sh bench    that, plus what `make bench` compares against
 #
 # Everything comes from Debian's archive through apt-get; nothing is
 # downloaded from anywhere else. Without root (and without password-less
@@ -15,11 +16,13 @@ TEST_PKGS="libcriterion-dev python3-pytest python3-venv python3-pip
 python3-setuptools python3-wheel python3-filelock util-linux procps socat
 prometheus yamllint python3-yaml systemd valgrind clang-tidy cppcheck strace
 clang libclang-rt-14-dev python3-gdbm python3-plyvel"
+BENCH_PKGS="redis-server"
 
 want="$BUILD_PKGS"
-if [ "${1:-build}" = test ]; then
-	want="$want $TEST_PKGS"
-fi
+case "${1:-build}" in
+test) want="$want $TEST_PKGS" ;;
+bench) want="$want $BENCH_PKGS" ;;
+esac
 
 missing=""
 for p in $want; do

@@ -25,6 +25,7 @@
 #include <sys/types.h>
 
 #include <pthread.h>
+#include <sched.h>
 
 /* ------------------------------------------------------------ settings */
 
@@ -48,6 +49,19 @@ struct bench_counts {
 	int redis_sleep_us; /* Redis lock retry pause */
 };
 
+/*
+ * Where the processes of a latency figure run. A wake-up on the same CPU
+ * and one that crosses to another CPU cost very different amounts on a
+ * virtual machine, so each latency figure is taken in both placements and
+ * compared with the raw round trip taken in the same one.
+ */
+enum place {
+	PLACE_NONE,  /* not pinned: the scheduler decides */
+	PLACE_SAME,  /* every process of the figure on cpu_server */
+	PLACE_SPLIT, /* servers on cpu_server, clients on cpu_client */
+};
+#define PLACE_COUNT 3
+
 struct bench {
 	bool quick, json;
 	unsigned sections; /* bit i: section i+1 runs */
@@ -64,6 +78,13 @@ struct bench {
 	int echo_notify; /* read end: one byte per EOF the echo server saw */
 	int daemons;	 /* counter for private daemon folders */
 	char load_start[48], load_end[48]; /* /proc/loadavg, 1 5 15 min */
+	/* Placement: the daemon, Redis, the echo server and the socketpair
+	 * peer always run on cpu_server (pinned before exec); clients move.
+	 * cpu_server < 0: pinning is not possible, nothing is pinned. */
+	int cpu_server, cpu_client;
+	cpu_set_t cpus_all; /* the mask we started with, for unpinned work */
+	enum place places[2];
+	int nplaces;
 };
 
 /* ------------------------------------------------------------ shared memory */
@@ -129,6 +150,18 @@ long proc_rss_kib(pid_t pid);
 /* Voluntary + involuntary context switches over all threads. */
 long long proc_ctxt_switches(pid_t pid);
 void proc_machine(char *buf, size_t len);
+/* Choose cpu_server and cpu_client among the CPUs we may use, and the
+ * placements that can be measured with them. */
+void proc_cpus_init(struct bench *b);
+/* Pin the calling process (and what it forks or execs later) to one CPU;
+ * cpu < 0 does nothing. -errno on failure. */
+int proc_pin(int cpu);
+/* Back to the mask the bench started with. */
+void proc_unpin(const struct bench *b);
+/* The CPU of a client process in placement p (-1: unpinned). */
+int place_client_cpu(const struct bench *b, enum place p);
+/* "" / ".same" / ".split": the suffix of a row key in placement p. */
+const char *place_suffix(enum place p);
 /* "0.52 0.61 0.70": the 1, 5 and 15 minute load averages. */
 void proc_loadavg(char *buf, size_t len);
 
@@ -186,6 +219,7 @@ void samples_free(struct samples *s);
 
 struct row {
 	int section;
+	enum place place; /* latency rows: where their processes ran */
 	char key[48];
 	char name[96];
 	enum unit unit;
@@ -205,6 +239,7 @@ struct row *report_value(int section, const char *key, const char *name,
 struct row *report_find(const char *key);
 /* Ratio of this row's median to another's: "1.32x raw RTT". */
 void report_ratio(struct row *r, const char *vs_key, const char *label);
+void report_place(struct row *r, enum place p);
 void report_note(struct row *r, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 void report_goal(const char *goal, const char *figure, int met);

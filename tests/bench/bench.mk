@@ -22,7 +22,9 @@ $(BENCH_BIN): $(BENCH_OBJ) $(BUILD)/libarbiter.a
 
 .PHONY: bench bench-smoke
 
+# Installs the baselines first (redis-server, from Debian).
 bench: all $(BENCH_BIN)
+	@sh scripts/deps.sh bench
 	$(BENCH_BIN) --build $(BUILD) --save $(BUILD)/bench/last.json $(BENCH_ARGS)
 
 # Never judges speed: fails only when a section cannot be measured (or a

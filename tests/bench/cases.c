@@ -74,16 +74,116 @@ ping(int fd)
 	return 0;
 }
 
+enum { U_RAW, U_EP, U_ACQ, U_REL, U_PAIR, U_FL, U_RED, U_KINDS };
+
+/* One run of every contender of (1), from wherever we are pinned now. */
+static int
+uncontended_run(int ops, int peer, int efd, struct lock *la, struct lock *lf,
+		struct lock *lr, struct samples *s)
+{
+	for (int i = 0; i < ops; i++) {
+		uint64_t t = proc_now_ns();
+
+		if (ping(peer) < 0)
+			return -1;
+		samples_push(&s[U_RAW], (double)(proc_now_ns() - t));
+	}
+	for (int i = 0; i < ops; i++) {
+		uint64_t t = proc_now_ns();
+
+		if (ping(efd) < 0)
+			return -1;
+		samples_push(&s[U_EP], (double)(proc_now_ns() - t));
+	}
+	for (int i = 0; i < ops; i++) {
+		uint64_t t0 = proc_now_ns(), t1, t2;
+
+		if (lock_acquire(la) < 0)
+			return -1;
+		t1 = proc_now_ns();
+		if (lock_release(la) < 0)
+			return -1;
+		t2 = proc_now_ns();
+		samples_push(&s[U_ACQ], (double)(t1 - t0));
+		samples_push(&s[U_REL], (double)(t2 - t1));
+		samples_push(&s[U_PAIR], (double)(t2 - t0));
+	}
+	for (int i = 0; i < ops; i++) {
+		uint64_t t = proc_now_ns();
+
+		lock_acquire(lf);
+		lock_release(lf);
+		samples_push(&s[U_FL], (double)(proc_now_ns() - t));
+	}
+	for (int i = 0; lr != NULL && i < ops; i++) {
+		uint64_t t = proc_now_ns();
+
+		if (lock_acquire(lr) != 0 || lock_release(lr) < 0)
+			return -1;
+		samples_push(&s[U_RED], (double)(proc_now_ns() - t));
+	}
+	return 0;
+}
+
+static void
+uncontended_rows(enum place p, struct samples *s)
+{
+	const char *sfx = place_suffix(p);
+	char key[48], raw[48];
+	struct row *r;
+
+#define KEY(base) (snprintf(key, sizeof key, "%s%s", base, sfx), key)
+	snprintf(raw, sizeof raw, "rtt.raw%s", sfx);
+	r = report_add(1, KEY("rtt.raw"),
+		       "raw socket RTT, blocking peer (socketpair)", U_NS,
+		       &s[U_RAW]);
+	report_place(r, p);
+	report_note(r, "the floor");
+	r = report_add(1, KEY("rtt.epoll"), "raw socket RTT, epoll echo server",
+		       U_NS, &s[U_EP]);
+	report_place(r, p);
+	report_ratio(r, raw, "raw RTT");
+	r = report_add(1, KEY("arb.acquire"), "arbiter acquire (1 RTT)", U_NS,
+		       &s[U_ACQ]);
+	report_place(r, p);
+	report_ratio(r, raw, "raw RTT");
+	report_ratio(r, KEY("rtt.epoll"), "epoll RTT");
+	r = report_add(1, KEY("arb.release"), "arbiter release (1 RTT)", U_NS,
+		       &s[U_REL]);
+	report_place(r, p);
+	report_ratio(r, raw, "raw RTT");
+	r = report_add(1, KEY("flock.pair"), "flock(2) LOCK_EX + LOCK_UN", U_NS,
+		       &s[U_FL]);
+	report_place(r, p);
+	r = report_add(1, KEY("redis.pair"),
+		       "Redis SET NX PX + EVALSHA del (2 RTT)", U_NS,
+		       &s[U_RED]);
+	report_place(r, p);
+	report_ratio(r, raw, "raw RTT");
+	r = report_add(1, KEY("arb.pair"), "arbiter acquire + release (2 RTT)",
+		       U_NS, &s[U_PAIR]);
+	report_place(r, p);
+	report_ratio(r, raw, "raw RTT");
+	report_ratio(r, KEY("flock.pair"), "flock");
+	report_ratio(r, KEY("redis.pair"), "Redis");
+#undef KEY
+	for (int i = 0; i < U_KINDS; i++)
+		samples_free(&s[i]);
+}
+
+/*
+ * The client is this process: it moves between the placements, run by run,
+ * while the socketpair peer, the echo server, Redis and the daemon stay on
+ * cpu_server.
+ */
 void
 case_uncontended(struct bench *b)
 {
-	struct samples raw = {0}, ep = {0}, acq = {0}, rel = {0}, pair = {0},
-		       fl = {0}, red = {0};
+	static struct samples s[PLACE_COUNT][U_KINDS];
 	struct lock la, lf, lr;
 	bool redis = false;
 	int sp[2], efd;
 	pid_t pong;
-	struct row *r;
 
 	bench_progress("(1) uncontended round trip");
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) < 0) {
@@ -93,6 +193,7 @@ case_uncontended(struct bench *b)
 	pong = proc_fork();
 	if (pong == 0) {
 		close(sp[0]);
+		proc_pin(b->cpu_server);
 		pong_main(sp[1]);
 	}
 	close(sp[1]);
@@ -106,66 +207,30 @@ case_uncontended(struct bench *b)
 	}
 	if (have_redis(b))
 		redis = lock_open(&lr, LOCK_REDIS, b, "uncontended") == 0;
-	for (int i = 0; i < WARMUP; i++) {
-		ping(sp[0]);
-		ping(efd);
-		lock_acquire(&la);
-		lock_release(&la);
-		lock_acquire(&lf);
-		lock_release(&lf);
-		if (redis) {
-			lock_acquire(&lr);
-			lock_release(&lr);
-		}
-	}
 	for (int run = 0; run < b->n.runs; run++) {
-		for (int i = 0; i < b->n.rtt_ops; i++) {
-			uint64_t t = proc_now_ns();
+		for (int i = 0; i < b->nplaces; i++) {
+			enum place p = b->places[i];
+			struct samples warm[U_KINDS] = {{0}};
+			int rc;
 
-			if (ping(sp[0]) < 0)
-				goto broken;
-			samples_push(&raw, (double)(proc_now_ns() - t));
-		}
-		for (int i = 0; i < b->n.rtt_ops; i++) {
-			uint64_t t = proc_now_ns();
-
-			if (ping(efd) < 0)
-				goto broken;
-			samples_push(&ep, (double)(proc_now_ns() - t));
-		}
-		for (int i = 0; i < b->n.rtt_ops; i++) {
-			uint64_t t0 = proc_now_ns(), t1, t2;
-
-			if (lock_acquire(&la) < 0)
-				goto broken;
-			t1 = proc_now_ns();
-			if (lock_release(&la) < 0)
-				goto broken;
-			t2 = proc_now_ns();
-			samples_push(&acq, (double)(t1 - t0));
-			samples_push(&rel, (double)(t2 - t1));
-			samples_push(&pair, (double)(t2 - t0));
-		}
-		for (int i = 0; i < b->n.rtt_ops; i++) {
-			uint64_t t = proc_now_ns();
-
-			lock_acquire(&lf);
-			lock_release(&lf);
-			samples_push(&fl, (double)(proc_now_ns() - t));
-		}
-		for (int i = 0; redis && i < b->n.rtt_ops; i++) {
-			uint64_t t = proc_now_ns();
-
-			if (lock_acquire(&lr) != 0 || lock_release(&lr) < 0)
-				goto broken;
-			samples_push(&red, (double)(proc_now_ns() - t));
+			/* Warm caches on the new CPU, then measure. */
+			proc_pin(place_client_cpu(b, p));
+			rc = uncontended_run(run == 0 ? WARMUP : WARMUP / 4,
+					     sp[0], efd, &la, &lf,
+					     redis ? &lr : NULL, warm);
+			for (int k = 0; k < U_KINDS; k++)
+				samples_free(&warm[k]);
+			if (rc < 0 ||
+			    uncontended_run(b->n.rtt_ops, sp[0], efd, &la, &lf,
+					    redis ? &lr : NULL, s[p]) < 0) {
+				bench_fail("(1): a round trip failed: %s",
+					   arb_last_error(la.arb));
+				goto out;
+			}
 		}
 	}
-	if (0) {
-	broken:
-		bench_fail("(1): a round trip failed: %s",
-			   la.arb ? arb_last_error(la.arb) : "?");
-	}
+out:
+	proc_unpin(b);
 	close(sp[0]);
 	close(efd);
 	lock_close(&la);
@@ -173,36 +238,8 @@ case_uncontended(struct bench *b)
 	if (redis)
 		lock_close(&lr);
 	reap(pong, "socketpair peer");
-
-	r = report_add(1, "rtt.raw",
-		       "raw socket RTT, blocking peer (socketpair)", U_NS,
-		       &raw);
-	report_note(r, "the floor");
-	r = report_add(1, "rtt.epoll", "raw socket RTT, epoll echo server",
-		       U_NS, &ep);
-	report_ratio(r, "rtt.raw", "raw RTT");
-	r = report_add(1, "arb.acquire", "arbiter acquire (1 RTT)", U_NS, &acq);
-	report_ratio(r, "rtt.raw", "raw RTT");
-	report_ratio(r, "rtt.epoll", "epoll RTT");
-	r = report_add(1, "arb.release", "arbiter release (1 RTT)", U_NS, &rel);
-	report_ratio(r, "rtt.raw", "raw RTT");
-	r = report_add(1, "flock.pair", "flock(2) LOCK_EX + LOCK_UN", U_NS,
-		       &fl);
-	r = report_add(1, "redis.pair", "Redis SET NX PX + EVALSHA del (2 RTT)",
-		       U_NS, &red);
-	report_ratio(r, "rtt.raw", "raw RTT");
-	r = report_add(1, "arb.pair", "arbiter acquire + release (2 RTT)", U_NS,
-		       &pair);
-	report_ratio(r, "rtt.raw", "raw RTT");
-	report_ratio(r, "flock.pair", "flock");
-	report_ratio(r, "redis.pair", "Redis");
-	samples_free(&raw);
-	samples_free(&ep);
-	samples_free(&acq);
-	samples_free(&rel);
-	samples_free(&pair);
-	samples_free(&fl);
-	samples_free(&red);
+	for (int i = 0; i < b->nplaces; i++)
+		uncontended_rows(b->places[i], s[b->places[i]]);
 }
 
 /* ------------------------------------------------------------ (2) */
@@ -215,15 +252,38 @@ case_uncontended(struct bench *b)
  * releases. The waiter stamps t1 when its acquire returns, and says so
  * before the old holder may ask again (flock and mutexes are not fair: a
  * releaser that asks again at once usually wins).
+ *
+ * Placement: one CPU puts both processes with the daemon (or Redis). Two
+ * CPUs put both on cpu_client, so a handoff through a server crosses CPUs
+ * twice (holder -> server -> waiter) like the raw round trip; flock and the
+ * mutex have no server, so there the two processes take one CPU each and
+ * every handoff crosses once.
  */
+static int
+handoff_cpu(const struct bench *b, enum lock_kind k, enum place p, int id)
+{
+	if (p == PLACE_SPLIT && id == 1 && (k == LOCK_FLOCK || k == LOCK_MUTEX))
+		return b->cpu_server;
+	return place_client_cpu(b, p);
+}
+
 static void
-handoff_main(struct bench *b, enum lock_kind k, int id, int in, int out)
+handoff_main(struct bench *b, enum lock_kind k, enum place p, int id, int in,
+	     int out)
 {
 	struct bench_shm *shm = b->shm;
 	bool holder = id == 0;
+	int cpu = handoff_cpu(b, k, p, id), rc = proc_pin(cpu);
 	struct lock l;
 	char c = 'x';
 
+	if (rc < 0) {
+		fprintf(stderr,
+			"bench: error: (2) cannot pin a %s handoff process to "
+			"CPU %d: %s\n",
+			lock_name(k), cpu, strerror(-rc));
+		_exit(6);
+	}
 	if (lock_open(&l, k, b, "handoff") < 0)
 		_exit(2);
 	l.want_queued = true; /* a round counts only if the waiter queued */
@@ -270,7 +330,7 @@ handoff_main(struct bench *b, enum lock_kind k, int id, int in, int out)
 
 /* Returns how many rounds were dropped because the waiter was not queued. */
 static uint64_t
-handoff_run(struct bench *b, enum lock_kind k, struct samples *s)
+handoff_run(struct bench *b, enum lock_kind k, enum place p, struct samples *s)
 {
 	uint64_t dropped = atomic_load(&b->shm->not_queued);
 	int ab[2], ba[2];
@@ -286,13 +346,13 @@ handoff_run(struct bench *b, enum lock_kind k, struct samples *s)
 	if (a == 0) {
 		close(ab[0]);
 		close(ba[1]);
-		handoff_main(b, k, 0, ba[0], ab[1]);
+		handoff_main(b, k, p, 0, ba[0], ab[1]);
 	}
 	c = proc_fork();
 	if (c == 0) {
 		close(ab[1]);
 		close(ba[0]);
-		handoff_main(b, k, 1, ab[0], ba[1]);
+		handoff_main(b, k, p, 1, ab[0], ba[1]);
 	}
 	close(ab[0]);
 	close(ab[1]);
@@ -316,29 +376,45 @@ case_handoff(struct bench *b)
 	    "process-shared pthread mutex",
 	    "Redis lock (waiter retries every 1 ms)",
 	};
-	struct samples s[4] = {{0}};
-	uint64_t dropped = 0;
-	char key[48];
+	static struct samples s[PLACE_COUNT][4];
+	uint64_t dropped[PLACE_COUNT] = {0};
+	char key[48], raw[48];
 	struct row *r;
 
 	bench_progress("(2) handoff latency");
-	for (int run = 0; run < b->n.runs; run++) {
-		for (int i = 0; i < 4; i++)
-			if (kinds[i] != LOCK_REDIS || have_redis(b))
-				dropped += handoff_run(b, kinds[i], &s[i]);
+	for (int run = 0; run < b->n.runs; run++)
+		for (int j = 0; j < b->nplaces; j++) {
+			enum place p = b->places[j];
+
+			for (int i = 0; i < 4; i++)
+				if (kinds[i] != LOCK_REDIS || have_redis(b))
+					dropped[p] += handoff_run(b, kinds[i],
+								  p, &s[p][i]);
+		}
+	for (int j = 0; j < b->nplaces; j++) {
+		enum place p = b->places[j];
+		const char *sfx = place_suffix(p);
+
+		snprintf(raw, sizeof raw, "rtt.raw%s", sfx);
+		for (int i = 0; i < 4; i++) {
+			snprintf(key, sizeof key, "handoff.%s%s",
+				 lock_name(kinds[i]), sfx);
+			r = report_add(2, key, names[i], U_NS, &s[p][i]);
+			report_place(r, p);
+			report_ratio(r, raw, "raw RTT");
+			if (kinds[i] == LOCK_ARBITER && dropped[p] > 0)
+				report_note(
+				    r, "%llu rounds dropped: waiter not queued",
+				    (unsigned long long)dropped[p]);
+			samples_free(&s[p][i]);
+		}
+		snprintf(key, sizeof key, "handoff.arbiter%s", sfx);
+		r = report_find(key);
+		snprintf(key, sizeof key, "handoff.flock%s", sfx);
+		report_ratio(r, key, "flock");
+		snprintf(key, sizeof key, "handoff.mutex%s", sfx);
+		report_ratio(r, key, "mutex");
 	}
-	for (int i = 0; i < 4; i++) {
-		snprintf(key, sizeof key, "handoff.%s", lock_name(kinds[i]));
-		r = report_add(2, key, names[i], U_NS, &s[i]);
-		report_ratio(r, "rtt.raw", "raw RTT");
-		if (kinds[i] == LOCK_ARBITER && dropped > 0)
-			report_note(r, "%llu rounds dropped: waiter not queued",
-				    (unsigned long long)dropped);
-		samples_free(&s[i]);
-	}
-	r = report_find("handoff.arbiter");
-	report_ratio(r, "handoff.flock", "flock");
-	report_ratio(r, "handoff.mutex", "mutex");
 }
 
 /* ------------------------------------------------------------ (3) */
@@ -1046,11 +1122,25 @@ case_goals(struct bench *b)
 	struct row *r;
 	char fig[160];
 
-	(void)b;
-	goal_ratio("uncontended acquire <= 1.5x raw socket RTT", "arb.acquire",
-		   "rtt.raw", 0, 1.5);
-	goal_ratio("contended handoff median <= 1.5x raw socket RTT",
-		   "handoff.arbiter", "rtt.raw", 0, 1.5);
+	for (int i = 0; i < b->nplaces; i++) {
+		enum place p = b->places[i];
+		const char *sfx = place_suffix(p);
+		const char *where = p == PLACE_SAME    ? ", one CPU"
+				    : p == PLACE_SPLIT ? ", two CPUs"
+						       : "";
+		char goal[96], key[48], raw[48];
+
+		snprintf(raw, sizeof raw, "rtt.raw%s", sfx);
+		snprintf(goal, sizeof goal,
+			 "uncontended acquire <= 1.5x raw socket RTT%s", where);
+		snprintf(key, sizeof key, "arb.acquire%s", sfx);
+		goal_ratio(goal, key, raw, 0, 1.5);
+		snprintf(goal, sizeof goal,
+			 "contended handoff median <= 1.5x raw socket RTT%s",
+			 where);
+		snprintf(key, sizeof key, "handoff.arbiter%s", sfx);
+		goal_ratio(goal, key, raw, 0, 1.5);
+	}
 	goal_ratio("owner changes/s at 8 clients >= 3x Redis pairs/s",
 		   "tput.arbiter.8x1.changes", "tput.redis.8x1.pairs", 3, 1e18);
 	goal_ratio("owner changes/s at 64 clients >= 3x Redis pairs/s",

@@ -4,12 +4,15 @@
  * Every process started here gets PR_SET_PDEATHSIG, so a bench killed
  * half-way leaves no daemon behind. Readiness is checked by connecting to
  * the socket, never guessed with a fixed sleep (the daemon runs at
- * log.level=warn, so its "arbiter ready" line is not printed).
+ * log.level=warn, so its "arbiter ready" line is not printed). The servers
+ * started here (daemon, Redis, echo server) are pinned to b->cpu_server
+ * before they run anything; the cases pin their clients (see enum place).
  */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -258,6 +261,7 @@ proc_start_daemon(struct bench *b, const char *sock, const char *data,
 	}
 	if (pid == 0) {
 		struct rlimit rl = {65536, 65536};
+		int rc;
 
 		/* 10,000 connections need more than the usual 1024 fds. */
 		if (setrlimit(RLIMIT_NOFILE, &rl) < 0) {
@@ -269,6 +273,11 @@ proc_start_daemon(struct bench *b, const char *sock, const char *data,
 		 * children too (strace forks the daemon it traces). */
 		setpgid(0, 0);
 		redirect_output(log);
+		/* Pinned before exec, so a wrapper's children inherit it. */
+		rc = proc_pin(b->cpu_server);
+		if (rc < 0)
+			fprintf(stderr, "cannot pin arbiterd to CPU %d: %s\n",
+				b->cpu_server, strerror(-rc));
 		execv(argv[0], (char *const *)argv);
 		fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
 		_exit(127);
@@ -295,6 +304,7 @@ proc_start_redis(struct bench *b)
 		return -1;
 	if (pid == 0) {
 		redirect_output(log);
+		proc_pin(b->cpu_server);
 		execl("/usr/bin/redis-server", "redis-server", "--port", "0",
 		      "--unixsocket", b->redis_sock, "--unixsocketperm", "700",
 		      "--save", "", "--appendonly", "no", "--dir", dir,
@@ -379,6 +389,7 @@ proc_start_echo(struct bench *b)
 		return -1;
 	if (pid == 0) {
 		close(p[0]);
+		proc_pin(b->cpu_server);
 		echo_main(lfd, b->shm, p[1]);
 		_exit(0);
 	}
@@ -514,4 +525,88 @@ proc_loadavg(char *buf, size_t len)
 		fclose(f);
 	}
 	snprintf(buf, len, "%.2f %.2f %.2f", a, b5, c);
+}
+
+int
+proc_pin(int cpu)
+{
+	cpu_set_t set;
+
+	if (cpu < 0)
+		return 0;
+	CPU_ZERO(&set);
+	CPU_SET(cpu, &set);
+	return sched_setaffinity(0, sizeof set, &set) < 0 ? -errno : 0;
+}
+
+void
+proc_unpin(const struct bench *b)
+{
+	if (b->cpu_server >= 0)
+		sched_setaffinity(0, sizeof b->cpus_all, &b->cpus_all);
+}
+
+void
+proc_cpus_init(struct bench *b)
+{
+	int first = -1, second = -1, rc;
+
+	b->cpu_server = b->cpu_client = -1;
+	b->places[0] = PLACE_NONE;
+	b->nplaces = 1;
+	if (sched_getaffinity(0, sizeof b->cpus_all, &b->cpus_all) < 0) {
+		bench_progress("sched_getaffinity: %s: nothing is pinned, "
+			       "latency figures mix placements",
+			       strerror(errno));
+		return;
+	}
+	for (int c = 0; c < CPU_SETSIZE && second < 0; c++)
+		if (CPU_ISSET(c, &b->cpus_all)) {
+			if (first < 0)
+				first = c;
+			else
+				second = c;
+		}
+	/* Try it once here, so a refusal (a cpuset that forbids it) is said
+	 * once instead of failing in every child. */
+	rc = proc_pin(first);
+	if (first < 0 || rc < 0) {
+		bench_progress("cannot pin to CPU %d (%s): nothing is pinned, "
+			       "latency figures mix placements",
+			       first, rc < 0 ? strerror(-rc) : "no CPU");
+		return;
+	}
+	sched_setaffinity(0, sizeof b->cpus_all, &b->cpus_all);
+	b->cpu_server = first;
+	b->cpu_client = second;
+	b->places[0] = PLACE_SAME;
+	if (second >= 0) {
+		b->places[1] = PLACE_SPLIT;
+		b->nplaces = 2;
+	} else
+		bench_progress("only CPU %d is allowed: no two-CPU placement",
+			       first);
+}
+
+int
+place_client_cpu(const struct bench *b, enum place p)
+{
+	switch (p) {
+	case PLACE_SAME:
+		return b->cpu_server;
+	case PLACE_SPLIT:
+		return b->cpu_client;
+	default:
+		return -1;
+	}
+}
+
+const char *
+place_suffix(enum place p)
+{
+	static const char *const sfx[PLACE_COUNT] = {[PLACE_NONE] = "",
+						     [PLACE_SAME] = ".same",
+						     [PLACE_SPLIT] = ".split"};
+
+	return sfx[p];
 }

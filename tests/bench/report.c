@@ -160,6 +160,56 @@ report_ratio(struct row *r, const char *vs_key, const char *label)
 }
 
 void
+report_place(struct row *r, enum place p)
+{
+	if (r != NULL)
+		r->place = p;
+}
+
+/* Short name of where a row's processes ran, for JSON. */
+static const char *
+place_name(const struct bench *b, const struct row *r)
+{
+	switch (r->place) {
+	case PLACE_SAME:
+		return "one-cpu";
+	case PLACE_SPLIT:
+		return "two-cpus";
+	default:
+		return b->cpu_server >= 0 ? "servers-pinned" : "unpinned";
+	}
+}
+
+/* The sentence under a section title that says where its processes ran. */
+static void
+place_text(const struct bench *b, int section, enum place p, char *buf,
+	   size_t len)
+{
+	switch (p) {
+	case PLACE_SAME:
+		snprintf(buf, len, "one CPU: every process on CPU %d",
+			 b->cpu_server);
+		break;
+	case PLACE_SPLIT:
+		snprintf(buf, len,
+			 "two CPUs: daemon, Redis, echo server and socketpair "
+			 "peer on CPU %d, clients on CPU %d%s",
+			 b->cpu_server, b->cpu_client,
+			 section == 2 ? " (flock, mutex: one process on each)"
+				      : "");
+		break;
+	default:
+		if (b->cpu_server >= 0)
+			snprintf(buf, len,
+				 "daemon, Redis and echo server on CPU %d, "
+				 "clients unpinned",
+				 b->cpu_server);
+		else
+			snprintf(buf, len, "nothing pinned");
+	}
+}
+
+void
 report_note(struct row *r, const char *fmt, ...)
 {
 	va_list ap;
@@ -225,8 +275,9 @@ fmt_value(char *buf, size_t len, enum unit u, double v)
 void
 report_table(const struct bench *b, double seconds)
 {
-	char machine[256], med[32], p99[32];
+	char machine[256], med[32], p99[32], where[160];
 	int last = -1;
+	enum place last_place = PLACE_NONE;
 
 	proc_machine(machine, sizeof machine);
 	printf("arbiter bench%s: %s\n",
@@ -239,14 +290,18 @@ report_table(const struct bench *b, double seconds)
 	       b->load_start, b->load_end);
 	printf("median and p99 over every sample of every run (rates: p99 = "
 	       "the slow tail, 1st percentile\nof per-interval rates); ratios "
-	       "compare medians measured in this same run.\n");
+	       "compare medians measured in this same run and,\nfor "
+	       "latencies, in the same placement of processes on CPUs.\n");
 	printf("%-52s %10s %10s %7s  %s\n", "", "median", "p99", "n", "ratio");
 	for (int i = 0; i < nrows; i++) {
 		const struct row *r = &rows[i];
 
-		if (r->section != last) {
-			printf("%s\n", section_title[r->section]);
+		if (r->section != last || r->place != last_place) {
+			place_text(b, r->section, r->place, where,
+				   sizeof where);
+			printf("%s -- %s\n", section_title[r->section], where);
 			last = r->section;
+			last_place = r->place;
 		}
 		fmt_value(med, sizeof med, r->unit, r->median);
 		fmt_value(p99, sizeof p99, r->unit, r->p99);
@@ -301,6 +356,21 @@ report_json(FILE *out, const struct bench *b, double seconds)
 		b->load_start, b->load_end);
 	fprintf(out, ",\n  \"quick\": %s,\n  \"seconds\": %.1f,\n",
 		b->quick ? "true" : "false", seconds);
+	fprintf(out, "  \"placements\": {");
+	for (int p = 0; p < PLACE_COUNT; p++) {
+		static const struct row probe[PLACE_COUNT] = {
+		    {.section = 3, .place = PLACE_NONE},
+		    {.section = 1, .place = PLACE_SAME},
+		    {.section = 2, .place = PLACE_SPLIT}};
+		char where[160];
+
+		place_text(b, probe[p].section, probe[p].place, where,
+			   sizeof where);
+		fprintf(out, "%s\"%s\": ", p ? ", " : "",
+			place_name(b, &probe[p]));
+		json_str(out, where);
+	}
+	fprintf(out, "},\n");
 	fprintf(out,
 		"  \"counts\": {\"runs\": %d, \"rtt_ops\": %d, "
 		"\"handoff_rounds\": %d, \"handoff_hold_us\": %d, "
@@ -324,6 +394,7 @@ report_json(FILE *out, const struct bench *b, double seconds)
 		json_str(out, r->key);
 		fprintf(out, ", \"name\": ");
 		json_str(out, r->name);
+		fprintf(out, ", \"placement\": \"%s\"", place_name(b, r));
 		fprintf(out,
 			", \"unit\": \"%s\", \"median\": %.6g, \"p99\": %.6g, "
 			"\"p99_is_low_tail\": %s, \"n\": %zu",
