@@ -30,7 +30,7 @@
 #include "ctl_run.h"
 #include "defaults.h"
 
-static const char *socket_path;
+const char *socket_path; /* -S, or NULL: the default */
 int io_timeout_ms = 10000; /* -t: for everything but waiting */
 
 void

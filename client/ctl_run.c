@@ -9,7 +9,10 @@
  * own poll, so -w SECS is kept by this process whatever the daemon does
  * (stopped, hung): when the bound passes, the request is withdrawn and
  * run exits with the conflict code. The daemon's own timer (the same
- * bound) normally answers first, with the holder in its message.
+ * bound) normally answers first, with the holder in its message. When
+ * the daemon goes away meanwhile (killed, restarted by systemd or
+ * Kubernetes), run connects again with back-off and queues anew, within
+ * the same -w; -n and --fail-fast give up at once instead (exit 69).
  *
  * The command's tree. CMD runs in a process group of its own, so that
  * everything it starts (sh -c 'worker; ...') can be signalled at once.
@@ -64,6 +67,11 @@
 /* How long members of the group may outlive SIGKILL before run gives up
  * on them (a process in uninterruptible sleep cannot die at once). */
 #define KILL_WAIT_MS 5000
+/* Between attempts to reach a daemon that is coming back: 50 ms doubling
+ * to 1 s, each drawn from its upper half so that clients cut off together
+ * do not come back in lockstep (the Python client does the same). */
+#define BACKOFF_FIRST_MS 50
+#define BACKOFF_MAX_MS	 1000
 
 /* The help text keeps its own layout. */
 /* clang-format off */
@@ -71,13 +79,17 @@ void
 ctl_run_usage(FILE *out)
 {
 	fputs("  run [-x|-s] [-n | -w SECS] [-E CODE] [-v] [--ttl SECS] [--grace SECS]\n"
-	      "      RESOURCE [--] CMD [ARG...]\n"
+	      "      [--fail-fast] RESOURCE [--] CMD [ARG...]\n"
 	      "        Hold a lease on RESOURCE while CMD runs, like flock(1). Exclusive\n"
 	      "        (-x) by default, -s for shared. -n fails at once if it is held;\n"
 	      "        -w waits at most SECS (fractions allowed), whatever the arbiter\n"
 	      "        does, then withdraws the request; both exit with CODE (-E,\n"
 	      "        default 1) on conflict or timeout (69 if the arbiter did not\n"
 	      "        even answer the connection in time). Otherwise waits forever.\n"
+	      "        While waiting (-w or forever) it rides out a restart of the\n"
+	      "        arbiter: it connects again (50 ms doubling to 1 s) and queues\n"
+	      "        anew, and exits 69 only if the arbiter is not back in time.\n"
+	      "        --fail-fast exits 69 at once when the arbiter is gone instead.\n"
 	      "        Options may follow RESOURCE too when '--' ends them: CMD is\n"
 	      "        what follows '--'.\n"
 	      "        CMD inherits the connection, so the lease ends when CMD ends (even\n"
@@ -107,6 +119,7 @@ struct run_opts {
 	enum arb_mode mode;
 	int64_t timeout_ms; /* ARB_WAIT_FOREVER, 0 (-n) or -w */
 	int conflict;	    /* -E */
+	bool fail_fast;	    /* --fail-fast: no waiting for a restart */
 	double ttl, grace;
 	const char *resource;
 	char **cmd; /* NULL-terminated, from argv */
@@ -153,6 +166,7 @@ parse_opts(struct run_opts *o, int n, char **v)
 	    {"verbose", no_argument, NULL, 'v'},
 	    {"ttl", required_argument, NULL, 't'},
 	    {"grace", required_argument, NULL, 'g'},
+	    {"fail-fast", no_argument, NULL, 'F'},
 	    {NULL, 0, NULL, 0},
 	};
 	int ch;
@@ -194,6 +208,9 @@ parse_opts(struct run_opts *o, int n, char **v)
 			break;
 		case 'g':
 			o->grace = parse_secs(optarg, "--grace");
+			break;
+		case 'F':
+			o->fail_fast = true;
 			break;
 		default:
 			usage(stderr);
@@ -364,6 +381,118 @@ acquire_bounded(arb_client *c, const struct run_opts *o, int64_t timeout_ms,
 			 "request was withdrawn",
 			 (mono_ns() - t0) / 1000000, o->resource, path);
 		return timeout_ms == 0 ? -ETIMEDOUT : -ARB_ETIMEOUT;
+	}
+}
+
+/*
+ * True for a failure that a daemon being restarted explains: no socket
+ * yet, nothing listening on it, a full listen queue, or the connection
+ * lost (or the daemon stopping) while the request waited.
+ */
+static bool
+daemon_away(int rc)
+{
+	return rc == -ENOENT || rc == -ECONNREFUSED || rc == -EAGAIN ||
+	       rc == -ECONNRESET || rc == -EPIPE || rc == -ARB_ECONNLOST ||
+	       rc == -ARB_ESHUTTINGDOWN;
+}
+
+/* The next back-off delay in ms, drawn from the upper half of *step,
+ * which then doubles up to BACKOFF_MAX_MS. */
+static int
+backoff_ms(int *step)
+{
+	int d = *step / 2 + (int)(random() % (*step / 2 + 1));
+
+	*step = *step * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : *step * 2;
+	return d;
+}
+
+/*
+ * Connect and acquire, riding out a restart of the daemon: while it is
+ * away (see daemon_away) connect again with back-off and queue anew, until
+ * the monotonic deadline_ns (0: none). -n and --fail-fast make one attempt.
+ * Returns as acquire_bounded, with *c connected (or NULL when the last
+ * attempt to connect failed: its text is then in msg).
+ */
+static int
+acquire_riding(arb_client **c, const char *name, const struct run_opts *o,
+	       uint64_t t0, uint64_t deadline_ns,
+	       const struct arb_acquire_opts *ao, struct arb_lease *lease,
+	       bool show, char *msg, size_t msglen)
+{
+	char path[sizeof((struct sockaddr_un *)0)->sun_path + 1];
+	int step = BACKOFF_FIRST_MS, rc;
+	bool told = false;
+
+	srandom((unsigned)getpid() ^ (unsigned)mono_ns());
+	if (socket_path != NULL)
+		snprintf(path, sizeof path, "%s", socket_path);
+	else
+		arb_socket_path(path, sizeof path);
+
+	for (;;) {
+		int64_t left = o->timeout_ms;
+		int bound = io_timeout_ms;
+
+		if (deadline_ns != 0 && *c == NULL && o->timeout_ms != 0) {
+			/* A new connect gets what is left of -w. */
+			int until = ms_until(deadline_ns);
+
+			if (bound <= 0 || until < bound)
+				bound = until > 0 ? until : 1;
+		}
+		rc = arb_connect_timeout(c, socket_path, name, bound);
+		if (rc < 0) {
+			*c = NULL;
+			snprintf(msg, msglen, "%s", arb_connect_error());
+		} else {
+			if (o->timeout_ms > 0) {
+				left = o->timeout_ms -
+				       (int64_t)((mono_ns() - t0) / 1000000);
+				if (left <= 0)
+					left = 1;
+			}
+			rc = acquire_bounded(*c, o, left, deadline_ns, ao,
+					     lease, msg, msglen);
+			if (rc < 0 && daemon_away(rc) && msg[0] == '\0')
+				snprintf(msg, msglen, "%s", arb_last_error(*c));
+		}
+		if (rc == 0 || !daemon_away(rc) || o->fail_fast ||
+		    o->timeout_ms == 0)
+			return rc;
+		if (*c != NULL) {
+			arb_close(*c);
+			*c = NULL;
+		}
+		int wait = backoff_ms(&step);
+
+		if (deadline_ns != 0) {
+			int until = ms_until(deadline_ns);
+
+			if (until <= 0) {
+				char why[300];
+
+				snprintf(why, sizeof why, "%s", msg);
+				snprintf(
+				    msg, msglen,
+				    "gave up waiting for '%.255s': the arbiter "
+				    "at %s went away and was not back "
+				    "within -w (last attempt: %s)",
+				    o->resource, path, why);
+				return -ETIMEDOUT;
+			}
+			if (wait > until)
+				wait = until;
+		}
+		if (show && !told) {
+			fprintf(stderr,
+				"arbiterctl: the arbiter at %s is away (%s); "
+				"waiting for it to come back\n",
+				path, msg);
+			told = true;
+		}
+		(void)poll(NULL, 0, wait);
 	}
 }
 
@@ -757,22 +886,17 @@ ctl_run(int argc, char **argv)
 		deadline = t0 + (uint64_t)io_timeout_ms * 1000000;
 	}
 	snprintf(name, sizeof name, "arbiterctl:%s", o.cmd[0]);
-	r.c = connect_or_die(name);
 	view.show = verbose || isatty(STDERR_FILENO);
 	ao.on_queued = on_queued;
 	ao.ctx = &view;
 	ao.position_updates = view.show;
 	ao.ttl_ms = (uint64_t)(o.ttl * 1000 + 0.5);
-	if (o.timeout_ms > 0) {
-		int64_t left =
-		    o.timeout_ms - (int64_t)((mono_ns() - t0) / 1000000);
-
-		rc = acquire_bounded(r.c, &o, left > 0 ? left : 0, deadline,
-				     &ao, &r.lease, msg, sizeof msg);
-	} else {
-		rc = acquire_bounded(r.c, &o, o.timeout_ms, deadline, &ao,
-				     &r.lease, msg, sizeof msg);
-	}
+	rc = acquire_riding(&r.c, name, &o, t0, deadline, &ao, &r.lease,
+			    view.show, msg, sizeof msg);
+	if (r.c == NULL)
+		die(rc == -ETIMEDOUT || daemon_away(rc) ? EXIT_UNAVAIL
+							: exit_for(rc),
+		    "%s", msg);
 	if (rc == -ARB_EWOULDBLOCK || rc == -ARB_ETIMEOUT) {
 		fprintf(stderr, "arbiterctl: %s\n",
 			msg[0] ? msg : arb_last_error(r.c));

@@ -26,6 +26,7 @@ void ctl_run_usage(FILE *out);
 
 /* From arbiterctl.c. */
 extern int io_timeout_ms; /* -t, in ms; 0: no bound */
+extern const char *socket_path; /* -S, or NULL: the default */
 void usage(FILE *out);
 void die(int code, const char *fmt, ...)
     __attribute__((format(printf, 2, 3), noreturn));
