@@ -67,7 +67,7 @@ Test(stats, a_count_lands_on_the_resource_and_the_total)
 
 Test(stats, resources_past_the_limit_fold_into_other)
 {
-	char name[8];
+	char name[16];
 
 	for (int i = 0; i < 6; i++) {
 		snprintf(name, sizeof name, "r%d", i);
