@@ -1,6 +1,6 @@
 /*
  * role: active, standby or idle with respect to the storage lock, and the
- * state file's token reservations (see role.c).
+ * changes between them (see role.c).
  */
 #ifndef ARBITER_ROLE_H
 #define ARBITER_ROLE_H
