@@ -15,6 +15,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include <event2/event.h>
+
 #include "log.h"
 #include "reserve.h"
 #include "server.h"

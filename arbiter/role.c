@@ -39,10 +39,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <event2/event.h>
+
 #include "log.h"
 #include "notify.h"
 #include "reserve.h"
 #include "role.h"
+#include "server.h"
 #include "state.h"
 
 const char *

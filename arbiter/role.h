@@ -8,7 +8,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#include "server.h"
+struct server;
 
 /* At start, before listening: take the storage lock or become a standby
  * (hold = always), or stay idle (hold = on-demand). -1 with err on a fatal
