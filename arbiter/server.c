@@ -236,10 +236,11 @@ server_fd_freed(struct server *srv)
 {
 	struct listener *ls[] = {&srv->accept, metrics_listener(srv)};
 
+	if (srv->stopping)
+		return;
 	for (size_t i = 0; i < sizeof ls / sizeof ls[0]; i++) {
-		if (ls[i] == NULL || !ls[i]->paused || srv->stopping)
-			continue;
-		listener_resume(ls[i]);
+		if (ls[i] != NULL && ls[i]->paused)
+			listener_resume(ls[i]);
 	}
 }
 
