@@ -23,7 +23,7 @@ CONF ?= arbiter.conf
 SAN ?=
 VERSION := 0.1.0
 
-PKGS := libevent libprotobuf-c msgpack inih
+PKGS := libevent libevent_openssl openssl jansson libprotobuf-c msgpack inih
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm
 
@@ -56,7 +56,7 @@ UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 BINS := $(BUILD)/arbiterd $(BUILD)/arbiterctl $(BUILD)/libarbiter.a \
 	$(BUILD)/libarbiter.so $(PYGEN)
 
-.PHONY: all deps run test check check-unit check-integration check-deploy \
+.PHONY: all deps run test check check-unit check-integration check-deploy check-cluster \
 	asan valgrind fuzz bench install clean format lint
 
 all: $(BUILD)/.deps-ok $(BINS)
@@ -112,6 +112,18 @@ $(BUILD)/tests/test_%: tests/unit/test_%.c $$(call test_deps,$$*)
 
 run: all
 	$(BUILD)/arbiterd -c $(CONF)
+
+# The etcd client against a real 3-member etcd on loopback (Debian's
+# etcd-server, see scripts/deps.sh test): members on tmpfs, niced.
+ETCD_PROBE := $(BUILD)/tests/etcd_probe
+
+$(ETCD_PROBE): tests/cluster/etcd_probe.c $(BUILD)/arbiter/etcd.o
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $^ $(PKG_LIBS)
+
+check-cluster: all $(ETCD_PROBE)
+	@sh scripts/deps.sh test
+	ARBITER_BUILD=$(abspath $(BUILD)) $(PYTHON) -m pytest -q -p no:cacheprovider tests/cluster
 
 test:
 	@sh scripts/deps.sh test

@@ -10,8 +10,8 @@
 set -eu
 
 BUILD_PKGS="gcc make pkg-config libevent-dev libprotobuf-c-dev protobuf-c-compiler
-libmsgpack-dev libinih-dev uthash-dev protobuf-compiler python3 python3-protobuf"
-TEST_PKGS="libcriterion-dev python3-pytest python3-venv python3-pip
+libmsgpack-dev libinih-dev libjansson-dev libssl-dev uthash-dev protobuf-compiler python3 python3-protobuf"
+TEST_PKGS="etcd-server etcd-client libcriterion-dev python3-pytest python3-venv python3-pip
 python3-setuptools python3-wheel util-linux procps socat
 prometheus yamllint python3-yaml systemd valgrind clang-tidy cppcheck strace
 clang libclang-rt-14-dev"
