@@ -339,6 +339,13 @@ parse_endpoints(struct etcd_client *c, const char *list, char *err,
 				 one);
 			return -EINVAL;
 		}
+		if (strchr(h, '/') != NULL) {
+			snprintf(err, errlen,
+				 "etcd endpoint \"%s\": want scheme://host:"
+				 "port with no path",
+				 one);
+			return -EINVAL;
+		}
 		port = 2379;
 		if (*h == '[') {
 			char *rb = strchr(h, ']');

@@ -45,7 +45,8 @@
  * timing and deadlines, and re-ranging and re-watching after a fail-over
  * (it reports each one through on_failover and ends every watch).
  * It never logs and never exits: errors are values with a message that
- * names the endpoint at fault.
+ * names the endpoint at fault. Like the rest of the daemon it needs
+ * SIGPIPE ignored (a member that dies mid-request must not kill us).
  */
 #ifndef ARBITER_ETCD_H
 #define ARBITER_ETCD_H

@@ -21,6 +21,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -315,6 +316,7 @@ static void
 command(char *line)
 {
 	char *argv[8] = {0};
+	struct pending *pend = NULL;
 	int argc = 0, rc = 0;
 	char *save = NULL;
 
@@ -331,22 +333,22 @@ command(char *line)
 		printf("ok endpoint ep=%s\n", etcd_endpoint(cli));
 	} else if (strcmp(argv[0], "grant") == 0) {
 		rc = etcd_lease_grant(cli, atoll(ARG(1)), answer,
-				      pending_new("grant"));
+				      (pend = pending_new("grant")));
 	} else if (strcmp(argv[0], "keepalive") == 0) {
-		rc = etcd_lease_keepalive(cli,
-					  (int64_t)strtoull(ARG(1), NULL, 16),
-					  answer, pending_new("keepalive"));
+		rc = etcd_lease_keepalive(
+		    cli, (int64_t)strtoull(ARG(1), NULL, 16), answer,
+		    (pend = pending_new("keepalive")));
 	} else if (strcmp(argv[0], "revoke") == 0) {
 		rc = etcd_lease_revoke(cli, (int64_t)strtoull(ARG(1), NULL, 16),
-				       answer, pending_new("revoke"));
+				       answer, (pend = pending_new("revoke")));
 	} else if (strcmp(argv[0], "ttl") == 0) {
 		rc = etcd_lease_ttl(cli, (int64_t)strtoull(ARG(1), NULL, 16),
-				    answer, pending_new("ttl"));
+				    answer, (pend = pending_new("ttl")));
 	} else if (strcmp(argv[0], "txn") == 0) {
 		rc = etcd_txn_put_if_absent(
 		    cli, ARG(1), strlen(ARG(1)), ARG(2), strlen(ARG(2)),
 		    (int64_t)strtoull(ARG(3), NULL, 16), ARG(4), strlen(ARG(4)),
-		    answer, pending_new("txn"));
+		    answer, (pend = pending_new("txn")));
 	} else if (strcmp(argv[0], "put") == 0) {
 		size_t n = (size_t)atoll(ARG(2));
 		char *v = malloc(n + 1);
@@ -355,14 +357,14 @@ command(char *line)
 			abort();
 		memset(v, 'x', n);
 		rc = etcd_put(cli, ARG(1), strlen(ARG(1)), v, n, 0, answer,
-			      pending_new("put"));
+			      (pend = pending_new("put")));
 		free(v);
 	} else if (strcmp(argv[0], "range") == 0) {
 		rc = etcd_range_prefix(cli, ARG(1), strlen(ARG(1)), 0, answer,
-				       pending_new("range"));
+				       (pend = pending_new("range")));
 	} else if (strcmp(argv[0], "delete") == 0) {
 		rc = etcd_delete(cli, ARG(1), strlen(ARG(1)), answer,
-				 pending_new("delete"));
+				 (pend = pending_new("delete")));
 	} else if (strcmp(argv[0], "watch") == 0) {
 		if (watch)
 			etcd_watch_cancel(watch);
@@ -386,9 +388,12 @@ command(char *line)
 		printf("err %s errno=%d msg=unknown command\n", argv[0],
 		       EINVAL);
 	}
-	if (rc < 0)
+	if (rc < 0) {
+		/* Not queued: no callback will free it. */
+		free(pend);
 		printf("err %s errno=%d msg=cannot queue the request\n",
 		       argv[0], -rc);
+	}
 	fflush(stdout);
 #undef ARG
 }
@@ -447,6 +452,8 @@ main(int argc, char **argv)
 		}
 	}
 	s.on_failover = on_failover;
+	/* As arbiterd does: a member gone mid-write must not kill us. */
+	signal(SIGPIPE, SIG_IGN);
 	base = event_base_new();
 	cli = etcd_new(base, &s, err, sizeof(err));
 	if (cli == NULL) {
