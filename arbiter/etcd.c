@@ -213,6 +213,7 @@ b64_decode(const char *in, size_t *outlen)
 	uint32_t acc = 0;
 	int bits = 0;
 
+	*outlen = 0;
 	if (out == NULL)
 		return NULL;
 	for (size_t i = 0; i < len && in[i] != '='; i++) {
@@ -738,7 +739,7 @@ connect_to(struct etcd_client *c, int i)
 	if (conn == NULL)
 		return NULL;
 	evhttp_connection_set_retries(conn, 0);
-	evhttp_connection_set_max_headers_size(conn, 64 * 1024);
+	evhttp_connection_set_max_headers_size(conn, (ev_ssize_t)64 * 1024);
 	return conn;
 }
 
@@ -1031,7 +1032,7 @@ start_req(struct chan *ch, struct req *r)
 		return;
 	}
 	tv.tv_sec = c->timeout_ms / 1000;
-	tv.tv_usec = (c->timeout_ms % 1000) * 1000;
+	tv.tv_usec = (suseconds_t)(c->timeout_ms % 1000) * 1000;
 	evtimer_add(r->timer, &tv);
 }
 
@@ -1616,7 +1617,7 @@ start_watch(struct etcd_watch *w)
 		return;
 	}
 	tv.tv_sec = c->timeout_ms / 1000;
-	tv.tv_usec = (c->timeout_ms % 1000) * 1000;
+	tv.tv_usec = (suseconds_t)(c->timeout_ms % 1000) * 1000;
 	evtimer_add(w->timer, &tv);
 }
 
