@@ -165,6 +165,45 @@ def test_kill9_of_the_leader(healthy, probe):
     # Back on its feet, the old leader rejoins (the fixture restarts it).
 
 
+def call_until_ok(p, line, seconds):
+    """Repeat a command until it succeeds; between tries wait only as long
+    as the client says its members stay in back-off."""
+    t0 = time.monotonic()
+    while True:
+        r = p.call(line)
+        if r["ok"] or time.monotonic() - t0 > seconds:
+            return r
+        if "next retry in " in r.get("msg", ""):
+            ms = int(r["msg"].split("next retry in ")[1].split()[0])
+            time.sleep(ms / 1000 + 0.01)
+
+
+def test_partition_through_the_host_proxy(healthy, probe):
+    proxy = healthy.proxy()
+    p = probe(proxy.endpoints(), "-t", str(TIMEOUT_MS))
+    pre = "part/%d/" % os.getpid()
+    assert p.call("put %sk 1" % pre)["ok"]
+    rev = int(p.call("range " + pre)["rev"])
+    p.send("watch %s %d" % (pre, rev + 1))
+    p.next(lambda l: l.startswith("watch created"))
+    proxy.pause()
+    try:
+        # Cut off: every member is tried once, each for the timeout, and
+        # the error names them all.
+        r = p.call("put %sk 2" % pre)
+        assert not r["ok"] and r["errno"] == str(errno.ETIMEDOUT), r["line"]
+        for port in proxy.ports:
+            assert "127.0.0.1:%d" % port in r["msg"], r["line"]
+        assert float(r["ms"]) < 3 * TIMEOUT_MS + MARGIN_MS, r["line"]
+        end = p.next(lambda l: l.startswith("watch ended"))
+        assert "re-range and watch again" in end
+    finally:
+        proxy.resume()
+    # Healed: requests go through again once the back-off allows.
+    r = call_until_ok(p, "put %sk 3" % pre, 10)
+    assert r["ok"], r["line"]
+
+
 @pytest.fixture(scope="module")
 def tls_member():
     if not etcdlib.have_etcd():
