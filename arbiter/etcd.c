@@ -32,6 +32,7 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
+#include <event2/dns.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
@@ -125,6 +126,7 @@ struct etcd_client {
 	int timeout_ms;
 	size_t max_reply;
 	SSL_CTX *ssl;
+	struct evdns_base *dns; /* only when an endpoint is a host name */
 	struct chan chan[CH_N];
 	struct etcd_watch *watches;
 	struct event *pump;
@@ -457,7 +459,7 @@ etcd_new(struct event_base *base, const struct etcd_settings *s, char *err,
 	 size_t errlen)
 {
 	struct etcd_client *c = calloc(1, sizeof(*c));
-	int need_tls = 0;
+	int need_tls = 0, need_dns = 0;
 
 	if (c == NULL) {
 		snprintf(err, errlen, "etcd: out of memory");
@@ -475,8 +477,28 @@ etcd_new(struct event_base *base, const struct etcd_settings *s, char *err,
 		goto nomem;
 	if (parse_endpoints(c, s->endpoints, err, errlen) < 0)
 		goto fail;
-	for (int i = 0; i < c->n_ep; i++)
+	for (int i = 0; i < c->n_ep; i++) {
+		unsigned char addr[16];
+
 		need_tls |= c->ep[i].tls;
+		if (inet_pton(AF_INET, c->ep[i].host, addr) != 1 &&
+		    inet_pton(AF_INET6, c->ep[i].host, addr) != 1)
+			need_dns = 1;
+	}
+	/* A host name is resolved by libevent's own resolver (resolv.conf
+	 * and the hosts file, read once here), never by a blocking
+	 * getaddrinfo on the loop. */
+	if (need_dns) {
+		c->dns =
+		    evdns_base_new(base, EVDNS_BASE_INITIALIZE_NAMESERVERS);
+		if (c->dns == NULL) {
+			snprintf(err, errlen,
+				 "etcd endpoints: cannot set up name "
+				 "resolution (/etc/resolv.conf): use IP "
+				 "addresses in endpoints");
+			goto fail;
+		}
+	}
 	if (need_tls && tls_setup(c, s, err, errlen) < 0)
 		goto fail;
 	for (int i = 0; i < CH_N; i++) {
@@ -545,6 +567,8 @@ etcd_free(struct etcd_client *c)
 		event_free(c->pump);
 	if (c->ssl)
 		SSL_CTX_free(c->ssl);
+	if (c->dns)
+		evdns_base_free(c->dns, 0);
 	for (int i = 0; i < c->n_ep; i++) {
 		free(c->ep[i].url);
 		free(c->ep[i].host);
@@ -729,11 +753,11 @@ connect_to(struct etcd_client *c, int i)
 		}
 		bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
 		conn = evhttp_connection_base_bufferevent_new(
-		    c->base, NULL, bev, e->host, (unsigned short)e->port);
+		    c->base, c->dns, bev, e->host, (unsigned short)e->port);
 		if (conn == NULL)
 			bufferevent_free(bev);
 	} else {
-		conn = evhttp_connection_base_new(c->base, NULL, e->host,
+		conn = evhttp_connection_base_new(c->base, c->dns, e->host,
 						  (unsigned short)e->port);
 	}
 	if (conn == NULL)

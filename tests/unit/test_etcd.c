@@ -361,6 +361,23 @@ Test(etcd, grant_reports_id_ttl_and_the_send_time, .init = setup,
 	fake_free(f);
 }
 
+Test(etcd, host_names_resolve_without_blocking, .init = setup, .fini = teardown)
+{
+	struct fake *f = fake_new(M_OK);
+	char url[64];
+	struct got g = {0};
+
+	/* localhost may be ::1 first in the hosts file: listen there too. */
+	evhttp_bind_socket(f->http, "::1", (ev_uint16_t)f->port);
+	snprintf(url, sizeof(url), "http://localhost:%d", f->port);
+	client(url, 1000, 0);
+	cr_assert_eq(etcd_lease_grant(cli, 5, got_cb, &g), 0);
+	run();
+	cr_expect_eq(g.err, 0, "%s", g.msg);
+	cr_expect_eq(g.lease, 42);
+	fake_free(f);
+}
+
 Test(etcd, range_decodes_keys_in_create_revision_order, .init = setup,
      .fini = teardown)
 {
