@@ -141,7 +141,15 @@ const char *etcd_endpoint(const struct etcd_client *c);
 const char *etcd_prefix(const struct etcd_client *c);
 
 /*
- * Requests. Each returns 0 once queued (the callback always comes later,
+ * Requests. Unary requests run one after another on one connection,
+ * keepalives on a second one, each watch on its own, all to the member in
+ * use. A request that fails on a member (timeout, refused, "no leader") is
+ * sent again to the next member not yet tried, so it may have been applied
+ * by the first: a grant may leave an unused lease that expires after its
+ * TTL, and a put-if-absent whose first try landed answers succeeded = 0
+ * with the caller's own key (its lease) among the kvs.
+ *
+ * Each returns 0 once queued (the callback always comes later,
  * never from inside the call), or a negative errno when it could not be
  * queued (-EINVAL, -ENOMEM, -EBUSY). Keys are byte strings with a length.
  */
