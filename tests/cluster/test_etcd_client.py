@@ -38,9 +38,9 @@ def test_lease_grant_keepalive_revoke(healthy, probe):
     # sent_ns is CLOCK_BOOTTIME at the send: the base of valid_until.
     assert before <= int(k["sent_ns"]) <= after
     assert float(k["rtt_ms"]) <= (after - before) / 1e6
-    # One keepalive at a time: a second while one is in flight is refused.
-    p.send("keepalive " + g["id"])
-    p.send("keepalive " + g["id"])
+    # One keepalive at a time: a second while one is in flight is refused
+    # (both lines in one write, so the probe reads them in one go).
+    p.send("keepalive %s\nkeepalive %s" % (g["id"], g["id"]))
     a = parse(p.next(lambda l: " keepalive " in " " + l))
     b = parse(p.next(lambda l: " keepalive " in " " + l))
     assert sorted([a["ok"], b["ok"]]) == [False, True]
