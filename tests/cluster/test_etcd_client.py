@@ -289,12 +289,15 @@ def test_reply_over_the_size_cap_is_refused(healthy, probe):
     assert p.call("put %ssmall 100" % pre)["ok"]
     p.next(lambda l: l.startswith("watch event PUT"))
     assert p.call("put %sbig %d" % (pre, 2 * cap))["ok"]
+    # The watch refuses the big event.
+    end = p.next(lambda l: l.startswith("watch ended"))
+    assert "errno=%d" % errno.EMSGSIZE in end and "max_response_bytes" in end
+    # A range (once the watch is gone: etcd 3.4's gateway may answer a
+    # request that races a stream closed under it with "500 unexpected
+    # EOF") is refused the same way.
     r = p.call("range " + pre)
     assert not r["ok"] and r["errno"] == str(errno.EMSGSIZE), r["line"]
     assert "max_response_bytes" in r["msg"] and r["ep"] in r["msg"]
-    # The watch refuses the big event the same way.
-    end = p.next(lambda l: l.startswith("watch ended"))
-    assert "errno=%d" % errno.EMSGSIZE in end and "max_response_bytes" in end
     # The client goes on working after a refused reply.
     assert p.call("delete %sbig" % pre)["ok"]
     r = p.call("range " + pre)
