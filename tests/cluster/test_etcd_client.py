@@ -116,6 +116,8 @@ def test_failover_when_member_in_use_is_sigstopped(healthy, probe):
     pre = "fo/%d/" % os.getpid()
     first = p.call("put %sk 1" % pre)
     assert first["ok"] and first["ep"] == f[0].url, first["line"]
+    lease = p.call("grant 10")["id"]
+    assert p.call("keepalive " + lease)["ep"] == f[0].url
     rev = int(p.call("range " + pre)["rev"])
     p.send("watch %s %d" % (pre, rev + 1))
     p.next(lambda l: l.startswith("watch created"))
@@ -130,10 +132,14 @@ def test_failover_when_member_in_use_is_sigstopped(healthy, probe):
         # The watch on the stopped member ends, saying what to do.
         end = p.next(lambda l: l.startswith("watch ended"))
         assert f[0].url in end and "re-range and watch again" in end
-        # The next request goes straight to the new member.
+        # The next request goes straight to the new member, keepalives
+        # too: a timeout on one connection moves them all.
         again = p.call("range " + pre)
         assert again["ok"] and again["failed_over"] == "0"
         assert float(again["ms"]) < TIMEOUT_MS, again["line"]
+        k = p.call("keepalive " + lease)
+        assert k["ok"] and k["ep"] == r["ep"], k["line"]
+        assert float(k["ms"]) < TIMEOUT_MS, k["line"]
     finally:
         f[0].sigcont()
 
