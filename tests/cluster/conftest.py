@@ -85,8 +85,8 @@ class Probe:
         """Send a command and return its answer as a dict (ok, op, ...)."""
         op = line.split()[0]
         self.send(line)
-        l = self.next(lambda x: x.startswith(("ok %s " % op, "err %s " % op)),
-                      timeout)
+        l = self.next(lambda x: (x + " ").startswith(
+            ("ok %s " % op, "err %s " % op)), timeout)
         return parse(l)
 
     def lines(self, prefix):
