@@ -9,6 +9,7 @@
 #   make asan       only the ASan+UBSan pass
 #   make fuzz       libFuzzer harnesses for FUZZ_SECONDS each
 #   make chaos      the mutual-exclusion checker for DURATION seconds
+#   make check-cluster  the etcd client against a real 3-member etcd
 #   make bench      benchmarks (never part of make test)
 #   make install PREFIX=/usr/local    make clean    make format
 #

@@ -197,6 +197,9 @@ class Cluster:
         self.members = [Member(self, i, ports[2 * i], ports[2 * i + 1], tls)
                         for i in range(n)]
         self.proxies = []
+        # Even if a test run is cut short, no member outlives it.
+        import atexit
+        atexit.register(self.stop)
 
     def initial_cluster(self):
         return ",".join("%s=%s" % (m.name, m.peer_url) for m in self.members)

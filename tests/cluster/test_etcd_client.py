@@ -315,8 +315,11 @@ def test_latency_200_rounds(healthy, probe):
     p = probe(healthy.endpoints())
     r = p.call("bench 200 bench/%d/" % os.getpid(), timeout=120)
     assert r["ok"], r["line"]
-    out = os.path.join(BUILD, "etcd-client-latency.txt")
-    with open(out, "w") as f:
-        f.write(r["line"] + "\n")
     print(r["line"])
+    try:
+        # Kept for the notes when the build folder is ours to write.
+        with open(os.path.join(BUILD, "etcd-client-latency.txt"), "w") as f:
+            f.write(r["line"] + "\n")
+    except OSError:
+        pass
     assert float(r["handoff_p50"]) < 40, r["line"]
