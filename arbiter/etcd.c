@@ -21,7 +21,6 @@
 #include "etcd.h"
 
 #include <errno.h>
-#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -54,12 +53,18 @@ enum op {
 	OP_DELETE,
 };
 
+/* clang-format off */
 static const char *const op_path[] = {
-    [OP_GRANT] = "/v3/lease/grant",   [OP_KEEPALIVE] = "/v3/lease/keepalive",
-    [OP_REVOKE] = "/v3/lease/revoke", [OP_TTL] = "/v3/lease/timetolive",
-    [OP_TXN] = "/v3/kv/txn",	      [OP_PUT] = "/v3/kv/put",
-    [OP_RANGE] = "/v3/kv/range",      [OP_DELETE] = "/v3/kv/deleterange",
+	[OP_GRANT] = "/v3/lease/grant",
+	[OP_KEEPALIVE] = "/v3/lease/keepalive",
+	[OP_REVOKE] = "/v3/lease/revoke",
+	[OP_TTL] = "/v3/lease/timetolive",
+	[OP_TXN] = "/v3/kv/txn",
+	[OP_PUT] = "/v3/kv/put",
+	[OP_RANGE] = "/v3/kv/range",
+	[OP_DELETE] = "/v3/kv/deleterange",
 };
+/* clang-format on */
 
 struct endpoint {
 	char *url;
@@ -1496,6 +1501,20 @@ watch_message(struct etcd_watch *w, const char *line, size_t len)
 }
 
 static void
+watch_too_big(struct etcd_watch *w)
+{
+	char msg[300];
+
+	snprintf(msg, sizeof(msg),
+		 "etcd watch on %s: message larger than max_response_bytes "
+		 "(%zu bytes): refused",
+		 w->c->ep[w->ep].url, w->c->max_reply);
+	watch_end(w, -EMSGSIZE, msg);
+}
+
+/* Stream data: whole lines are messages, handled one by one; a partial
+ * line waits for more, up to max_response_bytes. */
+static void
 watch_chunk(struct evhttp_request *hreq, void *arg)
 {
 	struct etcd_watch *w = arg;
@@ -1506,42 +1525,26 @@ watch_chunk(struct evhttp_request *hreq, void *arg)
 		return;
 	}
 	evbuffer_add_buffer(w->buf, in);
-	for (;;) {
+	while (!w->dead) {
 		struct evbuffer_ptr eol =
 		    evbuffer_search(w->buf, "\n", 1, NULL);
 		size_t len;
-		char *line;
-		int rc;
 
 		if (eol.pos < 0) {
-			if (evbuffer_get_length(w->buf) > w->c->max_reply) {
-				char msg[300];
-
-				snprintf(msg, sizeof(msg),
-					 "etcd watch on %s: message larger "
-					 "than max_response_bytes (%zu "
-					 "bytes): refused",
-					 w->c->ep[w->ep].url, w->c->max_reply);
-				watch_end(w, -EMSGSIZE, msg);
-			}
+			if (evbuffer_get_length(w->buf) > w->c->max_reply)
+				watch_too_big(w);
 			return;
 		}
 		len = (size_t)eol.pos;
-		line = (char *)evbuffer_pullup(w->buf, (ev_ssize_t)len + 1);
-		rc = len > w->c->max_reply ? -2
-		     : len > 0		   ? watch_message(w, line, len)
-					   : 0;
-		if (rc == -2) {
-			char msg[300];
-
-			snprintf(msg, sizeof(msg),
-				 "etcd watch on %s: message larger than "
-				 "max_response_bytes (%zu bytes): refused",
-				 w->c->ep[w->ep].url, w->c->max_reply);
-			watch_end(w, -EMSGSIZE, msg);
-		}
-		if (w->dead)
+		if (len > w->c->max_reply) {
+			watch_too_big(w);
 			return;
+		}
+		if (len > 0)
+			watch_message(w,
+				      (const char *)evbuffer_pullup(
+					  w->buf, (ev_ssize_t)len + 1),
+				      len);
 		evbuffer_drain(w->buf, len + 1);
 	}
 }
