@@ -92,6 +92,7 @@ struct req {
 	struct event *timer;
 	enum evhttp_request_error herr;
 	int have_herr;
+	int fresh_retry; /* sent again on a new connection to the same member */
 	char why[512];
 };
 
@@ -100,6 +101,7 @@ struct chan {
 	struct evhttp_connection *conn;
 	int ep;
 	int dead;
+	int answered; /* replies received on this connection */
 	struct req *inflight;
 	struct req *head, *tail;
 };
@@ -892,12 +894,24 @@ http_done(struct evhttp_request *hreq, void *arg)
 		}
 		conn_error_text(ch->conn, c->ep[r->ep].tls, r->herr,
 				r->have_herr, what, sizeof(what));
+		if (ch->answered > 0 && !r->fresh_retry) {
+			/* A kept-alive connection may have been closed by the
+			 * member (or a proxy) while idle, just as this request
+			 * went out: try once more on a new connection before
+			 * blaming the member. A dead member refuses that. */
+			r->fresh_retry = 1;
+			r->tried &= ~(1u << r->ep);
+			requeue(ch, r);
+			kick(c);
+			return;
+		}
 		req_fail_attempt(r, what, -ECONNREFUSED);
 		requeue(ch, r);
 		endpoint_failed(c, r->ep, what);
 		kick(c);
 		return;
 	}
+	ch->answered++;
 	code = evhttp_request_get_response_code(hreq);
 	in = evhttp_request_get_input_buffer(hreq);
 	j = json_loadb((const char *)evbuffer_pullup(in, -1),
@@ -1025,6 +1039,7 @@ start_req(struct chan *ch, struct req *r)
 			return;
 		}
 		ch->ep = i;
+		ch->answered = 0;
 		evhttp_connection_set_max_body_size(ch->conn,
 						    (ev_ssize_t)c->max_reply);
 		evhttp_connection_set_closecb(ch->conn, conn_closed, ch);

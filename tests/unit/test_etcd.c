@@ -17,6 +17,7 @@
 
 #include <arpa/inet.h>
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/listener.h>
@@ -213,6 +214,109 @@ closed_member(char *url, size_t len)
 	snprintf(url, len, "%s", tmp);
 }
 
+/* A member that answers the first request on each connection, keeps the
+ * connection open, and closes it when a second request arrives: the race
+ * of an idle connection closed by the member (or a proxy) just as the
+ * client reuses it. */
+static int raw_accepted;
+static struct bufferevent *raw_open[8]; /* freed by the test at its end */
+
+static void
+raw_read(struct bufferevent *bev, void *arg)
+{
+	static const char body[] =
+	    "{\"header\":{\"revision\":\"7\"},\"ID\":\"42\",\"TTL\":\"5\"}";
+	struct evbuffer *in = bufferevent_get_input(bev);
+	struct evbuffer_ptr end = evbuffer_search(in, "\r\n\r\n", 4, NULL);
+	int *served = arg;
+	const char *head, *cl;
+	size_t need;
+
+	if (end.pos < 0)
+		return;
+	head = (const char *)evbuffer_pullup(in, end.pos + 4);
+	cl = strcasestr(head, "Content-Length:");
+	need = (size_t)end.pos + 4 + (cl ? strtoul(cl + 15, NULL, 10) : 0);
+	if (evbuffer_get_length(in) < need)
+		return;
+	if (*served == 1) {
+		for (int i = 0; i < 8; i++)
+			if (raw_open[i] == bev)
+				raw_open[i] = NULL;
+		bufferevent_free(bev);
+		free(served);
+		return;
+	}
+	evbuffer_drain(in, need);
+	(*served)++;
+	evbuffer_add_printf(bufferevent_get_output(bev),
+			    "HTTP/1.1 200 OK\r\nContent-Type: application/json"
+			    "\r\nContent-Length: %zu\r\n\r\n%s",
+			    strlen(body), body);
+}
+
+static void
+raw_event(struct bufferevent *bev, short what, void *arg)
+{
+	(void)what;
+	for (int i = 0; i < 8; i++)
+		if (raw_open[i] == bev)
+			raw_open[i] = NULL;
+	bufferevent_free(bev);
+	free(arg);
+}
+
+static void
+raw_close_all(void)
+{
+	for (int i = 0; i < 8; i++) {
+		void *served = NULL;
+
+		if (raw_open[i] == NULL)
+			continue;
+		bufferevent_getcb(raw_open[i], NULL, NULL, NULL, &served);
+		bufferevent_free(raw_open[i]);
+		free(served);
+		raw_open[i] = NULL;
+	}
+}
+
+static void
+raw_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
+	   int len, void *arg)
+{
+	struct bufferevent *bev =
+	    bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE);
+	int *served = calloc(1, sizeof(*served));
+
+	(void)l;
+	(void)sa;
+	(void)len;
+	(void)arg;
+	if (raw_accepted < 8)
+		raw_open[raw_accepted] = bev;
+	raw_accepted++;
+	bufferevent_setcb(bev, raw_read, NULL, raw_event, served);
+	bufferevent_enable(bev, EV_READ);
+}
+
+static struct evconnlistener *
+raw_member(char *url, size_t len)
+{
+	struct sockaddr_in sin = {.sin_family = AF_INET};
+	socklen_t sl = sizeof(sin);
+	struct evconnlistener *l;
+
+	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	l = evconnlistener_new_bind(base, raw_accept, NULL,
+				    LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE,
+				    16, (struct sockaddr *)&sin, sizeof(sin));
+	cr_assert_not_null(l);
+	getsockname(evconnlistener_get_fd(l), (struct sockaddr *)&sin, &sl);
+	snprintf(url, len, "http://127.0.0.1:%d", ntohs(sin.sin_port));
+	return l;
+}
+
 /* ------------------------------------------------------------ results */
 
 struct got {
@@ -376,6 +480,32 @@ Test(etcd, host_names_resolve_without_blocking, .init = setup, .fini = teardown)
 	cr_expect_eq(g.err, 0, "%s", g.msg);
 	cr_expect_eq(g.lease, 42);
 	fake_free(f);
+}
+
+Test(etcd, idle_connection_closed_under_a_request_is_not_a_fail_over,
+     .init = setup, .fini = teardown)
+{
+	char url[64], other[64], eps[140];
+	struct evconnlistener *l = raw_member(url, sizeof(url));
+	int fd = hung_member(other, sizeof(other));
+	struct got g = {0};
+
+	snprintf(eps, sizeof(eps), "%s,%s", url, other);
+	client(eps, 1000, 0);
+	cr_assert_eq(etcd_lease_grant(cli, 5, got_cb, &g), 0);
+	run();
+	cr_assert_eq(g.err, 0, "%s", g.msg);
+	memset(&g, 0, sizeof(g));
+	cr_assert_eq(etcd_lease_grant(cli, 5, got_cb, &g), 0);
+	run();
+	cr_expect_eq(g.err, 0, "%s", g.msg);
+	cr_expect_str_eq(g.ep, url);
+	cr_expect(!g.failed_over);
+	cr_expect_eq(failover_log[0], '\0', "%s", failover_log);
+	cr_expect_eq(raw_accepted, 2, "a new connection, same member");
+	raw_close_all();
+	evconnlistener_free(l);
+	close(fd);
 }
 
 Test(etcd, range_decodes_keys_in_create_revision_order, .init = setup,
