@@ -153,6 +153,25 @@ etcd_now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+uint64_t
+etcd_valid_until(uint64_t sent_ns, int64_t ttl_s, uint32_t drift_ppm,
+		 uint32_t margin_ms)
+{
+	uint64_t ttl_ns, keep, margin_ns = (uint64_t)margin_ms * 1000000u;
+
+	/* A TTL beyond ~290 years is no TTL etcd grants; refuse it rather
+	 * than overflow. */
+	if (ttl_s <= 0 || ttl_s > INT64_C(9000000000) || drift_ppm >= 1000000u)
+		return 0;
+	ttl_ns = (uint64_t)ttl_s * 1000000000u;
+	/* ttl * (1 - drift), rounded down, without overflow. */
+	keep = ttl_ns - (ttl_ns / 1000000u) * drift_ppm -
+	       ((ttl_ns % 1000000u) * drift_ppm + 999999u) / 1000000u;
+	if (keep <= margin_ns)
+		return 0;
+	return sent_ns + (keep - margin_ns);
+}
+
 static void
 appendf(char *buf, size_t len, const char *fmt, ...)
 {

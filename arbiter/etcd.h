@@ -233,4 +233,17 @@ void etcd_watch_cancel(struct etcd_watch *w);
 /* CLOCK_BOOTTIME in ns, the clock of sent_ns. */
 uint64_t etcd_now_ns(void);
 
+/*
+ * The timing rule for a keepalive (or grant) sent at sent_ns and answered
+ * with ttl_s > 0: etcd cannot expire the lease before sent_ns + TTL, so the
+ * host may act on it until
+ *
+ *     sent_ns + ttl_s * (1 - drift_ppm / 10^6) - margin_ms
+ *
+ * Returns that instant on CLOCK_BOOTTIME, or 0 when there is none (ttl_s
+ * <= 0, or drift and margin eat the whole TTL).
+ */
+uint64_t etcd_valid_until(uint64_t sent_ns, int64_t ttl_s, uint32_t drift_ppm,
+			  uint32_t margin_ms);
+
 #endif

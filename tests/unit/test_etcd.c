@@ -411,6 +411,25 @@ run(void)
 
 /* ------------------------------------------------------------ tests */
 
+Test(etcd, valid_until_follows_the_timing_rule)
+{
+	const uint64_t s = 5000000000u; /* sent at 5 s */
+
+	/* TTL 10 s, 1000 ppm drift, 1 s margin: 5 + 10 - 0.01 - 1 s. */
+	cr_expect_eq(etcd_valid_until(s, 10, 1000, 1000),
+		     s + 10000000000u - 10000000u - 1000000000u);
+	cr_expect_eq(etcd_valid_until(s, 3, 0, 500), s + 2500000000u);
+	/* Nothing left, or nothing granted: no validity at all. */
+	cr_expect_eq(etcd_valid_until(s, 1, 0, 1000), 0);
+	cr_expect_eq(etcd_valid_until(s, 2, 500000, 1000), 0);
+	cr_expect_eq(etcd_valid_until(s, 0, 0, 0), 0);
+	cr_expect_eq(etcd_valid_until(s, -1, 0, 0), 0);
+	cr_expect_eq(etcd_valid_until(s, 10, 1000000, 0), 0);
+	/* Never later than the exact rule, even by rounding. */
+	cr_expect_leq(etcd_valid_until(0, 7, 333, 0),
+		      (uint64_t)(7e9 * (1 - 333e-6)));
+}
+
 Test(etcd, settings_errors_name_the_entry_at_fault, .init = setup,
      .fini = teardown)
 {
