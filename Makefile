@@ -13,6 +13,7 @@
 #   make selftests  the valgrind/ASan verdicts must fail on tests/selftest
 #   make fuzz       libFuzzer harnesses for FUZZ_SECONDS each
 #   make chaos      the mutual-exclusion checker for DURATION seconds
+#   make check-cluster  the etcd client against a real 3-member etcd
 #   make bench      benchmarks (never part of make test)
 #   make lint       clang-tidy and cppcheck (FORMAT_CHECK=yes adds format-check)
 #   make format     clang-format every C file in place
@@ -31,7 +32,7 @@ CONF ?= arbiter.conf
 SAN ?=
 VERSION := 0.1.0
 
-PKGS := libevent libprotobuf-c msgpack inih
+PKGS := libevent libevent_openssl openssl jansson libprotobuf-c msgpack inih
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm
 
@@ -64,7 +65,7 @@ UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 BINS := $(BUILD)/arbiterd $(BUILD)/arbiterctl $(BUILD)/libarbiter.a \
 	$(BUILD)/libarbiter.so $(PYGEN)
 
-.PHONY: all deps run test check check-unit check-integration check-deploy \
+.PHONY: all deps run test check check-unit check-integration check-deploy check-cluster \
 	asan valgrind fuzz bench install clean format format-check lint selftests \
 	selftest-valgrind selftest-asan selftest-asan-run coverage coverage-run
 
@@ -147,6 +148,19 @@ PYTEST_REPORT = -rs $(if $(TEST_RESULTS),--junitxml=$(TEST_RESULTS)/$(notdir $(B
 
 TEST_STEPS := lint check asan fuzz-replay selftests $(if $(filter yes,$(WITH_VALGRIND)),valgrind)
 
+# The etcd client against a real 3-member etcd on loopback (Debian's
+# etcd-server, see scripts/deps.sh test): members on tmpfs, niced.
+ETCD_PROBE := $(BUILD)/tests/etcd_probe
+
+$(ETCD_PROBE): tests/cluster/etcd_probe.c $(BUILD)/arbiter/etcd.o
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $^ $(PKG_LIBS)
+
+check-cluster: all $(ETCD_PROBE)
+	@sh scripts/deps.sh test
+	ARBITER_BUILD=$(abspath $(BUILD)) $(PYTHON) -m pytest -q -p no:cacheprovider \
+		$(call PYTEST_REPORT,cluster) tests/cluster
+
 test:
 	@sh scripts/deps.sh test
 	@rm -rf $(CURDIR)/build/test-results && mkdir -p $(CURDIR)/build/test-results
@@ -160,7 +174,7 @@ test:
 	$(TESTRUN) summary --allow tests/skips.allow && [ -z "$$fail" ]
 test: export TEST_RESULTS = $(CURDIR)/build/test-results
 
-CHECK_STEPS := check-unit check-integration check-python check-deploy \
+CHECK_STEPS := check-unit check-integration check-python check-deploy check-cluster \
 	chaos-selftest chaos-short load-short bench-smoke
 
 check: all $(UNIT_BIN)

@@ -29,9 +29,11 @@ for a in "$@"; do
 done
 
 BUILD_PKGS="gcc make pkg-config libevent-dev libprotobuf-c-dev protobuf-c-compiler
-libmsgpack-dev libinih-dev uthash-dev protobuf-compiler python3 python3-protobuf"
+libmsgpack-dev libinih-dev libjansson-dev libssl-dev uthash-dev protobuf-compiler
+python3 python3-protobuf"
 TEST_PKGS="libcriterion-dev python3-pytest python3-venv python3-pip
 python3-setuptools python3-wheel python3-filelock util-linux procps socat
+etcd-server etcd-client
 prometheus yamllint python3-yaml systemd valgrind clang-tidy cppcheck strace
 clang clang-format libclang-rt-14-dev python3-gdbm python3-plyvel"
 BENCH_PKGS="redis-server"
