@@ -452,6 +452,30 @@ do_renew(struct conn *c, const Arbiter__Request *req, struct dispatch_reply *rp)
 	rp->kind = ARBITER__SERVER_MESSAGE__KIND_RENEWED;
 }
 
+/*
+ * The connection's new owner process, in the client's own word (see
+ * Handover in arbiter.proto). HandedOver is not in dispatch_reply's union:
+ * every reply there is a message struct in the same slot, and this small
+ * one fits the slot of the larger ones.
+ */
+static void
+do_handover(struct conn *c, const Arbiter__Request *req,
+	    struct dispatch_reply *rp)
+{
+	Arbiter__HandedOver *out = (Arbiter__HandedOver *)(void *)&rp->u;
+	char label[96];
+
+	_Static_assert(sizeof *out <= sizeof rp->u,
+		       "HandedOver fits dispatch_reply's union");
+	c->owner.handed_to_pid = req->handover->pid;
+	log_debug("connection handed over", "%s handed_to_pid=%u",
+		  conn_label(c, label, sizeof label), req->handover->pid);
+	arbiter__handed_over__init(out);
+	out->has_pid = true;
+	out->pid = req->handover->pid;
+	rp->kind = ARBITER__SERVER_MESSAGE__KIND_HANDED_OVER;
+}
+
 static void
 do_revoke(struct conn *c, const Arbiter__Request *req, struct dispatch_reply *rp)
 {
@@ -570,6 +594,7 @@ static const struct request_kind {
     {ARBITER__REQUEST__KIND_REVOKE, "Revoke", REQ_ADMIN, "revoke", do_revoke},
     {ARBITER__REQUEST__KIND_STATS_RESET, "StatsReset", REQ_ADMIN,
      "stats reset", do_stats_reset},
+    {ARBITER__REQUEST__KIND_HANDOVER, "Handover", 0, NULL, do_handover},
 };
 
 /* The table's policy, checked once for every request. */

@@ -1279,6 +1279,19 @@ arb_renew(arb_client *c, uint64_t lease_id, uint64_t ttl_ms)
 	return 0;
 }
 
+int
+arb_handover(arb_client *c, uint32_t pid)
+{
+	Arbiter__Request req = ARBITER__REQUEST__INIT;
+	Arbiter__Handover h = ARBITER__HANDOVER__INIT;
+	Arbiter__ServerMessage *m;
+
+	h.pid = pid;
+	req.kind_case = ARBITER__REQUEST__KIND_HANDOVER;
+	req.handover = &h;
+	return call(c, &req, &m, ARBITER__SERVER_MESSAGE__KIND_HANDED_OVER);
+}
+
 int64_t
 arb_keepalive(arb_client *c)
 {

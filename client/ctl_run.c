@@ -584,13 +584,24 @@ block_signals(struct run *r)
 		    strerror(errno));
 }
 
+/*
+ * Start CMD with the connection. Before CMD runs, the arbiter is told
+ * that the connection is CMD's now (Handover), so that status names CMD's
+ * pid as the holder from CMD's first instruction on (the kernel gave the
+ * arbiter ours at connect). The child waits for that on a pipe, one round
+ * trip; an arbiter that predates Handover refuses it, and CMD runs anyway.
+ */
 static void
 spawn(struct run *r, char **cmd)
 {
 	pid_t pid;
+	int go[2];
+	char b;
 
 	/* Orphans of CMD's tree become our children, so their end is seen. */
 	(void)prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+	if (pipe2(go, O_CLOEXEC) < 0)
+		die(EXIT_SOFTWARE, "run: pipe: %s", strerror(errno));
 	fflush(NULL);
 	pid = fork();
 	if (pid < 0)
@@ -602,6 +613,10 @@ spawn(struct run *r, char **cmd)
 		if (r->tty >= 0)
 			(void)tcsetpgrp(r->tty, getpid());
 		sigprocmask(SIG_SETMASK, &r->oldmask, NULL);
+		/* End of file: the arbiter knows, or arbiterctl is gone. */
+		close(go[1]);
+		while (read(go[0], &b, 1) < 0 && errno == EINTR)
+			;
 		execvp(cmd[0], cmd);
 		fprintf(stderr, "arbiterctl: cannot run %s: %s\n", cmd[0],
 			strerror(errno));
@@ -611,6 +626,9 @@ spawn(struct run *r, char **cmd)
 	if (r->tty >= 0)
 		(void)tcsetpgrp(r->tty, pid);
 	r->pg = pid;
+	close(go[0]);
+	(void)arb_handover(r->c, (uint32_t)pid);
+	close(go[1]);
 }
 
 /* Give the terminal back if CMD's group (or nobody alive) still has it. */
@@ -931,6 +949,7 @@ ctl_run(int argc, char **argv)
 	arb_set_inherit(r.c, true);
 	spawn(&r, o.cmd);
 	arb_set_inherit(r.c, false);
+	read_daemon(&r); /* a Revoked kept while Handover was answered */
 	status = supervise(&r);
 	on_tty = r.tty >= 0;
 	restore_tty(&r);

@@ -1,0 +1,81 @@
+"""Handover: a client that hands its connection to a child names it, and
+status shows the child as the holder beside the pid the kernel gave for
+the connection. arbiterctl run hands its lease to CMD before CMD runs."""
+import json
+import re
+
+import harness
+from harness import Wire, pb
+
+# CMD prints its own pid (exec keeps it), then holds the lease.
+HOLD = ["sh", "-c", "echo $$; exec sleep 600"]
+
+
+def start_holder(daemon, procs):
+    p = daemon.ctl_bg("run", "-x", "db", "--", *HOLD)
+    procs.append(p)
+    line = p.out.wait_for("")
+    return p, int(line)
+
+
+def holder_of(daemon, resource="db"):
+    r = daemon.ctl("status", "--json", check=True)
+    hs = json.loads(r.stdout)["resources"][resource]["holders"]
+    assert len(hs) == 1, hs
+    return hs[0]
+
+
+def test_status_shows_the_command_of_run_as_the_holder(daemon, procs):
+    p, cmd_pid = start_holder(daemon, procs)
+    assert cmd_pid != p.pid
+    h = holder_of(daemon)
+    # The kernel's pid is arbiterctl's; the one it named is CMD's.
+    assert h["pid"] == p.pid
+    assert h["handed_to_pid"] == cmd_pid
+    out = daemon.ctl("status", check=True).stdout
+    row = [l for l in out.splitlines() if l.startswith("db ")]
+    assert len(row) == 1, out
+    assert re.search(r"\bholds\s+exclusive\s+%d\s+\d+\s+arbiterctl:sh via %d\b"
+                     % (cmd_pid, p.pid), row[0]), row[0]
+    who = daemon.ctl("who", check=True).stdout
+    assert "db: pid %d (arbiterctl:sh via %d), exclusive" % (
+        cmd_pid, p.pid) in who, who
+
+
+def test_revoke_by_the_commands_pid_ends_its_lease(daemon, procs):
+    p, cmd_pid = start_holder(daemon, procs)
+    r = daemon.ctl("revoke", "--pid", str(cmd_pid), check=True)
+    assert "1" in r.stdout, r.stdout
+    assert p.wait(harness.WAIT) == 75
+
+
+def test_handover_on_the_wire_shows_and_withdraws(daemon):
+    w = Wire(daemon.socket, "handing")
+    w.lock("db")
+    m = w.call(handover=pb.Handover(pid=4242))
+    assert m.WhichOneof("kind") == "handed_over" and m.handed_over.pid == 4242
+    h = holder_of(daemon)
+    assert h["handed_to_pid"] == 4242
+    m = w.call(handover=pb.Handover(pid=0))
+    assert m.WhichOneof("kind") == "handed_over"
+    h = holder_of(daemon)
+    assert h["handed_to_pid"] == 0
+    # Revoke by pid 0 is refused, and never matches "no handover".
+    r = daemon.ctl("revoke", "--pid", "0")
+    assert r.returncode != 0
+    assert holder_of(daemon)["lease_id"] > 0
+    w.close()
+
+
+def test_a_waiter_that_handed_over_shows_it(daemon):
+    a = Wire(daemon.socket, "a")
+    a.lock("db")
+    b = Wire(daemon.socket, "b")
+    b.call(handover=pb.Handover(pid=777))
+    b.acquire("db")
+    b.wait_kind("queued")
+    r = daemon.ctl("status", "--json", check=True)
+    ws = json.loads(r.stdout)["resources"]["db"]["waiters"]
+    assert [w["handed_to_pid"] for w in ws] == [777]
+    a.close()
+    b.close()
