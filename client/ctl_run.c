@@ -95,9 +95,11 @@ ctl_run_usage(FILE *out)
 	      "        CMD inherits the connection, so the lease ends when CMD ends (even\n"
 	      "        if arbiterctl is killed), and finds ARBITER_RESOURCE,\n"
 	      "        ARBITER_LEASE_ID and ARBITER_TOKEN (the fencing token) in its\n"
-	      "        environment. -v (or a terminal on stderr) shows the queue position\n"
-	      "        and the holder while waiting. --ttl SECS gives the lease a ttl that\n"
-	      "        arbiterctl renews while CMD runs.\n"
+	      "        environment. While it waits, the queue position and the holder\n"
+	      "        (\"waiting for 'db': position 1, held by pid 4242\") are shown\n"
+	      "        only when stderr is a terminal, or with -v. --ttl SECS gives the\n"
+	      "        lease a ttl that arbiterctl renews while CMD runs. -h, --help:\n"
+	      "        this text.\n"
 	      "        CMD runs in a process group of its own, the terminal's foreground\n"
 	      "        one when arbiterctl has the terminal (Ctrl-C reaches all of it);\n"
 	      "        SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to arbiterctl are passed\n"
@@ -167,6 +169,7 @@ parse_opts(struct run_opts *o, int n, char **v)
 	    {"ttl", required_argument, NULL, 't'},
 	    {"grace", required_argument, NULL, 'g'},
 	    {"fail-fast", no_argument, NULL, 'F'},
+	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
 	int ch;
@@ -174,7 +177,7 @@ parse_opts(struct run_opts *o, int n, char **v)
 	/* 0 makes glibc start afresh on a new vector; "+" stops at the
 	 * first argument that is not an option instead of permuting. */
 	optind = 0;
-	while ((ch = getopt_long(n, v, "+xsnw:E:v", opts, NULL)) != -1) {
+	while ((ch = getopt_long(n, v, "+xsnw:E:vh", opts, NULL)) != -1) {
 		switch (ch) {
 		case 'x':
 			o->mode = ARB_EXCLUSIVE;
@@ -212,6 +215,11 @@ parse_opts(struct run_opts *o, int n, char **v)
 		case 'F':
 			o->fail_fast = true;
 			break;
+		case 'h':
+			printf("usage: arbiterctl [-S SOCKET | -c CONFIG] "
+			       "[-t SECS] [--trust-uid UID]... run ...\n\n");
+			ctl_run_usage(stdout);
+			exit(0);
 		default:
 			usage(stderr);
 			exit(EXIT_USAGE);
