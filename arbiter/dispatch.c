@@ -73,10 +73,17 @@ describe_holders(const struct lm_res *res, char *buf, size_t len)
 		return;
 	}
 	h = TAILQ_FIRST(&res->holders);
-	snprintf(buf, len, "held %s by pid %u (%s)%s",
-		 lockmgr_mode_name(h->mode), h->owner->pid,
-		 h->owner->name[0] ? h->owner->name : "unnamed",
-		 res->nholders > 1 ? " and others" : "");
+	if (h->owner->handed_to_pid != 0)
+		/* The process that holds it, and the one that connected. */
+		snprintf(buf, len, "held %s by pid %u (%s via %u)%s",
+			 lockmgr_mode_name(h->mode), h->owner->handed_to_pid,
+			 h->owner->name[0] ? h->owner->name : "unnamed",
+			 h->owner->pid, res->nholders > 1 ? " and others" : "");
+	else
+		snprintf(buf, len, "held %s by pid %u (%s)%s",
+			 lockmgr_mode_name(h->mode), h->owner->pid,
+			 h->owner->name[0] ? h->owner->name : "unnamed",
+			 res->nholders > 1 ? " and others" : "");
 }
 
 /*

@@ -79,3 +79,24 @@ def test_a_waiter_that_handed_over_shows_it(daemon):
     assert [w["handed_to_pid"] for w in ws] == [777]
     a.close()
     b.close()
+
+
+def test_a_busy_answer_names_the_command(daemon, procs):
+    p, cmd_pid = start_holder(daemon, procs)
+    r = daemon.ctl("run", "-n", "db", "--", "true")
+    assert r.returncode == 1
+    assert "held exclusive by pid %d (arbiterctl:sh via %d)" % (
+        cmd_pid, p.pid) in r.stderr, r.stderr
+
+
+def test_the_text_protocol_shows_the_handed_to_pid(daemon, procs):
+    p, cmd_pid = start_holder(daemon, procs)
+    w = Wire(daemon.socket, "waiter")
+    w.call(handover=pb.Handover(pid=31))
+    w.acquire("db")
+    w.wait_kind("queued")
+    text = daemon.text(["status db"])
+    assert re.search(r"\nholder:lease=\d+ mode=exclusive pid=%d .* "
+                     r"handed_to_pid=%d\n" % (p.pid, cmd_pid), text), text
+    assert re.search(r"\nwaiter:position=1 .* handed_to_pid=31\n", text), text
+    w.close()
