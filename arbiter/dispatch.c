@@ -221,6 +221,7 @@ do_hello(struct conn *c, const Arbiter__Request *req, struct dispatch_reply *rp)
 	w->server_version = rp->version;
 	w->has_connection_id = true;
 	w->connection_id = c->id;
+	w->has_handover = w->handover = true;
 	lim->has_max_frame_bytes = true;
 	lim->max_frame_bytes = (uint32_t)srv->cfg.max_frame_bytes;
 	lim->has_max_leases_per_connection = true;

@@ -166,9 +166,9 @@ int arb_renew(arb_client *c, uint64_t lease_id, uint64_t ttl_ms);
 /*
  * Name the process this connection (and its leases) now belongs to: a
  * child that inherited it (arb_set_inherit). Status shows pid beside the
- * connecting process's; 0 withdraws it. A daemon that predates Handover
- * answers -ARB_EBADREQUEST: status then shows the connecting
- * process only, which is no reason to fail.
+ * connecting process's; 0 withdraws it. With a daemon that predates
+ * Handover nothing is sent and it returns -EOPNOTSUPP: status then shows
+ * the connecting process only, which is no reason to fail.
  */
 int arb_handover(arb_client *c, uint32_t pid);
 

@@ -597,8 +597,8 @@ block_signals(struct run *r)
  * that the connection is CMD's now (Handover), so that status names CMD's
  * pid as the holder from CMD's first instruction on (the kernel gave the
  * arbiter ours at connect). The child waits for that on a pipe, one round
- * trip (a hung arbiter delays CMD by at most -t); an arbiter that predates
- * Handover refuses it, and CMD runs anyway.
+ * trip (a hung arbiter delays CMD by at most -t); to an arbiter that
+ * predates Handover nothing is sent, and CMD runs at once.
  */
 static void
 spawn(struct run *r, char **cmd)

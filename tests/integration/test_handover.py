@@ -2,6 +2,7 @@
 status shows the child as the holder beside the pid the kernel gave for
 the connection. arbiterctl run hands its lease to CMD before CMD runs."""
 import json
+import subprocess
 import re
 
 import harness
@@ -51,6 +52,7 @@ def test_revoke_by_the_commands_pid_ends_its_lease(daemon, procs):
 
 def test_handover_on_the_wire_shows_and_withdraws(daemon):
     w = Wire(daemon.socket, "handing")
+    assert w.welcome.handover
     w.lock("db")
     m = w.call(handover=pb.Handover(pid=4242))
     assert m.WhichOneof("kind") == "handed_over" and m.handed_over.pid == 4242
@@ -100,3 +102,76 @@ def test_the_text_protocol_shows_the_handed_to_pid(daemon, procs):
                      r"handed_to_pid=%d\n" % (p.pid, cmd_pid), text), text
     assert re.search(r"\nwaiter:position=1 .* handed_to_pid=31\n", text), text
     w.close()
+
+
+def serve_as_an_older_daemon(path, seen):
+    """A daemon from before Handover, on one connection: Hello, Acquire and
+    Release are answered; any other kind gets BAD_REQUEST and the
+    connection is closed, as such a daemon does. Its Welcome has no
+    handover flag."""
+    import socket
+    import struct
+    import threading
+
+    ls = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    ls.bind(path)
+    ls.listen(1)
+
+    def read_exact(s, n):
+        b = b""
+        while len(b) < n:
+            chunk = s.recv(n - len(b))
+            if not chunk:
+                return None
+            b += chunk
+        return b
+
+    def send(s, m):
+        data = m.SerializeToString()
+        s.sendall(struct.pack(">I", len(data)) + data)
+
+    def run():
+        s, _ = ls.accept()
+        with s:
+            while True:
+                head = read_exact(s, 4)
+                if head is None:
+                    return
+                req = pb.Request.FromString(
+                    read_exact(s, struct.unpack(">I", head)[0]))
+                kind = req.WhichOneof("kind")
+                seen.append(kind)
+                if kind == "hello":
+                    send(s, pb.ServerMessage(id=req.id, welcome=pb.Welcome(
+                        protocol_version=1, server_version="0.0.9",
+                        connection_id=1, role="active")))
+                elif kind == "acquire":
+                    send(s, pb.ServerMessage(id=req.id, granted=pb.Granted(
+                        lease_id=1, token=1, resource="db")))
+                elif kind == "release":
+                    send(s, pb.ServerMessage(id=req.id,
+                                             released=pb.Released(lease_id=1)))
+                else:
+                    send(s, pb.ServerMessage(id=req.id, error=pb.Error(
+                        code=pb.BAD_REQUEST, message="no known kind")))
+                    return
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return ls, t
+
+
+def test_run_sends_no_handover_to_an_older_daemon(tmp_path):
+    path = str(tmp_path / "old.sock")
+    seen = []
+    ls, t = serve_as_an_older_daemon(path, seen)
+    try:
+        r = subprocess.run([harness.ARBITERCTL, "-S", path, "run", "db", "--",
+                            "sh", "-c", "echo ran"], stdin=subprocess.DEVNULL,
+                           capture_output=True, text=True,
+                           timeout=harness.WAIT)
+        t.join(harness.WAIT)
+    finally:
+        ls.close()
+    assert r.returncode == 0 and r.stdout == "ran\n", (r.returncode, r.stderr)
+    assert seen == ["hello", "acquire", "release"], seen
