@@ -156,9 +156,8 @@ status_one(void *e, void *arg)
 		out(c,
 		    "waiter:position=%u lease=%" PRIu64 " mode=%s pid=%u "
 		    "uid=%u name=%s waiting_ms=%" PRIu64 " handed_to_pid=%u\n",
-		    ++pos, r->id, lockmgr_mode_name(r->mode),
-		    r->owner->pid, r->owner->uid,
-		    r->owner->name[0] ? r->owner->name : "-",
+		    ++pos, r->id, lockmgr_mode_name(r->mode), r->owner->pid,
+		    r->owner->uid, r->owner->name[0] ? r->owner->name : "-",
 		    (now - r->t_queued) / 1000000, r->owner->handed_to_pid);
 	}
 	if (res->nwaiters > DISPATCH_LIST_MAX)

@@ -949,9 +949,9 @@ cmd_status(int argc, char **argv)
 			for (size_t j = 0; j < r->n_holders; j++) {
 				const Arbiter__Holder *h = r->holders[j];
 				char who[96];
-				uint32_t pid = shown_pid(h->pid, h->handed_to_pid,
-							 h->client_name, who,
-							 sizeof who);
+				uint32_t pid =
+				    shown_pid(h->pid, h->handed_to_pid,
+					      h->client_name, who, sizeof who);
 
 				fmt_dur(d, sizeof d, h->held_us);
 				printf("%-20s %-8s %-9s %8u %6u %-24s %10s "
@@ -963,16 +963,17 @@ cmd_status(int argc, char **argv)
 			for (size_t j = 0; j < r->n_waiters; j++) {
 				const Arbiter__Waiter *w = r->waiters[j];
 				char state[32], who[96];
-				uint32_t pid = shown_pid(w->pid, w->handed_to_pid,
-							 w->client_name, who,
-							 sizeof who);
+				uint32_t pid =
+				    shown_pid(w->pid, w->handed_to_pid,
+					      w->client_name, who, sizeof who);
 
 				fmt_dur(d, sizeof d, w->waiting_us);
 				snprintf(state, sizeof state, "waits#%zu", j + 1);
-				printf("%-20s %-8s %-9s %8u %6u %-24s %10s %8s\n",
-				       r->resource, state,
-				       w->mode ? "shared" : "exclusive", pid,
-				       w->uid, who, d, "-");
+				printf(
+				    "%-20s %-8s %-9s %8u %6u %-24s %10s %8s\n",
+				    r->resource, state,
+				    w->mode ? "shared" : "exclusive", pid,
+				    w->uid, who, d, "-");
 			}
 			if (r->holders_omitted > 0 || r->waiters_omitted > 0)
 				printf("%-20s and %u more holders, %u more "
@@ -1016,9 +1017,8 @@ cmd_who(void)
 			char who[96];
 			uint32_t pid = shown_pid(
 			    h->pid, h->handed_to_pid,
-			    h->client_name && h->client_name[0]
-				? h->client_name
-				: "unnamed",
+			    h->client_name && h->client_name[0] ? h->client_name
+								: "unnamed",
 			    who, sizeof who);
 
 			printf("%s: pid %u (%s), %s, token %" PRIu64 "\n",
