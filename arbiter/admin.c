@@ -146,10 +146,12 @@ status_one(void *e, void *arg)
 			break;
 		out(c,
 		    "holder:lease=%" PRIu64 " mode=%s pid=%u uid=%u "
-		    "name=%s held_ms=%" PRIu64 " token=%" PRIu64 "\n",
+		    "name=%s held_ms=%" PRIu64 " token=%" PRIu64
+		    " handed_to_pid=%u\n",
 		    r->id, lockmgr_mode_name(r->mode), r->owner->pid,
 		    r->owner->uid, r->owner->name[0] ? r->owner->name : "-",
-		    (now - r->t_granted) / 1000000, r->token);
+		    (now - r->t_granted) / 1000000, r->token,
+		    r->owner->handed_to_pid);
 	}
 	if (res->nholders > DISPATCH_LIST_MAX)
 		out(c, "holders_omitted:%u\n",
@@ -159,11 +161,10 @@ status_one(void *e, void *arg)
 			break;
 		out(c,
 		    "waiter:position=%u lease=%" PRIu64 " mode=%s pid=%u "
-		    "uid=%u name=%s waiting_ms=%" PRIu64 "\n",
-		    ++pos, r->id, lockmgr_mode_name(r->mode),
-		    r->owner->pid, r->owner->uid,
-		    r->owner->name[0] ? r->owner->name : "-",
-		    (now - r->t_queued) / 1000000);
+		    "uid=%u name=%s waiting_ms=%" PRIu64 " handed_to_pid=%u\n",
+		    ++pos, r->id, lockmgr_mode_name(r->mode), r->owner->pid,
+		    r->owner->uid, r->owner->name[0] ? r->owner->name : "-",
+		    (now - r->t_queued) / 1000000, r->owner->handed_to_pid);
 	}
 	if (res->nwaiters > DISPATCH_LIST_MAX)
 		out(c, "waiters_omitted:%u\n",

@@ -77,10 +77,17 @@ describe_holders(const struct lm_res *res, char *buf, size_t len)
 		return;
 	}
 	h = TAILQ_FIRST(&res->holders);
-	snprintf(buf, len, "held %s by pid %u (%s)%s",
-		 lockmgr_mode_name(h->mode), h->owner->pid,
-		 h->owner->name[0] ? h->owner->name : "unnamed",
-		 res->nholders > 1 ? " and others" : "");
+	if (h->owner->handed_to_pid != 0)
+		/* The process that holds it, and the one that connected. */
+		snprintf(buf, len, "held %s by pid %u (%s via %u)%s",
+			 lockmgr_mode_name(h->mode), h->owner->handed_to_pid,
+			 h->owner->name[0] ? h->owner->name : "unnamed",
+			 h->owner->pid, res->nholders > 1 ? " and others" : "");
+	else
+		snprintf(buf, len, "held %s by pid %u (%s)%s",
+			 lockmgr_mode_name(h->mode), h->owner->pid,
+			 h->owner->name[0] ? h->owner->name : "unnamed",
+			 res->nholders > 1 ? " and others" : "");
 }
 
 /*
@@ -218,6 +225,7 @@ do_hello(struct conn *c, const Arbiter__Request *req, struct dispatch_reply *rp)
 	w->server_version = rp->version;
 	w->has_connection_id = true;
 	w->connection_id = c->id;
+	w->has_handover = w->handover = true;
 	lim->has_max_frame_bytes = true;
 	lim->max_frame_bytes = (uint32_t)srv->cfg.max_frame_bytes;
 	lim->has_max_leases_per_connection = true;
@@ -456,6 +464,30 @@ do_renew(struct conn *c, const Arbiter__Request *req, struct dispatch_reply *rp)
 	rp->kind = ARBITER__SERVER_MESSAGE__KIND_RENEWED;
 }
 
+/*
+ * The connection's new owner process, in the client's own word (see
+ * Handover in arbiter.proto). HandedOver is not in dispatch_reply's union:
+ * every reply there is a message struct in the same slot, and this small
+ * one fits the slot of the larger ones.
+ */
+static void
+do_handover(struct conn *c, const Arbiter__Request *req,
+	    struct dispatch_reply *rp)
+{
+	Arbiter__HandedOver *out = (Arbiter__HandedOver *)(void *)&rp->u;
+	char label[96];
+
+	_Static_assert(sizeof *out <= sizeof rp->u,
+		       "HandedOver fits dispatch_reply's union");
+	c->owner.handed_to_pid = req->handover->pid;
+	log_debug("connection handed over", "%s handed_to_pid=%u",
+		  conn_label(c, label, sizeof label), req->handover->pid);
+	arbiter__handed_over__init(out);
+	out->has_pid = true;
+	out->pid = req->handover->pid;
+	rp->kind = ARBITER__SERVER_MESSAGE__KIND_HANDED_OVER;
+}
+
 static void
 do_revoke(struct conn *c, const Arbiter__Request *req, struct dispatch_reply *rp)
 {
@@ -574,6 +606,7 @@ static const struct request_kind {
     {ARBITER__REQUEST__KIND_REVOKE, "Revoke", REQ_ADMIN, "revoke", do_revoke},
     {ARBITER__REQUEST__KIND_STATS_RESET, "StatsReset", REQ_ADMIN,
      "stats reset", do_stats_reset},
+    {ARBITER__REQUEST__KIND_HANDOVER, "Handover", 0, NULL, do_handover},
 };
 
 /* The table's policy, checked once for every request. */

@@ -807,7 +807,8 @@ lockmgr_revoke_pid(struct lockmgr *lm, uint32_t pid, uint64_t now)
 	 * requests are withdrawn, never granted; then the queues move.
 	 */
 	HASH_ITER(hh, lm->reqs, r, tmp) {
-		if (r->owner->pid == pid) {
+		if (r->owner->pid == pid ||
+		    (pid != 0 && r->owner->handed_to_pid == pid)) {
 			res = xreallocarray(res, n + 1, sizeof *res);
 			res[n++] = r->res;
 			if (r->state == LM_HELD)

@@ -90,6 +90,7 @@ struct lm_res;
 struct lm_owner {
 	uint64_t id; /* connection id, shown in status */
 	uint32_t pid, uid, gid;
+	uint32_t handed_to_pid; /* the client's word (Handover); 0: none */
 	char name[LM_CLIENT_NAME_MAX + 1];
 
 	/* Private to lockmgr. */
@@ -314,7 +315,8 @@ void lockmgr_drop_owner(struct lockmgr *lm, struct lm_owner *o, enum lm_end why,
 			uint64_t now);
 
 /* Admin revoke: one lease by id (-ENOENT if not held), or every lease held by
- * owners with this pid (returns how many). Reason LM_END_ADMIN. */
+ * owners with this pid, as connecting peer or as handed_to_pid (returns how
+ * many). Reason LM_END_ADMIN. */
 int lockmgr_revoke_lease(struct lockmgr *lm, uint64_t lease_id, uint64_t now);
 int lockmgr_revoke_pid(struct lockmgr *lm, uint32_t pid, uint64_t now);
 

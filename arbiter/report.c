@@ -366,6 +366,8 @@ report_status(struct conn *c, const Arbiter__Request *req,
 			h->token = r->token;
 			h->ttl_ms = r->ttl_ns / 1000000;
 			h->connection_id = r->owner->id;
+			h->has_handed_to_pid = r->owner->handed_to_pid != 0;
+			h->handed_to_pid = r->owner->handed_to_pid;
 			hlist[hi++] = h;
 			s->n_holders++;
 		}
@@ -386,6 +388,8 @@ report_status(struct conn *c, const Arbiter__Request *req,
 			w->client_name = r->owner->name;
 			w->waiting_us = (now - r->t_queued) / 1000;
 			w->connection_id = r->owner->id;
+			w->has_handed_to_pid = r->owner->handed_to_pid != 0;
+			w->handed_to_pid = r->owner->handed_to_pid;
 			wlist[wi++] = w;
 			s->n_waiters++;
 		}

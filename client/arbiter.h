@@ -163,6 +163,14 @@ int arb_release(arb_client *c, uint64_t lease_id);
 int arb_release_nowait(arb_client *c, uint64_t lease_id);
 /* Extend a ttl lease; ttl_ms 0 keeps its own. */
 int arb_renew(arb_client *c, uint64_t lease_id, uint64_t ttl_ms);
+/*
+ * Name the process this connection (and its leases) now belongs to: a
+ * child that inherited it (arb_set_inherit). Status shows pid beside the
+ * connecting process's; 0 withdraws it. With a daemon that predates
+ * Handover nothing is sent and it returns -EOPNOTSUPP: status then shows
+ * the connecting process only, which is no reason to fail.
+ */
+int arb_handover(arb_client *c, uint32_t pid);
 
 /*
  * Keep ttl leases alive from your own loop: renews every lease of this

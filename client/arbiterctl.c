@@ -841,6 +841,26 @@ fmt_dur(char *buf, size_t len, uint64_t us)
 		snprintf(buf, len, "%.1fs", us / 1e6);
 }
 
+/*
+ * The process shown as a holder or waiter: the one its client handed the
+ * connection to (arbiterctl run's CMD), else the connecting one. The CLIENT
+ * text then names the connecting pid too ("arbiterctl:sleep via 122"),
+ * since a handed-over pid is the client's word, not the kernel's.
+ */
+static uint32_t
+shown_pid(uint32_t pid, uint32_t handed_to, const char *name, char *buf,
+	  size_t len)
+{
+	const char *n = name && name[0] ? name : "-";
+
+	if (handed_to == 0) {
+		snprintf(buf, len, "%s", n);
+		return pid;
+	}
+	snprintf(buf, len, "%s via %u", n, pid);
+	return handed_to;
+}
+
 static int
 cmd_status(int argc, char **argv)
 {
@@ -879,10 +899,11 @@ cmd_status(int argc, char **argv)
 
 				printf("%s{\"lease_id\": %" PRIu64
 				       ", \"mode\": \"%s\", \"pid\": %u, "
+				       "\"handed_to_pid\": %u, "
 				       "\"uid\": %u, \"client_name\": ",
 				       j ? ", " : "", h->lease_id,
 				       h->mode ? "shared" : "exclusive", h->pid,
-				       h->uid);
+				       h->handed_to_pid, h->uid);
 				json_str(stdout, h->client_name);
 				printf(", \"held_us\": %" PRIu64
 				       ", \"token\": %" PRIu64
@@ -895,11 +916,11 @@ cmd_status(int argc, char **argv)
 
 				printf("%s{\"position\": %zu, \"lease_id\": "
 				       "%" PRIu64 ", \"mode\": \"%s\", "
-				       "\"pid\": %u, \"uid\": %u, "
-				       "\"client_name\": ",
+				       "\"pid\": %u, \"handed_to_pid\": %u, "
+				       "\"uid\": %u, \"client_name\": ",
 				       j ? ", " : "", j + 1, w->lease_id,
 				       w->mode ? "shared" : "exclusive", w->pid,
-				       w->uid);
+				       w->handed_to_pid, w->uid);
 				json_str(stdout, w->client_name);
 				printf(", \"waiting_us\": %" PRIu64 "}",
 				       w->waiting_us);
@@ -927,32 +948,32 @@ cmd_status(int argc, char **argv)
 
 			for (size_t j = 0; j < r->n_holders; j++) {
 				const Arbiter__Holder *h = r->holders[j];
+				char who[96];
+				uint32_t pid =
+				    shown_pid(h->pid, h->handed_to_pid,
+					      h->client_name, who, sizeof who);
 
 				fmt_dur(d, sizeof d, h->held_us);
 				printf("%-20s %-8s %-9s %8u %6u %-24s %10s "
 				       "%8" PRIu64 "\n",
 				       r->resource, "holds",
-				       h->mode ? "shared" : "exclusive", h->pid,
-				       h->uid,
-				       h->client_name && h->client_name[0]
-					       ? h->client_name
-					       : "-",
-				       d, h->token);
+				       h->mode ? "shared" : "exclusive", pid,
+				       h->uid, who, d, h->token);
 			}
 			for (size_t j = 0; j < r->n_waiters; j++) {
 				const Arbiter__Waiter *w = r->waiters[j];
-				char state[32];
+				char state[32], who[96];
+				uint32_t pid =
+				    shown_pid(w->pid, w->handed_to_pid,
+					      w->client_name, who, sizeof who);
 
 				fmt_dur(d, sizeof d, w->waiting_us);
 				snprintf(state, sizeof state, "waits#%zu", j + 1);
-				printf("%-20s %-8s %-9s %8u %6u %-24s %10s %8s\n",
-				       r->resource, state,
-				       w->mode ? "shared" : "exclusive", w->pid,
-				       w->uid,
-				       w->client_name && w->client_name[0]
-					       ? w->client_name
-					       : "-",
-				       d, "-");
+				printf(
+				    "%-20s %-8s %-9s %8u %6u %-24s %10s %8s\n",
+				    r->resource, state,
+				    w->mode ? "shared" : "exclusive", pid,
+				    w->uid, who, d, "-");
 			}
 			if (r->holders_omitted > 0 || r->waiters_omitted > 0)
 				printf("%-20s and %u more holders, %u more "
@@ -991,15 +1012,19 @@ cmd_who(void)
 	for (size_t i = 0; i < s->n_resources; i++) {
 		const Arbiter__ResourceStatus *r = s->resources[i];
 
-		for (size_t j = 0; j < r->n_holders; j++)
+		for (size_t j = 0; j < r->n_holders; j++) {
+			const Arbiter__Holder *h = r->holders[j];
+			char who[96];
+			uint32_t pid = shown_pid(
+			    h->pid, h->handed_to_pid,
+			    h->client_name && h->client_name[0] ? h->client_name
+								: "unnamed",
+			    who, sizeof who);
+
 			printf("%s: pid %u (%s), %s, token %" PRIu64 "\n",
-			       r->resource, r->holders[j]->pid,
-			       r->holders[j]->client_name &&
-					       r->holders[j]->client_name[0]
-				       ? r->holders[j]->client_name
-				       : "unnamed",
-			       r->holders[j]->mode ? "shared" : "exclusive",
-			       r->holders[j]->token);
+			       r->resource, pid, who,
+			       h->mode ? "shared" : "exclusive", h->token);
+		}
 		if (r->n_waiters > 0)
 			printf("%s: %zu waiting\n", r->resource, r->n_waiters);
 	}

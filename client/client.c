@@ -55,6 +55,7 @@ struct arb_client {
 	uint64_t ignore[IGNORE_MAX]; /* ring of withdrawn request ids */
 	size_t nignore;
 	bool broken; /* a frame was cut short: nothing more may be sent */
+	bool handover; /* the daemon's Welcome says it knows Handover */
 };
 
 static __thread char connect_err[1024];
@@ -968,6 +969,7 @@ arb_connect_timeout(arb_client **out, const char *socket_path,
 	}
 	if (m->welcome->limits && m->welcome->limits->has_max_frame_bytes)
 		c->max_frame = m->welcome->limits->max_frame_bytes;
+	c->handover = m->welcome->has_handover && m->welcome->handover;
 	*out = c;
 	return 0;
 
@@ -1277,6 +1279,24 @@ arb_renew(arb_client *c, uint64_t lease_id, uint64_t ttl_ms)
 		}
 	}
 	return 0;
+}
+
+int
+arb_handover(arb_client *c, uint32_t pid)
+{
+	Arbiter__Request req = ARBITER__REQUEST__INIT;
+	Arbiter__Handover h = ARBITER__HANDOVER__INIT;
+	Arbiter__ServerMessage *m;
+
+	/* An older daemon would close the connection on an unknown kind. */
+	if (!c->handover) {
+		seterr(c, "arbiterd on %s predates Handover", c->path);
+		return -EOPNOTSUPP;
+	}
+	h.pid = pid;
+	req.kind_case = ARBITER__REQUEST__KIND_HANDOVER;
+	req.handover = &h;
+	return call(c, &req, &m, ARBITER__SERVER_MESSAGE__KIND_HANDED_OVER);
 }
 
 int64_t

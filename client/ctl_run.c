@@ -95,9 +95,11 @@ ctl_run_usage(FILE *out)
 	      "        CMD inherits the connection, so the lease ends when CMD ends (even\n"
 	      "        if arbiterctl is killed), and finds ARBITER_RESOURCE,\n"
 	      "        ARBITER_LEASE_ID and ARBITER_TOKEN (the fencing token) in its\n"
-	      "        environment. -v (or a terminal on stderr) shows the queue position\n"
-	      "        and the holder while waiting. --ttl SECS gives the lease a ttl that\n"
-	      "        arbiterctl renews while CMD runs.\n"
+	      "        environment. While it waits, the queue position and the holder\n"
+	      "        (\"waiting for 'db': position 1, held by pid 4242\") are shown\n"
+	      "        only when stderr is a terminal, or with -v. --ttl SECS gives the\n"
+	      "        lease a ttl that arbiterctl renews while CMD runs. -h, --help:\n"
+	      "        this text.\n"
 	      "        CMD runs in a process group of its own, the terminal's foreground\n"
 	      "        one when arbiterctl has the terminal (Ctrl-C reaches all of it);\n"
 	      "        SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to arbiterctl are passed\n"
@@ -167,6 +169,7 @@ parse_opts(struct run_opts *o, int n, char **v)
 	    {"ttl", required_argument, NULL, 't'},
 	    {"grace", required_argument, NULL, 'g'},
 	    {"fail-fast", no_argument, NULL, 'F'},
+	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
 	int ch;
@@ -174,7 +177,7 @@ parse_opts(struct run_opts *o, int n, char **v)
 	/* 0 makes glibc start afresh on a new vector; "+" stops at the
 	 * first argument that is not an option instead of permuting. */
 	optind = 0;
-	while ((ch = getopt_long(n, v, "+xsnw:E:v", opts, NULL)) != -1) {
+	while ((ch = getopt_long(n, v, "+xsnw:E:vh", opts, NULL)) != -1) {
 		switch (ch) {
 		case 'x':
 			o->mode = ARB_EXCLUSIVE;
@@ -212,6 +215,11 @@ parse_opts(struct run_opts *o, int n, char **v)
 		case 'F':
 			o->fail_fast = true;
 			break;
+		case 'h':
+			printf("usage: arbiterctl [-S SOCKET | -c CONFIG] "
+			       "[-t SECS] [--trust-uid UID]... run ...\n\n");
+			ctl_run_usage(stdout);
+			exit(0);
 		default:
 			usage(stderr);
 			exit(EXIT_USAGE);
@@ -584,13 +592,25 @@ block_signals(struct run *r)
 		    strerror(errno));
 }
 
+/*
+ * Start CMD with the connection. Before CMD runs, the arbiter is told
+ * that the connection is CMD's now (Handover), so that status names CMD's
+ * pid as the holder from CMD's first instruction on (the kernel gave the
+ * arbiter ours at connect). The child waits for that on a pipe, one round
+ * trip (a hung arbiter delays CMD by at most -t); to an arbiter that
+ * predates Handover nothing is sent, and CMD runs at once.
+ */
 static void
 spawn(struct run *r, char **cmd)
 {
 	pid_t pid;
+	int go[2];
+	char b;
 
 	/* Orphans of CMD's tree become our children, so their end is seen. */
 	(void)prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+	if (pipe2(go, O_CLOEXEC) < 0)
+		die(EXIT_SOFTWARE, "run: pipe: %s", strerror(errno));
 	fflush(NULL);
 	pid = fork();
 	if (pid < 0)
@@ -602,6 +622,10 @@ spawn(struct run *r, char **cmd)
 		if (r->tty >= 0)
 			(void)tcsetpgrp(r->tty, getpid());
 		sigprocmask(SIG_SETMASK, &r->oldmask, NULL);
+		/* End of file: the arbiter knows, or arbiterctl is gone. */
+		close(go[1]);
+		while (read(go[0], &b, 1) < 0 && errno == EINTR)
+			;
 		execvp(cmd[0], cmd);
 		fprintf(stderr, "arbiterctl: cannot run %s: %s\n", cmd[0],
 			strerror(errno));
@@ -611,6 +635,9 @@ spawn(struct run *r, char **cmd)
 	if (r->tty >= 0)
 		(void)tcsetpgrp(r->tty, pid);
 	r->pg = pid;
+	close(go[0]);
+	(void)arb_handover(r->c, (uint32_t)pid);
+	close(go[1]);
 }
 
 /* Give the terminal back if CMD's group (or nobody alive) still has it. */
@@ -931,6 +958,7 @@ ctl_run(int argc, char **argv)
 	arb_set_inherit(r.c, true);
 	spawn(&r, o.cmd);
 	arb_set_inherit(r.c, false);
+	read_daemon(&r); /* a Revoked kept while Handover was answered */
 	status = supervise(&r);
 	on_tty = r.tty >= 0;
 	restore_tty(&r);

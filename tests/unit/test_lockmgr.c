@@ -1444,6 +1444,21 @@ Test(lockmgr, revoke_pid_of_unknown_pid_revokes_nothing)
 	cr_assert_eq(lm.nheld, 1);
 }
 
+Test(lockmgr, revoke_pid_matches_the_pid_a_connection_was_handed_to)
+{
+	uint64_t h, other;
+
+	ow[0].handed_to_pid = 4243; /* ow[0] passed its connection on */
+	h = must_grant(&ow[0], "db", LM_EXCLUSIVE, 0);
+	other = must_grant(&ow[1], "other", LM_EXCLUSIVE, 0);
+	done();
+	cr_assert_eq(lockmgr_revoke_pid(&lm, 0, 1), 0,
+		     "pid 0 matches no connection that handed nothing over");
+	cr_assert_eq(lockmgr_revoke_pid(&lm, 4243, 1), 1);
+	cr_assert_eq(must_find(LM_EV_ENDED, h)->end, LM_END_ADMIN);
+	cr_assert(is_held(other));
+}
+
 /* ------------------------------------------------------------ the gate */
 
 Test(lockmgr, closed_gate_makes_trylock_would_block_and_queues_others)
