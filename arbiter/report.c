@@ -364,6 +364,11 @@ report_status(struct conn *c, const Arbiter__Request *req,
 			h->token = r->token;
 			h->ttl_ms = r->ttl_ns / 1000000;
 			h->connection_id = r->owner->id;
+			if (r->converting) {
+				h->has_converting = h->has_converting_us = true;
+				h->converting = true;
+				h->converting_us = (now - r->t_conv) / 1000;
+			}
 			hlist[hi++] = h;
 			s->n_holders++;
 		}
