@@ -241,9 +241,11 @@ def run_chaos(a, out):
     def start_worker(slot):
         gen[0] += 1
         logpath = os.path.join(logs, "w%02d-%05d.log" % (slot, gen[0]))
+        # Every fourth worker reads, upgrades and writes (see chaos_worker).
+        env = dict(wenv, CHAOS_CONVERTER="1" if slot % 4 == 0 else "0")
         p = subprocess.Popen([worker_bin, sock, counters, logpath,
                               str(rng.randrange(1 << 62)), str(a.resources)],
-                             stdin=subprocess.DEVNULL, env=wenv)
+                             stdin=subprocess.DEVNULL, env=env)
         p.logpath = logpath
         workers[slot] = p
         worker_runs.append({"slot": slot, "pid": p.pid, "log": logpath,
