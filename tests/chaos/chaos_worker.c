@@ -56,6 +56,8 @@
  *            no mutual exclusion at all
  *   nofence  the storage ignores tokens (no fencing)
  *   nolock,nofence  both
+ *   noconvert  converters "upgrade" by releasing and acquiring exclusive
+ *            anew, so another writer can come between read and write
  *
  * Exit codes: 0 after SIGTERM, 2 bad usage, 3 storage unusable.
  */
@@ -84,7 +86,7 @@
 static volatile sig_atomic_t stopping, slow_next;
 static int logfd = -1;
 static uint64_t rng_state;
-static bool break_nolock, break_nofence, converter;
+static bool break_nolock, break_nofence, break_noconvert, converter;
 
 struct store {
 	int cfd; /* rN.counter */
@@ -373,7 +375,8 @@ rmw_upgrade(arb_client *c, struct store *s, unsigned r,
 	    const struct arb_lease *lease, uint64_t value, int dpid,
 	    bool *lost, bool *gone)
 {
-	uint64_t token = 0, t0, t1, again = 0, tk = 0;
+	uint64_t token = 0, t0, t1, again = 0, tk = 0, id = lease->id;
+	struct arb_lease held;
 	int timeout = rnd_below(100) < 20 ? (int)rnd_below(20)
 					  : ARB_WAIT_FOREVER;
 	const char *outcome;
@@ -381,7 +384,22 @@ rmw_upgrade(arb_client *c, struct store *s, unsigned r,
 	char msg[600];
 	int rc;
 
-	rc = arb_convert(c, lease->id, ARB_EXCLUSIVE, timeout, &token);
+	if (break_noconvert) {
+		/* Let go between the read and the write: a lost update. */
+		char res[32];
+
+		snprintf(res, sizeof res, "chaos-%u", r);
+		*gone = true;
+		rc = arb_release(c, lease->id);
+		if (rc == 0)
+			rc = arb_acquire(c, res, ARB_EXCLUSIVE,
+					 ARB_WAIT_FOREVER, NULL, &held);
+		if (rc == 0) {
+			id = held.id;
+			token = held.token;
+		}
+	} else
+		rc = arb_convert(c, lease->id, ARB_EXCLUSIVE, timeout, &token);
 	if (rc == -ARB_EDEADLOCK || rc == -ARB_ETIMEOUT ||
 	    rc == -ARB_EWOULDBLOCK) {
 		logline("U %u %s", r,
@@ -420,12 +438,17 @@ rmw_upgrade(arb_client *c, struct store *s, unsigned r,
 		logline("E %u %d storage: %s", r, rc, strerror(-rc));
 		exit(3);
 	}
-	revoked = drain_events(c, lease->id, lost);
+	revoked = drain_events(c, id, lost);
 	logline("S %u %" PRIu64 " E %" PRIu64 " %" PRIu64 " %s %d %" PRIu64
 		" %d",
 		r, token, t0, t1, outcome, dpid, value, revoked ? 1 : 0);
 	if (revoked)
 		*gone = true;
+	if (break_noconvert) {
+		if (!revoked && !*lost && is_conn_lost(arb_release(c, id)))
+			*lost = true;
+		return 1;
+	}
 	if (rc != ST_OK || revoked || *lost || rnd_below(100) >= 30)
 		return 1;
 	/* Downgrade: the token stays, and no writer can come in. */
@@ -475,6 +498,8 @@ main(int argc, char **argv)
 	if (getenv("CHAOS_BREAK") != NULL) {
 		break_nolock = strstr(getenv("CHAOS_BREAK"), "nolock") != NULL;
 		break_nofence = strstr(getenv("CHAOS_BREAK"), "nofence") != NULL;
+		break_noconvert =
+		    strstr(getenv("CHAOS_BREAK"), "noconvert") != NULL;
 	}
 	converter = getenv("CHAOS_CONVERTER") != NULL &&
 		    strcmp(getenv("CHAOS_CONVERTER"), "1") == 0;
