@@ -293,3 +293,32 @@ def test_stats_and_status_render_conversions_everywhere(daemon):
     text = daemon.text(["stats db"])
     assert "upgraded_after_wait:1" in text and "downgraded:1" in text
     assert db["acquired_immediate"] == 2  # the two leases, not conversions
+
+
+@pytest.mark.parametrize("how", ["revoke", "expire"])
+def test_lease_ending_while_converting_cancels_the_upgrade_first(daemon,
+                                                                 how):
+    a, b = Wire(daemon.socket, "a"), Wire(daemon.socket, "b")
+    la = a.lock("db", shared=True, ttl_ms=60000 if how == "revoke" else 300)
+    lb = b.lock("db", shared=True)
+    ia = convert(a, la.lease_id)
+    wait_converting(b, "db", la.lease_id)
+    if how == "revoke":
+        m = b.call(revoke=pb.Revoke(lease_id=la.lease_id))
+        assert m.WhichOneof("kind") == "revoke_done", m
+    # The Convert's answer comes first, then the lease's Revoked.
+    assert not a.pending
+    m = a.read()
+    assert m.id == ia, m
+    e = error_of(m)
+    assert e.code == pb.CANCELLED and "ended with the lease" in e.message
+    r = a.read()
+    assert r.WhichOneof("kind") == "revoked", r
+    assert r.revoked.lease_id == la.lease_id
+    assert r.revoked.reason == (pb.ADMIN if how == "revoke"
+                                else pb.EXPIRED)
+    assert [(h.lease_id, h.converting) for h in holders(b, "db")] == \
+        [(lb.lease_id, False)]
+    # The queue is not held back by an upgrade that is gone.
+    c = Wire(daemon.socket, "c")
+    c.lock("db", shared=True, timeout_ms=0)
