@@ -457,10 +457,17 @@ do_convert(struct conn *c, const Arbiter__Request *req,
 			       cv->lease_id, l->res->name);
 		return;
 	case LM_CONV_ERR_WOULD_BLOCK:
-		describe_holders(l->res, held, sizeof held);
+		if (l->res->nholders > 1)
+			snprintf(held, sizeof held,
+				 "%u other holder(s) share it",
+				 l->res->nholders - 1);
+		else
+			snprintf(held, sizeof held,
+				 "the arbiter grants nothing now (%s)",
+				 role_name(srv));
 		dispatch_error(rp, ARBITER__ERROR_CODE__WOULD_BLOCK,
 			       "lease %" PRIu64 " on '%s' cannot be upgraded "
-			       "at once: %.600s; it is still held shared",
+			       "at once: %s; it is still held shared",
 			       cv->lease_id, l->res->name, held);
 		return;
 	case LM_CONV_ERR_DEADLOCK:

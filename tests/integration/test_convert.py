@@ -142,6 +142,7 @@ def test_upgrade_timeout_leaves_the_shared_lease_held(daemon):
     # A try-once upgrade would block, and says so.
     e = error_of(a.wait(convert(a, la.lease_id, timeout_ms=0)))
     assert e.code == pb.WOULD_BLOCK and "still held shared" in e.message
+    assert "1 other holder(s) share it" in e.message
     # Another reader still gets in: nothing waits any more.
     c = Wire(daemon.socket, "c")
     c.lock("db", shared=True, timeout_ms=0)
