@@ -1,6 +1,8 @@
 # arbiter — plain GNU make.
 #
-#   make            build build/arbiterd, build/arbiterctl, build/libarbiter.{a,so}
+#   make            build build/arbiterd, build/arbiterctl, build/libarbiter.{a,so};
+#                   installs nothing: names any missing Debian package and the
+#                   command that installs it (make deps)
 #   make run        install missing Debian packages, build, run on arbiter.conf
 #   make test       install missing packages, build, run every test, then the
 #                   same suite again under ASan+UBSan, then the fuzz corpus
@@ -11,8 +13,13 @@
 #   make selftests  the valgrind/ASan verdicts must fail on tests/selftest
 #   make fuzz       libFuzzer harnesses for FUZZ_SECONDS each
 #   make chaos      the mutual-exclusion checker for DURATION seconds
+#   make check-cluster  the etcd client against a real 3-member etcd
 #   make bench      benchmarks (never part of make test)
-#   make install PREFIX=/usr/local    make clean    make format
+#   make lint       clang-tidy and cppcheck (FORMAT_CHECK=yes adds format-check)
+#   make format     clang-format every C file in place
+#   make format-check  fail on any C file clang-format would change
+#   make deps       install the missing Debian packages for building
+#   make install PREFIX=/usr/local    make clean
 #
 # BUILD selects the output folder, so sanitizer builds never mix with the
 # normal one.
@@ -25,7 +32,7 @@ CONF ?= arbiter.conf
 SAN ?=
 VERSION := 0.1.0
 
-PKGS := libevent libprotobuf-c msgpack inih
+PKGS := libevent libevent_openssl openssl jansson libprotobuf-c msgpack inih
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm
 
@@ -58,15 +65,17 @@ UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 BINS := $(BUILD)/arbiterd $(BUILD)/arbiterctl $(BUILD)/libarbiter.a \
 	$(BUILD)/libarbiter.so $(PYGEN)
 
-.PHONY: all deps run test check check-unit check-integration check-deploy \
-	asan valgrind fuzz bench install clean format lint selftests \
+.PHONY: all deps run test check check-unit check-integration check-deploy check-cluster \
+	asan valgrind fuzz bench install clean format format-check lint selftests \
 	selftest-valgrind selftest-asan selftest-asan-run coverage coverage-run
 
 all: $(BUILD)/.deps-ok $(BINS)
 
-# Installs what is missing from Debian's archive (or says what to run).
+# A plain build installs nothing: it names what is missing from Debian's
+# archive and the command that installs it. make deps, make run and make
+# test install it.
 $(BUILD)/.deps-ok: scripts/deps.sh
-	@sh scripts/deps.sh
+	@sh scripts/deps.sh --check
 	@mkdir -p $(BUILD) && touch $@
 
 deps:
@@ -113,13 +122,16 @@ $(BUILD)/tests/test_%: tests/unit/test_%.c $$(call test_deps,$$*)
 	$(CC) $(filter-out -Wmissing-prototypes,$(ALL_CFLAGS)) -Itests/lib -o $@ \
 		$(filter %.c %.o,$^) $(PKG_LIBS) -lcriterion -lpthread
 
-run: all
+run:
+	@sh scripts/deps.sh
+	@$(MAKE) --no-print-directory all
 	$(BUILD)/arbiterd -c $(CONF)
 
-# The sanitizer flags, defined once: the ASan pass, its self-test and the
-# unit tests' verdicts all use them.
-ASAN_VARS = BUILD=build-asan OPT=-O1 \
-	SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all"
+# The sanitizer flags, defined once: the ASan pass, its self-test, the unit
+# tests' verdicts and the fuzz harnesses (tests/fuzz/fuzz.mk) all use them.
+SANITIZE := -fsanitize=address,undefined -fno-omit-frame-pointer \
+	-fno-sanitize-recover=all
+ASAN_VARS = BUILD=build-asan OPT=-O1 SAN="$(SANITIZE)"
 
 # make test records every runner's results under TEST_RESULTS (pytest's
 # --junitxml files, criterion's reports, one record per other step) and
@@ -136,6 +148,19 @@ PYTEST_REPORT = -rs $(if $(TEST_RESULTS),--junitxml=$(TEST_RESULTS)/$(notdir $(B
 
 TEST_STEPS := lint check asan fuzz-replay selftests $(if $(filter yes,$(WITH_VALGRIND)),valgrind)
 
+# The etcd client against a real 3-member etcd on loopback (Debian's
+# etcd-server, see scripts/deps.sh test): members on tmpfs, niced.
+ETCD_PROBE := $(BUILD)/tests/etcd_probe
+
+$(ETCD_PROBE): tests/cluster/etcd_probe.c $(BUILD)/arbiter/etcd.o
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $^ $(PKG_LIBS)
+
+check-cluster: all $(ETCD_PROBE)
+	@sh scripts/deps.sh test
+	ARBITER_BUILD=$(abspath $(BUILD)) $(PYTHON) -m pytest -q -p no:cacheprovider \
+		$(call PYTEST_REPORT,cluster) tests/cluster
+
 test:
 	@sh scripts/deps.sh test
 	@rm -rf $(CURDIR)/build/test-results && mkdir -p $(CURDIR)/build/test-results
@@ -149,7 +174,7 @@ test:
 	$(TESTRUN) summary --allow tests/skips.allow && [ -z "$$fail" ]
 test: export TEST_RESULTS = $(CURDIR)/build/test-results
 
-CHECK_STEPS := check-unit check-integration check-python check-deploy \
+CHECK_STEPS := check-unit check-integration check-python check-deploy check-cluster \
 	chaos-selftest chaos-short load-short bench-smoke
 
 check: all $(UNIT_BIN)
@@ -283,7 +308,10 @@ TIDY_CHECKS := -*,clang-analyzer-*,bugprone-*,-bugprone-easily-swappable-paramet
 -clang-analyzer-security.insecureAPI.DeprecatedOrUnsafeBufferHandling,\
 -clang-analyzer-optin.performance.Padding
 
-lint: $(GEN)
+# format-check joins lint once the tree is formatted: FORMAT_CHECK=yes.
+FORMAT_CHECK ?= no
+
+lint: $(GEN) $(if $(filter yes,$(FORMAT_CHECK)),format-check)
 	clang-tidy --quiet --warnings-as-errors='*' -checks='$(TIDY_CHECKS)' \
 		arbiter/*.c proto/*.c client/*.c -- -std=c11 -D_GNU_SOURCE \
 		-DARBITER_VERSION='"$(VERSION)"' -I$(BUILD)/gen -Iproto -Iarbiter -Iclient
@@ -295,8 +323,15 @@ lint: $(GEN)
 		--suppress=cppcheckError:arbiter/stats.c \
 		arbiter/*.c proto/*.c client/*.c
 
+FORMAT_SRC = $(wildcard arbiter/*.[ch] proto/*.[ch] client/*.[ch] tests/unit/*.c)
+
 format:
-	clang-format -i arbiter/*.[ch] proto/*.[ch] client/*.[ch] tests/unit/*.c
+	clang-format -i $(FORMAT_SRC)
+
+# Names every file clang-format would change, with the lines; changes
+# nothing.
+format-check:
+	clang-format --dry-run --Werror $(FORMAT_SRC)
 
 clean:
 	rm -rf build build-asan build-cov build-fuzz build-fuzz-replay build-fuzzcov

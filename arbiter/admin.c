@@ -19,6 +19,12 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <event2/buffer.h>
+#include <event2/event.h>
+
+#include "admin.h"
+#include "conn.h"
+#include "dispatch.h"
 #include "report.h"
 #include "role.h"
 #include "server.h"

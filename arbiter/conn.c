@@ -36,6 +36,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <event2/buffer.h>
+#include <event2/event.h>
+
+#include "conn.h"
+#include "input.h"
 #include "log.h"
 #include "server.h"
 #include "xalloc.h"

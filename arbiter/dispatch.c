@@ -26,6 +26,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <event2/event.h>
+
+#include "conn.h"
+#include "dispatch.h"
 #include "log.h"
 #include "report.h"
 #include "role.h"

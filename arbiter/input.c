@@ -15,7 +15,14 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <event2/buffer.h>
+#include <event2/event.h>
+
+#include "admin.h"
+#include "conn.h"
+#include "dispatch.h"
 #include "frame.h"
+#include "input.h"
 #include "server.h"
 
 /*

@@ -32,8 +32,10 @@
 #include <unistd.h>
 
 #include <event2/buffer.h>
+#include <event2/event.h>
 
 #include "http.h"
+#include "listener.h"
 #include "log.h"
 #include "metrics.h"
 #include "role.h"

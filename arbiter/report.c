@@ -15,8 +15,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "dispatch.h"
 #include "report.h"
 #include "role.h"
+#include "server.h"
 #include "xalloc.h"
 
 /* ------------------------------------------------------------ stats, status */

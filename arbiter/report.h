@@ -8,7 +8,11 @@
 
 #include <stddef.h>
 
-#include "server.h"
+#include "codec.h"
+#include "stats.h"
+
+struct conn;
+struct dispatch_reply;
 
 /* The request table's handlers for Stats and Status (paged replies). */
 void report_stats(struct conn *c, const Arbiter__Request *req,

@@ -2,10 +2,10 @@
  * role: what the daemon is with respect to the storage lock, and what it
  * may grant because of it.
  *
- *   active   holds the storage lock; grants leases; reads and writes the
- *            state file (tokens are reserved here, in blocks; the next
- *            block is written by a helper thread while half of the current
- *            one is left, and every change of role waits for that write).
+ *   active   holds the storage lock; grants leases; reads the state file
+ *            at activation and writes it at release (the fencing tokens'
+ *            reservations in between are reserve.c's, and every change of
+ *            role waits for a write in progress).
  *   standby  hold = always, another arbiter holds the storage: serves its
  *            socket and queues requests; a helper thread blocked in
  *            F_OFD_SETLKW wakes the loop through an eventfd the moment the
@@ -39,9 +39,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <event2/event.h>
+
 #include "log.h"
 #include "notify.h"
+#include "reserve.h"
 #include "role.h"
+#include "server.h"
 #include "state.h"
 
 const char *
@@ -65,130 +69,6 @@ realtime_us(void)
 
 	clock_gettime(CLOCK_REALTIME, &ts);
 	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000;
-}
-
-/*
- * A reservation's outcome: let the lockmgr use the new mark, or log and try
- * again in a second (a full disk or a read-only remount is not fixed by
- * spinning); grants beyond the old mark wait meanwhile.
- */
-static int
-reserved(struct server *srv, int rc, uint64_t limit, const char *err)
-{
-	struct timeval tv = {1, 0};
-
-	if (rc < 0) {
-		log_error("cannot reserve fencing tokens; grants beyond the "
-			  "current block are held",
-			  "state_file=%s error=\"%s\"", srv->cfg.state_file,
-			  err);
-		evtimer_add(srv->ev_reserve, &tv);
-		return rc;
-	}
-	srv->state_writes++;
-	lockmgr_add_tokens(&srv->lm, limit, now_ns());
-	return 0;
-}
-
-/* Write a new token high-water mark in the loop (activation, fallback). */
-static int
-reserve(struct server *srv)
-{
-	uint64_t limit = srv->lm.last_token + STATE_TOKEN_BLOCK;
-	char err[600];
-	int rc;
-
-	rc = state_write(srv->cfg.state_file, limit, false, srv->storage.gid,
-			 &srv->stats, &srv->state_fsyncs, err, sizeof err);
-	return reserved(srv, rc, limit, err);
-}
-
-/* Join the background write; its result, with its fsyncs counted. */
-static int
-writer_collect(struct server *srv)
-{
-	int rc = state_writer_finish(&srv->writer);
-
-	srv->state_fsyncs += srv->writer.fsyncs;
-	return rc;
-}
-
-static void written_cb(evutil_socket_t fd, short what, void *arg);
-
-/*
- * Reserve the next block while the current one still has tokens to give:
- * a helper thread does the disk work, grants go on meanwhile. The mark is
- * raised one whole block above the current limit, so the file is written
- * once per block however early this starts.
- */
-static void
-reserve_ahead(struct server *srv)
-{
-	uint64_t from = srv->lm.token_limit > srv->lm.last_token
-			    ? srv->lm.token_limit
-			    : srv->lm.last_token;
-	int rc;
-
-	if (srv->writer.busy || evtimer_pending(srv->ev_reserve, NULL))
-		return;
-	rc = state_writer_start(&srv->writer, srv->cfg.state_file,
-				from + STATE_TOKEN_BLOCK, srv->storage.gid,
-				&srv->stats);
-	if (rc < 0) {
-		log_warn("cannot write the state file in the background; "
-			 "writing it in the loop",
-			 "error=\"%s\"", srv->writer.err);
-		reserve(srv);
-		return;
-	}
-	if (srv->ev_written == NULL) {
-		srv->ev_written =
-		    event_new(srv->base, srv->writer.wake_fd,
-			      EV_READ | EV_PERSIST, written_cb, srv);
-		if (srv->ev_written == NULL) {
-			fprintf(stderr, "arbiter: out of memory\n");
-			abort();
-		}
-		event_add(srv->ev_written, NULL);
-	}
-}
-
-/*
- * Wait for a background write before the storage lock changes hands. Its
- * mark is not handed to the lockmgr: the caller resets the tokens anyway.
- */
-static void
-writer_drain(struct server *srv)
-{
-	if (srv->writer.busy && writer_collect(srv) == 0)
-		srv->state_writes++;
-}
-
-static void
-written_cb(evutil_socket_t fd, short what, void *arg)
-{
-	struct server *srv = arg;
-	int rc;
-
-	(void)fd;
-	(void)what;
-	if (!srv->writer.busy)
-		return; /* drained by a change of role */
-	rc = writer_collect(srv);
-	/* The grants it allows are carried out by the loop's pump. */
-	(void)reserved(srv, rc, srv->writer.token_hw, srv->writer.err);
-}
-
-/* Retry after a failed write. */
-static void
-reserve_cb(evutil_socket_t fd, short what, void *arg)
-{
-	struct server *srv = arg;
-
-	(void)fd;
-	(void)what;
-	if (srv->role == ROLE_ACTIVE)
-		reserve_ahead(srv);
 }
 
 static void become_standby(struct server *srv);
@@ -350,7 +230,7 @@ watch_cb(evutil_socket_t fd, short what, void *arg)
 	log_error("storage lock lost; stepping down to standby",
 		  "detail=\"%s\"", err);
 	log_note(srv);
-	writer_drain(srv);
+	reserve_drain(srv);
 	watch_stop(srv);
 	lockmgr_set_open(&srv->lm, false, now_ns());
 	n = lockmgr_revoke_all(&srv->lm, LM_END_STORAGE_LOST, now_ns());
@@ -377,7 +257,7 @@ activate(struct server *srv, char *err, size_t errlen)
 	const char *unclean = NULL;
 	int rc;
 
-	writer_drain(srv); /* (none should be left; never read under one) */
+	reserve_drain(srv); /* (none should be left; never read under one) */
 	rc = state_read(srv->cfg.state_file, &sd, why, sizeof why);
 	if (rc == 0) {
 		hw = sd.token_hw;
@@ -441,7 +321,7 @@ activate(struct server *srv, char *err, size_t errlen)
 	log_note(srv);
 	/* This write also clears the clean mark: from now on an end without
 	 * role_release() is unclean. */
-	if (reserve(srv) < 0)
+	if (reserve_now(srv) < 0)
 		log_warn("starting with grants held until the state file can "
 			 "be written", "state_file=%s", srv->cfg.state_file);
 	if (unclean != NULL && srv->cfg.lock_delay_ms > 0) {
@@ -629,7 +509,7 @@ role_start(struct server *srv, char *err, size_t errlen)
 		snprintf(err, errlen, "out of memory");
 		return -1;
 	}
-	srv->ev_reserve = evtimer_new(srv->base, reserve_cb, srv);
+	reserve_init(srv);
 	srv->ev_linger = evtimer_new(srv->base, linger_cb, srv);
 	srv->ev_retry = evtimer_new(srv->base, retry_cb, srv);
 	lockmgr_set_open(&srv->lm, false, now_ns());
@@ -716,9 +596,7 @@ role_after_events(struct server *srv, bool need_tokens, bool busy, bool idle)
 		srv->leases_held = srv->lm.nheld > 0;
 	if (srv->role != ROLE_ACTIVE)
 		return;
-	if (need_tokens ||
-	    srv->lm.token_limit - srv->lm.last_token < STATE_TOKEN_BLOCK / 2)
-		reserve_ahead(srv);
+	reserve_refill(srv, need_tokens);
 	if (srv->cfg.hold != HOLD_ON_DEMAND)
 		return;
 	if (busy)
@@ -745,7 +623,7 @@ role_release(struct server *srv)
 		bool clean = !(srv->stopping && srv->leases_held);
 
 		lockmgr_set_open(&srv->lm, false, now_ns());
-		writer_drain(srv);
+		reserve_drain(srv);
 		if (state_write(srv->cfg.state_file, srv->lm.last_token, clean,
 				srv->storage.gid, &srv->stats,
 				&srv->state_fsyncs, err, sizeof err) < 0)

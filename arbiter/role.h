@@ -1,6 +1,6 @@
 /*
  * role: active, standby or idle with respect to the storage lock, and the
- * state file's token reservations (see role.c).
+ * changes between them (see role.c).
  */
 #ifndef ARBITER_ROLE_H
 #define ARBITER_ROLE_H
@@ -8,7 +8,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#include "server.h"
+struct server;
 
 /* At start, before listening: take the storage lock or become a standby
  * (hold = always), or stay idle (hold = on-demand). -1 with err on a fatal

@@ -1,7 +1,8 @@
 /*
  * server: the event base and its loop with the pump that runs once per
- * turn, the Unix listener, signals, the one timer that tracks the lockmgr's
- * earliest deadline, reload and shutdown.
+ * turn, the Unix socket (accepted through listener.c), descriptors,
+ * signals, the one timer that tracks the lockmgr's earliest deadline,
+ * reload and shutdown.
  *
  * Nothing here polls. Connections wake us by becoming readable, the lockmgr's
  * deadlines by one evtimer kept at the earliest of them, a standby by the
@@ -24,6 +25,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <event2/buffer.h>
+#include <event2/event.h>
+
+#include "admin.h"
+#include "conn.h"
+#include "dispatch.h"
+#include "listener.h"
 #include "log.h"
 #include "metrics.h"
 #include "notify.h"
@@ -31,7 +39,6 @@
 #include "server.h"
 #include "xalloc.h"
 
-#define ACCEPT_BATCH 64
 /* Refused connections kept open until told why (see unix_accepted). */
 #define REFUSED_MAX 64
 /*
@@ -184,7 +191,7 @@ server_turn(struct server *srv, int flags)
 	return rc;
 }
 
-/* ------------------------------------------------------------ listener */
+/* ------------------------------------------------------------ refusals */
 
 void
 server_close_answered(int fd)
@@ -224,111 +231,6 @@ refuse(int fd, const char *msg)
 	server_close_answered(fd);
 }
 
-static void
-listener_pause(struct listener *l, int err)
-{
-	struct timeval tv = {1, 0};
-
-	/* Out of descriptors: stop polling until a client descriptor is
-	 * closed (server_fd_freed) or a second passes. A level-triggered
-	 * listener left armed would wake the loop again at once, for as long
-	 * as a connection waits in the queue. */
-	event_del(l->ev_accept);
-	evtimer_add(l->ev_resume, &tv);
-	l->paused = true;
-	if (l->pauses++ == 0) {
-		l->t_paused = now_ns();
-		log_warn("accept paused",
-			 "listener=%s error=\"%s\" nofile=%" PRIu64
-			 " conns=%u hint=\"raise the open-file limit or "
-			 "lower limits.max_connections\"",
-			 l->name, strerror(err), l->srv->fd_limit,
-			 l->srv->nconns);
-	}
-}
-
-static void
-listener_cb(evutil_socket_t lfd, short what, void *arg)
-{
-	struct listener *l = arg;
-
-	(void)what;
-	for (int i = 0; i < ACCEPT_BATCH && l->ev_accept != NULL; i++) {
-		int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-
-		if (fd < 0) {
-			if (errno == EAGAIN || errno == EWOULDBLOCK)
-				return;
-			/* Errors of the one connection that went away
-			 * (accept(2) asks to retry those at once). */
-			if (errno == EINTR || errno == ECONNABORTED ||
-			    errno == EPROTO || errno == ENETDOWN ||
-			    errno == ENETUNREACH || errno == EHOSTDOWN ||
-			    errno == EHOSTUNREACH || errno == ENONET ||
-			    errno == ENOPROTOOPT || errno == EOPNOTSUPP)
-				continue;
-			/* EMFILE, ENFILE, ENOBUFS, ENOMEM, or anything that
-			 * would fail again at once: back off, never spin. */
-			listener_pause(l, errno);
-			return;
-		}
-		if (l->pauses > 0) {
-			log_info("accept resumed", "listener=%s paused_ms=%" PRIu64
-						   " pauses=%u",
-				 l->name, (now_ns() - l->t_paused) / 1000000,
-				 l->pauses);
-			l->pauses = 0;
-		}
-		l->accepted(l, fd);
-	}
-}
-
-static void
-listener_resume_cb(evutil_socket_t fd, short what, void *arg)
-{
-	struct listener *l = arg;
-
-	(void)fd;
-	(void)what;
-	if (l->paused && !l->srv->stopping) {
-		l->paused = false;
-		event_add(l->ev_accept, NULL);
-	}
-}
-
-int
-listener_start(struct listener *l, struct server *srv, int fd,
-	       const char *name, void (*accepted)(struct listener *l, int fd),
-	       void *arg)
-{
-	memset(l, 0, sizeof *l);
-	l->srv = srv;
-	l->name = name;
-	l->fd = fd;
-	l->accepted = accepted;
-	l->arg = arg;
-	l->ev_accept = event_new(srv->base, fd, EV_READ | EV_PERSIST,
-				 listener_cb, l);
-	l->ev_resume = evtimer_new(srv->base, listener_resume_cb, l);
-	if (l->ev_accept == NULL || l->ev_resume == NULL ||
-	    event_add(l->ev_accept, NULL) < 0) {
-		listener_stop(l);
-		return -1;
-	}
-	return 0;
-}
-
-void
-listener_stop(struct listener *l)
-{
-	if (l->ev_accept != NULL)
-		event_free(l->ev_accept);
-	if (l->ev_resume != NULL)
-		event_free(l->ev_resume);
-	l->ev_accept = l->ev_resume = NULL;
-	l->paused = false;
-}
-
 void
 server_fd_freed(struct server *srv)
 {
@@ -337,10 +239,8 @@ server_fd_freed(struct server *srv)
 	if (srv->stopping)
 		return;
 	for (size_t i = 0; i < sizeof ls / sizeof ls[0]; i++) {
-		if (ls[i] == NULL || !ls[i]->paused)
-			continue;
-		event_del(ls[i]->ev_resume);
-		listener_resume_cb(-1, 0, ls[i]);
+		if (ls[i] != NULL && ls[i]->paused)
+			listener_resume(ls[i]);
 	}
 }
 
@@ -465,7 +365,7 @@ fd_limit_check(struct server *srv)
 		 allowed);
 }
 
-/* ------------------------------------------------------------ listener */
+/* ------------------------------------------------------------ the socket */
 
 static void
 unix_accepted(struct listener *l, int fd)

@@ -1,25 +1,45 @@
 #!/bin/sh
 # Install the Debian packages arbiter needs, only those that are missing.
 #
-#   sh scripts/deps.sh          what building and running need
-#   sh scripts/deps.sh test     that, plus what the test suite needs
-#   sh scripts/deps.sh bench    that, plus what `make bench` compares against
+#   sh scripts/deps.sh               what building and running need
+#   sh scripts/deps.sh test          that, plus what the test suite needs
+#   sh scripts/deps.sh bench         that, plus what `make bench` compares
+#                                    against
+#   sh scripts/deps.sh --check [test]
+#                                    install nothing: name what is missing
+#                                    and the command that installs it, and
+#                                    fail (what a plain `make` runs)
 #
 # Everything comes from Debian's archive through apt-get; nothing is
 # downloaded from anywhere else. Without root (and without password-less
 # sudo) it prints the exact command to run instead, and fails.
 set -eu
 
+check=no
+set_=build
+for a in "$@"; do
+	case $a in
+	--check) check=yes ;;
+	test | build | bench) set_=$a ;;
+	*)
+		echo "usage: sh scripts/deps.sh [--check] [build|test|bench]" >&2
+		exit 2
+		;;
+	esac
+done
+
 BUILD_PKGS="gcc make pkg-config libevent-dev libprotobuf-c-dev protobuf-c-compiler
-libmsgpack-dev libinih-dev uthash-dev protobuf-compiler python3 python3-protobuf"
+libmsgpack-dev libinih-dev libjansson-dev libssl-dev uthash-dev protobuf-compiler
+python3 python3-protobuf"
 TEST_PKGS="libcriterion-dev python3-pytest python3-venv python3-pip
 python3-setuptools python3-wheel python3-filelock util-linux procps socat
+etcd-server etcd-client
 prometheus yamllint python3-yaml systemd valgrind clang-tidy cppcheck strace
-clang libclang-rt-14-dev python3-gdbm python3-plyvel"
+clang clang-format libclang-rt-14-dev python3-gdbm python3-plyvel"
 BENCH_PKGS="redis-server"
 
 want="$BUILD_PKGS"
-case "${1:-build}" in
+case "$set_" in
 test) want="$want $TEST_PKGS" ;;
 bench) want="$want $BENCH_PKGS" ;;
 esac
@@ -31,6 +51,16 @@ for p in $want; do
 	fi
 done
 [ -z "$missing" ] && exit 0
+
+if [ "$check" = yes ]; then
+	how="make deps"
+	[ "$set_" != build ] && how="sh scripts/deps.sh $set_"
+	echo "arbiter: missing Debian packages:$missing" >&2
+	echo "arbiter: nothing was built. Install them with '$how' (as root or" >&2
+	echo "arbiter: with sudo), or run:" >&2
+	echo "    sudo apt-get update && sudo apt-get install -y --no-install-recommends$missing" >&2
+	exit 1
+fi
 
 echo "arbiter: installing missing Debian packages:$missing" >&2
 if [ "$(id -u)" -eq 0 ]; then

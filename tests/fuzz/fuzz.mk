@@ -1,6 +1,7 @@
 # Fuzzing, included by the top Makefile (`include tests/fuzz/fuzz.mk`).
-# Uses its BUILD, CC, ALL_CFLAGS, ALL_LDFLAGS, DAEMON_OBJ, PROTO_OBJ and
-# PKG_LIBS; objects land in $(BUILD)/tests/fuzz/ through the top pattern rule.
+# Uses its BUILD, CC, ALL_CFLAGS, ALL_LDFLAGS, SANITIZE, DAEMON_OBJ,
+# PROTO_OBJ and PKG_LIBS; objects land in $(BUILD)/tests/fuzz/ through the
+# top pattern rule.
 #
 #   make fuzz                   build the libFuzzer harnesses with clang into
 #                               build-fuzz, run each for FUZZ_SECONDS (60)
@@ -44,16 +45,14 @@ FUZZ_SECONDS ?= 60
 FUZZ_JOBS ?= 1
 FUZZ_CC ?= clang
 FUZZ_FLAGS ?=
-FUZZ_SANITIZE := -fsanitize=address,undefined -fno-omit-frame-pointer \
-	-fno-sanitize-recover=all
 FUZZ_MAIN ?= libfuzzer
 
 # The sub-makes that build the harnesses: one folder per toolchain, so
 # nothing mixes with the normal or the ASan build.
 FUZZ_LF_VARS = BUILD=build-fuzz CC=$(FUZZ_CC) OPT=-O1 FUZZ_MAIN=libfuzzer \
-	SAN="-fsanitize=fuzzer-no-link $(FUZZ_SANITIZE)"
+	SAN="-fsanitize=fuzzer-no-link $(SANITIZE)"
 FUZZ_RP_VARS = BUILD=build-fuzz-replay CC=gcc OPT=-O1 FUZZ_MAIN=replay \
-	SAN="$(FUZZ_SANITIZE)"
+	SAN="$(SANITIZE)"
 FUZZ_COV_VARS = BUILD=build-fuzzcov CC=$(FUZZ_CC) OPT=-O0 FUZZ_MAIN=replay \
 	SAN="-fprofile-instr-generate -fcoverage-mapping"
 FUZZ_LLVM ?= 14
@@ -102,7 +101,7 @@ fuzz:
 
 fuzz-replay:
 	+@if printf 'int LLVMFuzzerTestOneInput(const char *d, long n)\n{ return 0; }\n' | \
-	    $(FUZZ_CC) -x c -fsanitize=fuzzer,address,undefined -o /dev/null - \
+	    $(FUZZ_CC) -x c -fsanitize=fuzzer $(SANITIZE) -o /dev/null - \
 	    >/dev/null 2>&1; then \
 		$(FUZZ_MAKE) fuzz-replay-run $(FUZZ_LF_VARS); \
 	else \

@@ -26,6 +26,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <event2/event.h>
+
 #include "fuzz_server.h"
 #include "http.h"
 #include "metrics.h"

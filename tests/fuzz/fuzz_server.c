@@ -24,6 +24,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <event2/buffer.h>
+#include <event2/event.h>
+
+#include "conn.h"
 #include "frame.h"
 #include "fuzz_server.h"
 #include "log.h"

@@ -8,7 +8,7 @@ import time
 import pytest
 
 import harness
-from harness import WAIT, Wire, WireError, error_of, pb
+from harness import grant_many, WAIT, Wire, WireError, error_of, pb
 
 
 def other_user_ctl(daemon, *args):
@@ -164,18 +164,6 @@ def test_admin_revoke_is_forbidden_to_others(tmp_path):
 
 # ------------------------------------------------------------ tokens
 
-def grant_many(w, n):
-    """n acquire+release pairs on "db", pipelined; the last grant's token."""
-    for _ in range(n):
-        w.send(acquire=pb.Acquire(resource=b"db"))
-        w.send(release=pb.Release(request_id=w.next_id))
-    assert w.call(ping=pb.Ping()).WhichOneof("kind") == "pong"
-    grants = [m for m in w.pending if m.WhichOneof("kind") == "granted"]
-    assert len(grants) == n
-    w.pending.clear()
-    return grants[-1].granted.token
-
-
 def state_writes(d):
     st = d.text(["stats"])
     return int(st.split("state_writes:")[1].split()[0]), st
@@ -253,7 +241,7 @@ def test_a_state_file_that_is_a_symlink_is_refused(tmp_path):
 def test_fsyncs_per_ten_thousand_grants_are_few(tmp_path):
     d = harness.Daemon(tmp_path)
     try:
-        grant_many(Wire(d.socket), 10000)
+        assert grant_many(Wire(d.socket), 10000)[0] == 10000
         writes, st = state_writes(d)
         assert writes <= 3, st
     finally:
@@ -264,7 +252,8 @@ def test_tokens_reserved_in_the_background_survive_a_kill9(tmp_path):
     # 25,000 grants cross two blocks, each reserved by the helper thread
     # while the loop kept granting.
     d = harness.Daemon(tmp_path)
-    last = grant_many(Wire(d.socket), 25000)
+    n, last = grant_many(Wire(d.socket), 25000)
+    assert n == 25000
     writes, st = state_writes(d)
     assert writes >= 3, st
     assert_tokens_grow_after_kill9(tmp_path, d, last)
@@ -283,8 +272,8 @@ def test_grants_go_on_while_the_state_write_fails(tmp_path):
         os.mkdir(state)
         # Half a block in, the next block's write starts and fails; the
         # loop must go on granting the rest of this block (10,000 tokens).
-        last = grant_many(w, 9999)
-        assert last == first.token + 9999
+        assert grant_many(w, 9999) == (9999, first.token + 9999)
+        last = first.token + 9999
         d.log.wait_for("cannot reserve fencing tokens")
         # Past the block, grants wait for the write.
         held = w.acquire("db")

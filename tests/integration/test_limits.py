@@ -11,7 +11,7 @@ import time
 import pytest
 
 import harness
-from harness import WAIT, Wire, pb
+from harness import grant_many, WAIT, Wire, pb
 
 
 # Valgrind answers the daemon's getrlimit/setrlimit itself and keeps
@@ -253,17 +253,6 @@ def test_out_of_descriptors_a_pending_connection_does_not_spin(tmp_path):
         for s in waiting:
             s.close()
         harness.check_clean_exit(d)
-
-
-def grant_many(w, n):
-    """n acquire+release pairs on "db", pipelined; the last grant's token."""
-    for _ in range(n):
-        w.send(acquire=pb.Acquire(resource=b"db"))
-        w.send(release=pb.Release(request_id=w.next_id))
-    assert w.call(ping=pb.Ping()).WhichOneof("kind") == "pong"
-    grants = [m for m in w.pending if m.WhichOneof("kind") == "granted"]
-    w.pending.clear()
-    return len(grants), grants[-1].granted.token if grants else 0
 
 
 @own_limits

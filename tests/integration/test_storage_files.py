@@ -16,7 +16,7 @@ import time
 import pytest
 
 import harness
-from harness import SLOW, WAIT, Wire, error_of, pb
+from harness import grant_many, SLOW, WAIT, Wire, error_of, pb
 
 needs_root = pytest.mark.skipif(os.getuid() != 0,
                                 reason="switching uid needs root")
@@ -47,25 +47,6 @@ def can_lock(path):
 
 def mode_of(path):
     return stat.S_IMODE(os.lstat(path).st_mode)
-
-
-def grant_many(w, n):
-    """n acquire+release pairs on "db", pipelined; the last grant's token.
-    Grants may wait a moment for a token block to be reserved (a slow
-    disk), so read until all n have come."""
-    for _ in range(n):
-        w.send(acquire=pb.Acquire(resource=b"db"))
-        w.send(release=pb.Release(request_id=w.next_id))
-    last, got = 0, 0
-    while got < n:
-        m = w.read()
-        assert m is not None, "connection closed after %d grants" % got
-        kind = m.WhichOneof("kind")
-        assert kind != "error", m
-        if kind == "granted":
-            got += 1
-            last = m.granted.token
-    return last
 
 
 def refused_at_start(tmp_path, *needles, args=()):
@@ -343,7 +324,7 @@ def test_a_temp_file_name_taken_stops_neither_grants_nor_shutdown(tmp_path,
             os.mkdir(tmp)
         # 25,000 grants cross two token blocks, each reserved through the
         # temp file's name.
-        assert grant_many(w, 25000) == first.token + 25000
+        assert grant_many(w, 25000) == (25000, first.token + 25000)
         if kind == "fifo":
             # Atomically: the background write may have its own temp
             # file there right now.
@@ -372,7 +353,7 @@ def test_a_fifo_put_at_the_state_path_while_running_is_replaced(tmp_path):
         w.release(first.lease_id)
         os.unlink(state)
         os.mkfifo(state)
-        assert grant_many(w, 25000) == first.token + 25000
+        assert grant_many(w, 25000) == (25000, first.token + 25000)
         os.unlink(state)
         os.mkfifo(state)
         stop_within(d)

@@ -484,6 +484,33 @@ class Wire:
         self.s.close()
 
 
+def grant_many(w, n, resource=b"db"):
+    """n grants of resource on Wire w, each released at once, as pipelined
+    Acquire + Release(request_id) pairs; returns (grants, last token).
+
+    A pair whose Acquire still waits when its Release arrives (the next
+    block of fencing tokens is being written on a slow or loaded disk) is a
+    withdrawal, answered CANCELLED, not a grant: more pairs are sent until n
+    grants came. A round with no grant at all (grants stopped) ends early,
+    so callers see how many there were."""
+    got, last = 0, 0
+    while got < n:
+        for _ in range(n - got):
+            w.send(acquire=pb.Acquire(resource=resource))
+            w.send(release=pb.Release(request_id=w.next_id))
+        assert w.call(ping=pb.Ping()).WhichOneof("kind") == "pong"
+        grants = [m for m in w.pending if m.WhichOneof("kind") == "granted"]
+        errors = [m.error for m in w.pending if m.WhichOneof("kind") ==
+                  "error"]
+        w.pending.clear()
+        assert all(e.code == pb.CANCELLED for e in errors), errors[:3]
+        if not grants:
+            break
+        got += len(grants)
+        last = grants[-1].granted.token
+    return got, last
+
+
 def error_of(m):
     assert m is not None and m.WhichOneof("kind") == "error", m
     return m.error
