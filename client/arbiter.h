@@ -191,6 +191,8 @@ int arb_renew(arb_client *c, uint64_t lease_id, uint64_t ttl_ms);
  * closes the connection). With a timeout it returns within timeout_ms +
  * ARB_ACQUIRE_MARGIN_MS whatever the daemon does: a late upgrade is
  * withdrawn by converting back to shared, so the lease stays shared.
+ * A downgrade the daemon does not answer within the I/O bound fails with
+ * -ETIMEDOUT, and the lease may be shared already: treat it as shared.
  */
 int arb_convert(arb_client *c, uint64_t lease_id, enum arb_mode target,
 		int timeout_ms, uint64_t *new_token);

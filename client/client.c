@@ -1248,14 +1248,27 @@ arb_convert(arb_client *c, uint64_t lease_id, enum arb_mode target,
 	if (rc == 0)
 		rc = await_reply(c, id, &m, NULL, NULL);
 	c->deadline_ms = 0;
-	if (rc == -ETIMEDOUT && target == ARB_EXCLUSIVE && timeout_ms > 0) {
+	if (rc == -ETIMEDOUT && target == ARB_SHARED) {
+		/* A downgrade only gives rights up: whether or not it
+		 * happened, the caller must act as if it had. */
+		ignore_add(c, id);
+		seterr(c,
+		       "no answer from arbiterd on %s within %lld ms to the "
+		       "downgrade of lease %llu: it may be shared already, so "
+		       "treat it as shared (check with: arbiterctl -S %s ping)",
+		       c->path, (long long)c->bound_ms,
+		       (unsigned long long)lease_id, c->path);
+		return -ETIMEDOUT;
+	}
+	if (rc == -ETIMEDOUT && timeout_ms >= 0) {
 		withdraw_convert(c, id, lease_id);
 		seterr(c,
-		       "timed out waiting %d ms to upgrade lease %llu: "
-		       "arbiterd on %s did not answer in time (stopped or "
-		       "overloaded?), so the upgrade was withdrawn and the "
-		       "lease is held shared",
-		       timeout_ms, (unsigned long long)lease_id, c->path);
+		       "timed out upgrading lease %llu: arbiterd on %s did "
+		       "not answer within %lld ms (stopped or overloaded?), "
+		       "so the upgrade was withdrawn and the lease is held "
+		       "shared",
+		       (unsigned long long)lease_id, c->path,
+		       (long long)c->bound_ms);
 		return -ARB_ETIMEOUT;
 	}
 	if (rc == -ARB_EBADREQUEST && strstr(c->err, "no known kind")) {

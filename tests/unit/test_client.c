@@ -548,6 +548,36 @@ Test(client, convert_returns_in_time_and_withdraws_to_shared)
 	fake_stop(&f);
 }
 
+Test(client, try_once_upgrade_and_downgrade_are_bounded_by_the_io_timeout)
+{
+	struct fake f;
+	struct seen s;
+	arb_client *c;
+	uint64_t t0, took;
+	int rc;
+
+	fake_start(&f, dir, "a.sock", 0, ANSWER_HELLO_ONLY);
+	cr_assert_eq(arb_connect_timeout(&c, f.path, "t", 300), 0, "%s",
+		     arb_connect_error());
+	t0 = now_ms();
+	rc = arb_convert(c, 5, ARB_EXCLUSIVE, 0, NULL);
+	took = now_ms() - t0;
+	cr_assert_eq(rc, -ARB_ETIMEOUT, "rc %d: %s", rc, arb_last_error(c));
+	cr_assert_leq(took, 300 + 250, "took %llu ms",
+		      (unsigned long long)took);
+	cr_assert(fake_expect(&f, ARBITER__REQUEST__KIND_CONVERT, &s));
+	cr_assert(fake_expect(&f, ARBITER__REQUEST__KIND_CONVERT, &s),
+		  "the try-once upgrade was not withdrawn");
+	cr_assert(s.key == 5 && s.mode == ARBITER__MODE__SHARED);
+	/* A downgrade cannot be taken back: treat the lease as shared. */
+	rc = arb_convert(c, 5, ARB_SHARED, ARB_WAIT_FOREVER, NULL);
+	cr_assert_eq(rc, -ETIMEDOUT, "rc %d", rc);
+	cr_assert_not_null(strstr(arb_last_error(c), "treat it as shared"),
+			   "%s", arb_last_error(c));
+	arb_close(c);
+	fake_stop(&f);
+}
+
 Test(client, late_upgrade_after_withdrawal_is_swallowed)
 {
 	struct fake f;
