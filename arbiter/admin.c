@@ -147,11 +147,15 @@ status_one(void *e, void *arg)
 		out(c,
 		    "holder:lease=%" PRIu64 " mode=%s pid=%u uid=%u "
 		    "name=%s held_ms=%" PRIu64 " token=%" PRIu64
-		    " handed_to_pid=%u\n",
+		    " handed_to_pid=%u",
 		    r->id, lockmgr_mode_name(r->mode), r->owner->pid,
 		    r->owner->uid, r->owner->name[0] ? r->owner->name : "-",
 		    (now - r->t_granted) / 1000000, r->token,
 		    r->owner->handed_to_pid);
+		if (r->converting)
+			out(c, " converting_ms=%" PRIu64,
+			    (now - r->t_conv) / 1000000);
+		out(c, "\n");
 	}
 	if (res->nholders > DISPATCH_LIST_MAX)
 		out(c, "holders_omitted:%u\n",

@@ -5,6 +5,9 @@
  * Every Acquire gets exactly one final answer with its request id: Granted,
  * or an Error (WOULD_BLOCK, TIMEOUT, CANCELLED, SHUTTING_DOWN, ...). A Queued
  * event may come before it. Revoked events carry id 0 and name the lease.
+ * Every Convert, likewise: Converted, or an Error (DEADLOCK, TIMEOUT, ...).
+ * A conversion's events carry .convert and are never a Granted of a new
+ * lease nor counted as an acquisition.
  *
  * Handlers do not send: they fill a dispatch_reply (a message, an Error, or
  * an Error that closes the connection), and dispatch_request sends it after
@@ -391,7 +394,9 @@ do_release(struct conn *c, const Arbiter__Request *req, struct dispatch_reply *r
 	arbiter__released__init(out);
 	ev = lockmgr_events(&srv->lm, &nev);
 	for (size_t i = before; i < nev; i++) {
-		if (ev[i].kind == LM_EV_ENDED && ev[i].owner == &c->owner) {
+		/* A waiting upgrade's end comes first: not the lease's. */
+		if (ev[i].kind == LM_EV_ENDED && !ev[i].convert &&
+		    ev[i].owner == &c->owner) {
 			out->has_lease_id = true;
 			out->lease_id = ev[i].lease_id;
 			out->has_held_us = true;
@@ -403,6 +408,102 @@ do_release(struct conn *c, const Arbiter__Request *req, struct dispatch_reply *r
 	 * request (the Acquire's own answer) comes first. */
 	if (!(r->has_quiet && r->quiet))
 		rp->kind = ARBITER__SERVER_MESSAGE__KIND_RELEASED;
+}
+
+/*
+ * Convert: change a held lease's mode in place. Like Acquire, a conversion
+ * that happens or waits is answered by its event (Converted, or the Error
+ * of a waiting upgrade that ended); only a refusal is answered here.
+ */
+static void
+do_convert(struct conn *c, const Arbiter__Request *req,
+	   struct dispatch_reply *rp)
+{
+	struct server *srv = c->srv;
+	const Arbiter__Convert *cv = req->convert;
+	struct lm_convert lc = {0};
+	struct lm_req *l, *other;
+	struct stats_res *sr = NULL;
+	enum lm_conv_result rc;
+	char held[700];
+
+	if (cv->mode != ARBITER__MODE__EXCLUSIVE &&
+	    cv->mode != ARBITER__MODE__SHARED) {
+		dispatch_error(rp, ARBITER__ERROR_CODE__BAD_REQUEST,
+			       "unknown mode %d; use EXCLUSIVE (0) or "
+			       "SHARED (1)",
+			       (int)cv->mode);
+		return;
+	}
+	lc.lease_id = cv->lease_id;
+	lc.mode = cv->mode == ARBITER__MODE__SHARED ? LM_SHARED : LM_EXCLUSIVE;
+	lc.timeout_ns =
+	    cv->has_timeout_ms ? MS_TO_NS(cv->timeout_ms) : LM_FOREVER;
+	lc.tag = req->id;
+	rc = lockmgr_convert(&srv->lm, &c->owner, &lc, now_ns());
+	if (rc == LM_CONV_DONE || rc == LM_CONV_WAITING)
+		return; /* the answer is the event */
+	l = lockmgr_lease(&srv->lm, cv->lease_id);
+	if (l != NULL && srv->cfg.stats_enabled)
+		sr = stats_res(&srv->stats, l->res->name, l->res->len);
+	switch (rc) {
+	case LM_CONV_ERR_UNKNOWN:
+		dispatch_error(rp, ARBITER__ERROR_CODE__UNKNOWN_LEASE,
+			       "no lease %" PRIu64
+			       " on this connection (already released, "
+			       "expired, revoked, or another connection's)",
+			       cv->lease_id);
+		return;
+	case LM_CONV_ERR_NOT_HELD:
+		dispatch_error(rp, ARBITER__ERROR_CODE__BAD_REQUEST,
+			       "lease %" PRIu64 " on '%s' is not granted yet: "
+			       "only a held lease converts; wait for its "
+			       "Granted",
+			       cv->lease_id, l->res->name);
+		return;
+	case LM_CONV_ERR_PENDING:
+		dispatch_error(rp, ARBITER__ERROR_CODE__BAD_REQUEST,
+			       "an upgrade of lease %" PRIu64
+			       " on '%s' already waits; wait for its answer, "
+			       "or convert to SHARED to withdraw it",
+			       cv->lease_id, l->res->name);
+		return;
+	case LM_CONV_ERR_WOULD_BLOCK:
+		if (l->res->nholders > 1)
+			snprintf(held, sizeof held,
+				 "%u other holder(s) share it",
+				 l->res->nholders - 1);
+		else
+			snprintf(held, sizeof held,
+				 "the arbiter grants nothing now (%s)",
+				 role_name(srv));
+		dispatch_error(rp, ARBITER__ERROR_CODE__WOULD_BLOCK,
+			       "lease %" PRIu64 " on '%s' cannot be upgraded "
+			       "at once: %s; it is still held shared",
+			       cv->lease_id, l->res->name, held);
+		return;
+	case LM_CONV_ERR_DEADLOCK:
+		other = l->res->converting;
+		if (sr != NULL)
+			stats_count(&srv->stats, sr, STAT_upgrade_deadlock);
+		dispatch_error(
+		    rp, ARBITER__ERROR_CODE__DEADLOCK,
+		    "upgrading lease %" PRIu64 " on '%s' would deadlock: "
+		    "lease %" PRIu64 " of pid %u (%s) already waits to "
+		    "upgrade, and each would wait for the other to leave; "
+		    "release lease %" PRIu64 " (the other upgrade then "
+		    "proceeds) and acquire EXCLUSIVE anew",
+		    cv->lease_id, l->res->name, other ? other->id : 0,
+		    other ? other->owner->pid : 0,
+		    other && other->owner->name[0] ? other->owner->name
+						   : "unnamed",
+		    cv->lease_id);
+		return;
+	default:
+		dispatch_error(rp, ARBITER__ERROR_CODE__INTERNAL,
+			       "unexpected lockmgr conversion result %d",
+			       (int)rc);
+	}
 }
 
 static void
@@ -601,6 +702,7 @@ static const struct request_kind {
     {ARBITER__REQUEST__KIND_RELEASE, "Release", 0, NULL, do_release},
     {ARBITER__REQUEST__KIND_PING, "Ping", 0, NULL, do_ping},
     {ARBITER__REQUEST__KIND_RENEW, "Renew", 0, NULL, do_renew},
+    {ARBITER__REQUEST__KIND_CONVERT, "Convert", 0, NULL, do_convert},
     {ARBITER__REQUEST__KIND_STATS, "Stats", 0, NULL, report_stats},
     {ARBITER__REQUEST__KIND_STATUS, "Status", 0, NULL, report_status},
     {ARBITER__REQUEST__KIND_REVOKE, "Revoke", REQ_ADMIN, "revoke", do_revoke},
@@ -694,6 +796,79 @@ send_granted(struct server *srv, const struct lm_event *ev)
 			 " pid=%u lease=%" PRIu64,
 			 log_quote(ev->res->name, q, sizeof q),
 			 ev->waited_ns / 1000000, ev->owner->pid, ev->lease_id);
+	}
+}
+
+/*
+ * The outcome of a Convert: the lease now has ev->mode. Never a Granted, and
+ * never counted as an acquisition: the lease was held all along.
+ */
+static void
+apply_converted(struct server *srv, const struct lm_event *ev,
+		struct stats_res *sr, bool count)
+{
+	struct conn *c = owner_conn(ev->owner);
+	Arbiter__Converted m = ARBITER__CONVERTED__INIT;
+
+	if (count && ev->was == LM_SHARED && ev->mode == LM_EXCLUSIVE) {
+		stats_count(&srv->stats, sr,
+			    ev->immediate ? STAT_upgraded_immediate
+					  : STAT_upgraded_after_wait);
+		if (sr != NULL)
+			sr->last_token = ev->token;
+	} else if (count && ev->was == LM_EXCLUSIVE && ev->mode == LM_SHARED)
+		stats_count(&srv->stats, sr, STAT_downgraded);
+	m.lease_id = ev->lease_id;
+	m.token = ev->token;
+	m.has_mode = true;
+	m.mode = dispatch_mode(ev->mode);
+	m.has_waited_us = true;
+	m.waited_us = ev->waited_ns / 1000;
+	m.resource = ev->res->name;
+	reply(c, ev->tag, ARBITER__SERVER_MESSAGE__KIND_CONVERTED, &m);
+}
+
+/*
+ * A waiting upgrade ended without happening: its Convert's answer. After a
+ * timeout or a withdrawal the lease is still held shared; any other reason
+ * is the lease's own end, whose event follows.
+ */
+static void
+apply_conv_ended(struct server *srv, const struct lm_event *ev,
+		 struct stats_res *sr, bool count)
+{
+	struct conn *c = owner_conn(ev->owner);
+	char held[200];
+
+	switch (ev->end) {
+	case LM_END_TIMEOUT:
+		if (count)
+			stats_count(&srv->stats, sr, STAT_upgrade_timeout);
+		describe_holders(ev->res, held, sizeof held);
+		conn_send_error(c, ev->tag, ARBITER__ERROR_CODE__TIMEOUT,
+				"upgrade of lease %" PRIu64 " on '%s' timed "
+				"out after %" PRIu64 " ms waiting for the "
+				"other shared holders (%s); the lease is "
+				"still held shared",
+				ev->lease_id, ev->res->name,
+				ev->waited_ns / 1000000, held);
+		return;
+	case LM_END_CANCEL:
+		conn_send_error(c, ev->tag, ARBITER__ERROR_CODE__CANCELLED,
+				"the waiting upgrade of lease %" PRIu64
+				" on '%s' was withdrawn; the lease is still "
+				"held shared",
+				ev->lease_id, ev->res->name);
+		return;
+	case LM_END_DISCONNECT:
+		return; /* nobody left to tell */
+	default:
+		conn_send_error(c, ev->tag, ARBITER__ERROR_CODE__CANCELLED,
+				"the waiting upgrade of lease %" PRIu64
+				" on '%s' ended with the lease (%s)",
+				ev->lease_id, ev->res->name,
+				lockmgr_end_name(ev->end));
+		return;
 	}
 }
 
@@ -842,10 +1017,14 @@ apply_events_bare(struct server *srv, const struct lm_event *ev, size_t n)
 	for (size_t i = 0; i < n; i++) {
 		if (ev[i].res == NULL)
 			continue;
-		if (ev[i].kind == LM_EV_GRANTED)
+		if (ev[i].kind == LM_EV_GRANTED && ev[i].convert)
+			apply_converted(srv, &ev[i], NULL, false);
+		else if (ev[i].kind == LM_EV_GRANTED)
 			send_granted(srv, &ev[i]);
 		else if (ev[i].kind == LM_EV_QUEUED)
 			send_queued(&ev[i]);
+		else if (ev[i].kind == LM_EV_ENDED && ev[i].convert)
+			apply_conv_ended(srv, &ev[i], NULL, false);
 		else if (ev[i].kind == LM_EV_ENDED)
 			apply_ended(srv, &ev[i], NULL, false);
 	}
@@ -875,6 +1054,10 @@ apply_events(struct server *srv)
 				       ev[i].res->len);
 		switch (ev[i].kind) {
 		case LM_EV_GRANTED:
+			if (ev[i].convert) {
+				apply_converted(srv, &ev[i], sr, true);
+				break;
+			}
 			stats_count(&srv->stats, sr,
 				    ev[i].immediate ? STAT_acquired_immediate
 						    : STAT_acquired_after_wait);
@@ -887,7 +1070,10 @@ apply_events(struct server *srv)
 			send_queued(&ev[i]);
 			break;
 		case LM_EV_ENDED:
-			apply_ended(srv, &ev[i], sr, true);
+			if (ev[i].convert)
+				apply_conv_ended(srv, &ev[i], sr, true);
+			else
+				apply_ended(srv, &ev[i], sr, true);
 			break;
 		case LM_EV_NEED_TOKENS:
 		case LM_EV_BUSY:

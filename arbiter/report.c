@@ -368,6 +368,11 @@ report_status(struct conn *c, const Arbiter__Request *req,
 			h->connection_id = r->owner->id;
 			h->has_handed_to_pid = r->owner->handed_to_pid != 0;
 			h->handed_to_pid = r->owner->handed_to_pid;
+			if (r->converting) {
+				h->has_converting = h->has_converting_us = true;
+				h->converting = true;
+				h->converting_us = (now - r->t_conv) / 1000;
+			}
 			hlist[hi++] = h;
 			s->n_holders++;
 		}

@@ -67,6 +67,8 @@ enum arb_error {
 	ARB_ESTORAGE = 1013,	 /* the storage lock could not be taken */
 	ARB_EINTERNAL = 1014,	 /* a bug in arbiter */
 	ARB_ECANCELLED = 1015,	 /* the pending acquire was withdrawn */
+	ARB_EDEADLOCK = 1016,	 /* upgrade refused: another holder of the
+				    resource already waits to upgrade */
 	ARB_EPROTO = 1100,	 /* the daemon sent something we cannot read */
 	ARB_ECONNLOST = 1101,	 /* the connection closed under us */
 	ARB_EREVOKED = 1102,	 /* the lease was revoked (see arb_event) */
@@ -173,6 +175,37 @@ int arb_renew(arb_client *c, uint64_t lease_id, uint64_t ttl_ms);
 int arb_handover(arb_client *c, uint32_t pid);
 
 /*
+ * Convert a lease this client holds to target, in place: the lease is never
+ * let go, so nobody can slip in between.
+ *
+ * Downgrade (ARB_EXCLUSIVE to ARB_SHARED) never waits and keeps the token;
+ * the shared requests queued first are granted at once. Upgrade (ARB_SHARED
+ * to ARB_EXCLUSIVE) waits for the other shared holders to leave, ahead of
+ * every queued request, and brings a new fencing token, higher than every
+ * earlier one: use it for the writes. timeout_ms as for arb_acquire:
+ * ARB_WAIT_FOREVER, 0 to try once (-ARB_EWOULDBLOCK), or a bound
+ * (-ARB_ETIMEOUT). Converting to the mode held changes nothing.
+ *
+ * On success the lease's token is stored in *new_token (may be NULL). On
+ * every failure the lease is still held in the mode it had:
+ * -ARB_EDEADLOCK when another holder already waits to upgrade the same
+ * resource (both would wait for each other for ever: release this lease,
+ * then the other proceeds, and acquire exclusive anew); -ARB_ETIMEOUT,
+ * -ARB_EWOULDBLOCK; -ARB_EUNKNOWNLEASE when the lease is not this
+ * client's (or ended); -ARB_EBADREQUEST when it is not granted yet or an
+ * upgrade of it already waits; -ARB_ECANCELLED when the lease ended while
+ * the upgrade waited (an ARB_EV_REVOKED event tells why, where the daemon
+ * sent one); -EOPNOTSUPP when the daemon predates conversion (it then
+ * closes the connection). With a timeout it returns within timeout_ms +
+ * ARB_ACQUIRE_MARGIN_MS whatever the daemon does: a late upgrade is
+ * withdrawn by converting back to shared, so the lease stays shared.
+ * A downgrade the daemon does not answer within the I/O bound fails with
+ * -ETIMEDOUT, and the lease may be shared already: treat it as shared.
+ */
+int arb_convert(arb_client *c, uint64_t lease_id, enum arb_mode target,
+		int timeout_ms, uint64_t *new_token);
+
+/*
  * Keep ttl leases alive from your own loop: renews every lease of this
  * client that has a ttl and is a third of it past its last renewal, and
  * returns the milliseconds until the next one is due (use it as a poll
@@ -204,6 +237,8 @@ enum arb_event_kind {
 	ARB_EV_FAILED,	 /* an async acquire failed (error set) */
 	ARB_EV_REVOKED,	 /* a lease ended without us asking (reason set) */
 	ARB_EV_REPLY,	 /* any other reply to an async request */
+	ARB_EV_CONVERTED, /* an async convert happened (lease: id, token,
+			     mode, waited_us) */
 };
 
 struct arb_event {
@@ -229,6 +264,15 @@ int arb_acquire_async(arb_client *c, const char *resource, enum arb_mode mode,
 		      int64_t timeout_ms, const struct arb_acquire_opts *opts,
 		      uint64_t *request_id);
 int arb_cancel(arb_client *c, uint64_t request_id);
+/*
+ * Start a convert without waiting (see arb_convert); *request_id
+ * identifies its answer, an ARB_EV_CONVERTED or ARB_EV_FAILED event. To
+ * give up a waiting upgrade and keep the lease shared, convert it to
+ * ARB_SHARED: the upgrade then fails with -ARB_ECANCELLED (or, had it just
+ * happened, the lease is downgraded again).
+ */
+int arb_convert_async(arb_client *c, uint64_t lease_id, enum arb_mode target,
+		      int timeout_ms, uint64_t *request_id);
 /*
  * Take the next event: 1 with *ev filled, 0 when none is ready now
  * (non-blocking; poll arb_fd() for POLLIN and call again), < 0 on error.

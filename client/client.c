@@ -103,6 +103,8 @@ arb_strerror(int err)
 		[ARB_ESTORAGE - 1000] = "storage lock unavailable",
 		[ARB_EINTERNAL - 1000] = "internal error in the daemon",
 		[ARB_ECANCELLED - 1000] = "the pending acquire was withdrawn",
+		[ARB_EDEADLOCK - 1000] = "upgrade would deadlock with another "
+					 "holder's",
 	};
 	int e = err < 0 ? -err : err;
 
@@ -488,6 +490,17 @@ to_event(arb_client *c, const Arbiter__ServerMessage *m, struct arb_event *ev)
 			 m->revoked->resource ? m->revoked->resource : "");
 		snprintf(ev->message, sizeof ev->message, "%s",
 			 m->revoked->message ? m->revoked->message : "");
+		break;
+	case ARBITER__SERVER_MESSAGE__KIND_CONVERTED:
+		ev->kind = ARB_EV_CONVERTED;
+		ev->lease.id = m->converted->lease_id;
+		ev->lease.token = m->converted->token;
+		ev->lease.waited_us = m->converted->waited_us;
+		ev->lease.mode = m->converted->mode == ARBITER__MODE__SHARED
+					 ? ARB_SHARED
+					 : ARB_EXCLUSIVE;
+		snprintf(ev->resource, sizeof ev->resource, "%s",
+			 m->converted->resource ? m->converted->resource : "");
 		break;
 	default:
 		ev->kind = ARB_EV_REPLY;
@@ -1165,6 +1178,124 @@ arb_acquire_async(arb_client *c, const char *resource, enum arb_mode mode,
 	req.id = ++c->next_id;
 	*request_id = req.id;
 	return send_request(c, &req);
+}
+
+/* ------------------------------------------------------------ convert */
+
+static int
+send_convert(arb_client *c, uint64_t lease_id, enum arb_mode target,
+	     int timeout_ms, uint64_t *request_id)
+{
+	Arbiter__Request req = ARBITER__REQUEST__INIT;
+	Arbiter__Convert cv = ARBITER__CONVERT__INIT;
+
+	if (target != ARB_EXCLUSIVE && target != ARB_SHARED) {
+		seterr(c, "unknown mode %d for lease %llu; use ARB_EXCLUSIVE "
+			  "or ARB_SHARED",
+		       (int)target, (unsigned long long)lease_id);
+		return -EINVAL;
+	}
+	cv.lease_id = lease_id;
+	cv.mode = target == ARB_SHARED ? ARBITER__MODE__SHARED
+				       : ARBITER__MODE__EXCLUSIVE;
+	if (timeout_ms >= 0) {
+		cv.has_timeout_ms = true;
+		cv.timeout_ms = (uint64_t)timeout_ms;
+	}
+	req.kind_case = ARBITER__REQUEST__KIND_CONVERT;
+	req.convert = &cv;
+	req.id = ++c->next_id;
+	*request_id = req.id;
+	return send_request(c, &req);
+}
+
+/*
+ * Give up on a convert the daemon has not answered in time: convert the
+ * lease back to shared, which withdraws a waiting upgrade, or downgrades
+ * one that happened meanwhile, and swallow both answers. If even that
+ * cannot be sent, cut the connection, which ends the lease: never leave
+ * the caller holding more than it was told.
+ */
+static void
+withdraw_convert(arb_client *c, uint64_t request_id, uint64_t lease_id)
+{
+	uint64_t rid;
+
+	ignore_add(c, request_id);
+	set_deadline(c, WITHDRAW_SEND_MS);
+	if (send_convert(c, lease_id, ARB_SHARED, 0, &rid) == 0) {
+		ignore_add(c, rid);
+	} else if (!c->broken) {
+		shutdown(c->fd, SHUT_RDWR);
+		c->broken = true;
+	}
+	c->deadline_ms = 0;
+}
+
+int
+arb_convert(arb_client *c, uint64_t lease_id, enum arb_mode target,
+	    int timeout_ms, uint64_t *new_token)
+{
+	Arbiter__ServerMessage *m = NULL;
+	uint64_t id = 0;
+	int rc;
+
+	/* A downgrade or a try-once never waits on others: the I/O bound. */
+	set_deadline(c, timeout_ms < 0 ? 0
+				       : (int64_t)timeout_ms +
+					     ARB_ACQUIRE_MARGIN_MS);
+	if (target == ARB_SHARED || timeout_ms == 0)
+		set_deadline(c, c->timeout_ms);
+	rc = send_convert(c, lease_id, target, timeout_ms, &id);
+	if (rc == 0)
+		rc = await_reply(c, id, &m, NULL, NULL);
+	c->deadline_ms = 0;
+	if (rc == -ETIMEDOUT && target == ARB_SHARED) {
+		/* A downgrade only gives rights up: whether or not it
+		 * happened, the caller must act as if it had. */
+		ignore_add(c, id);
+		seterr(c,
+		       "no answer from arbiterd on %s within %lld ms to the "
+		       "downgrade of lease %llu: it may be shared already, so "
+		       "treat it as shared (check with: arbiterctl -S %s ping)",
+		       c->path, (long long)c->bound_ms,
+		       (unsigned long long)lease_id, c->path);
+		return -ETIMEDOUT;
+	}
+	if (rc == -ETIMEDOUT && timeout_ms >= 0) {
+		withdraw_convert(c, id, lease_id);
+		seterr(c,
+		       "timed out upgrading lease %llu: arbiterd on %s did "
+		       "not answer within %lld ms (stopped or overloaded?), "
+		       "so the upgrade was withdrawn and the lease is held "
+		       "shared",
+		       (unsigned long long)lease_id, c->path,
+		       (long long)c->bound_ms);
+		return -ARB_ETIMEOUT;
+	}
+	if (rc == -ARB_EBADREQUEST && strstr(c->err, "no known kind")) {
+		seterr(c,
+		       "arbiterd on %s does not support lock conversion (it "
+		       "predates it and closes the connection): upgrade the "
+		       "daemon, or release and acquire anew",
+		       c->path);
+		return -EOPNOTSUPP;
+	}
+	if (rc < 0)
+		return rc;
+	rc = check_kind(c, m, id, ARBITER__SERVER_MESSAGE__KIND_CONVERTED);
+	if (rc < 0)
+		return rc;
+	if (new_token != NULL)
+		*new_token = m->converted->token;
+	return 0;
+}
+
+int
+arb_convert_async(arb_client *c, uint64_t lease_id, enum arb_mode target,
+		  int timeout_ms, uint64_t *request_id)
+{
+	return send_convert(c, lease_id, target, timeout_ms, request_id);
 }
 
 /* A Release sent without waiting: its answer, if any, becomes an event. */

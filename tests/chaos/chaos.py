@@ -142,13 +142,16 @@ def main():
                     help="keep the work folder even when the run passes")
     ap.add_argument("--daemon-arg", action="append", default=[],
                     help="extra arbiterd argument (repeatable)")
-    ap.add_argument("--break", dest="brk", choices=("nolock", "nofence", "nolock,nofence"),
+    ap.add_argument("--break", dest="brk", choices=("nolock", "nofence", "nolock,nofence",
+                                            "noconvert"),
                     help="break the workers on purpose (CHAOS_BREAK): the "
                     "checker must then fail")
     ap.add_argument("--self-test", action="store_true",
                     help="prove the checker catches a lock that does not "
                     "exclude (--break nolock alone) and storage that does "
-                    "not fence (--break nofence alone): each short run must "
+                    "not fence (--break nofence alone), and converters that "
+                    "let go between read and write (--break noconvert): "
+                    "each short run must "
                     "fail on the checks that guard it")
     a = ap.parse_args()
     if a.self_test:
@@ -161,10 +164,13 @@ def main():
 # nothing excludes, so exclusion fails. nofence: the lock works but the
 # storage ignores tokens, so only the slow holders that outlive a daemon
 # kill -9 can break anything, and the journal / no-lost-update checks must
-# see it (more restarts make sure some writes land late).
+# see it (more restarts make sure some writes land late). noconvert: the
+# converting workers let go between their read and their write, so another
+# writer gets in and an update is lost.
 SELF_TESTS = [
     ("nolock", 6, 1, ("exclusion",)),
     ("nofence", 12, 4, ("journal", "no-lost-update")),
+    ("noconvert", 6, 1, ("journal", "no-lost-update")),
 ]
 
 
@@ -241,9 +247,11 @@ def run_chaos(a, out):
     def start_worker(slot):
         gen[0] += 1
         logpath = os.path.join(logs, "w%02d-%05d.log" % (slot, gen[0]))
+        # Every fourth worker reads, upgrades and writes (see chaos_worker).
+        env = dict(wenv, CHAOS_CONVERTER="1" if slot % 4 == 0 else "0")
         p = subprocess.Popen([worker_bin, sock, counters, logpath,
                               str(rng.randrange(1 << 62)), str(a.resources)],
-                             stdin=subprocess.DEVNULL, env=wenv)
+                             stdin=subprocess.DEVNULL, env=env)
         p.logpath = logpath
         workers[slot] = p
         worker_runs.append({"slot": slot, "pid": p.pid, "log": logpath,

@@ -29,7 +29,19 @@
  *   L res errname                    the connection was lost (daemon killed)
  *   E res code message               an unexpected error (a violation)
  *   X kind lease resource            an unexpected event (a violation)
+ *   U res result                     an upgrade: upgraded, deadlock,
+ *                                    timeout or wouldblock
  *   Q sections                       clean exit after SIGTERM
+ *
+ * Converters (CHAOS_CONVERTER=1 in the environment; the driver makes every
+ * fourth worker one) do read-modify-write by upgrading in most of their
+ * sections: acquire shared, read the counter (a shared section), upgrade to
+ * exclusive and write the value read + 1 under the upgraded token (an
+ * exclusive section). The lease is never let go in between, so no other
+ * writer can come between the read and the write: a lost update would show
+ * in the journal as a doubled value. Two converters upgrading one resource
+ * at once meet the DEADLOCK refusal, and the refused one releases. Some
+ * downgrade after the write and read again: the value must be theirs.
  *
  * About 2 sections in 1000 are slow (20-150 ms between read and write), so
  * that some are still running when the driver kill -9s the daemon and a new
@@ -44,6 +56,8 @@
  *            no mutual exclusion at all
  *   nofence  the storage ignores tokens (no fencing)
  *   nolock,nofence  both
+ *   noconvert  converters "upgrade" by releasing and acquiring exclusive
+ *            anew, so another writer can come between read and write
  *
  * Exit codes: 0 after SIGTERM, 2 bad usage, 3 storage unusable.
  */
@@ -72,7 +86,7 @@
 static volatile sig_atomic_t stopping, slow_next;
 static int logfd = -1;
 static uint64_t rng_state;
-static bool break_nolock, break_nofence;
+static bool break_nolock, break_nofence, break_noconvert, converter;
 
 struct store {
 	int cfd; /* rN.counter */
@@ -330,6 +344,134 @@ is_conn_lost(int rc)
 	return rc == -ARB_ECONNLOST || (rc < 0 && rc > -1000);
 }
 
+/* Drain events; true when lease_id was revoked; *lost on a broken link. */
+static bool
+drain_events(arb_client *c, uint64_t lease_id, bool *lost)
+{
+	struct arb_event ev;
+	bool revoked = false;
+	int rc;
+
+	while ((rc = arb_next_event(c, &ev)) > 0) {
+		if (ev.kind == ARB_EV_REVOKED && ev.lease.id == lease_id)
+			revoked = true;
+		else
+			logline("X %d %" PRIu64 " %s", (int)ev.kind,
+				ev.lease.id, ev.resource);
+	}
+	if (rc < 0)
+		*lost = true;
+	return revoked;
+}
+
+/*
+ * The second half of a read-modify-write: the shared section read value
+ * under lease; upgrade and write value + 1 under the new token. Logs the
+ * exclusive section. Returns how many sections it logged; sets *lost when
+ * the connection broke, *gone when the lease is no longer held.
+ */
+static int
+rmw_upgrade(arb_client *c, struct store *s, unsigned r,
+	    const struct arb_lease *lease, uint64_t value, int dpid,
+	    bool *lost, bool *gone)
+{
+	uint64_t token = 0, t0, t1, again = 0, tk = 0, id = lease->id;
+	struct arb_lease held;
+	int timeout = rnd_below(100) < 20 ? (int)rnd_below(20)
+					  : ARB_WAIT_FOREVER;
+	const char *outcome;
+	bool revoked;
+	char msg[600];
+	int rc;
+
+	if (break_noconvert) {
+		/* Let go between the read and the write: a lost update. */
+		char res[32];
+
+		snprintf(res, sizeof res, "chaos-%u", r);
+		*gone = true;
+		rc = arb_release(c, lease->id);
+		if (rc == 0)
+			rc = arb_acquire(c, res, ARB_EXCLUSIVE,
+					 ARB_WAIT_FOREVER, NULL, &held);
+		if (rc == 0) {
+			id = held.id;
+			token = held.token;
+		}
+	} else
+		rc = arb_convert(c, lease->id, ARB_EXCLUSIVE, timeout, &token);
+	if (rc == -ARB_EDEADLOCK || rc == -ARB_ETIMEOUT ||
+	    rc == -ARB_EWOULDBLOCK) {
+		logline("U %u %s", r,
+			rc == -ARB_EDEADLOCK  ? "deadlock"
+			: rc == -ARB_ETIMEOUT ? "timeout"
+					      : "wouldblock");
+		return 0; /* still held shared: released by the caller */
+	}
+	if (is_conn_lost(rc)) {
+		*lost = true;
+		return 0;
+	}
+	if (rc == -ARB_ECANCELLED) {
+		*gone = true; /* the lease ended while it waited */
+		return 0;
+	}
+	if (rc < 0) {
+		logline("E %u %d convert: %s", r, rc,
+			oneline(arb_last_error(c), msg, sizeof msg));
+		return 0;
+	}
+	logline("U %u upgraded", r);
+	if (token <= lease->token)
+		logline("E %u 0 upgrade token %" PRIu64 " not above %" PRIu64,
+			r, token, lease->token);
+	t0 = now_ns();
+	if (slow_next) {
+		slow_next = 0;
+		pause_us(100000 + rnd_below(100000));
+	}
+	value++;
+	rc = store_write(s, token, value);
+	outcome = rc == ST_OK ? "inc" : "fenced";
+	t1 = now_ns();
+	if (rc < 0) {
+		logline("E %u %d storage: %s", r, rc, strerror(-rc));
+		exit(3);
+	}
+	revoked = drain_events(c, id, lost);
+	logline("S %u %" PRIu64 " E %" PRIu64 " %" PRIu64 " %s %d %" PRIu64
+		" %d",
+		r, token, t0, t1, outcome, dpid, value, revoked ? 1 : 0);
+	if (revoked)
+		*gone = true;
+	if (break_noconvert) {
+		if (!revoked && !*lost && is_conn_lost(arb_release(c, id)))
+			*lost = true;
+		return 1;
+	}
+	if (rc != ST_OK || revoked || *lost || rnd_below(100) >= 30)
+		return 1;
+	/* Downgrade: the token stays, and no writer can come in. */
+	rc = arb_convert(c, lease->id, ARB_SHARED, 0, &tk);
+	if (is_conn_lost(rc)) {
+		*lost = true;
+		return 1;
+	}
+	if (rc < 0 || tk != token) {
+		logline("E %u %d downgrade: token %" PRIu64 " (was %" PRIu64
+			"): %s",
+			r, rc, tk, token,
+			oneline(arb_last_error(c), msg, sizeof msg));
+		return 1;
+	}
+	rc = store_read(s, token, false, &again);
+	if (rc == ST_OK && again != value)
+		logline("E %u 0 downgraded: read %" PRIu64 " after writing %"
+			PRIu64 " under token %" PRIu64,
+			r, again, value, token);
+	return 1;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -356,7 +498,11 @@ main(int argc, char **argv)
 	if (getenv("CHAOS_BREAK") != NULL) {
 		break_nolock = strstr(getenv("CHAOS_BREAK"), "nolock") != NULL;
 		break_nofence = strstr(getenv("CHAOS_BREAK"), "nofence") != NULL;
+		break_noconvert =
+		    strstr(getenv("CHAOS_BREAK"), "noconvert") != NULL;
 	}
+	converter = getenv("CHAOS_CONVERTER") != NULL &&
+		    strcmp(getenv("CHAOS_CONVERTER"), "1") == 0;
 	if (argc == 6)
 		nres = (unsigned)atoi(argv[5]);
 	if (nres < 1 || nres > MAX_RES) {
@@ -390,11 +536,13 @@ main(int argc, char **argv)
 	while (!stopping) {
 		char res[32];
 		unsigned r = rnd_below(nres);
-		enum arb_mode mode = rnd_below(100) < 25 ? ARB_SHARED : ARB_EXCLUSIVE;
+		bool rmw = converter && rnd_below(100) < 70;
+		enum arb_mode mode = rmw || rnd_below(100) < 25 ? ARB_SHARED
+							      : ARB_EXCLUSIVE;
 		char mc = mode == ARB_SHARED ? 'S' : 'E';
+		bool gone = false;
 		int64_t timeout = ARB_WAIT_FOREVER;
 		struct arb_lease lease;
-		struct arb_event ev;
 		uint64_t t0, t1, value = 0;
 		unsigned pause = rnd_below(1000) < 2
 					 ? 20000 + rnd_below(130000)
@@ -456,6 +604,7 @@ main(int argc, char **argv)
 				pause_us(pause / 2);
 			outcome = rc == ST_OK ? "read" : "fenced";
 		}
+		rmw = rmw && rc == ST_OK;
 		t1 = now_ns();
 		/* ---- end of the critical section ---- */
 		if (rc < 0) {
@@ -466,21 +615,17 @@ main(int argc, char **argv)
 		}
 
 		/* Did the daemon take the lease back while we held it? */
-		while ((rc = arb_next_event(c, &ev)) > 0) {
-			if (ev.kind == ARB_EV_REVOKED && ev.lease.id == lease.id)
-				revoked = true;
-			else
-				logline("X %d %" PRIu64 " %s", (int)ev.kind,
-					ev.lease.id, ev.resource);
-		}
-		if (rc < 0)
-			lost = true;
+		revoked = drain_events(c, lease.id, &lost);
 		logline("S %u %" PRIu64 " %c %" PRIu64 " %" PRIu64 " %s %d %" PRIu64
 			" %d",
 			r, lease.token, mc, t0, t1, outcome, dpid, value,
 			revoked ? 1 : 0);
 		sections++;
-		if (!lost && !revoked) {
+		if (rmw && !lost && !revoked)
+			sections += (uint64_t)rmw_upgrade(c, &st[r], r, &lease,
+							  value, dpid, &lost,
+							  &gone);
+		if (!lost && !revoked && !gone) {
 			rc = arb_release(c, lease.id);
 			if (is_conn_lost(rc)) {
 				lost = true;

@@ -142,6 +142,11 @@ def read_logs(run):
                         unexpected.append("revoked while held: %s" % s)
                 elif kind == "T":
                     stats["timeouts"] += 1
+                elif kind == "U":
+                    if f[2] not in ("upgraded", "deadlock", "timeout",
+                                    "wouldblock"):
+                        raise ValueError("bad upgrade")
+                    stats["upgrade " + f[2]] += 1
                 elif kind == "C":
                     stats["connects"] += 1
                 elif kind == "L":
@@ -409,6 +414,11 @@ def check(run, out=sys.stdout):
               stats["fenced"], stats["timeouts"],
               max(0, stats["connects"] - len(run["worker_runs"])),
               outlived, fenced_outlived), file=out)
+    print("chaos: %d upgrades (%d refused as deadlock, %d timed out, %d "
+          "would block)" % (
+              stats["upgrade upgraded"], stats["upgrade deadlock"],
+              stats["upgrade timeout"], stats["upgrade wouldblock"]),
+          file=out)
     print("chaos: %d grants checked, %d worker kills, %d daemon restarts, "
           "%d violations; %d passed, %d failed" % (
               stats["sections"], len(run["killed"]), len(daemons) - 1,

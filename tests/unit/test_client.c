@@ -84,8 +84,9 @@ now_ms(void)
 struct seen {
 	int kind; /* Arbiter__Request__KindCase; 0: the client closed */
 	uint64_t id;
-	uint64_t key; /* Release: lease_id or request_id */
+	uint64_t key; /* Release: lease_id or request_id; Convert: lease_id */
 	int by_request;
+	int mode; /* Convert: the mode asked for */
 };
 
 struct fake {
@@ -158,6 +159,10 @@ tell(int out, const Arbiter__Request *req)
 			s.by_request = req->release->has_request_id;
 			s.key = s.by_request ? req->release->request_id
 					     : req->release->lease_id;
+		}
+		if (req->kind_case == ARBITER__REQUEST__KIND_CONVERT) {
+			s.key = req->convert->lease_id;
+			s.mode = (int)req->convert->mode;
 		}
 	}
 	if (write(out, &s, sizeof s) != (ssize_t)sizeof s)
@@ -232,6 +237,63 @@ send_pong(int fd, uint64_t id)
 	fake_send(fd, &m);
 }
 
+static void
+send_converted(int fd, uint64_t id, uint64_t lease_id, uint64_t token,
+	       Arbiter__Mode mode)
+{
+	Arbiter__ServerMessage m = ARBITER__SERVER_MESSAGE__INIT;
+	Arbiter__Converted cv = ARBITER__CONVERTED__INIT;
+
+	m.has_id = true;
+	m.id = id;
+	m.kind_case = ARBITER__SERVER_MESSAGE__KIND_CONVERTED;
+	m.converted = &cv;
+	cv.lease_id = lease_id;
+	cv.token = token;
+	cv.has_mode = true;
+	cv.mode = mode;
+	cv.resource = "db";
+	fake_send(fd, &m);
+}
+
+static void
+send_error(int fd, uint64_t id, Arbiter__ErrorCode code, const char *text)
+{
+	Arbiter__ServerMessage m = ARBITER__SERVER_MESSAGE__INIT;
+	Arbiter__Error e = ARBITER__ERROR__INIT;
+
+	m.has_id = true;
+	m.id = id;
+	m.kind_case = ARBITER__SERVER_MESSAGE__KIND_ERROR;
+	m.error = &e;
+	e.code = code;
+	e.message = (char *)text;
+	fake_send(fd, &m);
+}
+
+/*
+ * CONVERT: lease 1 converts (token 43 for an upgrade), lease 2 is refused
+ * as DEADLOCK, lease 3 as a daemon that predates Convert would refuse it.
+ */
+static void
+answer_convert(int fd, const Arbiter__Request *req)
+{
+	const Arbiter__Convert *cv = req->convert;
+
+	if (cv->lease_id == 1)
+		send_converted(fd, req->id, 1,
+			       cv->mode == ARBITER__MODE__EXCLUSIVE ? 43 : 42,
+			       cv->mode);
+	else if (cv->lease_id == 2)
+		send_error(fd, req->id, ARBITER__ERROR_CODE__DEADLOCK,
+			   "upgrading lease 2 on 'db' would deadlock: lease 9 "
+			   "of pid 123 (other) already waits to upgrade");
+	else
+		send_error(fd, req->id, ARBITER__ERROR_CODE__BAD_REQUEST,
+			   "request 2 has no known kind (field 19); this "
+			   "arbiter speaks protocol version 1");
+}
+
 /* How the fake behaves once a client has connected. */
 enum script {
 	ANSWER_HELLO_ONLY, /* Welcome, then read and never answer */
@@ -241,6 +303,8 @@ enum script {
 	SERVE,		   /* answer Hello and Ping */
 	TRICKLE,	   /* answer Ping one byte every 50 ms, forever */
 	FLOOD_QUEUED,	   /* answer an acquire with Queued, forever */
+	CONVERT,	   /* answer Convert by lease id (answer_convert) */
+	LATE_CONVERT,	   /* answer an upgrade only after its withdrawal */
 };
 
 static void
@@ -248,7 +312,7 @@ play(int fd, int out, enum script script)
 {
 	struct codec_arena a;
 	Arbiter__Request *req;
-	uint64_t acquire_id = 0;
+	uint64_t acquire_id = 0, upgrade_id = 0;
 
 	codec_arena_init(&a, 1 << 16);
 	while ((req = fake_read(fd, &a)) != NULL) {
@@ -259,7 +323,8 @@ play(int fd, int out, enum script script)
 				send_welcome(fd, req->id);
 			break;
 		case ARBITER__REQUEST__KIND_PING:
-			if (script == SERVE || script == LATE_GRANT)
+			if (script == SERVE || script == LATE_GRANT ||
+			    script == LATE_CONVERT)
 				send_pong(fd, req->id);
 			if (script == TRICKLE) {
 				/* A frame that never ends: 4 KiB promised. */
@@ -289,6 +354,22 @@ play(int fd, int out, enum script script)
 			    req->release->has_request_id &&
 			    req->release->request_id == acquire_id)
 				send_granted(fd, acquire_id, 77);
+			break;
+		case ARBITER__REQUEST__KIND_CONVERT:
+			if (script == CONVERT)
+				answer_convert(fd, req);
+			if (script != LATE_CONVERT)
+				break;
+			if (req->convert->mode == ARBITER__MODE__EXCLUSIVE) {
+				upgrade_id = req->id;
+				break;
+			}
+			/* The upgrade happened just before the withdrawal
+			 * came, which then downgrades it again. */
+			send_converted(fd, upgrade_id, req->convert->lease_id,
+				       43, ARBITER__MODE__EXCLUSIVE);
+			send_converted(fd, req->id, req->convert->lease_id, 43,
+				       ARBITER__MODE__SHARED);
 			break;
 		default:
 			break;
@@ -392,6 +473,134 @@ need_root(const char *why)
 	"a server run by another uid is made with setuid() in a forked child"
 
 /* ------------------------------------------------------------ deadlines */
+
+Test(client, convert_returns_the_new_token_and_maps_errors)
+{
+	struct fake f;
+	struct arb_event ev;
+	arb_client *c;
+	uint64_t token = 0, rid;
+	int rc;
+
+	fake_start(&f, dir, "a.sock", 0, CONVERT);
+	cr_assert_eq(arb_connect(&c, f.path, "t"), 0, "%s",
+		     arb_connect_error());
+	cr_assert_eq(arb_convert(c, 1, ARB_EXCLUSIVE, 500, &token), 0, "%s",
+		     arb_last_error(c));
+	cr_assert_eq(token, 43);
+	cr_assert_eq(arb_convert(c, 1, ARB_SHARED, -1, NULL), 0);
+	rc = arb_convert(c, 2, ARB_EXCLUSIVE, ARB_WAIT_FOREVER, &token);
+	cr_assert_eq(rc, -ARB_EDEADLOCK, "rc %d", rc);
+	cr_assert_not_null(strstr(arb_strerror(rc), "deadlock"));
+	cr_assert_not_null(strstr(arb_last_error(c), "lease 9 of pid 123"),
+			   "%s", arb_last_error(c));
+	rc = arb_convert(c, 3, ARB_EXCLUSIVE, 0, &token);
+	cr_assert_eq(rc, -EOPNOTSUPP, "rc %d", rc);
+	cr_assert_not_null(strstr(arb_last_error(c), "does not support"),
+			   "%s", arb_last_error(c));
+	cr_assert_eq(arb_convert(c, 1, (enum arb_mode)7, 0, NULL), -EINVAL);
+	/* The async variant answers with an event. */
+	cr_assert_eq(arb_convert_async(c, 1, ARB_EXCLUSIVE, -1, &rid), 0);
+	for (;;) {
+		struct pollfd p = {.fd = arb_fd(c), .events = POLLIN};
+
+		cr_assert_gt(poll(&p, 1, 5000), 0, "no Converted came");
+		rc = arb_next_event(c, &ev);
+		cr_assert_geq(rc, 0);
+		if (rc == 1)
+			break;
+	}
+	cr_assert_eq(ev.kind, ARB_EV_CONVERTED);
+	cr_assert_eq(ev.request_id, rid);
+	cr_assert(ev.lease.id == 1 && ev.lease.token == 43 &&
+		  ev.lease.mode == ARB_EXCLUSIVE);
+	arb_close(c);
+	fake_stop(&f);
+}
+
+Test(client, convert_returns_in_time_and_withdraws_to_shared)
+{
+	struct fake f;
+	struct seen s;
+	arb_client *c;
+	uint64_t t0, took, token = 0;
+	int rc;
+
+	fake_start(&f, dir, "a.sock", 0, ANSWER_HELLO_ONLY);
+	cr_assert_eq(arb_connect(&c, f.path, "t"), 0, "%s",
+		     arb_connect_error());
+	t0 = now_ms();
+	rc = arb_convert(c, 5, ARB_EXCLUSIVE, 300, &token);
+	took = now_ms() - t0;
+	cr_assert_eq(rc, -ARB_ETIMEOUT, "rc %d: %s", rc, arb_last_error(c));
+	cr_assert_geq(took, 300);
+	cr_assert_leq(took, 300 + 250, "took %llu ms",
+		      (unsigned long long)took);
+	cr_assert_not_null(strstr(arb_last_error(c), "held shared"), "%s",
+			   arb_last_error(c));
+	cr_assert_eq(token, 0);
+	cr_assert(fake_expect(&f, ARBITER__REQUEST__KIND_CONVERT, &s));
+	cr_assert(s.key == 5 && s.mode == ARBITER__MODE__EXCLUSIVE);
+	cr_assert(fake_expect(&f, ARBITER__REQUEST__KIND_CONVERT, &s),
+		  "the upgrade was not withdrawn");
+	cr_assert(s.key == 5 && s.mode == ARBITER__MODE__SHARED);
+	arb_close(c);
+	fake_stop(&f);
+}
+
+Test(client, try_once_upgrade_and_downgrade_are_bounded_by_the_io_timeout)
+{
+	struct fake f;
+	struct seen s;
+	arb_client *c;
+	uint64_t t0, took;
+	int rc;
+
+	fake_start(&f, dir, "a.sock", 0, ANSWER_HELLO_ONLY);
+	cr_assert_eq(arb_connect_timeout(&c, f.path, "t", 300), 0, "%s",
+		     arb_connect_error());
+	t0 = now_ms();
+	rc = arb_convert(c, 5, ARB_EXCLUSIVE, 0, NULL);
+	took = now_ms() - t0;
+	cr_assert_eq(rc, -ARB_ETIMEOUT, "rc %d: %s", rc, arb_last_error(c));
+	cr_assert_leq(took, 300 + 250, "took %llu ms",
+		      (unsigned long long)took);
+	cr_assert(fake_expect(&f, ARBITER__REQUEST__KIND_CONVERT, &s));
+	cr_assert(fake_expect(&f, ARBITER__REQUEST__KIND_CONVERT, &s),
+		  "the try-once upgrade was not withdrawn");
+	cr_assert(s.key == 5 && s.mode == ARBITER__MODE__SHARED);
+	/* A downgrade cannot be taken back: treat the lease as shared. */
+	rc = arb_convert(c, 5, ARB_SHARED, ARB_WAIT_FOREVER, NULL);
+	cr_assert_eq(rc, -ETIMEDOUT, "rc %d", rc);
+	cr_assert_not_null(strstr(arb_last_error(c), "treat it as shared"),
+			   "%s", arb_last_error(c));
+	arb_close(c);
+	fake_stop(&f);
+}
+
+Test(client, late_upgrade_after_withdrawal_is_swallowed)
+{
+	struct fake f;
+	struct arb_event ev;
+	arb_client *c;
+	char role[16];
+	int rc;
+
+	fake_start(&f, dir, "a.sock", 0, LATE_CONVERT);
+	cr_assert_eq(arb_connect(&c, f.path, "t"), 0, "%s",
+		     arb_connect_error());
+	rc = arb_convert(c, 5, ARB_EXCLUSIVE, 100, NULL);
+	cr_assert_eq(rc, -ARB_ETIMEOUT, "rc %d: %s", rc, arb_last_error(c));
+	/* The next call reads both late answers on its way to its own. */
+	cr_assert_eq(arb_ping(c, role, sizeof role), 0, "%s",
+		     arb_last_error(c));
+	while ((rc = arb_next_event(c, &ev)) > 0)
+		cr_assert_neq(ev.kind, ARB_EV_CONVERTED,
+			      "a withdrawn upgrade was reported");
+	cr_assert_eq(rc, 0, "%s", arb_last_error(c));
+	arb_close(c);
+	fake_stop(&f);
+}
 
 Test(client, acquire_returns_in_time_when_the_daemon_never_answers)
 {
