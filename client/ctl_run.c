@@ -78,9 +78,7 @@
 void
 ctl_run_usage(FILE *out)
 {
-	fputs("  run [-x|-s] [-n | -w SECS] [-E CODE] [-v] [--ttl SECS] [--grace SECS]\n"
-	      "      [--fail-fast] RESOURCE [--] CMD [ARG...]\n"
-	      "        Hold a lease on RESOURCE while CMD runs, like flock(1). Exclusive\n"
+	fputs("        Hold a lease on RESOURCE while CMD runs, like flock(1). Exclusive\n"
 	      "        (-x) by default, -s for shared. -n fails at once if it is held;\n"
 	      "        -w waits at most SECS (fractions allowed), whatever the arbiter\n"
 	      "        does, then withdraws the request; both exit with CODE (-E,\n"
