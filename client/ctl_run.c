@@ -214,9 +214,7 @@ parse_opts(struct run_opts *o, int n, char **v)
 			o->fail_fast = true;
 			break;
 		case 'h':
-			printf("usage: arbiterctl [-S SOCKET | -c CONFIG] "
-			       "[-t SECS] [--trust-uid UID]... run ...\n\n");
-			ctl_run_usage(stdout);
+			(void)command_help(stdout, "run");
 			exit(0);
 		default:
 			usage(stderr);

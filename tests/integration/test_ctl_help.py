@@ -129,6 +129,14 @@ def test_help_command_prints_its_paragraph():
             assert "Also answers to '%s'" % e["alias"] in out
 
 
+def test_run_dash_dash_help_is_help_run():
+    want = ctl("help", "run")
+    for args in (["run", "--help"], ["run", "-h"]):
+        r = ctl(*args)
+        assert r.returncode == 0 and r.stderr == "", r.stderr
+        assert r.stdout == want.stdout
+
+
 def test_help_alone_and_dash_dash_help_print_the_same():
     a, b, c = ctl("help"), ctl("--help"), ctl("-h")
     assert a.returncode == b.returncode == c.returncode == 0
