@@ -34,50 +34,6 @@ const char *socket_path; /* -S, or NULL: the default */
 int io_timeout_ms = 10000; /* -t: for everything but waiting */
 
 void
-usage(FILE *out)
-{
-	fprintf(out,
-"usage: arbiterctl [-S SOCKET | -c CONFIG] [-t SECS] [--trust-uid UID]...\n"
-"                  COMMAND [ARGS]\n"
-"\n"
-"Commands:\n");
-	ctl_run_usage(out);
-	fprintf(out,
-"  ping             exit 0 when the arbiter answers; prints its role\n"
-"  stats [--json] [RESOURCE]\n"
-"                   every figure of the daemon: acquisitions, failures,\n"
-"                   how leases ended, wait and hold times\n"
-"  status [--json] [RESOURCE]\n"
-"                   every resource with its holders and waiters, in order\n"
-"                   (up to 1000 of each per resource; the rest counted)\n"
-"  who              who holds the storage lock and every resource\n"
-"  revoke --lease ID | --pid PID\n"
-"                   end a lease (admins only); its holder is told\n"
-"  stats-reset      restart the stats reply's figures (admins only)\n"
-"\n"
-"The socket is -S SOCKET, else socket.path from -c CONFIG, else\n"
-"$ARBITER_SOCKET, else /run/arbiter/arbiter.sock (root) or\n"
-"/tmp/arbiter-UID/arbiter.sock (other users).\n"
-"\n"
-"-t SECS bounds how long any answer may take (default 10; 0: no bound),\n"
-"waiting for a lease excepted, so a hung arbiter fails a probe. A wait\n"
-"for a lease (-w) ends at most 0.15 s after SECS even if the arbiter\n"
-"never answers.\n"
-"\n"
-"Trust: arbiterctl talks only to a server run by you, by root, by a uid\n"
-"in $ARBITER_TRUST_UID (uids or user names, comma-separated; '*': any)\n"
-"or by --trust-uid UID (a uid or user name, repeatable), or by the owner\n"
-"of a socket folder that only root can have handed over (systemd's\n"
-"RuntimeDirectory=). The default socket's folder must be yours and closed\n"
-"to others. Anything else is refused (exit 77), naming the uid.\n"
-"\n"
-"Exit codes: 0 ok; 1 (or -E CODE) busy or timed out; 64 usage; 69 the\n"
-"arbiter cannot be reached; 70 the arbiter refused; 75 lease revoked;\n"
-"77 the socket or its server is not trusted; 126/127 CMD not\n"
-"executable/not found; else CMD's own status.\n");
-}
-
-void
 die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
 
 void
@@ -992,13 +948,15 @@ cmd_status(int argc, char **argv)
 }
 
 static int
-cmd_who(void)
+cmd_who(int argc, char **argv)
 {
 	const Arbiter__Status *s;
 	const void *p;
 	arb_client *c = connect_or_die("arbiterctl");
 	int rc = arb_status(c, NULL, &p);
 
+	(void)argc;
+	(void)argv;
 	if (rc < 0)
 		die(exit_for(rc), "who: %s", arb_last_error(c));
 	s = p;
@@ -1055,6 +1013,348 @@ cmd_revoke(int argc, char **argv)
 	return 0;
 }
 
+static int
+cmd_ping(int argc, char **argv)
+{
+	arb_client *c = connect_or_die("arbiterctl");
+	char role[32];
+	int rc = arb_ping(c, role, sizeof role);
+
+	(void)argc;
+	(void)argv;
+	if (rc < 0)
+		die(exit_for(rc), "ping: %s", arb_last_error(c));
+	printf("pong %s\n", role);
+	arb_close(c);
+	return 0;
+}
+
+static int
+cmd_stats_reset(int argc, char **argv)
+{
+	arb_client *c = connect_or_die("arbiterctl");
+	int rc = arb_stats_reset(c);
+
+	(void)argc;
+	(void)argv;
+	if (rc < 0)
+		die(exit_for(rc), "stats-reset: %s", arb_last_error(c));
+	arb_close(c);
+	return 0;
+}
+
+static int cmd_help(int argc, char **argv);
+
+/* ------------------------------------------------------------ commands */
+
+/*
+ * Every command, once: the dispatcher, `arbiterctl --help`, `arbiterctl
+ * help COMMAND` and the unknown-command error are all read from this
+ * table, and tests/integration/test_ctl_help.py holds README.md's synopsis
+ * block to what --help prints, so none of them can leave a command out.
+ */
+enum {
+	CMD_CONNECTS = 1 << 0, /* talks to the arbiter: -S, -c, -t apply */
+	CMD_ADMIN = 1 << 1,    /* the arbiter allows it to admins only */
+};
+
+struct ctl_cmd {
+	const char *name;
+	const char *alias;	    /* another name it answers to, not listed */
+	const char *args;	    /* the synopsis after the name */
+	const char *help;	    /* one line for --help */
+	const char *more;	    /* a paragraph for `help NAME`, or NULL */
+	void (*more_fn)(FILE *out); /* or one printed by the command's file */
+	int (*fn)(int argc, char **argv); /* argv[0] is the command */
+	unsigned flags;
+};
+
+static const struct ctl_cmd cmds[] = {
+    {
+	.name = "run",
+	.args = "[-x|-s] [-n | -w SECS] [-E CODE] [-v] [--ttl SECS] "
+		"[--grace SECS] [--fail-fast] RESOURCE [--] CMD [ARG...]",
+	.help = "hold a lease on RESOURCE while CMD runs",
+	.more_fn = ctl_run_usage,
+	.fn = ctl_run,
+	.flags = CMD_CONNECTS,
+    },
+    {
+	.name = "ping",
+	.alias = "health",
+	.help = "exit 0 when the arbiter answers; prints its role",
+	.more = "Prints 'pong' and the arbiter's role: active while it holds "
+		"the storage lock, standby while it waits for another arbiter "
+		"to let it go. Exits 69 when no arbiter answers within -t "
+		"SECS, so it serves as a liveness probe.",
+	.fn = cmd_ping,
+	.flags = CMD_CONNECTS,
+    },
+    {
+	.name = "stats",
+	.args = "[--json] [RESOURCE]",
+	.help = "acquisitions, failures, wait and hold times",
+	.more = "Every figure of the arbiter, in total and for each resource "
+		"(only RESOURCE's when one is named): acquisitions, immediate "
+		"and after a wait; failures by cause; how leases ended; wait "
+		"and hold times (count, mean, max, p50, p90, p99). --json "
+		"prints the same as one JSON object. The figures are read "
+		"from the reply's own field list, so one the arbiter adds is "
+		"shown with no change to arbiterctl.",
+	.fn = cmd_stats,
+	.flags = CMD_CONNECTS,
+    },
+    {
+	.name = "status",
+	.args = "[--json] [RESOURCE]",
+	.help = "every resource with its holders and waiters",
+	.more = "Every resource (or only RESOURCE) with its holders and its "
+		"waiters in queue order: mode, pid, uid, client name, for how "
+		"long, and each holder's fencing token; up to 1000 holders and "
+		"1000 waiters per resource, the rest counted. --json prints "
+		"the same as one JSON object.",
+	.fn = cmd_status,
+	.flags = CMD_CONNECTS,
+    },
+    {
+	.name = "who",
+	.help = "who holds the storage lock and every resource",
+	.more = "Which arbiter holds the storage lock, then every resource's "
+		"holders (pid, client name, mode, fencing token) and how many "
+		"wait for it: a shorter status.",
+	.fn = cmd_who,
+	.flags = CMD_CONNECTS,
+    },
+    {
+	.name = "revoke",
+	.args = "--lease ID | --pid PID",
+	.help = "end a lease; its holder is told",
+	.more = "Ends lease ID, or every lease that process PID holds, and "
+		"prints how many ended. The holder is told: under arbiterctl "
+		"run, CMD's process group gets SIGTERM and arbiterctl exits "
+		"75. The resource goes to its next waiter once "
+		"leases.lock_delay_ms has passed.",
+	.fn = cmd_revoke,
+	.flags = CMD_CONNECTS | CMD_ADMIN,
+    },
+    {
+	.name = "stats-reset",
+	.help = "restart the stats reply's figures",
+	.more = "Starts the counters and histograms that stats shows from "
+		"zero again, in total and per resource. Only the stats "
+		"reply's baseline moves: the Prometheus counters of the "
+		"metrics port keep counting.",
+	.fn = cmd_stats_reset,
+	.flags = CMD_CONNECTS | CMD_ADMIN,
+    },
+    {
+	.name = "help",
+	.args = "[COMMAND]",
+	.help = "this help, or all about one command",
+	.more = "Without COMMAND, prints what 'arbiterctl --help' does: every "
+		"command with its synopsis, then the options and exit codes. "
+		"With COMMAND, prints all about that one.",
+	.fn = cmd_help,
+    },
+};
+
+#define N_CMDS		(sizeof cmds / sizeof cmds[0])
+#define HELP_WIDTH	78 /* where text wraps */
+#define HELP_COLUMN	28 /* where --help's one-line helps start */
+#define SYNOPSIS_INDENT 6  /* a synopsis's second line */
+#define MORE_INDENT	8  /* a paragraph of `help NAME` */
+
+static const struct ctl_cmd *
+find_cmd(const char *name)
+{
+	for (size_t i = 0; i < N_CMDS; i++)
+		if (strcmp(name, cmds[i].name) == 0 ||
+		    (cmds[i].alias && strcmp(name, cmds[i].alias) == 0))
+			return &cmds[i];
+	return NULL;
+}
+
+/* The length of s's first word; a bracket's contents are one word. */
+static size_t
+word_len(const char *s)
+{
+	int depth = 0;
+	size_t n = 0;
+
+	for (; s[n] && (s[n] != ' ' || depth > 0); n++)
+		depth += (s[n] == '[') - (s[n] == ']');
+	return n;
+}
+
+/*
+ * Prints s from column col word by word, starting a line at indent where
+ * the next word would pass HELP_WIDTH; returns the column reached.
+ */
+static int
+put_wrapped(FILE *out, const char *s, int col, int indent)
+{
+	bool fresh = true; /* no word of s on this line yet */
+
+	for (s += strspn(s, " "); *s; s += strspn(s, " ")) {
+		int n = (int)word_len(s);
+
+		if (!fresh && col + 1 + n > HELP_WIDTH) {
+			fprintf(out, "\n%*s", indent, "");
+			col = indent;
+			fresh = true;
+		}
+		if (!fresh) {
+			fputc(' ', out);
+			col++;
+		}
+		fprintf(out, "%.*s", n, s);
+		col += n;
+		s += n;
+		fresh = false;
+	}
+	return col;
+}
+
+/* One command's line (or two) in --help. */
+static void
+list_cmd(FILE *out, const struct ctl_cmd *k)
+{
+	char help[256];
+	int col = fprintf(out, "  %s ", k->name);
+
+	if (k->args)
+		col = put_wrapped(out, k->args, col, SYNOPSIS_INDENT);
+	if (col >= HELP_COLUMN) {
+		fputc('\n', out);
+		col = 0;
+	}
+	fprintf(out, "%*s", HELP_COLUMN - col, "");
+	snprintf(help, sizeof help, "%s%s", k->help,
+		 k->flags & CMD_ADMIN ? " (admins only)" : "");
+	put_wrapped(out, help, HELP_COLUMN, HELP_COLUMN);
+	fputc('\n', out);
+}
+
+/* `arbiterctl help NAME` (and `run --help`): all about one command. */
+int
+command_help(FILE *out, const char *name)
+{
+	const struct ctl_cmd *k = find_cmd(name);
+	int col;
+
+	if (k == NULL)
+		return -1;
+	col = fprintf(out, "usage: arbiterctl %s%s",
+		      k->flags & CMD_CONNECTS ? "[OPTIONS] " : "", k->name);
+	if (k->args) {
+		fputc(' ', out);
+		put_wrapped(out, k->args, col + 1, MORE_INDENT);
+	}
+	fputs("\n\n", out);
+	if (k->more_fn) {
+		k->more_fn(out);
+	} else {
+		fprintf(out, "%*s", MORE_INDENT, "");
+		put_wrapped(out, k->more ? k->more : k->help, MORE_INDENT,
+			    MORE_INDENT);
+		fputc('\n', out);
+	}
+	if (k->alias)
+		fprintf(out, "\nAlso answers to '%s'.\n", k->alias);
+	if (k->flags & CMD_ADMIN)
+		fputs(
+		    "\nAdmins only: the arbiter refuses it (exit 70) to a uid "
+		    "that is neither its\nown nor in [access] admin_uids.\n",
+		    out);
+	if (k->flags & CMD_CONNECTS)
+		fputs(
+		    "\nOPTIONS choose and bound the connection to the arbiter: "
+		    "-S, -c, -t and\n--trust-uid, in 'arbiterctl --help'.\n",
+		    out);
+	return 0;
+}
+
+void
+usage(FILE *out)
+{
+	fputs("usage: arbiterctl [-S SOCKET | -c CONFIG] [-t SECS] "
+	      "[--trust-uid UID]...\n"
+	      "                  COMMAND [ARGS]\n"
+	      "\n"
+	      "Commands:\n",
+	      out);
+	for (size_t i = 0; i < N_CMDS; i++)
+		list_cmd(out, &cmds[i]);
+	fputs("\n"
+	      "'arbiterctl help COMMAND' tells all about one command.\n"
+	      "\n"
+	      "The socket is -S SOCKET, else socket.path from -c CONFIG, else\n"
+	      "$ARBITER_SOCKET, else /run/arbiter/arbiter.sock (root) or\n"
+	      "/tmp/arbiter-UID/arbiter.sock (other users).\n"
+	      "\n"
+	      "-t SECS bounds how long any answer may take (default 10; 0: no "
+	      "bound),\n"
+	      "waiting for a lease excepted, so a hung arbiter fails a probe. "
+	      "A wait\n"
+	      "for a lease (-w) ends at most 0.15 s after SECS even if the "
+	      "arbiter\n"
+	      "never answers.\n"
+	      "\n"
+	      "Trust: arbiterctl talks only to a server run by you, by root, "
+	      "by a uid\n"
+	      "in $ARBITER_TRUST_UID (uids or user names, comma-separated; "
+	      "'*': any)\n"
+	      "or by --trust-uid UID (a uid or user name, repeatable), or by "
+	      "the owner\n"
+	      "of a socket folder that only root can have handed over "
+	      "(systemd's\n"
+	      "RuntimeDirectory=). The default socket's folder must be yours "
+	      "and closed\n"
+	      "to others. Anything else is refused (exit 77), naming the "
+	      "uid.\n"
+	      "\n"
+	      "Exit codes: 0 ok; 1 (or -E CODE) busy or timed out; 64 usage; "
+	      "69 the\n"
+	      "arbiter cannot be reached; 70 the arbiter refused; 75 lease "
+	      "revoked;\n"
+	      "77 the socket or its server is not trusted; 126/127 CMD not\n"
+	      "executable/not found; else CMD's own status.\n",
+	      out);
+}
+
+static void die_unknown(const char *name) __attribute__((noreturn));
+
+/* What to say of a name that is no command: every one that is. */
+static void
+die_unknown(const char *name)
+{
+	char list[512];
+	size_t len = 0;
+
+	list[0] = '\0';
+	for (size_t i = 0; i < N_CMDS && len < sizeof list; i++)
+		len += (size_t)snprintf(list + len, sizeof list - len, "%s%s",
+					i ? ", " : "", cmds[i].name);
+	die(EXIT_USAGE, "unknown command '%s'; commands: %s", name, list);
+}
+
+static int
+cmd_help(int argc, char **argv)
+{
+	if (argc < 2) {
+		usage(stdout);
+		return 0;
+	}
+	if (argc > 2)
+		die(EXIT_USAGE,
+		    "help: unexpected '%s'; usage: arbiterctl help "
+		    "[COMMAND]",
+		    argv[2]);
+	if (command_help(stdout, argv[1]) < 0)
+		die_unknown(argv[1]);
+	return 0;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -1064,7 +1364,7 @@ main(int argc, char **argv)
 		{"version", no_argument, NULL, 'V'},
 		{NULL, 0, NULL, 0},
 	};
-	const char *cmd;
+	const struct ctl_cmd *k;
 	int ch;
 
 	while ((ch = getopt_long(argc, argv, "+S:c:t:hV", opts, NULL)) != -1) {
@@ -1096,44 +1396,8 @@ main(int argc, char **argv)
 		usage(stderr);
 		return EXIT_USAGE;
 	}
-	cmd = argv[optind];
-	argc -= optind;
-	argv += optind;
-	if (strcmp(cmd, "run") == 0)
-		return ctl_run(argc, argv);
-	if (strcmp(cmd, "ping") == 0 || strcmp(cmd, "health") == 0) {
-		arb_client *c = connect_or_die("arbiterctl");
-		char role[32];
-		int rc = arb_ping(c, role, sizeof role);
-
-		if (rc < 0)
-			die(exit_for(rc), "ping: %s", arb_last_error(c));
-		printf("pong %s\n", role);
-		arb_close(c);
-		return 0;
-	}
-	if (strcmp(cmd, "stats") == 0)
-		return cmd_stats(argc, argv);
-	if (strcmp(cmd, "status") == 0)
-		return cmd_status(argc, argv);
-	if (strcmp(cmd, "who") == 0)
-		return cmd_who();
-	if (strcmp(cmd, "revoke") == 0)
-		return cmd_revoke(argc, argv);
-	if (strcmp(cmd, "stats-reset") == 0) {
-		arb_client *c = connect_or_die("arbiterctl");
-		int rc = arb_stats_reset(c);
-
-		if (rc < 0)
-			die(exit_for(rc), "stats-reset: %s", arb_last_error(c));
-		arb_close(c);
-		return 0;
-	}
-	if (strcmp(cmd, "help") == 0) {
-		usage(stdout);
-		return 0;
-	}
-	fprintf(stderr, "arbiterctl: unknown command '%s'\n", cmd);
-	usage(stderr);
-	return EXIT_USAGE;
+	k = find_cmd(argv[optind]);
+	if (k == NULL)
+		die_unknown(argv[optind]);
+	return k->fn(argc - optind, argv + optind);
 }

@@ -78,9 +78,7 @@
 void
 ctl_run_usage(FILE *out)
 {
-	fputs("  run [-x|-s] [-n | -w SECS] [-E CODE] [-v] [--ttl SECS] [--grace SECS]\n"
-	      "      [--fail-fast] RESOURCE [--] CMD [ARG...]\n"
-	      "        Hold a lease on RESOURCE while CMD runs, like flock(1). Exclusive\n"
+	fputs("        Hold a lease on RESOURCE while CMD runs, like flock(1). Exclusive\n"
 	      "        (-x) by default, -s for shared. -n fails at once if it is held;\n"
 	      "        -w waits at most SECS (fractions allowed), whatever the arbiter\n"
 	      "        does, then withdraws the request; both exit with CODE (-E,\n"
@@ -216,9 +214,7 @@ parse_opts(struct run_opts *o, int n, char **v)
 			o->fail_fast = true;
 			break;
 		case 'h':
-			printf("usage: arbiterctl [-S SOCKET | -c CONFIG] "
-			       "[-t SECS] [--trust-uid UID]... run ...\n\n");
-			ctl_run_usage(stdout);
+			(void)command_help(stdout, "run");
 			exit(0);
 		default:
 			usage(stderr);

@@ -21,13 +21,16 @@
 
 /* arbiterctl run ARGS: argv[0] is "run". Returns the exit status. */
 int ctl_run(int argc, char **argv);
-/* The run paragraph of `arbiterctl --help`. */
+/* The paragraph of `arbiterctl help run`, under the synopsis that
+ * arbiterctl.c's command table holds. */
 void ctl_run_usage(FILE *out);
 
 /* From arbiterctl.c. */
 extern int io_timeout_ms; /* -t, in ms; 0: no bound */
 extern const char *socket_path; /* -S, or NULL: the default */
 void usage(FILE *out);
+/* All about one command (`arbiterctl help NAME`); -1 if there is none. */
+int command_help(FILE *out, const char *name);
 void die(int code, const char *fmt, ...)
     __attribute__((format(printf, 2, 3), noreturn));
 double parse_secs(const char *s, const char *what);
