@@ -597,7 +597,7 @@ class BaseLease:
 
     __slots__ = ("resource", "mode", "token", "lease_id", "ttl", "waited",
                  "revoked", "released", "_client", "_raw", "_gate",
-                 "_auto_renew", "_on_revoked", "__weakref__")
+                 "_auto_renew", "_on_revoked", "_conn", "__weakref__")
 
     def __init__(self, client, raw, granted):
         self._client = client
@@ -613,6 +613,7 @@ class BaseLease:
         self._gate = None
         self._auto_renew = False
         self._on_revoked = None
+        self._conn = None       # the connection it was granted on
 
     @property
     def held(self):
