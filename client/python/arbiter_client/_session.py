@@ -109,6 +109,7 @@ class Session:
         self.leases = {}
         self.gates = {}
         self.shutdown_seen = False      # the daemon said it stops
+        self.reader = None              # feed()'s FrameReader
 
     def next_id(self):
         return next(self.ids)
@@ -127,6 +128,18 @@ class Session:
         return p
 
     # ------------------------------------------------------------ receiving
+
+    def feed(self, data):
+        """Bytes from the daemon (any cut of its frames) in, the actions of
+        every whole message out. (The transports decode with the reader of
+        each connection, which also reads the handshake, and call
+        receive() per message.)"""
+        if self.reader is None:
+            self.reader = P.FrameReader(self.socket_path)
+        actions = []
+        for m in self.reader.feed(data):
+            actions.extend(self.receive(m))
+        return actions
 
     def receive(self, m):
         """One message from the daemon: returns the actions it calls for."""
