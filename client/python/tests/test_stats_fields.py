@@ -111,7 +111,7 @@ def test_status_reports_the_omitted_holders_and_waiters():
     assert q["holders"] == [{
         "lease_id": 1, "mode": "shared", "pid": 10, "uid": 0,
         "client_name": "h", "held_us": 0, "token": 0, "ttl_ms": 0,
-        "connection_id": 0}]
+        "connection_id": 0, "converting": False, "converting_us": 0}]
     assert [(w["position"], w["lease_id"], w["mode"]) for w in
             q["waiters"]] == [(1, 2, "exclusive"), (2, 3, "shared")]
 
