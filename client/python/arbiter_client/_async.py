@@ -681,7 +681,10 @@ def _after_fork_in_child():
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-class _AcquireReturnProxy:
+class AsyncAcquireReturnProxy:
+    """What ``await lock.acquire()`` gives: ``async with`` it releases
+    once on exit."""
+
     def __init__(self, lock):
         self.lock = lock
 
@@ -715,7 +718,7 @@ class _AcquireCall:
         return False
 
 
-class AsyncArbiterLock:
+class AsyncArbiterLock(P.LockBase):
     """The asyncio twin of ArbiterLock: ``await lock.acquire(timeout=None,
     blocking=True)``, ``await lock.release()``, ``is_locked``, ``async with
     lock:``. Re-entrancy is counted per task (the task that holds it may
@@ -724,15 +727,9 @@ class AsyncArbiterLock:
     def __init__(self, resource, timeout=-1, *, shared=False, ttl=None,
                  blocking=True, client=None, socket_path=None,
                  on_revoked=None, trust_uids=None, **_ignored):
-        self._raw, self.resource = P.check_name(resource)
-        self.timeout = timeout
-        self.blocking = blocking
-        self.shared = shared
-        self.ttl = ttl
-        self.on_revoked = on_revoked
+        self._setup(resource, timeout, shared, ttl, blocking, on_revoked,
+                    socket_path, trust_uids)
         self._own_client = client is None
-        self._socket_path = socket_path
-        self._trust_uids = trust_uids
         self._client = client or AsyncClient(socket_path,
                                              trust_uids=trust_uids)
         self._ctxs = weakref.WeakKeyDictionary()
@@ -747,26 +744,12 @@ class AsyncArbiterLock:
                                        trust_uids=self._trust_uids)
         return self._client
 
-    def _ctx(self):
+    def _count(self):
         t = asyncio.current_task()
         c = self._ctxs.get(t)
         if c is None:
             c = self._ctxs[t] = P.LockCount()
         return c
-
-    @property
-    def is_locked(self):
-        """True while the current task holds it: False as soon as the
-        daemon ended the lease (the next acquire takes a new one)."""
-        return self._ctx().held
-
-    @property
-    def lock_counter(self):
-        return self._ctx().counter
-
-    @property
-    def lease(self):
-        return self._ctx().lease
 
     def acquire(self, timeout=None, poll_interval=None, *, blocking=None,
                 poll_intervall=None):
@@ -775,13 +758,8 @@ class AsyncArbiterLock:
         return _AcquireCall(self, (timeout, blocking))
 
     async def _acquire(self, timeout, blocking):
-        if timeout is None:
-            timeout = self.timeout
-        if blocking is None:
-            blocking = self.blocking
-        if not blocking:
-            timeout = 0
-        ctx = self._ctx()
+        timeout = self._wait_for(timeout, blocking)
+        ctx = self._count()
         if not ctx.reenter():
             ended = ctx.ended()
             if ended is not None:       # lets the next one in
@@ -789,15 +767,12 @@ class AsyncArbiterLock:
                     await ended.release()
                 except E.LeaseRevoked:
                     pass
-            ctx.adopt(await self.client.acquire(
-                self._raw, self.shared, timeout, self.ttl,
-                on_revoked=self.on_revoked))
-        return _AcquireReturnProxy(self)
+            args, kw = self._take_args(timeout)
+            ctx.adopt(await self.client.acquire(*args, **kw))
+        return AsyncAcquireReturnProxy(self)
 
     async def release(self, force=False):
-        lease, ended = self._ctx().count_down(force)
-        if ended is not None:
-            ended.check()
+        lease = self._count_down(force)
         if lease is not None:
             await lease.release()
 

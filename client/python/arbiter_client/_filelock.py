@@ -64,8 +64,9 @@ from queue import SimpleQueue
 
 from . import _proto as P
 from . import errors as E
-from ._async import AsyncClient
-from ._sync import _release_on_exit, default_client
+from ._async import AsyncAcquireReturnProxy, AsyncClient
+from ._async import _AcquireCall as _AsyncAcquire
+from ._sync import _AcquireReturnProxy, _release_on_exit, default_client
 
 try:  # catch-compatible with filelock when it is installed
     from filelock import Timeout as _UpstreamTimeout
@@ -237,21 +238,6 @@ def _left(t, start):
     if t is None or t == 0:
         return t
     return max(0.0, t - (time.monotonic() - start))
-
-
-class _AcquireReturnProxy:
-    """What FileLock.acquire() returns: ``with lock.acquire(timeout=5):``
-    releases once on exit (not twice, as ``with lock`` would)."""
-
-    def __init__(self, lock):
-        self.lock = lock
-
-    def __enter__(self):
-        return self.lock
-
-    def __exit__(self, et, ev, tb):
-        _release_on_exit(self.lock, ev)
-        return False
 
 
 # ------------------------------------------------------------ in-process slots
@@ -697,44 +683,6 @@ class FileLock(_BaseLock, contextlib.ContextDecorator):
 _async_holders = {}     # (socket, resource) -> (weakref to task, lock id)
 
 _AsyncDecorator = getattr(contextlib, "AsyncContextDecorator", object)
-
-
-class _AsyncAcquire:
-    """What AsyncFileLock.acquire() returns: ``await`` it (as filelock's
-    coroutine: gives a proxy for ``async with``), or use it directly:
-    ``async with lock.acquire(timeout=5):``."""
-
-    __slots__ = ("_lock", "_args")
-
-    def __init__(self, lock, args):
-        self._lock = lock
-        self._args = args
-
-    def __await__(self):
-        return self._lock._acquire(*self._args).__await__()
-
-    async def __aenter__(self):
-        await self._lock._acquire(*self._args)
-        return self._lock
-
-    async def __aexit__(self, et, ev, tb):
-        await self._lock._exit(ev)
-        return False
-
-
-class AsyncAcquireReturnProxy:
-    """What ``await lock.acquire()`` gives: ``async with`` it releases
-    once on exit."""
-
-    def __init__(self, lock):
-        self.lock = lock
-
-    async def __aenter__(self):
-        return self.lock
-
-    async def __aexit__(self, et, ev, tb):
-        await self.lock._exit(ev)
-        return False
 
 
 class AsyncFileLock(_BaseLock, _AsyncDecorator):

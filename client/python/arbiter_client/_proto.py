@@ -702,6 +702,68 @@ class LockCount:
         return None, None
 
 
+class LockBase:
+    """What ArbiterLock and AsyncArbiterLock share: their arguments, the
+    re-entrant count around the lease (a LockCount per thread or task, given
+    by _count()) and the steps of acquire and release on it."""
+
+    def _setup(self, resource, timeout, shared, ttl, blocking, on_revoked,
+               socket_path, trust_uids):
+        self._raw, self.resource = check_name(resource)
+        self.timeout = timeout
+        self.blocking = blocking
+        self.shared = shared
+        self.ttl = ttl
+        self.on_revoked = on_revoked
+        self._socket_path = socket_path
+        self._trust_uids = trust_uids
+
+    @property
+    def is_locked(self):
+        """True while this object (this thread's or task's share) holds the
+        lease: False as soon as the daemon ended it (the next acquire takes
+        a new one)."""
+        return self._count().held
+
+    @property
+    def lock_counter(self):
+        return self._count().counter
+
+    @property
+    def lease(self):
+        """The lease behind the lock (token, lease_id...) or None."""
+        return self._count().lease
+
+    def _wait_for(self, timeout, blocking):
+        """The timeout of acquire(timeout, blocking): None takes the
+        object's; blocking=False (or the object's) tries once."""
+        if timeout is None:
+            timeout = self.timeout
+        if blocking is None:
+            blocking = self.blocking
+        return timeout if blocking else 0
+
+    def _take_args(self, timeout):
+        """The client's acquire() arguments for a new lease."""
+        return ((self._raw, self.shared, timeout, self.ttl),
+                {"on_revoked": self.on_revoked})
+
+    def _count_down(self, force):
+        """One release (all with force): the lease to release now, or None.
+        Raises LeaseRevoked when it ends the count of a lease the daemon
+        ended."""
+        lease, ended = self._count().count_down(force)
+        if ended is not None:
+            ended.check()
+        return lease
+
+    def __repr__(self):
+        return "<%s %r %s counter=%d>" % (
+            type(self).__name__, self.resource,
+            "locked" if self.is_locked else "unlocked", self.lock_counter)
+
+
+
 # ------------------------------------------------------------ stats, status
 
 # Both are built from the messages' descriptors, not from lists of their

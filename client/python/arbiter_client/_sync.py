@@ -969,7 +969,7 @@ class _AcquireReturnProxy:
         return self.lock
 
     def __exit__(self, et, ev, tb):
-        self.lock._exit(ev)
+        _release_on_exit(self.lock, ev)
         return False
 
 
@@ -977,7 +977,7 @@ class _LocalCtx(P.LockCount, threading.local):
     """One LockCount per thread."""
 
 
-class ArbiterLock:
+class ArbiterLock(P.LockBase):
     """A lock with filelock.FileLock's API, backed by an arbiter lease.
 
     Swap ``FileLock("/data/db.lock")`` for ``ArbiterLock("db")``:
@@ -1008,15 +1008,9 @@ class ArbiterLock:
                  blocking=True, thread_local=True, client=None,
                  socket_path=None, on_revoked=None, trust_uids=None,
                  **_ignored):
-        self._raw, self.resource = P.check_name(resource)
-        self.timeout = timeout
-        self.blocking = blocking
-        self.shared = shared
-        self.ttl = ttl
-        self.on_revoked = on_revoked
+        self._setup(resource, timeout, shared, ttl, blocking, on_revoked,
+                    socket_path, trust_uids)
         self._client = client
-        self._socket_path = socket_path
-        self._trust_uids = trust_uids
         self._thread_local = thread_local
         self._ctx = _LocalCtx() if thread_local else P.LockCount()
         self._mutex = threading.Lock()       # guards counts (shared ctx)
@@ -1034,20 +1028,8 @@ class ArbiterLock:
             return self._client
         return default_client(self._socket_path, self._trust_uids)
 
-    @property
-    def is_locked(self):
-        """True while this object (this thread's share, when thread_local)
-        holds the lease: False as soon as the daemon ended it."""
-        return self._ctx.held
-
-    @property
-    def lock_counter(self):
-        return self._ctx.counter
-
-    @property
-    def lease(self):
-        """The Lease behind the lock (token, lease_id...) or None."""
-        return self._ctx.lease
+    def _count(self):
+        return self._ctx
 
     def acquire(self, timeout=None, poll_interval=None, *, blocking=None,
                 poll_intervall=None):
@@ -1056,12 +1038,7 @@ class ArbiterLock:
         ``blocking=False`` tries once. ``poll_interval`` is accepted for
         filelock compatibility and ignored: nothing polls, the daemon wakes
         the waiter."""
-        if timeout is None:
-            timeout = self.timeout
-        if blocking is None:
-            blocking = self.blocking
-        if not blocking:
-            timeout = 0
+        timeout = self._wait_for(timeout, blocking)
         ctx = self._ctx
         if self._thread_local:
             if not ctx.reenter():
@@ -1095,8 +1072,8 @@ class ArbiterLock:
         return _AcquireReturnProxy(self)
 
     def _take(self, timeout):
-        lease = self.client.acquire(self._raw, self.shared, timeout,
-                                    self.ttl, on_revoked=self.on_revoked)
+        args, kw = self._take_args(timeout)
+        lease = self.client.acquire(*args, **kw)
         self._held.add(lease)
         return lease
 
@@ -1105,9 +1082,7 @@ class ArbiterLock:
         Raises LeaseRevoked if the daemon ended the lease meanwhile.
         Releasing an unlocked lock does nothing."""
         with self._mutex:
-            lease, ended = self._ctx.count_down(force)
-        if ended is not None:
-            ended.check()
+            lease = self._count_down(force)
         if lease is not None:
             self._held.discard(lease)
             lease.release()
@@ -1132,11 +1107,6 @@ class ArbiterLock:
                     lease._client._post(_quiet_release, lease)
                 except Exception:
                     pass
-
-    def __repr__(self):
-        return "<ArbiterLock %r %s counter=%d>" % (
-            self.resource, "locked" if self.is_locked else "unlocked",
-            self.lock_counter)
 
 
 def _end_quietly(lease):
