@@ -30,7 +30,6 @@ from . import _proto as P
 from . import _session as S
 from . import _trust
 from . import errors as E
-from ._proto import pb
 
 _log = logging.getLogger("arbiter_client")
 _live = weakref.WeakSet()
@@ -65,13 +64,8 @@ async def _release_on_exit(lease, ev):
         S.note_revoked(exc, ev)
 
 
-class _ALeaseContext:
-    __slots__ = ("_client", "_args", "_lease")
-
-    def __init__(self, client, args):
-        self._client = client
-        self._args = args
-        self._lease = None
+class _ALeaseContext(P.LeaseContextBase):
+    __slots__ = ()
 
     async def __aenter__(self):
         self._lease = await self._client.acquire(*self._args[0],
@@ -304,10 +298,7 @@ class AsyncClient:
 
     def _check(self):
         if self._pid != os.getpid():
-            raise E.ConnectionLost(
-                "this AsyncClient was created in process %d and does not "
-                "survive fork(): create a new one in process %d" %
-                (self._pid, os.getpid()), socket_path=self.socket_path)
+            raise P.forked("AsyncClient", self._pid, self.socket_path)
         if self._closed is not None:
             raise copy.copy(self._closed)
         return self
@@ -660,10 +651,16 @@ class AsyncClient:
                 os.close(fd)
             except OSError:
                 pass
-        self._closed = E.ConnectionLost(
-            "this AsyncClient was created in process %d and does not survive "
-            "fork(): create a new one in process %d" %
-            (self._pid, os.getpid()), socket_path=self.socket_path)
+        self._closed = P.forked("AsyncClient", self._pid, self.socket_path)
+
+
+async def _end_quietly(lease):
+    """Clean up after a lease the daemon ended (lets the next one in)."""
+    if lease is not None:
+        try:
+            await lease.release()
+        except E.LeaseRevoked:
+            pass
 
 
 async def _logged(aw, fn):
@@ -718,7 +715,23 @@ class _AcquireCall:
         return False
 
 
-class AsyncArbiterLock(P.LockBase):
+class AsyncLockContext:
+    """``async with`` for the asyncio lock objects (AsyncArbiterLock,
+    AsyncFileLock): acquire on entry, release once on exit."""
+
+    async def _exit(self, ev):
+        await _release_on_exit(self, ev)
+
+    async def __aenter__(self):
+        await self.acquire()
+        return self
+
+    async def __aexit__(self, et, ev, tb):
+        await self._exit(ev)
+        return False
+
+
+class AsyncArbiterLock(AsyncLockContext, P.LockBase):
     """The asyncio twin of ArbiterLock: ``await lock.acquire(timeout=None,
     blocking=True)``, ``await lock.release()``, ``is_locked``, ``async with
     lock:``. Re-entrancy is counted per task (the task that holds it may
@@ -761,12 +774,7 @@ class AsyncArbiterLock(P.LockBase):
         timeout = self._wait_for(timeout, blocking)
         ctx = self._count()
         if not ctx.reenter():
-            ended = ctx.ended()
-            if ended is not None:       # lets the next one in
-                try:
-                    await ended.release()
-                except E.LeaseRevoked:
-                    pass
+            await _end_quietly(ctx.ended())
             args, kw = self._take_args(timeout)
             ctx.adopt(await self.client.acquire(*args, **kw))
         return AsyncAcquireReturnProxy(self)
@@ -775,14 +783,3 @@ class AsyncArbiterLock(P.LockBase):
         lease = self._count_down(force)
         if lease is not None:
             await lease.release()
-
-    async def _exit(self, ev):
-        await _release_on_exit(self, ev)
-
-    async def __aenter__(self):
-        await self.acquire()
-        return self
-
-    async def __aexit__(self, et, ev, tb):
-        await self._exit(ev)
-        return False

@@ -535,6 +535,16 @@ def lost(path, why=None):
         socket_path=path)
 
 
+def forked(what, pid, path):
+    """The error of a client (what: "Client" or "AsyncClient") used in a
+    child of the process pid that made it."""
+    return E.ConnectionLost(
+        "this %s was created in process %d and does not survive fork(): "
+        "create a new %s in process %d" %
+        (what, pid, "Client" if what == "Client" else "one", os.getpid()),
+        socket_path=path)
+
+
 def shut_down(path):
     """The exception for a connection that ended after the daemon said it
     was shutting down."""
@@ -702,21 +712,10 @@ class LockCount:
         return None, None
 
 
-class LockBase:
-    """What ArbiterLock and AsyncArbiterLock share: their arguments, the
-    re-entrant count around the lease (a LockCount per thread or task, given
-    by _count()) and the steps of acquire and release on it."""
-
-    def _setup(self, resource, timeout, shared, ttl, blocking, on_revoked,
-               socket_path, trust_uids):
-        self._raw, self.resource = check_name(resource)
-        self.timeout = timeout
-        self.blocking = blocking
-        self.shared = shared
-        self.ttl = ttl
-        self.on_revoked = on_revoked
-        self._socket_path = socket_path
-        self._trust_uids = trust_uids
+class CountView:
+    """The state of a re-entrant lock object, read from its LockCount (the
+    one of this thread or task, or of the object, as _count() gives it):
+    shared by ArbiterLock, AsyncArbiterLock, FileLock and AsyncFileLock."""
 
     @property
     def is_locked(self):
@@ -734,6 +733,44 @@ class LockBase:
         """The lease behind the lock (token, lease_id...) or None."""
         return self._count().lease
 
+    def _count_down(self, force):
+        """One release (all with force): the lease to release now, or None.
+        Raises LeaseRevoked when it ends the count of a lease the daemon
+        ended."""
+        lease, ended = self._count().count_down(force)
+        if ended is not None:
+            ended.check()
+        return lease
+
+
+class LeaseContextBase:
+    """Client.lease() and AsyncClient.lease(): acquire(*args[0],
+    **args[1]) on entry, release on exit."""
+
+    __slots__ = ("_client", "_args", "_lease")
+
+    def __init__(self, client, args):
+        self._client = client
+        self._args = args
+        self._lease = None
+
+
+class LockBase(CountView):
+    """What ArbiterLock and AsyncArbiterLock share: their arguments, the
+    re-entrant count around the lease (a LockCount per thread or task, given
+    by _count()) and the steps of acquire and release on it."""
+
+    def _setup(self, resource, timeout, shared, ttl, blocking, on_revoked,
+               socket_path, trust_uids):
+        self._raw, self.resource = check_name(resource)
+        self.timeout = timeout
+        self.blocking = blocking
+        self.shared = shared
+        self.ttl = ttl
+        self.on_revoked = on_revoked
+        self._socket_path = socket_path
+        self._trust_uids = trust_uids
+
     def _wait_for(self, timeout, blocking):
         """The timeout of acquire(timeout, blocking): None takes the
         object's; blocking=False (or the object's) tries once."""
@@ -747,15 +784,6 @@ class LockBase:
         """The client's acquire() arguments for a new lease."""
         return ((self._raw, self.shared, timeout, self.ttl),
                 {"on_revoked": self.on_revoked})
-
-    def _count_down(self, force):
-        """One release (all with force): the lease to release now, or None.
-        Raises LeaseRevoked when it ends the count of a lease the daemon
-        ended."""
-        lease, ended = self._count().count_down(force)
-        if ended is not None:
-            ended.check()
-        return lease
 
     def __repr__(self):
         return "<%s %r %s counter=%d>" % (

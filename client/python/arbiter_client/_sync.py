@@ -48,7 +48,6 @@ from . import _proto as P
 from . import _session as S
 from . import _trust
 from . import errors as E
-from ._proto import pb
 from ._session import QueueInfo  # noqa: F401 (re-exported)
 
 _live_clients = weakref.WeakSet()
@@ -86,13 +85,8 @@ def _release_on_exit(lease, ev):
         S.note_revoked(exc, ev)
 
 
-class _LeaseContext:
-    __slots__ = ("_client", "_args", "_lease")
-
-    def __init__(self, client, args):
-        self._client = client
-        self._args = args
-        self._lease = None
+class _LeaseContext(P.LeaseContextBase):
+    __slots__ = ()
 
     def __enter__(self):
         self._lease = self._client.acquire(*self._args[0], **self._args[1])
@@ -320,10 +314,7 @@ class Client:
 
     def _raise_dead(self):
         if self._pid != os.getpid():
-            raise E.ConnectionLost(
-                "this Client was created in process %d and does not survive "
-                "fork(): create a new Client in process %d" %
-                (self._pid, os.getpid()), socket_path=self.socket_path)
+            raise P.forked("Client", self._pid, self.socket_path)
         raise copy.copy(self._closed)
 
     def _submit(self, req, pending, conn=None):
@@ -910,10 +901,7 @@ class Client:
         self._conn_lock = threading.Lock()
         self._callers = 0
         self._reading = False
-        self._closed = E.ConnectionLost(
-            "this Client was created in process %d and does not survive "
-            "fork(): create a new Client in process %d" %
-            (self._pid, os.getpid()), socket_path=self.socket_path)
+        self._closed = P.forked("Client", self._pid, self.socket_path)
 
 
 # ---------------------------------------------------------------- defaults

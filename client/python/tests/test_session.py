@@ -33,6 +33,10 @@ def frame(**kw):
     return len(data).to_bytes(P.FRAME_HEADER, "big") + data
 
 
+def refusal(req_id, code):
+    return frame(id=req_id, error=pb.Error(code=code, message="no"))
+
+
 def acquire(s, raw=b"db", on_queued=None, auto_renew=True, owner=1):
     """Register an acquire as a transport does: (request, pending)."""
     gate = s.gate_take(raw, S.Gate(owner))
@@ -114,7 +118,8 @@ def test_queue_events_reach_the_waiters_callback():
     assert acts[0][2].holder_pid == 77
     assert req.id in s.pending          # still waiting for the grant
     s.withdraw(req.id, p)
-    assert s.feed(frame(id=req.id, queued=pb.Queued(resource="db", lease_id=4))) == []
+    assert s.feed(frame(id=req.id, queued=pb.Queued(resource="db",
+                                                     lease_id=4))) == []
 
 
 def test_a_grant_after_a_withdrawal_is_released_quietly():
@@ -134,7 +139,7 @@ def test_a_refusal_after_a_withdrawal_opens_the_gate_only():
     s = session()
     req, p = acquire(s)
     s.withdraw(req.id, p)
-    acts = s.feed(frame(id=req.id, error=pb.Error(code=pb.WOULD_BLOCK, message="busy")))
+    acts = s.feed(refusal(req.id, pb.WOULD_BLOCK))
     assert acts == [(S.GATE_EXIT, b"db", p.gate)]
 
 
@@ -203,12 +208,12 @@ def test_closing_ends_leases_without_revocations():
 def test_daemon_errors_of_an_acquire():
     s = session()
     req, p = acquire(s)
-    s.feed(frame(id=req.id, error=pb.Error(code=pb.SHUTTING_DOWN, message="bye")))
+    s.feed(refusal(req.id, pb.SHUTTING_DOWN))
     lease, exc, stopping = s.acquire_answer(p, p.msg, "db", None)
     assert lease is None and isinstance(exc, ac.ConnectionLost) and stopping
     assert s.shutdown_seen
     req, p = acquire(s, raw=b"b")
-    s.feed(frame(id=req.id, error=pb.Error(code=pb.WOULD_BLOCK, message="busy")))
+    s.feed(refusal(req.id, pb.WOULD_BLOCK))
     lease, exc, stopping = s.acquire_answer(p, p.msg, "b", 0)
     assert isinstance(exc, ac.WouldBlock) and not stopping
 
