@@ -173,7 +173,7 @@ class AsyncClient:
         self._session = S.Session(
             self.socket_path,
             lambda raw, granted: AsyncLease(self, raw, granted), "task",
-            "AsyncClient", "AsyncArbiterLock")
+            "AsyncClient", "AsyncArbiterLock", self._may_reconnect)
         self._closed = None
         self._closing = False
         self._tasks = set()
@@ -303,9 +303,6 @@ class AsyncClient:
             raise copy.copy(self._closed)
         return self
 
-    async def _ensure(self):
-        await self._connected()
-
     async def __aenter__(self):
         await self.connect()
         return self
@@ -347,18 +344,6 @@ class AsyncClient:
     # Tables in the session, under the names the tests know.
     _leases = property(lambda self: self._session.leases)
     _gates = property(lambda self: self._session.gates)
-
-    async def _call(self, req, want, op, resource=None, conn=None):
-        if conn is not None:
-            return await self._call_on(req, want, op, resource, conn)
-        await self._ensure()
-        try:
-            return await self._call_on(req, want, op, resource, None)
-        except E.ConnectionLost as exc:
-            if not (P.may_resend(exc, op) and self._may_reconnect()):
-                raise
-        await self._ensure()
-        return await self._call_on(req, want, op, resource, None)
 
     async def _call_on(self, req, want, op, resource, conn):
         req.id = self._session.next_id()
@@ -501,7 +486,7 @@ class AsyncClient:
         safe: a cancelled acquire leaves nothing granted or queued."""
         return await self._run(self._session.acquire(
             resource, shared, timeout, ttl, on_revoked, on_queued, auto_renew,
-            lock_delay, self._may_reconnect))
+            lock_delay))
 
     async def _acquire_on(self, raw, text, shared, timeout, deadline, ttl_ms,
                           on_queued, on_revoked, auto_renew, lock_delay,

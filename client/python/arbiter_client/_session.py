@@ -16,9 +16,10 @@ Whatever takes more than one exchange (an acquire that may connect
 again, a status in pages) is written once as a plan: a generator that
 yields steps, each (name of a transport method, its arguments...), and is
 sent the method's result or thrown its exception. Each transport drives
-plans with its _run(), calling the method (awaiting it, for asyncio); the
-one it calls for a request is _call(request, wanted reply kind, op name
-[, resource, connection]), which returns the wanted part of the reply.
+plans with its _run(), calling the method (awaiting it, for asyncio):
+_connected(deadline, once, ...) to connect (again), _call_on(request,
+wanted reply kind, op name, resource, connection) for one request and its
+answer, _gate_enter/_gate_exit, _acquire_on for one acquire.
 """
 import itertools
 import time
@@ -96,10 +97,14 @@ class Session:
 
     new_lease(raw, granted): the transport's lease class bound to its
     client. who: "thread" or "task"; client_name, lock_name: the classes to
-    name in messages ("Client", "ArbiterLock" or the async ones)."""
+    name in messages ("Client", "ArbiterLock" or the async ones).
+    may_reconnect(): True when the client may connect again after a loss
+    (not closed, not forked)."""
 
-    def __init__(self, socket_path, new_lease, who, client_name, lock_name):
+    def __init__(self, socket_path, new_lease, who, client_name, lock_name,
+                 may_reconnect=lambda: False):
         self.socket_path = socket_path
+        self.may_reconnect = may_reconnect
         self.new_lease = new_lease
         self.who = who
         self.client_name = client_name
@@ -339,11 +344,11 @@ class Session:
     # ------------------------------------------------------------ operations
 
     def acquire(self, resource, shared, timeout, ttl, on_revoked, on_queued,
-                auto_renew, lock_delay, may_reconnect):
+                auto_renew, lock_delay):
         """Plan: acquire a lease within the timeout. When the daemon goes
         away while the request waits (or before it went out), nothing was
         granted that still stands: ask the daemon that comes back, within
-        the same timeout (may_reconnect(): the client may connect again)."""
+        the same timeout."""
         raw, text = P.check_name(resource)
         timeout = P.normalize_timeout(timeout)
         ttl_ms = P.seconds_to_ms(ttl, "ttl") if ttl else 0
@@ -359,7 +364,7 @@ class Session:
                                auto_renew, lock_delay, gate))
             except E.ConnectionLost as exc:
                 if not (P.may_requeue(exc, timeout, deadline) and
-                        may_reconnect()):
+                        self.may_reconnect()):
                     yield "_gate_exit", raw, gate
                     raise exc
             try:
@@ -393,10 +398,28 @@ class Session:
 
     # ------------------------------------------------------------ plans
 
+    def call(self, req, want, op, resource=None, conn=None):
+        """Plan: one request and the wanted part of its answer. Sent on the
+        connection conn only, when given (a lease's release or renew must
+        never reach a later connection, whose leases may have the same
+        ids); else on the current one, connecting again when it was lost,
+        and once more on a new one when a read-only request finds its
+        connection broken (the daemon restarted while the client idled)."""
+        if conn is not None:
+            return (yield "_call_on", req, want, op, resource, conn)
+        yield ("_connected",)
+        try:
+            return (yield "_call_on", req, want, op, resource, None)
+        except E.ConnectionLost as exc:
+            if not (P.may_resend(exc, op) and self.may_reconnect()):
+                raise exc
+        yield ("_connected",)
+        return (yield "_call_on", req, want, op, resource, None)
+
     def ping(self, payload):
         t = time.perf_counter()
-        r = yield ("_call", pb.Request(ping=pb.Ping(payload=payload)), "pong",
-                   "ping")
+        r = yield from self.call(pb.Request(ping=pb.Ping(payload=payload)),
+                               "pong", "ping")
         return {"role": r.role, "payload": r.payload,
                 "seconds": time.perf_counter() - t}
 
@@ -406,7 +429,7 @@ class Session:
         # The daemon answers in pages; merging them adds up the resources.
         whole = reply()
         while True:
-            page = yield "_call", req, field, op
+            page = yield from self.call(req, field, op)
             whole.MergeFrom(page)
             if not page.next_cursor:
                 return to_dict(whole)
@@ -429,18 +452,19 @@ class Session:
             req.revoke.lease_id = lease_id
         else:
             req.revoke.pid = pid
-        return (yield "_call", req, "revoke_done", "revoke").revoked
+        return (yield from self.call(req, "revoke_done", "revoke")).revoked
 
     def stats_reset(self):
-        yield ("_call", pb.Request(stats_reset=pb.StatsReset()),
-               "stats_reset_done", "stats reset")
+        yield from self.call(pb.Request(stats_reset=pb.StatsReset()),
+                             "stats_reset_done", "stats reset")
 
     def renew(self, lease, ttl=None):
         lease.check()
         req = pb.Request(renew=pb.Renew(lease_id=lease.lease_id))
         if ttl:
             req.renew.ttl_ms = P.seconds_to_ms(ttl, "ttl")
-        r = yield "_call", req, "renewed", "renew", lease.resource, lease._conn
+        r = yield from self.call(req, "renewed", "renew", lease.resource,
+                                 lease._conn)
         lease.ttl = r.ttl_ms / 1000.0 if r.ttl_ms else None
         return lease.ttl
 
@@ -450,8 +474,8 @@ class Session:
         or the connection is gone (the lease ended with it)."""
         req = pb.Request(release=pb.Release(lease_id=lease.lease_id))
         try:
-            yield ("_call", req, "released", "release", lease.resource,
-                   lease._conn)
+            yield from self.call(req, "released", "release", lease.resource,
+                                 lease._conn)
         except E.ConnectionLost:
             pass  # the lease ended with the connection
         except E.ArbiterError as exc:

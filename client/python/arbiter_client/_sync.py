@@ -136,7 +136,7 @@ class Client:
         self._gate_cond = threading.Condition(threading.Lock())
         self._session = S.Session(
             self.socket_path, lambda raw, granted: Lease(self, raw, granted),
-            "thread", "Client", "ArbiterLock")
+            "thread", "Client", "ArbiterLock", self._may_reconnect)
         self._closed = None
         self._closing = False
         self._work = SimpleQueue()
@@ -379,18 +379,6 @@ class Client:
             return getattr(self, step[0])(*step[1:]), None
         except BaseException as exc:
             return None, exc
-
-    def _call(self, req, want, op, resource=None, conn=None):
-        if conn is not None:
-            return self._call_on(req, want, op, resource, conn)
-        self._connected()
-        try:
-            return self._call_on(req, want, op, resource, None)
-        except E.ConnectionLost as exc:
-            if not (P.may_resend(exc, op) and self._may_reconnect()):
-                raise
-        self._connected()
-        return self._call_on(req, want, op, resource, None)
 
     def _call_on(self, req, want, op, resource, conn):
         p = _Pending()
@@ -726,7 +714,7 @@ class Client:
         """
         return self._run(self._session.acquire(
             resource, shared, timeout, ttl, on_revoked, on_queued, auto_renew,
-            lock_delay, self._may_reconnect))
+            lock_delay))
 
     def _acquire_on(self, raw, text, shared, timeout, deadline, ttl_ms,
                     on_queued, on_revoked, auto_renew, lock_delay, gate):

@@ -21,10 +21,10 @@ class FakeClient:
     socket_path = PATH
 
 
-def session():
+def session(may_reconnect=True):
     c = FakeClient()
     return S.Session(PATH, lambda raw, g: FakeLease(c, raw, g), "thread",
-                     "Client", "ArbiterLock")
+                     "Client", "ArbiterLock", lambda: may_reconnect)
 
 
 def frame(**kw):
@@ -256,9 +256,10 @@ def test_status_in_pages_is_merged():
              pb.Status(role="active")]
     pages[0].resources.add(resource="a")
     pages[1].resources.add(resource="b")
-    d, steps = run(s.status(), lambda step: pages.pop(0))
-    assert [st[0] for st in steps] == ["_call", "_call"]
-    assert steps[1][1].status.cursor == b"k"
+    d, steps = run(s.status(), lambda step: step[0] == "_call_on" and
+                   pages.pop(0))
+    assert [st[0] for st in steps] == ["_connected", "_call_on"] * 2
+    assert steps[3][1].status.cursor == b"k"
     assert sorted(d["resources"]) == ["a", "b"]
 
 
@@ -269,6 +270,8 @@ def test_release_is_quiet_when_the_lease_already_ended():
     lease = p.lease
     out, steps = run(s.release(lease), lambda step: P.lost(PATH))
     assert out is None and steps[0][1].release.lease_id == lease.lease_id
+    assert [st[0] for st in steps] == ["_call_on"]    # on its connection
+    assert steps[0][5] == "conn1"
     unknown = ac.ArbiterError("gone", code="UNKNOWN_LEASE")
     with pytest.raises(ac.ArbiterError):        # not revoked: a real error
         run(s.release(lease), lambda step: unknown)
@@ -281,8 +284,7 @@ def test_an_acquire_asks_again_after_a_loss_within_its_timeout():
     answers = {"_connected": [None, None], "_gate_enter": ["G"],
                "_acquire_on": [P.lost(PATH), "LEASE"]}
     out, steps = run(
-        s.acquire("db", False, 30, None, None, None, True, None,
-                  lambda: True),
+        s.acquire("db", False, 30, None, None, None, True, None),
         lambda step: answers[step[0]].pop(0))
     assert out == "LEASE"
     assert [st[0] for st in steps] == ["_connected", "_gate_enter",
@@ -296,8 +298,7 @@ def test_a_try_lock_does_not_ask_again_and_opens_its_gate():
     answers = {"_connected": [None], "_gate_enter": ["G"],
                "_acquire_on": [P.lost(PATH)], "_gate_exit": [None]}
     with pytest.raises(ac.ConnectionLost):
-        run(s.acquire("db", False, 0, None, None, None, True, None,
-                      lambda: True),
+        run(s.acquire("db", False, 0, None, None, None, True, None),
             lambda step: answers[step[0]].pop(0))
     assert answers["_gate_exit"] == []
 
@@ -320,3 +321,27 @@ def test_reconnect_back_off_decisions():
     assert s.connect_seconds(10, None, False, lost) == 10
     assert s.connect_seconds(10, time.monotonic() + 2, False, lost) <= 2
     assert s.connect_seconds(10, time.monotonic() + 2, False, None) == 10
+
+
+def test_a_read_only_request_goes_out_once_more_after_a_break():
+    s = session()
+    answers = [P.lost(PATH), pb.Pong(role="active")]
+    out, steps = run(s.ping(b""), lambda step: step[0] == "_call_on" and
+                     answers.pop(0))
+    assert out["role"] == "active"
+    assert [st[0] for st in steps] == ["_connected", "_call_on"] * 2
+    # Not when the client may not connect again, nor twice.
+    with pytest.raises(ac.ConnectionLost):
+        run(session(may_reconnect=False).ping(b""),
+            lambda step: step[0] == "_call_on" and P.lost(PATH))
+    with pytest.raises(ac.ConnectionLost):
+        run(s.ping(b""), lambda step: step[0] == "_call_on" and P.lost(PATH))
+
+
+def test_a_request_that_changes_something_is_not_sent_again():
+    s = session()
+    with pytest.raises(ac.ConnectionLost):
+        run(s.revoke(pid=5), lambda step: step[0] == "_call_on" and
+            P.lost(PATH))
+    with pytest.raises(TypeError):
+        run(s.revoke(), lambda step: None)
