@@ -200,11 +200,7 @@ class AsyncClient:
         return self
 
     def _may_reconnect(self):
-        """True unless the client was closed, forked, or stopped on an error
-        that a new connection would not cure."""
-        return (not self._closing and self._pid == os.getpid() and
-                (self._closed is None or
-                 isinstance(self._closed, E.ConnectionLost)))
+        return P.may_reconnect(self._closing, self._pid, self._closed)
 
     async def _connected(self, deadline=None, once=True, text=None,
                          timeout=None):

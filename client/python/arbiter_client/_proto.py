@@ -111,6 +111,14 @@ def may_retry_connect(exc):
     return isinstance(exc, (E.NotRunning, E.ConnectionLost))
 
 
+def may_reconnect(closing, pid, closed):
+    """True unless the client was closed (closing), is used in a child of
+    the process pid that made it, or stopped on an error (closed) that a
+    new connection would not cure."""
+    return (not closing and pid == os.getpid() and
+            (closed is None or isinstance(closed, E.ConnectionLost)))
+
+
 def may_requeue(lost_exc, timeout, deadline):
     """True when an acquire whose connection was lost while it waited (or
     was about to wait) should reconnect and ask again: it may wait
