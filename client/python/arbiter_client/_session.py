@@ -9,8 +9,9 @@ threads and a socket; _async.py: an asyncio protocol) read frames and hand
 them to receive(), carry out the actions it returns (wake a waiter, run a
 callback, send a release, schedule a renewal), and send what it builds.
 
-The sync transport calls the methods that touch the tables under its own
-lock; the asyncio one from its loop only.
+The sync transport calls the methods that touch the requests and leases
+under its _lock, and the gate methods under its gate condition; the
+asyncio one calls everything from its loop only.
 
 Whatever takes more than one exchange (an acquire that may connect
 again, a status in pages) is written once as a plan: a generator that
