@@ -444,16 +444,18 @@ do_convert(struct conn *c, const Arbiter__Request *req,
 	if (rc == LM_CONV_DONE || rc == LM_CONV_WAITING)
 		return; /* the answer is the event */
 	l = lockmgr_lease(&srv->lm, cv->lease_id);
-	if (l != NULL && srv->cfg.stats_enabled)
-		sr = stats_res(&srv->stats, l->res->name, l->res->len);
-	switch (rc) {
-	case LM_CONV_ERR_UNKNOWN:
+	/* Every refusal but UNKNOWN names a lease of this connection. */
+	if (rc == LM_CONV_ERR_UNKNOWN || l == NULL) {
 		dispatch_error(rp, ARBITER__ERROR_CODE__UNKNOWN_LEASE,
 			       "no lease %" PRIu64
 			       " on this connection (already released, "
 			       "expired, revoked, or another connection's)",
 			       cv->lease_id);
 		return;
+	}
+	if (srv->cfg.stats_enabled)
+		sr = stats_res(&srv->stats, l->res->name, l->res->len);
+	switch (rc) {
 	case LM_CONV_ERR_NOT_HELD:
 		dispatch_error(rp, ARBITER__ERROR_CODE__BAD_REQUEST,
 			       "lease %" PRIu64 " on '%s' is not granted yet: "

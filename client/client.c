@@ -103,8 +103,7 @@ arb_strerror(int err)
 		[ARB_ESTORAGE - 1000] = "storage lock unavailable",
 		[ARB_EINTERNAL - 1000] = "internal error in the daemon",
 		[ARB_ECANCELLED - 1000] = "the pending acquire was withdrawn",
-		[ARB_EDEADLOCK - 1000] = "upgrade would deadlock with another "
-					 "holder's",
+		[ARB_EDEADLOCK - 1000] = "upgrade refused: another holder waits",
 	};
 	int e = err < 0 ? -err : err;
 

@@ -20,7 +20,6 @@ timeout.
 import asyncio
 import copy
 import inspect
-import itertools
 import logging
 import os
 import socket
@@ -28,47 +27,19 @@ import time
 import weakref
 
 from . import _proto as P
+from . import _session as S
 from . import _trust
 from . import errors as E
-from ._proto import pb
-from ._sync import QueueInfo
 
 _log = logging.getLogger("arbiter_client")
 _live = weakref.WeakSet()
-
-
-class _APending:
-    __slots__ = ("fut", "msg", "acquire", "raw", "abandoned", "lease", "gate",
-                 "on_queued", "on_revoked", "auto_renew", "ignore", "conn")
-
-    def __init__(self, fut, acquire=False, ignore=False):
-        self.fut = fut
-        self.msg = None
-        self.acquire = acquire
-        self.ignore = ignore
-        self.abandoned = False
-        self.lease = None
-        self.gate = None
-        self.raw = None
-        self.on_queued = None
-        self.on_revoked = None
-        self.auto_renew = False
-        self.conn = None        # the connection (_Protocol) it went out on
-
-
-class _AGate:
-    __slots__ = ("task", "done")
-
-    def __init__(self, task, done):
-        self.task = task
-        self.done = done
 
 
 class AsyncLease(P.BaseLease):
     """A granted lease (fields as for Lease); ``await lease.release()``,
     or ``async with`` it."""
 
-    __slots__ = ("_renew_task", "_proto")    # _proto: granted on it
+    __slots__ = ("_renew_task",)
 
     async def release(self):
         """End the lease; raises LeaseRevoked (after cleaning up) if the
@@ -90,18 +61,11 @@ async def _release_on_exit(lease, ev):
     try:
         await lease.release()
     except E.LeaseRevoked as exc:
-        if ev is None:
-            raise
-        ev.add_note("arbiter: " + str(exc))
+        S.note_revoked(exc, ev)
 
 
-class _ALeaseContext:
-    __slots__ = ("_client", "_args", "_lease")
-
-    def __init__(self, client, args):
-        self._client = client
-        self._args = args
-        self._lease = None
+class _ALeaseContext(P.LeaseContextBase):
+    __slots__ = ()
 
     async def __aenter__(self):
         self._lease = await self._client.acquire(*self._args[0],
@@ -174,7 +138,7 @@ class _Protocol(asyncio.BufferedProtocol):
             why = E.ConnectionLost("this AsyncClient was closed (arbiter at "
                                    "%s)" % c.socket_path,
                                    socket_path=c.socket_path)
-        elif c._shutdown_seen:      # however the socket then broke
+        elif c._session.shutdown_seen:      # however the socket broke
             why = P.shut_down(c.socket_path)
         else:
             why = P.lost(c.socket_path, str(exc) if exc else None)
@@ -206,14 +170,13 @@ class AsyncClient:
         self._proto = None
         self._loop = None
         self._connecting = None
-        self._pending = {}
-        self._leases = {}
-        self._gates = {}
-        self._ids = itertools.count(2)
+        self._session = S.Session(
+            self.socket_path,
+            lambda raw, granted: AsyncLease(self, raw, granted), "task",
+            "AsyncClient", "AsyncArbiterLock", self._may_reconnect)
         self._closed = None
         self._closing = False
         self._tasks = set()
-        self._shutdown_seen = False     # the daemon said it stops
         # Requests bounded by io_timeout: id -> (deadline, op), oldest
         # first; one timer (the watchdog) fires at the oldest deadline,
         # cheaper than a timer per request.
@@ -237,11 +200,7 @@ class AsyncClient:
         return self
 
     def _may_reconnect(self):
-        """True unless the client was closed, forked, or stopped on an error
-        that a new connection would not cure."""
-        return (not self._closing and self._pid == os.getpid() and
-                (self._closed is None or
-                 isinstance(self._closed, E.ConnectionLost)))
+        return P.may_reconnect(self._closing, self._pid, self._closed)
 
     async def _connected(self, deadline=None, once=True, text=None,
                          timeout=None):
@@ -257,23 +216,15 @@ class AsyncClient:
             if self._closed is not None and not self._may_reconnect():
                 self._check()
             lost = self._closed
-            seconds = self.connect_timeout
-            if deadline is not None and not once and lost is not None:
-                seconds = max(min(seconds, deadline - time.monotonic()),
-                              0.001)
             try:
-                await self._connect_shared(seconds)
+                await self._connect_shared(self._session.connect_seconds(
+                    self.connect_timeout, deadline, once, lost))
                 continue
             except E.ArbiterError as exc:
                 if lost is None:
                     raise
-                if once or not P.may_retry_connect(exc):
-                    raise P.reconnect_failed(exc, lost,
-                                             self.socket_path) from None
-                last = exc
-            delay = backoff.delay(deadline)
-            if delay is None:
-                raise P.back_too_late(text, timeout, self.socket_path, last)
+                delay = self._session.retry_delay(
+                    exc, lost, once, backoff, deadline, text, timeout)
             await asyncio.sleep(delay)
 
     async def _connect_shared(self, seconds):
@@ -337,22 +288,16 @@ class AsyncClient:
         self._loop = loop
         self._proto = proto
         self._transport = transport
-        self._shutdown_seen = False
+        self._session.shutdown_seen = False
         self._closed = None
         _live.add(self)
 
     def _check(self):
         if self._pid != os.getpid():
-            raise E.ConnectionLost(
-                "this AsyncClient was created in process %d and does not "
-                "survive fork(): create a new one in process %d" %
-                (self._pid, os.getpid()), socket_path=self.socket_path)
+            raise P.forked("AsyncClient", self._pid, self.socket_path)
         if self._closed is not None:
             raise copy.copy(self._closed)
         return self
-
-    async def _ensure(self):
-        await self._connected()
 
     async def __aenter__(self):
         await self.connect()
@@ -389,25 +334,16 @@ class AsyncClient:
         self._check()
         if conn is not None and conn is not self._proto:
             raise P.lost(self.socket_path, "before this request")
-        self._pending[req.id] = p
-        p.conn = self._proto
+        self._session.register(req.id, p, self._proto)
         self._transport.write(P.encode(req))
 
-    async def _call(self, req, want, op, resource=None, conn=None):
-        if conn is not None:
-            return await self._call_on(req, want, op, resource, conn)
-        await self._ensure()
-        try:
-            return await self._call_on(req, want, op, resource, None)
-        except E.ConnectionLost as exc:
-            if not (P.may_resend(exc, op) and self._may_reconnect()):
-                raise
-        await self._ensure()
-        return await self._call_on(req, want, op, resource, None)
+    # Tables in the session, under the names the tests know.
+    _leases = property(lambda self: self._session.leases)
+    _gates = property(lambda self: self._session.gates)
 
     async def _call_on(self, req, want, op, resource, conn):
-        req.id = next(self._ids)
-        p = _APending(self._loop.create_future())
+        req.id = self._session.next_id()
+        p = S.Pending(self._loop.create_future())
         self._submit(req, p, conn)
         deadline = self._loop.time() + self.io_timeout
         self._io_waits[req.id] = (deadline, op)
@@ -420,13 +356,7 @@ class AsyncClient:
             raise
         finally:
             self._io_waits.pop(req.id, None)
-        kind = m.WhichOneof("kind")
-        if kind == want:
-            return getattr(m, want)
-        if kind == "error":
-            raise P.daemon_error(m.error, self.socket_path, resource=resource,
-                                 op=op)
-        raise P.unexpected_reply(m, self.socket_path, op)
+        return self._session.answer(m, want, op, resource)
 
     def _check_io(self):
         """The watchdog: a request without an answer within io_timeout
@@ -447,96 +377,54 @@ class AsyncClient:
     def _acquire_expired(self, req_id, p, text, timeout):
         """An acquire's own deadline ran out before the daemon answered:
         withdraw it (a grant that comes later is released on arrival)."""
-        if p.msg is not None or p.fut.done() or self._closed is not None:
+        if p.fut.done() or self._closed is not None:
             return
-        p.abandoned = True
-        if p.gate is not None:
-            # Closed to other tasks until the daemon answers the withdrawal,
-            # but no longer "ours": asking again is not AlreadyHeld.
-            p.gate.task = None
-        self._send_ignored(pb.Request(release=pb.Release(request_id=req_id)),
-                           p.conn)
+        withdrawal = self._session.expire(req_id, p)
+        if withdrawal is None:
+            return
+        self._send_ignored(withdrawal, p.conn)
         p.fut.set_exception(P.acquire_expired(text, timeout,
                                               self.socket_path))
 
     def _send_ignored(self, req, conn):
-        req.id = next(self._ids)
+        req.id = self._session.next_id()
         try:
-            self._submit(req, _APending(None, ignore=True), conn)
+            self._submit(req, S.Pending(ignore=True), conn)
         except E.ArbiterError:
             pass
 
     def _dispatch(self, m):
-        kind = m.WhichOneof("kind")
-        if kind in ("revoked", "error") and P.says_shutdown(m):
-            self._shutdown_seen = True
-        if kind == "revoked":
-            r = m.revoked
-            lease = self._leases.pop(r.lease_id, None)
-            if lease is not None:
-                rev = P.Revocation(lease, P.REASONS.get(
-                    r.reason, "REASON_%d" % r.reason), r.message)
-                lease.revoked = rev
-                self._stop_renew(lease)
-                self._notify_revoked(lease, rev)
-            return
-        if kind == "queued":
-            p = self._pending.get(m.id)
-            if p is not None and p.on_queued is not None and not p.abandoned:
-                q = m.queued
-                self._callback(p.on_queued, QueueInfo(
-                    q.resource, q.position,
-                    q.holder_pid if q.HasField("holder_pid") else None,
-                    q.holder_name, q.holders, q.lease_id))
-            return
-        p = self._pending.pop(m.id, None)
-        if p is None:
-            return
-        p.msg = m
-        if p.acquire:
-            if kind == "granted":
-                lease = AsyncLease(self, p.raw, m.granted)
-                lease._proto = p.conn
-                lease._gate = p.gate
-                lease._on_revoked = p.on_revoked
-                lease._renew_task = None
-                if p.abandoned:
-                    # The withdrawal came too late: release the grant.
-                    lease.released = True
-                    self._send_ignored(pb.Request(
-                        release=pb.Release(lease_id=lease.lease_id)), p.conn)
-                    self._gate_exit(p.raw, p.gate)
-                    return
-                self._leases[lease.lease_id] = lease
-                p.lease = lease
-                if lease.ttl and p.auto_renew:
-                    lease._renew_task = self._spawn(self._renew_loop(lease))
-            elif p.abandoned:
-                self._gate_exit(p.raw, p.gate)
-                return
+        for act in self._session.receive(m):
+            getattr(self, act[0])(*act[1:])
+
+    def _on_queued(self, callback, info):
+        self._callback(callback, info)
+
+    def _on_revoked(self, lease, rev):
+        self._stop_renew(lease)
+        self._notify_revoked(lease, rev)
+
+    def _on_answer(self, p):
         if p.fut is not None and not p.fut.done():
-            p.fut.set_result(m)
+            p.fut.set_result(p.msg)
+
+    def _on_renew(self, lease):
+        lease._renew_task = self._spawn(self._renew_loop(lease))
 
     def _fail(self, exc):
         if self._closed is not None:
             return
         self._closed = exc
-        pending = list(self._pending.values())
-        self._pending.clear()
-        leases = [lease for lease in self._leases.values()
-                  if not lease.released]
-        self._leases.clear()
+        pending, gates, ended = self._session.lose(exc, self._closing)
+        for raw, gate in gates:
+            self._gate_exit(raw, gate)
         for p in pending:
-            if p.abandoned:
-                self._gate_exit(p.raw, p.gate)
             if p.fut is not None and not p.fut.done():
                 p.fut.set_exception(copy.copy(exc))
                 p.fut.exception()  # nobody may be left to retrieve it
-        for lease in leases:
+        for lease, rev in ended:
             self._stop_renew(lease)
-            if not self._closing:
-                rev = P.Revocation(lease, "DISCONNECT", str(exc))
-                lease.revoked = rev
+            if rev is not None:
                 self._notify_revoked(lease, rev)
         if self._transport is not None:
             self._transport.abort()
@@ -566,38 +454,19 @@ class AsyncClient:
 
     async def _gate_enter(self, raw, text, timeout, deadline):
         me = asyncio.current_task()
-        while raw in self._gates:
-            g = self._gates[raw]
-            if g.task is me:
-                raise E.AlreadyHeld(
-                    "this task already holds or waits for %r through this "
-                    "AsyncClient: a second lease would wait for itself "
-                    "forever. Release the first one, or use AsyncArbiterLock "
-                    "for re-entrant locking" % text, code="ALREADY_HELD",
-                    socket_path=self.socket_path, resource=text)
-            if timeout == 0:
-                raise E.WouldBlock(
-                    "could not lock %r without waiting: another task of this "
-                    "process holds or waits for it (same AsyncClient). Retry "
-                    "later, or pass a timeout" % text,
-                    socket_path=self.socket_path, resource=text)
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                raise P.gate_timeout(text, timeout, g.task is None, "task",
-                                     self.socket_path)
+        while True:
+            wait = self._session.gate_wait(raw, me, text, timeout, deadline)
+            if wait is None:
+                return self._session.gate_take(
+                    raw, S.Gate(me, self._loop.create_future()))
             try:
-                await asyncio.wait_for(asyncio.shield(g.done), left)
+                await asyncio.wait_for(asyncio.shield(wait[0].done), wait[1])
             except asyncio.TimeoutError:
                 pass  # loop: raises Timeout above
-        g = self._gates[raw] = _AGate(me, self._loop.create_future())
-        return g
 
     def _gate_exit(self, raw, gate):
-        if gate is None:
-            return
-        if self._gates.get(raw) is gate:
-            del self._gates[raw]
-        if not gate.done.done():
+        self._session.gate_exit(raw, gate)
+        if gate is not None and not gate.done.done():
             gate.done.set_result(None)
 
     # ------------------------------------------------------------ leases
@@ -611,30 +480,9 @@ class AsyncClient:
                       lock_delay=None):
         """Acquire a lease (arguments as for Client.acquire). Cancellation
         safe: a cancelled acquire leaves nothing granted or queued."""
-        raw, text = P.check_name(resource)
-        timeout = P.normalize_timeout(timeout)
-        ttl_ms = P.seconds_to_ms(ttl, "ttl") if ttl else 0
-        deadline = None if timeout is None else time.monotonic() + timeout
-        await self._connected(deadline, timeout == 0, text, timeout)
-        gate = await self._gate_enter(raw, text, timeout, deadline)
-        while True:
-            try:
-                return await self._acquire_on(
-                    raw, text, shared, timeout, deadline, ttl_ms, on_queued,
-                    on_revoked, auto_renew, lock_delay, gate)
-            except E.ConnectionLost as exc:
-                # The daemon went away while the request waited (or before
-                # it went out): nothing was granted that still stands. Ask
-                # the daemon that comes back, within the same timeout.
-                if not (P.may_requeue(exc, timeout, deadline) and
-                        self._may_reconnect()):
-                    self._gate_exit(raw, gate)
-                    raise
-            try:
-                await self._connected(deadline, False, text, timeout)
-            except BaseException:
-                self._gate_exit(raw, gate)
-                raise
+        return await self._run(self._session.acquire(
+            resource, shared, timeout, ttl, on_revoked, on_queued, auto_renew,
+            lock_delay))
 
     async def _acquire_on(self, raw, text, shared, timeout, deadline, ttl_ms,
                           on_queued, on_revoked, auto_renew, lock_delay,
@@ -643,15 +491,10 @@ class AsyncClient:
         gate to the caller (which may ask again); any other outcome settles
         it."""
         try:
-            req = P.acquire_in_time(
-                next(self._ids), raw, text, shared, timeout, deadline,
-                ttl_ms, on_queued, lock_delay, self.socket_path)
-            p = _APending(self._loop.create_future(), acquire=True)
-            p.raw = raw
-            p.gate = gate
-            p.on_queued = on_queued
-            p.on_revoked = on_revoked
-            p.auto_renew = auto_renew
+            p = S.Pending(self._loop.create_future())
+            req = self._session.acquire_request(
+                p, raw, text, shared, timeout, deadline, ttl_ms, on_queued,
+                on_revoked, auto_renew, lock_delay, gate)
             self._submit(req, p)
         except E.ConnectionLost:
             raise
@@ -680,41 +523,31 @@ class AsyncClient:
         finally:
             if timer is not None:
                 timer.cancel()
-        if p.lease is not None:
-            return p.lease
-        if m.WhichOneof("kind") == "error":
-            exc = P.daemon_error(m.error, self.socket_path, resource=text,
-                                 op="acquire", timeout=timeout)
-            if isinstance(exc, E.ConnectionLost):
-                # The daemon is stopping: this connection is done for.
-                if p.conn is self._proto:
-                    self._fail(P.shut_down(self.socket_path))
-                raise exc
+        lease, exc, stopping = self._session.acquire_answer(p, m, text,
+                                                             timeout)
+        if lease is not None:
+            return lease
+        if stopping:
+            # The daemon is stopping: this connection is done for.
+            if p.conn is self._proto:
+                self._fail(P.shut_down(self.socket_path))
+        else:
             self._gate_exit(raw, gate)
-            raise exc
-        self._gate_exit(raw, gate)
-        raise P.unexpected_reply(m, self.socket_path, "Acquire")
+        raise exc
 
     def _withdraw(self, req_id, p):
         """Synchronous, so it completes even in a cancelled task."""
         if p.abandoned:
             return
-        if p.msg is None:
-            if self._closed is not None:
-                self._gate_exit(p.raw, p.gate)
-                return
-            p.abandoned = True
-            self._send_ignored(pb.Request(
-                release=pb.Release(request_id=req_id)), p.conn)
-        elif p.lease is not None:
-            lease = p.lease
-            self._forget(lease)
-            lease.released = True
-            self._stop_renew(lease)
-            self._send_ignored(pb.Request(
-                release=pb.Release(lease_id=lease.lease_id)), lease._proto)
+        if not p.done() and self._closed is not None:
             self._gate_exit(p.raw, p.gate)
-        else:
+            return
+        w = self._session.withdraw(req_id, p)
+        if w.lease is not None:
+            self._stop_renew(w.lease)
+        if w.request is not None:
+            self._send_ignored(w.request, w.conn)
+        if w.gate_free:
             self._gate_exit(p.raw, p.gate)
 
     def _stop_renew(self, lease):
@@ -733,11 +566,20 @@ class AsyncClient:
             except E.ArbiterError:
                 return
 
-    def _forget(self, lease):
-        """Drop lease from the table only if it is the lease there: a later
-        connection's lease may have the same id."""
-        if self._leases.get(lease.lease_id) is lease:
-            del self._leases[lease.lease_id]
+    async def _run(self, plan):
+        """Carry out a session plan (see _session): steps are coroutine
+        methods, but for the gate's exit."""
+        done, out = S.step(plan)
+        while not done:
+            done, out = S.step(plan, *(await self._perform(out)))
+        return out
+
+    async def _perform(self, step):
+        try:
+            r = getattr(self, step[0])(*step[1:])
+            return (await r if inspect.isawaitable(r) else r), None
+        except BaseException as exc:
+            return None, exc
 
     async def _release_lease(self, lease):
         if lease.released:
@@ -746,18 +588,9 @@ class AsyncClient:
         self._stop_renew(lease)
         try:
             if lease.revoked is None and self._closed is None:
-                req = pb.Request(release=pb.Release(lease_id=lease.lease_id))
-                try:
-                    await self._call(req, "released", "release",
-                                     resource=lease.resource,
-                                     conn=lease._proto)
-                except E.ConnectionLost:
-                    pass  # the lease ended with the connection
-                except E.ArbiterError as exc:
-                    if exc.code != "UNKNOWN_LEASE" or lease.revoked is None:
-                        raise
+                await self._run(self._session.release(lease))
         finally:
-            self._forget(lease)
+            self._session.forget(lease)
             self._gate_exit(lease._raw, lease._gate)
         lease.check()
 
@@ -766,14 +599,7 @@ class AsyncClient:
 
     async def renew(self, lease, ttl=None):
         """Renew a ttl lease now; returns the ttl (seconds) now in force."""
-        lease.check()
-        req = pb.Request(renew=pb.Renew(lease_id=lease.lease_id))
-        if ttl:
-            req.renew.ttl_ms = P.seconds_to_ms(ttl, "ttl")
-        r = await self._call(req, "renewed", "renew", resource=lease.resource,
-                             conn=lease._proto)
-        lease.ttl = r.ttl_ms / 1000.0 if r.ttl_ms else None
-        return lease.ttl
+        return await self._run(self._session.renew(lease, ttl))
 
     def lock(self, resource, timeout=-1, **kw):
         """A re-entrant AsyncArbiterLock on this client."""
@@ -782,51 +608,19 @@ class AsyncClient:
     # ------------------------------------------------------------ requests
 
     async def ping(self, payload=b""):
-        t = time.perf_counter()
-        r = await self._call(pb.Request(ping=pb.Ping(payload=payload)),
-                             "pong", "ping")
-        return {"role": r.role, "payload": r.payload,
-                "seconds": time.perf_counter() - t}
+        return await self._run(self._session.ping(payload))
 
     async def stats(self, resource=None):
-        req = pb.Request(stats=pb.StatsRequest())
-        if resource is not None:
-            req.stats.resource = P.check_name(resource)[0]
-        # The daemon answers in pages; merging them adds up the resources.
-        whole = pb.Stats()
-        while True:
-            page = await self._call(req, "stats", "stats request")
-            whole.MergeFrom(page)
-            if not page.next_cursor:
-                return P.stats_dict(whole)
-            req.stats.cursor = page.next_cursor
+        return await self._run(self._session.stats(resource))
 
     async def status(self, resource=None):
-        req = pb.Request(status=pb.StatusRequest())
-        if resource is not None:
-            req.status.resource = P.check_name(resource)[0]
-        # The daemon answers in pages; merging them adds up the resources.
-        whole = pb.Status()
-        while True:
-            page = await self._call(req, "status", "status request")
-            whole.MergeFrom(page)
-            if not page.next_cursor:
-                return P.status_dict(whole)
-            req.status.cursor = page.next_cursor
+        return await self._run(self._session.status(resource))
 
     async def revoke(self, lease_id=None, pid=None):
-        if (lease_id is None) == (pid is None):
-            raise TypeError("revoke() needs exactly one of lease_id or pid")
-        req = pb.Request(revoke=pb.Revoke())
-        if lease_id is not None:
-            req.revoke.lease_id = lease_id
-        else:
-            req.revoke.pid = pid
-        return (await self._call(req, "revoke_done", "revoke")).revoked
+        return await self._run(self._session.revoke(lease_id, pid))
 
     async def stats_reset(self):
-        await self._call(pb.Request(stats_reset=pb.StatsReset()),
-                         "stats_reset_done", "stats reset")
+        await self._run(self._session.stats_reset())
 
     def _after_fork_in_child(self):
         t = self._transport
@@ -838,10 +632,16 @@ class AsyncClient:
                 os.close(fd)
             except OSError:
                 pass
-        self._closed = E.ConnectionLost(
-            "this AsyncClient was created in process %d and does not survive "
-            "fork(): create a new one in process %d" %
-            (self._pid, os.getpid()), socket_path=self.socket_path)
+        self._closed = P.forked("AsyncClient", self._pid, self.socket_path)
+
+
+async def _end_quietly(lease):
+    """Clean up after a lease the daemon ended (lets the next one in)."""
+    if lease is not None:
+        try:
+            await lease.release()
+        except E.LeaseRevoked:
+            pass
 
 
 async def _logged(aw, fn):
@@ -859,7 +659,10 @@ def _after_fork_in_child():
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-class _AcquireReturnProxy:
+class AsyncAcquireReturnProxy:
+    """What ``await lock.acquire()`` gives: ``async with`` it releases
+    once on exit."""
+
     def __init__(self, lock):
         self.lock = lock
 
@@ -893,7 +696,23 @@ class _AcquireCall:
         return False
 
 
-class AsyncArbiterLock:
+class AsyncLockContext:
+    """``async with`` for the asyncio lock objects (AsyncArbiterLock,
+    AsyncFileLock): acquire on entry, release once on exit."""
+
+    async def _exit(self, ev):
+        await _release_on_exit(self, ev)
+
+    async def __aenter__(self):
+        await self.acquire()
+        return self
+
+    async def __aexit__(self, et, ev, tb):
+        await self._exit(ev)
+        return False
+
+
+class AsyncArbiterLock(AsyncLockContext, P.LockBase):
     """The asyncio twin of ArbiterLock: ``await lock.acquire(timeout=None,
     blocking=True)``, ``await lock.release()``, ``is_locked``, ``async with
     lock:``. Re-entrancy is counted per task (the task that holds it may
@@ -902,15 +721,9 @@ class AsyncArbiterLock:
     def __init__(self, resource, timeout=-1, *, shared=False, ttl=None,
                  blocking=True, client=None, socket_path=None,
                  on_revoked=None, trust_uids=None, **_ignored):
-        self._raw, self.resource = P.check_name(resource)
-        self.timeout = timeout
-        self.blocking = blocking
-        self.shared = shared
-        self.ttl = ttl
-        self.on_revoked = on_revoked
+        self._setup(resource, timeout, shared, ttl, blocking, on_revoked,
+                    socket_path, trust_uids)
         self._own_client = client is None
-        self._socket_path = socket_path
-        self._trust_uids = trust_uids
         self._client = client or AsyncClient(socket_path,
                                              trust_uids=trust_uids)
         self._ctxs = weakref.WeakKeyDictionary()
@@ -925,26 +738,12 @@ class AsyncArbiterLock:
                                        trust_uids=self._trust_uids)
         return self._client
 
-    def _ctx(self):
+    def _count(self):
         t = asyncio.current_task()
         c = self._ctxs.get(t)
         if c is None:
             c = self._ctxs[t] = P.LockCount()
         return c
-
-    @property
-    def is_locked(self):
-        """True while the current task holds it: False as soon as the
-        daemon ended the lease (the next acquire takes a new one)."""
-        return self._ctx().held
-
-    @property
-    def lock_counter(self):
-        return self._ctx().counter
-
-    @property
-    def lease(self):
-        return self._ctx().lease
 
     def acquire(self, timeout=None, poll_interval=None, *, blocking=None,
                 poll_intervall=None):
@@ -953,39 +752,15 @@ class AsyncArbiterLock:
         return _AcquireCall(self, (timeout, blocking))
 
     async def _acquire(self, timeout, blocking):
-        if timeout is None:
-            timeout = self.timeout
-        if blocking is None:
-            blocking = self.blocking
-        if not blocking:
-            timeout = 0
-        ctx = self._ctx()
+        timeout = self._wait_for(timeout, blocking)
+        ctx = self._count()
         if not ctx.reenter():
-            ended = ctx.ended()
-            if ended is not None:       # lets the next one in
-                try:
-                    await ended.release()
-                except E.LeaseRevoked:
-                    pass
-            ctx.adopt(await self.client.acquire(
-                self._raw, self.shared, timeout, self.ttl,
-                on_revoked=self.on_revoked))
-        return _AcquireReturnProxy(self)
+            await _end_quietly(ctx.ended())
+            args, kw = self._take_args(timeout)
+            ctx.adopt(await self.client.acquire(*args, **kw))
+        return AsyncAcquireReturnProxy(self)
 
     async def release(self, force=False):
-        lease, ended = self._ctx().count_down(force)
-        if ended is not None:
-            ended.check()
+        lease = self._count_down(force)
         if lease is not None:
             await lease.release()
-
-    async def _exit(self, ev):
-        await _release_on_exit(self, ev)
-
-    async def __aenter__(self):
-        await self.acquire()
-        return self
-
-    async def __aexit__(self, et, ev, tb):
-        await self._exit(ev)
-        return False

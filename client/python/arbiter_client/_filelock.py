@@ -64,8 +64,11 @@ from queue import SimpleQueue
 
 from . import _proto as P
 from . import errors as E
-from ._async import AsyncClient
-from ._sync import _release_on_exit, default_client
+from ._async import AsyncAcquireReturnProxy, AsyncClient, AsyncLockContext
+from ._async import _AcquireCall as _AsyncAcquire
+from ._async import _end_quietly as _end_quietly_async
+from ._sync import _AcquireReturnProxy, _end_quietly, _release_on_exit
+from ._sync import default_client
 
 try:  # catch-compatible with filelock when it is installed
     from filelock import Timeout as _UpstreamTimeout
@@ -239,21 +242,6 @@ def _left(t, start):
     return max(0.0, t - (time.monotonic() - start))
 
 
-class _AcquireReturnProxy:
-    """What FileLock.acquire() returns: ``with lock.acquire(timeout=5):``
-    releases once on exit (not twice, as ``with lock`` would)."""
-
-    def __init__(self, lock):
-        self.lock = lock
-
-    def __enter__(self):
-        return self.lock
-
-    def __exit__(self, et, ev, tb):
-        _release_on_exit(self.lock, ev)
-        return False
-
-
 # ------------------------------------------------------------ in-process slots
 
 class _Slot:
@@ -383,7 +371,7 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 # ------------------------------------------------------------ shared part
 
-class _BaseLock(metaclass=_LockMeta):
+class _BaseLock(P.CountView, metaclass=_LockMeta):
     """What FileLock and AsyncFileLock share: arguments and attributes."""
 
     def __init__(self, lock_file, timeout=-1, mode=0o644, thread_local=True,
@@ -467,21 +455,8 @@ class _BaseLock(metaclass=_LockMeta):
     def is_thread_local(self):
         return self._thread_local
 
-    @property
-    def is_locked(self):
-        """True while this thread (or object, thread_local=False) holds the
-        lock; False as soon as the daemon ended the lease."""
-        return self._context().held
-
-    @property
-    def lock_counter(self):
-        """How many acquires are not released yet."""
-        return self._context().counter
-
-    @property
-    def lease(self):
-        """The Lease behind the lock (fencing ``token``...) or None."""
-        return self._context().lease
+    def _count(self):
+        return self._context()
 
     def _defaults(self, ctx, timeout, poll_intervall, blocking):
         if poll_intervall is not None:
@@ -627,10 +602,7 @@ class FileLock(_BaseLock, contextlib.ContextDecorator):
         if ended is None:
             waited = _slot_take(self, ctx.token, t)
         else:       # the daemon ended our lease: we still own the slot
-            try:
-                ended.release()
-            except E.LeaseRevoked:
-                pass
+            _end_quietly(ended)
         left = _left(t, start) if waited else t
         try:
             lease = self.client.acquire(
@@ -699,45 +671,7 @@ _async_holders = {}     # (socket, resource) -> (weakref to task, lock id)
 _AsyncDecorator = getattr(contextlib, "AsyncContextDecorator", object)
 
 
-class _AsyncAcquire:
-    """What AsyncFileLock.acquire() returns: ``await`` it (as filelock's
-    coroutine: gives a proxy for ``async with``), or use it directly:
-    ``async with lock.acquire(timeout=5):``."""
-
-    __slots__ = ("_lock", "_args")
-
-    def __init__(self, lock, args):
-        self._lock = lock
-        self._args = args
-
-    def __await__(self):
-        return self._lock._acquire(*self._args).__await__()
-
-    async def __aenter__(self):
-        await self._lock._acquire(*self._args)
-        return self._lock
-
-    async def __aexit__(self, et, ev, tb):
-        await self._lock._exit(ev)
-        return False
-
-
-class AsyncAcquireReturnProxy:
-    """What ``await lock.acquire()`` gives: ``async with`` it releases
-    once on exit."""
-
-    def __init__(self, lock):
-        self.lock = lock
-
-    async def __aenter__(self):
-        return self.lock
-
-    async def __aexit__(self, et, ev, tb):
-        await self.lock._exit(ev)
-        return False
-
-
-class AsyncFileLock(_BaseLock, _AsyncDecorator):
+class AsyncFileLock(_BaseLock, AsyncLockContext, _AsyncDecorator):
     """A drop-in for filelock's ``AsyncFileLock`` on an arbiter lease:
     ``async with lock:``, ``await lock.acquire(timeout=..., blocking=...)``,
     ``await lock.release(force=False)``, ``@lock`` on a coroutine function;
@@ -841,10 +775,7 @@ class AsyncFileLock(_BaseLock, _AsyncDecorator):
         task = asyncio.current_task()
         ended = ctx.ended()
         if ended is not None:
-            try:
-                await ended.release()
-            except E.LeaseRevoked:
-                pass
+            await _end_quietly_async(ended)
         elif t is None:
             held = _async_holders.get(self._key)
             if held is not None and held[1] != lid and \
@@ -863,10 +794,7 @@ class AsyncFileLock(_BaseLock, _AsyncDecorator):
 
     async def release(self, force=False):
         """As FileLock.release(), awaited."""
-        ctx = self._context()
-        lease, ended = ctx.count_down(force)
-        if ended is not None:
-            ended.check()
+        lease = self._count_down(force)
         if lease is None:
             return
         lid, path = id(self), self._lock_file
@@ -876,22 +804,6 @@ class AsyncFileLock(_BaseLock, _AsyncDecorator):
             del _async_holders[self._key]
         await lease.release()
         _LOGGER.debug("Lock %s released on %s", lid, path)
-
-    async def _exit(self, ev):
-        try:
-            await self.release()
-        except E.LeaseRevoked as exc:
-            if ev is None:
-                raise
-            ev.add_note("arbiter: " + str(exc))
-
-    async def __aenter__(self):
-        await self.acquire()
-        return self
-
-    async def __aexit__(self, et, ev, tb):
-        await self._exit(ev)
-        return False
 
     def __enter__(self):
         raise NotImplementedError("Do not use `with` for asyncio locks, use "

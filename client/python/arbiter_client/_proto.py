@@ -111,6 +111,14 @@ def may_retry_connect(exc):
     return isinstance(exc, (E.NotRunning, E.ConnectionLost))
 
 
+def may_reconnect(closing, pid, closed):
+    """True unless the client was closed (closing), is used in a child of
+    the process pid that made it, or stopped on an error (closed) that a
+    new connection would not cure."""
+    return (not closing and pid == os.getpid() and
+            (closed is None or isinstance(closed, E.ConnectionLost)))
+
+
 def may_requeue(lost_exc, timeout, deadline):
     """True when an acquire whose connection was lost while it waited (or
     was about to wait) should reconnect and ask again: it may wait
@@ -535,6 +543,16 @@ def lost(path, why=None):
         socket_path=path)
 
 
+def forked(what, pid, path):
+    """The error of a client (what: "Client" or "AsyncClient") used in a
+    child of the process pid that made it."""
+    return E.ConnectionLost(
+        "this %s was created in process %d and does not survive fork(): "
+        "create a new %s in process %d" %
+        (what, pid, "Client" if what == "Client" else "one", os.getpid()),
+        socket_path=path)
+
+
 def shut_down(path):
     """The exception for a connection that ended after the daemon said it
     was shutting down."""
@@ -597,7 +615,7 @@ class BaseLease:
 
     __slots__ = ("resource", "mode", "token", "lease_id", "ttl", "waited",
                  "revoked", "released", "_client", "_raw", "_gate",
-                 "_auto_renew", "_on_revoked", "__weakref__")
+                 "_auto_renew", "_on_revoked", "_conn", "__weakref__")
 
     def __init__(self, client, raw, granted):
         self._client = client
@@ -613,6 +631,7 @@ class BaseLease:
         self._gate = None
         self._auto_renew = False
         self._on_revoked = None
+        self._conn = None       # the connection it was granted on
 
     @property
     def held(self):
@@ -699,6 +718,86 @@ class LockCount:
                 self.void_lease = None
             return None, ended
         return None, None
+
+
+class CountView:
+    """The state of a re-entrant lock object, read from its LockCount (the
+    one of this thread or task, or of the object, as _count() gives it):
+    shared by ArbiterLock, AsyncArbiterLock, FileLock and AsyncFileLock."""
+
+    @property
+    def is_locked(self):
+        """True while this object (this thread's or task's share) holds the
+        lease: False as soon as the daemon ended it (the next acquire takes
+        a new one)."""
+        return self._count().held
+
+    @property
+    def lock_counter(self):
+        return self._count().counter
+
+    @property
+    def lease(self):
+        """The lease behind the lock (token, lease_id...) or None."""
+        return self._count().lease
+
+    def _count_down(self, force):
+        """One release (all with force): the lease to release now, or None.
+        Raises LeaseRevoked when it ends the count of a lease the daemon
+        ended."""
+        lease, ended = self._count().count_down(force)
+        if ended is not None:
+            ended.check()
+        return lease
+
+
+class LeaseContextBase:
+    """Client.lease() and AsyncClient.lease(): acquire(*args[0],
+    **args[1]) on entry, release on exit."""
+
+    __slots__ = ("_client", "_args", "_lease")
+
+    def __init__(self, client, args):
+        self._client = client
+        self._args = args
+        self._lease = None
+
+
+class LockBase(CountView):
+    """What ArbiterLock and AsyncArbiterLock share: their arguments, the
+    re-entrant count around the lease (a LockCount per thread or task, given
+    by _count()) and the steps of acquire and release on it."""
+
+    def _setup(self, resource, timeout, shared, ttl, blocking, on_revoked,
+               socket_path, trust_uids):
+        self._raw, self.resource = check_name(resource)
+        self.timeout = timeout
+        self.blocking = blocking
+        self.shared = shared
+        self.ttl = ttl
+        self.on_revoked = on_revoked
+        self._socket_path = socket_path
+        self._trust_uids = trust_uids
+
+    def _wait_for(self, timeout, blocking):
+        """The timeout of acquire(timeout, blocking): None takes the
+        object's; blocking=False (or the object's) tries once."""
+        if timeout is None:
+            timeout = self.timeout
+        if blocking is None:
+            blocking = self.blocking
+        return timeout if blocking else 0
+
+    def _take_args(self, timeout):
+        """The client's acquire() arguments for a new lease."""
+        return ((self._raw, self.shared, timeout, self.ttl),
+                {"on_revoked": self.on_revoked})
+
+    def __repr__(self):
+        return "<%s %r %s counter=%d>" % (
+            type(self).__name__, self.resource,
+            "locked" if self.is_locked else "unlocked", self.lock_counter)
+
 
 
 # ------------------------------------------------------------ stats, status

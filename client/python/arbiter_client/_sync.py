@@ -42,59 +42,23 @@ import socket
 import threading
 import time
 import weakref
-from collections import namedtuple
 from queue import SimpleQueue
 
 from . import _proto as P
+from . import _session as S
 from . import _trust
 from . import errors as E
-from ._proto import pb
-
-QueueInfo = namedtuple("QueueInfo", "resource position holder_pid holder_name "
-                                    "holders lease_id")
-QueueInfo.__doc__ = """Where a waiting acquire stands: 1-based queue
-position, the pid and client name of a current holder, how many hold it."""
+from ._session import QueueInfo  # noqa: F401 (re-exported)
 
 _live_clients = weakref.WeakSet()
-
-
-class _Pending:
-    """One request waiting for its final answer."""
-
-    __slots__ = ("msg", "exc", "acquire", "raw", "abandoned", "lease",
-                 "gate", "ignore", "on_queued", "on_revoked", "auto_renew",
-                 "conn")
-
-    def __init__(self, acquire=False, ignore=False):
-        self.msg = None
-        self.exc = None
-        self.acquire = acquire
-        self.ignore = ignore
-        self.abandoned = False
-        self.lease = None
-        self.gate = None
-        self.raw = None
-        self.on_queued = None
-        self.on_revoked = None
-        self.auto_renew = False
-        self.conn = None        # the socket it was sent on
-
-    def done(self):
-        return self.msg is not None or self.exc is not None
-
-
-class _Gate:
-    __slots__ = ("thread",)
-
-    def __init__(self, thread):
-        self.thread = thread
+_Pending = S.Pending
 
 
 class Lease(P.BaseLease):
     """A granted lease (see BaseLease for its fields). ``release()`` ends it;
     as a context manager it releases on exit. Any thread may release it."""
 
-    __slots__ = ("_conn",)     # the socket it was granted on
+    __slots__ = ()
 
     def release(self):
         """End the lease. Raises LeaseRevoked (after cleaning up) if the
@@ -118,18 +82,11 @@ def _release_on_exit(lease, ev):
     try:
         lease.release()
     except E.LeaseRevoked as exc:
-        if ev is None:
-            raise
-        ev.add_note("arbiter: " + str(exc))
+        S.note_revoked(exc, ev)
 
 
-class _LeaseContext:
-    __slots__ = ("_client", "_args", "_lease")
-
-    def __init__(self, client, args):
-        self._client = client
-        self._args = args
-        self._lease = None
+class _LeaseContext(P.LeaseContextBase):
+    __slots__ = ()
 
     def __enter__(self):
         self._lease = self._client.acquire(*self._args[0], **self._args[1])
@@ -177,10 +134,9 @@ class Client:
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._gate_cond = threading.Condition(threading.Lock())
-        self._gates = {}
-        self._pending = {}
-        self._leases = {}
-        self._ids = itertools.count(2)
+        self._session = S.Session(
+            self.socket_path, lambda raw, granted: Lease(self, raw, granted),
+            "thread", "Client", "ArbiterLock", self._may_reconnect)
         self._closed = None
         self._closing = False
         self._work = SimpleQueue()
@@ -201,7 +157,6 @@ class Client:
         self._reading = False                # a thread has the reader role
         self._watch_wanted = False           # parked long: notify at idle
         self._callers = 0                    # threads waiting for replies
-        self._shutdown_seen = False          # the daemon said it stops
 
         self.connect_timeout = connect_timeout
         self._is_default = is_default
@@ -262,7 +217,7 @@ class Client:
                 self._inbox = collections.deque(extra)
                 self._poller = select.poll()
                 self._poller.register(sock.fileno(), select.POLLIN)
-                self._shutdown_seen = False
+                self._session.shutdown_seen = False
                 self.server_version = welcome.server_version
                 self.connection_id = welcome.connection_id
                 self.role = welcome.role
@@ -281,11 +236,7 @@ class Client:
         self._thread.start()
 
     def _may_reconnect(self):
-        """True unless the client was closed, forked, or stopped on an error
-        that a new connection would not cure."""
-        return (not self._closing and self._pid == os.getpid() and
-                (self._closed is None or
-                 isinstance(self._closed, E.ConnectionLost)))
+        return P.may_reconnect(self._closing, self._pid, self._closed)
 
     def _connected(self, deadline=None, once=True, text=None, timeout=None):
         """Return when the client is connected: at once, or after
@@ -302,21 +253,13 @@ class Client:
                 if not self._may_reconnect():
                     self._raise_dead()
                 lost = self._closed
-                seconds = self.connect_timeout
-                if deadline is not None and not once:
-                    seconds = max(min(seconds, deadline - time.monotonic()),
-                                  0.001)
                 try:
-                    self._attach(*self._open(seconds))
+                    self._attach(*self._open(self._session.connect_seconds(
+                        self.connect_timeout, deadline, once, lost)))
                     return
                 except E.ArbiterError as exc:
-                    if once or not P.may_retry_connect(exc):
-                        raise P.reconnect_failed(exc, lost,
-                                                 self.socket_path) from None
-                    last = exc
-            delay = backoff.delay(deadline)
-            if delay is None:
-                raise P.back_too_late(text, timeout, self.socket_path, last)
+                    delay = self._session.retry_delay(
+                        exc, lost, once, backoff, deadline, text, timeout)
             time.sleep(delay)
 
     def _handshake(self, sock, reader, seconds):
@@ -367,10 +310,7 @@ class Client:
 
     def _raise_dead(self):
         if self._pid != os.getpid():
-            raise E.ConnectionLost(
-                "this Client was created in process %d and does not survive "
-                "fork(): create a new Client in process %d" %
-                (self._pid, os.getpid()), socket_path=self.socket_path)
+            raise P.forked("Client", self._pid, self.socket_path)
         raise copy.copy(self._closed)
 
     def _submit(self, req, pending, conn=None):
@@ -384,8 +324,7 @@ class Client:
             sock = self._sock
             if conn is not None and conn is not sock:
                 raise P.lost(self.socket_path, "before this request")
-            self._pending[req.id] = pending
-            pending.conn = sock
+            self._session.register(req.id, pending, sock)
         try:
             with self._send_lock:
                 self._sendall(sock, data)
@@ -419,21 +358,27 @@ class Client:
             p.register(sock.fileno(), select.POLLOUT)
             p.poll(max(1, int((deadline - now) * 1000)))
 
-    def _call(self, req, want, op, resource=None, conn=None):
-        if conn is not None:
-            return self._call_on(req, want, op, resource, conn)
-        self._connected()
+    # Tables in the session, under the names the tests know.
+    _leases = property(lambda self: self._session.leases)
+    _gates = property(lambda self: self._session.gates)
+    _ids = property(lambda self: self._session.ids)
+
+    def _run(self, plan):
+        """Carry out a session plan (see _session)."""
+        done, out = S.step(plan)
+        while not done:
+            done, out = S.step(plan, *self._perform(out))
+        return out
+
+    def _perform(self, step):
         try:
-            return self._call_on(req, want, op, resource, None)
-        except E.ConnectionLost as exc:
-            if not (P.may_resend(exc, op) and self._may_reconnect()):
-                raise
-        self._connected()
-        return self._call_on(req, want, op, resource, None)
+            return getattr(self, step[0])(*step[1:]), None
+        except BaseException as exc:
+            return None, exc
 
     def _call_on(self, req, want, op, resource, conn):
         p = _Pending()
-        req.id = next(self._ids)
+        req.id = self._session.next_id()
         self._enter_call()
         try:
             sock = self._submit(req, p, conn)
@@ -448,18 +393,12 @@ class Client:
             self._fail(P.io_expired(self.socket_path, op, self.io_timeout),
                        sock)
             m = self._wait_result(p)
-        kind = m.WhichOneof("kind")
-        if kind == want:
-            return getattr(m, want)
-        if kind == "error":
-            raise P.daemon_error(m.error, self.socket_path,
-                                 resource=resource, op=op)
-        raise P.unexpected_reply(m, self.socket_path, op)
+        return self._session.answer(m, want, op, resource)
 
     def _send_ignored(self, req, conn):
         """Send a request whose answer nobody waits for (cleanup), on the
         connection conn only."""
-        req.id = next(self._ids)
+        req.id = self._session.next_id()
         try:
             self._submit(req, _Pending(ignore=True), conn)
         except E.ArbiterError:
@@ -556,7 +495,7 @@ class Client:
             return E.ConnectionLost(
                 "this Client was closed (arbiter at %s)" % self.socket_path,
                 socket_path=self.socket_path)
-        if self._shutdown_seen:     # however the socket then broke
+        if self._session.shutdown_seen:     # however the socket broke
             return P.shut_down(self.socket_path)
         return P.lost(self.socket_path, err)
 
@@ -611,63 +550,22 @@ class Client:
                 socket_path=self.socket_path), sock)
 
     def _dispatch(self, m):
-        kind = m.WhichOneof("kind")
-        if kind in ("revoked", "error") and P.says_shutdown(m):
-            self._shutdown_seen = True
-        if kind == "revoked":
-            self._handle_revoked(m.revoked)
-            return
-        if kind == "queued":
-            p = self._pending.get(m.id)
-            if p is not None and p.on_queued is not None and not p.abandoned:
-                q = m.queued
-                info = QueueInfo(q.resource, q.position,
-                                 q.holder_pid if q.HasField("holder_pid")
-                                 else None, q.holder_name, q.holders,
-                                 q.lease_id)
-                self._post(p.on_queued, info)
-            return
-        cleanup = None
         with self._lock:
-            p = self._pending.pop(m.id, None)
-            if p is None:
-                return
-            if p.acquire:
-                if kind == "granted":
-                    lease = Lease(self, p.raw, m.granted)
-                    lease._conn = p.conn
-                    lease._gate = p.gate
-                    lease._on_revoked = p.on_revoked
-                    lease._auto_renew = p.auto_renew
-                    if p.abandoned:
-                        lease.released = True
-                        cleanup = lease
-                    else:
-                        self._leases[lease.lease_id] = lease
-                        p.lease = lease
-                elif p.abandoned:
-                    cleanup = True
-            p.msg = m
-        if cleanup is not None:
-            # A withdrawn acquire got its final answer: release a grant that
-            # raced ahead of the withdrawal, then let the next thread in.
-            if cleanup is not True:
-                self._send_ignored(pb.Request(
-                    release=pb.Release(lease_id=cleanup.lease_id)),
-                    cleanup._conn)
-            self._gate_exit(p.raw, p.gate)
-        elif p.lease is not None and p.lease.ttl and p.auto_renew:
-            self._schedule_renew(p.lease)
+            actions = self._session.receive(m)
+        for act in actions:
+            getattr(self, act[0])(*act[1:])
 
-    def _handle_revoked(self, r):
-        with self._lock:
-            lease = self._leases.pop(r.lease_id, None)
-            if lease is None:
-                return
-            rev = P.Revocation(lease, P.REASONS.get(r.reason, "REASON_%d" %
-                                                    r.reason), r.message)
-            lease.revoked = rev
+    def _on_queued(self, callback, info):
+        self._post(callback, info)
+
+    def _on_revoked(self, lease, rev):
         self._notify_revoked(lease, rev)
+
+    def _on_answer(self, p):
+        pass    # the waiting thread sees p.msg (the reader wakes it)
+
+    def _on_renew(self, lease):
+        self._schedule_renew(lease)
 
     def _notify_revoked(self, lease, rev):
         for cb in (lease._on_revoked, self.on_revoked):
@@ -685,26 +583,20 @@ class Client:
                 return self._closed
             self._closed = exc
             sock = self._sock
-            pending = list(self._pending.values())
-            self._pending.clear()
-            leases = [lease for lease in self._leases.values()
-                      if not lease.released]
-            self._leases.clear()
+            pending, gates, ended = self._session.lose(exc, self._closing)
         try:
             sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+        for raw, gate in gates:
+            self._gate_exit(raw, gate)
         for p in pending:
-            if p.abandoned:
-                self._gate_exit(p.raw, p.gate)
             p.exc = exc
         with self._cv:
             self._cv.notify_all()
             self._watch_cv.notify_all()
-        if not self._closing:
-            for lease in leases:
-                rev = P.Revocation(lease, "DISCONNECT", str(exc))
-                lease.revoked = rev
+        for lease, rev in ended:
+            if rev is not None:
                 self._notify_revoked(lease, rev)
         with self._renew_cond:
             self._renew_cond.notify_all()
@@ -775,38 +667,16 @@ class Client:
     def _gate_enter(self, raw, text, timeout, deadline):
         me = threading.get_ident()
         with self._gate_cond:
-            while raw in self._gates:
-                g = self._gates[raw]
-                if g.thread == me:
-                    raise E.AlreadyHeld(
-                        "this thread already holds or waits for %r through "
-                        "this Client: a second lease would wait for itself "
-                        "forever. Release the first one, or use ArbiterLock "
-                        "for re-entrant locking" % text, code="ALREADY_HELD",
-                        socket_path=self.socket_path, resource=text)
-                if timeout == 0:
-                    raise E.WouldBlock(
-                        "could not lock %r without waiting: another thread of "
-                        "this process holds or waits for it (same Client). "
-                        "Retry later, or pass a timeout" % text,
-                        socket_path=self.socket_path, resource=text)
-                if deadline is None:
-                    self._gate_cond.wait()
-                else:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise P.gate_timeout(text, timeout, g.thread is None,
-                                             "thread", self.socket_path)
-                    self._gate_cond.wait(left)
-            g = self._gates[raw] = _Gate(me)
-            return g
+            while True:
+                wait = self._session.gate_wait(raw, me, text, timeout,
+                                               deadline)
+                if wait is None:
+                    return self._session.gate_take(raw, S.Gate(me))
+                self._gate_cond.wait(wait[1])
 
     def _gate_exit(self, raw, gate):
-        if gate is None:
-            return
         with self._gate_cond:
-            if self._gates.get(raw) is gate:
-                del self._gates[raw]
+            if self._session.gate_exit(raw, gate):
                 self._gate_cond.notify_all()
 
     # ------------------------------------------------------------ leases
@@ -838,30 +708,9 @@ class Client:
         stopped or never answers: the request is withdrawn, and a grant that
         comes later is released at once.
         """
-        raw, text = P.check_name(resource)
-        timeout = P.normalize_timeout(timeout)
-        ttl_ms = P.seconds_to_ms(ttl, "ttl") if ttl else 0
-        deadline = None if timeout is None else time.monotonic() + timeout
-        self._connected(deadline, timeout == 0, text, timeout)
-        gate = self._gate_enter(raw, text, timeout, deadline)
-        while True:
-            try:
-                return self._acquire_on(
-                    raw, text, shared, timeout, deadline, ttl_ms, on_queued,
-                    on_revoked, auto_renew, lock_delay, gate)
-            except E.ConnectionLost as exc:
-                # The daemon went away while the request waited (or before
-                # it went out): nothing was granted that still stands. Ask
-                # the daemon that comes back, within the same timeout.
-                if not (P.may_requeue(exc, timeout, deadline) and
-                        self._may_reconnect()):
-                    self._gate_exit(raw, gate)
-                    raise
-            try:
-                self._connected(deadline, False, text, timeout)
-            except BaseException:
-                self._gate_exit(raw, gate)
-                raise
+        return self._run(self._session.acquire(
+            resource, shared, timeout, ttl, on_revoked, on_queued, auto_renew,
+            lock_delay))
 
     def _acquire_on(self, raw, text, shared, timeout, deadline, ttl_ms,
                     on_queued, on_revoked, auto_renew, lock_delay, gate):
@@ -869,15 +718,10 @@ class Client:
         gate to the caller (which may ask again); any other outcome settles
         it."""
         try:
-            req = P.acquire_in_time(
-                next(self._ids), raw, text, shared, timeout, deadline,
-                ttl_ms, on_queued, lock_delay, self.socket_path)
-            p = _Pending(acquire=True)
-            p.raw = raw
-            p.gate = gate
-            p.on_queued = on_queued
-            p.on_revoked = on_revoked
-            p.auto_renew = auto_renew
+            p = _Pending()
+            req = self._session.acquire_request(
+                p, raw, text, shared, timeout, deadline, ttl_ms, on_queued,
+                on_revoked, auto_renew, lock_delay, gate)
             self._enter_call()
             try:
                 self._submit(req, p)
@@ -903,16 +747,9 @@ class Client:
             # The daemon did not answer in time (stopped, hung): withdraw,
             # unless the answer came in the meantime.
             with self._lock:
-                done = p.done()
-                if not done:
-                    p.abandoned = True
-                    # Still closed to other threads until the daemon answers
-                    # the withdrawal, but no longer "ours": the caller may
-                    # ask again (and wait in-process) without AlreadyHeld.
-                    gate.thread = None
-            if not done:
-                self._send_ignored(pb.Request(
-                    release=pb.Release(request_id=req.id)), p.conn)
+                withdrawal = self._session.expire(req.id, p)
+            if withdrawal is not None:
+                self._send_ignored(withdrawal, p.conn)
                 raise P.acquire_expired(text, timeout, self.socket_path)
             try:
                 m = self._wait_result(p)
@@ -921,47 +758,25 @@ class Client:
             except E.ArbiterError:
                 self._gate_exit(raw, gate)
                 raise
-        if p.lease is not None:
-            return p.lease
-        if m.WhichOneof("kind") == "error":
-            exc = P.daemon_error(m.error, self.socket_path, resource=text,
-                                 op="acquire", timeout=timeout)
-            if isinstance(exc, E.ConnectionLost):
-                # The daemon is stopping: this connection is done for.
-                self._fail(P.shut_down(self.socket_path), p.conn)
-                raise exc
+        lease, exc, stopping = self._session.acquire_answer(p, m, text,
+                                                             timeout)
+        if lease is not None:
+            return lease
+        if stopping:
+            # The daemon is stopping: this connection is done for.
+            self._fail(P.shut_down(self.socket_path), p.conn)
+        else:
             self._gate_exit(raw, gate)
-            raise exc
-        self._gate_exit(raw, gate)
-        raise P.unexpected_reply(m, self.socket_path, "Acquire")
+        raise exc
 
     def _withdraw(self, req_id, p):
         """The waiting thread was interrupted: leave nothing behind."""
         with self._lock:
-            done = p.done()
-            if not done:
-                p.abandoned = True
-        if not done:
-            # The final answer is still to come; the reader releases a grant
-            # that raced ahead and lets the next thread in.
-            self._send_ignored(pb.Request(
-                release=pb.Release(request_id=req_id)), p.conn)
-        elif p.lease is not None:
-            lease = p.lease
-            with self._lock:
-                self._forget(lease)
-                lease.released = True
-            self._send_ignored(pb.Request(
-                release=pb.Release(lease_id=lease.lease_id)), lease._conn)
+            w = self._session.withdraw(req_id, p)
+        if w.request is not None:
+            self._send_ignored(w.request, w.conn)
+        if w.gate_free:
             self._gate_exit(p.raw, p.gate)
-        else:
-            self._gate_exit(p.raw, p.gate)
-
-    def _forget(self, lease):
-        """Drop lease from the table (under self._lock), only if it is the
-        lease there: a later connection's lease may have the same id."""
-        if self._leases.get(lease.lease_id) is lease:
-            del self._leases[lease.lease_id]
 
     def _release_lease(self, lease):
         with self._lock:
@@ -971,18 +786,10 @@ class Client:
             revoked_before = lease.revoked
         try:
             if revoked_before is None and not self._dead():
-                req = pb.Request(release=pb.Release(lease_id=lease.lease_id))
-                try:
-                    self._call(req, "released", "release",
-                               resource=lease.resource, conn=lease._conn)
-                except E.ConnectionLost:
-                    pass  # the lease ended with the connection
-                except E.ArbiterError as exc:
-                    if exc.code != "UNKNOWN_LEASE" or lease.revoked is None:
-                        raise
+                self._run(self._session.release(lease))
         finally:
             with self._lock:
-                self._forget(lease)
+                self._session.forget(lease)
             self._gate_exit(lease._raw, lease._gate)
         lease.check()
 
@@ -993,15 +800,7 @@ class Client:
     def renew(self, lease, ttl=None):
         """Renew a ttl lease now; ``ttl`` (seconds) replaces its ttl. Returns
         the ttl in seconds the daemon set."""
-        if lease.revoked is not None:
-            lease.check()
-        req = pb.Request(renew=pb.Renew(lease_id=lease.lease_id))
-        if ttl:
-            req.renew.ttl_ms = P.seconds_to_ms(ttl, "ttl")
-        r = self._call(req, "renewed", "renew", resource=lease.resource,
-                       conn=lease._conn)
-        lease.ttl = r.ttl_ms / 1000.0 if r.ttl_ms else None
-        return lease.ttl
+        return self._run(self._session.renew(lease, ttl))
 
     def lock(self, resource, timeout=-1, **kw):
         """A filelock-compatible ArbiterLock on this client."""
@@ -1011,62 +810,30 @@ class Client:
 
     def ping(self, payload=b""):
         """Round trip to the daemon: {'role', 'payload', 'seconds'}."""
-        t = time.perf_counter()
-        r = self._call(pb.Request(ping=pb.Ping(payload=payload)), "pong",
-                       "ping")
-        return {"role": r.role, "payload": r.payload,
-                "seconds": time.perf_counter() - t}
+        return self._run(self._session.ping(payload))
 
     def stats(self, resource=None):
         """The daemon's figures as a dict shaped like `arbiterctl stats
         --json`: total_acquisitions, failed_acquisitions, average_wait_time,
         max_wait_time (seconds) and the other totals at the top level, and
         ``resources`` keyed by resource name."""
-        req = pb.Request(stats=pb.StatsRequest())
-        if resource is not None:
-            req.stats.resource = P.check_name(resource)[0]
-        # The daemon answers in pages; merging them adds up the resources.
-        whole = pb.Stats()
-        while True:
-            page = self._call(req, "stats", "stats request")
-            whole.MergeFrom(page)
-            if not page.next_cursor:
-                return P.stats_dict(whole)
-            req.stats.cursor = page.next_cursor
+        return self._run(self._session.stats(resource))
 
     def status(self, resource=None):
         """Who holds and who waits, as a dict shaped like `arbiterctl status
         --json`. The daemon answers in pages of at most 1000 resources;
         this fetches them all (a resource created or ended meanwhile may be
         missing)."""
-        req = pb.Request(status=pb.StatusRequest())
-        if resource is not None:
-            req.status.resource = P.check_name(resource)[0]
-        # The daemon answers in pages; merging them adds up the resources.
-        whole = pb.Status()
-        while True:
-            page = self._call(req, "status", "status request")
-            whole.MergeFrom(page)
-            if not page.next_cursor:
-                return P.status_dict(whole)
-            req.status.cursor = page.next_cursor
+        return self._run(self._session.status(resource))
 
     def revoke(self, lease_id=None, pid=None):
         """Admin: end one lease (by id) or every lease of a pid; returns how
         many were ended. Their holders get Revoked (reason ADMIN)."""
-        if (lease_id is None) == (pid is None):
-            raise TypeError("revoke() needs exactly one of lease_id or pid")
-        req = pb.Request(revoke=pb.Revoke())
-        if lease_id is not None:
-            req.revoke.lease_id = lease_id
-        else:
-            req.revoke.pid = pid
-        return self._call(req, "revoke_done", "revoke").revoked
+        return self._run(self._session.revoke(lease_id, pid))
 
     def stats_reset(self):
         """Admin: start the figures afresh."""
-        self._call(pb.Request(stats_reset=pb.StatsReset()),
-                   "stats_reset_done", "stats reset")
+        self._run(self._session.stats_reset())
 
     # ------------------------------------------------------------ closing
 
@@ -1118,10 +885,7 @@ class Client:
         self._conn_lock = threading.Lock()
         self._callers = 0
         self._reading = False
-        self._closed = E.ConnectionLost(
-            "this Client was created in process %d and does not survive "
-            "fork(): create a new Client in process %d" %
-            (self._pid, os.getpid()), socket_path=self.socket_path)
+        self._closed = P.forked("Client", self._pid, self.socket_path)
 
 
 # ---------------------------------------------------------------- defaults
@@ -1177,7 +941,7 @@ class _AcquireReturnProxy:
         return self.lock
 
     def __exit__(self, et, ev, tb):
-        self.lock._exit(ev)
+        _release_on_exit(self.lock, ev)
         return False
 
 
@@ -1185,7 +949,7 @@ class _LocalCtx(P.LockCount, threading.local):
     """One LockCount per thread."""
 
 
-class ArbiterLock:
+class ArbiterLock(P.LockBase):
     """A lock with filelock.FileLock's API, backed by an arbiter lease.
 
     Swap ``FileLock("/data/db.lock")`` for ``ArbiterLock("db")``:
@@ -1216,15 +980,9 @@ class ArbiterLock:
                  blocking=True, thread_local=True, client=None,
                  socket_path=None, on_revoked=None, trust_uids=None,
                  **_ignored):
-        self._raw, self.resource = P.check_name(resource)
-        self.timeout = timeout
-        self.blocking = blocking
-        self.shared = shared
-        self.ttl = ttl
-        self.on_revoked = on_revoked
+        self._setup(resource, timeout, shared, ttl, blocking, on_revoked,
+                    socket_path, trust_uids)
         self._client = client
-        self._socket_path = socket_path
-        self._trust_uids = trust_uids
         self._thread_local = thread_local
         self._ctx = _LocalCtx() if thread_local else P.LockCount()
         self._mutex = threading.Lock()       # guards counts (shared ctx)
@@ -1242,20 +1000,8 @@ class ArbiterLock:
             return self._client
         return default_client(self._socket_path, self._trust_uids)
 
-    @property
-    def is_locked(self):
-        """True while this object (this thread's share, when thread_local)
-        holds the lease: False as soon as the daemon ended it."""
-        return self._ctx.held
-
-    @property
-    def lock_counter(self):
-        return self._ctx.counter
-
-    @property
-    def lease(self):
-        """The Lease behind the lock (token, lease_id...) or None."""
-        return self._ctx.lease
+    def _count(self):
+        return self._ctx
 
     def acquire(self, timeout=None, poll_interval=None, *, blocking=None,
                 poll_intervall=None):
@@ -1264,12 +1010,7 @@ class ArbiterLock:
         ``blocking=False`` tries once. ``poll_interval`` is accepted for
         filelock compatibility and ignored: nothing polls, the daemon wakes
         the waiter."""
-        if timeout is None:
-            timeout = self.timeout
-        if blocking is None:
-            blocking = self.blocking
-        if not blocking:
-            timeout = 0
+        timeout = self._wait_for(timeout, blocking)
         ctx = self._ctx
         if self._thread_local:
             if not ctx.reenter():
@@ -1303,8 +1044,8 @@ class ArbiterLock:
         return _AcquireReturnProxy(self)
 
     def _take(self, timeout):
-        lease = self.client.acquire(self._raw, self.shared, timeout,
-                                    self.ttl, on_revoked=self.on_revoked)
+        args, kw = self._take_args(timeout)
+        lease = self.client.acquire(*args, **kw)
         self._held.add(lease)
         return lease
 
@@ -1313,9 +1054,7 @@ class ArbiterLock:
         Raises LeaseRevoked if the daemon ended the lease meanwhile.
         Releasing an unlocked lock does nothing."""
         with self._mutex:
-            lease, ended = self._ctx.count_down(force)
-        if ended is not None:
-            ended.check()
+            lease = self._count_down(force)
         if lease is not None:
             self._held.discard(lease)
             lease.release()
@@ -1340,11 +1079,6 @@ class ArbiterLock:
                     lease._client._post(_quiet_release, lease)
                 except Exception:
                     pass
-
-    def __repr__(self):
-        return "<ArbiterLock %r %s counter=%d>" % (
-            self.resource, "locked" if self.is_locked else "unlocked",
-            self.lock_counter)
 
 
 def _end_quietly(lease):
