@@ -72,7 +72,8 @@ Test(log, an_unknown_level_name_is_refused)
 
 	cr_assert_eq(log_parse_level("verbose", &l), -1);
 	cr_assert_eq(log_parse_level("", &l), -1);
-	cr_assert_eq((int)l, LOG_WARN, "a refused name leaves the level as it was");
+	cr_assert_eq((int)l, LOG_WARN,
+		     "a refused name leaves the level as it was");
 }
 
 Test(log, messages_below_the_level_are_not_written)
@@ -87,7 +88,8 @@ Test(log, messages_below_the_level_are_not_written)
 	log_error("shown", "k=%d", 2);
 	char *out = captured();
 	cr_assert_null(strstr(out, "hidden"), "%s", out);
-	cr_assert_not_null(strstr(out, "level=error msg=shown k=2\n"), "%s", out);
+	cr_assert_not_null(strstr(out, "level=error msg=shown k=2\n"), "%s",
+			   out);
 }
 
 Test(log, a_logfmt_line_has_time_level_message_and_pairs)
@@ -98,9 +100,10 @@ Test(log, a_logfmt_line_has_time_level_message_and_pairs)
 	char *out = captured();
 	cr_assert(strncmp(out, "ts=", 3) == 0, "%s", out);
 	cr_assert_not_null(strstr(out, "Z level=debug msg=\"lease granted\" "
-					"resource=db pid=42\n"),
+				       "resource=db pid=42\n"),
 			   "%s", out);
-	cr_assert_eq(strchr(out, '\n'), out + strlen(out) - 1, "one line: %s", out);
+	cr_assert_eq(strchr(out, '\n'), out + strlen(out) - 1, "one line: %s",
+		     out);
 }
 
 Test(log, plain_values_are_left_alone)
@@ -126,7 +129,8 @@ Test(log, quotes_backslashes_and_control_characters_are_escaped)
 Test(log, a_quoted_value_is_cut_to_its_buffer_and_stays_quoted)
 {
 	char buf[16];
-	const char *r = log_quote("a long value with spaces in it", buf, sizeof buf);
+	const char *r =
+	    log_quote("a long value with spaces in it", buf, sizeof buf);
 
 	cr_assert_eq(r, buf);
 	cr_assert_lt(strlen(r), sizeof buf);
@@ -146,9 +150,10 @@ Test(log, a_json_line_carries_plain_and_quoted_values_as_strings)
 		 log_quote("/srv/a b/\"x\"", q, sizeof q), "me", 3);
 	char *out = captured();
 	cr_assert(strncmp(out, "{\"ts\":\"", 7) == 0, "%s", out);
-	cr_assert_not_null(strstr(out, "\"level\":\"warn\",\"msg\":\"storage lost\","
-					"\"path\":\"/srv/a b/\\\"x\\\"\","
-					"\"who\":\"me\",\"n\":\"3\"}\n"),
+	cr_assert_not_null(strstr(out,
+				  "\"level\":\"warn\",\"msg\":\"storage lost\","
+				  "\"path\":\"/srv/a b/\\\"x\\\"\","
+				  "\"who\":\"me\",\"n\":\"3\"}\n"),
 			   "%s", out);
 }
 
@@ -158,8 +163,8 @@ Test(log, a_json_line_escapes_quotes_in_unquoted_values)
 	capture();
 	log_info("m", "raw=a\"b\\c tail=%s", "x");
 	char *out = captured();
-	cr_assert_not_null(strstr(out, "\"raw\":\"a\\\"b\\\\c\",\"tail\":\"x\"}"),
-			   "%s", out);
+	cr_assert_not_null(
+	    strstr(out, "\"raw\":\"a\\\"b\\\\c\",\"tail\":\"x\"}"), "%s", out);
 }
 
 Test(log, a_json_tail_without_pairs_ends_the_object)
@@ -178,8 +183,7 @@ Test(log, a_json_tail_without_pairs_ends_the_object)
  * so a value with a newline or tab (a resource name, a path) makes the JSON
  * line unparseable. It should become \u00NN.
  */
-Test(log, a_json_line_escapes_control_characters_as_json,
-     .disabled = true,
+Test(log, a_json_line_escapes_control_characters_as_json, .disabled = true,
      .description = "log.c json_tail copies logfmt's \\xNN escape into "
 		    "JSON, which has no \\x escape: the line does not parse")
 {
@@ -189,7 +193,8 @@ Test(log, a_json_line_escapes_control_characters_as_json,
 	capture();
 	log_info("m", "resource=%s", log_quote("a\tb", q, sizeof q));
 	char *out = captured();
-	cr_assert_not_null(strstr(out, "\"resource\":\"a\\u0009b\"}"), "%s", out);
+	cr_assert_not_null(strstr(out, "\"resource\":\"a\\u0009b\"}"), "%s",
+			   out);
 }
 
 Test(log, an_overlong_line_is_cut_but_still_one_line)

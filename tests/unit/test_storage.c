@@ -62,7 +62,8 @@ try_lock(struct storage *s)
  * a child; returns its rc and leaves its err (and note) in out.
  */
 static int
-try_lock_as_other(const char *lock_path, char *out, size_t outlen, bool as_nobody)
+try_lock_as_other(const char *lock_path, char *out, size_t outlen,
+		  bool as_nobody)
 {
 	int p[2];
 	pid_t pid;
@@ -124,8 +125,8 @@ Test(storage, a_device_at_the_lock_path_is_refused_and_named)
 		cr_skip("making a device node needs root (CAP_MKNOD)");
 	storage_init(&s);
 	cr_assert_eq(try_lock(&s), -EINVAL);
-	cr_assert_not_null(strstr(err, "is a device, not a regular file"),
-			   "%s", err);
+	cr_assert_not_null(strstr(err, "is a device, not a regular file"), "%s",
+			   err);
 	storage_free(&s);
 }
 
@@ -160,11 +161,12 @@ Test(storage, a_lock_file_of_another_user_names_owner_mode_and_the_remedy)
 		rc = try_lock_as_other(lock, out, sizeof out, false);
 	}
 	cr_assert_eq(rc, -EACCES, "%s", out);
-	cr_assert_not_null(strstr(out, "cannot open storage lock file"), "%s", out);
+	cr_assert_not_null(strstr(out, "cannot open storage lock file"), "%s",
+			   out);
 	cr_assert_not_null(strstr(out, "Permission denied (it belongs to uid"),
 			   "%s", out);
-	cr_assert_not_null(strstr(out, "set storage.group to a group they share"),
-			   "%s", out);
+	cr_assert_not_null(
+	    strstr(out, "set storage.group to a group they share"), "%s", out);
 }
 
 Test(storage, a_folder_the_daemon_cannot_write_is_named_with_its_uid)
@@ -180,8 +182,10 @@ Test(storage, a_folder_the_daemon_cannot_write_is_named_with_its_uid)
 		chmod(dir, 0755);
 	}
 	cr_assert_eq(rc, -EACCES, "%s", out);
-	cr_assert_not_null(strstr(out, "cannot create storage lock file"), "%s", out);
-	cr_assert_not_null(strstr(out, "write access to its folder"), "%s", out);
+	cr_assert_not_null(strstr(out, "cannot create storage lock file"), "%s",
+			   out);
+	cr_assert_not_null(strstr(out, "write access to its folder"), "%s",
+			   out);
 }
 
 Test(storage, an_open_lock_file_not_ours_to_fix_is_reported_with_the_command)
@@ -192,7 +196,8 @@ Test(storage, an_open_lock_file_not_ours_to_fix_is_reported_with_the_command)
 		cr_skip("a lock file owned by another uid needs root to make");
 	close(open(lock, O_CREAT | O_WRONLY, 0600));
 	chmod(lock, 0666);
-	cr_assert_eq(try_lock_as_other(lock, out, sizeof out, true), 0, "%s", out);
+	cr_assert_eq(try_lock_as_other(lock, out, sizeof out, true), 0, "%s",
+		     out);
 	cr_assert_not_null(strstr(out, "has mode 0666 and belongs to uid 0, so "
 				       "this daemon (uid 65534) cannot fix it"),
 			   "%s", out);
@@ -210,15 +215,17 @@ Test(storage, a_lock_file_of_the_wrong_group_is_given_to_storage_group)
 	s.gid = getgid() == 0 ? NOBODY : 0;
 	cr_assert_eq(try_lock(&s), 0, "%s", err);
 	if (getuid() == 0) {
-		cr_assert_not_null(strstr(s.note, "group 0 -> 65534"), "%s", s.note);
+		cr_assert_not_null(strstr(s.note, "group 0 -> 65534"), "%s",
+				   s.note);
 		cr_assert_not_null(strstr(s.note, "and storage.group may open"),
 				   "%s", s.note);
 		cr_assert_eq(stat(lock, &st), 0);
 		cr_assert_eq(st.st_gid, (gid_t)NOBODY);
 	} else {
-		cr_assert_not_null(strstr(s.note, "(storage.group): Operation not "
-						  "permitted; the daemon's user "
-						  "must be a member"),
+		cr_assert_not_null(strstr(s.note,
+					  "(storage.group): Operation not "
+					  "permitted; the daemon's user "
+					  "must be a member"),
 				   "%s", s.note);
 	}
 	storage_free(&s);
@@ -233,11 +240,12 @@ Test(storage, a_relative_lock_path_checks_the_current_folder)
 	chmod(dir, 0777);
 	cr_assert_eq(chdir(dir), 0);
 	storage_init(&s);
-	cr_assert_eq(storage_try_lock(&s, "", "arbiter.lock", "-", err,
-				      sizeof err),
-		     0, "%s", err);
-	cr_assert_not_null(strstr(s.note, "storage folder . is writable by every "
-					  "user (mode 0777)"),
+	cr_assert_eq(
+	    storage_try_lock(&s, "", "arbiter.lock", "-", err, sizeof err), 0,
+	    "%s", err);
+	cr_assert_not_null(strstr(s.note,
+				  "storage folder . is writable by every "
+				  "user (mode 0777)"),
 			   "%s", s.note);
 	storage_free(&s);
 	cr_assert_eq(chdir(cwd), 0);
@@ -272,7 +280,8 @@ Test(storage, a_second_arbiter_is_told_who_holds_the_lock)
 	/* A holder that left no record. */
 	cr_assert_eq(truncate(lock, 0), 0);
 	cr_assert_eq(try_lock(&b), -EAGAIN);
-	cr_assert_not_null(strstr(err, "a process that left no record"), "%s", err);
+	cr_assert_not_null(strstr(err, "a process that left no record"), "%s",
+			   err);
 	storage_free(&b);
 	storage_free(&a);
 }
@@ -350,8 +359,9 @@ Test(storage, a_replaced_lock_file_that_another_arbiter_holds_is_reported)
 	cr_assert_eq(unlink(lock), 0);
 	cr_assert_eq(try_lock(&b), 0, "%s", err);
 	cr_assert_eq(storage_check(&a, err, sizeof err), -EAGAIN);
-	cr_assert_not_null(strstr(err, "was removed or replaced, and the new one "
-				       "cannot be locked: storage"),
+	cr_assert_not_null(strstr(err,
+				  "was removed or replaced, and the new one "
+				  "cannot be locked: storage"),
 			   "%s", err);
 	storage_free(&b);
 	cr_assert_eq(storage_check(&a, err, sizeof err), 0,
