@@ -1,7 +1,9 @@
 """The daemon's socket setup refuses what it cannot use and says why; a
-reload applies the frame limit and the metrics address."""
+reload applies the frame limit and the metrics address, or keeps serving
+when the new metrics address is taken."""
 import signal
 import socket
+import subprocess
 import struct
 import urllib.request
 
@@ -76,3 +78,56 @@ def test_a_reload_applies_the_frame_limit_and_moves_the_metrics_port(tmp_path):
         assert "max_frame_bytes" in m.error.message, m
     finally:
         harness.check_clean_exit(d)
+
+
+def test_a_busy_metrics_port_stops_the_start_and_names_it(tmp_path):
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    spec = "127.0.0.1:%d" % busy.getsockname()[1]
+    try:
+        d = harness.Daemon(tmp_path, wait_ready=False,
+                           args=["-o", "metrics.listen=" + spec])
+        harness.expect_refusal(d, "metrics.listen: cannot listen on %s"
+                               % spec)
+    finally:
+        busy.close()
+
+
+def test_a_reload_onto_a_busy_metrics_port_keeps_serving(tmp_path):
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    conf = tmp_path / "arbiter.conf"
+    conf.write_text("[log]\nlevel = info\n")
+    d = harness.Daemon(tmp_path, config=str(conf))
+    try:
+        conf.write_text("[metrics]\nlisten = 127.0.0.1:%d\n"
+                        % busy.getsockname()[1])
+        d.proc.send_signal(signal.SIGHUP)
+        line = d.log.wait_for("metrics listener not restarted")
+        assert "Address already in use" in line, line
+        assert Wire(d.socket).call(ping=pb.Ping()).WhichOneof("kind") \
+            == "pong"
+    finally:
+        busy.close()
+        harness.check_clean_exit(d)
+
+
+def test_a_socket_path_without_a_folder_is_made_in_the_working_folder(
+        tmp_path):
+    p = subprocess.Popen(harness.WRAPPER + [harness.ARBITERD,
+                                            "-S", "rel.sock", "-s", str(tmp_path / "data")],
+                         cwd=str(tmp_path), stdin=subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    log = harness.LineReader(p.stderr, p)
+    try:
+        log.wait_for("arbiter ready")
+        assert (tmp_path / "rel.sock").is_socket()
+        assert Wire(str(tmp_path / "rel.sock")).call(ping=pb.Ping()) \
+            .WhichOneof("kind") == "pong"
+    finally:
+        p.terminate()
+        assert p.wait(harness.WAIT) == 0
+        harness.assert_no_reports(log.drain())
+    assert not (tmp_path / "rel.sock").exists()
