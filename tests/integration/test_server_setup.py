@@ -116,8 +116,9 @@ def test_a_reload_onto_a_busy_metrics_port_keeps_serving(tmp_path):
 
 def test_a_socket_path_without_a_folder_is_made_in_the_working_folder(
         tmp_path):
-    p = subprocess.Popen(harness.WRAPPER + [harness.ARBITERD,
-                                            "-S", "rel.sock", "-s", str(tmp_path / "data")],
+    cmd = harness.WRAPPER + [harness.ARBITERD, "-S", "rel.sock",
+                             "-s", str(tmp_path / "data")]
+    p = subprocess.Popen(cmd,
                          cwd=str(tmp_path), stdin=subprocess.DEVNULL,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     log = harness.LineReader(p.stderr, p)
