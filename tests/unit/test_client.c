@@ -25,23 +25,12 @@
 #include <unistd.h>
 
 #include "arbiter.h"
+#include "child_exit.h"
 #include "codec.h"
 #include "frame.h"
 
 #define NOBODY 65534
 
-/* Flushes gcov's counters in a forked child that ends with _exit (a
- * coverage build only; elsewhere the symbol is absent), so the client code
- * that only such children run is counted. */
-extern void __gcov_dump(void) __attribute__((weak));
-
-static void
-child_exit(int status)
-{
-	if (__gcov_dump != NULL)
-		__gcov_dump();
-	_exit(status);
-}
 
 static char dir[64];
 
@@ -821,7 +810,7 @@ deflt_connect(const struct deflt *d, int want, const char *needle)
 			child_exit(2);
 		}
 		if (geteuid() == 0 && d->uid != 0 &&
-		    (setgid(d->uid) < 0 || setuid(d->uid) < 0))
+		    drop_uid(d->uid) < 0)
 			child_exit(2);
 		rc = arb_connect_timeout(&c, NULL, "t", 1000);
 		if (rc != want || (needle != NULL && strstr(arb_connect_error(),

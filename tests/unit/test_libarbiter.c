@@ -21,26 +21,15 @@
 #include <unistd.h>
 
 #include "arbiter.h"
+#include "child_exit.h"
 #include "arbiter.pb-c.h"
 #include "config.h"
 #include "log.h"
 #include "server.h"
 
-/* Flushes gcov's counters in a child that ends with _exit (a coverage
- * build only; elsewhere the symbol is absent). */
-extern void __gcov_dump(void) __attribute__((weak));
-
 static char dir[64];
 static char sock[128];
 static pid_t daemon_pid = -1;
-
-static void
-child_exit(int status)
-{
-	if (__gcov_dump != NULL)
-		__gcov_dump();
-	_exit(status);
-}
 
 static void
 rm_rf(const char *path)

@@ -20,21 +20,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "child_exit.h"
 #include "storage.h"
 
 #define NOBODY 65534
-
-/* Flushes gcov's counters in a child that ends with _exit (a coverage
- * build only; elsewhere the symbol is absent). */
-extern void __gcov_dump(void) __attribute__((weak));
-
-static void
-child_exit(int status)
-{
-	if (__gcov_dump != NULL)
-		__gcov_dump();
-	_exit(status);
-}
 
 static char dir[64];
 static char lock[128];
@@ -91,7 +80,7 @@ try_lock_as_other(const char *lock_path, char *out, size_t outlen,
 		int r;
 
 		close(p[0]);
-		if (as_nobody && (setgid(NOBODY) < 0 || setuid(NOBODY) < 0))
+		if (as_nobody && drop_uid(NOBODY) < 0)
 			child_exit(99);
 		storage_init(&s);
 		r = storage_try_lock(&s, dir, lock_path, "-", e, sizeof e);
@@ -419,4 +408,107 @@ Test(storage, a_stuck_wait_behind_a_reader_is_only_on_a_replaced_file)
 	cr_assert_not(b.held);
 	storage_free(&b);
 	storage_free(&a);
+}
+
+/*
+ * Run storage_try_lock with storage.group = gid in a folder of our own:
+ * as root in a child that became nobody (who is in no group 0), else
+ * here. Leaves the note in out; returns the rc.
+ */
+static int
+try_lock_with_foreign_group(bool existing, char *out, size_t outlen)
+{
+	char sub[128], path[160];
+	int p[2], status, rc = 1;
+	pid_t pid;
+	ssize_t n;
+
+	snprintf(sub, sizeof sub, "%s/own", dir);
+	cr_assert_eq(mkdir(sub, 0755), 0);
+	snprintf(path, sizeof path, "%s/arbiter.lock", sub);
+	if (getuid() == 0)
+		cr_assert_eq(chown(sub, NOBODY, NOBODY), 0);
+	cr_assert_eq(pipe(p), 0);
+	pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		struct storage s;
+		char e[2048] = "";
+		int r;
+
+		close(p[0]);
+		if (getuid() == 0 && drop_uid(NOBODY) < 0)
+			child_exit(99);
+		if (existing)
+			close(open(path, O_CREAT | O_WRONLY, 0640));
+		storage_init(&s);
+		/* Not our group, and one we are not a member of. */
+		s.gid = getgid() == 0 ? 1 : 0;
+		r = storage_try_lock(&s, sub, path, "-", e, sizeof e);
+		dprintf(p[1], "%d\n%s\n%s", r, e, s.note);
+		storage_free(&s);
+		child_exit(0);
+	}
+	close(p[1]);
+	n = read(p[0], out, outlen - 1);
+	close(p[0]);
+	out[n > 0 ? n : 0] = '\0';
+	waitpid(pid, &status, 0);
+	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child %d",
+		  status);
+	sscanf(out, "%d", &rc);
+	return rc;
+}
+
+Test(storage, an_existing_lock_file_that_cannot_get_storage_group_says_why)
+{
+	char out[2048];
+
+	cr_assert_eq(try_lock_with_foreign_group(true, out, sizeof out), 0,
+		     "%s", out);
+	cr_assert_not_null(strstr(out, "(storage.group): Operation not "
+				       "permitted; the daemon's user must be a "
+				       "member of that group"),
+			   "%s", out);
+}
+
+Test(storage, a_new_lock_file_that_cannot_get_storage_group_says_why)
+{
+	char out[2048];
+
+	cr_assert_eq(try_lock_with_foreign_group(false, out, sizeof out), 0,
+		     "%s", out);
+	cr_assert_not_null(strstr(out, "cannot give storage lock file"), "%s",
+			   out);
+	cr_assert_not_null(strstr(out, "Operation not permitted"), "%s", out);
+}
+
+Test(storage, a_retry_after_the_lock_file_was_replaced_locks_the_new_one)
+{
+	struct storage a, b;
+
+	storage_init(&a);
+	storage_init(&b);
+	cr_assert_eq(try_lock(&a), 0, "%s", err);
+	cr_assert_eq(try_lock(&b), -EAGAIN);
+	cr_assert_geq(b.fd, 0, "the standby keeps the file open");
+	/* The old file goes away; a still holds its lock, which protects
+	 * nothing now. */
+	cr_assert_eq(unlink(lock), 0);
+	cr_assert_eq(try_lock(&b), 0, "%s", err);
+	cr_assert(b.held);
+	storage_free(&b);
+	storage_free(&a);
+}
+
+Test(storage, watching_a_lock_file_that_is_gone_fails)
+{
+	struct storage s;
+
+	storage_init(&s);
+	storage_wait_cancel(&s); /* not waiting: nothing to do */
+	cr_assert_eq(try_lock(&s), 0, "%s", err);
+	cr_assert_eq(unlink(lock), 0);
+	cr_assert_eq(storage_watch(&s), -ENOENT);
+	storage_free(&s);
 }
