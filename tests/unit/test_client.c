@@ -25,10 +25,12 @@
 #include <unistd.h>
 
 #include "arbiter.h"
+#include "child_exit.h"
 #include "codec.h"
 #include "frame.h"
 
 #define NOBODY 65534
+
 
 static char dir[64];
 
@@ -144,7 +146,7 @@ fake_send(int fd, Arbiter__ServerMessage *m)
 	size_t n = codec_pack_frame(&m->base, buf);
 
 	if (write(fd, buf, n) != (ssize_t)n)
-		_exit(3);
+		child_exit(3);
 }
 
 static void
@@ -166,7 +168,7 @@ tell(int out, const Arbiter__Request *req)
 		}
 	}
 	if (write(out, &s, sizeof s) != (ssize_t)sizeof s)
-		_exit(3);
+		child_exit(3);
 }
 
 static void
@@ -342,7 +344,7 @@ play(int fd, int out, enum script script)
 			break;
 		case ARBITER__REQUEST__KIND_ACQUIRE:
 			if (script == DIE_AT_ACQUIRE)
-				_exit(0);
+				child_exit(0);
 			while (script == FLOOD_QUEUED &&
 			       send_queued(fd, req->id) == 0)
 				;
@@ -403,21 +405,21 @@ fake_start(struct fake *f, const char *folder, const char *name, uid_t as_uid,
 		close(ready[0]);
 		snprintf(sa.sun_path, sizeof sa.sun_path, "%s", f->path);
 		if (lfd < 0 || bind(lfd, (struct sockaddr *)&sa, sizeof sa) < 0)
-			_exit(2);
+			child_exit(2);
 		chmod(f->path, 0777);
 		/* SO_PEERCRED reports who called listen(). */
 		if (as_uid != 0 && (setgid(as_uid) < 0 || setuid(as_uid) < 0))
-			_exit(2);
+			child_exit(2);
 		/* Gone with the test, even when an assertion ends it early
 		 * (set after setuid, which clears it). */
 		prctl(PR_SET_PDEATHSIG, SIGKILL);
 		if (listen(lfd, 8) < 0 || write(ready[1], "r", 1) != 1)
-			_exit(2);
+			child_exit(2);
 		while ((fd = accept(lfd, NULL, NULL)) >= 0) {
 			play(fd, p[1], script);
 			close(fd);
 		}
-		_exit(0);
+		child_exit(0);
 	}
 	close(p[1]);
 	close(ready[1]);
@@ -1014,25 +1016,25 @@ deflt_connect(const struct deflt *d, int want, const char *needle)
 		    chmod(d->sock, 0777) < 0 || listen(lfd, 4) < 0) {
 			fprintf(stderr, "cannot listen on %s: %s\n", d->sock,
 				strerror(errno));
-			_exit(2);
+			child_exit(2);
 		}
 		if (geteuid() == 0 && d->uid != 0 &&
-		    (setgid(d->uid) < 0 || setuid(d->uid) < 0))
-			_exit(2);
+		    drop_uid(d->uid) < 0)
+			child_exit(2);
 		rc = arb_connect_timeout(&c, NULL, "t", 1000);
 		if (rc != want || (needle != NULL && strstr(arb_connect_error(),
 							    needle) == NULL)) {
 			fprintf(stderr, "got %d (%s), wanted %d with '%s'\n",
 				rc, arb_connect_error(), want,
 				needle ? needle : "");
-			_exit(1);
+			child_exit(1);
 		}
 		if (want == -ARB_EUNTRUSTED && accept(lfd, NULL, NULL) >= 0) {
 			fprintf(stderr, "the client connected anyway\n");
-			_exit(1);
+			child_exit(1);
 		}
 		arb_close(c);
-		_exit(0);
+		child_exit(0);
 	}
 	cr_assert_eq(waitpid(pid, &status, 0), pid);
 	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0,
