@@ -6,6 +6,7 @@
  * arb_next_event().
  */
 #include <errno.h>
+#include <limits.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
@@ -37,7 +38,7 @@
 struct arb_client {
 	int fd;
 	uint64_t next_id;
-	char path[108];
+	char path[PATH_MAX]; /* whole, so a path too long for a socket is named */
 	char err[512];
 	uint8_t *rbuf;
 	size_t rlen, rcap;
