@@ -101,7 +101,17 @@ json_tail(char *out, size_t cap, const char *kv)
 		p = eq + 1;
 		if (*p == '"') {
 			p++;
-			while (*p && *p != '"' && o + 4 < cap) {
+			while (*p && *p != '"' && o + 8 < cap) {
+				/* log_quote's \xNN is logfmt's; JSON spells
+				 * it \u00NN. */
+				if (p[0] == '\\' && p[1] == 'x' && p[2] && p[3]) {
+					memcpy(out + o, "\\u00", 4);
+					o += 4;
+					out[o++] = p[2];
+					out[o++] = p[3];
+					p += 4;
+					continue;
+				}
 				if (*p == '\\' && p[1])
 					out[o++] = *p++;
 				out[o++] = *p++;

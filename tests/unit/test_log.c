@@ -180,12 +180,10 @@ Test(log, a_json_tail_without_pairs_ends_the_object)
 
 /*
  * log_quote() writes a control character as \xNN; JSON has no \x escape,
- * so a value with a newline or tab (a resource name, a path) makes the JSON
- * line unparseable. It should become \u00NN.
+ * so a value with a newline or tab (a resource name, a path) must become
+ * \u00NN in a JSON line, or the line does not parse.
  */
-Test(log, a_json_line_escapes_control_characters_as_json, .disabled = true,
-     .description = "log.c json_tail copies logfmt's \\xNN escape into "
-		    "JSON, which has no \\x escape: the line does not parse")
+Test(log, a_json_line_escapes_control_characters_as_json)
 {
 	char q[64];
 
