@@ -263,6 +263,16 @@ out:
 	return rc;
 }
 
+/* What a path that is not a regular file is, for the message. */
+static const char *
+not_regular(mode_t mode)
+{
+	return S_ISFIFO(mode)	? "it is a FIFO"
+	       : S_ISDIR(mode)	? "it is a folder"
+	       : S_ISSOCK(mode) ? "it is a socket"
+				: "it is a device";
+}
+
 int
 state_read(const char *path, struct state_data *out, char *err, size_t errlen)
 {
@@ -280,6 +290,13 @@ state_read(const char *path, struct state_data *out, char *err, size_t errlen)
 		rc = -errno;
 		if (rc == -ENOENT)
 			return rc;
+		/* A socket fails open(2) itself (ENXIO): name what is there. */
+		if (rc != -ELOOP && lstat(path, &st) == 0 &&
+		    !S_ISREG(st.st_mode) && !S_ISLNK(st.st_mode)) {
+			snprintf(err, errlen, "%s, not a regular file; remove it",
+				 not_regular(st.st_mode));
+			return -EINVAL;
+		}
 		snprintf(err, errlen, "cannot open: %s%s", strerror(-rc),
 			 rc == -ELOOP ? " (it is a symbolic link, which "
 					"arbiter refuses; remove it)"
@@ -295,10 +312,7 @@ state_read(const char *path, struct state_data *out, char *err, size_t errlen)
 	if (!S_ISREG(st.st_mode)) {
 		close(fd);
 		snprintf(err, errlen, "%s, not a regular file; remove it",
-			 S_ISFIFO(st.st_mode)	? "it is a FIFO"
-			 : S_ISDIR(st.st_mode)	? "it is a folder"
-			 : S_ISSOCK(st.st_mode) ? "it is a socket"
-						: "it is a device");
+			 not_regular(st.st_mode));
 		return -EINVAL;
 	}
 	if ((size_t)st.st_size > STATE_MAX_BYTES) {
