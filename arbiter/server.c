@@ -700,8 +700,13 @@ server_begin_shutdown(struct server *srv, const char *why)
 	 * marked kill takes no more output. The pump writes them. */
 	dispatch_drain(srv);
 	TAILQ_FOREACH(c, &srv->conns, entry) {
-		if (c->kill == NULL)
+		/* A healthy client gets its last words as fast as it reads
+		 * them, up to shutdown.timeout_ms (ev_stop), like a closing
+		 * text session; one already condemned is not waited for. */
+		if (c->kill == NULL) {
 			c->kill = "shutdown";
+			c->linger = true;
+		}
 		conn_flushq_add(c);
 	}
 	tv.tv_sec = (time_t)(srv->cfg.shutdown_timeout_ms / 1000);

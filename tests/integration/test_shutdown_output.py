@@ -5,17 +5,10 @@ import signal
 import socket
 import struct
 
-import pytest
-
 import harness
 from harness import Wire, pb
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "conn.c conn_flush: a connection marked kill (shutdown marks them all) "
-    "gives up at the first EAGAIN ('give up on the last words') and is "
-    "closed at once, so a holder whose socket is full at SIGTERM never "
-    "gets its Revoked and shutdown.timeout_ms is never waited for"))
 def test_a_holder_with_a_full_socket_still_gets_its_revoked(tmp_path):
     d = harness.Daemon(tmp_path, args=[
         "-o", "limits.output_buffer_bytes=67108864",
