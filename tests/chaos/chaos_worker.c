@@ -11,13 +11,19 @@
  * Storage (per resource, shared by every worker):
  *   rN.counter  append-only journal of 64-byte records "value token pid";
  *               the counter's value is the last record (0 when empty)
- *   rN.fence    the highest fencing token the storage has seen
+ *   rN.fence    two fencing tokens: the highest a writer (or a claiming
+ *               read) has used, and the highest any access has used
  * A storage operation takes flock(rN.counter) for its own few syscalls only,
  * like a database latching a row; it never covers the critical section.
- * Exclusive: read (claims the storage: raises the fence to our token, refused
- * if the fence is above it), pause, write value+1 (refused likewise). Shared:
- * read (refused if the fence is above our token; never raises it). A refusal
- * is a "fenced" section.
+ * Exclusive: read (claims the storage: refused if any access had a higher
+ * token, raises both fences), pause, write value+1 (refused likewise).
+ * Shared: read (refused if a writer had a higher token; raises only the
+ * second fence, so readers never refuse each other). A reader's token thus
+ * fences off a stale writer that comes after it: a converter that read
+ * under a shared lease and writes after its upgrade is protected from an
+ * outlived writer of an earlier daemon slipping in between, as it would be
+ * in a store that records every token it sees. A refusal is a "fenced"
+ * section.
  *
  * Log lines (one write(2) each, so a SIGKILL never leaves half a line):
  *   C dpid t_ns                      connected to the daemon with that pid
@@ -81,7 +87,7 @@
 
 #define MAX_RES 16
 #define REC 64	  /* journal record size */
-#define FENCE 32  /* fence record size */
+#define FENCE 64  /* fence record size */
 
 static volatile sig_atomic_t stopping, slow_next;
 static int logfd = -1;
@@ -184,31 +190,35 @@ oneline(const char *s, char *buf, size_t len)
 
 /* ------------------------------------------------------------ storage */
 
+/* The two fences: w, the highest token that wrote or claimed; a, the
+ * highest token of any access. */
 static int
-fence_get(struct store *s, uint64_t *v)
+fence_get(struct store *s, uint64_t *w, uint64_t *a)
 {
-	char buf[FENCE + 1];
+	char buf[FENCE + 1], *end;
 	ssize_t n = pread(s->ffd, buf, FENCE, 0);
 
 	if (n < 0)
 		return -errno;
 	if (n == 0) {
-		*v = 0;
+		*w = *a = 0;
 		return 0;
 	}
 	if (n != FENCE)
 		return -EIO;
 	buf[n] = '\0';
-	*v = strtoull(buf, NULL, 10);
+	*w = strtoull(buf, &end, 10);
+	*a = strtoull(end, NULL, 10);
 	return 0;
 }
 
 static int
-fence_set(struct store *s, uint64_t v)
+fence_set(struct store *s, uint64_t w, uint64_t a)
 {
 	char buf[FENCE + 1];
 
-	snprintf(buf, sizeof buf, "%020" PRIu64 "%*s\n", v, FENCE - 21, "");
+	snprintf(buf, sizeof buf, "%020" PRIu64 " %020" PRIu64 "%*s\n", w, a,
+		 FENCE - 42, "");
 	if (pwrite(s->ffd, buf, FENCE, 0) != FENCE)
 		return -EIO;
 	return 0;
@@ -237,20 +247,22 @@ last_value(struct store *s, uint64_t *v)
 
 enum { ST_OK = 0, ST_FENCED = 1 };
 
-/* With the store locked: ST_FENCED when a higher token has used it; else
- * raise the fence to token if claim. */
+/* With the store locked: ST_FENCED when a higher token has used it (for
+ * a shared read: a higher writer's token); else record token (claim: as
+ * a writer's). */
 static int
 fence_pass(struct store *s, uint64_t token, bool claim)
 {
-	uint64_t f = 0;
-	int rc = fence_get(s, &f);
+	uint64_t w = 0, a = 0;
+	int rc = fence_get(s, &w, &a);
 
 	if (break_nofence)
-		f = 0;
-	if (rc == 0 && token < f)
+		w = a = 0;
+	if (rc == 0 && token < (claim ? a : w))
 		return ST_FENCED;
-	if (rc == 0 && claim && token > f)
-		rc = fence_set(s, token);
+	if (rc == 0 && (token > a || (claim && token > w)))
+		rc = fence_set(s, claim && token > w ? token : w,
+			       token > a ? token : a);
 	return rc;
 }
 
