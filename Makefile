@@ -32,9 +32,13 @@ CONF ?= arbiter.conf
 SAN ?=
 VERSION := 0.1.0
 
-PKGS := libevent libevent_openssl openssl jansson libprotobuf-c msgpack inih
-PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKGS := libevent libprotobuf-c msgpack inih
+# The etcd client's own libraries. It is not wired into arbiterd yet, so
+# only its tests link them and the daemon's image does not need them.
+CLUSTER_PKGS := libevent_openssl openssl jansson
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) $(CLUSTER_PKGS) 2>/dev/null)
 PKG_LIBS = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm
+CLUSTER_LIBS = $(shell pkg-config --libs $(CLUSTER_PKGS) 2>/dev/null)
 
 OPT ?= -O2
 CFLAGS ?= $(OPT) -g
@@ -52,7 +56,7 @@ PYGEN := $(BUILD)/gen/python/arbiter_pb2.py
 PROTO_SRC := proto/frame.c proto/codec.c
 PROTO_OBJ := $(BUILD)/gen/arbiter.pb-c.o $(PROTO_SRC:%.c=$(BUILD)/%.o)
 
-DAEMON_SRC := $(filter-out arbiter/main.c,$(wildcard arbiter/*.c))
+DAEMON_SRC := $(filter-out arbiter/main.c arbiter/etcd.c,$(wildcard arbiter/*.c))
 DAEMON_OBJ := $(DAEMON_SRC:%.c=$(BUILD)/%.o)
 MAIN_OBJ := $(BUILD)/arbiter/main.o
 
@@ -114,13 +118,15 @@ $(BUILD)/arbiterctl: $(CTL_OBJ) $(BUILD)/libarbiter.a
 TEST_DEPS_lockmgr = $(BUILD)/arbiter/lockmgr.o
 TEST_DEPS_codec = $(PROTO_OBJ)
 TEST_DEPS_metrics = $(BUILD)/arbiter/http.o
+TEST_DEPS_etcd = $(BUILD)/arbiter/etcd.o
 test_deps = $(or $(TEST_DEPS_$(1)),$(DAEMON_OBJ) $(PROTO_OBJ) $(CLIENT_OBJ))
 
 .SECONDEXPANSION:
 $(BUILD)/tests/test_%: tests/unit/test_%.c $$(call test_deps,$$*)
 	@mkdir -p $(dir $@)
 	$(CC) $(filter-out -Wmissing-prototypes,$(ALL_CFLAGS)) -Itests/lib -o $@ \
-		$(filter %.c %.o,$^) $(PKG_LIBS) -lcriterion -lpthread
+		$(filter %.c %.o,$^) $(PKG_LIBS) $(if $(filter %/etcd.o,$^),$(CLUSTER_LIBS)) \
+		-lcriterion -lpthread
 
 run:
 	@sh scripts/deps.sh
@@ -154,7 +160,7 @@ ETCD_PROBE := $(BUILD)/tests/etcd_probe
 
 $(ETCD_PROBE): tests/cluster/etcd_probe.c $(BUILD)/arbiter/etcd.o
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -o $@ $^ $(PKG_LIBS)
+	$(CC) $(ALL_CFLAGS) -o $@ $(filter %.c %.o,$^) $(PKG_LIBS) $(CLUSTER_LIBS)
 
 check-cluster: all $(ETCD_PROBE)
 	@sh scripts/deps.sh test

@@ -173,6 +173,7 @@ serve(struct worker *w, struct conn *k)
 			error(w, k, "lease revoked", -ARB_EREVOKED);
 			break;
 		case ARB_EV_REPLY:
+		case ARB_EV_CONVERTED: /* the load never converts */
 			error(w, k, "unexpected reply", -ARB_EPROTO);
 			break;
 		}
