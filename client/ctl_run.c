@@ -477,7 +477,7 @@ acquire_riding(arb_client **c, const char *name, const struct run_opts *o,
 			if (until <= 0) {
 				char why[300];
 
-				snprintf(why, sizeof why, "%s", msg);
+				snprintf(why, sizeof why, "%.299s", msg);
 				snprintf(
 				    msg, msglen,
 				    "gave up waiting for '%.255s': the arbiter "
