@@ -38,7 +38,7 @@
 struct arb_client {
 	int fd;
 	uint64_t next_id;
-	char path[PATH_MAX]; /* whole, so a path too long for a socket is named */
+	char path[108];
 	char err[512];
 	uint8_t *rbuf;
 	size_t rlen, rcap;
@@ -104,7 +104,8 @@ arb_strerror(int err)
 		[ARB_ESTORAGE - 1000] = "storage lock unavailable",
 		[ARB_EINTERNAL - 1000] = "internal error in the daemon",
 		[ARB_ECANCELLED - 1000] = "the pending acquire was withdrawn",
-		[ARB_EDEADLOCK - 1000] = "upgrade refused: another holder waits",
+		[ARB_EDEADLOCK - 1000] =
+		    "upgrade refused: it would deadlock with another's upgrade",
 	};
 	int e = err < 0 ? -err : err;
 
@@ -900,6 +901,7 @@ arb_connect_timeout(arb_client **out, const char *socket_path,
 	Arbiter__ServerMessage *m;
 	arb_client *c;
 	bool default_path = false;
+	char whole[PATH_MAX];
 	int rc;
 
 	*out = NULL;
@@ -913,19 +915,22 @@ arb_connect_timeout(arb_client **out, const char *socket_path,
 			: timeout_ms > 0 ? timeout_ms
 					 : 0;
 	if (socket_path != NULL && *socket_path != '\0') {
-		snprintf(c->path, sizeof c->path, "%s", socket_path);
+		snprintf(whole, sizeof whole, "%s", socket_path);
 	} else {
 		const char *env = getenv("ARBITER_SOCKET");
 
 		default_path = env == NULL || *env == '\0';
-		arb_socket_path(c->path, sizeof c->path);
+		arb_socket_path(whole, sizeof whole);
 	}
-	if (strlen(c->path) >= sizeof sa.sun_path) {
+	/* Checked before the copy, so a long path is named, never cut to
+	 * another path and connected to. */
+	if (strlen(whole) >= sizeof sa.sun_path) {
 		snprintf(connect_err, sizeof connect_err,
-			 "socket path %s is longer than 107 bytes", c->path);
+			 "socket path %.900s is longer than 107 bytes", whole);
 		free(c);
 		return -ENAMETOOLONG;
 	}
+	memcpy(c->path, whole, strlen(whole) + 1);
 	if (default_path) {
 		rc = check_default_folder(c->path, connect_err,
 					  sizeof connect_err);
