@@ -105,8 +105,10 @@ json_tail(char *out, size_t cap, const char *kv)
 				/* log_quote's \xNN is logfmt's; JSON spells
 				 * it \u00NN. */
 				if (p[0] == '\\' && p[1] == 'x' && p[2] && p[3]) {
-					memcpy(out + o, "\\u00", 4);
-					o += 4;
+					out[o++] = '\\';
+					out[o++] = 'u';
+					out[o++] = '0';
+					out[o++] = '0';
 					out[o++] = p[2];
 					out[o++] = p[3];
 					p += 4;
