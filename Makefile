@@ -15,7 +15,7 @@
 #   make chaos      the mutual-exclusion checker for DURATION seconds
 #   make check-cluster  the etcd client against a real 3-member etcd
 #   make bench      benchmarks (never part of make test)
-#   make lint       clang-tidy and cppcheck (FORMAT_CHECK=yes adds format-check)
+#   make lint       clang-tidy, cppcheck and format-check (FORMAT_CHECK=no skips it)
 #   make format     clang-format every C file in place
 #   make format-check  fail on any C file clang-format would change
 #   make deps       install the missing Debian packages for building
@@ -314,8 +314,8 @@ TIDY_CHECKS := -*,clang-analyzer-*,bugprone-*,-bugprone-easily-swappable-paramet
 -clang-analyzer-security.insecureAPI.DeprecatedOrUnsafeBufferHandling,\
 -clang-analyzer-optin.performance.Padding
 
-# format-check joins lint once the tree is formatted: FORMAT_CHECK=yes.
-FORMAT_CHECK ?= no
+# The tree is formatted: lint fails on any file clang-format would change.
+FORMAT_CHECK ?= yes
 
 lint: $(GEN) $(if $(filter yes,$(FORMAT_CHECK)),format-check)
 	clang-tidy --quiet --warnings-as-errors='*' -checks='$(TIDY_CHECKS)' \
@@ -329,7 +329,7 @@ lint: $(GEN) $(if $(filter yes,$(FORMAT_CHECK)),format-check)
 		--suppress=cppcheckError:arbiter/stats.c \
 		arbiter/*.c proto/*.c client/*.c
 
-FORMAT_SRC = $(wildcard arbiter/*.[ch] proto/*.[ch] client/*.[ch] tests/unit/*.c)
+FORMAT_SRC = $(wildcard arbiter/*.[ch] proto/*.[ch] client/*.[ch] tests/*/*.[ch])
 
 format:
 	clang-format -i $(FORMAT_SRC)

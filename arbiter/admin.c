@@ -29,8 +29,8 @@
 #include "role.h"
 #include "server.h"
 
-static void
-out(struct conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void out(struct conn *c, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 
 static void
 out(struct conn *c, const char *fmt, ...)
@@ -44,7 +44,8 @@ out(struct conn *c, const char *fmt, ...)
 	va_end(ap);
 	if (n < 0)
 		return;
-	conn_send_text(c, buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
+	conn_send_text(c, buf,
+		       (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
 }
 
 static void
@@ -62,7 +63,8 @@ print_field(const struct stats_field *fd, const struct stats_value *v,
 
 	if (n > 0)
 		conn_send_text(arg, buf,
-			       (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
+			       (size_t)n < sizeof buf ? (size_t)n
+						      : sizeof buf - 1);
 }
 
 static void
@@ -78,7 +80,7 @@ enum { STREAM_NONE, STREAM_STATUS, STREAM_STATS };
 
 /* Resources per part of a streamed reply (weighed as in Status pages). */
 #define STREAM_STATUS_BUDGET 256
-#define STREAM_STATS_BUDGET 64
+#define STREAM_STATS_BUDGET  64
 
 /* The reply's parts come from conn_flush once what is queued (the header,
  * at least) has been written; never from here, so that a run of pipelined
@@ -108,12 +110,12 @@ cmd_stats(struct conn *c, const char *arg)
 {
 	struct server *srv = c->srv;
 
-	out(c, "# Server\nversion:%s\npid:%ld\nrole:%s\nuptime_seconds:%.3f\n"
-	       "connections:%u\nstorage_locked:%d\nholders:%u\nwaiters:%u\n"
-	       "token_last:%" PRIu64 "\ntoken_reserved:%" PRIu64
-	       "\nstate_writes:%u\nstate_fsyncs:%u\nresources_tracked:%u\n",
-	    ARBITER_VERSION, (long)getpid(),
-	    role_name(srv),
+	out(c,
+	    "# Server\nversion:%s\npid:%ld\nrole:%s\nuptime_seconds:%.3f\n"
+	    "connections:%u\nstorage_locked:%d\nholders:%u\nwaiters:%u\n"
+	    "token_last:%" PRIu64 "\ntoken_reserved:%" PRIu64
+	    "\nstate_writes:%u\nstate_fsyncs:%u\nresources_tracked:%u\n",
+	    ARBITER_VERSION, (long)getpid(), role_name(srv),
 	    (double)(now_ns() - srv->t_start) / 1e9, srv->nconns,
 	    srv->storage.held ? 1 : 0, srv->lm.nheld, srv->lm.nwaiting,
 	    srv->lm.last_token, srv->lm.token_limit, srv->state_writes,
@@ -177,7 +179,7 @@ status_one(void *e, void *arg)
 						       : DISPATCH_LIST_MAX) +
 		    (res->nwaiters < DISPATCH_LIST_MAX ? res->nwaiters
 						       : DISPATCH_LIST_MAX)) /
-			4;
+		       4;
 }
 
 static void
@@ -185,8 +187,9 @@ cmd_status(struct conn *c, const char *arg)
 {
 	struct server *srv = c->srv;
 
-	out(c, "# Server\nrole:%s\nstorage:%s\nconnections:%u\n"
-	       "resources:%u\nholders:%u\nwaiters:%u\n",
+	out(c,
+	    "# Server\nrole:%s\nstorage:%s\nconnections:%u\n"
+	    "resources:%u\nholders:%u\nwaiters:%u\n",
 	    role_name(srv), srv->cfg.storage_path, srv->nconns, srv->lm.nres,
 	    srv->lm.nheld, srv->lm.nwaiting);
 	if (srv->role == ROLE_STANDBY)
@@ -212,10 +215,9 @@ admin_stream(struct conn *c)
 			      &c->stream_cursor, STREAM_STATUS_BUDGET,
 			      status_one, c);
 	else if (c->stream == STREAM_STATS)
-		dispatch_scan(srv->stats.by_name ? &srv->stats.by_name->hh
-						 : NULL,
-			      &c->stream_cursor, STREAM_STATS_BUDGET, stats_one,
-			      c);
+		dispatch_scan(
+		    srv->stats.by_name ? &srv->stats.by_name->hh : NULL,
+		    &c->stream_cursor, STREAM_STATS_BUDGET, stats_one, c);
 	else
 		return;
 	if (c->stream_cursor != 0)
@@ -251,15 +253,14 @@ static const struct admin_cmd {
 	const char *help;
 	void (*fn)(struct conn *, const char *);
 } cmds[] = {
-	{"help", "help", "list the commands", cmd_help},
-	{"ping", "ping", "answer 'pong' and the role (active or standby)",
-	 cmd_ping},
-	{"stats", "stats [RESOURCE]",
-	 "counters and wait/hold times, total and per resource", cmd_stats},
-	{"status", "status [RESOURCE]",
-	 "every resource with its holders and waiters in queue order",
-	 cmd_status},
-	{"quit", "quit", "close the connection", cmd_quit},
+    {"help", "help", "list the commands", cmd_help},
+    {"ping", "ping", "answer 'pong' and the role (active or standby)",
+     cmd_ping},
+    {"stats", "stats [RESOURCE]",
+     "counters and wait/hold times, total and per resource", cmd_stats},
+    {"status", "status [RESOURCE]",
+     "every resource with its holders and waiters in queue order", cmd_status},
+    {"quit", "quit", "close the connection", cmd_quit},
 };
 
 static void
@@ -310,8 +311,9 @@ admin_input(struct conn *c)
 		 * applies: the same allow lists as binary clients. */
 		if (!dispatch_access(srv, &c->owner, ACCESS_CLIENT)) {
 			stats_count(&srv->stats, NULL, STAT_failed_forbidden);
-			out(c, "error: forbidden: uid %u gid %u is not in "
-			       "access.allow_uids or access.allow_gids\n",
+			out(c,
+			    "error: forbidden: uid %u gid %u is not in "
+			    "access.allow_uids or access.allow_gids\n",
 			    c->owner.uid, c->owner.gid);
 			c->kill = "forbidden";
 			return;
@@ -326,9 +328,10 @@ admin_input(struct conn *c)
 		eol = evbuffer_search_eol(c->in, NULL, NULL, EVBUFFER_EOL_LF);
 		if (eol.pos < 0) {
 			if (evbuffer_get_length(c->in) > max) {
-				out(c, "error: line longer than "
-				       "limits.max_text_line (%zu bytes); "
-				       "closing\n",
+				out(c,
+				    "error: line longer than "
+				    "limits.max_text_line (%zu bytes); "
+				    "closing\n",
 				    max);
 				c->kill = "text line too long";
 			}
@@ -336,8 +339,9 @@ admin_input(struct conn *c)
 		}
 		len = (size_t)eol.pos;
 		if (len > max) {
-			out(c, "error: line longer than limits.max_text_line "
-			       "(%zu bytes); closing\n",
+			out(c,
+			    "error: line longer than limits.max_text_line "
+			    "(%zu bytes); closing\n",
 			    max);
 			c->kill = "text line too long";
 			return;

@@ -51,395 +51,395 @@ static const char *const bool_names[] = {"no", "yes", NULL};
 #define MAXU UINT64_C(1000000000000)
 
 static const struct config_key keys[] = {
-	{
-		.section = "socket",
-		.key = "path",
-		.type = T_PATH,
-		.off = O(socket_path),
-		.def = "",
-		.help = "Unix socket clients connect to; empty: "
-			"/run/arbiter/arbiter.sock as root, "
-			"/tmp/arbiter-UID/arbiter.sock otherwise",
-	},
-	{
-		.section = "socket",
-		.key = "mode",
-		.type = T_MODE,
-		.off = O(socket_mode),
-		.max = 0777,
-		.def = "0660",
-		.help = "file mode of the socket; connecting needs write permission",
-	},
-	{
-		.section = "socket",
-		.key = "group",
-		.type = T_STR,
-		.off = O(socket_group),
-		.def = "",
-		.help = "group of the socket, a name or number; empty: the "
-			"daemon's group",
-	},
-	{
-		.section = "storage",
-		.key = "path",
-		.type = T_PATH,
-		.off = O(storage_path),
-		.def = "/var/lib/arbiter",
-		.help = "the storage folder whose lock arbiter holds; created if "
-			"missing",
-	},
-	{
-		.section = "storage",
-		.key = "lock_file",
-		.type = T_PATH,
-		.off = O(lock_file),
-		.def = "",
-		.help = "the lock file; empty: <storage.path>/.arbiter.lock",
-	},
-	{
-		.section = "storage",
-		.key = "state_file",
-		.type = T_PATH,
-		.off = O(state_file),
-		.def = "",
-		.help = "the state file of fencing-token high-water marks; empty:"
-			" <storage.path>/.arbiter.state",
-	},
-	{
-		.section = "storage",
-		.key = "group",
-		.type = T_STR,
-		.off = O(storage_group),
-		.def = "",
-		.help = "a group that may also open the lock file (0660) and read "
-			"the state file (0640); empty: the daemon's user alone",
-	},
-	{
-		.section = "storage",
-		.key = "hold",
-		.type = T_ENUM,
-		.off = O(hold),
-		.def = "always",
-		.names = hold_names,
-		.help = "always: hold the storage lock for the daemon's life (a "
-			"second arbiter waits as a standby); on-demand: take it "
-			"with the first lease, drop it linger_ms after the last",
-	},
-	{
-		.section = "storage",
-		.key = "linger_ms",
-		.type = T_UINT,
-		.off = O(linger_ms),
-		.max = 86400000,
-		.def = "1000",
-		.live = true,
-		.help = "on-demand only: how long the storage lock outlives the "
-			"last lease",
-	},
-	{
-		.section = "limits",
-		.key = "max_connections",
-		.type = T_UINT,
-		.off = O(max_connections),
-		.min = 1,
-		.max = 1000000,
-		.def = "4096",
-		.live = true,
-		.help = "client connections at once; more are refused with an error",
-	},
-	{
-		.section = "limits",
-		.key = "max_frame_bytes",
-		.type = T_BYTES,
-		.off = O(max_frame_bytes),
-		.min = 64,
-		.max = 16777215,
-		.def = "65536",
-		.live = true,
-		.help = "largest request frame in bytes (K/M suffixes allowed)",
-	},
-	{
-		.section = "limits",
-		.key = "max_resources",
-		.type = T_UINT,
-		.off = O(max_resources),
-		.min = 1,
-		.max = 100000000,
-		.def = "1000000",
-		.live = true,
-		.help = "distinct resources held or waited for at once",
-	},
-	{
-		.section = "limits",
-		.key = "max_leases_per_connection",
-		.type = T_UINT,
-		.off = O(max_leases_per_connection),
-		.min = 1,
-		.max = 1000000,
-		.def = "1024",
-		.live = true,
-		.help = "leases plus pending requests on one connection",
-	},
-	{
-		.section = "limits",
-		.key = "max_waiters_per_resource",
-		.type = T_UINT,
-		.off = O(max_waiters_per_resource),
-		.min = 1,
-		.max = 10000000,
-		.def = "100000",
-		.live = true,
-		.help = "waiters queued on one resource",
-	},
-	{
-		.section = "limits",
-		.key = "handshake_timeout_ms",
-		.type = T_UINT,
-		.off = O(handshake_timeout_ms),
-		.min = 10,
-		.max = 3600000,
-		.def = "5000",
-		.live = true,
-		.help = "a client must send Hello within this many ms of connecting",
-	},
-	{
-		.section = "limits",
-		.key = "output_buffer_bytes",
-		.type = T_BYTES,
-		.off = O(output_buffer_bytes),
-		.min = 4096,
-		.max = 1073741824,
-		.def = "4M",
-		.live = true,
-		.help = "replies queued for a client that does not read them; "
-			"past this it is disconnected",
-	},
-	{
-		.section = "limits",
-		.key = "output_total_bytes",
-		.type = T_BYTES,
-		.off = O(output_total_bytes),
-		.min = 65536,
-		.max = 17179869184ULL,
-		.def = "16M",
-		.live = true,
-		.help = "replies queued for all clients together; past this the "
-			"slowest readers are disconnected first",
-	},
-	{
-		.section = "limits",
-		.key = "close_flush_ms",
-		.type = T_UINT,
-		.off = O(close_flush_ms),
-		.min = 10,
-		.max = 3600000,
-		.def = "10000",
-		.live = true,
-		.help = "how long a closing text session may take to read its "
-			"last replies",
-	},
-	{
-		.section = "limits",
-		.key = "max_text_line",
-		.type = T_BYTES,
-		.off = O(max_text_line),
-		.min = 64,
-		.max = 65536,
-		.def = "1024",
-		.live = true,
-		.help = "longest line of the text admin protocol",
-	},
-	{
-		.section = "leases",
-		.key = "lock_delay_ms",
-		.type = T_UINT,
-		.off = O(lock_delay_ms),
-		.max = 3600000,
-		.def = "0",
-		.live = true,
-		.help = "after a lease ends uncleanly, the resource is not "
-			"granted again for this long; 0: off",
-	},
-	{
-		.section = "leases",
-		.key = "max_lock_delay_ms",
-		.type = T_UINT,
-		.off = O(max_lock_delay_ms),
-		.max = 3600000,
-		.def = "60000",
-		.live = true,
-		.help = "the longest lock delay a client may ask for",
-	},
-	{
-		.section = "leases",
-		.key = "max_ttl_ms",
-		.type = T_UINT,
-		.off = O(max_ttl_ms),
-		.min = 1,
-		.max = MAXU,
-		.def = "86400000",
-		.live = true,
-		.help = "the longest ttl_ms a client may ask for",
-	},
-	{
-		.section = "leases",
-		.key = "slow_grant_ms",
-		.type = T_UINT,
-		.off = O(slow_grant_ms),
-		.max = MAXU,
-		.def = "1000",
-		.live = true,
-		.help = "a grant that waited at least this long is logged; 0: never",
-	},
-	{
-		.section = "access",
-		.key = "allow_uids",
-		.type = T_UIDS,
-		.off = O(allow_uids),
-		.def = "",
-		.live = true,
-		.help = "users (names or numbers, comma-separated) who may "
-			"connect; with allow_gids empty too: anyone who can open "
-			"the socket",
-	},
-	{
-		.section = "access",
-		.key = "allow_gids",
-		.type = T_GIDS,
-		.off = O(allow_gids),
-		.def = "",
-		.live = true,
-		.help = "groups (names or numbers, comma-separated) whose members"
-			" may connect",
-	},
-	{
-		.section = "access",
-		.key = "admin_uids",
-		.type = T_UIDS,
-		.off = O(admin_uids),
-		.def = "0",
-		.live = true,
-		.help = "users who may revoke leases and reset stats (the "
-			"daemon's own uid always may)",
-	},
-	{
-		.section = "log",
-		.key = "level",
-		.type = T_ENUM,
-		.off = O(log_level),
-		.def = "info",
-		.names = level_names,
-		.live = true,
-		.help = "debug, info, warn or error",
-	},
-	{
-		.section = "log",
-		.key = "format",
-		.type = T_ENUM,
-		.off = O(log_format),
-		.def = "logfmt",
-		.names = format_names,
-		.live = true,
-		.help = "logfmt (key=value) or json (one object per line)",
-	},
-	{
-		.section = "metrics",
-		.key = "listen",
-		.type = T_STR,
-		.off = O(metrics_listen),
-		.def = "",
-		.live = true,
-		.help = "HOST:PORT of the Prometheus /metrics and /healthz "
-			"listener; empty: off",
-	},
-	{
-		.section = "metrics",
-		.key = "max_resource_labels",
-		.type = T_UINT,
-		.off = O(max_resource_labels),
-		.max = 100000,
-		.def = "100",
-		.live = true,
-		.help = "resources that get their own label; the rest are folded "
-			"into \"_other\"",
-	},
-	{
-		.section = "metrics",
-		.key = "max_connections",
-		.type = T_UINT,
-		.off = O(metrics_max_connections),
-		.min = 1,
-		.max = 10000,
-		.def = "16",
-		.live = true,
-		.help = "metrics connections at once; past it a new one gets 503",
-	},
-	{
-		.section = "metrics",
-		.key = "max_header_bytes",
-		.type = T_BYTES,
-		.off = O(metrics_max_header_bytes),
-		.min = 512,
-		.max = 1048576,
-		.def = "8K",
-		.live = true,
-		.help = "largest request line plus headers; past it 431",
-	},
-	{
-		.section = "metrics",
-		.key = "max_body_bytes",
-		.type = T_BYTES,
-		.off = O(metrics_max_body_bytes),
-		.max = 1048576,
-		.def = "4K",
-		.live = true,
-		.help = "largest request body, read and dropped; past it 413",
-	},
-	{
-		.section = "metrics",
-		.key = "timeout_ms",
-		.type = T_UINT,
-		.off = O(metrics_timeout_ms),
-		.min = 100,
-		.max = 600000,
-		.def = "10000",
-		.live = true,
-		.help = "ms a metrics client has to send its request, and again "
-			"to read the reply",
-	},
-	{
-		.section = "stats",
-		.key = "max_resources",
-		.type = T_UINT,
-		.off = O(stats_max_resources),
-		.min = 1,
-		.max = 10000000,
-		.def = "10000",
-		.live = true,
-		.help = "resources whose figures are kept one by one; the rest "
-			"are folded together",
-	},
-	{
-		.section = "stats",
-		.key = "enabled",
-		.type = T_ENUM,
-		.off = O(stats_enabled),
-		.def = "yes",
-		.names = bool_names,
-		.live = true,
-		.help = "no: record nothing (stats and /metrics show zeros)",
-	},
-	{
-		.section = "shutdown",
-		.key = "timeout_ms",
-		.type = T_UINT,
-		.off = O(shutdown_timeout_ms),
-		.max = 600000,
-		.def = "5000",
-		.live = true,
-		.help = "on SIGTERM/SIGINT, how long to wait for the holders' "
-			"Revoked messages to be written",
-	},
+    {
+	.section = "socket",
+	.key = "path",
+	.type = T_PATH,
+	.off = O(socket_path),
+	.def = "",
+	.help = "Unix socket clients connect to; empty: "
+		"/run/arbiter/arbiter.sock as root, "
+		"/tmp/arbiter-UID/arbiter.sock otherwise",
+    },
+    {
+	.section = "socket",
+	.key = "mode",
+	.type = T_MODE,
+	.off = O(socket_mode),
+	.max = 0777,
+	.def = "0660",
+	.help = "file mode of the socket; connecting needs write permission",
+    },
+    {
+	.section = "socket",
+	.key = "group",
+	.type = T_STR,
+	.off = O(socket_group),
+	.def = "",
+	.help = "group of the socket, a name or number; empty: the "
+		"daemon's group",
+    },
+    {
+	.section = "storage",
+	.key = "path",
+	.type = T_PATH,
+	.off = O(storage_path),
+	.def = "/var/lib/arbiter",
+	.help = "the storage folder whose lock arbiter holds; created if "
+		"missing",
+    },
+    {
+	.section = "storage",
+	.key = "lock_file",
+	.type = T_PATH,
+	.off = O(lock_file),
+	.def = "",
+	.help = "the lock file; empty: <storage.path>/.arbiter.lock",
+    },
+    {
+	.section = "storage",
+	.key = "state_file",
+	.type = T_PATH,
+	.off = O(state_file),
+	.def = "",
+	.help = "the state file of fencing-token high-water marks; empty:"
+		" <storage.path>/.arbiter.state",
+    },
+    {
+	.section = "storage",
+	.key = "group",
+	.type = T_STR,
+	.off = O(storage_group),
+	.def = "",
+	.help = "a group that may also open the lock file (0660) and read "
+		"the state file (0640); empty: the daemon's user alone",
+    },
+    {
+	.section = "storage",
+	.key = "hold",
+	.type = T_ENUM,
+	.off = O(hold),
+	.def = "always",
+	.names = hold_names,
+	.help = "always: hold the storage lock for the daemon's life (a "
+		"second arbiter waits as a standby); on-demand: take it "
+		"with the first lease, drop it linger_ms after the last",
+    },
+    {
+	.section = "storage",
+	.key = "linger_ms",
+	.type = T_UINT,
+	.off = O(linger_ms),
+	.max = 86400000,
+	.def = "1000",
+	.live = true,
+	.help = "on-demand only: how long the storage lock outlives the "
+		"last lease",
+    },
+    {
+	.section = "limits",
+	.key = "max_connections",
+	.type = T_UINT,
+	.off = O(max_connections),
+	.min = 1,
+	.max = 1000000,
+	.def = "4096",
+	.live = true,
+	.help = "client connections at once; more are refused with an error",
+    },
+    {
+	.section = "limits",
+	.key = "max_frame_bytes",
+	.type = T_BYTES,
+	.off = O(max_frame_bytes),
+	.min = 64,
+	.max = 16777215,
+	.def = "65536",
+	.live = true,
+	.help = "largest request frame in bytes (K/M suffixes allowed)",
+    },
+    {
+	.section = "limits",
+	.key = "max_resources",
+	.type = T_UINT,
+	.off = O(max_resources),
+	.min = 1,
+	.max = 100000000,
+	.def = "1000000",
+	.live = true,
+	.help = "distinct resources held or waited for at once",
+    },
+    {
+	.section = "limits",
+	.key = "max_leases_per_connection",
+	.type = T_UINT,
+	.off = O(max_leases_per_connection),
+	.min = 1,
+	.max = 1000000,
+	.def = "1024",
+	.live = true,
+	.help = "leases plus pending requests on one connection",
+    },
+    {
+	.section = "limits",
+	.key = "max_waiters_per_resource",
+	.type = T_UINT,
+	.off = O(max_waiters_per_resource),
+	.min = 1,
+	.max = 10000000,
+	.def = "100000",
+	.live = true,
+	.help = "waiters queued on one resource",
+    },
+    {
+	.section = "limits",
+	.key = "handshake_timeout_ms",
+	.type = T_UINT,
+	.off = O(handshake_timeout_ms),
+	.min = 10,
+	.max = 3600000,
+	.def = "5000",
+	.live = true,
+	.help = "a client must send Hello within this many ms of connecting",
+    },
+    {
+	.section = "limits",
+	.key = "output_buffer_bytes",
+	.type = T_BYTES,
+	.off = O(output_buffer_bytes),
+	.min = 4096,
+	.max = 1073741824,
+	.def = "4M",
+	.live = true,
+	.help = "replies queued for a client that does not read them; "
+		"past this it is disconnected",
+    },
+    {
+	.section = "limits",
+	.key = "output_total_bytes",
+	.type = T_BYTES,
+	.off = O(output_total_bytes),
+	.min = 65536,
+	.max = 17179869184ULL,
+	.def = "16M",
+	.live = true,
+	.help = "replies queued for all clients together; past this the "
+		"slowest readers are disconnected first",
+    },
+    {
+	.section = "limits",
+	.key = "close_flush_ms",
+	.type = T_UINT,
+	.off = O(close_flush_ms),
+	.min = 10,
+	.max = 3600000,
+	.def = "10000",
+	.live = true,
+	.help = "how long a closing text session may take to read its "
+		"last replies",
+    },
+    {
+	.section = "limits",
+	.key = "max_text_line",
+	.type = T_BYTES,
+	.off = O(max_text_line),
+	.min = 64,
+	.max = 65536,
+	.def = "1024",
+	.live = true,
+	.help = "longest line of the text admin protocol",
+    },
+    {
+	.section = "leases",
+	.key = "lock_delay_ms",
+	.type = T_UINT,
+	.off = O(lock_delay_ms),
+	.max = 3600000,
+	.def = "0",
+	.live = true,
+	.help = "after a lease ends uncleanly, the resource is not "
+		"granted again for this long; 0: off",
+    },
+    {
+	.section = "leases",
+	.key = "max_lock_delay_ms",
+	.type = T_UINT,
+	.off = O(max_lock_delay_ms),
+	.max = 3600000,
+	.def = "60000",
+	.live = true,
+	.help = "the longest lock delay a client may ask for",
+    },
+    {
+	.section = "leases",
+	.key = "max_ttl_ms",
+	.type = T_UINT,
+	.off = O(max_ttl_ms),
+	.min = 1,
+	.max = MAXU,
+	.def = "86400000",
+	.live = true,
+	.help = "the longest ttl_ms a client may ask for",
+    },
+    {
+	.section = "leases",
+	.key = "slow_grant_ms",
+	.type = T_UINT,
+	.off = O(slow_grant_ms),
+	.max = MAXU,
+	.def = "1000",
+	.live = true,
+	.help = "a grant that waited at least this long is logged; 0: never",
+    },
+    {
+	.section = "access",
+	.key = "allow_uids",
+	.type = T_UIDS,
+	.off = O(allow_uids),
+	.def = "",
+	.live = true,
+	.help = "users (names or numbers, comma-separated) who may "
+		"connect; with allow_gids empty too: anyone who can open "
+		"the socket",
+    },
+    {
+	.section = "access",
+	.key = "allow_gids",
+	.type = T_GIDS,
+	.off = O(allow_gids),
+	.def = "",
+	.live = true,
+	.help = "groups (names or numbers, comma-separated) whose members"
+		" may connect",
+    },
+    {
+	.section = "access",
+	.key = "admin_uids",
+	.type = T_UIDS,
+	.off = O(admin_uids),
+	.def = "0",
+	.live = true,
+	.help = "users who may revoke leases and reset stats (the "
+		"daemon's own uid always may)",
+    },
+    {
+	.section = "log",
+	.key = "level",
+	.type = T_ENUM,
+	.off = O(log_level),
+	.def = "info",
+	.names = level_names,
+	.live = true,
+	.help = "debug, info, warn or error",
+    },
+    {
+	.section = "log",
+	.key = "format",
+	.type = T_ENUM,
+	.off = O(log_format),
+	.def = "logfmt",
+	.names = format_names,
+	.live = true,
+	.help = "logfmt (key=value) or json (one object per line)",
+    },
+    {
+	.section = "metrics",
+	.key = "listen",
+	.type = T_STR,
+	.off = O(metrics_listen),
+	.def = "",
+	.live = true,
+	.help = "HOST:PORT of the Prometheus /metrics and /healthz "
+		"listener; empty: off",
+    },
+    {
+	.section = "metrics",
+	.key = "max_resource_labels",
+	.type = T_UINT,
+	.off = O(max_resource_labels),
+	.max = 100000,
+	.def = "100",
+	.live = true,
+	.help = "resources that get their own label; the rest are folded "
+		"into \"_other\"",
+    },
+    {
+	.section = "metrics",
+	.key = "max_connections",
+	.type = T_UINT,
+	.off = O(metrics_max_connections),
+	.min = 1,
+	.max = 10000,
+	.def = "16",
+	.live = true,
+	.help = "metrics connections at once; past it a new one gets 503",
+    },
+    {
+	.section = "metrics",
+	.key = "max_header_bytes",
+	.type = T_BYTES,
+	.off = O(metrics_max_header_bytes),
+	.min = 512,
+	.max = 1048576,
+	.def = "8K",
+	.live = true,
+	.help = "largest request line plus headers; past it 431",
+    },
+    {
+	.section = "metrics",
+	.key = "max_body_bytes",
+	.type = T_BYTES,
+	.off = O(metrics_max_body_bytes),
+	.max = 1048576,
+	.def = "4K",
+	.live = true,
+	.help = "largest request body, read and dropped; past it 413",
+    },
+    {
+	.section = "metrics",
+	.key = "timeout_ms",
+	.type = T_UINT,
+	.off = O(metrics_timeout_ms),
+	.min = 100,
+	.max = 600000,
+	.def = "10000",
+	.live = true,
+	.help = "ms a metrics client has to send its request, and again "
+		"to read the reply",
+    },
+    {
+	.section = "stats",
+	.key = "max_resources",
+	.type = T_UINT,
+	.off = O(stats_max_resources),
+	.min = 1,
+	.max = 10000000,
+	.def = "10000",
+	.live = true,
+	.help = "resources whose figures are kept one by one; the rest "
+		"are folded together",
+    },
+    {
+	.section = "stats",
+	.key = "enabled",
+	.type = T_ENUM,
+	.off = O(stats_enabled),
+	.def = "yes",
+	.names = bool_names,
+	.live = true,
+	.help = "no: record nothing (stats and /metrics show zeros)",
+    },
+    {
+	.section = "shutdown",
+	.key = "timeout_ms",
+	.type = T_UINT,
+	.off = O(shutdown_timeout_ms),
+	.max = 600000,
+	.def = "5000",
+	.live = true,
+	.help = "on SIGTERM/SIGINT, how long to wait for the holders' "
+		"Revoked messages to be written",
+    },
 };
 
 #define NKEYS (sizeof keys / sizeof keys[0])
@@ -525,14 +525,16 @@ parse_ids(const char *v, struct idlist *l, bool gids, char *err, size_t errlen)
 
 		if (parse_u64(tok, &id) == 0) {
 			if (id > UINT32_MAX) {
-				snprintf(err, errlen, "id %s out of range", tok);
+				snprintf(err, errlen, "id %s out of range",
+					 tok);
 				return -1;
 			}
 		} else if (gids) {
 			struct group *g = getgrnam(tok);
 
 			if (g == NULL) {
-				snprintf(err, errlen, "no group named '%s'", tok);
+				snprintf(err, errlen, "no group named '%s'",
+					 tok);
 				return -1;
 			}
 			id = g->gr_gid;
@@ -540,7 +542,8 @@ parse_ids(const char *v, struct idlist *l, bool gids, char *err, size_t errlen)
 			struct passwd *p = getpwnam(tok);
 
 			if (p == NULL) {
-				snprintf(err, errlen, "no user named '%s'", tok);
+				snprintf(err, errlen, "no user named '%s'",
+					 tok);
 				return -1;
 			}
 			id = p->pw_uid;
@@ -598,12 +601,13 @@ set_value(struct config *c, const struct config_key *k, const char *v,
 	}
 	case T_UINT:
 	case T_BYTES:
-		if ((k->type == T_UINT ? parse_u64(v, &u) : parse_bytes(v, &u)) < 0) {
+		if ((k->type == T_UINT ? parse_u64(v, &u)
+				       : parse_bytes(v, &u)) < 0) {
 			snprintf(err, errlen,
 				 k->type == T_UINT
-					 ? "'%s' is not a whole number"
-					 : "'%s' is not a size (a number, "
-					   "optionally followed by K, M or G)",
+				     ? "'%s' is not a whole number"
+				     : "'%s' is not a size (a number, "
+				       "optionally followed by K, M or G)",
 				 v);
 			return -1;
 		}
@@ -647,7 +651,8 @@ set_value(struct config *c, const struct config_key *k, const char *v,
 				strncat(opts, k->names[i],
 					sizeof opts - strlen(opts) - 1);
 			}
-			snprintf(err, errlen, "'%s' is not one of: %s", v, opts);
+			snprintf(err, errlen, "'%s' is not one of: %s", v,
+				 opts);
 		}
 		return -1;
 	case T_UIDS:
@@ -670,8 +675,8 @@ struct file_ctx {
 	bool failed;
 };
 
-static void
-fail(struct file_ctx *x, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void fail(struct file_ctx *x, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 
 static void
 fail(struct file_ctx *x, const char *fmt, ...)
@@ -799,7 +804,8 @@ open_config(const char *path, char *err, size_t errlen)
 static int
 load_file(struct config *c, const char *path, char *err, size_t errlen)
 {
-	struct file_ctx x = {.c = c, .name = path, .err = err, .errlen = errlen};
+	struct file_ctx x = {
+	    .c = c, .name = path, .err = err, .errlen = errlen};
 	char *abs = NULL, *slash;
 	int rc;
 
@@ -904,7 +910,8 @@ derive(struct config *c, char *err, size_t errlen)
 		c->socket_path = strdup(buf);
 	}
 	if (c->storage_path[0] == '\0') {
-		snprintf(err, errlen, "storage.path: must name the storage folder");
+		snprintf(err, errlen,
+			 "storage.path: must name the storage folder");
 		return -1;
 	}
 	if (c->lock_file[0] == '\0') {
@@ -923,10 +930,11 @@ derive(struct config *c, char *err, size_t errlen)
 		return -1;
 	}
 	if (strlen(c->socket_path) >= 108) {
-		snprintf(err, errlen,
-			 "socket.path: '%s' is longer than the 107 bytes a Unix "
-			 "socket path may have",
-			 c->socket_path);
+		snprintf(
+		    err, errlen,
+		    "socket.path: '%s' is longer than the 107 bytes a Unix "
+		    "socket path may have",
+		    c->socket_path);
 		return -1;
 	}
 	if (c->lock_delay_ms > c->max_lock_delay_ms) {
@@ -947,7 +955,8 @@ config_load(struct config *c, const char *path, char *const *overrides,
 
 	memset(c, 0, sizeof *c);
 	for (size_t i = 0; i < NKEYS; i++) {
-		if (set_value(c, &keys[i], keys[i].def, NULL, msg, sizeof msg) < 0) {
+		if (set_value(c, &keys[i], keys[i].def, NULL, msg, sizeof msg) <
+		    0) {
 			snprintf(err, errlen, "built-in default %s.%s: %s",
 				 keys[i].section, keys[i].key, msg);
 			goto bad;
@@ -1023,8 +1032,8 @@ config_print(const struct config *c, FILE *out)
 	const char *section = "";
 	char v[4200];
 
-	fprintf(out, "; effective configuration%s%s\n",
-		c->path ? " from " : "", c->path ? c->path : "");
+	fprintf(out, "; effective configuration%s%s\n", c->path ? " from " : "",
+		c->path ? c->path : "");
 	for (size_t i = 0; i < NKEYS; i++) {
 		if (strcmp(section, keys[i].section) != 0) {
 			section = keys[i].section;

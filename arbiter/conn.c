@@ -51,8 +51,8 @@ static void conn_deadline_cb(evutil_socket_t fd, short what, void *arg);
 const char *
 conn_label(const struct conn *c, char *buf, size_t len)
 {
-	snprintf(buf, len, "conn=%llu pid=%u uid=%u",
-		 (unsigned long long)c->id, c->owner.pid, c->owner.uid);
+	snprintf(buf, len, "conn=%llu pid=%u uid=%u", (unsigned long long)c->id,
+		 c->owner.pid, c->owner.uid);
 	return buf;
 }
 
@@ -200,7 +200,8 @@ check_output_cap(struct conn *c)
 		struct conn *w, *worst = NULL;
 
 		TAILQ_FOREACH(w, &srv->conns, entry) {
-			if (worst == NULL || w->out_counted > worst->out_counted)
+			if (worst == NULL ||
+			    w->out_counted > worst->out_counted)
 				worst = w;
 		}
 		if (worst == NULL || worst->out_counted == 0)
@@ -274,8 +275,8 @@ conn_send_error(struct conn *c, uint64_t id, Arbiter__ErrorCode code,
 }
 
 void
-conn_fail(struct conn *c, uint64_t id, Arbiter__ErrorCode code,
-	  const char *fmt, ...)
+conn_fail(struct conn *c, uint64_t id, Arbiter__ErrorCode code, const char *fmt,
+	  ...)
 {
 	char label[96];
 	va_list ap;
@@ -395,8 +396,9 @@ conn_deadline_cb(evutil_socket_t fd, short what, void *arg)
 		/* Text sessions have no handshake; this is the bound on a
 		 * closing one that stopped reading its last reply. */
 		if (c->linger || c->eof)
-			conn_close(c, "closing, and the last reply was not read "
-				      "within limits.close_flush_ms");
+			conn_close(c,
+				   "closing, and the last reply was not read "
+				   "within limits.close_flush_ms");
 		return;
 	}
 	if (!c->welcomed)
@@ -405,4 +407,3 @@ conn_deadline_cb(evutil_socket_t fd, short what, void *arg)
 			  "(%llu ms); closing",
 			  (unsigned long long)c->srv->cfg.handshake_timeout_ms);
 }
-

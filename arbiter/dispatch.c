@@ -185,23 +185,23 @@ do_hello(struct conn *c, const Arbiter__Request *req, struct dispatch_reply *rp)
 
 	if (c->welcomed) {
 		dispatch_fail(rp, ARBITER__ERROR_CODE__NOT_WELCOME,
-			  "a second Hello on one connection");
+			      "a second Hello on one connection");
 		return;
 	}
 	if (h->protocol_version != ARB_PROTOCOL_VERSION) {
-		dispatch_fail(rp, ARBITER__ERROR_CODE__VERSION,
-			  "protocol version %u is not supported; this arbiter "
-			  "%s speaks version %d",
-			  h->protocol_version, ARBITER_VERSION,
-			  ARB_PROTOCOL_VERSION);
+		dispatch_fail(
+		    rp, ARBITER__ERROR_CODE__VERSION,
+		    "protocol version %u is not supported; this arbiter "
+		    "%s speaks version %d",
+		    h->protocol_version, ARBITER_VERSION, ARB_PROTOCOL_VERSION);
 		return;
 	}
 	if (!dispatch_access(srv, &c->owner, ACCESS_CLIENT)) {
 		stats_count(&srv->stats, NULL, STAT_failed_forbidden);
 		dispatch_fail(rp, ARBITER__ERROR_CODE__FORBIDDEN,
-			  "uid %u gid %u is not in access.allow_uids or "
-			  "access.allow_gids",
-			  c->owner.uid, c->owner.gid);
+			      "uid %u gid %u is not in access.allow_uids or "
+			      "access.allow_gids",
+			      c->owner.uid, c->owner.gid);
 		return;
 	}
 	/* An empty name is no name: protobuf-c gives it a NULL pointer, which
@@ -212,9 +212,9 @@ do_hello(struct conn *c, const Arbiter__Request *req, struct dispatch_reply *rp)
 					  h->client_name.len) ||
 		    memchr(h->client_name.data, '\0', h->client_name.len)) {
 			dispatch_fail(rp, ARBITER__ERROR_CODE__BAD_REQUEST,
-				  "client name must be at most %d bytes of "
-				  "printable UTF-8",
-				  ARB_CLIENT_NAME_MAX);
+				      "client name must be at most %d bytes of "
+				      "printable UTF-8",
+				      ARB_CLIENT_NAME_MAX);
 			return;
 		}
 		memcpy(c->owner.name, h->client_name.data, h->client_name.len);
@@ -243,7 +243,8 @@ do_hello(struct conn *c, const Arbiter__Request *req, struct dispatch_reply *rp)
 }
 
 static void
-do_acquire(struct conn *c, const Arbiter__Request *req, struct dispatch_reply *rp)
+do_acquire(struct conn *c, const Arbiter__Request *req,
+	   struct dispatch_reply *rp)
 {
 	struct server *srv = c->srv;
 	const Arbiter__Acquire *a = req->acquire;
@@ -259,8 +260,8 @@ do_acquire(struct conn *c, const Arbiter__Request *req, struct dispatch_reply *r
 	bad = codec_check_name((const char *)a->resource.data, a->resource.len);
 	if (bad != NULL) {
 		stats_count(&srv->stats, NULL, STAT_failed_invalid);
-		dispatch_error(rp, ARBITER__ERROR_CODE__INVALID_NAME,
-				"%s", bad);
+		dispatch_error(rp, ARBITER__ERROR_CODE__INVALID_NAME, "%s",
+			       bad);
 		return;
 	}
 	if (a->has_mode && a->mode != ARBITER__MODE__EXCLUSIVE &&
@@ -275,9 +276,9 @@ do_acquire(struct conn *c, const Arbiter__Request *req, struct dispatch_reply *r
 	if (a->has_ttl_ms && a->ttl_ms > cfg->max_ttl_ms) {
 		stats_count(&srv->stats, NULL, STAT_failed_invalid);
 		dispatch_error(rp, ARBITER__ERROR_CODE__BAD_REQUEST,
-				"ttl_ms %" PRIu64
-				" is over leases.max_ttl_ms (%" PRIu64 ")",
-				a->ttl_ms, cfg->max_ttl_ms);
+			       "ttl_ms %" PRIu64
+			       " is over leases.max_ttl_ms (%" PRIu64 ")",
+			       a->ttl_ms, cfg->max_ttl_ms);
 		return;
 	}
 	la.resource = (const char *)a->resource.data;
@@ -323,46 +324,47 @@ do_acquire(struct conn *c, const Arbiter__Request *req, struct dispatch_reply *r
 		else
 			describe_holders(res, held, sizeof held);
 		dispatch_error(rp, ARBITER__ERROR_CODE__WOULD_BLOCK,
-				"'%.*s' is busy: %.700s", (int)la.len,
-				la.resource, held);
+			       "'%.*s' is busy: %.700s", (int)la.len,
+			       la.resource, held);
 		return;
 	case LM_ERR_ALREADY_HELD:
 		stats_count(&srv->stats, sr, STAT_failed_invalid);
 		dispatch_error(rp, ARBITER__ERROR_CODE__ALREADY_HELD,
-				"this connection already holds or waits for "
-				"'%.*s'; release it first (a lease is not "
-				"re-entrant across requests)",
-				(int)la.len, la.resource);
+			       "this connection already holds or waits for "
+			       "'%.*s'; release it first (a lease is not "
+			       "re-entrant across requests)",
+			       (int)la.len, la.resource);
 		return;
 	case LM_ERR_MAX_RESOURCES:
 		stats_count(&srv->stats, sr, STAT_failed_invalid);
 		dispatch_error(rp, ARBITER__ERROR_CODE__LIMIT,
-				"limits.max_resources (%" PRIu64 ") reached",
-				cfg->max_resources);
+			       "limits.max_resources (%" PRIu64 ") reached",
+			       cfg->max_resources);
 		return;
 	case LM_ERR_MAX_LEASES:
 		stats_count(&srv->stats, sr, STAT_failed_invalid);
 		dispatch_error(rp, ARBITER__ERROR_CODE__LIMIT,
-				"limits.max_leases_per_connection (%" PRIu64
-				") reached on this connection",
-				cfg->max_leases_per_connection);
+			       "limits.max_leases_per_connection (%" PRIu64
+			       ") reached on this connection",
+			       cfg->max_leases_per_connection);
 		return;
 	case LM_ERR_MAX_WAITERS:
 		stats_count(&srv->stats, sr, STAT_failed_invalid);
 		dispatch_error(rp, ARBITER__ERROR_CODE__LIMIT,
-				"limits.max_waiters_per_resource (%" PRIu64
-				") reached on '%.*s'",
-				cfg->max_waiters_per_resource, (int)la.len,
-				la.resource);
+			       "limits.max_waiters_per_resource (%" PRIu64
+			       ") reached on '%.*s'",
+			       cfg->max_waiters_per_resource, (int)la.len,
+			       la.resource);
 		return;
 	default:
 		dispatch_error(rp, ARBITER__ERROR_CODE__INTERNAL,
-				"unexpected lockmgr result %d", (int)rc);
+			       "unexpected lockmgr result %d", (int)rc);
 	}
 }
 
 static void
-do_release(struct conn *c, const Arbiter__Request *req, struct dispatch_reply *rp)
+do_release(struct conn *c, const Arbiter__Request *req,
+	   struct dispatch_reply *rp)
 {
 	struct server *srv = c->srv;
 	const Arbiter__Release *r = req->release;
@@ -374,8 +376,8 @@ do_release(struct conn *c, const Arbiter__Request *req, struct dispatch_reply *r
 
 	if (r->has_lease_id == r->has_request_id) {
 		dispatch_error(rp, ARBITER__ERROR_CODE__BAD_REQUEST,
-				"Release needs exactly one of lease_id or "
-				"request_id");
+			       "Release needs exactly one of lease_id or "
+			       "request_id");
 		return;
 	}
 	by_tag = r->has_request_id;
@@ -385,10 +387,10 @@ do_release(struct conn *c, const Arbiter__Request *req, struct dispatch_reply *r
 	(void)lockmgr_events(&srv->lm, &before);
 	if (lockmgr_release(&srv->lm, &c->owner, key, by_tag, now_ns()) < 0) {
 		dispatch_error(rp, ARBITER__ERROR_CODE__UNKNOWN_LEASE,
-				"no %s %" PRIu64
-				" on this connection (already released, "
-				"expired, revoked, or another connection's)",
-				by_tag ? "pending request" : "lease", key);
+			       "no %s %" PRIu64
+			       " on this connection (already released, "
+			       "expired, revoked, or another connection's)",
+			       by_tag ? "pending request" : "lease", key);
 		return;
 	}
 	arbiter__released__init(out);
@@ -535,27 +537,27 @@ do_renew(struct conn *c, const Arbiter__Request *req, struct dispatch_reply *rp)
 
 	if (ttl > srv->cfg.max_ttl_ms) {
 		dispatch_error(rp, ARBITER__ERROR_CODE__BAD_REQUEST,
-				"ttl_ms %" PRIu64
-				" is over leases.max_ttl_ms (%" PRIu64 ")",
-				ttl, srv->cfg.max_ttl_ms);
+			       "ttl_ms %" PRIu64
+			       " is over leases.max_ttl_ms (%" PRIu64 ")",
+			       ttl, srv->cfg.max_ttl_ms);
 		return;
 	}
 	rc = lockmgr_renew(&srv->lm, &c->owner, r->lease_id, MS_TO_NS(ttl),
 			   now_ns());
 	if (rc == -ENOENT) {
 		dispatch_error(rp, ARBITER__ERROR_CODE__UNKNOWN_LEASE,
-				"no lease %" PRIu64
-				" on this connection (expired, released or "
-				"revoked?)",
-				r->lease_id);
+			       "no lease %" PRIu64
+			       " on this connection (expired, released or "
+			       "revoked?)",
+			       r->lease_id);
 		return;
 	}
 	if (rc < 0) {
 		dispatch_error(rp, ARBITER__ERROR_CODE__BAD_REQUEST,
-				"lease %" PRIu64
-				" cannot be renewed: it is not held yet, or "
-				"has no ttl_ms (give one to set it)",
-				r->lease_id);
+			       "lease %" PRIu64
+			       " cannot be renewed: it is not held yet, or "
+			       "has no ttl_ms (give one to set it)",
+			       r->lease_id);
 		return;
 	}
 	l = lockmgr_lease(&srv->lm, r->lease_id);
@@ -592,7 +594,8 @@ do_handover(struct conn *c, const Arbiter__Request *req,
 }
 
 static void
-do_revoke(struct conn *c, const Arbiter__Request *req, struct dispatch_reply *rp)
+do_revoke(struct conn *c, const Arbiter__Request *req,
+	  struct dispatch_reply *rp)
 {
 	struct server *srv = c->srv;
 	const Arbiter__Revoke *r = req->revoke;
@@ -602,7 +605,7 @@ do_revoke(struct conn *c, const Arbiter__Request *req, struct dispatch_reply *rp
 
 	if (r->has_lease_id == r->has_pid) {
 		dispatch_error(rp, ARBITER__ERROR_CODE__BAD_REQUEST,
-				"Revoke needs exactly one of lease_id or pid");
+			       "Revoke needs exactly one of lease_id or pid");
 		return;
 	}
 	if (r->has_lease_id) {
@@ -627,7 +630,8 @@ do_revoke(struct conn *c, const Arbiter__Request *req, struct dispatch_reply *rp
 /* ------------------------------------------------------------ admin */
 
 static void
-do_stats_reset(struct conn *c, const Arbiter__Request *req, struct dispatch_reply *rp)
+do_stats_reset(struct conn *c, const Arbiter__Request *req,
+	       struct dispatch_reply *rp)
 {
 	char label[96];
 
@@ -643,9 +647,12 @@ do_stats_reset(struct conn *c, const Arbiter__Request *req, struct dispatch_repl
 static uint64_t
 rev64(uint64_t v)
 {
-	v = ((v >> 1) & 0x5555555555555555ULL) | ((v & 0x5555555555555555ULL) << 1);
-	v = ((v >> 2) & 0x3333333333333333ULL) | ((v & 0x3333333333333333ULL) << 2);
-	v = ((v >> 4) & 0x0F0F0F0F0F0F0F0FULL) | ((v & 0x0F0F0F0F0F0F0F0FULL) << 4);
+	v = ((v >> 1) & 0x5555555555555555ULL) |
+	    ((v & 0x5555555555555555ULL) << 1);
+	v = ((v >> 2) & 0x3333333333333333ULL) |
+	    ((v & 0x3333333333333333ULL) << 2);
+	v = ((v >> 4) & 0x0F0F0F0F0F0F0F0FULL) |
+	    ((v & 0x0F0F0F0F0F0F0F0FULL) << 4);
 	return __builtin_bswap64(v);
 }
 
@@ -708,8 +715,8 @@ static const struct request_kind {
     {ARBITER__REQUEST__KIND_STATS, "Stats", 0, NULL, report_stats},
     {ARBITER__REQUEST__KIND_STATUS, "Status", 0, NULL, report_status},
     {ARBITER__REQUEST__KIND_REVOKE, "Revoke", REQ_ADMIN, "revoke", do_revoke},
-    {ARBITER__REQUEST__KIND_STATS_RESET, "StatsReset", REQ_ADMIN,
-     "stats reset", do_stats_reset},
+    {ARBITER__REQUEST__KIND_STATS_RESET, "StatsReset", REQ_ADMIN, "stats reset",
+     do_stats_reset},
     {ARBITER__REQUEST__KIND_HANDOVER, "Handover", 0, NULL, do_handover},
 };
 

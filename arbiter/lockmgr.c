@@ -24,8 +24,8 @@
 #include "lockmgr.h"
 #include "xalloc.h"
 
-#define container_of(ptr, type, member) \
-	((type *)(void *)((char *)(ptr) - offsetof(type, member)))
+#define container_of(ptr, type, member)                                        \
+	((type *)(void *)((char *)(ptr)-offsetof(type, member)))
 
 /* ------------------------------------------------------------ the heap */
 
@@ -95,8 +95,8 @@ timer_arm(struct lockmgr *lm, struct lm_timer *t, uint64_t when)
 	timer_disarm(lm, t);
 	if (lm->nheap == lm->heap_cap) {
 		lm->heap_cap = lm->heap_cap ? lm->heap_cap * 2 : 64;
-		lm->heap = xreallocarray(lm->heap, lm->heap_cap,
-					 sizeof *lm->heap);
+		lm->heap =
+		    xreallocarray(lm->heap, lm->heap_cap, sizeof *lm->heap);
 	}
 	t->when = when;
 	t->idx = (int)lm->nheap;
@@ -547,11 +547,13 @@ lockmgr_free(struct lockmgr *lm)
 	/* uthash's documented delete-while-iterating idiom; the analyzer
 	 * does not follow it. */
 	HASH_ITER(hh, lm->reqs, r, rtmp) {
-		HASH_DELETE(hh, lm->reqs, r); // NOLINT(clang-analyzer-unix.Malloc)
+		HASH_DELETE(hh, lm->reqs,
+			    r); // NOLINT(clang-analyzer-unix.Malloc)
 		free(r);
 	}
 	HASH_ITER(hh, lm->res, res, stmp) {
-		HASH_DELETE(hh, lm->res, res); // NOLINT(clang-analyzer-unix.Malloc)
+		HASH_DELETE(hh, lm->res,
+			    res); // NOLINT(clang-analyzer-unix.Malloc)
 		free(res->name);
 		free(res);
 	}
@@ -865,15 +867,16 @@ lockmgr_tick(struct lockmgr *lm, uint64_t now)
 			conv_end(lm, r, LM_END_TIMEOUT, now);
 			grant_pass(lm, res, now);
 		} else if (t->kind == LM_T_REQ) {
-			struct lm_req *r = container_of(t, struct lm_req, timer);
+			struct lm_req *r =
+			    container_of(t, struct lm_req, timer);
 
 			finish(lm, r,
 			       r->state == LM_HELD ? LM_END_EXPIRED
 						   : LM_END_TIMEOUT,
 			       now);
 		} else {
-			struct lm_res *res = container_of(t, struct lm_res,
-							  delay);
+			struct lm_res *res =
+			    container_of(t, struct lm_res, delay);
 
 			grant_pass(lm, res, now);
 			res_maybe_dead(lm, res);
@@ -969,11 +972,14 @@ const char *
 lockmgr_end_name(enum lm_end why)
 {
 	static const char *const names[] = {
-		[LM_END_RELEASE] = "release",	[LM_END_DISCONNECT] = "disconnect",
-		[LM_END_EXPIRED] = "expired",	[LM_END_ADMIN] = "admin",
-		[LM_END_SHUTDOWN] = "shutdown", [LM_END_CANCEL] = "cancel",
-		[LM_END_TIMEOUT] = "timeout",
-		[LM_END_STORAGE_LOST] = "storage_lost",
+	    [LM_END_RELEASE] = "release",
+	    [LM_END_DISCONNECT] = "disconnect",
+	    [LM_END_EXPIRED] = "expired",
+	    [LM_END_ADMIN] = "admin",
+	    [LM_END_SHUTDOWN] = "shutdown",
+	    [LM_END_CANCEL] = "cancel",
+	    [LM_END_TIMEOUT] = "timeout",
+	    [LM_END_STORAGE_LOST] = "storage_lost",
 	};
 
 	return (size_t)why < sizeof names / sizeof names[0] ? names[why] : "?";

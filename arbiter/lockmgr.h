@@ -33,33 +33,33 @@
 
 #include <uthash.h>
 
-#define LM_NAME_MAX 255
+#define LM_NAME_MAX	   255
 #define LM_CLIENT_NAME_MAX 64
-#define LM_FOREVER UINT64_MAX
+#define LM_FOREVER	   UINT64_MAX
 
 enum lm_mode { LM_EXCLUSIVE = 0, LM_SHARED = 1 };
 
 /* Why a lease or a pending request ended. */
 enum lm_end {
-	LM_END_RELEASE,	   /* the holder released it */
-	LM_END_DISCONNECT, /* its connection closed */
-	LM_END_EXPIRED,	   /* ttl ran out */
-	LM_END_ADMIN,	   /* an administrator revoked it */
-	LM_END_SHUTDOWN,   /* the daemon is stopping */
-	LM_END_CANCEL,	   /* a pending request withdrawn by its client */
-	LM_END_TIMEOUT,	   /* a pending request's timeout ran out */
+	LM_END_RELEASE,	     /* the holder released it */
+	LM_END_DISCONNECT,   /* its connection closed */
+	LM_END_EXPIRED,	     /* ttl ran out */
+	LM_END_ADMIN,	     /* an administrator revoked it */
+	LM_END_SHUTDOWN,     /* the daemon is stopping */
+	LM_END_CANCEL,	     /* a pending request withdrawn by its client */
+	LM_END_TIMEOUT,	     /* a pending request's timeout ran out */
 	LM_END_STORAGE_LOST, /* the daemon lost the storage lock */
 };
 
 /* The outcome of lockmgr_acquire(). */
 enum lm_result {
-	LM_OK_GRANTED,		/* granted now; an LM_EV_GRANTED was queued */
-	LM_OK_QUEUED,		/* waiting; an LM_EV_QUEUED was queued */
-	LM_ERR_WOULD_BLOCK,	/* try-lock on a busy resource */
-	LM_ERR_ALREADY_HELD,	/* owner holds or waits for this resource */
-	LM_ERR_MAX_RESOURCES,	/* limits.max_resources reached */
-	LM_ERR_MAX_LEASES,	/* limits.max_leases_per_owner reached */
-	LM_ERR_MAX_WAITERS,	/* limits.max_waiters_per_resource reached */
+	LM_OK_GRANTED,	      /* granted now; an LM_EV_GRANTED was queued */
+	LM_OK_QUEUED,	      /* waiting; an LM_EV_QUEUED was queued */
+	LM_ERR_WOULD_BLOCK,   /* try-lock on a busy resource */
+	LM_ERR_ALREADY_HELD,  /* owner holds or waits for this resource */
+	LM_ERR_MAX_RESOURCES, /* limits.max_resources reached */
+	LM_ERR_MAX_LEASES,    /* limits.max_leases_per_owner reached */
+	LM_ERR_MAX_WAITERS,   /* limits.max_waiters_per_resource reached */
 };
 
 /* The outcome of lockmgr_convert(). */
@@ -113,11 +113,11 @@ struct lm_req {
 	uint64_t delay_ns;  /* lock-delay after an unclean end */
 	uint32_t last_pos;  /* last position reported */
 	bool position_updates;
-	bool moved;	    /* on lockmgr->moved: its position update waits */
-	bool converting;    /* held shared, its upgrade waits (res->converting);
-			       shown by status */
-	uint64_t conv_tag;  /* the waiting upgrade's caller value */
-	uint64_t t_conv;    /* ns, when the waiting upgrade was asked */
+	bool moved;	   /* on lockmgr->moved: its position update waits */
+	bool converting;   /* held shared, its upgrade waits (res->converting);
+			      shown by status */
+	uint64_t conv_tag; /* the waiting upgrade's caller value */
+	uint64_t t_conv;   /* ns, when the waiting upgrade was asked */
 	struct lm_timer timer; /* timeout while waiting, expiry while held */
 	struct lm_timer conv_timer; /* the waiting upgrade's timeout */
 
@@ -137,18 +137,18 @@ struct lm_res {
 	unsigned nholders, nwaiters, nwatchers;
 	enum lm_mode held_mode;
 	struct lm_req *converting; /* the holder whose upgrade waits, or NULL */
-	struct lm_timer delay; /* lock-delay end */
-	bool stalled;	       /* on lockmgr->stalled, waiting for tokens */
-	bool dead;	       /* on lockmgr->dead, freed at events_done */
+	struct lm_timer delay;	   /* lock-delay end */
+	bool stalled;		   /* on lockmgr->stalled, waiting for tokens */
+	bool dead;		   /* on lockmgr->dead, freed at events_done */
 	TAILQ_ENTRY(lm_res) st_entry; /* lockmgr->stalled */
 	TAILQ_ENTRY(lm_res) d_entry;  /* lockmgr->dead */
-	UT_hash_handle hh; /* lockmgr->res by name */
+	UT_hash_handle hh;	      /* lockmgr->res by name */
 };
 
 enum lm_ev_kind {
-	LM_EV_GRANTED, /* req became a lease */
-	LM_EV_QUEUED,  /* req waits; position and holder given */
-	LM_EV_ENDED,   /* a lease or pending request ended; see .end */
+	LM_EV_GRANTED,	   /* req became a lease */
+	LM_EV_QUEUED,	   /* req waits; position and holder given */
+	LM_EV_ENDED,	   /* a lease or pending request ended; see .end */
 	LM_EV_NEED_TOKENS, /* grants stall until lockmgr_add_tokens() */
 	LM_EV_BUSY,	   /* first lease outstanding (gate users: on-demand) */
 	LM_EV_IDLE,	   /* no lease or request left */
@@ -190,8 +190,8 @@ struct lm_event {
 };
 
 struct lm_limits {
-	unsigned max_resources;		 /* 0: unlimited */
-	unsigned max_leases_per_owner;	 /* held + pending; 0: unlimited */
+	unsigned max_resources;		   /* 0: unlimited */
+	unsigned max_leases_per_owner;	   /* held + pending; 0: unlimited */
 	unsigned max_waiters_per_resource; /* 0: unlimited */
 	/* Position updates: at most one per request per this interval (the
 	 * latest position, sent by lockmgr_tick), except that reaching the
@@ -211,12 +211,13 @@ struct lm_acquire {
 	uint64_t delay_ns;   /* lock-delay after an unclean end */
 	uint64_t tag;
 	bool position_updates;
-	bool quiet; /* no LM_EV_QUEUED when it waits (unless position_updates) */
+	bool
+	    quiet; /* no LM_EV_QUEUED when it waits (unless position_updates) */
 };
 
 struct lockmgr {
-	struct lm_res *res;   /* by name */
-	struct lm_req *reqs;  /* by id */
+	struct lm_res *res;  /* by name */
+	struct lm_req *reqs; /* by id */
 	unsigned nres;
 	unsigned nheld;	      /* leases */
 	unsigned nwaiting;    /* pending requests */

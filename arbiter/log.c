@@ -34,7 +34,8 @@ log_enabled(enum log_level level)
 int
 log_parse_level(const char *s, enum log_level *out)
 {
-	for (size_t i = 0; i < sizeof level_names / sizeof level_names[0]; i++) {
+	for (size_t i = 0; i < sizeof level_names / sizeof level_names[0];
+	     i++) {
 		if (strcmp(s, level_names[i]) == 0) {
 			*out = (enum log_level)i;
 			return 0;
@@ -97,14 +98,16 @@ json_tail(char *out, size_t cap, const char *kv)
 		if (eq == NULL)
 			break;
 		klen = (size_t)(eq - p);
-		o += (size_t)snprintf(out + o, cap - o, ",\"%.*s\":\"", (int)klen, p);
+		o += (size_t)snprintf(out + o, cap - o, ",\"%.*s\":\"",
+				      (int)klen, p);
 		p = eq + 1;
 		if (*p == '"') {
 			p++;
 			while (*p && *p != '"' && o + 8 < cap) {
 				/* log_quote's \xNN is logfmt's; JSON spells
 				 * it \u00NN. */
-				if (p[0] == '\\' && p[1] == 'x' && p[2] && p[3]) {
+				if (p[0] == '\\' && p[1] == 'x' && p[2] &&
+				    p[3]) {
 					out[o++] = '\\';
 					out[o++] = 'u';
 					out[o++] = '0';
@@ -157,18 +160,18 @@ log_msg(enum log_level level, const char *msg, const char *kvfmt, ...)
 		o = (size_t)snprintf(line, sizeof line,
 				     "{\"ts\":\"%s.%03ldZ\",\"level\":\"%s\","
 				     "\"msg\":\"%s\"",
-				     ts, now.tv_nsec / 1000000, level_names[level],
-				     msg);
+				     ts, now.tv_nsec / 1000000,
+				     level_names[level], msg);
 		if (o < sizeof line)
 			o += json_tail(line + o, sizeof line - o, kv);
 		if (o > sizeof line - 3)
 			o = sizeof line - 3;
 		line[o++] = '}';
 	} else {
-		o = (size_t)snprintf(line, sizeof line, "ts=%s.%03ldZ level=%s msg=%s%s%s",
-				     ts, now.tv_nsec / 1000000, level_names[level],
-				     log_quote(msg, qbuf, sizeof qbuf),
-				     kv[0] ? " " : "", kv);
+		o = (size_t)snprintf(
+		    line, sizeof line, "ts=%s.%03ldZ level=%s msg=%s%s%s", ts,
+		    now.tv_nsec / 1000000, level_names[level],
+		    log_quote(msg, qbuf, sizeof qbuf), kv[0] ? " " : "", kv);
 		if (o > sizeof line - 2)
 			o = sizeof line - 2;
 	}

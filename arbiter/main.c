@@ -57,15 +57,15 @@ int
 main(int argc, char **argv)
 {
 	static const struct option longopts[] = {
-		{"config", required_argument, NULL, 'c'},
-		{"socket", required_argument, NULL, 'S'},
-		{"storage", required_argument, NULL, 's'},
-		{"check-config", no_argument, NULL, 'C'},
-		{"help-config", no_argument, NULL, 'H'},
-		{"reset-state", no_argument, NULL, 'R'},
-		{"version", no_argument, NULL, 'V'},
-		{"help", no_argument, NULL, 'h'},
-		{NULL, 0, NULL, 0},
+	    {"config", required_argument, NULL, 'c'},
+	    {"socket", required_argument, NULL, 'S'},
+	    {"storage", required_argument, NULL, 's'},
+	    {"check-config", no_argument, NULL, 'C'},
+	    {"help-config", no_argument, NULL, 'H'},
+	    {"reset-state", no_argument, NULL, 'R'},
+	    {"version", no_argument, NULL, 'V'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
 	};
 	struct server srv;
 	const char *conf = NULL;

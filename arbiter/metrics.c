@@ -89,8 +89,9 @@ emit_hist(struct evbuffer *b, const struct stats_field *fd,
 {
 	const char *metric = fd->name;
 
-	evbuffer_add_printf(b, "# HELP arbiter_%s_seconds %s.\n# TYPE "
-			       "arbiter_%s_seconds histogram\n",
+	evbuffer_add_printf(b,
+			    "# HELP arbiter_%s_seconds %s.\n# TYPE "
+			    "arbiter_%s_seconds histogram\n",
 			    metric, fd->help, metric);
 	for (size_t i = 0; i < n; i++) {
 		struct stats_value v;
@@ -101,22 +102,26 @@ emit_hist(struct evbuffer *b, const struct stats_field *fd,
 		stats_value(s[i].f, (unsigned)(fd - stats_fields), &v);
 		h = v.h;
 		for (unsigned k = 0; k <= HIST_OCTAVES; k += EXPO_STEP) {
-			unsigned edge = 1 + k * HIST_SUB; /* first bucket >= 2^k */
-			double le = (double)(1u << 10) * (double)(1ull << k) / 1e9;
+			unsigned edge =
+			    1 + k * HIST_SUB; /* first bucket >= 2^k */
+			double le =
+			    (double)(1u << 10) * (double)(1ull << k) / 1e9;
 
 			while (next < edge && next < HIST_BUCKETS)
 				cum += h->b[next++];
-			evbuffer_add_printf(b, "arbiter_%s_seconds_bucket{resource=\"",
-					    metric);
+			evbuffer_add_printf(
+			    b, "arbiter_%s_seconds_bucket{resource=\"", metric);
 			label(b, s[i].name);
-			evbuffer_add_printf(b, "\",le=\"%.9g\"} %" PRIu64 "\n", le,
-					    cum);
+			evbuffer_add_printf(b, "\",le=\"%.9g\"} %" PRIu64 "\n",
+					    le, cum);
 		}
 		evbuffer_add_printf(b, "arbiter_%s_seconds_bucket{resource=\"",
 				    metric);
 		label(b, s[i].name);
-		evbuffer_add_printf(b, "\",le=\"+Inf\"} %" PRIu64 "\n", h->count);
-		evbuffer_add_printf(b, "arbiter_%s_seconds_sum{resource=\"", metric);
+		evbuffer_add_printf(b, "\",le=\"+Inf\"} %" PRIu64 "\n",
+				    h->count);
+		evbuffer_add_printf(b, "arbiter_%s_seconds_sum{resource=\"",
+				    metric);
 		label(b, s[i].name);
 		evbuffer_add_printf(b, "\"} %.9f\n", (double)h->sum_ns / 1e9);
 		evbuffer_add_printf(b, "arbiter_%s_seconds_count{resource=\"",
@@ -166,14 +171,14 @@ metrics_render(struct server *srv, struct evbuffer *b)
 		n++;
 	}
 
-	evbuffer_add_printf(b,
-			    "# HELP arbiter_build_info Version of the running "
-			    "arbiterd.\n# TYPE arbiter_build_info gauge\n"
-			    "arbiter_build_info{version=\"%s\",protocol=\"%d\"} 1\n",
-			    ARBITER_VERSION, ARB_PROTOCOL_VERSION);
-	evbuffer_add_printf(b,
-			    "# HELP arbiter_up 1 while the daemon serves.\n"
-			    "# TYPE arbiter_up gauge\narbiter_up 1\n");
+	evbuffer_add_printf(
+	    b,
+	    "# HELP arbiter_build_info Version of the running "
+	    "arbiterd.\n# TYPE arbiter_build_info gauge\n"
+	    "arbiter_build_info{version=\"%s\",protocol=\"%d\"} 1\n",
+	    ARBITER_VERSION, ARB_PROTOCOL_VERSION);
+	evbuffer_add_printf(b, "# HELP arbiter_up 1 while the daemon serves.\n"
+			       "# TYPE arbiter_up gauge\narbiter_up 1\n");
 	evbuffer_add_printf(b,
 			    "# HELP arbiter_storage_lock_held 1 while this "
 			    "arbiter holds the storage lock.\n# TYPE "
@@ -198,16 +203,18 @@ metrics_render(struct server *srv, struct evbuffer *b)
 			    "daemon started.\n# TYPE arbiter_uptime_seconds "
 			    "gauge\narbiter_uptime_seconds %.3f\n",
 			    (double)(now_ns() - srv->t_start) / 1e9);
-	evbuffer_add_printf(b,
-			    "# HELP arbiter_fencing_token_last The last fencing "
-			    "token handed out.\n# TYPE arbiter_fencing_token_last "
-			    "gauge\narbiter_fencing_token_last %" PRIu64 "\n",
-			    srv->lm.last_token);
-	evbuffer_add_printf(b,
-			    "# HELP arbiter_state_writes_total Durable writes of "
-			    "the state file.\n# TYPE arbiter_state_writes_total "
-			    "counter\narbiter_state_writes_total %u\n",
-			    srv->state_writes);
+	evbuffer_add_printf(
+	    b,
+	    "# HELP arbiter_fencing_token_last The last fencing "
+	    "token handed out.\n# TYPE arbiter_fencing_token_last "
+	    "gauge\narbiter_fencing_token_last %" PRIu64 "\n",
+	    srv->lm.last_token);
+	evbuffer_add_printf(
+	    b,
+	    "# HELP arbiter_state_writes_total Durable writes of "
+	    "the state file.\n# TYPE arbiter_state_writes_total "
+	    "counter\narbiter_state_writes_total %u\n",
+	    srv->state_writes);
 	evbuffer_add_printf(b,
 			    "# HELP arbiter_resources_unlabeled_total Distinct "
 			    "resources past stats.max_resources.\n# TYPE "
@@ -241,8 +248,9 @@ metrics_render(struct server *srv, struct evbuffer *b)
 			emit_hist(b, fd, s, n);
 			continue;
 		}
-		evbuffer_add_printf(b, "# HELP arbiter_%s_total %s.\n# TYPE "
-				       "arbiter_%s_total counter\n",
+		evbuffer_add_printf(b,
+				    "# HELP arbiter_%s_total %s.\n# TYPE "
+				    "arbiter_%s_total counter\n",
 				    fd->name, fd->help, fd->name);
 		if (k == STATS_F_failed_forbidden) {
 			/* Refused before any resource is named. */
@@ -267,7 +275,7 @@ metrics_render(struct server *srv, struct evbuffer *b)
 /* After the reply, input is read and dropped for this long and this much at
  * most, so that closing with unread bytes does not reset the reply away; a
  * peer that goes on sending past that is cut off. */
-#define LINGER_MS 1000
+#define LINGER_MS    1000
 #define LINGER_BYTES 65536
 
 enum mc_state {
@@ -382,26 +390,26 @@ mc_write(struct mconn *c)
 	c->state = MC_LINGER;
 	event_add(&c->ev_read, NULL);
 	mc_deadline(c, c->m->srv->cfg.metrics_timeout_ms < LINGER_MS
-			       ? c->m->srv->cfg.metrics_timeout_ms
-			       : LINGER_MS);
+			   ? c->m->srv->cfg.metrics_timeout_ms
+			   : LINGER_MS);
 	return true;
 }
 
 /* Queue the reply (body NULL: none; head_only: headers alone) and start
  * writing it; the request side is not read any more. */
 static void
-mc_reply(struct mconn *c, int status, const char *reason,
-	 const char *ctype, struct evbuffer *body, bool head_only,
-	 const char *extra)
+mc_reply(struct mconn *c, int status, const char *reason, const char *ctype,
+	 struct evbuffer *body, bool head_only, const char *extra)
 {
 	size_t len = body != NULL ? evbuffer_get_length(body) : 0;
 
 	c->state = MC_REPLY;
 	event_del(&c->ev_read);
-	evbuffer_add_printf(c->out,
-			    "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n"
-			    "Content-Length: %zu\r\n%sConnection: close\r\n\r\n",
-			    status, reason, ctype, len, extra ? extra : "");
+	evbuffer_add_printf(
+	    c->out,
+	    "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n"
+	    "Content-Length: %zu\r\n%sConnection: close\r\n\r\n",
+	    status, reason, ctype, len, extra ? extra : "");
 	if (body != NULL && !head_only)
 		evbuffer_add_buffer(c->out, body);
 	mc_deadline(c, c->m->srv->cfg.metrics_timeout_ms);
@@ -409,8 +417,8 @@ mc_reply(struct mconn *c, int status, const char *reason,
 }
 
 static void
-mc_reply_text(struct mconn *c, int status, const char *reason,
-	      const char *text, bool head_only, const char *extra)
+mc_reply_text(struct mconn *c, int status, const char *reason, const char *text,
+	      bool head_only, const char *extra)
 {
 	struct evbuffer *b = evbuffer_new();
 
@@ -429,13 +437,12 @@ serve_metrics(struct mconn *c, bool head_only)
 	struct evbuffer *b = evbuffer_new();
 
 	if (b == NULL) {
-		mc_reply_text(c, 500, "Internal Server Error", "out of memory\n",
-			      head_only, NULL);
+		mc_reply_text(c, 500, "Internal Server Error",
+			      "out of memory\n", head_only, NULL);
 		return;
 	}
 	metrics_render(c->m->srv, b);
-	mc_reply(c, 200, "OK", "text/plain; version=0.0.4", b, head_only,
-		 NULL);
+	mc_reply(c, 200, "OK", "text/plain; version=0.0.4", b, head_only, NULL);
 	evbuffer_free(b);
 }
 
@@ -444,25 +451,28 @@ serve_healthz(struct mconn *c, bool head_only)
 {
 	struct server *srv = c->m->srv;
 	struct evbuffer *b = evbuffer_new();
-	bool ok = srv->role == ROLE_ACTIVE && srv->storage.held &&
-		  !srv->stopping;
+	bool ok =
+	    srv->role == ROLE_ACTIVE && srv->storage.held && !srv->stopping;
 
 	if (b == NULL) {
-		mc_reply_text(c, 500, "Internal Server Error", "out of memory\n",
-			      head_only, NULL);
+		mc_reply_text(c, 500, "Internal Server Error",
+			      "out of memory\n", head_only, NULL);
 		return;
 	}
 	if (ok)
-		evbuffer_add_printf(b, "ok: active, holding the storage lock\n");
+		evbuffer_add_printf(b,
+				    "ok: active, holding the storage lock\n");
 	else if (srv->stopping)
 		evbuffer_add_printf(b, "not ready: shutting down\n");
 	else if (srv->role == ROLE_STANDBY)
-		evbuffer_add_printf(b, "not ready: standby; the storage is "
-				       "held by %s\n",
+		evbuffer_add_printf(b,
+				    "not ready: standby; the storage is "
+				    "held by %s\n",
 				    srv->storage_holder);
 	else
-		evbuffer_add_printf(b, "not ready: %s, the storage lock is not "
-				       "held\n",
+		evbuffer_add_printf(b,
+				    "not ready: %s, the storage lock is not "
+				    "held\n",
 				    role_name(srv));
 	mc_reply(c, ok ? 200 : 503, ok ? "OK" : "Service Unavailable",
 		 "text/plain", b, head_only, NULL);
@@ -592,9 +602,9 @@ mc_deadline_cb(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	if (c->state == MC_HEAD || c->state == MC_BODY) {
 		static const char late[] =
-			"HTTP/1.1 408 Request Timeout\r\nContent-Type: "
-			"text/plain\r\nContent-Length: 0\r\nConnection: "
-			"close\r\n\r\n";
+		    "HTTP/1.1 408 Request Timeout\r\nContent-Type: "
+		    "text/plain\r\nContent-Length: 0\r\nConnection: "
+		    "close\r\n\r\n";
 
 		(void)!send(c->fd, late, sizeof late - 1,
 			    MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -616,22 +626,22 @@ metrics_accepted(struct listener *l, int fd)
 	if (m->n >= srv->cfg.metrics_max_connections ||
 	    !server_fd_room(srv, fd, true)) {
 		static const char busy[] =
-			"HTTP/1.1 503 Service Unavailable\r\nContent-Type: "
-			"text/plain\r\nContent-Length: 45\r\nRetry-After: 1\r\n"
-			"Connection: close\r\n\r\n"
-			"metrics listener busy; try again in a second\n";
+		    "HTTP/1.1 503 Service Unavailable\r\nContent-Type: "
+		    "text/plain\r\nContent-Length: 45\r\nRetry-After: 1\r\n"
+		    "Connection: close\r\n\r\n"
+		    "metrics listener busy; try again in a second\n";
 
 		if (!m->full_logged)
 			log_warn("metrics connection refused",
 				 "conns=%u limit=%" PRIu64 " hint=\"%s\"", m->n,
 				 srv->cfg.metrics_max_connections,
 				 m->n >= srv->cfg.metrics_max_connections
-					 ? "too many scrapers, or idle "
-					   "connections; raise "
-					   "metrics.max_connections if they "
-					   "are legitimate"
-					 : "out of file descriptors; raise "
-					   "the open-file limit");
+				     ? "too many scrapers, or idle "
+				       "connections; raise "
+				       "metrics.max_connections if they "
+				       "are legitimate"
+				     : "out of file descriptors; raise "
+				       "the open-file limit");
 		m->full_logged = true;
 		(void)!send(fd, busy, sizeof busy - 1,
 			    MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -687,7 +697,8 @@ metrics_bind(const char *host, const char *port, const char *spec, char *err,
 			e = errno;
 			continue;
 		}
-		(void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+		(void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one,
+				 sizeof one);
 		if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 &&
 		    listen(fd, 128) == 0)
 			break;
@@ -744,8 +755,8 @@ metrics_start(struct server *srv, char *err, size_t errlen)
 	TAILQ_INIT(&m->conns);
 	TAILQ_INIT(&m->graveyard);
 	m->ev_reap = event_new(srv->base, -1, 0, reap_cb, m);
-	if (m->ev_reap == NULL ||
-	    listener_start(&m->l, srv, fd, "metrics", metrics_accepted, m) < 0) {
+	if (m->ev_reap == NULL || listener_start(&m->l, srv, fd, "metrics",
+						 metrics_accepted, m) < 0) {
 		snprintf(err, errlen, "metrics: cannot watch %s", spec);
 		if (m->ev_reap != NULL)
 			event_free(m->ev_reap);

@@ -347,8 +347,7 @@ report_status(struct conn *c, const Arbiter__Request *req,
 		s->resource = res->name;
 		s->holders = &hlist[hi];
 		s->waiters = &wlist[wi];
-		TAILQ_FOREACH(r, &res->holders, q_entry)
-		{
+		TAILQ_FOREACH(r, &res->holders, q_entry) {
 			Arbiter__Holder *h = &hs[hi];
 
 			if (s->n_holders == DISPATCH_LIST_MAX)
@@ -376,8 +375,7 @@ report_status(struct conn *c, const Arbiter__Request *req,
 			hlist[hi++] = h;
 			s->n_holders++;
 		}
-		TAILQ_FOREACH(r, &res->waiters, q_entry)
-		{
+		TAILQ_FOREACH(r, &res->waiters, q_entry) {
 			Arbiter__Waiter *w = &ws[wi];
 
 			if (s->n_waiters == DISPATCH_LIST_MAX)

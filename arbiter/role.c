@@ -120,7 +120,7 @@ retry_arm(struct server *srv, const char *err)
 	struct timeval tv;
 	int fd;
 
-	srv->retry_ms = srv->retry_ms == 0	   ? 100
+	srv->retry_ms = srv->retry_ms == 0	? 100
 			: srv->retry_ms >= 2500 ? 5000
 						: srv->retry_ms * 2;
 	/* (retry_err may hold a cut copy of a long message) */
@@ -130,8 +130,8 @@ retry_arm(struct server *srv, const char *err)
 			  "error=\"%s\" retry_ms=%u", err, srv->retry_ms);
 		snprintf(srv->retry_err, sizeof srv->retry_err, "%s", err);
 	} else
-		log_debug("storage lock retry failed", "error=\"%s\" retry_ms=%u",
-			  err, srv->retry_ms);
+		log_debug("storage lock retry failed",
+			  "error=\"%s\" retry_ms=%u", err, srv->retry_ms);
 	snprintf(srv->storage_holder, sizeof srv->storage_holder,
 		 "no one: the lock file cannot be used (%.400s)", err);
 	tv.tv_sec = (time_t)(srv->retry_ms / 1000);
@@ -146,8 +146,8 @@ retry_arm(struct server *srv, const char *err)
 	storage_unwatch_dir(&srv->storage);
 	fd = storage_watch_dir(&srv->storage);
 	if (fd >= 0) {
-		srv->ev_dirwatch = event_new(srv->base, fd, EV_READ | EV_PERSIST,
-					     retry_cb, srv);
+		srv->ev_dirwatch = event_new(
+		    srv->base, fd, EV_READ | EV_PERSIST, retry_cb, srv);
 		if (srv->ev_dirwatch != NULL)
 			event_add(srv->ev_dirwatch, NULL);
 	}
@@ -177,12 +177,13 @@ watch_start(struct server *srv)
 	fd = storage_watch(&srv->storage);
 	if (fd < 0) {
 		log_warn("cannot watch the lock file; its removal would go "
-			 "unnoticed", "lock_file=%s error=%s",
-			 srv->cfg.lock_file, strerror(-fd));
+			 "unnoticed",
+			 "lock_file=%s error=%s", srv->cfg.lock_file,
+			 strerror(-fd));
 		return;
 	}
-	srv->ev_watch = event_new(srv->base, fd, EV_READ | EV_PERSIST,
-				  watch_cb, srv);
+	srv->ev_watch =
+	    event_new(srv->base, fd, EV_READ | EV_PERSIST, watch_cb, srv);
 	if (srv->ev_watch != NULL)
 		event_add(srv->ev_watch, NULL);
 }
@@ -293,19 +294,21 @@ activate(struct server *srv, char *err, size_t errlen)
 				 srv->cfg.state_file, hw);
 	} else {
 		if (!srv->reset_state) {
-			snprintf(err, errlen,
-				 "state file %s is unusable: %s. It holds the "
-				 "fencing-token high-water mark, so arbiter will "
-				 "not guess. Restore it, or start once with "
-				 "--reset-state (tokens then restart above both "
-				 "any mark still readable and the current time "
-				 "in microseconds)",
-				 srv->cfg.state_file, why);
+			snprintf(
+			    err, errlen,
+			    "state file %s is unusable: %s. It holds the "
+			    "fencing-token high-water mark, so arbiter will "
+			    "not guess. Restore it, or start once with "
+			    "--reset-state (tokens then restart above both "
+			    "any mark still readable and the current time "
+			    "in microseconds)",
+			    srv->cfg.state_file, why);
 			return -1;
 		}
 		hw = sd.token_hw > realtime_us() ? sd.token_hw : realtime_us();
-		log_warn("state file reset", "state_file=%s reason=\"%s\" "
-					     "token_hw=%" PRIu64,
+		log_warn("state file reset",
+			 "state_file=%s reason=\"%s\" "
+			 "token_hw=%" PRIu64,
 			 srv->cfg.state_file, why, hw);
 	}
 	if (srv->storage.prev_record)
@@ -323,14 +326,15 @@ activate(struct server *srv, char *err, size_t errlen)
 	 * role_release() is unclean. */
 	if (reserve_now(srv) < 0)
 		log_warn("starting with grants held until the state file can "
-			 "be written", "state_file=%s", srv->cfg.state_file);
+			 "be written",
+			 "state_file=%s", srv->cfg.state_file);
 	if (unclean != NULL && srv->cfg.lock_delay_ms > 0) {
 		uint64_t now = now_ns();
 
 		/* Before the gate opens, so not even a queued request slips
 		 * through. */
-		lockmgr_hold_all(&srv->lm, now + srv->cfg.lock_delay_ms * 1000000u,
-				 now);
+		lockmgr_hold_all(&srv->lm,
+				 now + srv->cfg.lock_delay_ms * 1000000u, now);
 		log_warn("the storage's last holder did not end cleanly; every "
 			 "resource waits leases.lock_delay_ms before its first "
 			 "grant",
@@ -363,8 +367,8 @@ become_standby(struct server *srv)
 	if (rc < 0) {
 		char err[300];
 
-		snprintf(err, sizeof err, "cannot wait for the storage lock: %s",
-			 strerror(-rc));
+		snprintf(err, sizeof err,
+			 "cannot wait for the storage lock: %s", strerror(-rc));
 		retry_arm(srv, err);
 		return;
 	}
@@ -437,7 +441,8 @@ storage_cb(evutil_socket_t fd, short what, void *arg)
 	rc = storage_wait_done(&srv->storage);
 	if (rc == -ESTALE) {
 		log_warn("the lock file was replaced while waiting; waiting on "
-			 "the new one", "lock_file=%s", srv->cfg.lock_file);
+			 "the new one",
+			 "lock_file=%s", srv->cfg.lock_file);
 		take_storage(srv);
 		return;
 	}
@@ -547,11 +552,11 @@ role_listening(struct server *srv)
 			    "the storage");
 	} else {
 		notify_send(srv->role == ROLE_ACTIVE
-				    ? "READY=1\nSTATUS=active: holding the "
-				      "storage lock"
-				    : "READY=1\nSTATUS=idle: on-demand, the "
-				      "storage lock is taken with the first "
-				      "lease");
+				? "READY=1\nSTATUS=active: holding the "
+				  "storage lock"
+				: "READY=1\nSTATUS=idle: on-demand, the "
+				  "storage lock is taken with the first "
+				  "lease");
 	}
 }
 
@@ -573,7 +578,8 @@ role_before_acquire(struct server *srv)
 	log_note(srv);
 	if (rc == 0) {
 		if (activate(srv, err, sizeof err) < 0) {
-			log_error("cannot use the storage", "error=\"%s\"", err);
+			log_error("cannot use the storage", "error=\"%s\"",
+				  err);
 			storage_unlock(&srv->storage);
 			srv->role = ROLE_IDLE;
 		}
@@ -603,8 +609,8 @@ role_after_events(struct server *srv, bool need_tokens, bool busy, bool idle)
 		evtimer_del(srv->ev_linger);
 	if (idle && srv->lm.nheld + srv->lm.nwaiting == 0 && !srv->stopping) {
 		struct timeval tv = {
-			.tv_sec = (time_t)(srv->cfg.linger_ms / 1000),
-			.tv_usec = (suseconds_t)(srv->cfg.linger_ms % 1000) * 1000,
+		    .tv_sec = (time_t)(srv->cfg.linger_ms / 1000),
+		    .tv_usec = (suseconds_t)(srv->cfg.linger_ms % 1000) * 1000,
 		};
 
 		evtimer_add(srv->ev_linger, &tv);

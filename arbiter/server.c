@@ -55,12 +55,12 @@ static void
 lockmgr_limits_from(struct server *srv)
 {
 	struct lm_limits l = {
-		.max_resources = (unsigned)srv->cfg.max_resources,
-		.max_leases_per_owner =
-			(unsigned)srv->cfg.max_leases_per_connection,
-		.max_waiters_per_resource =
-			(unsigned)srv->cfg.max_waiters_per_resource,
-		.position_interval_ns = LM_POSITION_INTERVAL_NS,
+	    .max_resources = (unsigned)srv->cfg.max_resources,
+	    .max_leases_per_owner =
+		(unsigned)srv->cfg.max_leases_per_connection,
+	    .max_waiters_per_resource =
+		(unsigned)srv->cfg.max_waiters_per_resource,
+	    .position_interval_ns = LM_POSITION_INTERVAL_NS,
 	};
 
 	lockmgr_set_limits(&srv->lm, &l);
@@ -285,8 +285,8 @@ static uint64_t
 fd_unix_max(const struct server *srv)
 {
 	uint64_t all = fd_clients_max(srv);
-	uint64_t m = srv->metrics != NULL ? srv->cfg.metrics_max_connections
-					  : 0;
+	uint64_t m =
+	    srv->metrics != NULL ? srv->cfg.metrics_max_connections : 0;
 
 	return all > m ? all - m : 0;
 }
@@ -336,8 +336,8 @@ fd_limit_raise(struct server *srv)
 				  (unsigned long long)rl.rlim_cur);
 		}
 	}
-	srv->fd_limit = rl.rlim_cur == RLIM_INFINITY ? UINT64_MAX
-						     : (uint64_t)rl.rlim_cur;
+	srv->fd_limit =
+	    rl.rlim_cur == RLIM_INFINITY ? UINT64_MAX : (uint64_t)rl.rlim_cur;
 }
 
 /* Warn when limits.max_connections promises more than the descriptors can
@@ -359,8 +359,8 @@ fd_limit_check(struct server *srv)
 		 " (LimitNOFILE= in the systemd unit, ulimit -n, the "
 		 "container's nofile ulimit) or lower limits.max_connections "
 		 "to %" PRIu64 "\"",
-		 srv->cfg.max_connections, allowed, srv->fd_limit,
-		 srv->fd_base, FD_RESERVE, m,
+		 srv->cfg.max_connections, allowed, srv->fd_limit, srv->fd_base,
+		 FD_RESERVE, m,
 		 srv->cfg.max_connections + srv->fd_base + FD_RESERVE + m,
 		 allowed);
 }
@@ -390,12 +390,13 @@ unix_accepted(struct listener *l, int fd)
 		/* Logged once until a client is served again: a flood of
 		 * them must not become a flood of lines. */
 		if (!srv->fd_full_logged)
-			log_warn("connection refused",
-				 "reason=open_file_limit conns=%u nofile=%" PRIu64
-				 " hint=\"raise the open-file limit; the "
-				 "daemon keeps %d descriptors for its own "
-				 "files\"",
-				 srv->nconns, srv->fd_limit, FD_RESERVE);
+			log_warn(
+			    "connection refused",
+			    "reason=open_file_limit conns=%u nofile=%" PRIu64
+			    " hint=\"raise the open-file limit; the "
+			    "daemon keeps %d descriptors for its own "
+			    "files\"",
+			    srv->nconns, srv->fd_limit, FD_RESERVE);
 		srv->fd_full_logged = true;
 		refuse(fd, "arbiterd is at its open-file limit; try again "
 			   "later, or ask its operator to raise the limit");
@@ -471,7 +472,8 @@ make_socket_dir(const char *path, char *err, size_t errlen)
 		char mine[64];
 
 		/* Only the per-user default folder is private. */
-		snprintf(mine, sizeof mine, "/tmp/arbiter-%u", (unsigned)getuid());
+		snprintf(mine, sizeof mine, "/tmp/arbiter-%u",
+			 (unsigned)getuid());
 		private_tmp = strcmp(dir, mine) == 0;
 	}
 	if (mkdir(dir, private_tmp ? 0700 : 0755) < 0 && errno != EEXIST) {
@@ -506,11 +508,12 @@ listen_socket(struct server *srv, char *err, size_t errlen)
 		return -1;
 	if (lstat(path, &st) == 0) {
 		if (!S_ISSOCK(st.st_mode)) {
-			snprintf(err, errlen,
-				 "%s exists and is not a socket%s; remove it or "
-				 "set socket.path",
-				 path, S_ISLNK(st.st_mode) ? " (a symbolic link)"
-							   : "");
+			snprintf(
+			    err, errlen,
+			    "%s exists and is not a socket%s; remove it or "
+			    "set socket.path",
+			    path,
+			    S_ISLNK(st.st_mode) ? " (a symbolic link)" : "");
 			return -1;
 		}
 		switch (socket_probe(path, &why)) {
@@ -542,8 +545,9 @@ listen_socket(struct server *srv, char *err, size_t errlen)
 		}
 		/* A dead socket file from a crashed daemon: replace it. */
 		if (unlink(path) < 0) {
-			snprintf(err, errlen, "cannot remove stale socket %s: %s",
-				 path, strerror(errno));
+			snprintf(err, errlen,
+				 "cannot remove stale socket %s: %s", path,
+				 strerror(errno));
 			return -1;
 		}
 		log_info("removed stale socket", "path=%s", path);
@@ -723,7 +727,8 @@ signal_cb(evutil_socket_t sig, short what, void *arg)
 	if (sig == SIGHUP)
 		reload(srv);
 	else
-		server_begin_shutdown(srv, sig == SIGTERM ? "SIGTERM" : "SIGINT");
+		server_begin_shutdown(srv,
+				      sig == SIGTERM ? "SIGTERM" : "SIGINT");
 }
 
 /* ------------------------------------------------------------ life */
@@ -799,8 +804,9 @@ server_init(struct server *srv, char *err, size_t errlen)
 int
 server_run(struct server *srv)
 {
-	log_info("arbiter ready", "version=%s pid=%ld socket=%s storage=%s "
-				  "role=%s",
+	log_info("arbiter ready",
+		 "version=%s pid=%ld socket=%s storage=%s "
+		 "role=%s",
 		 ARBITER_VERSION, (long)getpid(), srv->cfg.socket_path,
 		 srv->cfg.storage_path, role_name(srv));
 	while (!srv->done && server_turn(srv, 0) == 0 &&
@@ -850,10 +856,10 @@ server_free(struct server *srv)
 	srv->rbuf = NULL;
 	if (srv->base != NULL) {
 		struct event **evs[] = {
-			&srv->ev_timer,	 &srv->ev_stop,		 &srv->ev_sigterm,
-			&srv->ev_sigint, &srv->ev_sighup,	 &srv->ev_storage,
-			&srv->ev_reserve, &srv->ev_linger, &srv->ev_watch,
-			&srv->ev_written, &srv->ev_retry, &srv->ev_dirwatch,
+		    &srv->ev_timer,   &srv->ev_stop,   &srv->ev_sigterm,
+		    &srv->ev_sigint,  &srv->ev_sighup, &srv->ev_storage,
+		    &srv->ev_reserve, &srv->ev_linger, &srv->ev_watch,
+		    &srv->ev_written, &srv->ev_retry,  &srv->ev_dirwatch,
 		};
 
 		for (size_t i = 0; i < sizeof evs / sizeof evs[0]; i++) {

@@ -41,27 +41,27 @@ struct server {
 	char storage_holder[512]; /* who holds it while we are standby */
 
 	int listen_fd;
-	bool socket_created; /* remove the socket file at exit */
+	bool socket_created;	/* remove the socket file at exit */
 	struct listener accept; /* on listen_fd */
 	struct event *ev_timer;
 	uint64_t timer_when;
 	struct event *ev_sigterm, *ev_sigint, *ev_sighup;
-	struct event *ev_storage; /* standby: the wait thread's eventfd */
-	struct event *ev_reserve; /* retry a failed token reservation */
-	struct event *ev_written; /* the state writer's thread is done */
+	struct event *ev_storage;   /* standby: the wait thread's eventfd */
+	struct event *ev_reserve;   /* retry a failed token reservation */
+	struct event *ev_written;   /* the state writer's thread is done */
 	struct state_writer writer; /* reserves the next token block */
-	struct event *ev_linger;  /* on-demand: release when idle */
-	struct event *ev_watch;	  /* inotify on the lock file, while active */
-	struct event *ev_retry;	  /* retry taking an unusable lock file */
-	struct event *ev_dirwatch; /* inotify on its folder, while retrying */
-	unsigned retry_ms;	  /* the back-off: 100 ms doubling to 5 s */
-	char retry_err[300];	  /* the failure last logged */
-	bool leases_held;	  /* while running: any lease outstanding */
-	bool reset_state;	  /* --reset-state */
+	struct event *ev_linger;    /* on-demand: release when idle */
+	struct event *ev_watch;	    /* inotify on the lock file, while active */
+	struct event *ev_retry;	    /* retry taking an unusable lock file */
+	struct event *ev_dirwatch;  /* inotify on its folder, while retrying */
+	unsigned retry_ms;	    /* the back-off: 100 ms doubling to 5 s */
+	char retry_err[300];	    /* the failure last logged */
+	bool leases_held;	    /* while running: any lease outstanding */
+	bool reset_state;	    /* --reset-state */
 	bool state_loaded;
 	unsigned state_fsyncs;
 	unsigned state_writes;
-	struct event *ev_stop; /* shutdown deadline */
+	struct event *ev_stop;	 /* shutdown deadline */
 	struct metrics *metrics; /* metrics listener, NULL when off */
 	/* Descriptors: the soft RLIMIT_NOFILE, those open once started, and
 	 * whether the "no descriptor left for a client" warning is out. */
@@ -70,13 +70,13 @@ struct server {
 	bool fd_full_logged;
 
 	struct codec_arena arena; /* decodes one request at a time */
-	uint8_t *rbuf;		  /* every read lands here first (CONN_READ_CHUNK) */
+	uint8_t *rbuf; /* every read lands here first (CONN_READ_CHUNK) */
 
 	struct conn_list conns;
 	struct conn_list flushq;    /* have output or a kill pending */
 	struct conn_list graveyard; /* closed, freed by the pump */
-	unsigned nconns;   /* served connections */
-	unsigned nrefused; /* refused ones waiting to be told why */
+	unsigned nconns;	    /* served connections */
+	unsigned nrefused;	    /* refused ones waiting to be told why */
 	uint64_t next_conn_id;
 	size_t out_total; /* output buffered across connections */
 

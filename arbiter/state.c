@@ -284,8 +284,8 @@ state_read(const char *path, struct state_data *out, char *err, size_t errlen)
 
 	memset(out, 0, sizeof *out);
 	/* O_NONBLOCK: a FIFO put here must not hang the daemon in open(2). */
-	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK |
-			    O_NOCTTY);
+	fd = open(path,
+		  O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
 	if (fd < 0) {
 		rc = -errno;
 		if (rc == -ENOENT)
@@ -293,7 +293,8 @@ state_read(const char *path, struct state_data *out, char *err, size_t errlen)
 		/* A socket fails open(2) itself (ENXIO): name what is there. */
 		if (rc != -ELOOP && lstat(path, &st) == 0 &&
 		    !S_ISREG(st.st_mode) && !S_ISLNK(st.st_mode)) {
-			snprintf(err, errlen, "%s, not a regular file; remove it",
+			snprintf(err, errlen,
+				 "%s, not a regular file; remove it",
 				 not_regular(st.st_mode));
 			return -EINVAL;
 		}
@@ -379,14 +380,12 @@ state_encode(msgpack_sbuffer *sb, uint64_t token_hw, bool clean,
 		msgpack_pack_uint64(&pk, st->total.cur.c[c]);
 	}
 	pack_str(&pk, "resources", 9);
-	HASH_ITER(hh, st->by_name, r, rtmp)
-	{
+	HASH_ITER(hh, st->by_name, r, rtmp) {
 		if (r->last_token)
 			ntok++;
 	}
 	msgpack_pack_map(&pk, ntok);
-	HASH_ITER(hh, st->by_name, r, rtmp)
-	{
+	HASH_ITER(hh, st->by_name, r, rtmp) {
 		if (!r->last_token)
 			continue;
 		pack_str(&pk, r->name, r->len);
@@ -414,8 +413,9 @@ temp_create(char *tmp, size_t len, int gid, char *err, size_t errlen)
 			e = errno;
 			break;
 		}
-		fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC |
-				   O_NOFOLLOW | O_NONBLOCK | O_NOCTTY,
+		fd = open(tmp,
+			  O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW |
+			      O_NONBLOCK | O_NOCTTY,
 			  mode);
 		if (fd >= 0 || (e = errno) != EEXIST)
 			break;
@@ -431,9 +431,8 @@ temp_create(char *tmp, size_t len, int gid, char *err, size_t errlen)
 			(void)fchmod(fd, mode);
 	}
 	if (fd < 0) {
-		snprintf(err, errlen,
-			 "cannot create the temp file %s: %s; %s", tmp,
-			 strerror(e),
+		snprintf(err, errlen, "cannot create the temp file %s: %s; %s",
+			 tmp, strerror(e),
 			 e == EISDIR ? "a folder is in the way: remove it"
 			 : e == EPERM || e == EACCES || e == EEXIST
 			     ? "something the daemon cannot replace is in the "
@@ -492,8 +491,8 @@ state_store(const char *path, int gid, const char *data, size_t len,
 	if (rename(tmp, path) < 0) {
 		int rc = -errno;
 
-		snprintf(err, errlen, "cannot rename %s to %s: %s%s", tmp,
-			 path, strerror(-rc),
+		snprintf(err, errlen, "cannot rename %s to %s: %s%s", tmp, path,
+			 strerror(-rc),
 			 rc == -EISDIR || rc == -ENOTEMPTY
 			     ? " (a folder is in the way; remove it)"
 			     : "");
@@ -547,8 +546,8 @@ writer_thread(void *arg)
 	struct state_writer *w = arg;
 	uint64_t one = 1;
 
-	w->rc = state_store(w->path, w->gid, w->sb.data, w->sb.size,
-			    &w->fsyncs, w->err, sizeof w->err);
+	w->rc = state_store(w->path, w->gid, w->sb.data, w->sb.size, &w->fsyncs,
+			    w->err, sizeof w->err);
 	(void)!write(w->wake_fd, &one, sizeof one);
 	return NULL;
 }
@@ -561,8 +560,8 @@ state_writer_init(struct state_writer *w)
 }
 
 int
-state_writer_start(struct state_writer *w, const char *path,
-		   uint64_t token_hw, int gid, const struct stats *st)
+state_writer_start(struct state_writer *w, const char *path, uint64_t token_hw,
+		   int gid, const struct stats *st)
 {
 	int rc;
 

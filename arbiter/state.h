@@ -23,7 +23,7 @@
 
 #include "stats.h"
 
-#define STATE_FORMAT 1
+#define STATE_FORMAT	  1
 #define STATE_TOKEN_BLOCK 10000
 
 struct state_data {
@@ -75,8 +75,8 @@ int state_write(const char *path, uint64_t token_hw, bool clean, int gid,
  * write's result (0 or -errno, with err set).
  */
 struct state_writer {
-	int wake_fd;  /* eventfd, created at the first start; -1 before */
-	bool busy;    /* a thread is writing */
+	int wake_fd; /* eventfd, created at the first start; -1 before */
+	bool busy;   /* a thread is writing */
 	pthread_t tid;
 	char *path;
 	int gid;	    /* as state_write */

@@ -12,30 +12,30 @@
 
 const char *const stats_counter_names[STATS_NCOUNTERS] = {
 #define STATS_NAME(name, help) #name,
-	STATS_COUNTERS(STATS_NAME)
+    STATS_COUNTERS(STATS_NAME)
 #undef STATS_NAME
 };
 
 const char *const stats_counter_help[STATS_NCOUNTERS] = {
 #define STATS_HELP(name, help) help,
-	STATS_COUNTERS(STATS_HELP)
+    STATS_COUNTERS(STATS_HELP)
 #undef STATS_HELP
 };
 
 const struct stats_field stats_fields[STATS_NFIELDS] = {
-#define STATS_FIELD_C(n, h) [STATS_F_##n] = {#n, h, STATS_COUNTER, true},
+#define STATS_FIELD_C(n, h)	  [STATS_F_##n] = {#n, h, STATS_COUNTER, true},
 #define STATS_FIELD_D(n, k, p, h) [STATS_F_##n] = {#n, h, k, p},
-#define STATS_FIELD_H(n, h) [STATS_F_##n] = {#n, h, STATS_HIST, true},
-	STATS_COUNTERS(STATS_FIELD_C) STATS_DERIVED(STATS_FIELD_D)
-	    STATS_HISTS(STATS_FIELD_H)
+#define STATS_FIELD_H(n, h)	  [STATS_F_##n] = {#n, h, STATS_HIST, true},
+    STATS_COUNTERS(STATS_FIELD_C) STATS_DERIVED(STATS_FIELD_D)
+	STATS_HISTS(STATS_FIELD_H)
 #undef STATS_FIELD_C
 #undef STATS_FIELD_D
 #undef STATS_FIELD_H
 };
 
 /* stats_value reads a counter's field at the counter's own index. */
-#define STATS_SAME_INDEX(n, h)                                              \
-	_Static_assert((int)STATS_F_##n == (int)STAT_##n,                   \
+#define STATS_SAME_INDEX(n, h)                                                 \
+	_Static_assert((int)STATS_F_##n == (int)STAT_##n,                      \
 		       "counters come first in stats_fields");
 STATS_COUNTERS(STATS_SAME_INDEX)
 #undef STATS_SAME_INDEX
@@ -109,8 +109,8 @@ quantile(const struct hist *h, double q)
 				double mid0 = 0.5 * (1 << UNIT_SHIFT) / 1e9;
 
 				return mid0 < (double)h->max_ns / 1e9
-					       ? mid0
-					       : (double)h->max_ns / 1e9;
+					   ? mid0
+					   : (double)h->max_ns / 1e9;
 			}
 			lo = bucket_lower_units(i) * (1 << UNIT_SHIFT) / 1e9;
 			hi = hist_bucket_upper(i);
@@ -118,8 +118,9 @@ quantile(const struct hist *h, double q)
 				return (double)h->max_ns / 1e9;
 			mid = (lo + hi) / 2;
 			/* Never report more than was seen. */
-			return mid < (double)h->max_ns / 1e9 ? mid
-							     : (double)h->max_ns / 1e9;
+			return mid < (double)h->max_ns / 1e9
+				   ? mid
+				   : (double)h->max_ns / 1e9;
 		}
 	}
 	return (double)h->max_ns / 1e9;
@@ -153,7 +154,8 @@ stats_free(struct stats *st)
 
 	/* uthash's documented delete-while-iterating idiom. */
 	HASH_ITER(hh, st->by_name, r, tmp) {
-		HASH_DELETE(hh, st->by_name, r); // NOLINT(clang-analyzer-unix.Malloc)
+		HASH_DELETE(hh, st->by_name,
+			    r); // NOLINT(clang-analyzer-unix.Malloc)
 		free(r->name);
 		free(r);
 	}
@@ -242,8 +244,8 @@ hist_sub(struct hist *out, const struct hist *a, const struct hist *b)
 		out->b[i] = a->b[i] - b->b[i];
 		if (out->b[i] != 0) {
 			double hi = hist_bucket_upper(i);
-			uint64_t cap = isinf(hi) ? a->max_ns
-						 : (uint64_t)(hi * 1e9);
+			uint64_t cap =
+			    isinf(hi) ? a->max_ns : (uint64_t)(hi * 1e9);
 
 			out->max_ns = cap < a->max_ns ? cap : a->max_ns;
 		}
@@ -273,7 +275,8 @@ stats_value(const struct stats_figures *f, unsigned i, struct stats_value *out)
 	}
 	switch ((enum stats_field_id)i) {
 	case STATS_F_total_acquisitions:
-		out->u = c[STAT_acquired_immediate] + c[STAT_acquired_after_wait];
+		out->u =
+		    c[STAT_acquired_immediate] + c[STAT_acquired_after_wait];
 		break;
 	case STATS_F_failed_acquisitions:
 		out->u = c[STAT_failed_timeout] + c[STAT_failed_would_block] +

@@ -21,26 +21,27 @@
 
 #include <uthash.h>
 
-#define STATS_COUNTERS(X)                                                   \
-	X(acquired_immediate, "leases granted without waiting")            \
-	X(acquired_after_wait, "leases granted after waiting in the queue") \
-	X(failed_timeout, "acquires that ran out of time")                  \
-	X(failed_would_block, "try-locks refused because it was held")      \
-	X(failed_forbidden, "requests refused by access control")           \
-	X(failed_invalid, "acquires refused as invalid or over a limit")    \
-	X(releases, "leases released by their holder")                      \
-	X(cancelled, "pending acquires withdrawn by their client")          \
-	X(revoked_disconnect, "leases ended because the holder disconnected") \
-	X(revoked_expired, "leases ended because their ttl ran out")        \
-	X(revoked_admin, "leases revoked by an administrator")              \
-	X(revoked_shutdown, "leases ended by daemon shutdown")                \
-	X(revoked_storage_lost, "leases ended because the storage lock was lost") \
-	X(upgraded_immediate, "shared leases upgraded to exclusive at once") \
-	X(upgraded_after_wait,                                              \
-	  "shared leases upgraded to exclusive after the other holders left") \
-	X(downgraded, "exclusive leases downgraded to shared")              \
+#define STATS_COUNTERS(X)                                                      \
+	X(acquired_immediate, "leases granted without waiting")                \
+	X(acquired_after_wait, "leases granted after waiting in the queue")    \
+	X(failed_timeout, "acquires that ran out of time")                     \
+	X(failed_would_block, "try-locks refused because it was held")         \
+	X(failed_forbidden, "requests refused by access control")              \
+	X(failed_invalid, "acquires refused as invalid or over a limit")       \
+	X(releases, "leases released by their holder")                         \
+	X(cancelled, "pending acquires withdrawn by their client")             \
+	X(revoked_disconnect, "leases ended because the holder disconnected")  \
+	X(revoked_expired, "leases ended because their ttl ran out")           \
+	X(revoked_admin, "leases revoked by an administrator")                 \
+	X(revoked_shutdown, "leases ended by daemon shutdown")                 \
+	X(revoked_storage_lost,                                                \
+	  "leases ended because the storage lock was lost")                    \
+	X(upgraded_immediate, "shared leases upgraded to exclusive at once")   \
+	X(upgraded_after_wait,                                                 \
+	  "shared leases upgraded to exclusive after the other holders left")  \
+	X(downgraded, "exclusive leases downgraded to shared")                 \
 	X(upgrade_timeout, "upgrades that ran out of time, lease kept shared") \
-	X(upgrade_deadlock,                                                 \
+	X(upgrade_deadlock,                                                    \
 	  "upgrades refused because another holder's upgrade already waited")
 
 /*
@@ -48,30 +49,30 @@
  * names apps already use. prom: 0 where Prometheus derives it itself from
  * the counters (sum() or _sum/_count), so /metrics does not repeat it.
  */
-#define STATS_DERIVED(X)                                                    \
-	X(total_acquisitions, STATS_SUM, 0,                                 \
-	  "leases granted, immediately or after waiting")                   \
-	X(failed_acquisitions, STATS_SUM, 0,                                \
-	  "acquires refused: timeout, would-block, forbidden or invalid")   \
-	X(average_wait_time, STATS_SECONDS, 0,                              \
-	  "mean wait before a grant, in seconds")                           \
-	X(max_wait_time, STATS_SECONDS, 0,                                  \
+#define STATS_DERIVED(X)                                                       \
+	X(total_acquisitions, STATS_SUM, 0,                                    \
+	  "leases granted, immediately or after waiting")                      \
+	X(failed_acquisitions, STATS_SUM, 0,                                   \
+	  "acquires refused: timeout, would-block, forbidden or invalid")      \
+	X(average_wait_time, STATS_SECONDS, 0,                                 \
+	  "mean wait before a grant, in seconds")                              \
+	X(max_wait_time, STATS_SECONDS, 0,                                     \
 	  "longest wait before a grant, in seconds")
 
 /* The histograms, in seconds. */
-#define STATS_HISTS(X)                                                      \
-	X(wait, "How long acquisitions waited before the grant (0 when "    \
-		"immediate)")                                               \
+#define STATS_HISTS(X)                                                         \
+	X(wait, "How long acquisitions waited before the grant (0 when "       \
+		"immediate)")                                                  \
 	X(hold, "How long leases were held")
 
 enum stats_counter {
 #define STATS_ENUM(name, help) STAT_##name,
 	STATS_COUNTERS(STATS_ENUM)
 #undef STATS_ENUM
-	STATS_NCOUNTERS
+	    STATS_NCOUNTERS
 };
 
-#define HIST_SUB 4
+#define HIST_SUB     4
 #define HIST_OCTAVES 36
 #define HIST_BUCKETS (1 + HIST_SUB * HIST_OCTAVES + 1)
 
@@ -133,15 +134,15 @@ struct stats_field {
 };
 
 enum stats_field_id {
-#define STATS_FID_C(name, help) STATS_F_##name,
+#define STATS_FID_C(name, help)		    STATS_F_##name,
 #define STATS_FID_D(name, kind, prom, help) STATS_F_##name,
-#define STATS_FID_H(name, help) STATS_F_##name,
+#define STATS_FID_H(name, help)		    STATS_F_##name,
 	STATS_COUNTERS(STATS_FID_C) STATS_DERIVED(STATS_FID_D)
 	    STATS_HISTS(STATS_FID_H)
 #undef STATS_FID_C
 #undef STATS_FID_D
 #undef STATS_FID_H
-	STATS_NFIELDS
+		STATS_NFIELDS
 };
 
 struct stats_value {

@@ -89,17 +89,17 @@ describe_open_error(const char *path, int e, char *err, size_t errlen)
 	}
 	if (e == EACCES || e == EPERM) {
 		if (lstat(path, &st) == 0)
-			snprintf(err, errlen,
-				 "cannot open storage lock file %s: %s (it "
-				 "belongs to uid %u gid %u, mode %04o; this "
-				 "daemon runs as uid %u). Run the daemon as its "
-				 "owner, or, for arbiters under several users, "
-				 "set storage.group to a group they share and "
-				 "give the file that group with mode 0660",
-				 path, strerror(e), (unsigned)st.st_uid,
-				 (unsigned)st.st_gid,
-				 (unsigned)(st.st_mode & 07777),
-				 (unsigned)geteuid());
+			snprintf(
+			    err, errlen,
+			    "cannot open storage lock file %s: %s (it "
+			    "belongs to uid %u gid %u, mode %04o; this "
+			    "daemon runs as uid %u). Run the daemon as its "
+			    "owner, or, for arbiters under several users, "
+			    "set storage.group to a group they share and "
+			    "give the file that group with mode 0660",
+			    path, strerror(e), (unsigned)st.st_uid,
+			    (unsigned)st.st_gid, (unsigned)(st.st_mode & 07777),
+			    (unsigned)geteuid());
 		else
 			snprintf(err, errlen,
 				 "cannot create storage lock file %s: %s; give "
@@ -120,8 +120,8 @@ describe_open_error(const char *path, int e, char *err, size_t errlen)
 static void
 tighten(struct storage *s, int fd, const struct stat *st, const char *path)
 {
-	mode_t allowed = s->gid >= 0 ? STORAGE_LOCK_MODE_GROUP
-				     : STORAGE_LOCK_MODE;
+	mode_t allowed =
+	    s->gid >= 0 ? STORAGE_LOCK_MODE_GROUP : STORAGE_LOCK_MODE;
 	mode_t mode = st->st_mode & 07777;
 	bool bad_mode = (mode & ~allowed) != 0;
 	bool bad_group = s->gid >= 0 && st->st_gid != (gid_t)s->gid;
@@ -150,9 +150,10 @@ tighten(struct storage *s, int fd, const struct stat *st, const char *path)
 			snprintf(what, sizeof what, "mode %04o -> %04o",
 				 (unsigned)mode, (unsigned)(mode & allowed));
 		if (bad_group)
-			snprintf(what + strlen(what), sizeof what - strlen(what),
-				 "%sgroup %u -> %d", bad_mode ? ", " : "",
-				 (unsigned)st->st_gid, s->gid);
+			snprintf(what + strlen(what),
+				 sizeof what - strlen(what), "%sgroup %u -> %d",
+				 bad_mode ? ", " : "", (unsigned)st->st_gid,
+				 s->gid);
 		snprintf(s->note, sizeof s->note,
 			 "tightened storage lock file %s (%s): only the "
 			 "daemon's user%s may open it, since anyone who can "
@@ -165,10 +166,10 @@ tighten(struct storage *s, int fd, const struct stat *st, const char *path)
 		 "so this daemon (uid %u) cannot fix it: any user who can open "
 		 "it can hold a read lock on it and keep every arbiter on this "
 		 "storage a standby. As uid %u or root, run: chmod %o %s%s",
-		 path, (unsigned)mode,
-		 bad_group ? " and the wrong group" : "", (unsigned)st->st_uid,
-		 (unsigned)geteuid(), (unsigned)st->st_uid, (unsigned)allowed,
-		 path, bad_group ? " (and chgrp it to storage.group)" : "");
+		 path, (unsigned)mode, bad_group ? " and the wrong group" : "",
+		 (unsigned)st->st_uid, (unsigned)geteuid(),
+		 (unsigned)st->st_uid, (unsigned)allowed, path,
+		 bad_group ? " (and chgrp it to storage.group)" : "");
 }
 
 /* Warn (in s->note) when every user may write the lock file's folder:
@@ -203,8 +204,8 @@ folder_check(struct storage *s, const char *path)
 static int
 lock_open(struct storage *s, const char *path, char *err, size_t errlen)
 {
-	const int flags = O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK |
-			  O_NOCTTY;
+	const int flags =
+	    O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY;
 	mode_t want = s->gid >= 0 ? STORAGE_LOCK_MODE_GROUP : STORAGE_LOCK_MODE;
 	struct stat st;
 	int fd = -1, e = 0;
@@ -274,7 +275,7 @@ make_dirs(const char *dir, char *err, size_t errlen)
 	if (len == 0 || len >= sizeof buf)
 		return 0;
 	memcpy(buf, dir, len + 1);
-	for (char *p = buf + 1; ; p++) {
+	for (char *p = buf + 1;; p++) {
 		if (*p == '/' || *p == '\0') {
 			char c = *p;
 
@@ -316,8 +317,8 @@ write_holder(struct storage *s)
 	gethostname(host, sizeof host - 1);
 	gmtime_r(&now, &tm);
 	strftime(since, sizeof since, "%Y-%m-%dT%H:%M:%SZ", &tm);
-	n = snprintf(rec, sizeof rec,
-		     "pid=%ld host=%s socket=%s since=%s\n", (long)getpid(), host,
+	n = snprintf(rec, sizeof rec, "pid=%ld host=%s socket=%s since=%s\n",
+		     (long)getpid(), host,
 		     s->socket_path ? s->socket_path : "-", since);
 	if (n < 0)
 		return;
@@ -332,7 +333,7 @@ int
 storage_read_holder(const char *lock_path, char *buf, size_t len)
 {
 	int fd = open(lock_path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW |
-				    O_NONBLOCK | O_NOCTTY);
+				     O_NONBLOCK | O_NOCTTY);
 	struct stat st;
 	ssize_t n;
 
@@ -695,8 +696,9 @@ storage_check(struct storage *s, char *err, size_t errlen)
 			 s->lock_path, why);
 		return rc;
 	}
-	snprintf(err, errlen, "lock file %s was removed or replaced; locked "
-			      "the new one",
+	snprintf(err, errlen,
+		 "lock file %s was removed or replaced; locked "
+		 "the new one",
 		 s->lock_path);
 	return 1;
 }
@@ -734,7 +736,8 @@ storage_watch_dir(struct storage *s)
 bool
 storage_dir_changed(struct storage *s)
 {
-	char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
+	char buf[4096]
+	    __attribute__((aligned(__alignof__(struct inotify_event))));
 	const char *base;
 	bool hit = false;
 	ssize_t n;

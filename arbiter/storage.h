@@ -14,13 +14,13 @@
 #include <stddef.h>
 
 /* The lock file's mode: only the daemon's user, or also storage.group. */
-#define STORAGE_LOCK_MODE 0600
+#define STORAGE_LOCK_MODE	0600
 #define STORAGE_LOCK_MODE_GROUP 0660
 
 struct storage {
-	int fd;		/* open on the lock file, -1 when closed */
+	int fd; /* open on the lock file, -1 when closed */
 	bool held;
-	int gid;	/* storage.group, or -1: the lock file's group */
+	int gid;	  /* storage.group, or -1: the lock file's group */
 	bool created;	  /* the last open created the lock file */
 	bool prev_record; /* when we took the lock, the file still held a
 			   * holder record: its last holder did not end
@@ -30,12 +30,12 @@ struct storage {
 	int dir_watch_fd; /* inotify on the lock file's folder, -1 if none */
 	char *lock_path;
 	char *socket_path;
-	int wake_fd;	/* eventfd the wait thread signals, -1 when none */
-	bool waiting;	/* the wait thread runs */
-	int wait_err;	/* errno from the wait thread, 0 on success */
-	pthread_t tid;	/* the wait thread, while waiting */
+	int wake_fd;	   /* eventfd the wait thread signals, -1 when none */
+	bool waiting;	   /* the wait thread runs */
+	int wait_err;	   /* errno from the wait thread, 0 on success */
+	pthread_t tid;	   /* the wait thread, while waiting */
 	volatile int stop; /* ask the wait thread to give up */
-	int watch_fd;	/* inotify on the lock file while held, -1 when none */
+	int watch_fd; /* inotify on the lock file while held, -1 when none */
 };
 
 void storage_init(struct storage *s);

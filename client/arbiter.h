@@ -52,27 +52,27 @@ extern "C" {
 /* Errors the daemon reports (returned negated). Values match the protocol's
  * ErrorCode + 1000 so they never collide with errno values. */
 enum arb_error {
-	ARB_EBADFRAME = 1001,	 /* the daemon could not decode our frame */
-	ARB_EBADREQUEST = 1002,	 /* a field was missing or invalid */
-	ARB_ENOTWELCOME = 1003,	 /* request before Hello */
-	ARB_EVERSION = 1004,	 /* protocol version not supported */
-	ARB_EINVALIDNAME = 1005, /* resource name not 1..255 bytes UTF-8 */
-	ARB_EALREADYHELD = 1006, /* this connection holds or waits for it */
-	ARB_EWOULDBLOCK = 1007,	 /* try-lock and it is held */
-	ARB_ETIMEOUT = 1008,	 /* waited timeout_ms without a grant */
+	ARB_EBADFRAME = 1001,	  /* the daemon could not decode our frame */
+	ARB_EBADREQUEST = 1002,	  /* a field was missing or invalid */
+	ARB_ENOTWELCOME = 1003,	  /* request before Hello */
+	ARB_EVERSION = 1004,	  /* protocol version not supported */
+	ARB_EINVALIDNAME = 1005,  /* resource name not 1..255 bytes UTF-8 */
+	ARB_EALREADYHELD = 1006,  /* this connection holds or waits for it */
+	ARB_EWOULDBLOCK = 1007,	  /* try-lock and it is held */
+	ARB_ETIMEOUT = 1008,	  /* waited timeout_ms without a grant */
 	ARB_EUNKNOWNLEASE = 1009, /* no such lease on this connection */
-	ARB_EFORBIDDEN = 1010,	 /* not allowed (uid/gid, admin) */
-	ARB_ELIMIT = 1011,	 /* a daemon limit was hit */
+	ARB_EFORBIDDEN = 1010,	  /* not allowed (uid/gid, admin) */
+	ARB_ELIMIT = 1011,	  /* a daemon limit was hit */
 	ARB_ESHUTTINGDOWN = 1012, /* the daemon is stopping */
-	ARB_ESTORAGE = 1013,	 /* the storage lock could not be taken */
-	ARB_EINTERNAL = 1014,	 /* a bug in arbiter */
-	ARB_ECANCELLED = 1015,	 /* the pending acquire was withdrawn */
-	ARB_EDEADLOCK = 1016,	 /* upgrade refused: another holder of the
-				    resource already waits to upgrade */
-	ARB_EPROTO = 1100,	 /* the daemon sent something we cannot read */
-	ARB_ECONNLOST = 1101,	 /* the connection closed under us */
-	ARB_EREVOKED = 1102,	 /* the lease was revoked (see arb_event) */
-	ARB_EUNTRUSTED = 1103,	 /* the socket or its server is not trusted */
+	ARB_ESTORAGE = 1013,	  /* the storage lock could not be taken */
+	ARB_EINTERNAL = 1014,	  /* a bug in arbiter */
+	ARB_ECANCELLED = 1015,	  /* the pending acquire was withdrawn */
+	ARB_EDEADLOCK = 1016,	  /* upgrade refused: another holder of the
+				     resource already waits to upgrade */
+	ARB_EPROTO = 1100,	  /* the daemon sent something we cannot read */
+	ARB_ECONNLOST = 1101,	  /* the connection closed under us */
+	ARB_EREVOKED = 1102,	  /* the lease was revoked (see arb_event) */
+	ARB_EUNTRUSTED = 1103,	  /* the socket or its server is not trusted */
 };
 
 /* The bound of every wait for an answer, unless arb_connect_timeout() sets
@@ -103,13 +103,13 @@ typedef void arb_queued_fn(void *ctx, const char *resource, uint32_t position,
 			   uint32_t holder_pid, const char *holder_name);
 
 struct arb_acquire_opts {
-	uint64_t ttl_ms;	   /* 0: no ttl; else Renew before it ends */
-	int64_t lock_delay_ms;	   /* -1: the daemon's default */
-	arb_queued_fn *on_queued;  /* NULL: no queue reports (arb_acquire then
-				      asks the daemon for none: one frame and
-				      one wake-up less per wait) */
+	uint64_t ttl_ms;	  /* 0: no ttl; else Renew before it ends */
+	int64_t lock_delay_ms;	  /* -1: the daemon's default */
+	arb_queued_fn *on_queued; /* NULL: no queue reports (arb_acquire then
+				     asks the daemon for none: one frame and
+				     one wake-up less per wait) */
 	void *ctx;
-	bool position_updates;	   /* report every change, not just the first */
+	bool position_updates; /* report every change, not just the first */
 };
 
 /*
@@ -138,7 +138,8 @@ int arb_trust_uid(uid_t uid);
 void arb_close(arb_client *c);
 
 /* The socket's file descriptor, for poll(2) with the non-blocking API, or to
- * pass to a child process that must keep the leases alive (see arbiterctl run). */
+ * pass to a child process that must keep the leases alive (see arbiterctl run).
+ */
 int arb_fd(const arb_client *c);
 /* Keep (true) or drop (false) the connection across exec(). Default: drop. */
 int arb_set_inherit(arb_client *c, bool inherit);
@@ -232,11 +233,11 @@ int arb_stats_reset(arb_client *c);
 /* ---------------------------------------------------- events and async */
 
 enum arb_event_kind {
-	ARB_EV_GRANTED,	 /* an async acquire was granted (lease set) */
-	ARB_EV_QUEUED,	 /* an async acquire waits (position set) */
-	ARB_EV_FAILED,	 /* an async acquire failed (error set) */
-	ARB_EV_REVOKED,	 /* a lease ended without us asking (reason set) */
-	ARB_EV_REPLY,	 /* any other reply to an async request */
+	ARB_EV_GRANTED,	  /* an async acquire was granted (lease set) */
+	ARB_EV_QUEUED,	  /* an async acquire waits (position set) */
+	ARB_EV_FAILED,	  /* an async acquire failed (error set) */
+	ARB_EV_REVOKED,	  /* a lease ended without us asking (reason set) */
+	ARB_EV_REPLY,	  /* any other reply to an async request */
 	ARB_EV_CONVERTED, /* an async convert happened (lease: id, token,
 			     mode, waited_us) */
 };
@@ -247,8 +248,8 @@ struct arb_event {
 	struct arb_lease lease;
 	uint32_t position;
 	uint32_t holder_pid;
-	int error;	     /* negative, for FAILED */
-	int reason;	     /* RevokeReason, for REVOKED */
+	int error;  /* negative, for FAILED */
+	int reason; /* RevokeReason, for REVOKED */
 	char resource[256];
 	char message[512];
 };

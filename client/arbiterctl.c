@@ -30,11 +30,11 @@
 #include "ctl_run.h"
 #include "defaults.h"
 
-const char *socket_path; /* -S, or NULL: the default */
+const char *socket_path;   /* -S, or NULL: the default */
 int io_timeout_ms = 10000; /* -t: for everything but waiting */
 
-void
-die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
+void die(int code, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3), noreturn));
 
 void
 die(int code, const char *fmt, ...)
@@ -68,7 +68,8 @@ conf_handler(void *user, const char *section, const char *name,
 			const char *slash = strrchr(cs->file, '/');
 
 			if (slash == NULL)
-				snprintf(cs->path, sizeof cs->path, "%s", value);
+				snprintf(cs->path, sizeof cs->path, "%s",
+					 value);
 			else
 				snprintf(cs->path, sizeof cs->path, "%.*s/%s",
 					 (int)(slash - cs->file), cs->file,
@@ -140,8 +141,9 @@ trust_uid_arg(const char *arg)
 	}
 	pw = getpwnam(arg);
 	if (pw == NULL)
-		die(EXIT_USAGE, "--trust-uid: '%s' is neither a uid nor a user "
-				"name",
+		die(EXIT_USAGE,
+		    "--trust-uid: '%s' is neither a uid nor a user "
+		    "name",
 		    arg);
 	if (arb_trust_uid(pw->pw_uid) < 0)
 		die(EXIT_USAGE, "--trust-uid: too many uids");
@@ -842,7 +844,8 @@ cmd_status(int argc, char **argv)
 		json_str(stdout, s->storage_path);
 		printf(", \"storage_holder\": ");
 		json_str(stdout, s->storage_holder);
-		printf(", \"connections\": %u, \"resources\": {", s->connections);
+		printf(", \"connections\": %u, \"resources\": {",
+		       s->connections);
 		for (size_t i = 0; i < s->n_resources; i++) {
 			const Arbiter__ResourceStatus *r = s->resources[i];
 
@@ -924,7 +927,8 @@ cmd_status(int argc, char **argv)
 					      w->client_name, who, sizeof who);
 
 				fmt_dur(d, sizeof d, w->waiting_us);
-				snprintf(state, sizeof state, "waits#%zu", j + 1);
+				snprintf(state, sizeof state, "waits#%zu",
+					 j + 1);
 				printf(
 				    "%-20s %-8s %-9s %8u %6u %-24s %10s %8s\n",
 				    r->resource, state,
@@ -1003,7 +1007,8 @@ cmd_revoke(int argc, char **argv)
 	else if (argc == 3 && strcmp(argv[1], "--pid") == 0)
 		pid = (uint32_t)strtoul(argv[2], NULL, 10);
 	if (lease == 0 && pid == 0)
-		die(EXIT_USAGE, "usage: arbiterctl revoke --lease ID | --pid PID");
+		die(EXIT_USAGE,
+		    "usage: arbiterctl revoke --lease ID | --pid PID");
 	c = connect_or_die("arbiterctl");
 	rc = arb_revoke(c, lease, pid);
 	if (rc < 0)
@@ -1359,10 +1364,10 @@ int
 main(int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{"trust-uid", required_argument, NULL, 'U'},
-		{"help", no_argument, NULL, 'h'},
-		{"version", no_argument, NULL, 'V'},
-		{NULL, 0, NULL, 0},
+	    {"trust-uid", required_argument, NULL, 'U'},
+	    {"help", no_argument, NULL, 'h'},
+	    {"version", no_argument, NULL, 'V'},
+	    {NULL, 0, NULL, 0},
 	};
 	const struct ctl_cmd *k;
 	int ch;

@@ -26,10 +26,10 @@
 #include "defaults.h"
 #include "frame.h"
 
-#define RECV_MAX FRAME_HARD_MAX
+#define RECV_MAX    FRAME_HARD_MAX
 #define ARENA_START (64u << 10)
-#define ARENA_CAP (64u << 20)
-#define EVQ_MAX 1024
+#define ARENA_CAP   (64u << 20)
+#define EVQ_MAX	    1024
 /* Requests the client gave up on whose answers may still come. */
 #define IGNORE_MAX 64
 /* How long a withdrawal may take to send before the connection is cut. */
@@ -47,22 +47,22 @@ struct arb_client {
 	size_t evq_head, evq_len;
 	struct ttl_lease {
 		uint64_t id, ttl_ms, due_ms;
-	} *ttl; /* leases with a ttl, for arb_keepalive */
+	} * ttl; /* leases with a ttl, for arb_keepalive */
 	size_t nttl, ttl_cap;
 	uint32_t max_frame;
-	int timeout_ms;	     /* I/O bound of each request; 0: none */
-	int64_t bound_ms;    /* the bound of the current wait, for messages */
+	int timeout_ms;	      /* I/O bound of each request; 0: none */
+	int64_t bound_ms;     /* the bound of the current wait, for messages */
 	uint64_t deadline_ms; /* end of the current wait (mono_ms); 0: none */
 	uint64_t ignore[IGNORE_MAX]; /* ring of withdrawn request ids */
 	size_t nignore;
-	bool broken; /* a frame was cut short: nothing more may be sent */
+	bool broken;   /* a frame was cut short: nothing more may be sent */
 	bool handover; /* the daemon's Welcome says it knows Handover */
 };
 
 static __thread char connect_err[1024];
 
-static void
-seterr(arb_client *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void seterr(arb_client *c, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 
 static void
 seterr(arb_client *c, const char *fmt, ...)
@@ -89,23 +89,23 @@ const char *
 arb_strerror(int err)
 {
 	static const char *const names[] = {
-		[ARB_EBADFRAME - 1000] = "malformed frame",
-		[ARB_EBADREQUEST - 1000] = "bad request",
-		[ARB_ENOTWELCOME - 1000] = "request before handshake",
-		[ARB_EVERSION - 1000] = "protocol version not supported",
-		[ARB_EINVALIDNAME - 1000] = "invalid resource name",
-		[ARB_EALREADYHELD - 1000] = "already held or awaited here",
-		[ARB_EWOULDBLOCK - 1000] = "resource is busy",
-		[ARB_ETIMEOUT - 1000] = "timed out waiting for the resource",
-		[ARB_EUNKNOWNLEASE - 1000] = "no such lease",
-		[ARB_EFORBIDDEN - 1000] = "forbidden",
-		[ARB_ELIMIT - 1000] = "a limit of the daemon was hit",
-		[ARB_ESHUTTINGDOWN - 1000] = "the daemon is shutting down",
-		[ARB_ESTORAGE - 1000] = "storage lock unavailable",
-		[ARB_EINTERNAL - 1000] = "internal error in the daemon",
-		[ARB_ECANCELLED - 1000] = "the pending acquire was withdrawn",
-		[ARB_EDEADLOCK - 1000] =
-		    "upgrade refused: it would deadlock with another's upgrade",
+	    [ARB_EBADFRAME - 1000] = "malformed frame",
+	    [ARB_EBADREQUEST - 1000] = "bad request",
+	    [ARB_ENOTWELCOME - 1000] = "request before handshake",
+	    [ARB_EVERSION - 1000] = "protocol version not supported",
+	    [ARB_EINVALIDNAME - 1000] = "invalid resource name",
+	    [ARB_EALREADYHELD - 1000] = "already held or awaited here",
+	    [ARB_EWOULDBLOCK - 1000] = "resource is busy",
+	    [ARB_ETIMEOUT - 1000] = "timed out waiting for the resource",
+	    [ARB_EUNKNOWNLEASE - 1000] = "no such lease",
+	    [ARB_EFORBIDDEN - 1000] = "forbidden",
+	    [ARB_ELIMIT - 1000] = "a limit of the daemon was hit",
+	    [ARB_ESHUTTINGDOWN - 1000] = "the daemon is shutting down",
+	    [ARB_ESTORAGE - 1000] = "storage lock unavailable",
+	    [ARB_EINTERNAL - 1000] = "internal error in the daemon",
+	    [ARB_ECANCELLED - 1000] = "the pending acquire was withdrawn",
+	    [ARB_EDEADLOCK - 1000] =
+		"upgrade refused: it would deadlock with another's upgrade",
 	};
 	int e = err < 0 ? -err : err;
 
@@ -212,7 +212,7 @@ time_left(const arb_client *c)
 	if (c->deadline_ms <= now)
 		return 0;
 	return c->deadline_ms - now > INT32_MAX ? INT32_MAX
-						 : (int)(c->deadline_ms - now);
+						: (int)(c->deadline_ms - now);
 }
 
 /* Bound the next wait by ms (0: no bound), for the messages too. */
@@ -254,14 +254,16 @@ send_request(arb_client *c, Arbiter__Request *req)
 	int rc = 0;
 
 	if (c->broken) {
-		seterr(c, "the connection to arbiterd on %s was cut after an "
-			  "earlier send timed out; connect again",
+		seterr(c,
+		       "the connection to arbiterd on %s was cut after an "
+		       "earlier send timed out; connect again",
 		       c->path);
 		return -ARB_ECONNLOST;
 	}
 	if (n - FRAME_HEADER > c->max_frame) {
-		seterr(c, "request of %zu bytes is over the daemon's "
-			  "max_frame_bytes (%u)",
+		seterr(c,
+		       "request of %zu bytes is over the daemon's "
+		       "max_frame_bytes (%u)",
 		       n - FRAME_HEADER, c->max_frame);
 		return -ARB_ELIMIT;
 	}
@@ -305,7 +307,8 @@ send_request(arb_client *c, Arbiter__Request *req)
 			while (fill(c, false) > 0)
 				;
 			if (take_frame(c, &m) > 0 && m != NULL &&
-			    m->kind_case == ARBITER__SERVER_MESSAGE__KIND_ERROR) {
+			    m->kind_case ==
+				ARBITER__SERVER_MESSAGE__KIND_ERROR) {
 				rc = error_of(c, m->error);
 			} else {
 				set_lost_error(c, " while sending", e);
@@ -406,8 +409,8 @@ take_frame(arb_client *c, Arbiter__ServerMessage **m)
 		if (*m != NULL || cap >= ARENA_CAP || cap == 0)
 			break;
 		codec_arena_free(&c->arena);
-		codec_arena_init(&c->arena, cap * 4 < ARENA_CAP ? cap * 4
-								: ARENA_CAP);
+		codec_arena_init(&c->arena,
+				 cap * 4 < ARENA_CAP ? cap * 4 : ARENA_CAP);
 	}
 	memmove(c->rbuf, c->rbuf + FRAME_HEADER + n,
 		c->rlen - FRAME_HEADER - n);
@@ -498,8 +501,8 @@ to_event(arb_client *c, const Arbiter__ServerMessage *m, struct arb_event *ev)
 		ev->lease.token = m->converted->token;
 		ev->lease.waited_us = m->converted->waited_us;
 		ev->lease.mode = m->converted->mode == ARBITER__MODE__SHARED
-					 ? ARB_SHARED
-					 : ARB_EXCLUSIVE;
+				     ? ARB_SHARED
+				     : ARB_EXCLUSIVE;
 		snprintf(ev->resource, sizeof ev->resource, "%s",
 			 m->converted->resource ? m->converted->resource : "");
 		break;
@@ -581,15 +584,15 @@ await_reply(arb_client *c, uint64_t id, Arbiter__ServerMessage **out,
 		}
 		if (absorb(c, m))
 			continue;
-		if (m->id == id && m->kind_case ==
-					   ARBITER__SERVER_MESSAGE__KIND_QUEUED) {
+		if (m->id == id &&
+		    m->kind_case == ARBITER__SERVER_MESSAGE__KIND_QUEUED) {
 			if (o != NULL && o->on_queued != NULL)
 				o->on_queued(o->ctx, resource,
 					     m->queued->position,
 					     m->queued->holder_pid,
 					     m->queued->holder_name
-						     ? m->queued->holder_name
-						     : "");
+						 ? m->queued->holder_name
+						 : "");
 			continue;
 		}
 		/* An Error with id 0 is about the connection itself (a bad
@@ -779,7 +782,7 @@ folder_of(const char *path, char *buf, size_t len)
 static bool
 delegated_by_root(const char *path, uid_t uid)
 {
-	char dir[sizeof ((struct sockaddr_un *)0)->sun_path + 4];
+	char dir[sizeof((struct sockaddr_un *)0)->sun_path + 4];
 	struct stat st;
 
 	folder_of(path, dir, sizeof dir - 3);
@@ -801,7 +804,7 @@ delegated_by_root(const char *path, uid_t uid)
 static int
 check_default_folder(const char *path, char *err, size_t errlen)
 {
-	char dir[sizeof ((struct sockaddr_un *)0)->sun_path], who[300];
+	char dir[sizeof((struct sockaddr_un *)0)->sun_path], who[300];
 	struct stat st;
 	uid_t me = getuid();
 
@@ -829,7 +832,8 @@ check_default_folder(const char *path, char *err, size_t errlen)
 			 "as arbiterd. Remove it (rm -r %s) and restart "
 			 "arbiterd, or name a socket you trust with "
 			 "ARBITER_SOCKET.",
-			 path, dir, (unsigned)st.st_uid, who, (unsigned)me, dir);
+			 path, dir, (unsigned)st.st_uid, who, (unsigned)me,
+			 dir);
 		return -ARB_EUNTRUSTED;
 	}
 	if ((st.st_mode & 022) != 0) {
@@ -841,7 +845,7 @@ check_default_folder(const char *path, char *err, size_t errlen)
 			 "trust with ARBITER_SOCKET.",
 			 path, dir,
 			 (st.st_mode & 020) && (st.st_mode & 002)
-				 ? "group and others"
+			     ? "group and others"
 			 : (st.st_mode & 020) ? "its group"
 					      : "others",
 			 (unsigned)(st.st_mode & 07777), dir, dir);
@@ -871,15 +875,16 @@ check_peer(int fd, const char *path, char *err, size_t errlen)
 	    delegated_by_root(path, cr.uid))
 		return 0;
 	user_suffix(who, sizeof who, cr.uid);
-	snprintf(err, errlen,
-		 "refusing the server on %s: it runs as uid %u%s, not as you "
-		 "(uid %u) or root. If uid %u runs your arbiterd, trust it with "
-		 "ARBITER_TRUST_UID=%u (arbiterctl --trust-uid %u; C: "
-		 "arb_trust_uid(%u))%s%s%s",
-		 path, (unsigned)cr.uid, who, (unsigned)me, (unsigned)cr.uid,
-		 (unsigned)cr.uid, (unsigned)cr.uid, (unsigned)cr.uid,
-		 bad[0] ? "; note: ARBITER_TRUST_UID has '" : ".", bad,
-		 bad[0] ? "', which is neither a uid nor a user name." : "");
+	snprintf(
+	    err, errlen,
+	    "refusing the server on %s: it runs as uid %u%s, not as you "
+	    "(uid %u) or root. If uid %u runs your arbiterd, trust it with "
+	    "ARBITER_TRUST_UID=%u (arbiterctl --trust-uid %u; C: "
+	    "arb_trust_uid(%u))%s%s%s",
+	    path, (unsigned)cr.uid, who, (unsigned)me, (unsigned)cr.uid,
+	    (unsigned)cr.uid, (unsigned)cr.uid, (unsigned)cr.uid,
+	    bad[0] ? "; note: ARBITER_TRUST_UID has '" : ".", bad,
+	    bad[0] ? "', which is neither a uid nor a user name." : "");
 	return -ARB_EUNTRUSTED;
 }
 
@@ -892,8 +897,8 @@ arb_connect(arb_client **out, const char *socket_path, const char *name)
 }
 
 int
-arb_connect_timeout(arb_client **out, const char *socket_path,
-		    const char *name, int timeout_ms)
+arb_connect_timeout(arb_client **out, const char *socket_path, const char *name,
+		    int timeout_ms)
 {
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};
 	Arbiter__Request req = ARBITER__REQUEST__INIT;
@@ -949,9 +954,9 @@ arb_connect_timeout(arb_client **out, const char *socket_path,
 	if (c->timeout_ms > 0) {
 		/* connect(2) on a Unix socket whose backlog is full blocks;
 		 * SO_SNDTIMEO bounds it. */
-		struct timeval tv = {.tv_sec = c->timeout_ms / 1000,
-				     .tv_usec = (suseconds_t)(c->timeout_ms % 1000) *
-						1000};
+		struct timeval tv = {
+		    .tv_sec = c->timeout_ms / 1000,
+		    .tv_usec = (suseconds_t)(c->timeout_ms % 1000) * 1000};
 
 		setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
 	}
@@ -971,9 +976,8 @@ arb_connect_timeout(arb_client **out, const char *socket_path,
 
 		hello.has_client_name = true;
 		hello.client_name.data = (uint8_t *)(uintptr_t)name;
-		hello.client_name.len = n > ARB_CLIENT_NAME_MAX
-						? ARB_CLIENT_NAME_MAX
-						: n;
+		hello.client_name.len =
+		    n > ARB_CLIENT_NAME_MAX ? ARB_CLIENT_NAME_MAX : n;
 	}
 	req.kind_case = ARBITER__REQUEST__KIND_HELLO;
 	req.hello = &hello;
@@ -1053,8 +1057,8 @@ build_acquire(arb_client *c, Arbiter__Acquire *a, const char *resource,
 	      const struct arb_acquire_opts *opts)
 {
 	const char *bad = resource == NULL
-				  ? "resource name is missing"
-				  : codec_check_name(resource, strlen(resource));
+			      ? "resource name is missing"
+			      : codec_check_name(resource, strlen(resource));
 
 	if (bad != NULL || resource == NULL) {
 		seterr(c, "%s", bad);
@@ -1140,9 +1144,9 @@ arb_acquire(arb_client *c, const char *resource, enum arb_mode mode,
 	/* The daemon's timer decides, but the client does not depend on it:
 	 * a daemon that is stopped or stalled costs at most the margin. */
 	set_deadline(c, timeout_ms < 0 ? 0
-				       : timeout_ms > INT64_MAX / 2
-				       ? INT64_MAX / 2
-				       : timeout_ms + ARB_ACQUIRE_MARGIN_MS);
+			: timeout_ms > INT64_MAX / 2
+			    ? INT64_MAX / 2
+			    : timeout_ms + ARB_ACQUIRE_MARGIN_MS);
 	rc = send_request(c, &req);
 	if (rc == 0)
 		rc = await_reply(c, req.id, &m, opts, resource);
@@ -1195,8 +1199,9 @@ send_convert(arb_client *c, uint64_t lease_id, enum arb_mode target,
 	Arbiter__Convert cv = ARBITER__CONVERT__INIT;
 
 	if (target != ARB_EXCLUSIVE && target != ARB_SHARED) {
-		seterr(c, "unknown mode %d for lease %llu; use ARB_EXCLUSIVE "
-			  "or ARB_SHARED",
+		seterr(c,
+		       "unknown mode %d for lease %llu; use ARB_EXCLUSIVE "
+		       "or ARB_SHARED",
 		       (int)target, (unsigned long long)lease_id);
 		return -EINVAL;
 	}
@@ -1246,9 +1251,9 @@ arb_convert(arb_client *c, uint64_t lease_id, enum arb_mode target,
 	int rc;
 
 	/* A downgrade or a try-once never waits on others: the I/O bound. */
-	set_deadline(c, timeout_ms < 0 ? 0
-				       : (int64_t)timeout_ms +
-					     ARB_ACQUIRE_MARGIN_MS);
+	set_deadline(c, timeout_ms < 0
+			    ? 0
+			    : (int64_t)timeout_ms + ARB_ACQUIRE_MARGIN_MS);
 	if (target == ARB_SHARED || timeout_ms == 0)
 		set_deadline(c, c->timeout_ms);
 	rc = send_convert(c, lease_id, target, timeout_ms, &id);
@@ -1553,8 +1558,9 @@ pages_add(arb_client *c, struct pages *pg, const ProtobufCMessage *m,
 	pg->cursor_len = 0;
 	if (has_next && next->len > 0) {
 		if (next->len > sizeof pg->cursor) {
-			seterr(c, "the daemon sent a page cursor of %zu bytes "
-				  "(version mismatch?)",
+			seterr(c,
+			       "the daemon sent a page cursor of %zu bytes "
+			       "(version mismatch?)",
 			       next->len);
 			return -ARB_EPROTO;
 		}

@@ -26,7 +26,7 @@ int ctl_run(int argc, char **argv);
 void ctl_run_usage(FILE *out);
 
 /* From arbiterctl.c. */
-extern int io_timeout_ms; /* -t, in ms; 0: no bound */
+extern int io_timeout_ms;	/* -t, in ms; 0: no bound */
 extern const char *socket_path; /* -S, or NULL: the default */
 void usage(FILE *out);
 /* All about one command (`arbiterctl help NAME`); -1 if there is none. */

@@ -144,7 +144,7 @@ const char *
 codec_error_name(int code)
 {
 	const ProtobufCEnumValue *v = protobuf_c_enum_descriptor_get_value(
-		&arbiter__error_code__descriptor, code);
+	    &arbiter__error_code__descriptor, code);
 
 	return v ? v->name : "UNKNOWN";
 }

@@ -16,8 +16,8 @@
 #include "arbiter.pb-c.h"
 
 #define ARB_PROTOCOL_VERSION 1
-#define ARB_NAME_MAX 255
-#define ARB_CLIENT_NAME_MAX 64
+#define ARB_NAME_MAX	     255
+#define ARB_CLIENT_NAME_MAX  64
 
 struct codec_arena {
 	uint8_t *buf;

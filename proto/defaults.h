@@ -22,7 +22,8 @@ arb_default_socket_path(char *buf, size_t len)
 	if (uid == 0)
 		snprintf(buf, len, "/run/arbiter/arbiter.sock");
 	else
-		snprintf(buf, len, "/tmp/arbiter-%u/arbiter.sock", (unsigned)uid);
+		snprintf(buf, len, "/tmp/arbiter-%u/arbiter.sock",
+			 (unsigned)uid);
 }
 
 #define ARB_DEFAULT_CONFIG "/etc/arbiter/arbiter.conf"

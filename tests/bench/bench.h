@@ -183,8 +183,8 @@ struct lock {
 	struct arb_client *arb;
 	uint64_t lease;
 	bool want_queued; /* arbiter: ask for Queued (else a quiet acquire) */
-	bool queued;   /* set when the daemon reported a queue position */
-	int queued_fd; /* >= 0: write one byte there when queued */
+	bool queued;	  /* set when the daemon reported a queue position */
+	int queued_fd;	  /* >= 0: write one byte there when queued */
 	/* flock: the lock file; redis: the socket */
 	int fd;
 	/* redis */

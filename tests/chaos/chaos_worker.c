@@ -86,8 +86,8 @@
 #include "arbiter.h"
 
 #define MAX_RES 16
-#define REC 64	  /* journal record size */
-#define FENCE 64  /* fence record size */
+#define REC	64 /* journal record size */
+#define FENCE	64 /* fence record size */
 
 static volatile sig_atomic_t stopping, slow_next;
 static int logfd = -1;
@@ -292,8 +292,9 @@ store_write(struct store *s, uint64_t token, uint64_t value)
 		return rc;
 	rc = fence_pass(s, token, true);
 	if (rc == 0) {
-		snprintf(buf, sizeof buf, "%020" PRIu64 " %020" PRIu64 " %010ld",
-			 value, token, (long)getpid());
+		snprintf(buf, sizeof buf,
+			 "%020" PRIu64 " %020" PRIu64 " %010ld", value, token,
+			 (long)getpid());
 		memset(buf + strlen(buf), ' ', REC - strlen(buf));
 		buf[REC - 1] = '\n';
 		if (write(s->cfd, buf, REC) != REC)
@@ -384,13 +385,13 @@ drain_events(arb_client *c, uint64_t lease_id, bool *lost)
  */
 static int
 rmw_upgrade(arb_client *c, struct store *s, unsigned r,
-	    const struct arb_lease *lease, uint64_t value, int dpid,
-	    bool *lost, bool *gone)
+	    const struct arb_lease *lease, uint64_t value, int dpid, bool *lost,
+	    bool *gone)
 {
 	uint64_t token = 0, t0, t1, again = 0, tk = 0, id = lease->id;
 	struct arb_lease held;
-	int timeout = rnd_below(100) < 20 ? (int)rnd_below(20)
-					  : ARB_WAIT_FOREVER;
+	int timeout =
+	    rnd_below(100) < 20 ? (int)rnd_below(20) : ARB_WAIT_FOREVER;
 	const char *outcome;
 	bool revoked;
 	char msg[600];
@@ -478,8 +479,8 @@ rmw_upgrade(arb_client *c, struct store *s, unsigned r,
 	}
 	rc = store_read(s, token, false, &again);
 	if (rc == ST_OK && again != value)
-		logline("E %u 0 downgraded: read %" PRIu64 " after writing %"
-			PRIu64 " under token %" PRIu64,
+		logline("E %u 0 downgraded: read %" PRIu64
+			" after writing %" PRIu64 " under token %" PRIu64,
 			r, again, value, token);
 	return 1;
 }
@@ -497,19 +498,21 @@ main(int argc, char **argv)
 	char msg[600];
 
 	if (argc < 5 || argc > 6) {
-		fprintf(stderr, "usage: chaos_worker SOCKET DATADIR LOGFILE SEED "
-				"[RESOURCES]\n");
+		fprintf(stderr,
+			"usage: chaos_worker SOCKET DATADIR LOGFILE SEED "
+			"[RESOURCES]\n");
 		return 2;
 	}
 	sock = argv[1];
 	dir = argv[2];
-	rng_state = strtoull(argv[4], NULL, 0) ^ ((uint64_t)getpid() << 32) ^
-		    now_ns();
+	rng_state =
+	    strtoull(argv[4], NULL, 0) ^ ((uint64_t)getpid() << 32) ^ now_ns();
 	if (rng_state == 0)
 		rng_state = 88172645463325252ull;
 	if (getenv("CHAOS_BREAK") != NULL) {
 		break_nolock = strstr(getenv("CHAOS_BREAK"), "nolock") != NULL;
-		break_nofence = strstr(getenv("CHAOS_BREAK"), "nofence") != NULL;
+		break_nofence =
+		    strstr(getenv("CHAOS_BREAK"), "nofence") != NULL;
 		break_noconvert =
 		    strstr(getenv("CHAOS_BREAK"), "noconvert") != NULL;
 	}
@@ -518,7 +521,8 @@ main(int argc, char **argv)
 	if (argc == 6)
 		nres = (unsigned)atoi(argv[5]);
 	if (nres < 1 || nres > MAX_RES) {
-		fprintf(stderr, "chaos_worker: RESOURCES must be 1..%d\n", MAX_RES);
+		fprintf(stderr, "chaos_worker: RESOURCES must be 1..%d\n",
+			MAX_RES);
 		return 2;
 	}
 	/* The driver may die; never outlive it. */
@@ -534,13 +538,14 @@ main(int argc, char **argv)
 
 	logfd = open(argv[3], O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
 	if (logfd < 0) {
-		fprintf(stderr, "chaos_worker: %s: %s\n", argv[3], strerror(errno));
+		fprintf(stderr, "chaos_worker: %s: %s\n", argv[3],
+			strerror(errno));
 		return 3;
 	}
 	for (unsigned i = 0; i < nres; i++) {
 		if (store_open(&st[i], dir, i) < 0) {
-			fprintf(stderr, "chaos_worker: storage in %s: %s\n", dir,
-				strerror(errno));
+			fprintf(stderr, "chaos_worker: storage in %s: %s\n",
+				dir, strerror(errno));
 			return 3;
 		}
 	}
@@ -549,16 +554,15 @@ main(int argc, char **argv)
 		char res[32];
 		unsigned r = rnd_below(nres);
 		bool rmw = converter && rnd_below(100) < 70;
-		enum arb_mode mode = rmw || rnd_below(100) < 25 ? ARB_SHARED
-							      : ARB_EXCLUSIVE;
+		enum arb_mode mode =
+		    rmw || rnd_below(100) < 25 ? ARB_SHARED : ARB_EXCLUSIVE;
 		char mc = mode == ARB_SHARED ? 'S' : 'E';
 		bool gone = false;
 		int64_t timeout = ARB_WAIT_FOREVER;
 		struct arb_lease lease;
 		uint64_t t0, t1, value = 0;
-		unsigned pause = rnd_below(1000) < 2
-					 ? 20000 + rnd_below(130000)
-					 : rnd_below(200);
+		unsigned pause = rnd_below(1000) < 2 ? 20000 + rnd_below(130000)
+						     : rnd_below(200);
 		const char *outcome;
 		bool revoked = false, lost = false;
 		int rc;
@@ -620,23 +624,22 @@ main(int argc, char **argv)
 		t1 = now_ns();
 		/* ---- end of the critical section ---- */
 		if (rc < 0) {
-			fprintf(stderr, "chaos_worker: storage of %s: %s\n", res,
-				strerror(-rc));
+			fprintf(stderr, "chaos_worker: storage of %s: %s\n",
+				res, strerror(-rc));
 			logline("E %u %d storage: %s", r, rc, strerror(-rc));
 			return 3;
 		}
 
 		/* Did the daemon take the lease back while we held it? */
 		revoked = drain_events(c, lease.id, &lost);
-		logline("S %u %" PRIu64 " %c %" PRIu64 " %" PRIu64 " %s %d %" PRIu64
-			" %d",
+		logline("S %u %" PRIu64 " %c %" PRIu64 " %" PRIu64
+			" %s %d %" PRIu64 " %d",
 			r, lease.token, mc, t0, t1, outcome, dpid, value,
 			revoked ? 1 : 0);
 		sections++;
 		if (rmw && !lost && !revoked)
-			sections += (uint64_t)rmw_upgrade(c, &st[r], r, &lease,
-							  value, dpid, &lost,
-							  &gone);
+			sections += (uint64_t)rmw_upgrade(
+			    c, &st[r], r, &lease, value, dpid, &lost, &gone);
 		if (!lost && !revoked && !gone) {
 			rc = arb_release(c, lease.id);
 			if (is_conn_lost(rc)) {

@@ -78,8 +78,9 @@ error(struct worker *w, struct conn *k, const char *what, int rc)
 {
 	w->errors++;
 	if (atomic_fetch_add(&errors_printed, 1) < 20)
-		fprintf(stderr, "chaos_load: conn %u: %s: %s (%s)\n", k->idx, what,
-			arb_strerror(rc), k->c ? arb_last_error(k->c) : "");
+		fprintf(stderr, "chaos_load: conn %u: %s: %s (%s)\n", k->idx,
+			what, arb_strerror(rc),
+			k->c ? arb_last_error(k->c) : "");
 }
 
 static int
@@ -195,8 +196,8 @@ run(void *arg)
 		k->idx = w->first + i;
 		rc = arb_connect(&k->c, sock, "chaos-load");
 		if (rc < 0) {
-			fprintf(stderr, "chaos_load: connection %u: %s\n", k->idx,
-				arb_connect_error());
+			fprintf(stderr, "chaos_load: connection %u: %s\n",
+				k->idx, arb_connect_error());
 			w->setup_rc = rc;
 			break;
 		}
@@ -254,7 +255,8 @@ main(int argc, char **argv)
 	struct worker *ws;
 	struct conn *conns;
 	struct rlimit rl;
-	uint64_t ops = 0, errors = 0, minops = UINT64_MAX, maxops = 0, maxus = 0;
+	uint64_t ops = 0, errors = 0, minops = UINT64_MAX, maxops = 0,
+		 maxus = 0;
 	uint64_t hist[HIST_BUCKETS] = {0};
 	uint64_t t0, t1;
 	int opt;
@@ -262,12 +264,23 @@ main(int argc, char **argv)
 
 	while ((opt = getopt(argc, argv, "S:c:r:d:t:")) != -1) {
 		switch (opt) {
-		case 'S': sock = optarg; break;
-		case 'c': nconns = (unsigned)atoi(optarg); break;
-		case 'r': nres = (unsigned)atoi(optarg); break;
-		case 'd': seconds = atof(optarg); break;
-		case 't': nthreads = (unsigned)atoi(optarg); break;
-		default: goto usage;
+		case 'S':
+			sock = optarg;
+			break;
+		case 'c':
+			nconns = (unsigned)atoi(optarg);
+			break;
+		case 'r':
+			nres = (unsigned)atoi(optarg);
+			break;
+		case 'd':
+			seconds = atof(optarg);
+			break;
+		case 't':
+			nthreads = (unsigned)atoi(optarg);
+			break;
+		default:
+			goto usage;
 		}
 	}
 	if (sock == NULL || nconns == 0 || nres == 0 || nthreads == 0 ||
@@ -278,10 +291,12 @@ main(int argc, char **argv)
 	/* One fd per connection, one epoll per thread, and some slack. */
 	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < nconns + 64) {
 		rl.rlim_cur = rl.rlim_max;
-		if (rl.rlim_cur < nconns + 64 || setrlimit(RLIMIT_NOFILE, &rl) < 0) {
-			fprintf(stderr, "chaos_load: need %u open files, the hard "
-					"limit is %llu (raise it: ulimit -Hn / "
-					"prlimit)\n",
+		if (rl.rlim_cur < nconns + 64 ||
+		    setrlimit(RLIMIT_NOFILE, &rl) < 0) {
+			fprintf(stderr,
+				"chaos_load: need %u open files, the hard "
+				"limit is %llu (raise it: ulimit -Hn / "
+				"prlimit)\n",
 				nconns + 64, (unsigned long long)rl.rlim_max);
 			return 2;
 		}
@@ -318,9 +333,9 @@ main(int argc, char **argv)
 	t0 = now_ns();
 	pthread_barrier_wait(&barrier_go);
 	{
-		struct timespec ts = {(time_t)seconds,
-				      (long)((seconds - (double)(time_t)seconds) *
-					     1e9)};
+		struct timespec ts = {
+		    (time_t)seconds,
+		    (long)((seconds - (double)(time_t)seconds) * 1e9)};
 
 		while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
 			;

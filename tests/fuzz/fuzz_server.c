@@ -193,8 +193,7 @@ find_conn(struct server *srv, uint64_t id)
 {
 	struct conn *c;
 
-	TAILQ_FOREACH(c, &srv->conns, entry)
-	{
+	TAILQ_FOREACH(c, &srv->conns, entry) {
 		if (c->id == id)
 			return c;
 	}

@@ -41,7 +41,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (rc == 0 && (sd.format == 0 || sd.format > STATE_FORMAT))
 		abort();
 	if (rc != 0 &&
-	    (err[0] == '\0' || (rc != -EINVAL && rc != -EPROTONOSUPPORT && rc != -ENOMEM)))
+	    (err[0] == '\0' ||
+	     (rc != -EINVAL && rc != -EPROTONOSUPPORT && rc != -ENOMEM)))
 		abort();
 	return 0;
 }

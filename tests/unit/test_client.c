@@ -31,7 +31,6 @@
 
 #define NOBODY 65534
 
-
 static char dir[64];
 
 static void
@@ -498,8 +497,8 @@ Test(client, convert_returns_the_new_token_and_maps_errors)
 			   "%s", arb_last_error(c));
 	rc = arb_convert(c, 3, ARB_EXCLUSIVE, 0, &token);
 	cr_assert_eq(rc, -EOPNOTSUPP, "rc %d", rc);
-	cr_assert_not_null(strstr(arb_last_error(c), "does not support"),
-			   "%s", arb_last_error(c));
+	cr_assert_not_null(strstr(arb_last_error(c), "does not support"), "%s",
+			   arb_last_error(c));
 	cr_assert_eq(arb_convert(c, 1, (enum arb_mode)7, 0, NULL), -EINVAL);
 	/* The async variant answers with an event. */
 	cr_assert_eq(arb_convert_async(c, 1, ARB_EXCLUSIVE, -1, &rid), 0);
@@ -1018,8 +1017,7 @@ deflt_connect(const struct deflt *d, int want, const char *needle)
 				strerror(errno));
 			child_exit(2);
 		}
-		if (geteuid() == 0 && d->uid != 0 &&
-		    drop_uid(d->uid) < 0)
+		if (geteuid() == 0 && d->uid != 0 && drop_uid(d->uid) < 0)
 			child_exit(2);
 		rc = arb_connect_timeout(&c, NULL, "t", 1000);
 		if (rc != want || (needle != NULL && strstr(arb_connect_error(),
