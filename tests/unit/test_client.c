@@ -432,7 +432,7 @@ static void
 fake_stop(struct fake *f)
 {
 	if (f->pid > 0) {
-		kill(f->pid, SIGKILL);
+		kill(f->pid, SIGTERM); /* valgrind still writes its summary */
 		waitpid(f->pid, NULL, 0);
 		f->pid = 0;
 	}
@@ -816,7 +816,7 @@ Test(client, a_killed_daemon_is_reported_as_lost_on_the_next_call)
 	fake_start(&f, dir, "a.sock", 0, SERVE);
 	cr_assert_eq(arb_connect(&c, f.path, "t"), 0, "%s",
 		     arb_connect_error());
-	kill(f.pid, SIGKILL);
+	kill(f.pid, SIGTERM);
 	waitpid(f.pid, NULL, 0);
 	f.pid = 0;
 	rc = arb_ping(c, NULL, 0);
