@@ -547,13 +547,13 @@ lockmgr_free(struct lockmgr *lm)
 	/* uthash's documented delete-while-iterating idiom; the analyzer
 	 * does not follow it. */
 	HASH_ITER(hh, lm->reqs, r, rtmp) {
-		HASH_DELETE(hh, lm->reqs,
-			    r); // NOLINT(clang-analyzer-unix.Malloc)
+		// NOLINTNEXTLINE(clang-analyzer-unix.Malloc)
+		HASH_DELETE(hh, lm->reqs, r);
 		free(r);
 	}
 	HASH_ITER(hh, lm->res, res, stmp) {
-		HASH_DELETE(hh, lm->res,
-			    res); // NOLINT(clang-analyzer-unix.Malloc)
+		// NOLINTNEXTLINE(clang-analyzer-unix.Malloc)
+		HASH_DELETE(hh, lm->res, res);
 		free(res->name);
 		free(res);
 	}

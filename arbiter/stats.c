@@ -154,8 +154,8 @@ stats_free(struct stats *st)
 
 	/* uthash's documented delete-while-iterating idiom. */
 	HASH_ITER(hh, st->by_name, r, tmp) {
-		HASH_DELETE(hh, st->by_name,
-			    r); // NOLINT(clang-analyzer-unix.Malloc)
+		// NOLINTNEXTLINE(clang-analyzer-unix.Malloc)
+		HASH_DELETE(hh, st->by_name, r);
 		free(r->name);
 		free(r);
 	}
