@@ -866,8 +866,12 @@ cmd_status(int argc, char **argv)
 				json_str(stdout, h->client_name);
 				printf(", \"held_us\": %" PRIu64
 				       ", \"token\": %" PRIu64
-				       ", \"ttl_ms\": %" PRIu64 "}",
-				       h->held_us, h->token, h->ttl_ms);
+				       ", \"ttl_ms\": %" PRIu64
+				       ", \"converting\": %s"
+				       ", \"converting_us\": %" PRIu64 "}",
+				       h->held_us, h->token, h->ttl_ms,
+				       h->converting ? "true" : "false",
+				       h->converting ? h->converting_us : 0);
 			}
 			printf("], \"waiters\": [");
 			for (size_t j = 0; j < r->n_waiters; j++) {
@@ -914,10 +918,16 @@ cmd_status(int argc, char **argv)
 
 				fmt_dur(d, sizeof d, h->held_us);
 				printf("%-20s %-8s %-9s %8u %6u %-24s %10s "
-				       "%8" PRIu64 "\n",
+				       "%8" PRIu64,
 				       r->resource, "holds",
 				       h->mode ? "shared" : "exclusive", pid,
 				       h->uid, who, d, h->token);
+				/* A shared holder whose upgrade waits. */
+				if (h->converting) {
+					fmt_dur(d, sizeof d, h->converting_us);
+					printf(" (upgrading for %s)", d);
+				}
+				printf("\n");
 			}
 			for (size_t j = 0; j < r->n_waiters; j++) {
 				const Arbiter__Waiter *w = r->waiters[j];
@@ -1115,9 +1125,11 @@ static const struct ctl_cmd cmds[] = {
 	.help = "every resource with its holders and waiters",
 	.more = "Every resource (or only RESOURCE) with its holders and its "
 		"waiters in queue order: mode, pid, uid, client name, for how "
-		"long, and each holder's fencing token; up to 1000 holders and "
-		"1000 waiters per resource, the rest counted. --json prints "
-		"the same as one JSON object.",
+		"long, and each holder's fencing token, with '(upgrading for "
+		"T)' after a shared holder whose upgrade waits; up to 1000 "
+		"holders and 1000 waiters per resource, the rest counted. "
+		"--json prints the same as one JSON object (converting, "
+		"converting_us).",
 	.fn = cmd_status,
 	.flags = CMD_CONNECTS,
     },

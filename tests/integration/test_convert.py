@@ -323,3 +323,27 @@ def test_lease_ending_while_converting_cancels_the_upgrade_first(daemon,
     # The queue is not held back by an upgrade that is gone.
     c = Wire(daemon.socket, "c")
     c.lock("db", shared=True, timeout_ms=0)
+
+
+def test_ctl_status_shows_a_converting_holder(daemon):
+    a, b = Wire(daemon.socket, "a"), Wire(daemon.socket, "b")
+    la = a.lock("db", shared=True)
+    lb = b.lock("db", shared=True)
+    ia = convert(a, la.lease_id)
+    wait_converting(b, "db", la.lease_id)
+    st = json.loads(daemon.ctl("status", "--json", check=True).stdout)
+    hs = {h["lease_id"]: h for h in st["resources"]["db"]["holders"]}
+    assert hs[la.lease_id]["converting"] is True
+    assert hs[la.lease_id]["converting_us"] > 0
+    assert hs[lb.lease_id]["converting"] is False
+    assert hs[lb.lease_id]["converting_us"] == 0
+    rows = [ln for ln in daemon.ctl("status", check=True).stdout.splitlines()
+            if ln.startswith("db ")]
+    assert len(rows) == 2
+    up = [ln for ln in rows if "(upgrading for " in ln]
+    assert len(up) == 1 and up[0].endswith(")"), rows
+    assert str(la.token) in up[0].split("(upgrading")[0].split()[-1:]
+    b.release(lb.lease_id)
+    converted(a, ia)
+    rows = daemon.ctl("status", "db", check=True).stdout
+    assert "upgrading" not in rows

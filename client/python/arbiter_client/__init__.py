@@ -29,7 +29,7 @@ from ._async import AsyncArbiterLock, AsyncClient, AsyncLease
 from ._filelock import (AsyncFileLock, FileLock, FileLockTimeout,
                         LockDeadlock)
 from .errors import (AlreadyHeld, ArbiterError, Cancelled, ConnectionLost,
-                     Forbidden, InvalidName, LeaseRevoked, NotRunning,
+                     Deadlock, Forbidden, InvalidName, LeaseRevoked, NotRunning,
                      ProtocolError, ShuttingDown, Timeout, UntrustedServer,
                      WouldBlock)
 
@@ -44,4 +44,5 @@ __all__ = [
     "ArbiterError", "NotRunning", "ConnectionLost", "ShuttingDown",
     "ProtocolError", "Forbidden", "Timeout", "WouldBlock", "Cancelled",
     "AlreadyHeld", "InvalidName", "LeaseRevoked", "UntrustedServer",
+    "Deadlock",
 ]

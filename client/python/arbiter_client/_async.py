@@ -49,6 +49,18 @@ class AsyncLease(P.BaseLease):
     async def renew(self, ttl=None):
         return await self._client.renew(self, ttl)
 
+    async def upgrade(self, timeout=None):
+        """Make this shared lease exclusive in place (see Lease.upgrade);
+        cancellation safe: a cancelled upgrade leaves the lease shared."""
+        return await self._client._run(self._client._session.convert(
+            self, False, timeout))
+
+    async def downgrade(self):
+        """Make this exclusive lease shared in place (see
+        Lease.downgrade)."""
+        return await self._client._run(self._client._session.convert(
+            self, True))
+
     async def __aenter__(self):
         return self
 
@@ -357,6 +369,25 @@ class AsyncClient:
         finally:
             self._io_waits.pop(req.id, None)
         return self._session.answer(m, want, op, resource)
+
+    async def _wait_on(self, req, conn, give_up):
+        """Send req on the connection conn and wait for its answer until
+        the monotonic time give_up (None: no end): the message, or None
+        when give_up passed first (an answer that comes later is
+        ignored)."""
+        req.id = self._session.next_id()
+        p = S.Pending(self._loop.create_future())
+        self._submit(req, p, conn)
+        left = None if give_up is None else max(0, give_up - time.monotonic())
+        try:
+            done, _ = await asyncio.wait((p.fut,), timeout=left)
+        except asyncio.CancelledError:
+            p.ignore = True
+            raise
+        if not done:
+            p.abandoned = p.ignore = True
+            return None
+        return p.fut.result()
 
     def _check_io(self):
         """The watchdog: a request without an answer within io_timeout

@@ -456,6 +456,8 @@ def daemon_error(err, path, *, resource=None, op="request", timeout=None):
             "%s (%s). Release the first lease before asking again, or use "
             "ArbiterLock, which counts re-entrant acquires" % (msg, where),
             **kw)
+    if code == "DEADLOCK":
+        return E.Deadlock("%s (%s)" % (msg, where), **kw)
     if code == "INVALID_NAME":
         return E.InvalidName("invalid resource name %r: %s" % (resource, msg),
                              **kw)
@@ -480,6 +482,73 @@ def daemon_error(err, path, *, resource=None, op="request", timeout=None):
         "the %s rejected the %s: %s: %s. Client and daemon disagree on the "
         "protocol (update both), or this is a bug" % (where, op, code, msg),
         **kw)
+
+
+def convert_error(exc, lease, op, timeout, path):
+    """The exception for a refused upgrade or downgrade of lease, from the
+    daemon's error exc (an ArbiterError made by daemon_error)."""
+    code, msg = exc.code, exc.daemon_message
+    kw = dict(code=code, daemon_message=msg, socket_path=path,
+              resource=lease.resource)
+    what = "lease %d on %r" % (lease.lease_id, lease.resource)
+    if lease.revoked is not None:
+        return lease.revoked.error(path)
+    if code == "DEADLOCK":
+        return E.Deadlock(
+            "cannot upgrade %s: %s. The lease is still held shared: release "
+            "it (the other upgrade then proceeds) and acquire the resource "
+            "exclusive anew (arbiter at %s)" % (what, msg, path), **kw)
+    if code == "WOULD_BLOCK":
+        return E.WouldBlock(
+            "could not upgrade %s without waiting: %s. Retry later, or pass "
+            "a timeout to wait (`arbiterctl -S %s status` shows the other "
+            "holders)" % (what, msg, path), **kw)
+    if code == "TIMEOUT":
+        return E.Timeout(
+            "gave up upgrading %s after %g s: %s. Raise the timeout, or see "
+            "who shares it with `arbiterctl -S %s status`" %
+            (what, timeout, msg, path), **kw)
+    if code == "CANCELLED" and "ended with the lease" in (msg or ""):
+        return E.LeaseRevoked(
+            "the %s of %s failed because the lease ended while it waited: "
+            "%s. Work done under it since then was not protected; acquire "
+            "it again (arbiter at %s)" % (op, what, msg, path),
+            reason=msg.rsplit("(", 1)[-1].rstrip(")").upper(), lease=lease,
+            **kw)
+    if code == "UNKNOWN_LEASE":
+        return E.LeaseRevoked(
+            "cannot %s %s: the daemon no longer knows it (%s); acquire it "
+            "again (arbiter at %s)" % (op, what, msg, path), lease=lease,
+            **kw)
+    if code == "BAD_REQUEST" and "no known kind" in (msg or ""):
+        return E.ProtocolError(
+            "arbiterd on %s does not support lock conversion (it predates "
+            "it): upgrade the daemon, or release and acquire anew" % path,
+            **kw)
+    if code == "CANCELLED":
+        return E.Cancelled(
+            "the %s of %s was withdrawn: %s (arbiter at %s)" %
+            (op, what, msg, path), **kw)
+    return exc
+
+
+def convert_expired(lease, timeout, path):
+    """The exception for an upgrade whose own deadline ran out before the
+    daemon answered (it was withdrawn: the lease is held shared)."""
+    what = "lease %d on %r" % (lease.lease_id, lease.resource)
+    kw = dict(socket_path=path, resource=lease.resource)
+    if timeout == 0:
+        return E.WouldBlock(
+            "could not upgrade %s without waiting: arbiterd on %s did not "
+            "answer within %g s (stopped or overloaded?); the upgrade was "
+            "withdrawn and the lease is held shared. Check the daemon "
+            "(`arbiterctl -S %s status`)" %
+            (what, path, ACQUIRE_GRACE, path), **kw)
+    return E.Timeout(
+        "gave up upgrading %s after %g s: arbiterd on %s did not answer in "
+        "time (stopped or overloaded?); the upgrade was withdrawn and the "
+        "lease is held shared. Raise the timeout, or check the daemon "
+        "(`arbiterctl -S %s status`)" % (what, timeout, path, path), **kw)
 
 
 def unexpected_reply(m, path, op):

@@ -20,7 +20,9 @@ sent the method's result or thrown its exception. Each transport drives
 plans with its _run(), calling the method (awaiting it, for asyncio):
 _connected(deadline, once, ...) to connect (again), _call_on(request,
 wanted reply kind, op name, resource, connection) for one request and its
-answer, _gate_enter/_gate_exit, _acquire_on for one acquire.
+answer, _gate_enter/_gate_exit, _acquire_on for one acquire, _wait_on(
+request, connection, give-up time) for a request whose answer may take as
+long as its caller allows (an upgrade), _send_ignored(request, connection).
 """
 import itertools
 import time
@@ -468,6 +470,72 @@ class Session:
                                  lease._conn)
         lease.ttl = r.ttl_ms / 1000.0 if r.ttl_ms else None
         return lease.ttl
+
+    def convert(self, lease, shared, timeout=None):
+        """Plan: upgrade lease to exclusive (shared False) within timeout
+        (None: no end, 0: try once), or downgrade it to shared, in place;
+        returns its token, new for an upgrade. An upgrade that fails for
+        any reason leaves the lease held shared: when its deadline (plus
+        the grace an acquire gets) passes unanswered or its caller is
+        interrupted, it is withdrawn by converting the lease back to shared,
+        and a Converted that comes later is ignored."""
+        op = "downgrade" if shared else "upgrade"
+        if lease.released:
+            raise E.ArbiterError(
+                "cannot %s the lease on %r (lease %d): it was released. "
+                "Acquire the resource anew" %
+                (op, lease.resource, lease.lease_id),
+                socket_path=self.socket_path, resource=lease.resource)
+        lease.check()
+        req = pb.Request(convert=pb.Convert(
+            lease_id=lease.lease_id, mode=pb.SHARED if shared else
+            pb.EXCLUSIVE))
+        timeout = None if shared else P.normalize_timeout(timeout)
+        if timeout is not None:
+            req.convert.timeout_ms = (0 if timeout == 0 else max(
+                1, P.seconds_to_ms(timeout, "timeout")))
+        conn = lease._conn
+        try:
+            if shared:
+                # Never waits on others: the I/O bound of any request.
+                r = yield ("_call_on", req, "converted", op, lease.resource,
+                           conn)
+            else:
+                deadline = (None if timeout is None else
+                            time.monotonic() + timeout)
+                m = yield ("_wait_on", req, conn,
+                           P.acquire_deadline(deadline))
+                if m is None:
+                    yield "_send_ignored", self.withdraw_convert(lease), conn
+                    raise P.convert_expired(lease, timeout, self.socket_path)
+                r = self.answer(m, "converted", op, lease.resource)
+        except E.ConnectionLost as exc:
+            if lease.revoked is not None:
+                raise lease.revoked.error(self.socket_path) from exc
+            raise
+        except E.ArbiterError as exc:
+            if exc.code is None:
+                raise   # made here, not the daemon's answer
+            raise P.convert_error(exc, lease, op, timeout,
+                                  self.socket_path) from None
+        except BaseException:
+            if not shared:
+                # Interrupted or cancelled: leave the lease shared, whatever
+                # the daemon did meanwhile.
+                yield "_send_ignored", self.withdraw_convert(lease), conn
+            raise
+        mode = r.mode if r.HasField("mode") else req.convert.mode
+        lease.mode = P.SHARED if mode == pb.SHARED else P.EXCLUSIVE
+        lease.token = r.token
+        return lease.token
+
+    @staticmethod
+    def withdraw_convert(lease):
+        """The request that gives a waiting upgrade of lease up: a convert
+        to shared, which withdraws it, or downgrades the lease again if the
+        upgrade was done meanwhile."""
+        return pb.Request(convert=pb.Convert(
+            lease_id=lease.lease_id, mode=pb.SHARED, timeout_ms=0))
 
     def release(self, lease):
         """Release a lease the caller marked released and that was not

@@ -70,6 +70,23 @@ class Lease(P.BaseLease):
         """Extend a ttl lease now (ttl in seconds; None keeps its own)."""
         return self._client.renew(self, ttl)
 
+    def upgrade(self, timeout=None):
+        """Make this shared lease exclusive in place, without letting go:
+        waits (None: for ever, 0: not at all, else seconds) for the other
+        shared holders to leave, ahead of every queued request. Returns the
+        new fencing token (also in ``token``; ``mode`` becomes
+        "exclusive"). Raises Deadlock when another holder already waits to
+        upgrade, Timeout (WouldBlock for 0) when time runs out, and
+        LeaseRevoked when the lease is gone; on any failure the lease is
+        still held shared."""
+        return self._client._run(self._client._session.convert(
+            self, False, timeout))
+
+    def downgrade(self):
+        """Make this exclusive lease shared in place (never waits): the
+        readers queued behind it get in. Returns the token (unchanged)."""
+        return self._client._run(self._client._session.convert(self, True))
+
     def __enter__(self):
         return self
 
@@ -394,6 +411,28 @@ class Client:
                        sock)
             m = self._wait_result(p)
         return self._session.answer(m, want, op, resource)
+
+    def _wait_on(self, req, conn, give_up):
+        """Send req on the connection conn and wait for its answer until
+        the monotonic time give_up (None: no end): the message, or None
+        when give_up passed first (an answer that comes later is
+        ignored)."""
+        p = _Pending()
+        req.id = self._session.next_id()
+        self._enter_call()
+        try:
+            self._submit(req, p, conn)
+        except BaseException:
+            self._wait_abort()
+            raise
+        m = self._wait(p, give_up)
+        if m is None:
+            with self._lock:
+                if not p.done():
+                    p.abandoned = True
+                    return None
+            m = self._wait_result(p)
+        return m
 
     def _send_ignored(self, req, conn):
         """Send a request whose answer nobody waits for (cleanup), on the

@@ -18,6 +18,8 @@ and carries the daemon's own message when the daemon sent one:
                           the resource busy (a ``Timeout``)
 ``Cancelled``             the pending acquire was withdrawn by an admin
 ``AlreadyHeld``           this connection/thread already holds or waits for it
+``Deadlock``              an upgrade refused: another holder already waits to
+                          upgrade, and each would wait for the other for ever
 ``InvalidName``           resource name not 1..255 bytes of printable UTF-8
                           (also a ``ValueError``)
 ``LeaseRevoked``          a lease ended without the holder asking (TTL expiry,
@@ -100,6 +102,13 @@ class AlreadyHeld(ArbiterError):
     the resource: a second lease on it would wait for itself forever."""
 
 
+class Deadlock(ArbiterError):
+    """``lease.upgrade()`` was refused at once: another holder of the
+    resource already waits to upgrade, and each would wait for the other to
+    leave. The lease is still held shared; release it (the other upgrade
+    then proceeds) and acquire the resource exclusive anew."""
+
+
 class InvalidName(ArbiterError, ValueError):
     """A resource name is empty, longer than 255 bytes or not printable
     UTF-8."""
@@ -124,4 +133,5 @@ __all__ = [
     "ArbiterError", "NotRunning", "ConnectionLost", "ShuttingDown",
     "ProtocolError", "Forbidden", "Timeout", "WouldBlock", "Cancelled",
     "AlreadyHeld", "InvalidName", "LeaseRevoked", "UntrustedServer",
+    "Deadlock",
 ]

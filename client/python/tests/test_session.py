@@ -345,3 +345,88 @@ def test_a_request_that_changes_something_is_not_sent_again():
             P.lost(PATH))
     with pytest.raises(TypeError):
         run(s.revoke(), lambda step: None)
+
+
+def test_convert_plan_upgrades_downgrades_and_withdraws():
+    s = session()
+    lease = FakeLease(FakeClient(), b"db", pb.Granted(
+        resource="db", lease_id=7, token=3, mode=pb.SHARED))
+    lease._conn = "conn1"
+
+    def converted(token, mode):
+        return pb.ServerMessage(id=9, converted=pb.Converted(
+            lease_id=7, token=token, mode=mode))
+
+    # Done: the new token and mode are the lease's; the request carries
+    # what is left of the timeout and goes out on the lease's connection.
+    tok, steps = run(s.convert(lease, False, 5),
+                     lambda st: converted(11, pb.EXCLUSIVE))
+    ((name, req, conn, give_up),) = steps
+    assert name == "_wait_on" and conn == "conn1"
+    assert req.convert.mode == pb.EXCLUSIVE and req.convert.lease_id == 7
+    assert 4900 <= req.convert.timeout_ms <= 5000
+    assert give_up > time.monotonic() + 5        # the acquire's grace
+    assert tok == 11 and lease.token == 11 and lease.mode == ac.EXCLUSIVE
+
+    # A downgrade never waits on others: one request under the I/O bound.
+    tok, steps = run(s.convert(lease, True),
+                     lambda st: converted(11, pb.SHARED).converted)
+    assert steps[0][0] == "_call_on" and steps[0][1].convert.mode == pb.SHARED
+    assert not steps[0][1].convert.HasField("timeout_ms")
+    assert tok == 11 and lease.mode == ac.SHARED
+
+    # No answer by the deadline: withdrawn by converting back to shared,
+    # Timeout (WouldBlock for a try), the lease stays shared.
+    for timeout, exc in ((0.5, ac.Timeout), (0, ac.WouldBlock)):
+        answers = iter([None, None])
+        with pytest.raises(exc, match="withdrawn and the lease is held "
+                           "shared") as ei:
+            run(s.convert(lease, False, timeout), lambda st: next(answers))
+        assert type(ei.value) is exc
+    seen = []
+
+    def no_answer(st):
+        seen.append(st)
+        return None
+    with pytest.raises(ac.WouldBlock):
+        run(s.convert(lease, False, 0), no_answer)
+    assert [st[0] for st in seen] == ["_wait_on", "_send_ignored"]
+    w = seen[1][1].convert
+    assert (w.lease_id, w.mode, w.timeout_ms) == (7, pb.SHARED, 0)
+    assert seen[1][2] == "conn1"
+    assert lease.mode == ac.SHARED and lease.token == 11
+
+    # Interrupted while waiting: withdrawn too, and the interrupt goes on.
+    seen.clear()
+
+    def interrupted(st):
+        seen.append(st)
+        return KeyboardInterrupt() if st[0] == "_wait_on" else None
+    with pytest.raises(KeyboardInterrupt):
+        run(s.convert(lease, False, None), interrupted)
+    assert [st[0] for st in seen] == ["_wait_on", "_send_ignored"]
+    assert seen[0][3] is None                     # no timeout: no end
+
+    # The daemon's refusals, each its exception; the lease stays shared.
+    for code, exc in ((pb.DEADLOCK, ac.Deadlock), (pb.TIMEOUT, ac.Timeout),
+                      (pb.WOULD_BLOCK, ac.WouldBlock),
+                      (pb.UNKNOWN_LEASE, ac.LeaseRevoked)):
+        m = pb.ServerMessage(id=9, error=pb.Error(code=code, message="no"))
+        with pytest.raises(exc) as ei:
+            run(s.convert(lease, False, 1), lambda st: m)
+        assert type(ei.value) is exc and ei.value.resource == "db"
+        assert lease.mode == ac.SHARED and lease.token == 11
+    m = pb.ServerMessage(id=9, error=pb.Error(
+        code=pb.CANCELLED, message="the waiting upgrade of lease 7 on 'db' "
+        "ended with the lease (admin)"))
+    with pytest.raises(ac.LeaseRevoked) as ei:
+        run(s.convert(lease, False, 1), lambda st: m)
+    assert ei.value.reason == "ADMIN"
+
+    # A revoked or released lease is refused before anything goes out.
+    lease.revoked = P.Revocation(lease, "ADMIN", "revoked")
+    with pytest.raises(ac.LeaseRevoked):
+        run(s.convert(lease, False, 1), lambda st: pytest.fail("sent"))
+    lease.revoked, lease.released = None, True
+    with pytest.raises(ac.ArbiterError, match="it was released"):
+        run(s.convert(lease, True), lambda st: pytest.fail("sent"))
