@@ -545,8 +545,12 @@ class Session:
         try:
             yield from self.call(req, "released", "release", lease.resource,
                                  lease._conn)
-        except E.ConnectionLost:
-            pass  # the lease ended with the connection
+        except E.ConnectionLost as exc:
+            # The lease ended with the connection, before this release:
+            # the holder must hear it (LeaseRevoked from lease.check()),
+            # whether or not the loss was seen before release was called.
+            if lease.revoked is None:
+                lease.revoked = P.Revocation(lease, "DISCONNECT", str(exc))
         except E.ArbiterError as exc:
             if exc.code != "UNKNOWN_LEASE" or lease.revoked is None:
                 raise
