@@ -53,6 +53,10 @@ def test_async_kill_9_says_connection_lost(fresh_daemon, res):
         d.proc.send_signal(signal.SIGKILL)
         rev = await asyncio.wait_for(got, WAIT)
         assert rev.reason == "DISCONNECT"
+        # The connection's end can be seen before the dying daemon's
+        # listening socket is closed: wait until it is gone for good, so
+        # the next call finds nobody listening (as the sync test does).
+        await loop.run_in_executor(None, d.proc.wait, WAIT)
         with pytest.raises(ac.NotRunning) as ei:
             await c.ping()
         assert_lost_message(ei.value, d.socket, after=True)
