@@ -286,7 +286,8 @@ coverage:
 
 coverage-run: all $(UNIT_BIN)
 	@find $(BUILD) -name '*.gcda' -delete
-	@for s in check-unit check-integration check-python check-deploy; do \
+	@for s in check-unit check-integration check-python check-deploy \
+		check-cluster; do \
 		$(MAKE) $$s || echo "coverage: $$s failed; figures below are partial"; \
 	done
 	$(PYTHON) tests/lib/coverage.py $(BUILD) $(if $(COVERAGE_MIN),--min $(COVERAGE_MIN)) \

@@ -33,3 +33,24 @@ def test_a_holder_with_a_full_socket_still_gets_its_revoked(tmp_path):
         assert "revoked" in kinds, "%d replies, no Revoked" % len(kinds)
     finally:
         harness.check_clean_exit(d)
+
+
+def test_a_holder_that_never_reads_cannot_hold_up_shutdown(tmp_path):
+    # The wait for last words is bounded: past shutdown.timeout_ms the
+    # daemon closes with the output unsent, says so, and exits cleanly
+    # (its storage lock given back with it).
+    d = harness.Daemon(tmp_path, args=[
+        "-o", "shutdown.timeout_ms=300",
+        "-o", "limits.output_buffer_bytes=67108864",
+        "-o", "limits.output_total_bytes=134217728"])
+    w = Wire(d.socket)
+    w.lock("db")
+    w.s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    one = pb.Request(id=7, ping=pb.Ping()).SerializeToString()
+    w.s.sendall((struct.pack(">I", len(one)) + one) * 60000)
+    d.proc.send_signal(signal.SIGTERM)
+    # Never read: the replies stay queued until the bound.
+    d.log.wait_for("shutdown bound reached")
+    assert d.proc.wait(harness.WAIT) == 0
+    harness.check_clean_exit(d)
+    w.s.close()
