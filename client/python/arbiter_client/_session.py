@@ -545,12 +545,12 @@ class Session:
         try:
             yield from self.call(req, "released", "release", lease.resource,
                                  lease._conn)
-        except E.ConnectionLost as exc:
-            # The lease ended with the connection, before this release:
-            # the holder must hear it (LeaseRevoked from lease.check()),
-            # whether or not the loss was seen before release was called.
-            if lease.revoked is None:
-                lease.revoked = P.Revocation(lease, "DISCONNECT", str(exc))
+        except E.ConnectionLost:
+            # Lost while the release was on its way: the daemon may well
+            # have applied it (its answer is what went missing), so this
+            # is no revocation. A loss seen before the release was called
+            # has already marked the lease (lose()), and check() says so.
+            pass
         except E.ArbiterError as exc:
             if exc.code != "UNKNOWN_LEASE" or lease.revoked is None:
                 raise

@@ -45,6 +45,7 @@ def main():
     store = __import__(MODULES[kind])
     resource = "%s:%s" % (kind, path)
     with Client(sock, name="store-worker") as arb:
+        say("ready")  # connected: from now on it rides out a restart
         for i in range(rounds):
             try:
                 with arb.lease(resource, timeout=60) as lease:
