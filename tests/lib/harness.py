@@ -224,6 +224,16 @@ def connect_raw(path, timeout=WAIT):
     return s
 
 
+def send_to_closing(s, data):
+    """Send data to a peer that may already have said its last word and
+    closed (a refusal does not wait for Hello): a broken pipe then is no
+    failure, the reply is still in s's receive queue."""
+    try:
+        s.sendall(data)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+
+
 def read_until_closed(s):
     """Everything the peer sends until it closes (or resets); closes s."""
     out = b""
