@@ -11,6 +11,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <fnmatch.h>
 #include <grp.h>
 #include <inttypes.h>
 #include <limits.h>
@@ -46,6 +47,8 @@ static const char *const level_names[] = {"debug", "info", "warn", "error",
 					  NULL};
 static const char *const format_names[] = {"logfmt", "json", NULL};
 static const char *const bool_names[] = {"no", "yes", NULL};
+static const char *const backend_names[] = {"none", "etcd", NULL};
+static const char *const unavailable_names[] = {"queue", "fail", NULL};
 
 #define O(f) offsetof(struct config, f)
 #define MAXU UINT64_C(1000000000000)
@@ -439,6 +442,150 @@ static const struct config_key keys[] = {
 	.live = true,
 	.help = "on SIGTERM/SIGINT, how long to wait for the holders' "
 		"Revoked messages to be written",
+    },
+    {
+	.section = "cluster",
+	.key = "backend",
+	.type = T_ENUM,
+	.off = O(cluster_backend),
+	.def = "none",
+	.names = backend_names,
+	.help = "none: every resource is this host's alone; etcd: the "
+		"resources named by cluster.resources are one lock across "
+		"every arbiterd on the same etcd and prefix",
+    },
+    {
+	.section = "cluster",
+	.key = "endpoints",
+	.type = T_STR,
+	.off = O(cluster_endpoints),
+	.def = "",
+	.help = "the etcd members, comma-separated http://host:port or "
+		"https://host:port; list every member: one that hangs or "
+		"refuses is left for the next",
+    },
+    {
+	.section = "cluster",
+	.key = "prefix",
+	.type = T_STR,
+	.off = O(cluster_prefix),
+	.def = "arbiter/",
+	.help = "every etcd key arbiter writes starts with this; one "
+		"prefix per group of arbiterds that share resources",
+    },
+    {
+	.section = "cluster",
+	.key = "host_id",
+	.type = T_STR,
+	.off = O(cluster_host_id),
+	.def = "",
+	.help = "this arbiterd's name in the cluster, shown by status on "
+		"every host; empty: the host name",
+    },
+    {
+	.section = "cluster",
+	.key = "resources",
+	.type = T_STR,
+	.off = O(cluster_resources),
+	.def = "*",
+	.help = "comma-separated globs (fnmatch: *, ?, [...]) of the "
+		"resource names that are cluster-wide; the others stay "
+		"local to this host",
+    },
+    {
+	.section = "cluster",
+	.key = "tls_ca",
+	.type = T_PATH,
+	.off = O(cluster_tls_ca),
+	.def = "",
+	.help = "https endpoints: the CA file that signed the members' "
+		"certificates; empty: the system's CAs",
+    },
+    {
+	.section = "cluster",
+	.key = "tls_cert",
+	.type = T_PATH,
+	.off = O(cluster_tls_cert),
+	.def = "",
+	.help = "https endpoints: a client certificate, when etcd runs "
+		"with --client-cert-auth",
+    },
+    {
+	.section = "cluster",
+	.key = "tls_key",
+	.type = T_PATH,
+	.off = O(cluster_tls_key),
+	.def = "",
+	.help = "the key of tls_cert",
+    },
+    {
+	.section = "cluster",
+	.key = "session_ttl_ms",
+	.type = T_UINT,
+	.off = O(cluster_session_ttl_ms),
+	.min = 2000,
+	.max = 600000,
+	.def = "10000",
+	.help = "the TTL of this host's etcd lease, in whole seconds' "
+		"worth of ms: what a dead host costs the others at most "
+		"(plus half a second; up to twice across an etcd "
+		"election); at least 3 election timeouts plus the margin",
+    },
+    {
+	.section = "cluster",
+	.key = "request_timeout_ms",
+	.type = T_UINT,
+	.min = 50,
+	.max = 60000,
+	.off = O(cluster_request_timeout_ms),
+	.def = "1000",
+	.help = "how long one etcd request may take on one member before "
+		"that member is left for the next",
+    },
+    {
+	.section = "cluster",
+	.key = "safety_margin_ms",
+	.type = T_UINT,
+	.max = 600000,
+	.off = O(cluster_safety_margin_ms),
+	.def = "1000",
+	.help = "cluster leases are revoked this long before etcd could "
+		"let the host's keys go, so a slow revoke never overlaps "
+		"another host's grant",
+    },
+    {
+	.section = "cluster",
+	.key = "max_clock_drift_ppm",
+	.type = T_UINT,
+	.max = 100000,
+	.off = O(cluster_max_clock_drift_ppm),
+	.def = "1000",
+	.help = "how much faster etcd's clock may run than this host's, in "
+		"parts per million; the deadline is shortened by as much",
+    },
+    {
+	.section = "cluster",
+	.key = "yield_after_ms",
+	.type = T_UINT,
+	.max = 3600000,
+	.off = O(cluster_yield_after_ms),
+	.def = "100",
+	.live = true,
+	.help = "when another host waits for a resource this host holds, "
+		"stop granting it here after this long, so hosts take "
+		"turns; local waiters queued by then still go first",
+    },
+    {
+	.section = "cluster",
+	.key = "when_unavailable",
+	.type = T_ENUM,
+	.off = O(cluster_when_unavailable),
+	.def = "queue",
+	.names = unavailable_names,
+	.live = true,
+	.help = "while etcd cannot be reached: queue: cluster acquires "
+		"wait (their timeouts still run); fail: they fail at once "
+		"with UNAVAILABLE",
     },
 };
 
@@ -899,6 +1046,83 @@ apply_override(struct config *c, const char *o, char *err, size_t errlen)
 
 /* ------------------------------------------------------------ load */
 
+/* The cluster keys that only make sense together. */
+static int
+derive_cluster(struct config *c, char *err, size_t errlen)
+{
+	uint64_t ttl = c->cluster_session_ttl_ms, usable, need;
+
+	if (c->cluster_host_id[0] == '\0') {
+		char host[256] = "";
+
+		if (gethostname(host, sizeof host - 1) < 0 || host[0] == '\0')
+			snprintf(host, sizeof host, "host-%ld", (long)getpid());
+		free(c->cluster_host_id);
+		c->cluster_host_id = strdup(host);
+		if (c->cluster_host_id == NULL) {
+			snprintf(err, errlen, "out of memory");
+			return -1;
+		}
+	}
+	if (strlen(c->cluster_host_id) > 200 ||
+	    strpbrk(c->cluster_host_id, "\"\\\n") != NULL) {
+		snprintf(err, errlen,
+			 "cluster.host_id: '%.64s' must be at most 200 bytes, "
+			 "without quotes, backslashes or newlines",
+			 c->cluster_host_id);
+		return -1;
+	}
+	if (c->cluster_backend == CLUSTER_NONE)
+		return 0;
+	if (c->cluster_endpoints[0] == '\0') {
+		snprintf(err, errlen,
+			 "cluster.endpoints: cluster.backend = etcd needs the "
+			 "etcd members, e.g. endpoints = "
+			 "http://etcd-0:2379,http://etcd-1:2379");
+		return -1;
+	}
+	if (c->cluster_prefix[0] == '\0') {
+		snprintf(err, errlen,
+			 "cluster.prefix: must not be empty (it keeps "
+			 "arbiter's keys apart from everything else in etcd)");
+		return -1;
+	}
+	if (ttl % 1000 != 0) {
+		snprintf(err, errlen,
+			 "cluster.session_ttl_ms: %" PRIu64
+			 " is not a whole number of seconds (etcd leases "
+			 "count in seconds), e.g. %" PRIu64,
+			 ttl, (ttl / 1000 + 1) * 1000);
+		return -1;
+	}
+	if (c->hold == HOLD_ON_DEMAND) {
+		snprintf(err, errlen,
+			 "storage.hold: on-demand cannot be used with "
+			 "cluster.backend = etcd (a folder-wide lock taken "
+			 "on demand and per-resource etcd keys can wait for "
+			 "each other); use hold = always");
+		return -1;
+	}
+	/* A keepalive goes out every TTL/3 and may take two request
+	 * timeouts (one member, then the next): the deadline it renews must
+	 * still lie ahead when it comes back. */
+	usable = ttl - ttl * c->cluster_max_clock_drift_ppm / 1000000;
+	need = ttl / 3 + 2 * c->cluster_request_timeout_ms;
+	if (usable <= c->cluster_safety_margin_ms ||
+	    usable - c->cluster_safety_margin_ms < need) {
+		snprintf(err, errlen,
+			 "cluster.session_ttl_ms: %" PRIu64
+			 " leaves no time to renew the session: it must be "
+			 "at least safety_margin_ms (%" PRIu64
+			 ") + a third of itself + 2 x request_timeout_ms (%" PRIu64
+			 "), plus the clock drift; raise it or lower those",
+			 ttl, c->cluster_safety_margin_ms,
+			 c->cluster_request_timeout_ms);
+		return -1;
+	}
+	return 0;
+}
+
 static int
 derive(struct config *c, char *err, size_t errlen)
 {
@@ -937,6 +1161,8 @@ derive(struct config *c, char *err, size_t errlen)
 		    c->socket_path);
 		return -1;
 	}
+	if (derive_cluster(c, err, errlen) < 0)
+		return -1;
 	if (c->lock_delay_ms > c->max_lock_delay_ms) {
 		snprintf(err, errlen,
 			 "leases.lock_delay_ms: %" PRIu64
@@ -1113,6 +1339,39 @@ config_restart_needed(const struct config *old, const struct config *new)
 		}
 	}
 	return NULL;
+}
+
+bool
+config_cluster_resource(const struct config *c, const char *name, size_t len)
+{
+	const char *p = c->cluster_resources;
+	char glob[256], nm[256];
+
+	if (c->cluster_backend == CLUSTER_NONE || len >= sizeof nm)
+		return false;
+	memcpy(nm, name, len);
+	nm[len] = '\0';
+	while (*p != '\0') {
+		size_t n = strcspn(p, ",");
+		const char *g = p;
+
+		while (n > 0 && (*g == ' ' || *g == '\t')) {
+			g++;
+			n--;
+		}
+		while (n > 0 && (g[n - 1] == ' ' || g[n - 1] == '\t'))
+			n--;
+		if (n > 0 && n < sizeof glob) {
+			memcpy(glob, g, n);
+			glob[n] = '\0';
+			if (fnmatch(glob, nm, 0) == 0)
+				return true;
+		}
+		p += strcspn(p, ",");
+		if (*p == ',')
+			p++;
+	}
+	return false;
 }
 
 bool

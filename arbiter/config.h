@@ -17,6 +17,8 @@
 
 enum hold_policy { HOLD_ALWAYS, HOLD_ON_DEMAND };
 enum log_format { LOGFMT, LOGJSON };
+enum cluster_backend { CLUSTER_NONE, CLUSTER_ETCD };
+enum cluster_unavailable { UNAVAILABLE_QUEUE, UNAVAILABLE_FAIL };
 
 struct idlist {
 	unsigned n;
@@ -70,6 +72,21 @@ struct config {
 	unsigned stats_enabled;
 	/* [shutdown] */
 	uint64_t shutdown_timeout_ms;
+	/* [cluster] */
+	unsigned cluster_backend;
+	char *cluster_endpoints;
+	char *cluster_prefix;
+	char *cluster_host_id; /* the host name when left empty */
+	char *cluster_resources;
+	char *cluster_tls_ca;
+	char *cluster_tls_cert;
+	char *cluster_tls_key;
+	uint64_t cluster_session_ttl_ms;
+	uint64_t cluster_request_timeout_ms;
+	uint64_t cluster_safety_margin_ms;
+	uint64_t cluster_max_clock_drift_ppm;
+	uint64_t cluster_yield_after_ms;
+	unsigned cluster_when_unavailable;
 
 	char *path; /* the file it came from, absolute; NULL for none */
 };
@@ -98,5 +115,10 @@ const char *config_restart_needed(const struct config *old,
 				  const struct config *new);
 
 bool config_id_allowed(const struct idlist *l, uint32_t id);
+
+/* Whether a resource name is cluster-wide: cluster mode is on and the name
+ * matches one of the comma-separated globs of cluster.resources. */
+bool config_cluster_resource(const struct config *c, const char *name,
+			     size_t len);
 
 #endif
