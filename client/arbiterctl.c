@@ -114,7 +114,7 @@ exit_for(int rc)
 	if (rc == -ARB_EUNTRUSTED)
 		return EXIT_NOPERM;
 	if (rc == -ARB_ECONNLOST || rc == -ENOENT || rc == -ECONNREFUSED ||
-	    rc == -ETIMEDOUT)
+	    rc == -ETIMEDOUT || rc == -ARB_EUNAVAILABLE)
 		return EXIT_UNAVAIL;
 	return EXIT_SOFTWARE;
 }
@@ -1332,8 +1332,10 @@ usage(FILE *out)
 	      "\n"
 	      "Exit codes: 0 ok; 1 (or -E CODE) busy or timed out; 64 usage; "
 	      "69 the\n"
-	      "arbiter cannot be reached; 70 the arbiter refused; 75 lease "
-	      "revoked;\n"
+	      "arbiter cannot be reached (or, for a cluster resource, etcd); "
+	      "70 the\n"
+	      "arbiter refused; 75 lease revoked or past its cluster "
+	      "deadline;\n"
 	      "77 the socket or its server is not trusted; 126/127 CMD not\n"
 	      "executable/not found; else CMD's own status.\n",
 	      out);
