@@ -939,12 +939,13 @@ _SECONDS = "_seconds"
 _PLANS = {}
 
 
-def _plan(desc, spread, strip):
+def _plan(desc, spread, strip, keyed):
     """How to render each field of a message, worked out once per message
     type and way: (kind, field, output name, arg), arg being the key field
     of a listed message's elements, or whether a submessage's unit moved
-    to its key."""
-    plan = _PLANS.get((desc.full_name, spread, strip))
+    to its key. keyed: the message is named by its first field elsewhere
+    (an element of a keyed list, the total), which is then left out."""
+    plan = _PLANS.get((desc.full_name, spread, strip, keyed))
     if plan is not None:
         return plan
     fields = sorted(desc.fields, key=lambda f: f.number)
@@ -952,7 +953,7 @@ def _plan(desc, spread, strip):
     for i, f in enumerate(fields):
         rep = f.label == f.LABEL_REPEATED
         msg = f.type == f.TYPE_MESSAGE
-        if f.type == f.TYPE_BYTES or (i == 0 and _is_key(f)):
+        if f.type == f.TYPE_BYTES or (keyed and i == 0 and _is_key(f)):
             continue
         if msg and rep:
             (late if spread else plan).append(
@@ -968,7 +969,7 @@ def _plan(desc, spread, strip):
             if strip and name.endswith(_SECONDS):
                 name = name[:-len(_SECONDS)]
             plan.append(("repeated" if rep else "scalar", f, name, None))
-    plan = _PLANS[(desc.full_name, spread, strip)] = plan + late
+    plan = _PLANS[(desc.full_name, spread, strip, keyed)] = plan + late
     return plan
 
 
@@ -1002,12 +1003,12 @@ def _scalar(f, v):
     return v
 
 
-def _message_dict(m, spread=False, strip=False):
-    """m's fields as a dict. spread: the top level of a reply, where a
-    single submessage (the total) is spread over the dict and a repeated
-    one comes last; strip: the unit went to the parent's key."""
+def _message_dict(m, spread=False, strip=False, keyed=True):
+    """m's fields as a dict. spread: the top level of a reply, where the
+    total is spread over the dict and a repeated message comes last;
+    strip: the unit went to the parent's key; keyed: see _plan."""
     d = {}
-    for kind, f, name, arg in _plan(m.DESCRIPTOR, spread, strip):
+    for kind, f, name, arg in _plan(m.DESCRIPTOR, spread, strip, keyed):
         v = getattr(m, f.name)
         if kind == "scalar":
             d[name] = _scalar(f, v)
@@ -1020,7 +1021,7 @@ def _message_dict(m, spread=False, strip=False):
         elif kind == "message" and not arg and not m.HasField(f.name):
             continue    # absent, and no histogram: Stats.cluster off cluster
         elif kind == "message":
-            d[name] = _message_dict(v, strip=arg)
+            d[name] = _message_dict(v, strip=arg, keyed=False)
         else:
             d[name] = [_scalar(f, x) for x in v]
     return d
@@ -1055,5 +1056,5 @@ def status_dict(s):
          "storage": s.storage_path, "storage_holder": s.storage_holder,
          "connections": s.connections, "resources": res}
     if s.HasField("cluster"):
-        d["cluster"] = _message_dict(s.cluster)
+        d["cluster"] = _message_dict(s.cluster, keyed=False)
     return d
