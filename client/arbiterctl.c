@@ -944,8 +944,7 @@ print_hosts(const Arbiter__ResourceStatus *r)
 	    r->n_hosts == 0)
 		return;
 	printf("%-20s cluster: %s here; %zu host%s\n", r->resource,
-	       r->cluster_state && r->cluster_state[0] ? r->cluster_state
-						       : "?",
+	       r->cluster_state && r->cluster_state[0] ? r->cluster_state : "?",
 	       r->n_hosts, r->n_hosts == 1 ? "" : "s");
 	if (r->n_hosts > 0)
 		printf("  %-20s %-8s %-9s %8s %7s %7s %10s\n", "HOST", "STATE",

@@ -50,7 +50,7 @@ struct arb_client {
 	struct held {
 		uint64_t id, request_id;
 		uint64_t valid_until_ns; /* CLOCK_BOOTTIME; 0: local */
-	} * held;		 /* every lease granted and not yet ended */
+	} * held; /* every lease granted and not yet ended */
 	size_t nheld, held_cap;
 	uint64_t cancelled[IGNORE_MAX]; /* ring of arb_cancel()ed requests */
 	size_t ncancelled;
@@ -626,8 +626,8 @@ evq_push(arb_client *c, const struct arb_event *ev, uint32_t hosts_ahead)
 		 * client that reads no events (it only blocks) does not
 		 * lose older events to a stream of renewals. */
 		for (size_t i = 0; i < c->evq_len; i++) {
-			struct arb_event *q = &c->evq[(c->evq_head + i) %
-						      EVQ_MAX];
+			struct arb_event *q =
+			    &c->evq[(c->evq_head + i) % EVQ_MAX];
 
 			if (q->kind == ARB_EV_EXTENDED &&
 			    q->lease.id == ev->lease.id)

@@ -1025,8 +1025,8 @@ ctl_run(int argc, char **argv)
 	until = arb_lease_valid_until(r.c, r.lease.id);
 	if (until != 0) {
 		/* A cluster lease: its deadline is kept by our own timer. */
-		r.timerfd = timerfd_create(CLOCK_BOOTTIME,
-					   TFD_NONBLOCK | TFD_CLOEXEC);
+		r.timerfd =
+		    timerfd_create(CLOCK_BOOTTIME, TFD_NONBLOCK | TFD_CLOEXEC);
 		if (r.timerfd < 0)
 			die(EXIT_SOFTWARE,
 			    "run: timerfd_create(CLOCK_BOOTTIME): %s "
