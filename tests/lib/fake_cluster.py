@@ -231,9 +231,12 @@ class FakeCluster:
     """The fake as a child process of a test: path is its socket; expect()
     reads its report lines (never sleeping: select on its stdout)."""
 
+    started = 0     # fakes made in this process: each its own socket name
+
     def __init__(self, folder, pb_dir, *args):
         import subprocess
-        self.path = os.path.join(folder, "fake.sock")
+        FakeCluster.started += 1
+        self.path = os.path.join(folder, "fake%d.sock" % FakeCluster.started)
         self.proc = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), self.path, pb_dir] +
             [str(x) for x in args], stdin=subprocess.DEVNULL,
