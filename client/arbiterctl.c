@@ -1287,7 +1287,12 @@ static const struct ctl_cmd cmds[] = {
 		"and hold times (count, mean, max, p50, p90, p99). --json "
 		"prints the same as one JSON object. The figures are read "
 		"from the reply's own field list, so one the arbiter adds is "
-		"shown with no change to arbiterctl.",
+		"shown with no change to arbiterctl. In cluster mode also the "
+		"host's etcd session ('cluster:': state, host, member, etcd "
+		"lease, how long it is valid, sessions, losses, etcd errors, "
+		"fail-overs, keepalive round trip, last error; 'cluster' in "
+		"--json) and per resource the cluster figures (revoked: "
+		"cluster lost, cluster yields, cluster_wait, cluster_hold).",
 	.fn = cmd_stats,
 	.flags = CMD_CONNECTS,
     },
@@ -1300,8 +1305,14 @@ static const struct ctl_cmd cmds[] = {
 		"long, and each holder's fencing token, with '(upgrading for "
 		"T)' after a shared holder whose upgrade waits; up to 1000 "
 		"holders and 1000 waiters per resource, the rest counted. "
-		"--json prints the same as one JSON object (converting, "
-		"converting_us).",
+		"In cluster mode also the host's etcd session (state, host, "
+		"member, etcd lease, how long it is valid) and, for a "
+		"cluster resource, this host's part and every host in the "
+		"cluster's queue: holding hosts, then waiting ones in order, "
+		"with mode, arbiterd pid, holders, waiters and create "
+		"revision. --json prints the same as one JSON object "
+		"(converting, converting_us; cluster, and per resource "
+		"cluster_state and hosts).",
 	.fn = cmd_status,
 	.flags = CMD_CONNECTS,
     },
