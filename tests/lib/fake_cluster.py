@@ -246,9 +246,10 @@ class FakeCluster:
         self.lines = []
         self.expect("ready")
 
-    def expect(self, prefix, timeout=20.0):
+    def expect(self, prefix, timeout=20.0, unless=None):
         """The next report line starting with prefix (earlier ones are
-        skipped but kept in lines); AssertionError when none comes."""
+        skipped but kept in lines); AssertionError when none comes, or
+        when a line starting with unless comes first."""
         import select
         end = time.monotonic() + timeout
         fd = self.proc.stdout.fileno()
@@ -259,6 +260,9 @@ class FakeCluster:
                 self.lines.append(line)
                 if line.startswith(prefix):
                     return line
+                if unless is not None and line.startswith(unless):
+                    raise AssertionError("the fake said %r before %r: %r" %
+                                         (line, prefix, self.lines))
             left = end - time.monotonic()
             if left <= 0 or not select.select([fd], [], [], left)[0]:
                 raise AssertionError("the fake said no %r within %g s: %r" %
