@@ -117,10 +117,6 @@ arb_strerror(int err)
 	    [ARB_ECANCELLED - 1000] = "the pending acquire was withdrawn",
 	    [ARB_EDEADLOCK - 1000] =
 		"upgrade refused: it would deadlock with another's upgrade",
-	    [ARB_EUNAVAILABLE - 1000] =
-		"cluster resource unavailable: arbiterd cannot reach etcd "
-		"now; retry later (arbiterctl stats shows the cluster's "
-		"state and last error)",
 	};
 	int e = err < 0 ? -err : err;
 
@@ -132,6 +128,11 @@ arb_strerror(int err)
 		return "lease revoked";
 	if (e == ARB_EUNTRUSTED)
 		return "the socket or the server behind it is not trusted";
+	if (e == ARB_EUNAVAILABLE)
+		return "cluster resource unavailable: arbiterd cannot reach "
+		       "etcd "
+		       "now; retry later (arbiterctl stats shows the cluster's "
+		       "state and last error)";
 	if (e > 1000 && e - 1000 < (int)(sizeof names / sizeof names[0]) &&
 	    names[e - 1000] != NULL)
 		return names[e - 1000];
