@@ -820,8 +820,11 @@ read_daemon(struct run *r)
 
 	while ((rc = arb_next_event(r->c, &ev)) > 0) {
 		if (ev.kind == ARB_EV_REVOKED && ev.lease.id == r->lease.id) {
-			snprintf(why, sizeof why, "%s (%s)", ev.message,
-				 arb_reason_name(ev.reason));
+			/* The daemon's words name the reason; its name
+			 * only when it sent none. */
+			snprintf(why, sizeof why, "%s",
+				 ev.message[0] ? ev.message
+					       : arb_reason_name(ev.reason));
 			lose(r, why);
 			return;
 		}
