@@ -194,3 +194,15 @@ def test_stats_show_the_session_and_the_cluster_figures(fake):
     assert j["revoked_cluster_lost"] == 3
     assert j["resources"]["db"]["cluster_yields"] == 2
     assert j["resources"]["db"]["cluster_wait_seconds"]["count"] == 4
+
+
+def test_a_cluster_lost_revocation_ends_cmd(fake, procs):
+    """The daemon's own Revoked (reason CLUSTER_LOST), long before the
+    deadline: CMD gets SIGTERM at once, exit 75, in the daemon's words."""
+    f = fake("--valid-ms", 60000, "--revoke-ms", 50)
+    p = ctl_bg(f.path, procs, "run", "-n", "db", "--", *TRAPPED)
+    f.expect("revoked")
+    assert p.wait(timeout=WAIT) == 75
+    p.out.wait_for("TERM")
+    assert any("was not renewed before its deadline" in l
+               for l in p.err.drain()), p.err.drain()

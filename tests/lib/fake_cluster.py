@@ -3,7 +3,7 @@
 Run as its own process (so that a test can freeze it with SIGSTOP):
 
     python3 fake_cluster.py SOCKET PB_DIR [--valid-ms MS] [--extend-ms MS]
-        [--extends N] [--hosts-ahead N] [--fail CODE]
+        [--extends N] [--hosts-ahead N] [--fail CODE] [--revoke-ms MS]
 
 PB_DIR holds arbiter_pb2.py. It listens on SOCKET (as the caller's uid, so
 the clients' trust check passes), answers Hello with Welcome(cluster=true),
@@ -11,12 +11,14 @@ and every Acquire with Granted(valid_until_ns = CLOCK_BOOTTIME now +
 --valid-ms), after a Queued with --hosts-ahead when that is given, or with
 the Error --fail names (e.g. UNAVAILABLE). After a grant it sends Extended
 every --extend-ms, each moving the deadline to now + --valid-ms, --extends
-times; then it goes silent, connection kept. Release, Ping, Stats and
+times; then it goes silent, connection kept. With --revoke-ms it revokes
+the lease that long after the grant instead (reason CLUSTER_LOST). Release, Ping, Stats and
 Status are answered (Stats and Status with cluster parts: see canned_*).
 
 It tells the test what happens on stdout, one line each, flushed:
 "ready", "hello", "granted LEASE VALID_UNTIL_NS", "extended N
-VALID_UNTIL_NS", "silent" (after the last Extended), "release", "close".
+VALID_UNTIL_NS", "silent" (after the last Extended), "revoked", "release",
+"close".
 """
 import argparse
 import os
@@ -97,6 +99,7 @@ def main():
     ap.add_argument("--extends", type=int, default=0)
     ap.add_argument("--hosts-ahead", type=int, default=None)
     ap.add_argument("--fail", default=None)
+    ap.add_argument("--revoke-ms", type=int, default=None)
     a = ap.parse_args()
     sys.path.insert(0, a.pb_dir)
     import arbiter_pb2 as pb
@@ -108,6 +111,7 @@ def main():
     sel.register(srv, selectors.EVENT_READ)
     bufs = {}
     extending = []      # [conn, lease id, resource, sends left, due (mono)]
+    revoking = []       # [conn, lease id, resource, due (mono)]
     next_lease = [100]
     say("ready")
 
@@ -146,7 +150,10 @@ def main():
                 resource=name, mode=req.acquire.mode,
                 valid_until_ns=until))
             say("granted", lease, until)
-            if a.extends > 0:
+            if a.revoke_ms is not None:
+                revoking.append([conn, lease, name,
+                                 time.monotonic() + a.revoke_ms / 1000])
+            elif a.extends > 0:
                 extending.append([conn, lease, name, a.extends,
                                   time.monotonic() + a.extend_ms / 1000])
             else:
@@ -175,9 +182,9 @@ def main():
 
     while True:
         timeout = None
-        if extending:
-            timeout = max(0.0, min(e[4] for e in extending) -
-                          time.monotonic())
+        dues = [e[4] for e in extending] + [e[3] for e in revoking]
+        if dues:
+            timeout = max(0.0, min(dues) - time.monotonic())
         for key, _ in sel.select(timeout):
             s = key.fileobj
             if s is srv:
@@ -194,6 +201,7 @@ def main():
                 s.close()
                 del bufs[s]
                 extending[:] = [e for e in extending if e[0] is not s]
+                revoking[:] = [e for e in revoking if e[0] is not s]
                 say("close")
                 continue
             buf = bufs[s] + data
@@ -207,6 +215,14 @@ def main():
                 answer(s, req)
             bufs[s] = buf
         now = time.monotonic()
+        for e in list(revoking):
+            if e[3] <= now:
+                send(e[0], 0, revoked=pb.Revoked(
+                    lease_id=e[1], reason=pb.CLUSTER_LOST, resource=e[2],
+                    message="the etcd session of host node-a was not "
+                            "renewed before its deadline"))
+                revoking.remove(e)
+                say("revoked")
         for e in list(extending):
             if e[4] > now:
                 continue

@@ -105,6 +105,27 @@ def test_extended_keeps_the_lease_valid_past_its_first_deadline(fake):
         lease.release()
 
 
+def test_a_cluster_lost_revocation_reaches_the_holder(fake):
+    f = fake("--valid-ms", 60000, "--revoke-ms", 50)
+    told = []
+    seen = threading.Event()
+
+    def on_revoked(rev):
+        told.append(rev)
+        seen.set()
+
+    with ac.Client(socket_path=f.path) as arb:
+        lease = arb.acquire("db", on_revoked=on_revoked)
+        f.expect("revoked")
+        assert seen.wait(WAIT)
+        assert told[0].reason == "CLUSTER_LOST"
+        assert "not renewed" in told[0].message
+        assert not lease.valid() and lease.revoked is told[0]
+        with pytest.raises(ac.LeaseRevoked) as e:
+            lease.check()
+        assert e.value.reason == "CLUSTER_LOST"
+
+
 def test_a_local_lease_is_valid_without_deadline(daemon, res):
     with ac.Client(socket_path=daemon.socket) as arb:
         lease = arb.acquire(res)
