@@ -127,6 +127,8 @@ ctl_run_usage(FILE *out)
 	      "        arbiterctl keeps it with a timer of its own on CLOCK_BOOTTIME,\n"
 	      "        so CMD gets SIGTERM at the deadline (exit 75 as above) even when\n"
 	      "        the arbiter is frozen or cut off from etcd and says nothing.\n"
+	      "        Another host may get RESOURCE about cluster.safety_margin_ms\n"
+	      "        after the deadline: keep --grace short there, and fence writes.\n"
 	      "        -v shows how long the lease is valid when granted. A cluster\n"
 	      "        resource that etcd cannot serve now (cluster.when_unavailable =\n"
 	      "        fail) exits 69.\n",
