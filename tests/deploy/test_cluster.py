@@ -322,3 +322,85 @@ def test_only_the_app_and_the_members_reach_etcd(docs):
     assert all(sel and (sel.items() <= app.items() or sel.items() <= labels.items())
                for sel in allowed[client])
     assert all(sel and sel.items() <= labels.items() for sel in allowed[peer])
+
+
+# ------------------------------------------------------------ end to end
+
+def etcdlib():
+    """tests/cluster's etcd test bed (Debian's etcd on loopback)."""
+    import importlib.util
+    path = K8S.parents[1] / "tests" / "cluster" / "etcdlib.py"
+    spec = importlib.util.spec_from_file_location("cluster_etcdlib", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_sidecar_runs_in_cluster_mode_on_a_real_etcd(docs, build, tmp_path):
+    """The image's entrypoint with the sidecar's environment, as the pod
+    runs it, against a real etcd member: it grants a cluster token through
+    etcd, shows its pod name as host, and when etcd goes away its probes
+    and /healthz still pass (they must not restart the pod). Only what
+    cannot exist here moves: the endpoints (the member on loopback), the
+    socket, the storage folder and the metrics port."""
+    import urllib.request
+    from deploylib import (dockerfile_instructions, entrypoint_argv, free_port, map_args,
+                           shipped, stage_image, stop, wait_log)
+    lib = etcdlib()
+    if not lib.have_etcd():
+        pytest.skip("etcd is not installed (sh scripts/deps.sh test installs etcd-server)")
+    staged = stage_image(tmp_path / "rootfs", build)
+    want = shipped()
+    sock = tmp_path / "run" / os.path.basename(want["socket"])
+    sock.parent.mkdir(mode=0o770)
+    mapping = dict(staged)
+    mapping[want["socket"]] = sock
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin"}
+    instrs = dockerfile_instructions()
+    for st, i, a in instrs:
+        if st == max(s for s, _, _ in instrs) and i == "ENV":
+            k, _, v = a.partition("=")
+            env[k] = map_args([v], mapping)[0]
+    env.update(sidecar_env(docs))
+    port = free_port()
+    cl = lib.Cluster(n=1).start()
+    proc = None
+    try:
+        env.update({
+            "ARBITER_CLUSTER_ENDPOINTS": cl.endpoints(),
+            "ARBITER_STORAGE_PATH": str(tmp_path / "state"),
+            "ARBITER_SOCKET_PATH": str(sock),
+            "ARBITER_METRICS_LISTEN": "127.0.0.1:%d" % port,
+        })
+        proc = subprocess.Popen(map_args(entrypoint_argv(), mapping), env=env,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        wait_log(proc, "cluster session active")
+        ctl = str(staged["/usr/local/bin/arbiterctl"])
+        r = subprocess.run([ctl, "run", "-w", "30", "demo", "--", "sh", "-c",
+                            'echo "$ARBITER_TOKEN"'], env=env, capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert int(r.stdout) >= 2 ** 62, "a cluster token: %s" % r.stdout
+        r = subprocess.run([ctl, "status"], env=env, capture_output=True, text=True,
+                           timeout=30)
+        assert r.returncode == 0, r.stderr
+        assert "cluster: active as host %s" % POD_NAME in r.stdout, r.stdout
+
+        # etcd gone: the session is lost, the pod must stay Ready and alive.
+        cl.stop()
+        wait_log(proc, "cluster session jeopardy", timeout=30)
+        arb = sidecar(docs)
+        for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+            r = subprocess.run(map_args(arb[kind]["exec"]["command"], mapping), env=env,
+                               capture_output=True, text=True, timeout=10)
+            assert r.returncode == 0, "%s with etcd gone: %s" % (kind, r.stderr)
+        with urllib.request.urlopen("http://127.0.0.1:%d/healthz" % port, timeout=10) as h:
+            assert h.status == 200
+        rc, _ = stop(proc)
+        assert rc == 0
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        cl.stop()
