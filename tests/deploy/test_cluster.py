@@ -344,8 +344,8 @@ def test_the_sidecar_runs_in_cluster_mode_on_a_real_etcd(docs, build, tmp_path):
     cannot exist here moves: the endpoints (the member on loopback), the
     socket, the storage folder and the metrics port."""
     import urllib.request
-    from deploylib import (dockerfile_instructions, entrypoint_argv, free_port, map_args,
-                           shipped, stage_image, stop, wait_log)
+    from deploylib import (SLOW, dockerfile_instructions, entrypoint_argv, free_port,
+                           map_args, shipped, stage_image, stop, wait_log)
     lib = etcdlib()
     if not lib.have_etcd():
         pytest.skip("etcd is not installed (sh scripts/deps.sh test installs etcd-server)")
@@ -379,7 +379,7 @@ def test_the_sidecar_runs_in_cluster_mode_on_a_real_etcd(docs, build, tmp_path):
         ctl = str(staged["/usr/local/bin/arbiterctl"])
         r = subprocess.run([ctl, "run", "-w", "30", "demo", "--", "sh", "-c",
                             'echo "$ARBITER_TOKEN"'], env=env, capture_output=True,
-                           text=True, timeout=60)
+                           text=True, timeout=60 * SLOW)
         assert r.returncode == 0, r.stderr
         assert int(r.stdout) >= 2 ** 62, "a cluster token: %s" % r.stdout
         r = subprocess.run([ctl, "status"], env=env, capture_output=True, text=True,
@@ -389,7 +389,7 @@ def test_the_sidecar_runs_in_cluster_mode_on_a_real_etcd(docs, build, tmp_path):
 
         # etcd gone: the session is lost, the pod must stay Ready and alive.
         cl.stop()
-        wait_log(proc, "cluster session jeopardy", timeout=30)
+        wait_log(proc, "cluster session jeopardy", timeout=30 * SLOW)
         arb = sidecar(docs)
         for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
             r = subprocess.run(map_args(arb[kind]["exec"]["command"], mapping), env=env,
