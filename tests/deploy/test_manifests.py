@@ -20,8 +20,8 @@ LEGACY = K8S / "legacy" / "deployment.yaml"
 RUNTIME_PACKAGES = {"libevent-2.1-7", "libprotobuf-c1", "libmsgpackc2", "libinih1",
                     "libevent-openssl-2.1-7", "libevent-core-2.1-7", "libssl3",
                     "libjansson4"}
-# The Makefile's pkg-config module lists whose libraries arbiterd links (or,
-# for CLUSTER_PKGS, will link once the cluster mode is wired in).
+# The Makefile's pkg-config module lists whose libraries arbiterd links
+# (CLUSTER_PKGS: the etcd client's).
 MAKEFILE_PKG_VARS = ("PKGS", "CLUSTER_PKGS")
 
 
@@ -212,9 +212,10 @@ def makefile_link_libs():
 
 
 def test_runtime_packages_cover_what_the_makefile_links():
-    """Ahead of ldd: every library the Makefile links through pkg-config,
-    cluster mode's included, comes from a package the image installs, so
-    wiring the etcd client into arbiterd needs no change to the image."""
+    """Beside ldd: every library the Makefile links through pkg-config,
+    cluster mode's included, comes from a package the image installs, so a
+    library added to the Makefile is caught even before a binary links it
+    (ldd of a sanitizer build, or --as-needed, can hide one)."""
     if not (shutil.which("pkg-config") and shutil.which("dpkg") and shutil.which("cc")):
         pytest.skip("needs pkg-config, dpkg and cc")
     needed = {}
