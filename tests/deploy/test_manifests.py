@@ -214,8 +214,8 @@ def makefile_link_libs():
 def test_runtime_packages_cover_what_the_makefile_links():
     """Beside ldd: every library the Makefile links through pkg-config,
     cluster mode's included, comes from a package the image installs, so a
-    library added to the Makefile is caught even before a binary links it
-    (ldd of a sanitizer build, or --as-needed, can hide one)."""
+    library added to the Makefile is caught even before a binary needs it
+    (the linker's --as-needed drops one that no object uses yet)."""
     if not (shutil.which("pkg-config") and shutil.which("dpkg") and shutil.which("cc")):
         pytest.skip("needs pkg-config, dpkg and cc")
     needed = {}
