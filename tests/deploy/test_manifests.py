@@ -14,7 +14,15 @@ from deploylib import (CONTAINER, K8S, REPO, SHIPPED_CONF, check_deployment, dpk
 
 NATIVE = K8S / "native" / "deployment.yaml"
 LEGACY = K8S / "legacy" / "deployment.yaml"
-RUNTIME_PACKAGES = {"libevent-2.1-7", "libprotobuf-c1", "libmsgpackc2", "libinih1"}
+# What the runtime stage installs: the daemon's libraries, and those of cluster
+# mode's etcd client (libevent's OpenSSL part and the libevent_core it links,
+# OpenSSL itself, jansson).
+RUNTIME_PACKAGES = {"libevent-2.1-7", "libprotobuf-c1", "libmsgpackc2", "libinih1",
+                    "libevent-openssl-2.1-7", "libevent-core-2.1-7", "libssl3",
+                    "libjansson4"}
+# The Makefile's pkg-config module lists whose libraries arbiterd links
+# (CLUSTER_PKGS: the etcd client's).
+MAKEFILE_PKG_VARS = ("PKGS", "CLUSTER_PKGS")
 
 
 # ------------------------------------------------------------ the config
@@ -186,6 +194,42 @@ def test_binaries_need_only_the_runtime_packages(build):
             needed.add(pkg)
     needed -= {"libc6"}  # in every Debian image
     assert needed <= RUNTIME_PACKAGES, needed - RUNTIME_PACKAGES
+
+
+def makefile_link_libs():
+    """The -l names of every pkg-config module in MAKEFILE_PKG_VARS."""
+    modules = []
+    for line in (REPO / "Makefile").read_text().splitlines():
+        m = re.match(r"(\w+)\s*:?=\s*(.*)$", line)
+        if m and m.group(1) in MAKEFILE_PKG_VARS:
+            modules += m.group(2).split()
+    assert "libevent" in modules, "the Makefile no longer names its pkg-config modules " \
+        "in %s: update MAKEFILE_PKG_VARS" % (MAKEFILE_PKG_VARS,)
+    r = subprocess.run(["pkg-config", "--libs-only-l"] + modules, capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    return [w[2:] for w in r.stdout.split()]
+
+
+def test_runtime_packages_cover_what_the_makefile_links():
+    """Beside ldd: every library the Makefile links through pkg-config,
+    cluster mode's included, comes from a package the image installs, so a
+    library added to the Makefile is caught even before a binary needs it
+    (the linker's --as-needed drops one that no object uses yet)."""
+    if not (shutil.which("pkg-config") and shutil.which("dpkg") and shutil.which("cc")):
+        pytest.skip("needs pkg-config, dpkg and cc")
+    needed = {}
+    for lib in makefile_link_libs():
+        if lib in ("m", "pthread", "dl", "rt"):
+            continue  # libc6, in every Debian image
+        dev = subprocess.run(["cc", "-print-file-name=lib%s.so" % lib], capture_output=True,
+                             text=True, check=True).stdout.strip()
+        assert os.path.isabs(dev), "the linker finds no lib%s.so" % lib
+        pkg = dpkg_owner(os.path.realpath(dev))
+        assert pkg, "no package ships %s" % os.path.realpath(dev)
+        needed[lib] = pkg
+    missing = {lib: p for lib, p in needed.items() if p not in RUNTIME_PACKAGES}
+    assert not missing, "the image lacks the packages of -l%s" % missing
 
 
 # ------------------------------------------------------------ Kubernetes
