@@ -56,6 +56,7 @@
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include "arbiter.h"
@@ -420,6 +421,7 @@ static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static struct entry ents[MAX_ENTRIES];
 /* Entries in use and idle connections: close() and dup() look only then. */
 static atomic_int nwatched;
+static atomic_int nentries; /* entries alone: an unlock looks only then */
 static int nposix;     /* record-lock entries, for close() */
 static unsigned forks; /* fork generation */
 static arb_client *idle[MAX_IDLE];
@@ -514,6 +516,7 @@ new_entry(enum kind kind, int fd, const struct stat *st, const char *res)
 			add_fd(e, fd);
 		snprintf(e->res, sizeof e->res, "%s", res);
 		atomic_fetch_add(&nwatched, 1);
+		atomic_fetch_add(&nentries, 1);
 		if (kind == K_POSIX)
 			nposix++;
 		return e;
@@ -529,6 +532,7 @@ free_entry(struct entry *e)
 		nposix--;
 	memset(e, 0, sizeof *e);
 	atomic_fetch_sub(&nwatched, 1);
+	atomic_fetch_sub(&nentries, 1);
 }
 
 /* ------------------------------------------------------------ ranges */
@@ -762,6 +766,57 @@ struct req {
 	off64_t len;			  /* for call (lockf) */
 };
 
+/* The blocking form of a non-blocking request (op: room for flock's). */
+static struct req
+blocking(const struct req *q, int *op)
+{
+	struct req b = *q;
+
+	b.nb = false;
+	if (q->kind == K_FLOCK) {
+		*op = *(const int *)q->arg & ~LOCK_NB;
+		b.arg = op;
+	} else if (q->cmd == F_SETLK) {
+		b.cmd = F_SETLKW;
+	} else if (q->cmd == F_OFD_SETLK) {
+		b.cmd = F_OFD_SETLKW;
+	} else if (q->cmd == F_TLOCK) {
+		b.cmd = F_LOCK;
+	}
+	return b;
+}
+
+/*
+ * Whether this process holds a flock or record lock on the file
+ * (/proc/locks): a lock it cannot get while holding the lease is then its
+ * own, and waiting for it would never end.
+ */
+static bool
+locked_by_me(dev_t dev, ino_t ino)
+{
+	FILE *f = fopen("/proc/locks", "re");
+	char line[256];
+	bool mine = false;
+
+	if (f == NULL)
+		return true; /* unknown: the kernel's answer, no wait */
+	while (!mine && fgets(line, sizeof line, f) != NULL) {
+		unsigned maj, min;
+		unsigned long long node;
+		int pid;
+
+		if (strstr(line, "->") != NULL)
+			continue; /* a waiter, not a holder */
+		if (sscanf(line, "%*d: %*s %*s %*s %d %x:%x:%llu", &pid, &maj,
+			   &min, &node) == 4 &&
+		    pid == (int)getpid() && maj == major(dev) &&
+		    min == minor(dev) && node == (unsigned long long)ino)
+			mine = true;
+	}
+	fclose(f);
+	return mine;
+}
+
 /* The real call, with the mutex dropped when it may block. */
 static int
 real_call(const struct req *q)
@@ -872,6 +927,24 @@ acquire_then_lock(const struct req *q, struct entry *e, enum need need,
 	}
 	rc = real_call(q);
 	err = errno;
+	if (rc < 0 && q->nb && (err == EAGAIN || err == EACCES) &&
+	    !locked_by_me(e->dev, e->ino)) {
+		/*
+		 * Leased, and still locked: by a holder that is dying (its
+		 * connection closed before its lock file) or by one outside
+		 * the arbiter (not intercepted). Its lock ends when it does:
+		 * wait for it, as a turn.
+		 */
+		int op;
+		struct req b = blocking(q, &op);
+
+		if (cfg.verbose)
+			say("'%s' is leased, but the file is still locked by "
+			    "a process outside the arbiter; waiting for it",
+			    e->res);
+		rc = real_call(&b);
+		err = errno;
+	}
 	if (rc == 0) {
 		commit_ranges(e, r, nr);
 		follow_cloexec(e, q->fd);
@@ -905,6 +978,10 @@ intercept(const struct req *q)
 	enum need need, have;
 	int rc;
 
+	/* An unlock while no lease is held is no business of ours. */
+	if ((q->kind == K_FLOCK ? q->want == N_NONE : q->type == F_UNLCK) &&
+	    atomic_load_explicit(&nentries, memory_order_relaxed) == 0)
+		return q->call(q);
 	if (!match(q->fd, &st, res, sizeof res))
 		return q->call(q);
 	inside++;
