@@ -24,6 +24,12 @@ import sys
 import time
 
 
+def say(line):
+    """One line on stdout in one write: lines of workers sharing a pipe
+    never mix (print may write a line's end separately)."""
+    os.write(1, (line + "\n").encode())
+
+
 def log(path, what):
     line = "%s %d %.9f\n" % (what, os.getpid(),
                              time.clock_gettime(time.CLOCK_MONOTONIC))
@@ -114,16 +120,16 @@ def main():
         try:
             db = KINDS[kind](store)
         except Exception as e:  # the store's own error, whatever its class
-            print("FAILED: %s: %s" % (type(e).__name__, e), flush=True)
+            say("FAILED: %s: %s" % (type(e).__name__, e))
             sys.exit(3)
         log(logfile, "enter")
         db.put(db.get() + 1)
         if hold:
-            print("holding %d" % os.getpid(), flush=True)
+            say("holding %d" % os.getpid())
             sys.stdin.readline()
         log(logfile, "leave")
         db.close()
-    print("done %d" % os.getpid(), flush=True)
+    say("done %d" % os.getpid())
 
 
 if __name__ == "__main__":
