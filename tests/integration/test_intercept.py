@@ -272,3 +272,285 @@ def test_free_running_workers_never_overlap(daemon, procs, tmp_path, kind):
     assert len(ivs) == 4 * rounds
     assert_no_overlap(ivs)
     assert counter(kind, store) == 4 * rounds
+
+
+# ------------------------------------------------------------ one process
+
+SAME_PROCESS = r"""
+import errno, fcntl, os, sys
+path = sys.argv[1]
+fd1 = os.open(path, os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd1, fcntl.LOCK_EX | fcntl.LOCK_NB)
+# Another open file description of the same file: the kernel says no at
+# once (never a wait for our own lease).
+fd2 = os.open(path, os.O_RDWR)
+try:
+    fcntl.flock(fd2, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    print("second description: locked")
+except BlockingIOError:
+    print("second description: EWOULDBLOCK")
+# The same description through a duplicate: already ours.
+fd3 = os.dup(fd1)
+fcntl.flock(fd3, fcntl.LOCK_EX | fcntl.LOCK_NB)
+print("duplicate: locked")
+# Record locks of one process never conflict with each other.
+fcntl.lockf(fd2, fcntl.LOCK_EX | fcntl.LOCK_NB)
+fcntl.lockf(fd1, fcntl.LOCK_EX | fcntl.LOCK_NB)
+print("record locks: locked")
+# Shared, then exclusive, on the locked description: conversions.
+fcntl.flock(fd1, fcntl.LOCK_SH | fcntl.LOCK_NB)
+fcntl.flock(fd1, fcntl.LOCK_EX | fcntl.LOCK_NB)
+print("conversions: locked")
+sys.stdout.flush()
+sys.stdin.readline()
+"""
+
+
+def test_a_second_lock_in_one_process_gets_the_kernels_answer(
+        daemon, procs, tmp_path):
+    path = str(tmp_path / "lock")
+    outs = []
+    for env in (base_env(daemon), shim_env(daemon, path)):
+        p = start([PY, "-c", SAME_PROCESS, path], env, procs)
+        p.out.wait_for("conversions: locked")
+        outs.append(p.out.drain())
+        if len(outs) == 2:
+            # The lease is held meanwhile: a second program waits.
+            other = start([PY, "-c", SAME_PROCESS, path], shim_env(
+                daemon, path, ARBITER_INTERCEPT_WAIT="30"), procs)
+            other.err.wait_for("waiting for")
+            release(p)
+            other.out.wait_for("conversions: locked")
+            release(other)
+            assert other.wait(WAIT) == 0
+        else:
+            release(p)
+        assert p.wait(WAIT) == 0, p.err.drain()
+    assert outs[0] == outs[1]
+    assert "second description: EWOULDBLOCK" in outs[1]
+
+
+THREADS = r"""
+import fcntl, os, sys, threading
+path, counter = sys.argv[1], sys.argv[2]
+def work():
+    for _ in range(30):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with open(counter) as f:
+            n = int(f.read() or 0)
+        with open(counter, "w") as f:
+            f.write(str(n + 1))
+        os.close(fd)      # closing the last descriptor unlocks
+ts = [threading.Thread(target=work) for _ in range(4)]
+[t.start() for t in ts]
+[t.join() for t in ts]
+print("done")
+"""
+
+
+def test_threads_and_processes_share_the_lock(daemon, procs, tmp_path):
+    path, counter = str(tmp_path / "lock"), str(tmp_path / "counter")
+    with open(counter, "w") as f:
+        f.write("0")
+    env = shim_env(daemon, path, ARBITER_INTERCEPT_VERBOSE="0")
+    ps = [start([PY, "-c", THREADS, path, counter], env, procs)
+          for _ in range(3)]
+    for p in ps:
+        assert p.wait(WAIT) == 0, p.err.drain()
+    with open(counter) as f:
+        assert int(f.read()) == 3 * 4 * 30
+
+
+# ------------------------------------------------------------ fork, exec
+
+FORK = r"""
+import fcntl, os, sys
+path, how = sys.argv[1], sys.argv[2]
+fd = os.open(path, os.O_RDWR | os.O_CREAT)
+if how == "flock":
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+else:
+    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+if os.fork() == 0:
+    print("child", flush=True)
+    sys.stdin.readline()
+    os._exit(0)
+os.close(fd)
+"""
+
+
+@pytest.mark.parametrize("how", ["flock", "lockf"])
+def test_fork_follows_the_kernel(daemon, procs, tmp_path, how):
+    """A forked child shares a flock (its open file description), so the
+    lease lives on in it after the parent is gone; it gets no record lock,
+    so the lease ends with the parent."""
+    store = str(tmp_path / "store")
+    os.makedirs(store)
+    lock = os.path.join(store, ".lock")
+    p = start([PY, "-c", FORK, lock, how], shim_env(daemon, lock), procs)
+    p.out.wait_for("child")
+    assert p.wait(WAIT) == 0, p.err.drain()  # the parent is gone
+    nxt = worker(daemon, "qdrant", store, str(tmp_path / "log"), procs,
+                 extra=["--hold"])
+    if how == "flock":
+        nxt.err.wait_for("waiting for")
+        assert not any("holding" in ln for ln in nxt.out.drain())
+        release(p)  # the child ends, and with it the lock and the lease
+    nxt.out.wait_for("holding")
+    release(nxt)
+    assert nxt.wait(WAIT) == 0
+    if how == "lockf":
+        release(p)
+
+
+EXEC = r"""
+import fcntl, os, sys
+path, keep = sys.argv[1], sys.argv[2] == "keep"
+fd = os.open(path, os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+os.set_inheritable(fd, keep)
+os.execv(sys.executable, [sys.executable, "-c", AFTER, str(fd), str(keep)])
+"""
+AFTER = r"""
+import fcntl, os, sys
+if sys.argv[2] == "True":
+    # The same description, inherited: locking it again is a no-op for the
+    # kernel, and must not wait for the lease this process still holds.
+    fcntl.flock(int(sys.argv[1]), fcntl.LOCK_EX | fcntl.LOCK_NB)
+print("execed", flush=True)
+sys.stdin.readline()
+"""
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_exec_follows_the_locked_descriptor(daemon, procs, tmp_path, keep):
+    """Across exec the lease goes where the lock goes: on with a descriptor
+    that survives exec, gone with one closed on exec (Python's default)."""
+    store = str(tmp_path / "store")
+    os.makedirs(store)
+    lock = os.path.join(store, ".lock")
+    p = start([PY, "-c", "AFTER = %r\n" % AFTER + EXEC, lock,
+               "keep" if keep else "drop"], shim_env(daemon, lock), procs)
+    p.out.wait_for("execed")
+    nxt = worker(daemon, "qdrant", store, str(tmp_path / "log"), procs,
+                 extra=["--hold"])
+    if keep:
+        nxt.err.wait_for("waiting for")
+        assert not any("holding" in ln for ln in nxt.out.drain())
+        release(p)
+    else:
+        release(p)
+    nxt.out.wait_for("holding")
+    release(nxt)
+    assert nxt.wait(WAIT) == 0
+    assert p.wait(WAIT) == 0, p.err.drain()
+
+
+# ------------------------------------------------------------ refusals
+
+
+def test_a_static_program_is_refused_with_what_to_do(daemon, tmp_path):
+    src = os.path.join(HERE, "lockcost.c")
+    static, script = str(tmp_path / "static"), str(tmp_path / "script")
+    r = subprocess.run(["cc", "-static", "-O2", "-o", static, src],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, (
+        "cc -static failed (Debian's libc6-dev ships libc.a): " + r.stderr)
+    with open(script, "w") as f:
+        f.write("#!%s\n" % static)
+    os.chmod(script, 0o755)
+    def intercept(*cmd):
+        return subprocess.run(
+            [ARBITERCTL, "-S", daemon.socket, "intercept", "--file",
+             str(tmp_path / "x"), "--"] + list(cmd), capture_output=True,
+            text=True, timeout=WAIT, env=base_env(daemon))
+
+    for cmd in (static, script):
+        r = intercept(cmd, str(tmp_path / "x"), "1")
+        assert r.returncode == 64, r
+        assert "statically linked" in r.stderr, r.stderr
+        assert "arbiterctl run" in r.stderr and static in r.stderr
+    # A dynamic program runs, with its own exit status.
+    r = intercept("sh", "-c", "exit 7")
+    assert r.returncode == 7, r
+
+
+def test_a_missing_shim_is_named(daemon, tmp_path):
+    lone = str(tmp_path / "arbiterctl")
+    with open(ARBITERCTL, "rb") as src, open(lone, "wb") as dst:
+        dst.write(src.read())
+    os.chmod(lone, 0o755)
+    r = subprocess.run([lone, "intercept", "--file", "x", "--", "true"],
+                       capture_output=True, text=True, timeout=WAIT,
+                       env=base_env(daemon))
+    assert r.returncode == 70, r
+    assert "cannot find libarbiter-intercept.so" in r.stderr, r.stderr
+    assert "make" in r.stderr and "ARBITER_INTERCEPT_LIB" in r.stderr
+
+
+UNAVAILABLE = r"""
+import fcntl, os, sys
+for _ in range(3):
+    fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        print("locked")
+    except OSError as e:
+        print("errno", e.errno)
+    os.close(fd)
+"""
+
+
+@pytest.mark.parametrize("on", ["lock", "fail"])
+def test_an_unreachable_arbiter_is_said_once(procs, tmp_path, on):
+    gone = str(tmp_path / "none.sock")
+    lock = str(tmp_path / "lock")
+    env = shim_env(gone, lock, ARBITER_INTERCEPT_ON_UNAVAILABLE=on)
+    r = subprocess.run([PY, "-c", UNAVAILABLE, lock], capture_output=True,
+                       text=True, timeout=WAIT, env=env)
+    assert r.returncode == 0, r.stderr
+    said = [ln for ln in r.stderr.splitlines() if "cannot lease" in ln]
+    assert len(said) == 1, r.stderr
+    assert gone in said[0] and "Start arbiterd" in said[0], said
+    if on == "lock":
+        assert r.stdout.split("\n")[:3] == ["locked"] * 3
+        assert "taking the plain lock" in said[0]
+    else:
+        assert r.stdout.split("\n")[:3] == ["errno 37"] * 3  # ENOLCK
+
+
+# ------------------------------------------------------------ cost
+
+
+def test_cost_per_lock_call(daemon, tmp_path, report):
+    """Never judges speed: prints what a lock call costs with the shim,
+    against the same program without it, measured here and now."""
+    prog = str(tmp_path / "lockcost")
+    r = subprocess.run(["cc", "-O2", "-o", prog,
+                        os.path.join(HERE, "lockcost.c")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    mine, other = str(tmp_path / "lock"), str(tmp_path / "other")
+    open(mine, "w").close()  # a lock file that exists: resolved once
+
+    def run(env, path, rounds):
+        r = subprocess.run([prog, path, str(rounds)], capture_output=True,
+                           text=True, timeout=10 * WAIT, env=env)
+        assert r.returncode == 0, r.stderr
+        return {k: float(v) for k, v in
+                (ln.split() for ln in r.stdout.splitlines())}
+
+    plain = run(base_env(daemon), other, 3000)
+    unrelated = run(shim_env(daemon, mine, ARBITER_INTERCEPT_VERBOSE="0"),
+                    other, 3000)
+    leased = run(shim_env(daemon, mine, ARBITER_INTERCEPT_VERBOSE="0"),
+                 mine, 300)
+    for k, what in (("flock", "flock lock+unlock"),
+                    ("fcntl", "fcntl F_SETLK lock+unlock"),
+                    ("getfl", "fcntl F_GETFL")):
+        report("%-26s plain %8.0f ns; shim, other file %8.0f ns (%.2fx)%s" %
+               (what, plain[k], unrelated[k], unrelated[k] / plain[k],
+                "" if k == "getfl" else
+                "; shim, intercepted %8.0f ns (%.1fx)" %
+                (leased[k], leased[k] / plain[k])))
