@@ -422,8 +422,8 @@ static struct entry ents[MAX_ENTRIES];
 /* Entries in use and idle connections: close() and dup() look only then. */
 static atomic_int nwatched;
 static atomic_int nentries; /* entries alone: an unlock looks only then */
-static int nposix;     /* record-lock entries, for close() */
-static unsigned forks; /* fork generation */
+static int nposix;	    /* record-lock entries, for close() */
+static unsigned forks;	    /* fork generation */
 static arb_client *idle[MAX_IDLE];
 static int nidle;
 
