@@ -1,6 +1,7 @@
 # arbiter — plain GNU make.
 #
-#   make            build build/arbiterd, build/arbiterctl, build/libarbiter.{a,so};
+#   make            build build/arbiterd, build/arbiterctl, build/libarbiter.{a,so},
+#                   build/libarbiter-intercept.so;
 #                   installs nothing: names any missing Debian package and the
 #                   command that installs it (make deps)
 #   make run        install missing Debian packages, build, run on arbiter.conf

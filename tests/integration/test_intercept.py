@@ -554,3 +554,22 @@ def test_cost_per_lock_call(daemon, tmp_path, report):
                 "" if k == "getfl" else
                 "; shim, intercepted %8.0f ns (%.1fx)" %
                 (leased[k], leased[k] / plain[k])))
+
+
+def test_a_holder_outside_the_arbiter_is_waited_for(daemon, procs, tmp_path):
+    """The old version of an app, not under intercept, holds the lock: the
+    intercepted newcomer gets the lease, then waits for the real lock
+    instead of failing, and enters when the old one lets go."""
+    store, log = str(tmp_path / "store"), str(tmp_path / "log")
+    old = worker(daemon, "qdrant", store, log, procs, intercept=False,
+                 extra=["--hold"])
+    old.out.wait_for("holding")
+    new = worker(daemon, "qdrant", store, log, procs, extra=["--hold"])
+    new.err.wait_for("still locked by a process outside the arbiter")
+    assert not any("holding" in ln for ln in new.out.drain())
+    release(old)
+    assert old.wait(WAIT) == 0
+    new.out.wait_for("holding")
+    release(new)
+    assert new.wait(WAIT) == 0
+    assert_no_overlap(intervals(log))
