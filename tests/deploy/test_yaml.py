@@ -12,7 +12,7 @@ import yaml
 import kustomize as kustomize_py
 from deploylib import DEPLOY, K8S, load_yaml, yaml_files
 
-VARIANTS = [".", "native", "legacy", "active-standby"]
+VARIANTS = [".", "native", "legacy", "active-standby", "intercept"]
 
 
 def yamllint_cmd():
