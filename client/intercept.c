@@ -5,8 +5,9 @@
  * accessed", and gets the lock the moment the first one unlocks or dies.
  *
  * What it owns: the wrappers of flock, fcntl/fcntl64 (F_SETLK, F_SETLKW,
- * F_OFD_SETLK, F_OFD_SETLKW), lockf/lockf64, close and dup/dup2/dup3, and
- * the table of this process's intercepted locks and their leases.
+ * F_OFD_SETLK, F_OFD_SETLKW), lockf/lockf64, close and dup/dup2/dup3, ioctl
+ * (FIOCLEX, FIONCLEX: how Python sets FD_CLOEXEC), and the table of this
+ * process's intercepted locks and their leases.
  *
  * A lock on a configured file (intercept.h: ARBITER_INTERCEPT_FILES)
  * first waits for the lease on its resource, then takes the real lock
@@ -21,7 +22,8 @@
  *  - flock and OFD locks belong to an open file description: one lease
  *    per description, kept by each descriptor that refers to it (dup,
  *    fork). Its connection is inherited by fork like the description, and
- *    across exec when the locked descriptor survives exec (no FD_CLOEXEC).
+ *    across exec when one of its descriptors survives exec (no
+ *    FD_CLOEXEC; followed through F_SETFD, FIOCLEX/FIONCLEX and dups).
  *  - fcntl record locks (F_SETLK, lockf) belong to the process and the
  *    file: one lease per file, ended by the first close of any descriptor
  *    of that file; a forked child gets neither the lock nor the lease
@@ -54,6 +56,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
@@ -84,6 +87,7 @@ static struct {
 	int (*dup)(int);
 	int (*dup2)(int, int);
 	int (*dup3)(int, int, int);
+	int (*ioctl)(int, unsigned long, ...);
 } real;
 
 /* Set while the shim itself runs: its own calls go straight through. */
@@ -107,6 +111,7 @@ load_real(void)
 	*(void **)&real.dup = next_fn("dup");
 	*(void **)&real.dup2 = next_fn("dup2");
 	*(void **)&real.dup3 = next_fn("dup3");
+	*(void **)&real.ioctl = next_fn("ioctl");
 	if (real.fcntl64 == NULL) /* a glibc before 2.28 */
 		real.fcntl64 = real.fcntl;
 	if (real.lockf64 == NULL)
@@ -512,8 +517,8 @@ new_entry(enum kind kind, int fd, const struct stat *st, const char *res)
 		e->ino = st->st_ino;
 		e->held = N_NONE;
 		e->pending_fd = -1;
-		if (kind != K_POSIX)
-			add_fd(e, fd);
+		/* Record locks: the locking descriptor, for FD_CLOEXEC only. */
+		add_fd(e, fd);
 		snprintf(e->res, sizeof e->res, "%s", res);
 		atomic_fetch_add(&nwatched, 1);
 		atomic_fetch_add(&nentries, 1);
@@ -739,14 +744,31 @@ end_lease(struct entry *e, bool force_release)
 	e->held = N_NONE;
 }
 
-/* The connection follows the lock across exec (see the top). */
+/*
+ * The connection follows the lock across exec (see the top): it survives
+ * exec when one of the lock's descriptors does.
+ */
 static void
-follow_cloexec(struct entry *e, int fd)
+follow_cloexec(struct entry *e)
 {
-	int fl = real.fcntl(fd, F_GETFD);
+	bool keep = false;
 
-	if (e->c != NULL && fl >= 0)
-		(void)arb_set_inherit(e->c, (fl & FD_CLOEXEC) == 0);
+	for (int i = 0; i < e->nfds && !keep; i++) {
+		int fl = real.fcntl(e->fds[i], F_GETFD);
+
+		keep = fl >= 0 && (fl & FD_CLOEXEC) == 0;
+	}
+	if (e->c != NULL)
+		(void)arb_set_inherit(e->c, keep);
+}
+
+/* fd's FD_CLOEXEC changed (fcntl F_SETFD, ioctl FIOCLEX/FIONCLEX). */
+static void
+cloexec_changed(int fd)
+{
+	for (int i = 0; i < MAX_ENTRIES; i++)
+		if (ents[i].used && !ents[i].busy && has_fd(&ents[i], fd))
+			follow_cloexec(&ents[i]);
 }
 
 /* ------------------------------------------------------------ one lock call */
@@ -947,7 +969,8 @@ acquire_then_lock(const struct req *q, struct entry *e, enum need need,
 	}
 	if (rc == 0) {
 		commit_ranges(e, r, nr);
-		follow_cloexec(e, q->fd);
+		add_fd(e, q->fd);
+		follow_cloexec(e);
 		return 0;
 	}
 	/* The kernel said no after all (a holder outside the arbiter, a
@@ -1174,10 +1197,15 @@ close(int fd)
 static void
 duplicated(int oldfd, int newfd)
 {
-	for (int i = 0; i < MAX_ENTRIES; i++)
-		if (ents[i].used && ents[i].kind != K_POSIX &&
-		    has_fd(&ents[i], oldfd))
-			add_fd(&ents[i], newfd);
+	for (int i = 0; i < MAX_ENTRIES; i++) {
+		struct entry *e = &ents[i];
+
+		if (!e->used || e->kind == K_POSIX || !has_fd(e, oldfd))
+			continue;
+		add_fd(e, newfd);
+		if (!e->busy)
+			follow_cloexec(e);
+	}
 }
 
 static int
@@ -1413,11 +1441,7 @@ other_fcntl(int fd, int cmd, void *arg, bool is64)
 		inside++;
 		pthread_mutex_lock(&mu);
 		if (cmd == F_SETFD) {
-			for (int i = 0; i < MAX_ENTRIES; i++)
-				if (ents[i].used && !ents[i].busy &&
-				    ents[i].kind != K_POSIX &&
-				    has_fd(&ents[i], fd))
-					follow_cloexec(&ents[i], fd);
+			cloexec_changed(fd);
 		} else {
 			duplicated(fd, rc);
 		}
@@ -1466,6 +1490,31 @@ fcntl64(int fd, int cmd, ...)
 	arg = va_arg(ap, void *);
 	va_end(ap);
 	return any_fcntl(fd, cmd, arg, true);
+}
+
+/* Python's os.set_inheritable() flips FD_CLOEXEC with these. */
+EXPORT int
+ioctl(int fd, unsigned long request, ...)
+{
+	va_list ap;
+	void *arg;
+	int rc;
+
+	va_start(ap, request);
+	arg = va_arg(ap, void *);
+	va_end(ap);
+	if (!active())
+		return real.ioctl(fd, request, arg);
+	rc = real.ioctl(fd, request, arg);
+	if (rc < 0 || (request != FIOCLEX && request != FIONCLEX) ||
+	    atomic_load_explicit(&nentries, memory_order_relaxed) == 0)
+		return rc;
+	inside++;
+	pthread_mutex_lock(&mu);
+	cloexec_changed(fd);
+	pthread_mutex_unlock(&mu);
+	inside--;
+	return rc;
 }
 
 static int

@@ -277,7 +277,7 @@ def test_free_running_workers_never_overlap(daemon, procs, tmp_path, kind):
 # ------------------------------------------------------------ one process
 
 SAME_PROCESS = r"""
-import errno, fcntl, os, sys
+import errno, fcntl, os, struct, sys
 path = sys.argv[1]
 fd1 = os.open(path, os.O_RDWR | os.O_CREAT)
 fcntl.flock(fd1, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -297,6 +297,21 @@ print("duplicate: locked")
 fcntl.lockf(fd2, fcntl.LOCK_EX | fcntl.LOCK_NB)
 fcntl.lockf(fd1, fcntl.LOCK_EX | fcntl.LOCK_NB)
 print("record locks: locked")
+# OFD locks belong to descriptions: a second one conflicts, at once.
+ofd = lambda fd, t: fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack(
+    "hhqqi4x", t, os.SEEK_SET, 0, 0, 0))
+fd4, fd5 = os.open(path + ".ofd", os.O_RDWR | os.O_CREAT), os.open(
+    path + ".ofd", os.O_RDWR)
+ofd(fd4, fcntl.F_RDLCK)
+ofd(fd5, fcntl.F_RDLCK)
+try:
+    ofd(fd5, fcntl.F_WRLCK)
+    print("OFD upgrade beside a reader: locked")
+except OSError as e:
+    print("OFD upgrade beside a reader: errno", e.errno)
+ofd(fd4, fcntl.F_UNLCK)
+ofd(fd5, fcntl.F_WRLCK)
+print("OFD upgrade alone: locked")
 # Shared, then exclusive, on the locked description: conversions.
 fcntl.flock(fd1, fcntl.LOCK_SH | fcntl.LOCK_NB)
 fcntl.flock(fd1, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -310,7 +325,8 @@ def test_a_second_lock_in_one_process_gets_the_kernels_answer(
         daemon, procs, tmp_path):
     path = str(tmp_path / "lock")
     outs = []
-    for env in (base_env(daemon), shim_env(daemon, path)):
+    for env in (base_env(daemon),
+                shim_env(daemon, "%s:%s.ofd" % (path, path))):
         p = start([PY, "-c", SAME_PROCESS, path], env, procs)
         p.out.wait_for("conversions: locked")
         outs.append(p.out.drain())
@@ -365,26 +381,32 @@ def test_threads_and_processes_share_the_lock(daemon, procs, tmp_path):
 # ------------------------------------------------------------ fork, exec
 
 FORK = r"""
-import fcntl, os, sys
+import fcntl, os, struct, sys
 path, how = sys.argv[1], sys.argv[2]
 fd = os.open(path, os.O_RDWR | os.O_CREAT)
 if how == "flock":
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+elif how == "ofd":
+    # struct flock: type, whence, start, len, pid; the whole file
+    fcntl.fcntl(fd, fcntl.F_OFD_SETLK,
+                struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0))
 else:
     fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 if os.fork() == 0:
     print("child", flush=True)
     sys.stdin.readline()
     os._exit(0)
-os.close(fd)
+if how == "lockf":
+    os._exit(0)  # with the descriptor open: only the exit ends the lock
+os.close(fd)     # the child's descriptor keeps the description locked
 """
 
 
-@pytest.mark.parametrize("how", ["flock", "lockf"])
+@pytest.mark.parametrize("how", ["flock", "ofd", "lockf"])
 def test_fork_follows_the_kernel(daemon, procs, tmp_path, how):
-    """A forked child shares a flock (its open file description), so the
-    lease lives on in it after the parent is gone; it gets no record lock,
-    so the lease ends with the parent."""
+    """A forked child shares a flock or an OFD lock (its open file
+    description), so the lease lives on in it after the parent is gone; it
+    gets no record lock, so the lease ends with the parent."""
     store = str(tmp_path / "store")
     os.makedirs(store)
     lock = os.path.join(store, ".lock")
@@ -393,7 +415,7 @@ def test_fork_follows_the_kernel(daemon, procs, tmp_path, how):
     assert p.wait(WAIT) == 0, p.err.drain()  # the parent is gone
     nxt = worker(daemon, "qdrant", store, str(tmp_path / "log"), procs,
                  extra=["--hold"])
-    if how == "flock":
+    if how != "lockf":
         nxt.err.wait_for("waiting for")
         assert not any("holding" in ln for ln in nxt.out.drain())
         release(p)  # the child ends, and with it the lock and the lease
@@ -414,12 +436,14 @@ os.execv(sys.executable, [sys.executable, "-c", AFTER, str(fd), str(keep)])
 """
 AFTER = r"""
 import fcntl, os, sys
+print("execed", flush=True)
+sys.stdin.readline()
 if sys.argv[2] == "True":
     # The same description, inherited: locking it again is a no-op for the
     # kernel, and must not wait for the lease this process still holds.
     fcntl.flock(int(sys.argv[1]), fcntl.LOCK_EX | fcntl.LOCK_NB)
-print("execed", flush=True)
-sys.stdin.readline()
+    print("relocked", flush=True)
+    sys.stdin.readline()
 """
 
 
@@ -437,10 +461,10 @@ def test_exec_follows_the_locked_descriptor(daemon, procs, tmp_path, keep):
                  extra=["--hold"])
     if keep:
         nxt.err.wait_for("waiting for")
+        release(p)
+        p.out.wait_for("relocked")
         assert not any("holding" in ln for ln in nxt.out.drain())
-        release(p)
-    else:
-        release(p)
+    release(p)
     nxt.out.wait_for("holding")
     release(nxt)
     assert nxt.wait(WAIT) == 0
