@@ -597,3 +597,57 @@ def test_a_holder_outside_the_arbiter_is_waited_for(daemon, procs, tmp_path):
     release(new)
     assert new.wait(WAIT) == 0
     assert_no_overlap(intervals(log))
+
+
+HOLD = r"""
+import fcntl, os, sys
+path, how = sys.argv[1], sys.argv[2]
+fd = os.open(path, os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, {"sh": fcntl.LOCK_SH, "ex": fcntl.LOCK_EX}[how] | fcntl.LOCK_NB)
+print("holding", flush=True)
+sys.stdin.readline()
+"""
+
+
+def hold(daemon, procs, path, how, *opts):
+    return start([ARBITERCTL, "-S", daemon.socket, "intercept", "-v",
+                  "--file", path] + list(opts) + ["--", PY, "-c", HOLD, path,
+                                                  how], base_env(daemon),
+                 procs)
+
+
+def test_shared_locks_share_and_the_options_reach_the_program(
+        daemon, procs, tmp_path):
+    path = str(tmp_path / "lock")
+    a, b = hold(daemon, procs, path, "sh"), hold(daemon, procs, path, "sh")
+    a.out.wait_for("holding")
+    b.out.wait_for("holding")  # two shared leases at once
+    w = hold(daemon, procs, path, "ex")
+    w.err.wait_for("waiting for '%s' (exclusive)" % path)
+    for p in (a, b):
+        release(p)
+        assert p.wait(WAIT) == 0
+    w.out.wait_for("holding")
+    release(w)
+    assert w.wait(WAIT) == 0
+    # -x: every lease exclusive, shared locks included; --resource: one
+    # name for two files, so they take turns.
+    other = str(tmp_path / "other")
+    a = hold(daemon, procs, path, "sh", "-x", "--resource", "both")
+    a.out.wait_for("holding")
+    b = hold(daemon, procs, other, "sh", "-x", "--resource", "both")
+    b.err.wait_for("waiting for 'both' (exclusive)")
+    release(a)
+    b.out.wait_for("holding")
+    release(b)
+    assert a.wait(WAIT) == 0 and b.wait(WAIT) == 0
+    r = subprocess.run(
+        [ARBITERCTL, "-S", daemon.socket, "intercept", "--file", "a",
+         "--file", path, "-s", "-w", "2.5", "--on-unavailable", "fail",
+         "--", "sh", "-c", 'echo "$ARBITER_INTERCEPT_FILES $ARBITER_SOCKET '
+         '$ARBITER_INTERCEPT_MODE $ARBITER_INTERCEPT_WAIT '
+         '$ARBITER_INTERCEPT_ON_UNAVAILABLE"'], capture_output=True,
+        text=True, timeout=WAIT, env=base_env("elsewhere"), cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["%s/a:%s" % (tmp_path, path), daemon.socket,
+                                "shared", "2.5", "fail"]
