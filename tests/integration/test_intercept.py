@@ -651,3 +651,23 @@ def test_shared_locks_share_and_the_options_reach_the_program(
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["%s/a:%s" % (tmp_path, path), daemon.socket,
                                 "shared", "2.5", "fail"]
+
+
+def test_under_arbiterctl_run_on_the_same_resource_nothing_waits_for_itself(
+        daemon, procs, tmp_path):
+    """arbiterctl run holds the file's resource and runs the intercepted
+    program: its lock finds the lease held by its parent, and the kernel
+    answers it instead of a wait for a lease that will never come."""
+    path = str(tmp_path / "lock")
+    p = start([ARBITERCTL, "-S", daemon.socket, "run", path, "--",
+               ARBITERCTL, "-S", daemon.socket, "intercept", "-v", "--file",
+               path, "--", PY, "-c", HOLD, path, "ex"], base_env(daemon),
+              procs)
+    p.out.wait_for("holding")
+    other = hold(daemon, procs, path, "ex")
+    other.err.wait_for("waiting for")
+    release(p)
+    assert p.wait(WAIT) == 0
+    other.out.wait_for("holding")
+    release(other)
+    assert other.wait(WAIT) == 0
