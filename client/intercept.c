@@ -5,8 +5,8 @@
  * accessed", and gets the lock the moment the first one unlocks or dies.
  *
  * What it owns: the wrappers of flock, fcntl/fcntl64 (F_SETLK, F_SETLKW,
- * F_OFD_SETLK, F_OFD_SETLKW), lockf/lockf64, close and dup/dup2/dup3, ioctl
- * (FIOCLEX, FIONCLEX: how Python sets FD_CLOEXEC), and the table of this
+ * F_OFD_SETLK, F_OFD_SETLKW), lockf/lockf64, close, fclose, dup/dup2/dup3,
+ * ioctl (FIOCLEX, FIONCLEX: how Python sets FD_CLOEXEC), and the table of this
  * process's intercepted locks and their leases.
  *
  * A lock on a configured file (intercept.h: ARBITER_INTERCEPT_FILES)
@@ -88,7 +88,11 @@ static struct {
 	int (*dup2)(int, int);
 	int (*dup3)(int, int, int);
 	int (*ioctl)(int, unsigned long, ...);
+	int (*fclose)(FILE *);
 } real;
+
+/* This process, as of init or its last fork(). */
+static pid_t mypid;
 
 /* Set while the shim itself runs: its own calls go straight through. */
 static __thread int inside __attribute__((tls_model("initial-exec")));
@@ -112,6 +116,7 @@ load_real(void)
 	*(void **)&real.dup2 = next_fn("dup2");
 	*(void **)&real.dup3 = next_fn("dup3");
 	*(void **)&real.ioctl = next_fn("ioctl");
+	*(void **)&real.fclose = next_fn("fclose");
 	if (real.fcntl64 == NULL) /* a glibc before 2.28 */
 		real.fcntl64 = real.fcntl;
 	if (real.lockf64 == NULL)
@@ -261,6 +266,7 @@ init(void)
 
 	inside++;
 	load_real();
+	mypid = getpid();
 	if (files == NULL || *files == '\0')
 		goto done;
 	for (const char *p = files; *p;) {
@@ -625,6 +631,18 @@ give_idle(arb_client *c)
 	arb_close(c);
 }
 
+/*
+ * Whether this runs in the child of a vfork (posix_spawn, Python's
+ * subprocess): it shares the parent's memory, so the table is the
+ * parent's and must not change; the child closes what it closes and
+ * execs. Asked only when a close concerns the table.
+ */
+static bool
+vforked(void)
+{
+	return getpid() != mypid;
+}
+
 /* Does this process, or its parent, hold res (the kernel then decides)? */
 static bool
 held_nearby(arb_client *c, const char *res)
@@ -767,7 +785,8 @@ static void
 cloexec_changed(int fd)
 {
 	for (int i = 0; i < MAX_ENTRIES; i++)
-		if (ents[i].used && !ents[i].busy && has_fd(&ents[i], fd))
+		if (ents[i].used && !ents[i].busy && has_fd(&ents[i], fd) &&
+		    !vforked())
 			follow_cloexec(&ents[i]);
 }
 
@@ -1109,6 +1128,8 @@ out:
 static void
 closed(int fd, const struct stat *st)
 {
+	bool checked = false;
+
 	for (int i = 0; i < MAX_ENTRIES; i++) {
 		struct entry *e = &ents[i];
 
@@ -1119,6 +1140,9 @@ closed(int fd, const struct stat *st)
 			 * locks on it (fcntl(2)). */
 			if (st != NULL && st->st_dev == e->dev &&
 			    st->st_ino == e->ino) {
+				if (!checked && vforked())
+					return;
+				checked = true;
 				end_lease(e, true);
 				free_entry(e);
 			}
@@ -1127,6 +1151,9 @@ closed(int fd, const struct stat *st)
 		for (int j = 0; j < e->nfds; j++) {
 			if (e->fds[j] != fd)
 				continue;
+			if (!checked && vforked())
+				return;
+			checked = true;
 			e->fds[j] = e->fds[--e->nfds];
 			if (e->nfds == 0) {
 				end_lease(e, false);
@@ -1148,6 +1175,8 @@ drop_conn(int fd)
 	for (int i = 0; i < nidle; i++) {
 		if (arb_fd(idle[i]) != fd)
 			continue;
+		if (vforked())
+			return false; /* the child's own copy: just close it */
 		arb_close(idle[i]);
 		idle[i] = idle[--nidle];
 		atomic_fetch_sub(&nwatched, 1);
@@ -1158,6 +1187,8 @@ drop_conn(int fd)
 
 		if (!e->used || e->busy || e->c == NULL || arb_fd(e->c) != fd)
 			continue;
+		if (vforked())
+			return false;
 		arb_close(e->c);
 		e->c = NULL;
 		e->held = N_NONE;
@@ -1193,6 +1224,29 @@ close(int fd)
 	return rc;
 }
 
+/* A stdio stream's close is a close of its descriptor too. */
+EXPORT int
+fclose(FILE *f)
+{
+	struct stat st;
+	bool have_st;
+	int fd, rc;
+
+	if (!active() || f == NULL ||
+	    atomic_load_explicit(&nentries, memory_order_relaxed) == 0)
+		return real.fclose(f);
+	fd = fileno(f);
+	inside++;
+	pthread_mutex_lock(&mu);
+	have_st = fd >= 0 && nposix > 0 && fstat(fd, &st) == 0;
+	rc = real.fclose(f);
+	if (fd >= 0)
+		closed(fd, have_st ? &st : NULL);
+	pthread_mutex_unlock(&mu);
+	inside--;
+	return rc;
+}
+
 /* newfd now refers to oldfd's description too. */
 static void
 duplicated(int oldfd, int newfd)
@@ -1202,6 +1256,8 @@ duplicated(int oldfd, int newfd)
 
 		if (!e->used || e->kind == K_POSIX || !has_fd(e, oldfd))
 			continue;
+		if (vforked())
+			return;
 		add_fd(e, newfd);
 		if (!e->busy)
 			follow_cloexec(e);
@@ -1292,6 +1348,7 @@ at_child(void)
 {
 	inside++;
 	forks++;
+	mypid = getpid();
 	for (int i = 0; i < nidle; i++)
 		arb_close(idle[i]);
 	atomic_fetch_sub(&nwatched, nidle);

@@ -671,3 +671,48 @@ def test_under_arbiterctl_run_on_the_same_resource_nothing_waits_for_itself(
     other.out.wait_for("holding")
     release(other)
     assert other.wait(WAIT) == 0
+
+
+@pytest.fixture(scope="module")
+def lockstdio(tmp_path_factory):
+    prog = str(tmp_path_factory.mktemp("lockstdio") / "lockstdio")
+    r = subprocess.run(["cc", "-O2", "-o", prog,
+                        os.path.join(HERE, "lockstdio.c")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return prog
+
+
+def test_fclose_of_a_stdio_lock_file_ends_the_lease(daemon, procs, tmp_path,
+                                                    lockstdio):
+    path = str(tmp_path / "lock")
+    p = start([lockstdio, "fclose", path], shim_env(daemon, path), procs)
+    p.out.wait_for("holding")
+    other = hold(daemon, procs, path, "ex")
+    other.err.wait_for("waiting for")
+    release(p)
+    p.out.wait_for("closed")
+    other.out.wait_for("holding")  # while the C program still runs
+    assert p.poll() is None
+    release(other)
+    release(p)
+    assert other.wait(WAIT) == 0 and p.wait(WAIT) == 0
+
+
+def test_a_vfork_child_closing_the_lock_leaves_the_parents_lease(
+        daemon, procs, tmp_path, lockstdio):
+    """A vfork()ed child shares the parent's memory: its close of the
+    locked descriptor (its own copy) must leave the parent's table alone,
+    so that the parent's unlock still ends the lease."""
+    path = str(tmp_path / "lock")
+    p = start([lockstdio, "vfork", path], shim_env(daemon, path), procs)
+    p.out.wait_for("holding")
+    other = hold(daemon, procs, path, "ex")
+    other.err.wait_for("waiting for")
+    release(p)
+    p.out.wait_for("unlocked")
+    other.out.wait_for("holding")  # while the C program still runs
+    assert p.poll() is None
+    release(other)
+    release(p)
+    assert other.wait(WAIT) == 0 and p.wait(WAIT) == 0
