@@ -10,7 +10,9 @@
  * no dynamic loader runs in it, so nothing can be preloaded and its locks
  * would silently stay plain ones. Such a program is refused with the way
  * out (arbiterctl run around it). A script is judged by its #!
- * interpreter, through env(1) to the program env runs.
+ * interpreter, through env(1) to the program env runs. A program that is
+ * set-uid or set-gid to someone else is refused alike: the loader ignores
+ * LD_PRELOAD there.
  */
 #include <elf.h>
 #include <errno.h>
@@ -58,9 +60,10 @@ ctl_intercept_usage(FILE *out)
 	      "        ARBITER_INTERCEPT_VERBOSE=1, and ARBITER_SOCKET and\n"
 	      "        ARBITER_TRUST_UID as for every client.\n"
 	      "        A statically linked CMD (a Go binary, say) cannot load the\n"
-	      "        library: it is refused (exit 64); run it under 'arbiterctl run'\n"
-	      "        instead. The library is looked for in $ARBITER_INTERCEPT_LIB,\n"
-	      "        beside arbiterctl, then in ../lib from arbiterctl's folder.\n"
+	      "        library, nor can a CMD set-uid or set-gid to someone else: it\n"
+	      "        is refused (exit 64); run it under 'arbiterctl run' instead.\n"
+	      "        The library is looked for in $ARBITER_INTERCEPT_LIB, beside\n"
+	      "        arbiterctl, then in ../lib from arbiterctl's folder.\n"
 	      "        Exits with CMD's status (it replaces arbiterctl); 126/127 when\n"
 	      "        CMD cannot be run.\n",
 	      out);
@@ -349,6 +352,21 @@ linkage(const char *path, int depth, char *what, size_t whatlen)
 	return L_UNKNOWN; /* not ours to judge: execvp will say */
 }
 
+/*
+ * Whether exec would switch to another uid or gid (set-uid, set-gid): the
+ * loader then runs in secure mode and ignores LD_PRELOAD.
+ */
+static bool
+runs_as_another(const char *path)
+{
+	struct stat st;
+
+	if (stat(path, &st) < 0)
+		return false;
+	return ((st.st_mode & S_ISUID) && st.st_uid != geteuid()) ||
+	       ((st.st_mode & S_ISGID) && st.st_gid != getegid());
+}
+
 /* ------------------------------------------------------------ intercept */
 
 static void
@@ -363,7 +381,7 @@ int
 ctl_intercept(int argc, char **argv)
 {
 	struct icpt_opts o = {.files = ""};
-	char shim[PATH_MAX], looked[3 * PATH_MAX], prog[PATH_MAX];
+	char shim[PATH_MAX], looked[3 * PATH_MAX], prog[PATH_MAX] = "";
 	char what[PATH_MAX], preload[2 * PATH_MAX + 2];
 	const char *old;
 
@@ -382,6 +400,13 @@ ctl_intercept(int argc, char **argv)
 		    "and its locks cannot be intercepted. Run it whole under "
 		    "a lease instead: arbiterctl run -x RESOURCE -- %s ...",
 		    o.cmd[0], what, o.cmd[0]);
+	if (prog[0] != '\0' && runs_as_another(prog))
+		die(EXIT_USAGE,
+		    "intercept: %s is set-uid or set-gid to another user or "
+		    "group, so the dynamic loader ignores LD_PRELOAD in it "
+		    "and its locks cannot be intercepted. Run it whole under "
+		    "a lease instead: arbiterctl run -x RESOURCE -- %s ...",
+		    prog, o.cmd[0]);
 
 	set(INTERCEPT_ENV_FILES, o.files);
 	set(INTERCEPT_ENV_RESOURCE, o.resource);

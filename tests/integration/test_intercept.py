@@ -716,3 +716,21 @@ def test_a_vfork_child_closing_the_lock_leaves_the_parents_lease(
     release(other)
     release(p)
     assert other.wait(WAIT) == 0 and p.wait(WAIT) == 0
+
+
+def test_a_program_set_uid_to_another_user_is_refused(daemon, tmp_path):
+    """The loader ignores LD_PRELOAD in a program that switches uid."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (to give a program another owner)")
+    prog = str(tmp_path / "true")
+    with open("/bin/true", "rb") as src, open(prog, "wb") as dst:
+        dst.write(src.read())
+    os.chmod(tmp_path, 0o755)
+    os.chown(prog, 65534, 65534)
+    os.chmod(prog, 0o4755)
+    r = subprocess.run([ARBITERCTL, "-S", daemon.socket, "intercept",
+                        "--file", str(tmp_path / "x"), "--", prog],
+                       capture_output=True, text=True, timeout=WAIT,
+                       env=base_env(daemon))
+    assert r.returncode == 64, r
+    assert "set-uid or set-gid" in r.stderr and "arbiterctl run" in r.stderr
