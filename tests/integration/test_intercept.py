@@ -734,3 +734,20 @@ def test_a_program_set_uid_to_another_user_is_refused(daemon, tmp_path):
                        env=base_env(daemon))
     assert r.returncode == 64, r
     assert "set-uid or set-gid" in r.stderr and "arbiterctl run" in r.stderr
+
+
+def test_a_wait_bound_fails_the_lock_as_the_kernel_would(daemon, procs,
+                                                         tmp_path):
+    store, log = str(tmp_path / "store"), str(tmp_path / "log")
+    first = worker(daemon, "qdrant", store, log, procs, extra=["--hold"])
+    first.out.wait_for("holding")
+    lock = os.path.join(store, ".lock")
+    p = start([ARBITERCTL, "-S", daemon.socket, "intercept", "-v", "-w",
+               "0.2", "--file", lock, "--", PY, WORKER, "qdrant", store, log],
+              base_env(daemon), procs)
+    p.err.wait_for("waiting for")
+    assert p.wait(WAIT) == 3
+    assert "is already accessed by another instance" in p.out.wait_for(
+        "FAILED")
+    release(first)
+    assert first.wait(WAIT) == 0
