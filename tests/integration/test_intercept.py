@@ -751,3 +751,38 @@ def test_a_wait_bound_fails_the_lock_as_the_kernel_would(daemon, procs,
         "FAILED")
     release(first)
     assert first.wait(WAIT) == 0
+
+
+FILELOCK = r"""
+import sys
+from arbiter_client import FileLock
+lock = FileLock(sys.argv[1])
+lock.acquire()
+print("holding", flush=True)
+sys.stdin.readline()
+lock.release()
+"""
+
+
+def test_the_default_resource_is_the_one_filelock_uses(daemon, procs,
+                                                      tmp_path):
+    """A program changed to arbiter_client.FileLock and one left as it is
+    under intercept exclude each other on the same lock file."""
+    import shutil
+    pkg = tmp_path / "pkg" / "arbiter_client"
+    shutil.copytree(os.path.join(HERE, "..", "..", "client", "python",
+                                 "arbiter_client"), str(pkg))
+    shutil.copy(os.path.join(BUILD, "gen", "python", "arbiter_pb2.py"),
+                str(pkg))
+    lock = str(tmp_path / "lock")
+    env = base_env(daemon)
+    env["PYTHONPATH"] = str(pkg.parent)
+    changed = start([PY, "-c", FILELOCK, lock], env, procs)
+    changed.out.wait_for("holding")
+    unchanged = hold(daemon, procs, lock, "ex")
+    unchanged.err.wait_for("waiting for '%s'" % lock)
+    release(changed)
+    assert changed.wait(WAIT) == 0, changed.err.drain()
+    unchanged.out.wait_for("holding")
+    release(unchanged)
+    assert unchanged.wait(WAIT) == 0
