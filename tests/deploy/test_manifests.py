@@ -13,6 +13,7 @@ from deploylib import (CONTAINER, K8S, REPO, SHIPPED_CONF, check_deployment, dpk
                        image_files, image_user, last, load_yaml, parse_conf, shipped)
 
 NATIVE = K8S / "native" / "deployment.yaml"
+INTERCEPT = K8S / "intercept"
 LEGACY = K8S / "legacy" / "deployment.yaml"
 # What the runtime stage installs: the daemon's libraries, and those of cluster
 # mode's etcd client (libevent's OpenSSL part and the libevent_core it links,
@@ -178,7 +179,7 @@ def test_binaries_need_only_the_runtime_packages(build):
         pytest.skip("needs ldd and dpkg")
     needed = set()
     for img, host in image_files().items():
-        if not img.startswith("/usr/local/bin/"):
+        if not img.startswith(("/usr/local/bin/", "/usr/local/lib/")):
             continue
         out = subprocess.run(["ldd", str(host)], capture_output=True, text=True,
                              check=True).stdout
@@ -290,3 +291,37 @@ def test_app_shell_scripts_parse():
                 r = subprocess.run(["sh", "-n", "-c", c["args"][0]], capture_output=True,
                                    text=True)
                 assert r.returncode == 0, "%s %s: %s" % (p, c["name"], r.stderr)
+
+
+def test_intercept_variant_wraps_the_app_by_environment_alone():
+    """deploy/k8s/intercept: the native variant, with only the app's lock
+    program and its env changed: the shim the image ships is preloaded and
+    the lock file is on the shared storage; the program itself never calls
+    arbiterctl."""
+    import kustomize as kustomize_py
+    (dep,) = [d for d in kustomize_py.render(str(INTERCEPT))
+              if d["kind"] == "Deployment"]
+    check_deployment(dep, legacy=False)
+    (ndep,) = [d for d in kustomize_py.render(str(K8S / "native"))
+               if d["kind"] == "Deployment"]
+    native = ndep["spec"]["template"]["spec"]
+    spec = dep["spec"]["template"]["spec"]
+    assert spec["initContainers"] == native["initContainers"]
+    (app,) = spec["containers"]
+    (napp,) = native["containers"]
+    env = {e["name"]: e.get("value") for e in app["env"]}
+    files = image_files()
+    assert env["LD_PRELOAD"] in files, "the image must ship the shim"
+    assert os.path.basename(env["LD_PRELOAD"]) == "libarbiter-intercept.so"
+    want = shipped()
+    for f in env["ARBITER_INTERCEPT_FILES"].split(":"):
+        assert f.startswith(want["storage"] + "/"), f
+    float(env["ARBITER_INTERCEPT_WAIT"])
+    assert "arbiterctl" not in app["args"][0]
+    assert "flock -n " + env["ARBITER_INTERCEPT_FILES"] in app["args"][0]
+    r = subprocess.run(["sh", "-n", "-c", app["args"][0]], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    for k in ("image", "command", "volumeMounts", "securityContext", "resources"):
+        assert app[k] == napp[k], k
+    nenv = {e["name"]: e.get("value") for e in napp["env"]}
+    assert {k: env[k] for k in nenv} == nenv

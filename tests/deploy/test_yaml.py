@@ -12,7 +12,8 @@ import yaml
 import kustomize as kustomize_py
 from deploylib import DEPLOY, K8S, load_yaml, yaml_files
 
-VARIANTS = [".", "native", "legacy", "active-standby", "cluster"]
+VARIANTS = [".", "native", "legacy", "active-standby", "cluster",
+            "intercept"]
 
 
 def yamllint_cmd():
