@@ -40,8 +40,11 @@ class Hosts:
         self.daemons = {}
         self.proxies = {}
 
-    def start(self, name, *extra, proxy=True, wait_active=True, **kw):
-        if proxy:
+    def start(self, name, *extra, proxy=True, wait_active=True,
+              endpoints=None, **kw):
+        if endpoints is not None:
+            pass
+        elif proxy:
             if name not in self.proxies:
                 self.proxies[name] = self.cluster.proxy()
             endpoints = self.proxies[name].endpoints()
@@ -246,7 +249,8 @@ def test_without_etcd_local_resources_work_and_cluster_ones_fail_or_wait(
 
 
 def test_a_leader_kill_does_not_lose_the_session(hosts):
-    a, b = hosts.start("a", proxy=False), hosts.start("b", proxy=False)
+    a = hosts.start("a", *RIDE_OUT, proxy=False)
+    b = hosts.start("b", *RIDE_OUT, proxy=False)
     wa, wb = Wire(a.socket), Wire(b.socket)
     ga = wa.lock("db")
     leader = hosts.cluster.leader()
@@ -314,21 +318,28 @@ def test_run_stops_cmd_at_the_deadline_even_when_its_daemon_is_frozen(
         harness.kill_tree(p)
 
 
+# Riding out a leader's loss needs a TTL of at least 3 election timeouts
+# (1 s here) plus the margin, as cluster.session_ttl_ms says.
+RIDE_OUT = ("-o", "cluster.session_ttl_ms=4000")
+
+
 def test_a_follower_kill_and_a_stopped_member_change_nothing(hosts):
-    a = hosts.start("a", proxy=False)
+    leader = hosts.cluster.leader()
+    used, other = hosts.cluster.followers()[:2]
+    a = hosts.start("a", *RIDE_OUT, endpoints=",".join(
+        m.url for m in (used, other, leader)))
     w = Wire(a.socket)
     ga = w.lock("db")
-    follower = hosts.cluster.followers()[0]
-    follower.kill9()
+    other.kill9()  # a follower this host does not use
     w.release(ga.lease_id)
     g = w.lock("db")
     assert g.token > ga.token
-    follower.start(state="existing")
-    follower.wait_ready()
+    other.start(state="existing")
+    other.wait_ready()
     hosts.cluster.wait_healthy()
+    assert w.call(status=pb.StatusRequest()).status.cluster.endpoint == \
+        used.url
     # The member this host uses hangs: it is left after the timeout.
-    st = w.call(status=pb.StatusRequest()).status
-    used = hosts.cluster.member_by_url(st.cluster.endpoint)
     used.sigstop()
     try:
         w.release(g.lease_id)
