@@ -325,7 +325,8 @@ Test(lockmgr_cluster, shared_gate_grants_shared_heads_and_stops_at_exclusive)
 	/* Back to a shared key with shared holders: a new shared request
 	 * joins them at once, an exclusive one waits. */
 	lockmgr_cluster_own(&lm, res, LM_GATE_SHARED, BASE1, 16);
-	cr_assert_eq(must_cgrant(&ow[0], "c", LM_SHARED, 17) != 0, true);
+	cr_assert_eq(token_of(must_cgrant(&ow[0], "c", LM_SHARED, 17)),
+		     BASE1 + 6);
 	x = must_cqueue(&ow[1], "c", LM_EXCLUSIVE, LM_FOREVER, 18);
 	cr_assert(is_waiting(x));
 }
@@ -438,8 +439,16 @@ Test(lockmgr_cluster, a_waiting_upgrade_is_not_granted_past_the_deadline)
 	cr_assert_eq(lockmgr_release(&lm, &ow[1], b, false, 100), 0);
 	cr_assert_null(find_ev(LM_EV_GRANTED, a, true));
 	cr_assert(lockmgr_lease(&lm, a)->converting);
-	/* And a try-once upgrade past it would block. */
 	cr_assert_eq(lockmgr_lease(&lm, a)->mode, LM_SHARED);
+	done();
+	/* Nor when the key is granted again past it. */
+	lockmgr_cluster_own(&lm, res, LM_GATE_ALL, BASE1, 101);
+	cr_assert_eq(nev(), 0);
+	/* The deadline moves on: the next grant pass upgrades it. */
+	lockmgr_cluster_until(&lm, 1000);
+	lockmgr_cluster_own(&lm, res, LM_GATE_ALL, BASE1, 102);
+	cr_assert_not_null(find_ev(LM_EV_GRANTED, a, true));
+	cr_assert_eq(token_of(a), BASE1 + 3);
 }
 
 /* ------------------------------------------------------------ tokens */
@@ -492,10 +501,10 @@ Test(lockmgr_cluster, a_key_used_up_stops_granting_and_marks_the_resource)
 	struct lm_res *res;
 	const struct lm_event *e;
 
-	must_cqueue(&ow[0], "c", LM_EXCLUSIVE, LM_FOREVER, 0);
+	w = must_cqueue(&ow[0], "c", LM_EXCLUSIVE, LM_FOREVER, 0);
 	res = must_res("c");
 	lockmgr_cluster_pin(&lm, res, &lm);
-	cr_assert_eq(lockmgr_release(&lm, &ow[0], 1, false, 0), 0);
+	cr_assert_eq(lockmgr_release(&lm, &ow[0], w, false, 0), 0);
 	lockmgr_cluster_own(&lm, res, LM_GATE_ALL, BASE1, 0);
 	done();
 	/* Grants base + 1 .. base + LM_CLUSTER_GRANTS - 1, each at once. */
@@ -678,23 +687,71 @@ Test(lockmgr_cluster, end_waiters_ends_only_try_once_requests_when_asked)
 	cr_assert_eq(lm.nwaiting, 0);
 }
 
-Test(lockmgr_cluster, ending_the_head_waiter_lets_the_next_one_through)
+Test(lockmgr_cluster, ending_a_try_once_head_lets_the_queue_behind_through)
 {
-	uint64_t h, x, s;
+	uint64_t x = 0, s1, s2;
+	struct lm_res *res;
+
+	/* A shared key, nobody holding: an exclusive try-once waits at the
+	 * head for the cluster's answer, shared requests behind it. */
+	s1 = must_cqueue(&ow[0], "c", LM_SHARED, LM_FOREVER, 1);
+	res = must_res("c");
+	lockmgr_cluster_pin(&lm, res, &lm);
+	lockmgr_cluster_own(&lm, res, LM_GATE_SHARED, BASE1, 2);
+	cr_assert_eq(lockmgr_release(&lm, &ow[0], s1, false, 3), 0);
+	done();
+	cr_assert_eq(cacq(&ow[1], "c", LM_EXCLUSIVE, 0, 4, &x), LM_OK_QUEUED);
+	cr_assert(lockmgr_lease(&lm, x)->try_once);
+	s2 = must_cqueue(&ow[2], "c", LM_SHARED, LM_FOREVER, 5);
+	done();
+
+	/* The key will not do: the try-once is busy, and the shared request
+	 * behind it is granted in the same call. */
+	cr_assert_eq(
+	    lockmgr_cluster_end_waiters(&lm, res, LM_END_BUSY, true, 6), 1);
+	cr_assert_eq(must_find(LM_EV_ENDED, x)->end, LM_END_BUSY);
+	cr_assert(is_held(s2));
+	cr_assert_eq(token_of(s2), BASE1 + 2);
+}
+
+/* ------------------------------------------------------------ shut */
+
+Test(lockmgr_cluster, shut_stops_new_grants_and_keeps_the_holders)
+{
+	uint64_t h, w, s;
 	struct lm_res *res;
 
 	h = must_cqueue(&ow[0], "c", LM_SHARED, LM_FOREVER, 1);
 	res = must_res("c");
-	lockmgr_cluster_own(&lm, res, LM_GATE_SHARED, BASE1, 2);
+	lockmgr_cluster_own(&lm, res, LM_GATE_ALL, BASE1, 2);
 	cr_assert(is_held(h));
-	x = must_cqueue(&ow[1], "c", LM_EXCLUSIVE, LM_FOREVER, 3);
-	s = must_cqueue(&ow[2], "c", LM_SHARED, LM_FOREVER, 4);
+	w = must_cqueue(&ow[1], "c", LM_EXCLUSIVE, LM_FOREVER, 3);
 	done();
-	/* The exclusive head goes (the caller gave up on it): the shared
-	 * request behind it joins the shared holder. */
-	lockmgr_release(&lm, &ow[1], x, false, 5);
-	cr_assert(is_held(s));
-	cr_assert_eq(token_of(s), BASE1 + 2);
+
+	/* Yielding: the holder stays, nothing new is granted. */
+	lockmgr_cluster_shut(&lm, res);
+	cr_assert_eq(res->cgate, LM_GATE_CLOSED);
+	cr_assert_eq(nev(), 0);
+	cr_assert(is_held(h));
+	cr_assert_eq(lockmgr_release(&lm, &ow[0], h, false, 4), 0);
+	cr_assert(is_waiting(w), "granted after the key was shut");
+	cr_assert_eq(count_kind(LM_EV_GRANTED), 0);
+	done();
+	{
+		uint64_t t = 0;
+
+		/* Behind a waiter a try-once is refused; a new request waits.
+		 */
+		cr_assert_eq(cacq(&ow[2], "c", LM_SHARED, 0, 5, &t),
+			     LM_ERR_WOULD_BLOCK);
+	}
+	s = must_cqueue(&ow[2], "c", LM_SHARED, LM_FOREVER, 5);
+	cr_assert(is_waiting(s));
+
+	/* The key owns again (a new one): the queue moves. */
+	lockmgr_cluster_own(&lm, res, LM_GATE_ALL, BASE2, 6);
+	cr_assert(is_held(w) && is_waiting(s));
+	cr_assert_eq(token_of(w), BASE2 + 1);
 }
 
 /* ------------------------------------------------------------ pin */
@@ -763,7 +820,7 @@ Test(lockmgr_cluster, every_change_of_demand_marks_the_resource_once)
 
 	/* Two changes before the caller looks: told once. */
 	w2 = must_cqueue(&ow[1], "c", LM_EXCLUSIVE, 100, 2);
-	must_cqueue(&ow[2], "c", LM_SHARED, LM_FOREVER, 3);
+	s = must_cqueue(&ow[2], "c", LM_SHARED, LM_FOREVER, 3);
 	cr_assert_eq(pop_dirty(res), 1);
 
 	/* Cancelled. */
@@ -777,7 +834,6 @@ Test(lockmgr_cluster, every_change_of_demand_marks_the_resource_once)
 
 	/* A grant under the key is no change of demand; a release is. */
 	lockmgr_cluster_own(&lm, res, LM_GATE_ALL, BASE1, 110);
-	s = 3; /* ow[2]'s shared request, granted now */
 	cr_assert(is_held(s));
 	cr_assert_eq(pop_dirty(res), 0, "a grant moves no demand");
 	h = must_cgrant(&ow[3], "c", LM_SHARED, 111);
@@ -957,21 +1013,20 @@ Test(lockmgr_cluster, local_resources_ignore_every_cluster_setting)
 
 Test(lockmgr_cluster, wants_exclusive_looks_at_waiters_and_upgrades)
 {
-	uint64_t a, b;
+	uint64_t a, b, x;
 	struct lm_res *res;
 
 	a = must_cqueue(&ow[0], "c", LM_SHARED, LM_FOREVER, 1);
 	res = must_res("c");
 	cr_assert(!lockmgr_cluster_wants_exclusive(res));
-	must_cqueue(&ow[1], "c", LM_SHARED, LM_FOREVER, 2);
-	must_cqueue(&ow[2], "c", LM_EXCLUSIVE, LM_FOREVER, 3);
+	b = must_cqueue(&ow[1], "c", LM_SHARED, LM_FOREVER, 2);
+	x = must_cqueue(&ow[2], "c", LM_EXCLUSIVE, LM_FOREVER, 3);
 	cr_assert(lockmgr_cluster_wants_exclusive(res),
 		  "an exclusive waiter behind shared ones");
-	lockmgr_release(&lm, &ow[2], 3, false, 4);
+	cr_assert_eq(lockmgr_release(&lm, &ow[2], x, false, 4), 0);
 	cr_assert(!lockmgr_cluster_wants_exclusive(res));
 	lockmgr_cluster_own(&lm, res, LM_GATE_ALL, BASE1, 5);
 	cr_assert(!lockmgr_cluster_wants_exclusive(res), "no waiter left");
-	b = 2;
 	cr_assert(is_held(a) && is_held(b));
 	cr_assert_eq(conv(&ow[0], a, LM_EXCLUSIVE, LM_FOREVER, 6),
 		     LM_CONV_WAITING);
