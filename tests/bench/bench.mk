@@ -18,7 +18,7 @@ BENCH_ARGS ?=
 $(BENCH_BIN): $(BENCH_OBJ) $(BUILD)/libarbiter.a
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(shell pkg-config --libs libprotobuf-c) \
-		-lm -lpthread
+		$(shell pkg-config --libs jansson) -lm -lpthread
 
 .PHONY: bench bench-smoke
 
