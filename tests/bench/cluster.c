@@ -487,8 +487,8 @@ enum hkind {
 	H_RECIPE,	 /* etcd lock recipe, host A -> host B */
 	H_RECIPE_SYNCED, /* the same, waiter queued SYNCED_HOLD_US */
 	H_CROSS,	 /* arbiter, host A -> host B */
-	H_LOCAL,	 /* arbiter cluster mode, both on host A */
 	H_SINGLE,	 /* arbiter single-host mode */
+	H_LOCAL,	 /* arbiter cluster mode, both on host A */
 	H_KINDS
 };
 
@@ -838,12 +838,12 @@ case_cluster(struct bench *b)
 	    "etcd lock recipe: unlock on A -> lock returns on B",
 	    "etcd lock recipe, waiter queued 150 ms before",
 	    "arbiter cross-host: release on A -> Granted on B",
-	    "arbiter local handoff, cluster mode (one host)",
 	    "arbiter local handoff, single-host mode",
+	    "arbiter local handoff, cluster mode (one host)",
 	};
 	static const char *const hkeys[H_KINDS] = {
 	    "cl.recipe.handoff", "cl.recipe.handoff_synced", "cl.arb.cross",
-	    "cl.arb.local", "cl.arb.single"};
+	    "cl.arb.single", "cl.arb.local"};
 	struct samples wx = {0}, w1 = {0}, hs[H_KINDS] = {{0}},
 		       ts[T_KINDS][3] = {{{0}}};
 	uint64_t dropped[H_KINDS] = {0};
@@ -900,6 +900,8 @@ case_cluster(struct bench *b)
 	report_ratio(r, "cl.watch", "cross-member");
 	for (int k = 0; k < H_KINDS; k++) {
 		r = lat_row(hkeys[k], hnames[k], &hs[k]);
+		if (k == H_RECIPE)
+			report_note(r, "etcd's /v3/lock, as etcdctl lock");
 		if (k != H_SINGLE)
 			report_ratio(
 			    r, k == H_LOCAL ? "cl.arb.single" : "cl.watch",
@@ -927,7 +929,10 @@ case_cluster(struct bench *b)
 			snprintf(name, sizeof name, "%s, 3 hosts x %d: %s",
 				 who[k], b->n.cl_clients_per_host, wname[j]);
 			r = report_add(7, key, name, U_RATE, &ts[k][j]);
-			if (k == T_ARBITER) {
+			if (k == T_ARBITER && j == 2)
+				report_note(r, "hosts take turns: "
+					       "yield_after_ms 100");
+			if (k == T_ARBITER && j < 2) {
 				snprintf(key, sizeof key, "cl.recipe.tput.%s",
 					 what[j]);
 				report_ratio(r, key, "etcd recipe");
