@@ -822,12 +822,22 @@ daemons_start(struct cluster *cl)
 
 /* ------------------------------------------------------------ rows */
 
+/* Samples over this look like etcd's 100 ms catch-up loop (a watch that
+ * started at or below the current revision) or a poll: said in the row. */
+#define SLOW_NS 50e6
+
 static struct row *
 lat_row(const char *key, const char *name, struct samples *s)
 {
-	struct row *r = report_add(7, key, name, U_NS, s);
+	struct row *r;
+	size_t slow = 0;
 
+	for (size_t i = 0; i < s->n; i++)
+		slow += s->v[i] > SLOW_NS;
+	r = report_add(7, key, name, U_NS, s);
 	report_place(r, PLACE_SPLIT);
+	if (slow > 0)
+		report_note(r, "%zu over %.0f ms", slow, SLOW_NS / 1e6);
 	samples_free(s);
 	return r;
 }
