@@ -114,8 +114,9 @@ struct bench_res_slot {
 	_Atomic int in_cs;
 	_Atomic int last_owner;
 	_Atomic uint64_t violations;
-	_Atomic int last_host; /* (7): host of the last holder, 1-based */
-	char pad[44];
+	_Atomic int last_host;	     /* (7): host of the last holder, 1-based */
+	_Atomic uint64_t last_token; /* (7): fencing token of the last grant */
+	char pad[32];
 };
 
 /* Mapped MAP_SHARED before any fork, so every process sees it. */
