@@ -190,6 +190,11 @@ place_text(const struct bench *b, int section, enum place p, char *buf,
 	if (section == 7) {
 		if (b->cpu_server < 0)
 			snprintf(buf, len, "nothing pinned");
+		else if (p == PLACE_SAME)
+			snprintf(buf, len,
+				 "etcd clients (put, watch) on CPU %d with the "
+				 "arbiterds, etcd members unpinned (nice 5)",
+				 b->cpu_server);
 		else if (p == PLACE_SPLIT && b->cpu_client >= 0)
 			snprintf(buf, len,
 				 "arbiterds on CPU %d, clients on CPU %d, etcd "
