@@ -174,7 +174,8 @@ place_name(const struct bench *b, const struct row *r)
 {
 	switch (r->place) {
 	case PLACE_SAME:
-		return "one-cpu";
+		/* (7): etcd's members are never pinned */
+		return r->section == 7 ? "servers-cpu" : "one-cpu";
 	case PLACE_SPLIT:
 		return "two-cpus";
 	default:
