@@ -28,6 +28,7 @@
 #include "conn.h"
 #include "dispatch.h"
 #include "report.h"
+#include "reserve.h"
 #include "etcd.h"
 #include "log.h"
 #include "server.h"
@@ -107,7 +108,9 @@ struct cluster {
 	enum sess_state state;
 	uint64_t gen; /* +1 at every new session */
 	int64_t lease;
-	int64_t ka_lease;     /* the lease of the keepalive out */
+	int64_t ka_lease;  /* the lease of the keepalive out */
+	int64_t rev_floor; /* the state file's mark: etcd must be past it */
+	bool refused_logged;
 	uint64_t valid_until; /* CLOCK_BOOTTIME ns; 0: none */
 	bool ka_inflight, grant_inflight, range_inflight;
 	bool stop_inflight, stop_done;
@@ -663,6 +666,27 @@ on_range(const struct etcd_result *r, void *arg)
 		retry_later(cl);
 		return;
 	}
+	if (r->revision < cl->rev_floor) {
+		/* etcd went back in time (restored from a backup without
+		 * bumping its revision): new keys could get create_revisions
+		 * below ones this host granted under, so tokens would go
+		 * backwards. */
+		snprintf(cl->msg, sizeof cl->msg,
+			 "etcd's revision %" PRId64 " is below %" PRId64
+			 ", the highest this host granted under: etcd was "
+			 "restored from an older backup. Restore with "
+			 "'etcdutl snapshot restore --bump-revision 1000000000 "
+			 "--mark-compacted', or start this arbiterd once "
+			 "with --reset-state after checking the storage",
+			 r->revision, cl->rev_floor);
+		if (!cl->refused_logged)
+			log_error("cluster grants refused", "reason=\"%s\"",
+				  cl->msg);
+		cl->refused_logged = true;
+		cl->backoff_ms = 2500;
+		retry_later(cl);
+		return;
+	}
 	mirror_clear(cl);
 	for (size_t i = 0; i < r->n_kvs; i++)
 		(void)mirror_put(cl, &r->kvs[i]);
@@ -830,6 +854,10 @@ rec_own(struct cluster *cl, struct crec *rec)
 {
 	uint64_t now = now_ns();
 
+	/* A later start without cluster mode, and this check after an etcd
+	 * restore, need the mark above every token of this key. */
+	reserve_at_least(cl->srv, CLUSTER_TOKEN_BASE(rec->create_rev) +
+				      LM_CLUSTER_GRANTS);
 	rec->st = R_OWNED;
 	rec->t_owned = now;
 	if (cl->srv->cfg.stats_enabled)
@@ -879,7 +907,7 @@ on_put(const struct etcd_result *r, void *arg)
 	}
 	if (rec->create_rev == 0) {
 		snprintf(cl->msg, sizeof cl->msg,
-			 "put of %s answered without the key", key);
+			 "put of %.300s answered without the key", key);
 		cl->errors++;
 		rec->retry = true;
 		arm_ms(cl->ev_recs, 200);
@@ -1239,6 +1267,11 @@ cluster_start(struct server *srv)
 	    cl->grant_inflight)
 		return;
 	cl->backoff_ms = 0;
+	/* The mark covers every key this host owned (reserve_at_least). */
+	if (srv->lm.last_token >= CLUSTER_TOKEN_BASE(0))
+		cl->rev_floor =
+		    (int64_t)((srv->lm.last_token - CLUSTER_TOKEN_BASE(0)) >>
+			      20);
 	session_begin(cl);
 }
 

@@ -355,3 +355,49 @@ def test_quorum_lost_revokes_at_the_deadline_and_heals(hosts):
         m.wait_ready()
     a.log.wait_for("cluster session active", start=seen)
     assert w.lock("db2").token > CLUSTER_BIT
+
+
+def test_leaving_cluster_mode_keeps_tokens_above_the_cluster_ones(hosts):
+    a = hosts.start("a")
+    w = Wire(a.socket)
+    g = w.lock("db")
+    w.release(g.lease_id)
+    w.close()
+    a.stop()
+    del hosts.daemons["a"]
+    folder = os.path.join(str(hosts.tmp), "a")
+    local = harness.Daemon(folder, name="a",
+                           storage=os.path.join(folder, "data"))
+    try:
+        assert Wire(local.socket).lock("db").token > g.token
+    finally:
+        local.stop()
+
+
+def test_an_etcd_restored_from_an_older_backup_is_refused(hosts, tmp_path):
+    a = hosts.start("a")
+    w = Wire(a.socket)
+    g = w.lock("db")
+    w.close()
+    a.stop()
+    del hosts.daemons["a"]
+    older = etcdlib.Cluster(n=1).start()  # revision back at its start
+    try:
+        older.wait_healthy()
+        h2 = Hosts(older, hosts.tmp)
+        d = h2.start("a", "-o", "cluster.when_unavailable=fail",
+                     "-o", "cluster.resources=db", proxy=False,
+                     wait_active=False)
+        try:
+            line = d.log.wait_for("cluster grants refused")
+            assert "etcdutl snapshot restore --bump-revision" in line
+            with pytest.raises(WireError) as e:
+                Wire(d.socket).lock("db")
+            assert e.value.code == pb.UNAVAILABLE
+            assert "older backup" in e.value.message
+            # Local resources still work, above every cluster token.
+            assert Wire(d.socket).lock("local").token > g.token
+        finally:
+            h2.stop()
+    finally:
+        older.stop()
