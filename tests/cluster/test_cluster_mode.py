@@ -412,3 +412,22 @@ def test_an_etcd_restored_from_an_older_backup_is_refused(hosts, tmp_path):
             h2.stop()
     finally:
         older.stop()
+
+
+def test_a_key_deleted_by_hand_revokes_its_holders(hosts):
+    import base64
+    a, b = hosts.start("a"), hosts.start("b")
+    wa, wb = Wire(a.socket), Wire(b.socket)
+    ga = wa.lock("db")
+    rid = wb.acquire("db")
+    wb.wait_kind("queued", rid)
+    lease = wa.call(status=pb.StatusRequest()).status.cluster.lease_id
+    key = "%sr/%s/%016x" % (hosts.prefix, b"db".hex(), lease)
+    assert key in hosts.keys()
+    ep = hosts.cluster.endpoints().split(",")[0]
+    etcdlib.http(ep + "/v3/kv/deleterange",
+                 {"key": base64.b64encode(key.encode()).decode()})
+    m = wa.wait_kind("revoked")
+    assert m.revoked.reason == pb.CLUSTER_LOST
+    g = wb.granted(rid)
+    assert g.token > ga.token
