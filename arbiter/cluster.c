@@ -258,6 +258,16 @@ mirror_put(struct cluster *cl, const struct etcd_kv *kv)
 	if (plen == 0 || plen <= strlen(cl->rprefix))
 		return NULL;
 	HASH_FIND(hh, cl->keys, kv->key, kv->key_len, k);
+	/* A key name comes back after a delete (a host's next key for the
+	 * same resource in the same session): the watch may still bring the
+	 * old one's events after a put's answer told of the new one. Never
+	 * let an older incarnation replace a newer one. */
+	if (k != NULL && kv->create_revision < k->create_rev)
+		return k->mr;
+	if (k != NULL && kv->create_revision > k->create_rev) {
+		mkey_del(cl, k); /* its delete was missed: start again */
+		k = NULL;
+	}
 	if (k == NULL) {
 		mr = mres_get(cl, kv->key, plen, true);
 		k = xcalloc(1, sizeof *k);
@@ -297,15 +307,17 @@ mirror_put(struct cluster *cl, const struct etcd_kv *kv)
 	return k->mr;
 }
 
+/* A delete at revision rev: it removes only an incarnation created at or
+ * before it, never a newer key of the same name (see mirror_put). */
 static struct mres *
-mirror_delete(struct cluster *cl, const char *key, size_t len)
+mirror_delete(struct cluster *cl, const char *key, size_t len, int64_t rev)
 {
 	struct mkey *k = NULL;
 	struct mres *mr;
 	size_t plen = key_prefix_len(key, len);
 
 	HASH_FIND(hh, cl->keys, key, len, k);
-	if (k == NULL)
+	if (k == NULL || k->create_rev > rev)
 		return NULL;
 	mr = k->mr;
 	mkey_del(cl, k);
@@ -763,7 +775,8 @@ watch_cb(enum etcd_watch_kind kind, const struct etcd_event *ev,
 	if (ev->type == ETCD_PUT)
 		(void)mirror_put(cl, &ev->kv);
 	else
-		(void)mirror_delete(cl, ev->kv.key, ev->kv.key_len);
+		(void)mirror_delete(cl, ev->kv.key, ev->kv.key_len,
+				    ev->kv.mod_revision);
 	mres_changed(cl, ev->kv.key, ev->kv.key_len);
 }
 
@@ -969,7 +982,7 @@ on_delete(const struct etcd_result *r, void *arg)
 		return;
 	}
 	rec_key(rec, key, sizeof key);
-	(void)mirror_delete(cl, key, strlen(key));
+	(void)mirror_delete(cl, key, strlen(key), r->revision);
 	rec->st = R_IDLE;
 	rec->create_rev = 0;
 	rec->t_put = 0;
