@@ -43,6 +43,7 @@
  *   X kind lease resource            an unexpected event (a violation)
  *   U res result                     an upgrade: upgraded, deadlock,
  *                                    timeout or wouldblock
+ *   P res token t_ns                 a long section (SIGUSR2) starts its pause
  *   R res reason                     the lease was revoked after its section
  *                                    was logged, before the release
  *   Q sections                       clean exit after SIGTERM
@@ -63,7 +64,7 @@
  * is for, and the checker counts such sections. SIGUSR1 makes the next
  * exclusive section slow (100-200 ms): the driver sends it just before it
  * kill -9s the daemon, so every restart races old holders against new ones.
- * SIGUSR2 makes an exclusive section that starts within 100 ms of it long
+ * SIGUSR2 makes an exclusive section that starts within 500 ms of it long
  * (CHAOS_LONG_MS, 0-20 % more): the multi-host driver sends it to one host's
  * workers just before it pauses, partitions or kills that host's arbiterd,
  * so holders run past their lease's deadline and another host's holder
@@ -431,14 +432,17 @@ drain_events(arb_client *c, uint64_t lease_id, bool *lost, uint64_t *vu)
 	return revoked;
 }
 
-/* The pause of an exclusive section between its read and its write. */
+/* The pause of an exclusive section between its read and its write: a
+ * long one (logged, so the driver knows one runs) within 500 ms of SIGUSR2,
+ * a slow one after SIGUSR1. */
 static unsigned
-section_pause_us(unsigned pause)
+section_pause_us(unsigned pause, unsigned r, uint64_t token)
 {
 	uint64_t sig = long_sig_ns;
 
-	if (sig != 0 && long_ns != 0 && now_ns() - sig < 100000000ull) {
+	if (sig != 0 && long_ns != 0 && now_ns() - sig < 500000000ull) {
 		long_sig_ns = 0;
+		logline("P %u %" PRIu64 " %" PRIu64, r, token, now_ns());
 		return (unsigned)((long_ns + long_ns * rnd_below(21) / 100) /
 				  1000);
 	}
@@ -514,7 +518,7 @@ rmw_upgrade(arb_client *c, struct store *s, unsigned r,
 		logline("E %u 0 upgrade token %" PRIu64 " not above %" PRIu64,
 			r, token, lease->token);
 	t0 = now_ns();
-	pause_us(section_pause_us(0));
+	pause_us(section_pause_us(0, r, token));
 	value++;
 	rc = store_write(s, token, value, &tw);
 	outcome = rc == ST_OK ? "inc" : "fenced";
@@ -682,7 +686,8 @@ main(int argc, char **argv)
 		if (mode == ARB_EXCLUSIVE) {
 			rc = store_read(&st[r], lease.token, true, &value, &tr);
 			if (rc == ST_OK) {
-				pause_us(section_pause_us(pause));
+				pause_us(
+				    section_pause_us(pause, r, lease.token));
 				value++;
 				rc = store_write(&st[r], lease.token, value,
 						 &tw);

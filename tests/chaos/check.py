@@ -179,6 +179,8 @@ def read_logs(run, revokes_expected=False):
                     stats["upgrade " + f[2]] += 1
                 elif kind == "C":
                     stats["connects"] += 1
+                elif kind == "P":
+                    stats["long sections"] += 1
                 elif kind == "L":
                     stats["connections lost"] += 1
                 elif kind == "Q":
