@@ -649,6 +649,9 @@ main(int argc, char **argv)
 
 		if (c == NULL) {
 			c = reconnect(sock, &dpid);
+			/* SIGUSR2 asked for a holder of the daemon that was
+			 * then up: not of its successor. */
+			long_sig_ns = 0;
 			if (c == NULL)
 				break;
 		}
