@@ -102,10 +102,6 @@ class Run:
         env["CHAOS_LONG_MS"] = str(self.long_ms)
         self.wenv = env
 
-    def say(self, fmt, *args):
-        print("chaos: %6.2f s: " % ((chaos.mono_ns() - self.t_start) / 1e9)
-              + fmt % args, file=self.out, flush=True)
-
     # ------------------------------------------------------------ processes
 
     def start_daemon(self, h):
@@ -275,12 +271,14 @@ class Run:
         else:
             raise ValueError(kind)
         self.faults.append(f)
-        self.say("%-14s %-8s healed after %s%s", kind,
-                 f.get("host") or f.get("member"),
-                 "%.2f s" % ((f["heal_ns"] - f["t_ns"]) / 1e9)
-                 if f["heal_ns"] else "(never)",
-                 "" if f.get("long", True) else
-                 " (no long holder started on that host)")
+        print("chaos: %6.2f s: %-14s %-8s healed after %s%s" % (
+            (f["t_ns"] - self.t_start) / 1e9, kind,
+            f.get("host") or f.get("member"),
+            "%.2f s" % ((f["heal_ns"] - f["t_ns"]) / 1e9)
+            if f["heal_ns"] else "(never)",
+            "" if f.get("long", True) else
+            " (no long holder started on that host)"),
+            file=self.out, flush=True)
 
     # ----------------------------------------------------------------- run
 
