@@ -43,21 +43,19 @@ class Bed:
         self.secs = []
         self.faults = []
         self.keys_left = []
-        self.next_token = TOKEN + (100 << 20)
+        self.then = []  # called once every section has its token
 
     def daemon(self, host):
         return next(d for d in self.daemons if d["host"] == host)
 
     def sec(self, host, t0, t1, excl=True, outcome=None, vu=None, revoked=0,
-            tr=None, tw=None, token=None):
-        """A section (times in ms from the start); returns its dict."""
-        if token is None:
-            token = self.next_token
-            self.next_token += 1 << 20
+            tr=None, tw=None):
+        """A section (times in ms from the start); returns its dict. Tokens
+        grow with t0 (run() gives them; self.then may change them)."""
         s = {"host": host, "t0": T(t0), "t1": T(t1), "excl": excl,
              "outcome": outcome or ("inc" if excl else "read"),
              "vu": T(vu) if vu is not None else T(t0 + 2500),
-             "revoked": revoked, "token": token,
+             "revoked": revoked,
              "tr": T(tr) if tr is not None else T(t0) + 1000,
              "tw": T(tw) if tw is not None else (T(t1) - 1000 if excl else 0)}
         self.secs.append(s)
@@ -87,6 +85,10 @@ class Bed:
     def run(self):
         """Write logs and the journal; the run record check() reads."""
         pid = {h: 2000 + i for i, h in enumerate(HOSTS)}
+        for i, s in enumerate(sorted(self.secs, key=lambda s: s["t0"])):
+            s["token"] = TOKEN + ((100 + i) << 20)
+        for f in self.then:
+            f()
         writes = sorted((s for s in self.secs if s["outcome"] == "inc"),
                         key=lambda s: s["tw"])
         for i, s in enumerate(writes):
@@ -106,7 +108,8 @@ class Bed:
                         continue
                     f.write("S 0 %d %s %d %d %s %d %d %d %d %d %d\n" % (
                         s["token"], "E" if s["excl"] else "S", s["t0"],
-                        s["t1"], s["outcome"], self.daemon(h)["pid"],
+                        s["t1"], s["outcome"],
+                        s.get("dpid", self.daemon(h)["pid"]),
                         s.get("value", 0), s["revoked"], s["vu"], s["tr"],
                         s["tw"]))
             runs.append({"slot": len(runs), "pid": pid[h], "log": path,
@@ -146,8 +149,8 @@ def test_a_correct_pause_passes(bed):
 
 def test_overlap_of_two_valid_leases_across_hosts(bed):
     bed.paused_host0()
-    bed.sec("host-0", 3001, 3009)  # inside host-1's 3000-3002... and more
-    bed.sec("host-1", 3003, 3008)
+    bed.sec("host-0", 3003, 3009)  # between the turns at 3000 and 3010
+    bed.sec("host-1", 3004, 3008)
     ok, failed, text = verdict(bed)
     assert not ok
     assert "p1 exclusion" in failed, text
@@ -167,7 +170,10 @@ def test_token_inversion_across_hosts(bed):
     bed.paused_host0()
     a = bed.sec("host-0", 2001, 2003)
     b = bed.sec("host-1", 2004, 2006)
-    a["token"], b["token"] = b["token"], a["token"]
+
+    def swap():
+        a["token"], b["token"] = b["token"], a["token"]
+    bed.then.append(swap)
     ok, failed, text = verdict(bed)
     assert not ok
     assert "p2 token-order" in failed, text
@@ -208,8 +214,8 @@ def test_a_stale_key_granting_after_the_move(bed):
     # What a daemon that skips the revoke could do: resumed, it grants
     # again under its old key (a lower token) while host-1 holds.
     bed.paused_host0()
-    old = bed.long["token"] + 1
-    bed.sec("host-0", 9505, 9507, vu=12000, token=old)
+    s = bed.sec("host-0", 9505, 9507, vu=12000)
+    bed.then.append(lambda: s.update(token=bed.long["token"] + 1))
     ok, failed, text = verdict(bed)
     assert not ok
     assert "p4 revoke-before-move" in failed, text
@@ -241,3 +247,45 @@ def test_an_unexpected_revoke_reason(bed):
     ok, failed, text = verdict(bed)
     assert not ok
     assert "no unexpected" in failed, text
+
+
+def test_readers_on_two_hosts_at_once_pass(bed):
+    bed.paused_host0()
+    bed.sec("host-0", 3003, 3009, excl=False)
+    bed.sec("host-1", 3004, 3008, excl=False)
+    ok, failed, text = verdict(bed)
+    assert ok, text
+
+
+def killed_host1(bed, fenced=True):
+    """host-1's arbiterd killed at 5 s while one of its holders runs on;
+    its successor (another pid) and host-0 go on at once."""
+    bed.traffic(0, 4990)
+    bed.sec("host-1", 4995, 5800, outcome="fenced" if fenced else "inc")
+    d = bed.daemon("host-1")
+    d["kill_ns"] = T(5000)
+    d["final"] = False
+    bed.daemons.append(dict(d, pid=1100, kill_ns=None, final=True))
+    bed.traffic(5010, 20000, hosts=("host-0",))
+    bed.faults.append({"kind": "kill-arbiterd", "t_ns": T(5000),
+                       "heal_ns": T(5005), "host": "host-1"})
+
+
+def test_a_holder_of_a_killed_daemon_fenced_passes(bed):
+    killed_host1(bed)
+    # The successor grants too (p5 wants host-1 served after the heal).
+    bed.traffic(6005, 6100, hosts=("host-1",))
+    for s in bed.secs:
+        if s["host"] == "host-1" and s["t0"] >= T(6005):
+            s["dpid"] = 1100
+    ok, failed, text = verdict(bed)
+    assert ok, text
+    assert "others waited chaos-0 0.010 s" in text
+
+
+def test_a_holder_of_a_killed_daemon_that_wrote_late(bed):
+    killed_host1(bed, fenced=False)
+    ok, failed, text = verdict(bed)
+    assert not ok
+    assert "p1 exclusion" in failed, text
+    assert "its daemon was killed" in text
