@@ -37,7 +37,7 @@ PKGS := libevent libprotobuf-c msgpack inih
 # only its tests link them and the daemon's image does not need them.
 CLUSTER_PKGS := libevent_openssl openssl jansson
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) $(CLUSTER_PKGS) 2>/dev/null)
-PKG_LIBS = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm
+PKG_LIBS = $(shell pkg-config --libs $(PKGS) $(CLUSTER_PKGS) 2>/dev/null) -lm
 CLUSTER_LIBS = $(shell pkg-config --libs $(CLUSTER_PKGS) 2>/dev/null)
 
 OPT ?= -O2
@@ -56,7 +56,7 @@ PYGEN := $(BUILD)/gen/python/arbiter_pb2.py
 PROTO_SRC := proto/frame.c proto/codec.c
 PROTO_OBJ := $(BUILD)/gen/arbiter.pb-c.o $(PROTO_SRC:%.c=$(BUILD)/%.o)
 
-DAEMON_SRC := $(filter-out arbiter/main.c arbiter/etcd.c,$(wildcard arbiter/*.c))
+DAEMON_SRC := $(filter-out arbiter/main.c,$(wildcard arbiter/*.c))
 DAEMON_OBJ := $(DAEMON_SRC:%.c=$(BUILD)/%.o)
 MAIN_OBJ := $(BUILD)/arbiter/main.o
 

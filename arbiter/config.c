@@ -573,7 +573,7 @@ static const struct config_key keys[] = {
 	.live = true,
 	.help = "when another host waits for a resource this host holds, "
 		"stop granting it here after this long, so hosts take "
-		"turns; local waiters queued by then still go first",
+		"turns",
     },
     {
 	.section = "cluster",
@@ -1046,6 +1046,16 @@ apply_override(struct config *c, const char *o, char *err, size_t errlen)
 
 /* ------------------------------------------------------------ load */
 
+static bool
+has_control(const char *s)
+{
+	for (; *s != '\0'; s++) {
+		if ((unsigned char)*s < 0x20 || *s == 0x7f)
+			return true;
+	}
+	return false;
+}
+
 /* The cluster keys that only make sense together. */
 static int
 derive_cluster(struct config *c, char *err, size_t errlen)
@@ -1065,7 +1075,8 @@ derive_cluster(struct config *c, char *err, size_t errlen)
 		}
 	}
 	if (strlen(c->cluster_host_id) > 200 ||
-	    strpbrk(c->cluster_host_id, "\"\\\n") != NULL) {
+	    has_control(c->cluster_host_id) ||
+	    strpbrk(c->cluster_host_id, "\"\\") != NULL) {
 		snprintf(err, errlen,
 			 "cluster.host_id: '%.64s' must be at most 200 bytes, "
 			 "without quotes, backslashes or newlines",
@@ -1079,6 +1090,12 @@ derive_cluster(struct config *c, char *err, size_t errlen)
 			 "cluster.endpoints: cluster.backend = etcd needs the "
 			 "etcd members, e.g. endpoints = "
 			 "http://etcd-0:2379,http://etcd-1:2379");
+		return -1;
+	}
+	if (strlen(c->cluster_prefix) > 200 || has_control(c->cluster_prefix)) {
+		snprintf(err, errlen,
+			 "cluster.prefix: must be at most 200 bytes, without "
+			 "control characters");
 		return -1;
 	}
 	if (c->cluster_prefix[0] == '\0') {
@@ -1110,14 +1127,15 @@ derive_cluster(struct config *c, char *err, size_t errlen)
 	need = ttl / 3 + 2 * c->cluster_request_timeout_ms;
 	if (usable <= c->cluster_safety_margin_ms ||
 	    usable - c->cluster_safety_margin_ms < need) {
-		snprintf(err, errlen,
-			 "cluster.session_ttl_ms: %" PRIu64
-			 " leaves no time to renew the session: it must be "
-			 "at least safety_margin_ms (%" PRIu64
-			 ") + a third of itself + 2 x request_timeout_ms (%" PRIu64
-			 "), plus the clock drift; raise it or lower those",
-			 ttl, c->cluster_safety_margin_ms,
-			 c->cluster_request_timeout_ms);
+		snprintf(
+		    err, errlen,
+		    "cluster.session_ttl_ms: %" PRIu64
+		    " leaves no time to renew the session: it must be "
+		    "at least safety_margin_ms (%" PRIu64
+		    ") + a third of itself + 2 x request_timeout_ms (%" PRIu64
+		    "), plus the clock drift; raise it or lower those",
+		    ttl, c->cluster_safety_margin_ms,
+		    c->cluster_request_timeout_ms);
 		return -1;
 	}
 	return 0;

@@ -28,12 +28,14 @@
 
 #include <event2/event.h>
 
+#include "cluster.h"
 #include "conn.h"
 #include "dispatch.h"
 #include "log.h"
 #include "report.h"
 #include "role.h"
 #include "server.h"
+#include "xalloc.h"
 
 #define container_of(ptr, type, member)                                        \
 	((type *)(void *)((char *)(ptr)-offsetof(type, member)))
@@ -119,9 +121,10 @@ dispatch_access(const struct server *srv, const struct lm_owner *o,
 void *
 dispatch_keep(struct dispatch_reply *rp, void *p)
 {
-	if (rp->nowned == sizeof rp->owned / sizeof rp->owned[0]) {
-		fprintf(stderr, "arbiter: dispatch_keep: too many buffers\n");
-		abort();
+	if (rp->nowned == rp->owned_cap) {
+		rp->owned_cap = rp->owned_cap ? 2 * rp->owned_cap : 8;
+		rp->owned =
+		    xreallocarray(rp->owned, rp->owned_cap, sizeof *rp->owned);
 	}
 	rp->owned[rp->nowned++] = p;
 	return p;
@@ -171,6 +174,7 @@ reply_send(struct conn *c, uint64_t id, struct dispatch_reply *rp)
 		reply(c, id, rp->kind, &rp->u);
 	for (size_t i = 0; i < rp->nowned; i++)
 		free(rp->owned[i]);
+	free(rp->owned);
 }
 
 /* ------------------------------------------------------------ handlers */
@@ -229,6 +233,8 @@ do_hello(struct conn *c, const Arbiter__Request *req, struct dispatch_reply *rp)
 	w->has_connection_id = true;
 	w->connection_id = c->id;
 	w->has_handover = w->handover = true;
+	if (c->srv->cluster != NULL)
+		w->has_cluster = w->cluster = true;
 	lim->has_max_frame_bytes = true;
 	lim->max_frame_bytes = (uint32_t)srv->cfg.max_frame_bytes;
 	lim->has_max_leases_per_connection = true;
@@ -297,6 +303,16 @@ do_acquire(struct conn *c, const Arbiter__Request *req,
 	la.tag = req->id;
 	la.position_updates = a->has_position_updates && a->position_updates;
 	la.quiet = a->has_quiet && a->quiet;
+	la.cluster = cluster_covers(srv, la.resource, la.len);
+	if (la.cluster && (bad = cluster_refuses(srv)) != NULL) {
+		stats_count(&srv->stats,
+			    stats_res(&srv->stats, la.resource, la.len),
+			    STAT_failed_invalid);
+		dispatch_error(rp, ARBITER__ERROR_CODE__UNAVAILABLE,
+			       "'%.*s' is a cluster resource and %s",
+			       (int)la.len, la.resource, bad);
+		return;
+	}
 
 	role_before_acquire(srv);
 	now = now_ns();
@@ -502,6 +518,15 @@ do_convert(struct conn *c, const Arbiter__Request *req,
 		    other && other->owner->name[0] ? other->owner->name
 						   : "unnamed",
 		    cv->lease_id);
+		return;
+	case LM_CONV_ERR_CLUSTER:
+		dispatch_error(
+		    rp, ARBITER__ERROR_CODE__DEADLOCK,
+		    "lease %" PRIu64 " on '%s' is held under a shared cluster "
+		    "key, which readers on other hosts share: an upgrade "
+		    "cannot wait in place there; release it and acquire "
+		    "EXCLUSIVE anew",
+		    cv->lease_id, l->res->name);
 		return;
 	default:
 		dispatch_error(rp, ARBITER__ERROR_CODE__INTERNAL,
@@ -763,6 +788,9 @@ dispatch_request(struct conn *c, const Arbiter__Request *req)
 	const struct request_kind *k = NULL;
 	struct dispatch_reply rp;
 
+	/* A daemon that was paused past its cluster deadline revokes before
+	 * it answers anything. */
+	cluster_check(c->srv);
 	memset(&rp, 0, sizeof rp);
 	memcpy(rp.version, ARBITER_VERSION, sizeof rp.version);
 	for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
@@ -780,6 +808,21 @@ dispatch_request(struct conn *c, const Arbiter__Request *req)
 
 /* ------------------------------------------------------------ events */
 
+void
+dispatch_extended(struct server *srv, const struct lm_req *r,
+		  uint64_t valid_until_ns)
+{
+	Arbiter__Extended e = ARBITER__EXTENDED__INIT;
+
+	(void)srv;
+	e.lease_id = r->id;
+	e.has_valid_until_ns = true;
+	e.valid_until_ns = valid_until_ns;
+	e.resource = r->res->name;
+	reply(owner_conn(r->owner), 0, ARBITER__SERVER_MESSAGE__KIND_EXTENDED,
+	      &e);
+}
+
 static void
 send_granted(struct server *srv, const struct lm_event *ev)
 {
@@ -795,6 +838,10 @@ send_granted(struct server *srv, const struct lm_event *ev)
 	g.waited_us = ev->waited_ns / 1000;
 	g.has_ttl_ms = true;
 	g.ttl_ms = ev->ttl_ns / 1000000;
+	if (ev->res->cluster) {
+		g.has_valid_until_ns = true;
+		g.valid_until_ns = cluster_valid_until(srv);
+	}
 	reply(c, ev->tag, ARBITER__SERVER_MESSAGE__KIND_GRANTED, &g);
 	if (!ev->immediate && srv->cfg.slow_grant_ms > 0 &&
 	    ev->waited_ns >= srv->cfg.slow_grant_ms * 1000000) {
@@ -834,6 +881,10 @@ apply_converted(struct server *srv, const struct lm_event *ev,
 	m.has_waited_us = true;
 	m.waited_us = ev->waited_ns / 1000;
 	m.resource = ev->res->name;
+	if (ev->res->cluster) {
+		m.has_valid_until_ns = true;
+		m.valid_until_ns = cluster_valid_until(srv);
+	}
 	reply(c, ev->tag, ARBITER__SERVER_MESSAGE__KIND_CONVERTED, &m);
 }
 
@@ -882,7 +933,7 @@ apply_conv_ended(struct server *srv, const struct lm_event *ev,
 }
 
 static void
-send_queued(const struct lm_event *ev)
+send_queued(const struct server *srv, const struct lm_event *ev)
 {
 	struct conn *c = owner_conn(ev->owner);
 	Arbiter__Queued q = ARBITER__QUEUED__INIT;
@@ -900,6 +951,10 @@ send_queued(const struct lm_event *ev)
 	}
 	q.holder_name = name;
 	q.resource = ev->res->name;
+	if (ev->res->cluster) {
+		q.has_hosts_ahead = true;
+		q.hosts_ahead = cluster_hosts_ahead(srv, ev->res);
+	}
 	reply(c, ev->tag, ARBITER__SERVER_MESSAGE__KIND_QUEUED, &q);
 }
 
@@ -947,6 +1002,13 @@ apply_ended(struct server *srv, const struct lm_event *ev, struct stats_res *sr,
 				     ARBITER__REVOKE_REASON__STORAGE_LOST,
 				     "the arbiter lost the storage lock (its "
 				     "lock file was removed or replaced)"},
+	    [LM_END_CLUSTER_LOST] = {STAT_revoked_cluster_lost,
+				     ARBITER__REVOKE_REASON__CLUSTER_LOST,
+				     "the arbiter could not renew its etcd "
+				     "session before the lease's deadline "
+				     "(etcd unreachable, or the daemon was "
+				     "paused); another host may hold the "
+				     "resource now"},
 	};
 
 	if (ev->held && count)
@@ -980,11 +1042,26 @@ apply_ended(struct server *srv, const struct lm_event *ev, struct stats_res *sr,
 				 ev->owner->pid, ev->waited_ns / 1000000);
 		return;
 	}
+	case LM_END_BUSY:
+		if (count)
+			stats_count(&srv->stats, sr, STAT_failed_would_block);
+		conn_send_error(c, ev->tag, ARBITER__ERROR_CODE__WOULD_BLOCK,
+				"'%s' is busy: %s", ev->res->name,
+				cluster_busy_reason(srv, ev->res));
+		return;
+	case LM_END_UNAVAILABLE:
+		if (count)
+			stats_count(&srv->stats, sr, STAT_failed_invalid);
+		conn_send_error(c, ev->tag, ARBITER__ERROR_CODE__UNAVAILABLE,
+				"'%s' is a cluster resource and %s",
+				ev->res->name, cluster_unavailable_reason(srv));
+		return;
 	case LM_END_DISCONNECT:
 	case LM_END_EXPIRED:
 	case LM_END_ADMIN:
 	case LM_END_SHUTDOWN:
 	case LM_END_STORAGE_LOST:
+	case LM_END_CLUSTER_LOST:
 		if (!ev->held) {
 			if (ev->end == LM_END_DISCONNECT) {
 				if (count)
@@ -1031,7 +1108,7 @@ apply_events_bare(struct server *srv, const struct lm_event *ev, size_t n)
 		else if (ev[i].kind == LM_EV_GRANTED)
 			send_granted(srv, &ev[i]);
 		else if (ev[i].kind == LM_EV_QUEUED)
-			send_queued(&ev[i]);
+			send_queued(srv, &ev[i]);
 		else if (ev[i].kind == LM_EV_ENDED && ev[i].convert)
 			apply_conv_ended(srv, &ev[i], NULL, false);
 		else if (ev[i].kind == LM_EV_ENDED)
@@ -1076,7 +1153,7 @@ apply_events(struct server *srv)
 			send_granted(srv, &ev[i]);
 			break;
 		case LM_EV_QUEUED:
-			send_queued(&ev[i]);
+			send_queued(srv, &ev[i]);
 			break;
 		case LM_EV_ENDED:
 			if (ev[i].convert)
@@ -1114,5 +1191,6 @@ dispatch_drain(struct server *srv)
 		lockmgr_events_done(&srv->lm);
 		role_after_events(srv, need_tokens, busy, idle);
 		need_tokens = busy = idle = false;
+		cluster_pump(srv);
 	}
 }

@@ -43,8 +43,8 @@ struct dispatch_reply {
 	bool error, fail;
 	Arbiter__ErrorCode code;
 	char text[600];
-	void *owned[8];
-	size_t nowned;
+	void **owned; /* freed once sent */
+	size_t nowned, owned_cap;
 };
 
 /* Run one decoded request (see dispatch.c for the order of its frames). */
@@ -76,5 +76,8 @@ void dispatch_scan(const UT_hash_handle *hh, uint64_t *cursor, size_t budget,
 #define DISPATCH_PAGE_MAX 1000
 #define DISPATCH_LIST_MAX 1000
 Arbiter__Mode dispatch_mode(enum lm_mode m);
+/* Tell a cluster lease's holder its new deadline (CLOCK_BOOTTIME ns). */
+void dispatch_extended(struct server *srv, const struct lm_req *r,
+		       uint64_t valid_until_ns);
 
 #endif

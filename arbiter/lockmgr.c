@@ -171,7 +171,18 @@ res_new(struct lockmgr *lm, const char *name, size_t len)
 static bool
 res_empty(const struct lm_res *res)
 {
-	return res->nholders == 0 && res->nwaiters == 0 && res->delay.idx < 0;
+	return res->nholders == 0 && res->nwaiters == 0 && res->delay.idx < 0 &&
+	       res->ext == NULL;
+}
+
+/* A cluster resource's demand moved: the caller looks at it. */
+static void
+cdirty(struct lockmgr *lm, struct lm_res *res)
+{
+	if (res->cluster && !res->cdirty) {
+		res->cdirty = true;
+		TAILQ_INSERT_TAIL(&lm->cdirty, res, c_entry);
+	}
 }
 
 /* An empty resource is freed at events_done, since events may name it. */
@@ -187,6 +198,8 @@ res_maybe_dead(struct lockmgr *lm, struct lm_res *res)
 static void
 res_free(struct lockmgr *lm, struct lm_res *res)
 {
+	if (res->cdirty)
+		TAILQ_REMOVE(&lm->cdirty, res, c_entry);
 	HASH_DELETE(hh, lm->res, res);
 	lm->nres--;
 	timer_disarm(lm, &res->delay);
@@ -242,6 +255,33 @@ static bool
 gate_shut(const struct lockmgr *lm, const struct lm_res *res)
 {
 	return !lm->open || res->delay.idx >= 0;
+}
+
+/* A cluster resource grants mode only as its key allows, before the
+ * session's deadline, and while the key has grants left. */
+static bool
+cluster_shut(const struct lockmgr *lm, const struct lm_res *res,
+	     enum lm_mode mode, uint64_t now)
+{
+	if (!res->cluster)
+		return false;
+	if (now >= lm->cluster_until || res->ctoken_n >= LM_CLUSTER_GRANTS)
+		return true;
+	return res->cgate == LM_GATE_CLOSED ||
+	       (res->cgate == LM_GATE_SHARED && mode != LM_SHARED);
+}
+
+/* The next token: the daemon's counter, or the cluster key's. */
+static uint64_t
+next_token(struct lockmgr *lm, struct lm_res *res)
+{
+	if (res->cluster) {
+		res->ctoken_n++;
+		if (res->ctoken_n >= LM_CLUSTER_GRANTS)
+			cdirty(lm, res); /* used up: the key must go */
+		return res->ctoken_base + res->ctoken_n;
+	}
+	return ++lm->last_token;
 }
 
 static void
@@ -339,7 +379,7 @@ grant(struct lockmgr *lm, struct lm_res *res, struct lm_req *r, uint64_t now,
 	timer_disarm(lm, &r->timer);
 	r->state = LM_HELD;
 	r->t_granted = now;
-	r->token = ++lm->last_token;
+	r->token = next_token(lm, res);
 	TAILQ_INSERT_TAIL(&res->holders, r, q_entry);
 	res->nholders++;
 	res->held_mode = r->mode;
@@ -359,7 +399,7 @@ grant(struct lockmgr *lm, struct lm_res *res, struct lm_req *r, uint64_t now,
 static bool
 out_of_tokens(struct lockmgr *lm, struct lm_res *res)
 {
-	if (lm->last_token < lm->token_limit)
+	if (res->cluster || lm->last_token < lm->token_limit)
 		return false;
 	if (!res->stalled) {
 		res->stalled = true;
@@ -421,7 +461,7 @@ upgrade(struct lockmgr *lm, struct lm_req *r, uint64_t tag, uint64_t asked,
 {
 	r->mode = LM_EXCLUSIVE;
 	r->res->held_mode = LM_EXCLUSIVE;
-	r->token = ++lm->last_token;
+	r->token = next_token(lm, r->res);
 	conv_event(lm, r, LM_SHARED, tag, now - asked, immediate);
 }
 
@@ -438,7 +478,8 @@ conv_pass(struct lockmgr *lm, struct lm_res *res, uint64_t now)
 
 	if (r == NULL)
 		return false;
-	if (gate_shut(lm, res) || res->nholders > 1 || out_of_tokens(lm, res))
+	if (gate_shut(lm, res) || res->nholders > 1 ||
+	    cluster_shut(lm, res, LM_EXCLUSIVE, now) || out_of_tokens(lm, res))
 		return true;
 	tag = r->conv_tag;
 	asked = r->t_conv;
@@ -457,7 +498,9 @@ grant_pass(struct lockmgr *lm, struct lm_res *res, uint64_t now)
 
 	if (!conv_pass(lm, res, now)) {
 		while ((head = TAILQ_FIRST(&res->waiters)) != NULL) {
-			if (gate_shut(lm, res) || !compatible(res, head->mode))
+			if (gate_shut(lm, res) ||
+			    !compatible(res, head->mode) ||
+			    cluster_shut(lm, res, head->mode, now))
 				break;
 			if (out_of_tokens(lm, res))
 				break;
@@ -477,6 +520,7 @@ end_req(struct lockmgr *lm, struct lm_req *r, enum lm_end why, uint64_t now)
 	struct lm_res *res = r->res;
 	struct lm_event *ev;
 
+	cdirty(lm, res);
 	if (r->converting)
 		conv_end(lm, r, why, now);
 	ev = ev_push(lm, LM_EV_ENDED);
@@ -533,6 +577,7 @@ lockmgr_init(struct lockmgr *lm)
 	lm->next_id = 1;
 	lm->token_limit = UINT64_MAX;
 	lm->open = true;
+	TAILQ_INIT(&lm->cdirty);
 	TAILQ_INIT(&lm->stalled);
 	TAILQ_INIT(&lm->dead);
 	TAILQ_INIT(&lm->moved);
@@ -582,7 +627,7 @@ lockmgr_acquire(struct lockmgr *lm, struct lm_owner *o,
 {
 	struct lm_res *res;
 	struct lm_req *r;
-	bool blocked;
+	bool blocked, cluster_try;
 
 	/* Already held or awaited by this owner? Walk the shorter list: the
 	 * owner's requests, or the resource's holders and waiters (an owner
@@ -614,6 +659,7 @@ lockmgr_acquire(struct lockmgr *lm, struct lm_owner *o,
 		    lm->nres >= lm->limits.max_resources)
 			return LM_ERR_MAX_RESOURCES;
 		res = res_new(lm, a->resource, a->len);
+		res->cluster = a->cluster;
 		timer_arm(lm, &res->delay, lm->hold_until);
 	}
 	blocked = res != NULL &&
@@ -621,8 +667,13 @@ lockmgr_acquire(struct lockmgr *lm, struct lm_owner *o,
 		   res->converting != NULL || !compatible(res, a->mode));
 	if (res == NULL && !lm->open)
 		blocked = true;
+	/* A cluster resource free here may still be held by another host:
+	 * a try-once waits for the cluster's answer (LM_END_BUSY if not). */
+	cluster_try = !blocked && a->cluster &&
+		      (res == NULL || cluster_shut(lm, res, a->mode, now));
 	if (blocked && a->timeout_ns == 0)
 		return LM_ERR_WOULD_BLOCK;
+	blocked |= cluster_try;
 	if (blocked && res != NULL && lm->limits.max_waiters_per_resource &&
 	    res->nwaiters >= lm->limits.max_waiters_per_resource)
 		return LM_ERR_MAX_WAITERS;
@@ -631,6 +682,7 @@ lockmgr_acquire(struct lockmgr *lm, struct lm_owner *o,
 		    lm->nres >= lm->limits.max_resources)
 			return LM_ERR_MAX_RESOURCES;
 		res = res_new(lm, a->resource, a->len);
+		res->cluster = a->cluster;
 	}
 	if (res->dead) {
 		res->dead = false;
@@ -669,9 +721,11 @@ lockmgr_acquire(struct lockmgr *lm, struct lm_owner *o,
 	lm->nwaiting++;
 	if (r->position_updates)
 		res->nwatchers++;
-	if (a->timeout_ns != LM_FOREVER)
+	r->try_once = cluster_try && a->timeout_ns == 0;
+	if (a->timeout_ns != LM_FOREVER && !r->try_once)
 		timer_arm(lm, &r->timer, deadline_after(now, a->timeout_ns));
-	if (!a->quiet || r->position_updates)
+	cdirty(lm, res);
+	if ((!a->quiet || r->position_updates) && !r->try_once)
 		queue_event(lm, r, res->nwaiters);
 	if (!blocked)
 		grant_pass(lm, res, now); /* records the stall */
@@ -733,7 +787,12 @@ lockmgr_convert(struct lockmgr *lm, struct lm_owner *o,
 	/* Two waiting upgrades would each wait for the other to leave. */
 	if (res->converting != NULL)
 		return LM_CONV_ERR_DEADLOCK;
-	blocked = gate_shut(lm, res) || res->nholders > 1;
+	/* Under a shared cluster key only other hosts' readers leaving
+	 * could let it through, and they may wait behind this one. */
+	if (res->cluster && res->cgate != LM_GATE_ALL)
+		return LM_CONV_ERR_CLUSTER;
+	blocked = gate_shut(lm, res) || res->nholders > 1 ||
+		  cluster_shut(lm, res, LM_EXCLUSIVE, now);
 	if (blocked && c->timeout_ns == 0)
 		return LM_CONV_ERR_WOULD_BLOCK;
 	if (!blocked && lm->last_token < lm->token_limit) {
@@ -949,6 +1008,138 @@ lockmgr_add_tokens(struct lockmgr *lm, uint64_t limit, uint64_t now)
 	check_idle(lm);
 }
 
+/* ------------------------------------------------------------ cluster */
+
+void
+lockmgr_cluster_until(struct lockmgr *lm, uint64_t until)
+{
+	lm->cluster_until = until;
+}
+
+struct lm_res *
+lockmgr_cluster_next_dirty(struct lockmgr *lm)
+{
+	struct lm_res *res = TAILQ_FIRST(&lm->cdirty);
+
+	if (res != NULL) {
+		TAILQ_REMOVE(&lm->cdirty, res, c_entry);
+		res->cdirty = false;
+	}
+	return res;
+}
+
+void
+lockmgr_cluster_own(struct lockmgr *lm, struct lm_res *res, enum lm_gate gate,
+		    uint64_t token_base, uint64_t now)
+{
+	if (!res->cluster)
+		return;
+	res->cgate = gate;
+	if (token_base != res->ctoken_base) {
+		res->ctoken_base = token_base;
+		res->ctoken_n = 0;
+	}
+	grant_pass(lm, res, now);
+	check_idle(lm);
+}
+
+void
+lockmgr_cluster_shut(struct lockmgr *lm, struct lm_res *res)
+{
+	(void)lm;
+	res->cgate = LM_GATE_CLOSED;
+}
+
+/* The ids of res's holders or (tries_only: try-once) waiters: ending them
+ * one by one by id, as lockmgr_revoke_all does, never walks a list an
+ * ending changes. */
+static uint64_t *
+cluster_ids(const struct lm_res *res, bool holders, bool tries_only, size_t *n)
+{
+	const struct lm_req *r;
+	uint64_t *ids = NULL;
+
+	*n = 0;
+	TAILQ_FOREACH(r, holders ? &res->holders : &res->waiters, q_entry) {
+		if (tries_only && !r->try_once)
+			continue;
+		ids = xreallocarray(ids, *n + 1, sizeof *ids);
+		ids[(*n)++] = r->id;
+	}
+	return ids;
+}
+
+int
+lockmgr_cluster_revoke(struct lockmgr *lm, struct lm_res *res, enum lm_end why,
+		       uint64_t now)
+{
+	size_t n;
+	uint64_t *ids = cluster_ids(res, true, false, &n);
+
+	res->cgate = LM_GATE_CLOSED;
+	for (size_t i = 0; i < n; i++) {
+		struct lm_req *r = lockmgr_lease(lm, ids[i]);
+
+		if (r != NULL)
+			end_req(lm, r, why, now);
+	}
+	free(ids);
+	notify_positions(lm, res, n > 0, now);
+	res_maybe_dead(lm, res);
+	check_idle(lm);
+	return (int)n;
+}
+
+int
+lockmgr_cluster_end_waiters(struct lockmgr *lm, struct lm_res *res,
+			    enum lm_end why, bool tries_only, uint64_t now)
+{
+	size_t n;
+	uint64_t *ids = cluster_ids(res, false, tries_only, &n);
+
+	for (size_t i = 0; i < n; i++) {
+		struct lm_req *r = lockmgr_lease(lm, ids[i]);
+
+		if (r != NULL)
+			end_req(lm, r, why, now);
+	}
+	free(ids);
+	if (n > 0) {
+		grant_pass(lm, res, now);
+		res_maybe_dead(lm, res);
+		check_idle(lm);
+	}
+	return (int)n;
+}
+
+void
+lockmgr_cluster_pin(struct lockmgr *lm, struct lm_res *res, void *ext)
+{
+	res->ext = ext;
+	if (ext == NULL)
+		res_maybe_dead(lm, res);
+}
+
+void
+lockmgr_cluster_moved(struct lockmgr *lm, struct lm_res *res, uint64_t now)
+{
+	notify_positions(lm, res, true, now);
+}
+
+bool
+lockmgr_cluster_wants_exclusive(const struct lm_res *res)
+{
+	const struct lm_req *r;
+
+	if (res->converting != NULL)
+		return true;
+	TAILQ_FOREACH(r, &res->waiters, q_entry) {
+		if (r->mode == LM_EXCLUSIVE)
+			return true;
+	}
+	return false;
+}
+
 void
 lockmgr_events_done(struct lockmgr *lm)
 {
@@ -980,6 +1171,9 @@ lockmgr_end_name(enum lm_end why)
 	    [LM_END_CANCEL] = "cancel",
 	    [LM_END_TIMEOUT] = "timeout",
 	    [LM_END_STORAGE_LOST] = "storage_lost",
+	    [LM_END_CLUSTER_LOST] = "cluster_lost",
+	    [LM_END_BUSY] = "busy",
+	    [LM_END_UNAVAILABLE] = "unavailable",
 	};
 
 	return (size_t)why < sizeof names / sizeof names[0] ? names[why] : "?";

@@ -49,6 +49,9 @@ enum lm_end {
 	LM_END_CANCEL,	     /* a pending request withdrawn by its client */
 	LM_END_TIMEOUT,	     /* a pending request's timeout ran out */
 	LM_END_STORAGE_LOST, /* the daemon lost the storage lock */
+	LM_END_CLUSTER_LOST, /* cluster lease: the host's session ran out */
+	LM_END_BUSY,	     /* cluster try-once: another host holds it */
+	LM_END_UNAVAILABLE,  /* cluster request: the cluster is unreachable */
 };
 
 /* The outcome of lockmgr_acquire(). */
@@ -72,6 +75,8 @@ enum lm_conv_result {
 	LM_CONV_ERR_WOULD_BLOCK, /* try-once upgrade, and it would wait */
 	LM_CONV_ERR_DEADLOCK,	 /* another holder's upgrade waits: each
 				    would wait for the other for ever */
+	LM_CONV_ERR_CLUSTER,	 /* an upgrade under a shared cluster key,
+				    which only other hosts could end */
 };
 
 enum lm_req_state { LM_WAITING, LM_HELD };
@@ -85,6 +90,17 @@ struct lm_timer {
 };
 
 struct lm_res;
+
+/*
+ * Cluster resources (cluster mode) grant only what the host's cluster key
+ * allows, set by the caller from what etcd says: nothing, shared leases
+ * only, or anything. Their tokens come from the key (lockmgr_cluster_own)
+ * instead of the daemon's counter.
+ */
+enum lm_gate { LM_GATE_CLOSED = 0, LM_GATE_SHARED, LM_GATE_ALL };
+
+/* Grants under one cluster key: its tokens are base + 1 .. base + this. */
+#define LM_CLUSTER_GRANTS ((UINT64_C(1) << 20) - 1)
 
 /* One per connection, embedded in the caller's connection. */
 struct lm_owner {
@@ -116,6 +132,8 @@ struct lm_req {
 	bool moved;	   /* on lockmgr->moved: its position update waits */
 	bool converting;   /* held shared, its upgrade waits (res->converting);
 			      shown by status */
+	bool try_once;	   /* timeout 0 on a cluster resource: waits for the
+			      cluster's answer only */
 	uint64_t conv_tag; /* the waiting upgrade's caller value */
 	uint64_t t_conv;   /* ns, when the waiting upgrade was asked */
 	struct lm_timer timer; /* timeout while waiting, expiry while held */
@@ -140,8 +158,16 @@ struct lm_res {
 	struct lm_timer delay;	   /* lock-delay end */
 	bool stalled;		   /* on lockmgr->stalled, waiting for tokens */
 	bool dead;		   /* on lockmgr->dead, freed at events_done */
+	/* Cluster resources only. */
+	bool cluster;	      /* grants follow the host's cluster key */
+	bool cdirty;	      /* on lockmgr->cdirty */
+	enum lm_gate cgate;   /* what the key allows now */
+	uint64_t ctoken_base; /* tokens: ctoken_base + ctoken_n */
+	uint64_t ctoken_n;    /* grants under the key so far */
+	void *ext;	      /* the caller's; non-NULL keeps it alive */
 	TAILQ_ENTRY(lm_res) st_entry; /* lockmgr->stalled */
 	TAILQ_ENTRY(lm_res) d_entry;  /* lockmgr->dead */
+	TAILQ_ENTRY(lm_res) c_entry;  /* lockmgr->cdirty */
 	UT_hash_handle hh;	      /* lockmgr->res by name */
 };
 
@@ -213,6 +239,7 @@ struct lm_acquire {
 	bool position_updates;
 	bool
 	    quiet; /* no LM_EV_QUEUED when it waits (unless position_updates) */
+	bool cluster; /* the resource is cluster-wide (its gate starts shut) */
 };
 
 struct lockmgr {
@@ -235,6 +262,8 @@ struct lockmgr {
 
 	TAILQ_HEAD(, lm_res) stalled; /* want a token beyond token_limit */
 	TAILQ_HEAD(, lm_res) dead;    /* empty, freed at events_done */
+	TAILQ_HEAD(, lm_res) cdirty;  /* cluster resources whose demand moved */
+	uint64_t cluster_until;	      /* no cluster grant at or after this */
 	TAILQ_HEAD(, lm_req) moved;   /* position updates held back */
 	uint64_t moved_due;	      /* when they go out; 0: none */
 
@@ -353,6 +382,47 @@ void lockmgr_hold_all(struct lockmgr *lm, uint64_t until, uint64_t now);
 void lockmgr_set_tokens(struct lockmgr *lm, uint64_t last, uint64_t limit);
 /* Raise the limit (after the caller made it durable) and resume grants. */
 void lockmgr_add_tokens(struct lockmgr *lm, uint64_t limit, uint64_t now);
+
+/*
+ * Cluster mode. The caller runs one etcd key per cluster resource for the
+ * host's whole local queue and tells the manager what the key allows.
+ *
+ * lockmgr_cluster_until: no cluster resource grants at or after `until`
+ * (monotonic ns; 0 for none): the session's deadline, checked on every
+ * grant, so nothing is granted late even before the caller's timer fires.
+ *
+ * lockmgr_cluster_next_dirty: the next cluster resource whose demand
+ * changed (a request queued or ended, a lease ended, an upgrade asked for,
+ * its grants under the key used up), or NULL. The caller looks at its
+ * holders and waiters and decides about the key.
+ *
+ * lockmgr_cluster_own: the key owns with gate (SHARED or ALL); tokens are
+ * token_base + 1, + 2, ...; the queue head is granted at once.
+ * lockmgr_cluster_shut: stop granting (yielding; the key is going).
+ * lockmgr_cluster_revoke: the key is gone or the session ran out: shut,
+ * and end every lease held with why (the pending requests stay queued).
+ * lockmgr_cluster_end_waiters: end the pending requests with why, all of
+ * them or only the try-once ones (LM_END_BUSY, LM_END_UNAVAILABLE).
+ * lockmgr_cluster_pin: keep the resource while the caller has state for
+ * it (ext non-NULL), even when no request is left; NULL lets it go.
+ */
+void lockmgr_cluster_until(struct lockmgr *lm, uint64_t until);
+struct lm_res *lockmgr_cluster_next_dirty(struct lockmgr *lm);
+void lockmgr_cluster_own(struct lockmgr *lm, struct lm_res *res,
+			 enum lm_gate gate, uint64_t token_base, uint64_t now);
+void lockmgr_cluster_shut(struct lockmgr *lm, struct lm_res *res);
+int lockmgr_cluster_revoke(struct lockmgr *lm, struct lm_res *res,
+			   enum lm_end why, uint64_t now);
+int lockmgr_cluster_end_waiters(struct lockmgr *lm, struct lm_res *res,
+				enum lm_end why, bool tries_only, uint64_t now);
+void lockmgr_cluster_pin(struct lockmgr *lm, struct lm_res *res, void *ext);
+/* The cluster queue moved (hosts ahead changed): waiters that asked for
+ * position updates are told again. */
+void lockmgr_cluster_moved(struct lockmgr *lm, struct lm_res *res,
+			   uint64_t now);
+/* Whether the head of res's queue (or its waiting upgrade) wants an
+ * exclusive lease, and whether any waiter does. */
+bool lockmgr_cluster_wants_exclusive(const struct lm_res *res);
 
 /* Look-ups for status and error messages; NULL when absent. */
 struct lm_res *lockmgr_find(const struct lockmgr *lm, const char *name,

@@ -37,6 +37,7 @@
 #include "http.h"
 #include "listener.h"
 #include "log.h"
+#include "cluster.h"
 #include "metrics.h"
 #include "role.h"
 #include "server.h"
@@ -215,6 +216,7 @@ metrics_render(struct server *srv, struct evbuffer *b)
 	    "the state file.\n# TYPE arbiter_state_writes_total "
 	    "counter\narbiter_state_writes_total %u\n",
 	    srv->state_writes);
+	cluster_metrics(srv, b);
 	evbuffer_add_printf(b,
 			    "# HELP arbiter_resources_unlabeled_total Distinct "
 			    "resources past stats.max_resources.\n# TYPE "

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "dispatch.h"
+#include "cluster.h"
 #include "report.h"
 #include "role.h"
 #include "server.h"
@@ -23,8 +24,8 @@
 
 /* ------------------------------------------------------------ stats, status */
 
-static void
-fill_hist(Arbiter__Histogram *h, const struct hist_summary *s)
+void
+report_fill_hist(Arbiter__Histogram *h, const struct hist_summary *s)
 {
 	h->has_count = h->has_sum_seconds = h->has_mean_seconds = true;
 	h->has_max_seconds = h->has_p50_seconds = h->has_p90_seconds = true;
@@ -74,7 +75,7 @@ pb_field(const struct stats_field *fd, const struct stats_value *v, void *arg)
 		    d->descriptor != &arbiter__histogram__descriptor)
 			return;
 		arbiter__histogram__init(h);
-		fill_hist(h, &v->s);
+		report_fill_hist(h, &v->s);
 		*(Arbiter__Histogram **)(void *)(base + d->offset) = h;
 		return; /* a message has no has_ flag */
 	}
@@ -83,7 +84,8 @@ pb_field(const struct stats_field *fd, const struct stats_value *v, void *arg)
 }
 
 void
-report_pb_figures(Arbiter__ResourceStats *rs, Arbiter__Histogram hists[2],
+report_pb_figures(Arbiter__ResourceStats *rs,
+		  Arbiter__Histogram hists[STATS_NHISTS],
 		  const struct stats_figures *f)
 {
 	struct pb_fill pf = {rs, hists};
@@ -113,7 +115,7 @@ report_text_field(const struct stats_field *fd, const struct stats_value *v,
 
 struct rs_buf {
 	Arbiter__ResourceStats rs;
-	Arbiter__Histogram hist[2];
+	Arbiter__Histogram hist[STATS_NHISTS];
 	struct stats_figures f;
 };
 
@@ -269,6 +271,7 @@ report_stats(struct conn *c, const Arbiter__Request *req,
 	cursor_out(cursor, rp->cursor, &out->next_cursor);
 	out->has_resources_tracked = true;
 	out->resources_tracked = srv->stats.nres;
+	out->cluster = cluster_report(srv, rp);
 	free(pk.v);
 }
 
@@ -403,6 +406,7 @@ report_status(struct conn *c, const Arbiter__Request *req,
 		s->delayed_us = res->delay.idx >= 0 && res->delay.when > now
 				    ? (res->delay.when - now) / 1000
 				    : 0;
+		cluster_status_resource(srv, res, s, rp);
 	}
 	out->n_resources = pk.n;
 	out->resources = rlist;
@@ -423,5 +427,6 @@ report_status(struct conn *c, const Arbiter__Request *req,
 	out->resources_total = srv->lm.nres;
 	out->holders_total = srv->lm.nheld;
 	out->waiters_total = srv->lm.nwaiting;
+	out->cluster = cluster_report(srv, rp);
 	free(pk.v);
 }

@@ -26,7 +26,10 @@ void report_status(struct conn *c, const Arbiter__Request *req,
  * message lacks, or has with another type, is left unset (the unit tests
  * make sure there is none).
  */
-void report_pb_figures(Arbiter__ResourceStats *rs, Arbiter__Histogram hists[2],
+/* A histogram summary as its protobuf message. */
+void report_fill_hist(Arbiter__Histogram *h, const struct hist_summary *s);
+void report_pb_figures(Arbiter__ResourceStats *rs,
+		       Arbiter__Histogram hists[STATS_NHISTS],
 		       const struct stats_figures *f);
 
 /* One field as text protocol lines ("name:value\n"); snprintf's result. */

@@ -44,6 +44,7 @@
 #include "log.h"
 #include "notify.h"
 #include "reserve.h"
+#include "cluster.h"
 #include "role.h"
 #include "server.h"
 #include "state.h"
@@ -320,6 +321,7 @@ activate(struct server *srv, char *err, size_t errlen)
 	lockmgr_set_tokens(&srv->lm, hw, hw);
 	srv->role = ROLE_ACTIVE;
 	srv->storage_holder[0] = '\0';
+	cluster_start(srv);
 	retry_stop(srv);
 	log_note(srv);
 	/* This write also clears the clean mark: from now on an end without

@@ -29,6 +29,7 @@
 #include <event2/event.h>
 
 #include "admin.h"
+#include "cluster.h"
 #include "conn.h"
 #include "dispatch.h"
 #include "listener.h"
@@ -161,6 +162,9 @@ server_pump(struct server *srv)
 	if (srv->stopping) {
 		struct conn *c;
 
+		/* The session's revoke frees this host's keys at once. */
+		if (!cluster_stopped(srv))
+			return;
 		TAILQ_FOREACH(c, &srv->conns, entry) {
 			if (evbuffer_get_length(c->out) > 0)
 				return;
@@ -698,6 +702,7 @@ server_begin_shutdown(struct server *srv, const char *why)
 	}
 	/* Close the gate first, so revoking one holder grants nobody else. */
 	lockmgr_set_open(&srv->lm, false, now);
+	cluster_stop(srv);
 	TAILQ_FOREACH(c, &srv->conns, entry)
 		lockmgr_drop_owner(&srv->lm, &c->owner, LM_END_SHUTDOWN, now);
 	/* Queue the Revoked and SHUTTING_DOWN frames now: a connection
@@ -774,6 +779,8 @@ server_init(struct server *srv, char *err, size_t errlen)
 	if (server_core_init(srv, err, errlen) < 0)
 		return -1;
 	fd_limit_raise(srv);
+	if (cluster_init(srv, err, errlen) < 0)
+		return -1;
 	if (role_start(srv, err, errlen) < 0)
 		return -1;
 
@@ -831,6 +838,7 @@ server_free(struct server *srv)
 	sigaddset(&stop, SIGHUP);
 	sigprocmask(SIG_BLOCK, &stop, NULL);
 
+	cluster_free(srv);
 	while ((c = TAILQ_FIRST(&srv->conns)) != NULL) {
 		/* Shutdown already revoked everything; close quietly. */
 		conn_close(c, "exit");

@@ -63,6 +63,7 @@ struct server {
 	unsigned state_writes;
 	struct event *ev_stop;	 /* shutdown deadline */
 	struct metrics *metrics; /* metrics listener, NULL when off */
+	struct cluster *cluster; /* cluster mode, NULL when off */
 	/* Descriptors: the soft RLIMIT_NOFILE, those open once started, and
 	 * whether the "no descriptor left for a client" warning is out. */
 	uint64_t fd_limit;

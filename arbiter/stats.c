@@ -221,6 +221,22 @@ stats_hold(struct stats *st, struct stats_res *r, uint64_t ns)
 }
 
 void
+stats_cluster_wait(struct stats *st, struct stats_res *r, uint64_t ns)
+{
+	hist_add(&st->total.cur.cluster_wait, ns);
+	if (r != NULL)
+		hist_add(&r->cur.cluster_wait, ns);
+}
+
+void
+stats_cluster_hold(struct stats *st, struct stats_res *r, uint64_t ns)
+{
+	hist_add(&st->total.cur.cluster_hold, ns);
+	if (r != NULL)
+		hist_add(&r->cur.cluster_hold, ns);
+}
+
+void
 stats_reset(struct stats *st)
 {
 	struct stats_res *r, *tmp;
@@ -259,8 +275,10 @@ stats_since_reset(const struct stats_res *r, struct stats_figures *out)
 {
 	for (unsigned k = 0; k < STATS_NCOUNTERS; k++)
 		out->c[k] = r->cur.c[k] - r->base.c[k];
-	hist_sub(&out->wait, &r->cur.wait, &r->base.wait);
-	hist_sub(&out->hold, &r->cur.hold, &r->base.hold);
+#define STATS_SUB_HIST(name, help)                                             \
+	hist_sub(&out->name, &r->cur.name, &r->base.name);
+	STATS_HISTS(STATS_SUB_HIST)
+#undef STATS_SUB_HIST
 }
 
 void
@@ -290,11 +308,13 @@ stats_value(const struct stats_figures *f, unsigned i, struct stats_value *out)
 	case STATS_F_max_wait_time:
 		out->d = (double)f->wait.max_ns / 1e9;
 		break;
-	case STATS_F_wait:
-	case STATS_F_hold:
-		out->h = i == STATS_F_wait ? &f->wait : &f->hold;
-		hist_summarize(out->h, &out->s);
+#define STATS_HIST_CASE(name, help)                                            \
+	case STATS_F_##name:                                                   \
+		out->h = &f->name;                                             \
+		hist_summarize(out->h, &out->s);                               \
 		break;
+		STATS_HISTS(STATS_HIST_CASE)
+#undef STATS_HIST_CASE
 	default:
 		break;
 	}

@@ -42,7 +42,10 @@
 	X(downgraded, "exclusive leases downgraded to shared")                 \
 	X(upgrade_timeout, "upgrades that ran out of time, lease kept shared") \
 	X(upgrade_deadlock,                                                    \
-	  "upgrades refused because another holder's upgrade already waited")
+	  "upgrades refused because another holder's upgrade already waited")  \
+	X(revoked_cluster_lost,                                                \
+	  "cluster leases ended because the etcd session ran out")             \
+	X(cluster_yields, "cluster keys given up for another host's turn")
 
 /*
  * Figures derived from the counters and the wait histogram, kept for the
@@ -63,13 +66,23 @@
 #define STATS_HISTS(X)                                                         \
 	X(wait, "How long acquisitions waited before the grant (0 when "       \
 		"immediate)")                                                  \
-	X(hold, "How long leases were held")
+	X(hold, "How long leases were held")                                   \
+	X(cluster_wait, "How long this host's cluster key waited for the "     \
+			"hosts ahead of it")                                   \
+	X(cluster_hold, "How long this host's cluster key owned the resource")
 
 enum stats_counter {
 #define STATS_ENUM(name, help) STAT_##name,
 	STATS_COUNTERS(STATS_ENUM)
 #undef STATS_ENUM
 	    STATS_NCOUNTERS
+};
+
+enum stats_hist_id {
+#define STATS_HENUM(name, help) STATS_H_##name,
+	STATS_HISTS(STATS_HENUM)
+#undef STATS_HENUM
+	    STATS_NHISTS
 };
 
 #define HIST_SUB     4
@@ -92,6 +105,8 @@ struct stats_figures {
 	uint64_t c[STATS_NCOUNTERS];
 	struct hist wait;
 	struct hist hold;
+	struct hist cluster_wait;
+	struct hist cluster_hold;
 };
 
 struct stats_res {
@@ -178,6 +193,8 @@ struct stats_res *stats_find(const struct stats *st, const char *name,
 void stats_count(struct stats *st, struct stats_res *r, enum stats_counter k);
 void stats_wait(struct stats *st, struct stats_res *r, uint64_t ns);
 void stats_hold(struct stats *st, struct stats_res *r, uint64_t ns);
+void stats_cluster_wait(struct stats *st, struct stats_res *r, uint64_t ns);
+void stats_cluster_hold(struct stats *st, struct stats_res *r, uint64_t ns);
 
 /* Move every baseline to now. */
 void stats_reset(struct stats *st);

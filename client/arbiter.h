@@ -69,6 +69,9 @@ enum arb_error {
 	ARB_ECANCELLED = 1015,	  /* the pending acquire was withdrawn */
 	ARB_EDEADLOCK = 1016,	  /* upgrade refused: another holder of the
 				     resource already waits to upgrade */
+	ARB_EUNAVAILABLE = 1017,  /* a cluster resource while the daemon
+				     cannot reach etcd (or the cluster
+				     refuses grants) */
 	ARB_EPROTO = 1100,	  /* the daemon sent something we cannot read */
 	ARB_ECONNLOST = 1101,	  /* the connection closed under us */
 	ARB_EREVOKED = 1102,	  /* the lease was revoked (see arb_event) */
@@ -240,6 +243,9 @@ enum arb_event_kind {
 	ARB_EV_REPLY,	  /* any other reply to an async request */
 	ARB_EV_CONVERTED, /* an async convert happened (lease: id, token,
 			     mode, waited_us) */
+	ARB_EV_EXTENDED,  /* a cluster lease's deadline moved later (lease.id,
+			     resource; the deadline: arb_lease_valid_until);
+			     one per lease is kept queued, the latest */
 };
 
 struct arb_event {
@@ -280,6 +286,61 @@ int arb_convert_async(arb_client *c, uint64_t lease_id, enum arb_mode target,
  * Revoked events seen during blocking calls are kept here too.
  */
 int arb_next_event(arb_client *c, struct arb_event *ev);
+
+/* ---------------------------------------------------- cluster leases */
+
+/*
+ * In cluster mode (the daemon's [cluster] section) a lease on a cluster-wide
+ * resource has a deadline: the instant, on this host's CLOCK_BOOTTIME, after
+ * which the daemon no longer vouches for it, because the host's etcd
+ * session could not be renewed in time. The daemon moves it later after
+ * every renewal (ARB_EV_EXTENDED), and revokes the lease (reason
+ * ARB_REASON_CLUSTER_LOST) when it passes, but a frozen daemon says
+ * nothing: treat the lease as lost at its deadline whatever the daemon
+ * says, as arbiterctl run does. A local lease has no deadline.
+ *
+ * The library keeps the deadline of every lease this client was granted,
+ * updated by each Extended it reads (in arb_next_event and while a blocking
+ * call waits for its answer), until the lease is released or revoked.
+ */
+
+/* CLOCK_BOOTTIME now, in ns: the clock of every deadline. */
+uint64_t arb_boottime_ns(void);
+/* The deadline of a lease this client holds (CLOCK_BOOTTIME ns); 0 for a
+ * local lease, or one this client does not hold (any more). */
+uint64_t arb_lease_valid_until(const arb_client *c, uint64_t lease_id);
+/*
+ * Whether the lease may still be relied on, by what this client has read
+ * so far and the clock (it reads nothing from the socket): false once its
+ * deadline has passed, even if the daemon said nothing; false for a lease
+ * released, revoked or not granted to this client, and after the
+ * connection was lost. A local lease stays valid until its Revoked is read.
+ */
+bool arb_lease_valid(const arb_client *c, uint64_t lease_id);
+/* True when the daemon's Welcome said it runs in cluster mode. */
+bool arb_cluster_mode(const arb_client *c);
+/*
+ * Hosts whose etcd keys are ahead of this host's in a cluster resource's
+ * queue, as the Queued being reported says: the one an on_queued callback
+ * is called for (the callback's ctx can carry the client), else the
+ * ARB_EV_QUEUED that arb_next_event() returned last. The position is then
+ * among this host's waiters. 0 for a local resource.
+ */
+uint32_t arb_hosts_ahead(const arb_client *c);
+
+/* RevokeReason values in arb_event.reason. */
+enum arb_reason {
+	ARB_REASON_UNSPECIFIED = 0,
+	ARB_REASON_DISCONNECT = 1,
+	ARB_REASON_EXPIRED = 2,	     /* its ttl ran out unrenewed */
+	ARB_REASON_ADMIN = 3,	     /* arbiterctl revoke */
+	ARB_REASON_SHUTDOWN = 4,     /* the daemon stopped */
+	ARB_REASON_STORAGE_LOST = 5, /* the daemon lost its storage lock */
+	ARB_REASON_CLUSTER_LOST = 6, /* a cluster lease past its deadline: the
+					host's etcd session was not renewed */
+};
+/* A reason's name ("cluster_lost"), or "unknown". */
+const char *arb_reason_name(int reason);
 
 /* Error names and the last detailed message on this client. */
 const char *arb_strerror(int err);

@@ -114,7 +114,7 @@ exit_for(int rc)
 	if (rc == -ARB_EUNTRUSTED)
 		return EXIT_NOPERM;
 	if (rc == -ARB_ECONNLOST || rc == -ENOENT || rc == -ECONNREFUSED ||
-	    rc == -ETIMEDOUT)
+	    rc == -ETIMEDOUT || rc == -ARB_EUNAVAILABLE)
 		return EXIT_UNAVAIL;
 	return EXIT_SOFTWARE;
 }
@@ -191,8 +191,10 @@ json_str(FILE *out, const char *s)
  *  - a repeated message lists one entry per element, named by the element's
  *    first field when that is a string (ResourceStats.resource), which is
  *    then not repeated inside the entry;
- *  - in --json the top level's single message (the total) is spread over
- *    the top level, and the repeated one comes last, keyed by name;
+ *  - in --json the top level's total (the single message of the type the
+ *    repeated one lists) is spread over the top level, and the repeated
+ *    one comes last, keyed by name; another single message (the cluster
+ *    session) keeps its own key, and is left out when absent;
  *  - a message whose floating-point fields all end in "_seconds" (a
  *    Histogram) moves the unit to its own name: wait -> wait_seconds
  *    holding count, sum, mean, max, p50, p90, p99;
@@ -421,9 +423,33 @@ scalar_size(const field_desc *f)
 	}
 }
 
-static void json_message(FILE *out, const ProtobufCMessage *m, bool strip);
+static void json_message(FILE *out, const ProtobufCMessage *m, bool strip,
+			 bool keyed);
 
-static void json_message(FILE *out, const ProtobufCMessage *m, bool strip);
+/* The total beside a list of the same type (Stats.total, .resources). */
+static bool
+is_total(const ProtobufCMessageDescriptor *d, const field_desc *f)
+{
+	if (f->type != PROTOBUF_C_TYPE_MESSAGE ||
+	    f->label == PROTOBUF_C_LABEL_REPEATED)
+		return false;
+	for (unsigned i = 0; i < d->n_fields; i++)
+		if (d->fields[i].type == PROTOBUF_C_TYPE_MESSAGE &&
+		    d->fields[i].label == PROTOBUF_C_LABEL_REPEATED &&
+		    d->fields[i].descriptor == f->descriptor)
+			return true;
+	return false;
+}
+
+/* A single message that is absent and no histogram: not shown. */
+static bool
+absent_part(const ProtobufCMessage *m, const field_desc *f)
+{
+	return f->type == PROTOBUF_C_TYPE_MESSAGE &&
+	       f->label != PROTOBUF_C_LABEL_REPEATED &&
+	       *(ProtobufCMessage *const *)field_at(m, f) == NULL &&
+	       !in_seconds(f->descriptor) && !is_total(m->descriptor, f);
+}
 
 /* A repeated field: an object keyed by the elements' names, else a list. */
 static void
@@ -441,7 +467,7 @@ json_list(FILE *out, const ProtobufCMessage *m, const field_desc *f)
 			fputs(": ", out);
 		}
 		if (msg)
-			json_message(out, v[j], false);
+			json_message(out, v[j], false, true);
 		else
 			put_scalar(out, f, (const char *)v + j * scalar_size(f),
 				   true);
@@ -449,10 +475,14 @@ json_list(FILE *out, const ProtobufCMessage *m, const field_desc *f)
 	fputc(keyed ? '}' : ']', out);
 }
 
-/* The fields of m as JSON members, after *first; spread: the top level. */
+/*
+ * The fields of m as JSON members, after *first; spread: the top level;
+ * keyed: m is named by its first field elsewhere (an element of a keyed
+ * list, the total), which is then left out.
+ */
 static void
 json_members(FILE *out, const ProtobufCMessage *m, bool strip, bool spread,
-	     bool *first)
+	     bool keyed, bool *first)
 {
 	const ProtobufCMessageDescriptor *d = m->descriptor;
 
@@ -466,13 +496,17 @@ json_members(FILE *out, const ProtobufCMessage *m, bool strip, bool spread,
 			union spare spare;
 
 			/* The top level's repeated messages come last. */
-			if (f->type == PROTOBUF_C_TYPE_BYTES || is_key(m, f) ||
+			if (f->type == PROTOBUF_C_TYPE_BYTES ||
+			    (keyed && is_key(m, f)) ||
 			    late != (spread && rep && msg))
+				continue;
+			if (absent_part(m, f))
 				continue;
 			if (msg && !rep)
 				sub = sub_message(f, at, &spare, sizeof spare);
-			if (sub != NULL && spread) {
-				json_members(out, sub, false, false, first);
+			if (sub != NULL && spread && is_total(d, f)) {
+				json_members(out, sub, false, false, true,
+					     first);
 				continue;
 			}
 			fprintf(out, "%s\"%.*s", *first ? "" : ", ",
@@ -485,19 +519,19 @@ json_members(FILE *out, const ProtobufCMessage *m, bool strip, bool spread,
 				json_list(out, m, f);
 			else if (sub != NULL)
 				json_message(out, sub,
-					     in_seconds(f->descriptor));
+					     in_seconds(f->descriptor), false);
 			else
 				put_scalar(out, f, at, true);
 		}
 }
 
 static void
-json_message(FILE *out, const ProtobufCMessage *m, bool strip)
+json_message(FILE *out, const ProtobufCMessage *m, bool strip, bool keyed)
 {
 	bool first = true;
 
 	fputc('{', out);
-	json_members(out, m, strip, false, &first);
+	json_members(out, m, strip, false, keyed, &first);
 	fputc('}', out);
 }
 
@@ -694,6 +728,74 @@ print_figures(const ProtobufCMessage *m)
 	}
 }
 
+/*
+ * A message that is no resource's figures (the cluster session): the
+ * headline fields it has, then its other scalars and histograms.
+ */
+/* The cluster session's state, host, member, lease and deadline, as one
+ * line's words (stats and status). */
+static void
+session_words(const ProtobufCMessage *m, shown_set *shown_out)
+{
+	shown_set shown = 0;
+	const field_desc *f;
+
+	f = take(m, "state", &shown);
+	if (f != NULL) {
+		putchar(' ');
+		put_scalar(stdout, f, field_at(m, f), false);
+	}
+	f = take(m, "host_id", &shown);
+	if (f != NULL) {
+		printf(" as host ");
+		put_scalar(stdout, f, field_at(m, f), false);
+	}
+	f = take(m, "endpoint", &shown);
+	if (f != NULL) {
+		printf(" via ");
+		put_scalar(stdout, f, field_at(m, f), false);
+	}
+	f = take(m, "lease_id", &shown);
+	if (f != NULL && f->type == PROTOBUF_C_TYPE_INT64)
+		/* As etcdctl prints lease ids. */
+		printf(", etcd lease %" PRIx64,
+		       (uint64_t) * (const int64_t *)field_at(m, f));
+	f = take(m, "valid_for_ms", &shown);
+	if (f != NULL)
+		printf(", valid for %.3f s",
+		       number_at(f, field_at(m, f)) / 1e3);
+	*shown_out = shown;
+}
+
+static void
+print_part(const char *name, const ProtobufCMessage *m)
+{
+	const ProtobufCMessageDescriptor *d = m->descriptor;
+	shown_set shown = 0;
+	const field_desc *f;
+
+	printf("%s:", name);
+	session_words(m, &shown);
+	putchar('\n');
+	f = take(m, "message", &shown);
+	if (f != NULL && f->type == PROTOBUF_C_TYPE_STRING &&
+	    *(char *const *)field_at(m, f) != NULL &&
+	    **(char *const *)field_at(m, f) != '\0')
+		printf("  last error: %s\n", *(char *const *)field_at(m, f));
+	text_scalars(m, shown, "  ");
+	for (unsigned i = 0; i < d->n_fields; i++) {
+		union spare spare;
+
+		f = &d->fields[i];
+		if (f->type != PROTOBUF_C_TYPE_MESSAGE ||
+		    f->label == PROTOBUF_C_LABEL_REPEATED ||
+		    !in_seconds(f->descriptor))
+			continue;
+		text_seconds_row(f->name, sub_message(f, field_at(m, f), &spare,
+						      sizeof spare));
+	}
+}
+
 /* The whole Stats reply as a table: a headline, the other top-level
  * figures, then the total (unless one resource was asked for) and each
  * resource. */
@@ -713,6 +815,16 @@ print_stats_table(const Arbiter__Stats *s, const char *resource)
 	       up, conns, conns == 1 ? "" : "s",
 	       locked ? "locked" : "NOT locked");
 	text_scalars(m, shown, "");
+	/* Parts that are no figures of resources first (the cluster). */
+	for (unsigned i = 0; i < d->n_fields; i++) {
+		const field_desc *f = &d->fields[i];
+
+		if (f->type == PROTOBUF_C_TYPE_MESSAGE &&
+		    f->label != PROTOBUF_C_LABEL_REPEATED && !is_total(d, f) &&
+		    !absent_part(m, f))
+			print_part(f->name,
+				   *(ProtobufCMessage *const *)field_at(m, f));
+	}
 	for (unsigned i = 0; i < d->n_fields; i++) {
 		const field_desc *f = &d->fields[i];
 		const void *at = field_at(m, f);
@@ -729,7 +841,7 @@ print_stats_table(const Arbiter__Stats *s, const char *resource)
 				print_figures(v[j]);
 				listed++;
 			}
-		} else if (resource == NULL) {
+		} else if (resource == NULL && is_total(d, f)) {
 			printf("%s:\n", f->name);
 			print_figures(sub_message(f, at, &spare, sizeof spare));
 		}
@@ -777,7 +889,7 @@ cmd_stats(int argc, char **argv)
 		bool first = true;
 
 		putchar('{');
-		json_members(stdout, &s->base, false, true, &first);
+		json_members(stdout, &s->base, false, true, true, &first);
 		printf("}\n");
 	} else {
 		print_stats_table(s, resource);
@@ -817,6 +929,39 @@ shown_pid(uint32_t pid, uint32_t handed_to, const char *name, char *buf,
 	}
 	snprintf(buf, len, "%s via %u", n, pid);
 	return handed_to;
+}
+
+/*
+ * A cluster resource: this host's part, then every host's key in cluster
+ * queue order (holding hosts first, as the daemon lists them).
+ */
+static void
+print_hosts(const Arbiter__ResourceStatus *r)
+{
+	size_t waiting = 0;
+
+	if ((r->cluster_state == NULL || r->cluster_state[0] == '\0') &&
+	    r->n_hosts == 0)
+		return;
+	printf("%-20s cluster: %s here; %zu host%s\n", r->resource,
+	       r->cluster_state && r->cluster_state[0] ? r->cluster_state : "?",
+	       r->n_hosts, r->n_hosts == 1 ? "" : "s");
+	if (r->n_hosts > 0)
+		printf("  %-20s %-8s %-9s %8s %7s %7s %10s\n", "HOST", "STATE",
+		       "MODE", "ARBITERD", "HOLDERS", "WAITERS", "REVISION");
+	for (size_t j = 0; j < r->n_hosts; j++) {
+		const Arbiter__ClusterHost *h = r->hosts[j];
+		char state[32];
+
+		if (h->holding)
+			snprintf(state, sizeof state, "holds");
+		else
+			snprintf(state, sizeof state, "waits#%zu", ++waiting);
+		printf("  %-20s %-8s %-9s %8u %7u %7u %10" PRId64 "\n",
+		       h->host_id ? h->host_id : "-", state,
+		       h->mode ? "shared" : "exclusive", h->pid, h->holders,
+		       h->waiters, h->create_revision);
+	}
 }
 
 static int
@@ -889,16 +1034,42 @@ cmd_status(int argc, char **argv)
 				       w->waiting_us);
 			}
 			printf("], \"holders_omitted\": %u, "
-			       "\"waiters_omitted\": %u}",
+			       "\"waiters_omitted\": %u, \"cluster_state\": ",
 			       r->holders_omitted, r->waiters_omitted);
+			json_str(stdout, r->cluster_state);
+			printf(", \"hosts\": [");
+			for (size_t j = 0; j < r->n_hosts; j++) {
+				bool first = false;
+
+				printf("%s{\"host_id\": ", j ? ", " : "");
+				json_str(stdout, r->hosts[j]->host_id);
+				json_members(stdout, &r->hosts[j]->base, false,
+					     false, true, &first);
+				putchar('}');
+			}
+			printf("]}");
 		}
-		printf("}}\n");
+		putchar('}');
+		if (s->cluster != NULL) {
+			printf(", \"cluster\": ");
+			json_message(stdout, &s->cluster->base, false, false);
+		}
+		printf("}\n");
 	} else {
 		printf("arbiter pid %u (%s), %s, storage %s, %u connection%s\n",
 		       s->pid, s->server_version, s->role, s->storage_path,
 		       s->connections, s->connections == 1 ? "" : "s");
 		if (s->storage_holder && s->storage_holder[0])
 			printf("storage held by: %s\n", s->storage_holder);
+		if (s->cluster != NULL) {
+			shown_set shown;
+
+			printf("cluster:");
+			session_words(&s->cluster->base, &shown);
+			if (s->cluster->message && s->cluster->message[0])
+				printf("; last error: %s", s->cluster->message);
+			putchar('\n');
+		}
 		if (s->n_resources == 0)
 			printf("no resource is held or waited for\n");
 		else
@@ -955,6 +1126,7 @@ cmd_status(int argc, char **argv)
 				printf("%-20s lock-delay for %s more\n",
 				       r->resource, d);
 			}
+			print_hosts(r);
 		}
 	}
 	arb_close(c);
@@ -1115,7 +1287,12 @@ static const struct ctl_cmd cmds[] = {
 		"and hold times (count, mean, max, p50, p90, p99). --json "
 		"prints the same as one JSON object. The figures are read "
 		"from the reply's own field list, so one the arbiter adds is "
-		"shown with no change to arbiterctl.",
+		"shown with no change to arbiterctl. In cluster mode also the "
+		"host's etcd session ('cluster:': state, host, member, etcd "
+		"lease, how long it is valid, sessions, losses, etcd errors, "
+		"fail-overs, keepalive round trip, last error; 'cluster' in "
+		"--json) and per resource the cluster figures (revoked: "
+		"cluster lost, cluster yields, cluster_wait, cluster_hold).",
 	.fn = cmd_stats,
 	.flags = CMD_CONNECTS,
     },
@@ -1128,8 +1305,14 @@ static const struct ctl_cmd cmds[] = {
 		"long, and each holder's fencing token, with '(upgrading for "
 		"T)' after a shared holder whose upgrade waits; up to 1000 "
 		"holders and 1000 waiters per resource, the rest counted. "
-		"--json prints the same as one JSON object (converting, "
-		"converting_us).",
+		"In cluster mode also the host's etcd session (state, host, "
+		"member, etcd lease, how long it is valid) and, for a "
+		"cluster resource, this host's part and every host in the "
+		"cluster's queue: holding hosts, then waiting ones in order, "
+		"with mode, arbiterd pid, holders, waiters and create "
+		"revision. --json prints the same as one JSON object "
+		"(converting, converting_us; cluster, and per resource "
+		"cluster_state and hosts).",
 	.fn = cmd_status,
 	.flags = CMD_CONNECTS,
     },
@@ -1332,8 +1515,10 @@ usage(FILE *out)
 	      "\n"
 	      "Exit codes: 0 ok; 1 (or -E CODE) busy or timed out; 64 usage; "
 	      "69 the\n"
-	      "arbiter cannot be reached; 70 the arbiter refused; 75 lease "
-	      "revoked;\n"
+	      "arbiter cannot be reached (or, for a cluster resource, etcd); "
+	      "70 the\n"
+	      "arbiter refused; 75 lease revoked or past its cluster "
+	      "deadline;\n"
 	      "77 the socket or its server is not trusted; 126/127 CMD not\n"
 	      "executable/not found; else CMD's own status.\n",
 	      out);

@@ -44,7 +44,16 @@ struct arb_client {
 	size_t rlen, rcap;
 	struct codec_arena arena;
 	struct arb_event *evq; /* ring of pending events */
+	uint32_t *evq_hosts;   /* ... and each Queued's hosts_ahead */
 	size_t evq_head, evq_len;
+	uint32_t hosts_ahead; /* of the Queued being reported */
+	struct held {
+		uint64_t id, request_id;
+		uint64_t valid_until_ns; /* CLOCK_BOOTTIME; 0: local */
+	} * held; /* every lease granted and not yet ended */
+	size_t nheld, held_cap;
+	uint64_t cancelled[IGNORE_MAX]; /* ring of arb_cancel()ed requests */
+	size_t ncancelled;
 	struct ttl_lease {
 		uint64_t id, ttl_ms, due_ms;
 	} * ttl; /* leases with a ttl, for arb_keepalive */
@@ -57,6 +66,8 @@ struct arb_client {
 	size_t nignore;
 	bool broken;   /* a frame was cut short: nothing more may be sent */
 	bool handover; /* the daemon's Welcome says it knows Handover */
+	bool cluster;  /* ... that it runs in cluster mode */
+	bool lost;     /* the connection is gone: no lease is valid */
 };
 
 static __thread char connect_err[1024];
@@ -117,6 +128,11 @@ arb_strerror(int err)
 		return "lease revoked";
 	if (e == ARB_EUNTRUSTED)
 		return "the socket or the server behind it is not trusted";
+	if (e == ARB_EUNAVAILABLE)
+		return "cluster resource unavailable: arbiterd cannot reach "
+		       "etcd "
+		       "now; retry later (arbiterctl stats shows the cluster's "
+		       "state and last error)";
 	if (e > 1000 && e - 1000 < (int)(sizeof names / sizeof names[0]) &&
 	    names[e - 1000] != NULL)
 		return names[e - 1000];
@@ -191,6 +207,166 @@ ttl_forget(arb_client *c, uint64_t id)
 			c->ttl[i] = c->ttl[--c->nttl];
 			return;
 		}
+	}
+}
+
+/* ------------------------------------------------------------ leases */
+
+uint64_t
+arb_boottime_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_BOOTTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static struct held *
+held_find(const arb_client *c, uint64_t id)
+{
+	for (size_t i = 0; i < c->nheld; i++) {
+		if (c->held[i].id == id)
+			return &c->held[i];
+	}
+	return NULL;
+}
+
+static void
+held_track(arb_client *c, uint64_t request_id, uint64_t id,
+	   uint64_t valid_until_ns)
+{
+	struct held *h = held_find(c, id);
+
+	if (h == NULL && c->nheld == c->held_cap) {
+		size_t cap = c->held_cap ? c->held_cap * 2 : 8;
+		struct held *n = realloc(c->held, cap * sizeof *n);
+
+		if (n == NULL)
+			return; /* arb_lease_valid then says false: safe */
+		c->held = n;
+		c->held_cap = cap;
+	}
+	if (h == NULL)
+		h = &c->held[c->nheld++];
+	h->id = id;
+	h->request_id = request_id;
+	h->valid_until_ns = valid_until_ns;
+}
+
+static void
+held_forget(arb_client *c, uint64_t id, uint64_t request_id)
+{
+	for (size_t i = 0; i < c->nheld; i++) {
+		if ((id != 0 && c->held[i].id == id) ||
+		    (request_id != 0 && c->held[i].request_id == request_id)) {
+			c->held[i] = c->held[--c->nheld];
+			return;
+		}
+	}
+}
+
+/* Was request_id withdrawn by arb_cancel()? Its grant is then no lease. */
+static bool
+cancelled_take(arb_client *c, uint64_t request_id)
+{
+	size_t n = c->ncancelled < IGNORE_MAX ? c->ncancelled : IGNORE_MAX;
+
+	for (size_t i = 0; i < n; i++) {
+		if (request_id != 0 && c->cancelled[i] == request_id) {
+			c->cancelled[i] = 0;
+			return true;
+		}
+	}
+	return false;
+}
+
+uint64_t
+arb_lease_valid_until(const arb_client *c, uint64_t lease_id)
+{
+	const struct held *h = held_find(c, lease_id);
+
+	return h != NULL ? h->valid_until_ns : 0;
+}
+
+bool
+arb_lease_valid(const arb_client *c, uint64_t lease_id)
+{
+	const struct held *h = held_find(c, lease_id);
+
+	if (h == NULL || c->lost || c->broken)
+		return false;
+	return h->valid_until_ns == 0 || arb_boottime_ns() < h->valid_until_ns;
+}
+
+bool
+arb_cluster_mode(const arb_client *c)
+{
+	return c->cluster;
+}
+
+uint32_t
+arb_hosts_ahead(const arb_client *c)
+{
+	return c->hosts_ahead;
+}
+
+const char *
+arb_reason_name(int reason)
+{
+	static const char *const names[] = {
+	    [ARB_REASON_UNSPECIFIED] = "unspecified",
+	    [ARB_REASON_DISCONNECT] = "disconnect",
+	    [ARB_REASON_EXPIRED] = "expired",
+	    [ARB_REASON_ADMIN] = "admin",
+	    [ARB_REASON_SHUTDOWN] = "shutdown",
+	    [ARB_REASON_STORAGE_LOST] = "storage_lost",
+	    [ARB_REASON_CLUSTER_LOST] = "cluster_lost",
+	};
+
+	if (reason < 0 || reason >= (int)(sizeof names / sizeof names[0]))
+		return "unknown";
+	return names[reason];
+}
+
+/*
+ * What a frame from the daemon changes in the client's tables, whoever
+ * reads it (a blocking call's wait, arb_next_event): every lease granted
+ * with its deadline, each Extended, Converted or Revoked. Called once per
+ * frame, for frames not absorbed (withdrawn requests).
+ */
+static void
+note(arb_client *c, const Arbiter__ServerMessage *m)
+{
+	switch (m->kind_case) {
+	case ARBITER__SERVER_MESSAGE__KIND_GRANTED:
+		if (cancelled_take(c, m->id))
+			break; /* arb_cancel()'s release ends it */
+		held_track(c, m->id, m->granted->lease_id,
+			   m->granted->has_valid_until_ns
+			       ? m->granted->valid_until_ns
+			       : 0);
+		ttl_track(c, m->granted->lease_id, m->granted->ttl_ms);
+		break;
+	case ARBITER__SERVER_MESSAGE__KIND_CONVERTED: {
+		struct held *h = held_find(c, m->converted->lease_id);
+
+		if (h != NULL && m->converted->has_valid_until_ns)
+			h->valid_until_ns = m->converted->valid_until_ns;
+		break;
+	}
+	case ARBITER__SERVER_MESSAGE__KIND_EXTENDED: {
+		struct held *h = held_find(c, m->extended->lease_id);
+
+		if (h != NULL && m->extended->has_valid_until_ns)
+			h->valid_until_ns = m->extended->valid_until_ns;
+		break;
+	}
+	case ARBITER__SERVER_MESSAGE__KIND_REVOKED:
+		held_forget(c, m->revoked->lease_id, 0);
+		ttl_forget(c, m->revoked->lease_id);
+		break;
+	default:
+		break;
 	}
 }
 
@@ -312,6 +488,7 @@ send_request(arb_client *c, Arbiter__Request *req)
 				rc = error_of(c, m->error);
 			} else {
 				set_lost_error(c, " while sending", e);
+				c->lost = true;
 				rc = -ARB_ECONNLOST;
 			}
 			break;
@@ -381,6 +558,7 @@ fill(arb_client *c, bool block)
 			continue;
 		}
 		set_lost_error(c, "", n < 0 ? errno : 0);
+		c->lost = true;
 		return -ARB_ECONNLOST;
 	}
 }
@@ -431,12 +609,31 @@ error_of(arb_client *c, const Arbiter__Error *e)
 }
 
 static void
-evq_push(arb_client *c, const struct arb_event *ev)
+evq_push(arb_client *c, const struct arb_event *ev, uint32_t hosts_ahead)
 {
 	if (c->evq == NULL) {
 		c->evq = calloc(EVQ_MAX, sizeof *c->evq);
-		if (c->evq == NULL)
+		c->evq_hosts = calloc(EVQ_MAX, sizeof *c->evq_hosts);
+		if (c->evq == NULL || c->evq_hosts == NULL) {
+			free(c->evq);
+			free(c->evq_hosts);
+			c->evq = NULL;
+			c->evq_hosts = NULL;
 			return;
+		}
+	}
+	if (ev->kind == ARB_EV_EXTENDED) {
+		/* One per lease: the deadline is in the lease table, so a
+		 * client that reads no events (it only blocks) does not
+		 * lose older events to a stream of renewals. */
+		for (size_t i = 0; i < c->evq_len; i++) {
+			struct arb_event *q =
+			    &c->evq[(c->evq_head + i) % EVQ_MAX];
+
+			if (q->kind == ARB_EV_EXTENDED &&
+			    q->lease.id == ev->lease.id)
+				return;
+		}
 	}
 	if (c->evq_len == EVQ_MAX) {
 		/* Drop the oldest: a client that never reads its events must
@@ -445,6 +642,7 @@ evq_push(arb_client *c, const struct arb_event *ev)
 		c->evq_len--;
 	}
 	c->evq[(c->evq_head + c->evq_len) % EVQ_MAX] = *ev;
+	c->evq_hosts[(c->evq_head + c->evq_len) % EVQ_MAX] = hosts_ahead;
 	c->evq_len++;
 }
 
@@ -494,6 +692,12 @@ to_event(arb_client *c, const Arbiter__ServerMessage *m, struct arb_event *ev)
 			 m->revoked->resource ? m->revoked->resource : "");
 		snprintf(ev->message, sizeof ev->message, "%s",
 			 m->revoked->message ? m->revoked->message : "");
+		break;
+	case ARBITER__SERVER_MESSAGE__KIND_EXTENDED:
+		ev->kind = ARB_EV_EXTENDED;
+		ev->lease.id = m->extended->lease_id;
+		snprintf(ev->resource, sizeof ev->resource, "%s",
+			 m->extended->resource ? m->extended->resource : "");
 		break;
 	case ARBITER__SERVER_MESSAGE__KIND_CONVERTED:
 		ev->kind = ARB_EV_CONVERTED;
@@ -584,8 +788,10 @@ await_reply(arb_client *c, uint64_t id, Arbiter__ServerMessage **out,
 		}
 		if (absorb(c, m))
 			continue;
+		note(c, m);
 		if (m->id == id &&
 		    m->kind_case == ARBITER__SERVER_MESSAGE__KIND_QUEUED) {
+			c->hosts_ahead = m->queued->hosts_ahead;
 			if (o != NULL && o->on_queued != NULL)
 				o->on_queued(o->ctx, resource,
 					     m->queued->position,
@@ -606,9 +812,10 @@ await_reply(arb_client *c, uint64_t id, Arbiter__ServerMessage **out,
 			return 0;
 		}
 		to_event(c, m, &ev);
-		if (ev.kind == ARB_EV_REVOKED)
-			ttl_forget(c, ev.lease.id);
-		evq_push(c, &ev);
+		evq_push(c, &ev,
+			 m->kind_case == ARBITER__SERVER_MESSAGE__KIND_QUEUED
+			     ? m->queued->hosts_ahead
+			     : 0);
 	}
 }
 
@@ -992,6 +1199,7 @@ arb_connect_timeout(arb_client **out, const char *socket_path, const char *name,
 	if (m->welcome->limits && m->welcome->limits->has_max_frame_bytes)
 		c->max_frame = m->welcome->limits->max_frame_bytes;
 	c->handover = m->welcome->has_handover && m->welcome->handover;
+	c->cluster = m->welcome->has_cluster && m->welcome->cluster;
 	*out = c;
 	return 0;
 
@@ -1045,7 +1253,9 @@ arb_close(arb_client *c)
 	codec_arena_free(&c->arena);
 	free(c->rbuf);
 	free(c->evq);
+	free(c->evq_hosts);
 	free(c->ttl);
+	free(c->held);
 	free(c);
 }
 
@@ -1166,7 +1376,6 @@ arb_acquire(arb_client *c, const char *resource, enum arb_mode mode,
 	if (rc < 0)
 		return rc;
 	fill_lease(out, m->granted);
-	ttl_track(c, out->id, out->ttl_ms);
 	return 0;
 }
 
@@ -1337,7 +1546,10 @@ int
 arb_cancel(arb_client *c, uint64_t request_id)
 {
 	/* The Released reply (or UNKNOWN_LEASE if it was granted or failed
-	 * meanwhile) arrives as an ARB_EV_REPLY / ARB_EV_FAILED event. */
+	 * meanwhile) arrives as an ARB_EV_REPLY / ARB_EV_FAILED event. A
+	 * grant read already, or still on its way, is no lease any more. */
+	held_forget(c, 0, request_id);
+	c->cancelled[c->ncancelled++ % IGNORE_MAX] = request_id;
 	return send_release(c, true, request_id, false, NULL);
 }
 
@@ -1349,6 +1561,7 @@ arb_next_event(arb_client *c, struct arb_event *ev)
 
 	if (c->evq_len > 0) {
 		*ev = c->evq[c->evq_head];
+		c->hosts_ahead = c->evq_hosts[c->evq_head];
 		c->evq_head = (c->evq_head + 1) % EVQ_MAX;
 		c->evq_len--;
 		return 1;
@@ -1360,11 +1573,10 @@ arb_next_event(arb_client *c, struct arb_event *ev)
 		if (m != NULL && absorb(c, m))
 			continue;
 		if (m != NULL) {
+			note(c, m);
 			to_event(c, m, ev);
-			if (ev->kind == ARB_EV_GRANTED)
-				ttl_track(c, ev->lease.id, ev->lease.ttl_ms);
-			else if (ev->kind == ARB_EV_REVOKED)
-				ttl_forget(c, ev->lease.id);
+			if (ev->kind == ARB_EV_QUEUED)
+				c->hosts_ahead = m->queued->hosts_ahead;
 			return 1;
 		}
 		rc = fill(c, false);
@@ -1385,6 +1597,7 @@ arb_release(arb_client *c, uint64_t lease_id)
 	req.kind_case = ARBITER__REQUEST__KIND_RELEASE;
 	req.release = &r;
 	ttl_forget(c, lease_id);
+	held_forget(c, lease_id, 0);
 	return call(c, &req, &m, ARBITER__SERVER_MESSAGE__KIND_RELEASED);
 }
 
@@ -1392,6 +1605,7 @@ int
 arb_release_nowait(arb_client *c, uint64_t lease_id)
 {
 	ttl_forget(c, lease_id);
+	held_forget(c, lease_id, 0);
 	return send_release(c, false, lease_id, true, NULL);
 }
 

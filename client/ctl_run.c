@@ -35,6 +35,16 @@
  * process-group supervisor. Should members outlive SIGKILL (stuck in the
  * kernel), run gives up on them KILL_WAIT_MS later rather than hang.
  *
+ * A cluster lease (the arbiter's cluster mode) has a deadline on
+ * CLOCK_BOOTTIME, moved later by each Extended the arbiter sends after
+ * renewing its etcd session. A timerfd on that clock, in the same poll,
+ * fires at the deadline whatever the arbiter does, frozen (SIGSTOP) or cut
+ * off: whatever the socket holds by then is read first (a late Extended
+ * counts), and if the deadline still stands the lease is lost as above,
+ * exit 75. Being on CLOCK_BOOTTIME it also fires on waking from a suspend
+ * that outlived the deadline, and arbiterctl checks it again after its
+ * own stop (Ctrl-Z) before CMD continues.
+ *
  * When CMD itself ends while the lease is held, run exits with its status
  * at once; background processes CMD leaves behind keep running (and keep
  * the lease through the inherited connection), as with flock(1).
@@ -52,6 +62,7 @@
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/timerfd.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <termios.h>
@@ -94,21 +105,33 @@ ctl_run_usage(FILE *out)
 	      "        if arbiterctl is killed), and finds ARBITER_RESOURCE,\n"
 	      "        ARBITER_LEASE_ID and ARBITER_TOKEN (the fencing token) in its\n"
 	      "        environment. While it waits, the queue position and the holder\n"
-	      "        (\"waiting for 'db': position 1, held by pid 4242\") are shown\n"
-	      "        only when stderr is a terminal, or with -v. --ttl SECS gives the\n"
-	      "        lease a ttl that arbiterctl renews while CMD runs. -h, --help:\n"
-	      "        this text.\n"
+	      "        (\"waiting for 'db': position 1, held by pid 4242\"; for a\n"
+	      "        cluster resource also \"2 hosts ahead\" in the cluster's queue)\n"
+	      "        are shown only when stderr is a terminal, or with -v. --ttl SECS\n"
+	      "        gives the lease a ttl that arbiterctl renews while CMD runs. -h,\n"
+	      "        --help: this text.\n"
 	      "        CMD runs in a process group of its own, the terminal's foreground\n"
 	      "        one when arbiterctl has the terminal (Ctrl-C reaches all of it);\n"
 	      "        SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to arbiterctl are passed\n"
 	      "        on to the group. If the lease is lost (revoked, ttl run out, the\n"
-	      "        arbiter gone) the whole group gets SIGTERM, then SIGKILL when\n"
-	      "        --grace SECS (default 10) have passed, and arbiterctl exits 75 as\n"
-	      "        soon as the group is gone. Meanwhile the arbiter may grant\n"
-	      "        RESOURCE again once leases.lock_delay_ms has passed (after an\n"
-	      "        unclean end of the arbiter itself too): keep that at least the\n"
-	      "        grace, 10000 for the default, and the two never overlap. Exits\n"
-	      "        with CMD's status (128+N if killed by signal N).\n",
+	      "        arbiter gone, or a cluster lease's deadline passed unrenewed) the\n"
+	      "        whole group gets SIGTERM, then SIGKILL when --grace SECS (default\n"
+	      "        10) have passed, and arbiterctl exits 75 as soon as the group is\n"
+	      "        gone. Meanwhile the arbiter may grant RESOURCE again once\n"
+	      "        leases.lock_delay_ms has passed (after an unclean end of the\n"
+	      "        arbiter itself too): keep that at least the grace, 10000 for the\n"
+	      "        default, and the two never overlap. Exits with CMD's status\n"
+	      "        (128+N if killed by signal N).\n"
+	      "        A cluster lease (the arbiter's [cluster] mode) has a deadline\n"
+	      "        that the arbiter moves on while it renews its etcd session;\n"
+	      "        arbiterctl keeps it with a timer of its own on CLOCK_BOOTTIME,\n"
+	      "        so CMD gets SIGTERM at the deadline (exit 75 as above) even when\n"
+	      "        the arbiter is frozen or cut off from etcd and says nothing.\n"
+	      "        Another host may get RESOURCE about cluster.safety_margin_ms\n"
+	      "        after the deadline: keep --grace short there, and fence writes.\n"
+	      "        -v shows how long the lease is valid when granted. A cluster\n"
+	      "        resource that etcd cannot serve now (cluster.when_unavailable =\n"
+	      "        fail) exits 69.\n",
 	      out);
 }
 /* clang-format on */
@@ -287,6 +310,7 @@ parse_args(struct run_opts *o, int argc, char **argv)
 
 struct wait_view {
 	bool show;
+	arb_client *c; /* the connection whose Queued is being shown */
 };
 
 static void
@@ -294,19 +318,20 @@ on_queued(void *ctx, const char *resource, uint32_t position,
 	  uint32_t holder_pid, const char *holder_name)
 {
 	struct wait_view *v = ctx;
+	uint32_t hosts = v->c != NULL ? arb_hosts_ahead(v->c) : 0;
+	char held[300] = "", ahead[48] = "";
 
 	if (!v->show)
 		return;
 	if (holder_pid != 0)
-		fprintf(
-		    stderr,
-		    "arbiterctl: waiting for '%s': position %u, held by pid "
-		    "%u (%s)\n",
-		    resource, position, holder_pid,
-		    holder_name[0] ? holder_name : "unnamed");
-	else
-		fprintf(stderr, "arbiterctl: waiting for '%s': position %u\n",
-			resource, position);
+		snprintf(held, sizeof held, ", held by pid %u (%.255s)",
+			 holder_pid, holder_name[0] ? holder_name : "unnamed");
+	/* A cluster resource: the position is among this host's waiters. */
+	if (hosts > 0)
+		snprintf(ahead, sizeof ahead, ", %u host%s ahead", hosts,
+			 hosts == 1 ? "" : "s");
+	fprintf(stderr, "arbiterctl: waiting for '%s': position %u%s%s\n",
+		resource, position, held, ahead);
 }
 
 /* The daemon's socket path, from the connection itself. */
@@ -340,6 +365,7 @@ acquire_bounded(arb_client *c, const struct run_opts *o, int64_t timeout_ms,
 	int rc;
 
 	msg[0] = '\0';
+	((struct wait_view *)ao->ctx)->c = c;
 	rc = arb_acquire_async(c, o->resource, o->mode, timeout_ms, ao, &req);
 	if (rc < 0)
 		return rc;
@@ -520,6 +546,8 @@ struct run {
 	bool killed;	      /* SIGKILL sent to the group */
 	uint64_t next_renew;  /* ns: the next renewal of a ttl lease, or 0 */
 	uint64_t valid_until; /* ns: when a ttl lease runs out, unrenewed */
+	int timerfd;	      /* CLOCK_BOOTTIME: a cluster lease's deadline */
+	uint64_t armed;	      /* the deadline it is armed for; 0: none */
 	uint64_t kill_at;     /* ns: when SIGKILL goes out (lost) */
 	uint64_t give_up;     /* ns: when members left after SIGKILL are left */
 };
@@ -653,6 +681,7 @@ restore_tty(struct run *r)
 }
 
 static void read_daemon(struct run *r);
+static void check_deadline(struct run *r);
 
 /*
  * Ctrl-Z stopped CMD's group: take the terminal back and stop too, so the
@@ -673,6 +702,7 @@ suspend(struct run *r)
 		(void)tcsetpgrp(r->tty, r->pg);
 	if (poll(&p, 1, 0) > 0)
 		read_daemon(r);
+	check_deadline(r);
 	(void)killpg(r->pg, SIGCONT);
 }
 
@@ -763,6 +793,25 @@ lost_tick(struct run *r)
 	return -1;
 }
 
+/*
+ * Arm the timer for the lease's deadline as the library knows it now (an
+ * Extended moves it): absolute, on CLOCK_BOOTTIME, the daemon's clock.
+ */
+static void
+arm_deadline(struct run *r)
+{
+	uint64_t until = arb_lease_valid_until(r->c, r->lease.id);
+	struct itimerspec its = {0};
+
+	if (r->timerfd < 0 || r->lost || until == 0 || until == r->armed)
+		return;
+	its.it_value.tv_sec = (time_t)(until / 1000000000u);
+	its.it_value.tv_nsec = (long)(until % 1000000000u);
+	if (timerfd_settime(r->timerfd, TFD_TIMER_ABSTIME, &its, NULL) < 0)
+		die(EXIT_SOFTWARE, "run: timerfd_settime: %s", strerror(errno));
+	r->armed = until;
+}
+
 /* Revoked events and a lost connection; sets r->lost. */
 static void
 read_daemon(struct run *r)
@@ -773,7 +822,11 @@ read_daemon(struct run *r)
 
 	while ((rc = arb_next_event(r->c, &ev)) > 0) {
 		if (ev.kind == ARB_EV_REVOKED && ev.lease.id == r->lease.id) {
-			snprintf(why, sizeof why, "%s", ev.message);
+			/* The daemon's words name the reason; its name
+			 * only when it sent none. */
+			snprintf(why, sizeof why, "%s",
+				 ev.message[0] ? ev.message
+					       : arb_reason_name(ev.reason));
 			lose(r, why);
 			return;
 		}
@@ -781,7 +834,42 @@ read_daemon(struct run *r)
 	if (rc < 0) {
 		snprintf(why, sizeof why, "%s", arb_last_error(r->c));
 		lose(r, why);
+		return;
 	}
+	arm_deadline(r);
+}
+
+/*
+ * A cluster lease past its deadline is lost, whatever the daemon says or
+ * does not say: it may be frozen, or its host cut off from etcd, and
+ * another host may be granted the resource once the deadline has passed.
+ * What the socket holds is read first: an Extended that came in time
+ * counts.
+ */
+static void
+check_deadline(struct run *r)
+{
+	uint64_t now, until;
+	uint64_t exp;
+
+	if (r->lost || r->armed == 0)
+		return;
+	if (r->timerfd >= 0)
+		(void)read(r->timerfd, &exp, sizeof exp); /* reset it */
+	if (arb_boottime_ns() < r->armed)
+		return;
+	read_daemon(r);
+	if (r->lost)
+		return;
+	now = arb_boottime_ns();
+	until = arb_lease_valid_until(r->c, r->lease.id);
+	if (until > now) {
+		arm_deadline(r);
+		return;
+	}
+	lose(r, "its cluster deadline passed without a renewal from the "
+		"arbiter: is arbiterd frozen, or cut off from etcd? (another "
+		"host may hold the resource now)");
 }
 
 /*
@@ -832,12 +920,17 @@ supervise(struct run *r)
 		r->valid_until = mono_ns() + r->lease.ttl_ms * 1000000;
 		r->next_renew = mono_ns() + r->lease.ttl_ms / 3 * 1000000;
 	}
+	arm_deadline(r);
 	for (;;) {
-		struct pollfd p[2] = {
+		struct pollfd p[3] = {
 		    {.fd = r->sigfd, .events = POLLIN},
 		    {.fd = arb_fd(r->c), .events = POLLIN},
+		    {.fd = r->armed ? r->timerfd : -1, .events = POLLIN},
 		};
 		int timeout = -1, n;
+
+		/* First on every wake-up: the deadline, whatever woke us. */
+		check_deadline(r);
 
 		if (!r->lost && r->cmd_done)
 			return r->cmd_status;
@@ -849,7 +942,7 @@ supervise(struct run *r)
 			timeout = ms_until(r->next_renew);
 		}
 		/* Once lost, the socket has nothing more to say. */
-		n = poll(p, r->lost ? 1 : 2, timeout);
+		n = poll(p, r->lost ? 1 : 3, timeout);
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
@@ -870,6 +963,8 @@ supervise(struct run *r)
 			read_daemon(r);
 			continue;
 		}
+		if (p[2].revents & POLLIN)
+			continue; /* check_deadline() at the top */
 		if (r->next_renew && mono_ns() >= r->next_renew)
 			renew(r);
 	}
@@ -886,8 +981,8 @@ ctl_run(int argc, char **argv)
 			     .grace = 10};
 	struct arb_acquire_opts ao = {.lock_delay_ms = -1};
 	struct wait_view view = {.show = false};
-	struct run r = {.sigfd = -1, .tty = -1};
-	uint64_t t0 = mono_ns(), deadline = 0;
+	struct run r = {.sigfd = -1, .tty = -1, .timerfd = -1};
+	uint64_t t0 = mono_ns(), deadline = 0, until;
 	char name[65], buf[32], msg[800];
 	int rc, status;
 	bool on_tty;
@@ -932,12 +1027,41 @@ ctl_run(int argc, char **argv)
 		arb_close(r.c);
 		return rc == -ETIMEDOUT ? EXIT_UNAVAIL : exit_for(rc);
 	}
-	if (verbose)
+	until = arb_lease_valid_until(r.c, r.lease.id);
+	if (until != 0) {
+		/* A cluster lease: its deadline is kept by our own timer. */
+		r.timerfd =
+		    timerfd_create(CLOCK_BOOTTIME, TFD_NONBLOCK | TFD_CLOEXEC);
+		if (r.timerfd < 0)
+			die(EXIT_SOFTWARE,
+			    "run: timerfd_create(CLOCK_BOOTTIME): %s "
+			    "(arbiterctl needs Linux 3.15 or later for a "
+			    "cluster lease)",
+			    strerror(errno));
+	}
+	if (until != 0 && !arb_lease_valid(r.c, r.lease.id)) {
+		fprintf(stderr,
+			"arbiterctl: the cluster lease on '%s' passed its "
+			"deadline before %s could start: is arbiterd frozen, "
+			"or cut off from etcd?\n",
+			o.resource, o.cmd[0]);
+		arb_close(r.c);
+		return EXIT_REVOKED;
+	}
+	if (verbose) {
+		char valid[64] = "";
+
+		if (until != 0)
+			snprintf(valid, sizeof valid,
+				 ", cluster lease valid for %.3f s",
+				 (double)(int64_t)(until - arb_boottime_ns()) /
+				     1e9);
 		fprintf(stderr,
 			"arbiterctl: got '%s' (lease %" PRIu64
-			", token %" PRIu64 ", waited %.3f s)\n",
+			", token %" PRIu64 ", waited %.3f s%s)\n",
 			o.resource, r.lease.id, r.lease.token,
-			r.lease.waited_us / 1e6);
+			r.lease.waited_us / 1e6, valid);
+	}
 
 	setenv("ARBITER_RESOURCE", o.resource, 1);
 	snprintf(buf, sizeof buf, "%" PRIu64, r.lease.id);
@@ -959,6 +1083,8 @@ ctl_run(int argc, char **argv)
 	on_tty = r.tty >= 0;
 	restore_tty(&r);
 	close(r.sigfd);
+	if (r.timerfd >= 0)
+		close(r.timerfd);
 	if (!r.lost)
 		(void)arb_release(r.c, r.lease.id); /* closing would do it */
 	arb_close(r.c);

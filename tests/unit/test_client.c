@@ -306,7 +306,94 @@ enum script {
 	FLOOD_QUEUED,	   /* answer an acquire with Queued, forever */
 	CONVERT,	   /* answer Convert by lease id (answer_convert) */
 	LATE_CONVERT,	   /* answer an upgrade only after its withdrawal */
+	CLUSTER,	   /* cluster mode (play_cluster) */
 };
+
+static uint64_t
+boottime_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_BOOTTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Deadlines the CLUSTER fake gives: the grant's, and an Extended's. */
+#define CLUSTER_GRANT_MS  300
+#define CLUSTER_EXTEND_MS 10000
+
+/*
+ * CLUSTER: Welcome says cluster; an acquire of "db" is Queued (2 hosts
+ * ahead) and granted as lease 5, valid for CLUSTER_GRANT_MS; of anything
+ * else refused as UNAVAILABLE. A Ping is answered after an Extended of
+ * lease 5 (valid for CLUSTER_EXTEND_MS); a Release with Released.
+ */
+static void
+play_cluster(int fd, const Arbiter__Request *req)
+{
+	Arbiter__ServerMessage m = ARBITER__SERVER_MESSAGE__INIT;
+	Arbiter__Welcome w = ARBITER__WELCOME__INIT;
+	Arbiter__Queued q = ARBITER__QUEUED__INIT;
+	Arbiter__Granted g = ARBITER__GRANTED__INIT;
+	Arbiter__Extended x = ARBITER__EXTENDED__INIT;
+	Arbiter__Released r = ARBITER__RELEASED__INIT;
+
+	m.has_id = true;
+	m.id = req->id;
+	switch (req->kind_case) {
+	case ARBITER__REQUEST__KIND_HELLO:
+		m.kind_case = ARBITER__SERVER_MESSAGE__KIND_WELCOME;
+		m.welcome = &w;
+		w.protocol_version = ARB_PROTOCOL_VERSION;
+		w.has_cluster = w.cluster = true;
+		break;
+	case ARBITER__REQUEST__KIND_ACQUIRE:
+		if (req->acquire->resource.len != 2 ||
+		    memcmp(req->acquire->resource.data, "db", 2) != 0) {
+			send_error(fd, req->id,
+				   ARBITER__ERROR_CODE__UNAVAILABLE,
+				   "etcd at http://127.0.0.1:1 cannot be "
+				   "reached");
+			return;
+		}
+		m.kind_case = ARBITER__SERVER_MESSAGE__KIND_QUEUED;
+		m.queued = &q;
+		q.lease_id = 5;
+		q.has_position = q.has_hosts_ahead = true;
+		q.position = 1;
+		q.hosts_ahead = 2;
+		q.resource = "db";
+		fake_send(fd, &m);
+		m.kind_case = ARBITER__SERVER_MESSAGE__KIND_GRANTED;
+		m.granted = &g;
+		g.lease_id = 5;
+		g.token = 42;
+		g.resource = "db";
+		g.has_valid_until_ns = true;
+		g.valid_until_ns =
+		    boottime_ns() + (uint64_t)CLUSTER_GRANT_MS * 1000000;
+		break;
+	case ARBITER__REQUEST__KIND_PING:
+		m.has_id = false;
+		m.kind_case = ARBITER__SERVER_MESSAGE__KIND_EXTENDED;
+		m.extended = &x;
+		x.lease_id = 5;
+		x.has_valid_until_ns = true;
+		x.valid_until_ns =
+		    boottime_ns() + (uint64_t)CLUSTER_EXTEND_MS * 1000000;
+		x.resource = "db";
+		fake_send(fd, &m);
+		send_pong(fd, req->id);
+		return;
+	case ARBITER__REQUEST__KIND_RELEASE:
+		m.kind_case = ARBITER__SERVER_MESSAGE__KIND_RELEASED;
+		m.released = &r;
+		break;
+	default:
+		return;
+	}
+	fake_send(fd, &m);
+}
 
 static void
 play(int fd, int out, enum script script)
@@ -318,6 +405,10 @@ play(int fd, int out, enum script script)
 	codec_arena_init(&a, 1 << 16);
 	while ((req = fake_read(fd, &a)) != NULL) {
 		tell(out, req);
+		if (script == CLUSTER) {
+			play_cluster(fd, req);
+			continue;
+		}
 		switch (req->kind_case) {
 		case ARBITER__REQUEST__KIND_HELLO:
 			if (script != SILENT)
@@ -515,6 +606,108 @@ Test(client, convert_returns_the_new_token_and_maps_errors)
 	cr_assert_eq(ev.request_id, rid);
 	cr_assert(ev.lease.id == 1 && ev.lease.token == 43 &&
 		  ev.lease.mode == ARB_EXCLUSIVE);
+	arb_close(c);
+	fake_stop(&f);
+}
+
+static void
+note_hosts(void *ctx, const char *resource, uint32_t position,
+	   uint32_t holder_pid, const char *holder_name)
+{
+	arb_client **c = ctx;
+
+	(void)resource;
+	(void)position;
+	(void)holder_pid;
+	(void)holder_name;
+	/* Told from inside the callback, for the Queued it reports. */
+	cr_assert_eq(arb_hosts_ahead(*c), 2);
+	cr_assert_eq(position, 1);
+}
+
+Test(client, a_cluster_lease_is_valid_until_its_deadline_and_extended)
+{
+	struct fake f;
+	struct arb_lease l;
+	struct arb_event ev;
+	arb_client *c;
+	struct arb_acquire_opts o = {
+	    .lock_delay_ms = -1, .on_queued = note_hosts, .ctx = &c};
+	uint64_t t0, until, later;
+	char role[16];
+	int rc;
+
+	fake_start(&f, dir, "a.sock", 0, CLUSTER);
+	cr_assert_eq(arb_connect(&c, f.path, "t"), 0, "%s",
+		     arb_connect_error());
+	cr_assert(arb_cluster_mode(c));
+	t0 = arb_boottime_ns();
+	cr_assert_eq(arb_acquire(c, "db", ARB_EXCLUSIVE, -1, &o, &l), 0, "%s",
+		     arb_last_error(c));
+	until = arb_lease_valid_until(c, l.id);
+	cr_assert(until > t0 &&
+		      until <= arb_boottime_ns() +
+				   (uint64_t)CLUSTER_GRANT_MS * 1000000,
+		  "deadline %llu, now %llu", (unsigned long long)until,
+		  (unsigned long long)arb_boottime_ns());
+	cr_assert(arb_lease_valid(c, l.id));
+	/* The fake says nothing more: the deadline passes on the clock. */
+	while (arb_boottime_ns() < until)
+		(void)poll(NULL, 0,
+			   (int)((until - arb_boottime_ns()) / 1000000 + 1));
+	cr_assert_not(arb_lease_valid(c, l.id),
+		      "a cluster lease past its deadline is not valid");
+	/* An Extended read while a call waits for its answer moves it. */
+	cr_assert_eq(arb_ping(c, role, sizeof role), 0, "%s",
+		     arb_last_error(c));
+	later = arb_lease_valid_until(c, l.id);
+	cr_assert_gt(later,
+		     until + (uint64_t)(CLUSTER_EXTEND_MS / 2) * 1000000);
+	cr_assert(arb_lease_valid(c, l.id));
+	cr_assert_eq(arb_next_event(c, &ev), 1);
+	cr_assert_eq(ev.kind, ARB_EV_EXTENDED);
+	cr_assert_eq(ev.lease.id, l.id);
+	cr_assert_str_eq(ev.resource, "db");
+	/* Another resource: etcd is out of reach. */
+	rc = arb_acquire(c, "other", ARB_EXCLUSIVE, 0, NULL, &l);
+	cr_assert_eq(rc, -ARB_EUNAVAILABLE, "rc %d", rc);
+	cr_assert_not_null(strstr(arb_strerror(rc), "etcd"));
+	cr_assert_not_null(strstr(arb_last_error(c), "http://127.0.0.1:1"));
+	/* Released: no deadline, not valid. */
+	cr_assert_eq(arb_release(c, 5), 0, "%s", arb_last_error(c));
+	cr_assert_not(arb_lease_valid(c, 5));
+	cr_assert_eq(arb_lease_valid_until(c, 5), 0);
+	cr_assert_str_eq(arb_reason_name(ARB_REASON_CLUSTER_LOST),
+			 "cluster_lost");
+	arb_close(c);
+	fake_stop(&f);
+}
+
+Test(client, a_grant_crossing_its_cancel_is_no_valid_lease)
+{
+	struct fake f;
+	struct seen s;
+	arb_client *c;
+	uint64_t rid;
+
+	fake_start(&f, dir, "a.sock", 0, LATE_GRANT);
+	cr_assert_eq(arb_connect(&c, f.path, "t"), 0, "%s",
+		     arb_connect_error());
+	cr_assert_not(arb_cluster_mode(c));
+	/* The fake grants lease 77 when its acquire is withdrawn. */
+	cr_assert_eq(arb_acquire_async(c, "db", ARB_EXCLUSIVE, -1, NULL, &rid),
+		     0);
+	cr_assert(fake_expect(&f, ARBITER__REQUEST__KIND_ACQUIRE, &s));
+	cr_assert_eq(arb_cancel(c, rid), 0);
+	for (;;) {
+		struct arb_event ev;
+		struct pollfd p = {.fd = arb_fd(c), .events = POLLIN};
+
+		cr_assert_gt(poll(&p, 1, 5000), 0, "no Granted came");
+		if (arb_next_event(c, &ev) == 1 && ev.kind == ARB_EV_GRANTED)
+			break;
+	}
+	cr_assert_not(arb_lease_valid(c, 77));
 	arb_close(c);
 	fake_stop(&f);
 }

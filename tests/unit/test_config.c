@@ -127,6 +127,21 @@ static const struct {
     {"stats", "max_resources", "22", "22"},
     {"stats", "enabled", "no", "no"},
     {"shutdown", "timeout_ms", "23", "23"},
+    {"cluster", "backend", "none", "none"},
+    {"cluster", "endpoints", "http://e1:2379,http://e2:2379",
+     "http://e1:2379,http://e2:2379"},
+    {"cluster", "prefix", "team-a/", "team-a/"},
+    {"cluster", "host_id", "node-7", "node-7"},
+    {"cluster", "resources", "db, shared-*", "db, shared-*"},
+    {"cluster", "tls_ca", "/etc/ca.pem", "/etc/ca.pem"},
+    {"cluster", "tls_cert", "/etc/c.pem", "/etc/c.pem"},
+    {"cluster", "tls_key", "/etc/k.pem", "/etc/k.pem"},
+    {"cluster", "session_ttl_ms", "12000", "12000"},
+    {"cluster", "request_timeout_ms", "700", "700"},
+    {"cluster", "safety_margin_ms", "900", "900"},
+    {"cluster", "max_clock_drift_ppm", "50", "50"},
+    {"cluster", "yield_after_ms", "40", "40"},
+    {"cluster", "when_unavailable", "fail", "fail"},
 };
 
 #define NEVERY (sizeof every / sizeof every[0])

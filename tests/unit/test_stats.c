@@ -233,7 +233,7 @@ Test(stats, every_field_reaches_the_protobuf_reply)
 {
 	struct stats_res *r = stats_res(&st, "db", 2);
 	Arbiter__ResourceStats rs = ARBITER__RESOURCE_STATS__INIT;
-	Arbiter__Histogram hists[2];
+	Arbiter__Histogram hists[STATS_NHISTS];
 	const char *base = (const char *)&rs;
 
 	distinct_figures(r);
@@ -337,6 +337,8 @@ Test(stats, every_counter_and_histogram_reaches_prometheus)
 			stats_count(&srv->stats, r, (enum stats_counter)k);
 	stats_wait(&srv->stats, r, 3 * MS);
 	stats_hold(&srv->stats, r, 7 * MS);
+	stats_cluster_wait(&srv->stats, r, 5 * MS);
+	stats_cluster_hold(&srv->stats, r, 9 * MS);
 	metrics_render(srv, b);
 	len = evbuffer_get_length(b);
 	text = calloc(1, len + 1);

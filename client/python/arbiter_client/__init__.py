@@ -30,8 +30,8 @@ from ._filelock import (AsyncFileLock, FileLock, FileLockTimeout,
                         LockDeadlock)
 from .errors import (AlreadyHeld, ArbiterError, Cancelled, ConnectionLost,
                      Deadlock, Forbidden, InvalidName, LeaseRevoked, NotRunning,
-                     ProtocolError, ShuttingDown, Timeout, UntrustedServer,
-                     WouldBlock)
+                     ProtocolError, ShuttingDown, Timeout, Unavailable,
+                     UntrustedServer, WouldBlock)
 
 __version__ = "0.1.0"
 
@@ -44,5 +44,5 @@ __all__ = [
     "ArbiterError", "NotRunning", "ConnectionLost", "ShuttingDown",
     "ProtocolError", "Forbidden", "Timeout", "WouldBlock", "Cancelled",
     "AlreadyHeld", "InvalidName", "LeaseRevoked", "UntrustedServer",
-    "Deadlock",
+    "Deadlock", "Unavailable",
 ]

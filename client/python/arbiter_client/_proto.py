@@ -458,6 +458,13 @@ def daemon_error(err, path, *, resource=None, op="request", timeout=None):
             **kw)
     if code == "DEADLOCK":
         return E.Deadlock("%s (%s)" % (msg, where), **kw)
+    if code == "UNAVAILABLE":
+        return E.Unavailable(
+            "the %s cannot serve %r now: %s. It is a cluster resource and "
+            "the daemon cannot reach etcd (or the cluster refuses grants); "
+            "retry later, and see `arbiterctl -S %s stats` for the "
+            "cluster's state and last error" % (where, resource, msg, path),
+            **kw)
     if code == "INVALID_NAME":
         return E.InvalidName("invalid resource name %r: %s" % (resource, msg),
                              **kw)
@@ -644,7 +651,20 @@ def says_shutdown(m):
 REASONS = {
     pb.EXPIRED: "EXPIRED", pb.ADMIN: "ADMIN", pb.SHUTDOWN: "SHUTDOWN",
     pb.STORAGE_LOST: "STORAGE_LOST", pb.DISCONNECT: "DISCONNECT",
+    pb.CLUSTER_LOST: "CLUSTER_LOST",
 }
+
+
+def boottime():
+    """CLOCK_BOOTTIME now, in seconds: the clock of a cluster lease's
+    deadline (the daemon's, on the same host; it counts a suspend too)."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def deadline_of(ns):
+    """A Granted/Converted/Extended valid_until_ns as CLOCK_BOOTTIME
+    seconds, None for 0 (a local lease)."""
+    return ns / 1e9 if ns else None
 
 
 class Revocation:
@@ -680,11 +700,20 @@ class BaseLease:
     "shared"), ``token`` (fencing token, grows with every grant of the
     resource), ``lease_id``; also ``ttl`` (seconds, None without one),
     ``waited`` (seconds spent queued) and ``revoked`` (a Revocation once the
-    daemon ended it, else None)."""
+    daemon ended it, else None).
+
+    A cluster lease (the daemon's cluster mode) has a deadline,
+    ``valid_until``: CLOCK_BOOTTIME seconds (``time.clock_gettime(
+    time.CLOCK_BOOTTIME)``), moved later each time the daemon renews its
+    etcd session (an Extended message, read in the background); None for a
+    local lease. Past it the daemon no longer vouches for the lease, even if
+    it said nothing (frozen, cut off from etcd): ``valid()`` turns False and
+    ``check()`` raises."""
 
     __slots__ = ("resource", "mode", "token", "lease_id", "ttl", "waited",
-                 "revoked", "released", "_client", "_raw", "_gate",
-                 "_auto_renew", "_on_revoked", "_conn", "__weakref__")
+                 "revoked", "released", "valid_until", "_client", "_raw",
+                 "_gate", "_auto_renew", "_on_revoked", "_conn",
+                 "__weakref__")
 
     def __init__(self, client, raw, granted):
         self._client = client
@@ -695,6 +724,7 @@ class BaseLease:
         self.lease_id = granted.lease_id
         self.ttl = granted.ttl_ms / 1000.0 if granted.ttl_ms else None
         self.waited = granted.waited_us / 1e6
+        self.valid_until = deadline_of(granted.valid_until_ns)
         self.revoked = None
         self.released = False
         self._gate = None
@@ -707,11 +737,35 @@ class BaseLease:
         """True while the lease is ours: not released, not revoked."""
         return not self.released and self.revoked is None
 
+    def valid(self):
+        """True while the lease may be relied on: held (not released, not
+        revoked) and, for a cluster lease, before its deadline."""
+        return self.held and (self.valid_until is None or
+                              boottime() < self.valid_until)
+
+    def remaining(self):
+        """Seconds until a cluster lease's deadline (0.0 once past it or
+        no longer held); None for a local lease held (no deadline)."""
+        if not self.held:
+            return 0.0
+        if self.valid_until is None:
+            return None
+        return max(0.0, self.valid_until - boottime())
+
     def check(self):
-        """Raise LeaseRevoked if the daemon ended this lease; call it before
-        a write when the work under a lease is long."""
+        """Raise LeaseRevoked if the daemon ended this lease, or if it is a
+        cluster lease past its deadline; call it before a write when the
+        work under a lease is long."""
         if self.revoked is not None:
             raise self.revoked.error(self._client.socket_path)
+        if (self.valid_until is not None and not self.released and
+                boottime() >= self.valid_until):
+            raise Revocation(self, "CLUSTER_LOST", (
+                "its cluster deadline passed %.3f s ago without a renewal "
+                "from the daemon: is arbiterd frozen, or cut off from etcd? "
+                "Another host may hold the resource now" %
+                (boottime() - self.valid_until))).error(
+                    self._client.socket_path)
 
     def __repr__(self):
         state = ("released" if self.released else
@@ -885,12 +939,13 @@ _SECONDS = "_seconds"
 _PLANS = {}
 
 
-def _plan(desc, spread, strip):
+def _plan(desc, spread, strip, keyed):
     """How to render each field of a message, worked out once per message
     type and way: (kind, field, output name, arg), arg being the key field
     of a listed message's elements, or whether a submessage's unit moved
-    to its key."""
-    plan = _PLANS.get((desc.full_name, spread, strip))
+    to its key. keyed: the message is named by its first field elsewhere
+    (an element of a keyed list, the total), which is then left out."""
+    plan = _PLANS.get((desc.full_name, spread, strip, keyed))
     if plan is not None:
         return plan
     fields = sorted(desc.fields, key=lambda f: f.number)
@@ -898,12 +953,12 @@ def _plan(desc, spread, strip):
     for i, f in enumerate(fields):
         rep = f.label == f.LABEL_REPEATED
         msg = f.type == f.TYPE_MESSAGE
-        if f.type == f.TYPE_BYTES or (i == 0 and _is_key(f)):
+        if f.type == f.TYPE_BYTES or (keyed and i == 0 and _is_key(f)):
             continue
         if msg and rep:
             (late if spread else plan).append(
                 ("listed", f, f.name, _key_field(f.message_type)))
-        elif msg and spread:
+        elif msg and spread and _is_total(desc, f):
             plan.append(("spread", f, None, None))
         elif msg:
             unit = _in_seconds(f.message_type)
@@ -914,8 +969,16 @@ def _plan(desc, spread, strip):
             if strip and name.endswith(_SECONDS):
                 name = name[:-len(_SECONDS)]
             plan.append(("repeated" if rep else "scalar", f, name, None))
-    plan = _PLANS[(desc.full_name, spread, strip)] = plan + late
+    plan = _PLANS[(desc.full_name, spread, strip, keyed)] = plan + late
     return plan
+
+
+def _is_total(desc, f):
+    """The top level's total: the single message of the type its repeated
+    message field lists (Stats.total beside Stats.resources). Any other
+    single message (Stats.cluster) keeps its own key."""
+    return any(g.type == g.TYPE_MESSAGE and g.label == g.LABEL_REPEATED and
+               g.message_type is f.message_type for g in desc.fields)
 
 
 def _is_key(f):
@@ -940,12 +1003,12 @@ def _scalar(f, v):
     return v
 
 
-def _message_dict(m, spread=False, strip=False):
-    """m's fields as a dict. spread: the top level of a reply, where a
-    single submessage (the total) is spread over the dict and a repeated
-    one comes last; strip: the unit went to the parent's key."""
+def _message_dict(m, spread=False, strip=False, keyed=True):
+    """m's fields as a dict. spread: the top level of a reply, where the
+    total is spread over the dict and a repeated message comes last;
+    strip: the unit went to the parent's key; keyed: see _plan."""
     d = {}
-    for kind, f, name, arg in _plan(m.DESCRIPTOR, spread, strip):
+    for kind, f, name, arg in _plan(m.DESCRIPTOR, spread, strip, keyed):
         v = getattr(m, f.name)
         if kind == "scalar":
             d[name] = _scalar(f, v)
@@ -955,8 +1018,10 @@ def _message_dict(m, spread=False, strip=False):
             d[name] = {getattr(e, arg): _message_dict(e) for e in v}
         elif kind == "spread":
             d.update(_message_dict(v))
+        elif kind == "message" and not arg and not m.HasField(f.name):
+            continue    # absent, and no histogram: Stats.cluster off cluster
         elif kind == "message":
-            d[name] = _message_dict(v, strip=arg)
+            d[name] = _message_dict(v, strip=arg, keyed=False)
         else:
             d[name] = [_scalar(f, x) for x in v]
     return d
@@ -974,12 +1039,22 @@ def status_dict(s):
     """A Status message as the dict `arbiterctl status --json` prints (plus
     connection_id per holder and waiter, and each waiter's position). Per
     resource every field of ResourceStatus (delayed_us, holders, waiters,
-    holders_omitted, waiters_omitted: the ones past the 1000 listed)."""
+    holders_omitted, waiters_omitted: the ones past the 1000 listed;
+    cluster_state and hosts, a cluster resource's hosts in queue order).
+    In cluster mode also ``cluster``: the host's etcd session (state,
+    host_id, endpoint, lease_id, valid_for_ms, ...)."""
     res = {}
     for r in s.resources:
         e = res[r.resource] = _message_dict(r)
         e["waiters"] = [dict(position=i + 1, **w)
                         for i, w in enumerate(e["waiters"])]
-    return {"role": s.role, "pid": s.pid, "version": s.server_version,
-            "storage": s.storage_path, "storage_holder": s.storage_holder,
-            "connections": s.connections, "resources": res}
+        # A cluster resource's hosts in queue order (holding ones first),
+        # as a list like the waiters.
+        e["hosts"] = [dict(host_id=h.host_id, **_message_dict(h))
+                      for h in r.hosts]
+    d = {"role": s.role, "pid": s.pid, "version": s.server_version,
+         "storage": s.storage_path, "storage_holder": s.storage_holder,
+         "connections": s.connections, "resources": res}
+    if s.HasField("cluster"):
+        d["cluster"] = _message_dict(s.cluster, keyed=False)
+    return d

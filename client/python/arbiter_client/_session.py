@@ -33,9 +33,13 @@ from . import errors as E
 from ._proto import pb
 
 QueueInfo = namedtuple("QueueInfo", "resource position holder_pid holder_name "
-                                    "holders lease_id")
+                                    "holders lease_id hosts_ahead",
+                       defaults=(0,))
 QueueInfo.__doc__ = """Where a waiting acquire stands: 1-based queue
-position, the pid and client name of a current holder, how many hold it."""
+position, the pid and client name of a current holder, how many hold it;
+for a cluster resource, hosts_ahead: how many hosts' keys are ahead of this
+host's in the cluster's queue (the position is then among this host's
+waiters), 0 otherwise."""
 
 
 class Pending:
@@ -157,6 +161,13 @@ class Session:
         if kind == "revoked":
             got = self.revoked(m.revoked)
             return [] if got is None else [(REVOKED,) + got]
+        if kind == "extended":
+            # A cluster lease's deadline moved later (the daemon renewed
+            # its etcd session).
+            lease = self.leases.get(m.extended.lease_id)
+            if lease is not None and m.extended.valid_until_ns:
+                lease.valid_until = P.deadline_of(m.extended.valid_until_ns)
+            return []
         if kind == "queued":
             p = self.pending.get(m.id)
             if p is None or p.on_queued is None or p.abandoned:
@@ -165,7 +176,7 @@ class Session:
             return [(QUEUED, p.on_queued, QueueInfo(
                 q.resource, q.position,
                 q.holder_pid if q.HasField("holder_pid") else None,
-                q.holder_name, q.holders, q.lease_id))]
+                q.holder_name, q.holders, q.lease_id, q.hosts_ahead))]
         p = self.pending.pop(m.id, None)
         if p is None:
             return []
@@ -527,6 +538,8 @@ class Session:
         mode = r.mode if r.HasField("mode") else req.convert.mode
         lease.mode = P.SHARED if mode == pb.SHARED else P.EXCLUSIVE
         lease.token = r.token
+        if r.valid_until_ns:
+            lease.valid_until = P.deadline_of(r.valid_until_ns)
         return lease.token
 
     @staticmethod

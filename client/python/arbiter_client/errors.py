@@ -20,6 +20,8 @@ and carries the daemon's own message when the daemon sent one:
 ``AlreadyHeld``           this connection/thread already holds or waits for it
 ``Deadlock``              an upgrade refused: another holder already waits to
                           upgrade, and each would wait for the other for ever
+``Unavailable``           a cluster resource while the daemon cannot reach
+                          etcd (``cluster.when_unavailable = fail``): retry
 ``InvalidName``           resource name not 1..255 bytes of printable UTF-8
                           (also a ``ValueError``)
 ``LeaseRevoked``          a lease ended without the holder asking (TTL expiry,
@@ -109,6 +111,13 @@ class Deadlock(ArbiterError):
     then proceeds) and acquire the resource exclusive anew."""
 
 
+class Unavailable(ArbiterError):
+    """A cluster resource cannot be granted now: the daemon cannot reach
+    etcd, or the cluster refuses grants (the daemon's
+    ``cluster.when_unavailable = fail``; with ``queue`` the acquire waits
+    instead). The message names the endpoints; retry later."""
+
+
 class InvalidName(ArbiterError, ValueError):
     """A resource name is empty, longer than 255 bytes or not printable
     UTF-8."""
@@ -119,8 +128,11 @@ class LeaseRevoked(ArbiterError):
 
     ``reason`` is one of ``"EXPIRED"`` (ttl ran out without a renew),
     ``"ADMIN"`` (arbiterctl revoke), ``"SHUTDOWN"`` (the daemon stopped),
-    ``"STORAGE_LOST"`` or ``"DISCONNECT"`` (the connection to the daemon was
-    lost). ``lease`` is the :class:`~arbiter_client.Lease` concerned.
+    ``"STORAGE_LOST"``, ``"DISCONNECT"`` (the connection to the daemon was
+    lost) or ``"CLUSTER_LOST"`` (a cluster lease past its deadline: the
+    daemon's etcd session was not renewed in time; ``lease.check()`` also
+    raises it when the deadline passed and the daemon said nothing).
+    ``lease`` is the :class:`~arbiter_client.Lease` concerned.
     """
 
     def __init__(self, message, *, reason=None, lease=None, **kw):
@@ -133,5 +145,5 @@ __all__ = [
     "ArbiterError", "NotRunning", "ConnectionLost", "ShuttingDown",
     "ProtocolError", "Forbidden", "Timeout", "WouldBlock", "Cancelled",
     "AlreadyHeld", "InvalidName", "LeaseRevoked", "UntrustedServer",
-    "Deadlock",
+    "Deadlock", "Unavailable",
 ]
