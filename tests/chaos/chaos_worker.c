@@ -402,28 +402,34 @@ boot_to_mono(uint64_t boot_ns)
 	return (uint64_t)((int64_t)boot_ns - off);
 }
 
-/* A lease's deadline (CLOCK_BOOTTIME ns; 0: a local lease). */
+/* A lease's deadline on CLOCK_MONOTONIC, as this client knows it now (0: a
+ * local lease, or one it no longer holds). */
 static uint64_t
-lease_deadline(const struct arb_lease *l)
+lease_deadline(arb_client *c, uint64_t lease_id)
 {
-	(void)l;
-	return 0; /* the C client does not report it yet */
+	return boot_to_mono(arb_lease_valid_until(c, lease_id));
 }
 
 /* Drain events: the reason lease_id was revoked (0: it was not; 100 for
- * a revoke without reason); *vu moves with its Extended events; *lost on a
- * broken link. */
+ * a revoke without reason); *vu follows its Extended events (the deadline
+ * the client knew last before a revoke forgot it); *lost on a broken link.
+ * Each frame updates the client's deadlines when it is taken, in order. */
 static int
 drain_events(arb_client *c, uint64_t lease_id, bool *lost, uint64_t *vu)
 {
 	struct arb_event ev;
 	int revoked = 0, rc;
 
-	(void)vu;
-	while ((rc = arb_next_event(c, &ev)) > 0) {
+	for (;;) {
+		uint64_t v = lease_deadline(c, lease_id);
+
+		if (v != 0)
+			*vu = v;
+		if ((rc = arb_next_event(c, &ev)) <= 0)
+			break;
 		if (ev.kind == ARB_EV_REVOKED && ev.lease.id == lease_id)
 			revoked = ev.reason > 0 ? ev.reason : 100;
-		else
+		else if (ev.kind != ARB_EV_EXTENDED)
 			logline("X %d %" PRIu64 " %s", (int)ev.kind,
 				ev.lease.id, ev.resource);
 	}
@@ -488,7 +494,7 @@ rmw_upgrade(arb_client *c, struct store *s, unsigned r,
 		if (rc == 0) {
 			id = held.id;
 			token = held.token;
-			*vu = boot_to_mono(lease_deadline(&held));
+			*vu = lease_deadline(c, held.id);
 		}
 	} else
 		rc = arb_convert(c, lease->id, ARB_EXCLUSIVE, timeout, &token);
@@ -518,6 +524,8 @@ rmw_upgrade(arb_client *c, struct store *s, unsigned r,
 		logline("E %u 0 upgrade token %" PRIu64 " not above %" PRIu64,
 			r, token, lease->token);
 	t0 = now_ns();
+	if (!break_noconvert && lease_deadline(c, id) != 0)
+		*vu = lease_deadline(c, id); /* Converted carried it */
 	pause_us(section_pause_us(0, r, token));
 	value++;
 	rc = store_write(s, token, value, &tw);
@@ -685,7 +693,7 @@ main(int argc, char **argv)
 
 		/* ---- the critical section ---- */
 		t0 = now_ns();
-		vu = boot_to_mono(lease_deadline(&lease));
+		vu = lease_deadline(c, lease.id);
 		if (mode == ARB_EXCLUSIVE) {
 			rc = store_read(&st[r], lease.token, true, &value, &tr);
 			if (rc == ST_OK) {
