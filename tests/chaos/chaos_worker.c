@@ -169,7 +169,9 @@ rnd_below(unsigned n)
 static void
 pause_us(unsigned us)
 {
-	struct timespec ts = {0, (long)us * 1000};
+	/* tv_nsec must stay below a second (the long sections are longer). */
+	struct timespec ts = {(time_t)(us / 1000000),
+			      (long)(us % 1000000) * 1000};
 
 	if (us == 0)
 		return;
