@@ -256,6 +256,7 @@ def cluster_self_test(a):
                          "--norevoke-daemon (make chaos-cluster-selftest "
                          "builds one)")
             a.arbiterd = a.norevoke_daemon
+        a.planted = True
         buf = io.StringIO()
         ok = chaos_cluster.run_cluster(a, buf)
         caught = [l for l in buf.getvalue().splitlines()
