@@ -1,6 +1,7 @@
 # arbiter — plain GNU make.
 #
-#   make            build build/arbiterd, build/arbiterctl, build/libarbiter.{a,so};
+#   make            build build/arbiterd, build/arbiterctl, build/libarbiter.{a,so},
+#                   build/libarbiter-intercept.so;
 #                   installs nothing: names any missing Debian package and the
 #                   command that installs it (make deps)
 #   make run        install missing Debian packages, build, run on arbiter.conf
@@ -61,13 +62,18 @@ DAEMON_OBJ := $(DAEMON_SRC:%.c=$(BUILD)/%.o)
 MAIN_OBJ := $(BUILD)/arbiter/main.o
 
 CLIENT_OBJ := $(BUILD)/client/client.o
-CTL_OBJ := $(BUILD)/client/arbiterctl.o $(BUILD)/client/ctl_run.o
+CTL_OBJ := $(BUILD)/client/arbiterctl.o $(BUILD)/client/ctl_run.o \
+	$(BUILD)/client/ctl_intercept.o
+# The LD_PRELOAD shim of `arbiterctl intercept`: libarbiter inside it, its
+# symbols hidden by client/intercept.map (only the wrappers are exported).
+INTERCEPT_SO := $(BUILD)/libarbiter-intercept.so
+INTERCEPT_OBJ := $(BUILD)/client/intercept.o
 
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
 BINS := $(BUILD)/arbiterd $(BUILD)/arbiterctl $(BUILD)/libarbiter.a \
-	$(BUILD)/libarbiter.so $(PYGEN)
+	$(BUILD)/libarbiter.so $(INTERCEPT_SO) $(PYGEN)
 
 .PHONY: all deps run test check check-unit check-integration check-deploy check-cluster \
 	asan valgrind fuzz bench install clean format format-check lint selftests \
@@ -109,6 +115,11 @@ $(BUILD)/libarbiter.a: $(CLIENT_OBJ) $(PROTO_OBJ)
 $(BUILD)/libarbiter.so: $(CLIENT_OBJ) $(PROTO_OBJ)
 	$(CC) $(ALL_LDFLAGS) -shared -Wl,-soname,libarbiter.so.0 -o $@ $^ \
 		$(shell pkg-config --libs libprotobuf-c)
+
+$(INTERCEPT_SO): $(INTERCEPT_OBJ) $(CLIENT_OBJ) $(PROTO_OBJ) client/intercept.map
+	$(CC) $(ALL_LDFLAGS) -shared -Wl,--version-script=client/intercept.map \
+		-Wl,-z,nodelete -o $@ $(filter %.o,$^) \
+		$(shell pkg-config --libs libprotobuf-c) -ldl -lpthread
 
 $(BUILD)/arbiterctl: $(CTL_OBJ) $(BUILD)/libarbiter.a
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(shell pkg-config --libs libprotobuf-c inih)
@@ -300,6 +311,7 @@ install: all
 	install -m 755 $(BUILD)/arbiterd $(BUILD)/arbiterctl $(DESTDIR)$(PREFIX)/bin/
 	install -m 644 $(BUILD)/libarbiter.a $(DESTDIR)$(PREFIX)/lib/
 	install -m 755 $(BUILD)/libarbiter.so $(DESTDIR)$(PREFIX)/lib/libarbiter.so.0
+	install -m 755 $(INTERCEPT_SO) $(DESTDIR)$(PREFIX)/lib/
 	ln -sf libarbiter.so.0 $(DESTDIR)$(PREFIX)/lib/libarbiter.so
 	install -m 644 client/arbiter.h $(DESTDIR)$(PREFIX)/include/
 	install -m 644 arbiter.conf proto/arbiter.proto $(DESTDIR)$(PREFIX)/share/arbiter/

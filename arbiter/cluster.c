@@ -107,6 +107,7 @@ struct cluster {
 	enum sess_state state;
 	uint64_t gen; /* +1 at every new session */
 	int64_t lease;
+	int64_t ka_lease;     /* the lease of the keepalive out */
 	uint64_t valid_until; /* CLOCK_BOOTTIME ns; 0: none */
 	bool ka_inflight, grant_inflight, range_inflight;
 	bool stop_inflight, stop_done;
@@ -562,9 +563,10 @@ on_keepalive(const struct etcd_result *r, void *arg)
 
 	cl->ka_inflight = false;
 	cluster_check(cl->srv);
-	if (cl->state != S_ACTIVE && cl->state != S_JEOPARDY &&
-	    cl->state != S_CONNECTING)
-		return;
+	if ((cl->state != S_ACTIVE && cl->state != S_JEOPARDY &&
+	     cl->state != S_CONNECTING) ||
+	    cl->lease == 0 || cl->lease != cl->ka_lease)
+		return; /* about a session that is gone */
 	if (r->failed_over)
 		cl->failovers++;
 	if (r->err == -ENOENT) {
@@ -596,9 +598,10 @@ keepalive_cb(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	if (cl->ka_inflight || cl->lease == 0)
 		return;
-	if (etcd_lease_keepalive(cl->etcd, cl->lease, on_keepalive, cl) == 0)
+	if (etcd_lease_keepalive(cl->etcd, cl->lease, on_keepalive, cl) == 0) {
 		cl->ka_inflight = true;
-	else
+		cl->ka_lease = cl->lease;
+	} else
 		arm_ms(cl->ev_ka, 100);
 }
 

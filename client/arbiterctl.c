@@ -27,11 +27,13 @@
 
 #include "arbiter.h"
 #include "arbiter.pb-c.h"
+#include "ctl_intercept.h"
 #include "ctl_run.h"
 #include "defaults.h"
 
 const char *socket_path;   /* -S, or NULL: the default */
 int io_timeout_ms = 10000; /* -t: for everything but waiting */
+char trust_env[512];	   /* --trust-uid values, for intercept's program */
 
 void die(int code, const char *fmt, ...)
     __attribute__((format(printf, 2, 3), noreturn));
@@ -126,7 +128,12 @@ trust_uid_arg(const char *arg)
 	struct passwd *pw;
 	char *end;
 	unsigned long v;
+	size_t len = strlen(trust_env);
 
+	/* intercept passes them on in ARBITER_TRUST_UID. */
+	if ((size_t)snprintf(trust_env + len, sizeof trust_env - len, "%s%s",
+			     len ? "," : "", arg) >= sizeof trust_env - len)
+		die(EXIT_USAGE, "--trust-uid: too many uids");
 	if (strcmp(arg, "*") == 0) {
 		(void)arb_trust_uid(ARB_TRUST_ANY_UID);
 		return;
@@ -1264,6 +1271,15 @@ static const struct ctl_cmd cmds[] = {
 	.help = "hold a lease on RESOURCE while CMD runs",
 	.more_fn = ctl_run_usage,
 	.fn = ctl_run,
+	.flags = CMD_CONNECTS,
+    },
+    {
+	.name = "intercept",
+	.args = "--file PATH [--file PATH]... [--resource NAME] [-x|-s] "
+		"[-w SECS] [-v] [--on-unavailable lock|fail] -- CMD [ARG...]",
+	.help = "run an unchanged CMD whose own locks on PATH become leases",
+	.more_fn = ctl_intercept_usage,
+	.fn = ctl_intercept,
 	.flags = CMD_CONNECTS,
     },
     {

@@ -28,7 +28,7 @@ for a in "$@"; do
 	esac
 done
 
-BUILD_PKGS="gcc make pkg-config libevent-dev libprotobuf-c-dev protobuf-c-compiler
+BUILD_PKGS="gcc libc6-dev make pkg-config libevent-dev libprotobuf-c-dev protobuf-c-compiler
 libmsgpack-dev libinih-dev libjansson-dev libssl-dev uthash-dev protobuf-compiler
 python3 python3-protobuf"
 TEST_PKGS="libcriterion-dev python3-pytest python3-venv python3-pip

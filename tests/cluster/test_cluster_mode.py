@@ -281,3 +281,77 @@ def test_status_stats_and_metrics_show_the_session(hosts):
     assert r.cluster_state == "owned"
     s = w.call(stats=pb.StatsRequest()).stats
     assert s.cluster.sessions == 1
+
+
+# CMD for arbiterctl run: says when SIGTERM reaches it, then ends.
+TRAPPED = ["sh", "-c", "echo RUNNING; trap 'echo TERM; exit 3' TERM; "
+           "sleep 60 & wait"]
+
+
+def test_run_stops_cmd_at_the_deadline_even_when_its_daemon_is_frozen(
+        hosts):
+    a, b = hosts.start("a"), hosts.start("b")
+    p = a.ctl_bg("run", "-n", "db", "--", *TRAPPED)
+    try:
+        p.out.wait_for("RUNNING")
+        wb = Wire(b.socket)
+        rid = wb.acquire("db")
+        wb.wait_kind("queued", rid)
+        os.kill(a.pid, signal.SIGSTOP)  # no Revoked can come from a now
+        t0 = time.monotonic()
+        p.out.wait_for("TERM")
+        took = time.monotonic() - t0
+        g = wb.granted(rid)  # a's key expired in etcd after the deadline
+        t_granted = time.monotonic() - t0
+        assert p.wait(timeout=harness.WAIT) == 75  # lease lost
+        assert took < TTL_MS / 1000.0 + 1.0 * harness.SLOW, took
+        assert took < t_granted
+        print("frozen daemon: CMD got SIGTERM %.2f s after the freeze, "
+              "the other host its grant %.2f s after" % (took, t_granted))
+        assert g.token > CLUSTER_BIT
+    finally:
+        os.kill(a.pid, signal.SIGCONT)
+        harness.kill_tree(p)
+
+
+def test_a_follower_kill_and_a_stopped_member_change_nothing(hosts):
+    a = hosts.start("a", proxy=False)
+    w = Wire(a.socket)
+    ga = w.lock("db")
+    follower = hosts.cluster.followers()[0]
+    follower.kill9()
+    w.release(ga.lease_id)
+    g = w.lock("db")
+    assert g.token > ga.token
+    follower.start(state="existing")
+    follower.wait_ready()
+    hosts.cluster.wait_healthy()
+    # The member this host uses hangs: it is left after the timeout.
+    st = w.call(status=pb.StatusRequest()).status
+    used = hosts.cluster.member_by_url(st.cluster.endpoint)
+    used.sigstop()
+    try:
+        w.release(g.lease_id)
+        assert w.lock("db").token > g.token
+    finally:
+        used.sigcont()
+    assert not any("cluster session expired" in l for l in a.log.lines)
+
+
+def test_quorum_lost_revokes_at_the_deadline_and_heals(hosts):
+    a = hosts.start("a", proxy=False)
+    w = Wire(a.socket)
+    g = w.lock("db")
+    lost = hosts.cluster.members[:2]
+    for m in lost:
+        m.kill9()
+    m = w.wait_kind("revoked")
+    assert m.revoked.reason == pb.CLUSTER_LOST
+    assert boottime_ns() >= g.valid_until_ns
+    seen = len(a.log.lines)
+    for m in lost:
+        m.start(state="existing")
+    for m in lost:
+        m.wait_ready()
+    a.log.wait_for("cluster session active", start=seen)
+    assert w.lock("db2").token > CLUSTER_BIT

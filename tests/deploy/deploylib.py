@@ -378,6 +378,13 @@ def arbiter_container(spec, legacy):
     return c, list(conts.values())
 
 
+def container_env(c):
+    """A container's env as {name: value}; a valueFrom entry maps to its
+    valueFrom dict."""
+    return {e["name"]: e["value"] if "value" in e else e["valueFrom"]
+            for e in c.get("env", [])}
+
+
 def probe_cmd(probe):
     assert "exec" in probe, "probes are exec probes: %r" % probe
     return probe["exec"]["command"]
@@ -405,12 +412,22 @@ def check_deployment(dep, legacy):
         return {m["mountPath"]: m for m in c.get("volumeMounts", [])}
 
     # arbiter: the socket folder is a pod-private emptyDir, the storage the
-    # data claim, the config the ConfigMap at the path ENTRYPOINT reads.
+    # data claim, the config the ConfigMap at the path ENTRYPOINT reads. In
+    # cluster mode each arbiterd has a storage folder of its own (an
+    # emptyDir: on a shared volume all but one would stand by), and the
+    # data claim is the app's alone.
+    env = container_env(arb)
+    cluster = env.get("ARBITER_CLUSTER_BACKEND", "none") == "etcd"
+    storage = env.get("ARBITER_STORAGE_PATH", want["storage"])
     am = mounts(arb)
     run_vol = am[sockdir]["name"]
-    data_vol = am[want["storage"]]["name"]
+    data_vol = am[storage]["name"]
     assert "emptyDir" in vols[run_vol], "socket folder must be an emptyDir"
-    assert "persistentVolumeClaim" in vols[data_vol]
+    if cluster:
+        assert "emptyDir" in vols[data_vol], "cluster mode: arbiterd's own storage folder"
+        assert want["storage"] not in am, "cluster mode: the shared data is the app's"
+    else:
+        assert "persistentVolumeClaim" in vols[data_vol]
     cfg = am[os.path.dirname(conf_in_image)]
     assert cfg.get("readOnly") is True
     assert vols[cfg["name"]]["configMap"]["name"].startswith("arbiter-config")
@@ -423,7 +440,11 @@ def check_deployment(dep, legacy):
     for app in apps:
         m = mounts(app)
         assert m[sockdir]["name"] == run_vol, app["name"]
-        assert m[want["storage"]]["name"] == data_vol, app["name"]
+        if cluster:
+            assert "persistentVolumeClaim" in vols[m[want["storage"]]["name"]], app["name"]
+            assert data_vol not in {x["name"] for x in m.values()}, app["name"]
+        else:
+            assert m[want["storage"]]["name"] == data_vol, app["name"]
         env = {e["name"]: e.get("value") for e in app.get("env", [])}
         assert env.get("ARBITER_SOCKET") == want["socket"], app["name"]
         if app["image"].split(":")[0] == "arbiter" and "command" in app:

@@ -99,6 +99,7 @@ def strategic_merge(base, patch):
         if named and isinstance(base, list) and all(
                 isinstance(x, dict) and "name" in x for x in base):
             out = copy.deepcopy(base)
+            new = []
             for item in patch:
                 for i, b in enumerate(out):
                     if b["name"] == item["name"]:
@@ -109,8 +110,10 @@ def strategic_merge(base, patch):
                             out[i] = merged
                         break
                 else:
-                    out.append(strategic_merge(None, item))
-            return out
+                    new.append(strategic_merge(None, item))
+            # kustomize 5 puts the patch's new elements first, in the
+            # patch's order (an env block added to a container's env).
+            return new + out
         return [strategic_merge(None, x) for x in patch]
     return copy.deepcopy(patch)
 

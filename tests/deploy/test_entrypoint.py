@@ -300,3 +300,64 @@ def test_two_replicas_on_one_volume_active_and_standby(image, build):
             if p is not None and p.poll() is None:
                 stop(p)
     assert b.returncode == 0, b.stderr.read()
+
+
+def intercept_app():
+    import kustomize as kustomize_py
+    (dep,) = [d for d in kustomize_py.render(str(K8S / "intercept"))
+              if d["kind"] == "Deployment"]
+    return dep["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_intercept_app_takes_turns_by_environment_alone(image):
+    """The intercept variant's app env on the image's files: flock -n on
+    the lock file, which fails while another process holds it, waits for
+    its turn instead and runs once the holder lets go."""
+    app = intercept_app()
+    mapping = dict(image["mapping"])
+    mapping[shipped()["storage"]] = image["data"]
+    env = dict(image["env"])
+    for e in app["env"]:
+        env[e["name"]] = map_args([e["value"]], mapping)[0]
+    lib = env["LD_PRELOAD"]
+    assert lib == str(image["staged"]["/usr/local/lib/libarbiter-intercept.so"])
+    with open(lib, "rb") as f:
+        if b"__asan_init" in f.read():
+            # An ASan build (make asan): the runtime must come first.
+            asan = subprocess.run([os.environ.get("CC", "cc"),
+                                   "-print-file-name=libasan.so"],
+                                  capture_output=True, text=True).stdout.strip()
+            env["LD_PRELOAD"] = os.path.realpath(asan) + ":" + lib
+            env["ASAN_OPTIONS"] = "detect_leaks=0"
+    env["ARBITER_INTERCEPT_VERBOSE"] = "1"
+    lock = env["ARBITER_INTERCEPT_FILES"]
+    plain = dict(env)
+    del plain["LD_PRELOAD"]
+    proc = start(image)
+    holder = None
+    try:
+        wait_ping(image["arbiterctl"], image["sock"], proc=proc)
+        holder = subprocess.Popen(["flock", "-n", lock, "-c", "echo held; read x"],
+                                  env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  text=True)
+        assert holder.stdout.readline() == "held\n"
+        # Without the environment, the app's lock fails at once.
+        r = subprocess.run(["flock", "-n", lock, "-c", "true"], env=plain,
+                           capture_output=True, text=True, timeout=10 * SLOW)
+        assert r.returncode == 1, r
+        # With it, the same command waits for its turn.
+        second = subprocess.Popen(["flock", "-n", lock, "-c", "echo second"], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True)
+        assert "waiting for" in second.stderr.readline()
+        assert second.poll() is None
+        holder.stdin.write("\n")
+        holder.stdin.close()
+        assert holder.wait(10 * SLOW) == 0
+        out, err = second.communicate(timeout=10 * SLOW)
+        assert second.returncode == 0 and out == "second\n", err
+    finally:
+        if holder is not None and holder.poll() is None:
+            holder.kill()
+        rc, _ = stop(proc)
+    assert rc == 0

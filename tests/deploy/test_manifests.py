@@ -13,8 +13,17 @@ from deploylib import (CONTAINER, K8S, REPO, SHIPPED_CONF, check_deployment, dpk
                        image_files, image_user, last, load_yaml, parse_conf, shipped)
 
 NATIVE = K8S / "native" / "deployment.yaml"
+INTERCEPT = K8S / "intercept"
 LEGACY = K8S / "legacy" / "deployment.yaml"
-RUNTIME_PACKAGES = {"libevent-2.1-7", "libprotobuf-c1", "libmsgpackc2", "libinih1"}
+# What the runtime stage installs: the daemon's libraries, and those of cluster
+# mode's etcd client (libevent's OpenSSL part and the libevent_core it links,
+# OpenSSL itself, jansson).
+RUNTIME_PACKAGES = {"libevent-2.1-7", "libprotobuf-c1", "libmsgpackc2", "libinih1",
+                    "libevent-openssl-2.1-7", "libevent-core-2.1-7", "libssl3",
+                    "libjansson4"}
+# The Makefile's pkg-config module lists whose libraries arbiterd links
+# (CLUSTER_PKGS: the etcd client's).
+MAKEFILE_PKG_VARS = ("PKGS", "CLUSTER_PKGS")
 
 
 # ------------------------------------------------------------ the config
@@ -170,7 +179,7 @@ def test_binaries_need_only_the_runtime_packages(build):
         pytest.skip("needs ldd and dpkg")
     needed = set()
     for img, host in image_files().items():
-        if not img.startswith("/usr/local/bin/"):
+        if not img.startswith(("/usr/local/bin/", "/usr/local/lib/")):
             continue
         out = subprocess.run(["ldd", str(host)], capture_output=True, text=True,
                              check=True).stdout
@@ -186,6 +195,42 @@ def test_binaries_need_only_the_runtime_packages(build):
             needed.add(pkg)
     needed -= {"libc6"}  # in every Debian image
     assert needed <= RUNTIME_PACKAGES, needed - RUNTIME_PACKAGES
+
+
+def makefile_link_libs():
+    """The -l names of every pkg-config module in MAKEFILE_PKG_VARS."""
+    modules = []
+    for line in (REPO / "Makefile").read_text().splitlines():
+        m = re.match(r"(\w+)\s*:?=\s*(.*)$", line)
+        if m and m.group(1) in MAKEFILE_PKG_VARS:
+            modules += m.group(2).split()
+    assert "libevent" in modules, "the Makefile no longer names its pkg-config modules " \
+        "in %s: update MAKEFILE_PKG_VARS" % (MAKEFILE_PKG_VARS,)
+    r = subprocess.run(["pkg-config", "--libs-only-l"] + modules, capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    return [w[2:] for w in r.stdout.split()]
+
+
+def test_runtime_packages_cover_what_the_makefile_links():
+    """Beside ldd: every library the Makefile links through pkg-config,
+    cluster mode's included, comes from a package the image installs, so a
+    library added to the Makefile is caught even before a binary needs it
+    (the linker's --as-needed drops one that no object uses yet)."""
+    if not (shutil.which("pkg-config") and shutil.which("dpkg") and shutil.which("cc")):
+        pytest.skip("needs pkg-config, dpkg and cc")
+    needed = {}
+    for lib in makefile_link_libs():
+        if lib in ("m", "pthread", "dl", "rt"):
+            continue  # libc6, in every Debian image
+        dev = subprocess.run(["cc", "-print-file-name=lib%s.so" % lib], capture_output=True,
+                             text=True, check=True).stdout.strip()
+        assert os.path.isabs(dev), "the linker finds no lib%s.so" % lib
+        pkg = dpkg_owner(os.path.realpath(dev))
+        assert pkg, "no package ships %s" % os.path.realpath(dev)
+        needed[lib] = pkg
+    missing = {lib: p for lib, p in needed.items() if p not in RUNTIME_PACKAGES}
+    assert not missing, "the image lacks the packages of -l%s" % missing
 
 
 # ------------------------------------------------------------ Kubernetes
@@ -246,3 +291,37 @@ def test_app_shell_scripts_parse():
                 r = subprocess.run(["sh", "-n", "-c", c["args"][0]], capture_output=True,
                                    text=True)
                 assert r.returncode == 0, "%s %s: %s" % (p, c["name"], r.stderr)
+
+
+def test_intercept_variant_wraps_the_app_by_environment_alone():
+    """deploy/k8s/intercept: the native variant, with only the app's lock
+    program and its env changed: the shim the image ships is preloaded and
+    the lock file is on the shared storage; the program itself never calls
+    arbiterctl."""
+    import kustomize as kustomize_py
+    (dep,) = [d for d in kustomize_py.render(str(INTERCEPT))
+              if d["kind"] == "Deployment"]
+    check_deployment(dep, legacy=False)
+    (ndep,) = [d for d in kustomize_py.render(str(K8S / "native"))
+               if d["kind"] == "Deployment"]
+    native = ndep["spec"]["template"]["spec"]
+    spec = dep["spec"]["template"]["spec"]
+    assert spec["initContainers"] == native["initContainers"]
+    (app,) = spec["containers"]
+    (napp,) = native["containers"]
+    env = {e["name"]: e.get("value") for e in app["env"]}
+    files = image_files()
+    assert env["LD_PRELOAD"] in files, "the image must ship the shim"
+    assert os.path.basename(env["LD_PRELOAD"]) == "libarbiter-intercept.so"
+    want = shipped()
+    for f in env["ARBITER_INTERCEPT_FILES"].split(":"):
+        assert f.startswith(want["storage"] + "/"), f
+    float(env["ARBITER_INTERCEPT_WAIT"])
+    assert "arbiterctl" not in app["args"][0]
+    assert "flock -n " + env["ARBITER_INTERCEPT_FILES"] in app["args"][0]
+    r = subprocess.run(["sh", "-n", "-c", app["args"][0]], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    for k in ("image", "command", "volumeMounts", "securityContext", "resources"):
+        assert app[k] == napp[k], k
+    nenv = {e["name"]: e.get("value") for e in napp["env"]}
+    assert {k: env[k] for k in nenv} == nenv

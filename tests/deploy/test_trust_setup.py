@@ -13,7 +13,7 @@ from deploylib import (DEPLOY, K8S, arbiter_container, deployment, dockerfile_in
                        image_user)
 
 
-@pytest.mark.parametrize("variant", ["native", "legacy"])
+@pytest.mark.parametrize("variant", ["native", "legacy", "cluster"])
 def test_app_runs_as_its_own_uid_and_trusts_arbiterd(variant):
     spec = deployment(K8S / variant / "deployment.yaml")["spec"]["template"]["spec"]
     arb, apps = arbiter_container(spec, variant == "legacy")

@@ -12,7 +12,8 @@ import yaml
 import kustomize as kustomize_py
 from deploylib import DEPLOY, K8S, load_yaml, yaml_files
 
-VARIANTS = [".", "native", "legacy", "active-standby"]
+VARIANTS = [".", "native", "legacy", "active-standby", "cluster",
+            "intercept"]
 
 
 def yamllint_cmd():
@@ -131,6 +132,9 @@ def test_kustomize_renders(rendered, variant):
     expect = ["ConfigMap", "Deployment", "PersistentVolumeClaim"]
     if variant == "active-standby":
         expect.append("PodDisruptionBudget")
+    if variant == "cluster":  # + etcd: its two Services, its members, a PDB
+        expect += ["NetworkPolicy", "PodDisruptionBudget", "Service", "Service",
+                   "StatefulSet"]
     assert kinds == sorted(expect)
     (cm,) = by_kind(docs, "ConfigMap")
     (dep,) = by_kind(docs, "Deployment")

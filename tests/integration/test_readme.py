@@ -12,6 +12,9 @@ waiting message the README shows is the one printed.
 The Python example runs verbatim with the client from the source tree; it
 needs qdrant-client, which cannot be installed here, so a stand-in module
 of that name records what the example does with it.
+
+The cluster-mode config examples ("Several hosts") go through
+`arbiterd --check-config`, so a renamed key or a refused value shows.
 """
 import os
 import pty
@@ -149,3 +152,44 @@ def test_the_python_example_runs_as_written(daemon, tmp_path):
     assert r.returncode == 0, r.stderr
     assert log.read_text().splitlines() == ['["open", "/data/qdrant"]',
                                             '["close"]']
+
+
+def check_config(args, env=None):
+    """arbiterd --check-config with args; {"section.key": value}."""
+    r = subprocess.run([os.path.join(BUILD, "arbiterd"), "--check-config"] + args,
+                       capture_output=True, text=True,
+                       env=dict(env or {}, PATH=os.environ["PATH"]))
+    assert r.returncode == 0, r.stderr
+    out, section = {}, None
+    for line in r.stdout.splitlines():
+        if line.startswith("["):
+            section = line.strip("[]")
+        elif " = " in line:
+            k, _, v = line.partition(" = ")
+            out["%s.%s" % (section, k)] = v
+    return out
+
+
+def test_the_several_hosts_config_examples_are_accepted(tmp_path):
+    """The [cluster] example, in the file form and in the environment and
+    -o form, is accepted by --check-config as the README says it is."""
+    (_, ini), (_, sh) = blocks(section("Several hosts"))[:2]
+    conf = tmp_path / "cluster.conf"
+    conf.write_text(ini)
+    eff = check_config(["-c", str(conf)])
+    for line in ini.splitlines():
+        if "=" in line:
+            key, _, value = line.partition("=")
+            value = value.split(";")[0].strip()
+            assert eff["cluster." + key.strip()] == value, line
+
+    # ENV=... ENV=... arbiterd -c FILE -o ...: the reference config stands
+    # in for the file, which is the installed copy of it.
+    words = sh.replace("\\\n", " ").split()
+    env = dict(w.split("=", 1) for w in words if re.match(r"ARBITER_\w+=", w))
+    args = words[words.index("arbiterd") + 1:]
+    args[args.index("-c") + 1] = os.path.join(REPO, "arbiter.conf")
+    eff = check_config(args, env)
+    assert eff["cluster.backend"] == env["ARBITER_CLUSTER_BACKEND"] == "etcd"
+    assert eff["cluster.endpoints"] == env["ARBITER_CLUSTER_ENDPOINTS"]
+    assert eff["cluster.host_id"] == args[args.index("-o") + 1].split("=", 1)[1]
