@@ -194,6 +194,10 @@ def main():
                     "(default all: %s)" % ",".join(FAULT_KINDS))
     ap.add_argument("--arbiterd", help="with --hosts: the daemon binary "
                     "(default ARBITER_BUILD's)")
+    ap.add_argument("--etcd-events", action="store_true",
+                    help="with --hosts: record etcd's events under the "
+                    "run's prefix in WORKDIR/etcd-events.log (a watch on a "
+                    "live member), to explain a violation")
     ap.add_argument("--norevoke-daemon",
                     help="with --hosts --self-test: a daemon built with "
                     "-DARBITER_SELFTEST_NOREVOKE")

@@ -36,7 +36,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -58,6 +60,63 @@ def b64(s):
 def prefix_end(p):
     """etcd's range_end for every key starting with p."""
     return p[:-1] + chr(ord(p[-1]) + 1)
+
+
+class EtcdRecorder(threading.Thread):
+    """etcd's own history of the prefix, for explaining a violation: a
+    watch on a live member (never through a host's proxy), resumed on the
+    next member from the last revision seen. One line per event in
+    etcd-events.log: "read_ns PUT|DELETE key create_rev mod_rev lease",
+    read_ns being the CLOCK_MONOTONIC instant this thread read it; a DELETE
+    gives the deleted key's create_rev and lease (prev_kv)."""
+
+    def __init__(self, cluster, prefix, path):
+        super().__init__(daemon=True)
+        self.cluster, self.prefix, self.path = cluster, prefix, path
+        self.rev = 0
+        self.stopping = False
+        self.count = 0
+
+    def stream(self, m):
+        body = {"create_request": {
+            "key": b64(self.prefix), "range_end": b64(prefix_end(self.prefix)),
+            "start_revision": str(self.rev + 1), "prev_kv": True}}
+        req = urllib.request.Request(m.url + "/v3/watch",
+                                     data=json.dumps(body).encode(),
+                                     method="POST")
+        with urllib.request.urlopen(req, timeout=2) as r, \
+                open(self.path, "a") as out:
+            for line in r:
+                if self.stopping:
+                    return
+                res = json.loads(line).get("result", {})
+                for ev in res.get("events", []):
+                    kv = ev.get("kv", {})
+                    old = ev.get("prev_kv", {})
+                    kind = ev.get("type", "PUT")
+                    src = old if kind == "DELETE" else kv
+                    mod = int(kv.get("mod_revision", 0))
+                    out.write("%d %s %s %s %d %s\n" % (
+                        chaos.mono_ns(), kind, base64.b64decode(
+                            kv.get("key", "")).decode("utf-8", "replace"),
+                        src.get("create_revision", "0"), mod,
+                        src.get("lease", "0")))
+                    self.rev = max(self.rev, mod)
+                    self.count += 1
+                out.flush()
+
+    def run(self):
+        while not self.stopping:
+            for m in self.cluster.members:
+                if self.stopping:
+                    return
+                if not m.alive() or m.stopped:
+                    continue
+                try:
+                    self.stream(m)
+                except (OSError, ValueError):
+                    pass  # a silent or dead member: the next one
+            time.sleep(0.1)
 
 
 class Host:
@@ -305,6 +364,11 @@ class Run:
         final = {}
         try:
             self.cluster.start()
+            if a.etcd_events:
+                self.recorder = EtcdRecorder(
+                    self.cluster, self.prefix,
+                    os.path.join(self.work, "etcd-events.log"))
+                self.recorder.start()
             self.hosts = [Host(i, self.work, self.cluster.proxy())
                           for i in range(a.hosts)]
             for h in self.hosts:
@@ -357,6 +421,9 @@ class Run:
                 keys, err = self.keys_left()
             except Exception as e:  # the record must still be written
                 keys, err = None, repr(e)
+            if getattr(self, "recorder", None):
+                self.recorder.stopping = True
+                self.recorder.join(5)
             self.cluster.stop()
         daemons = []
         for h in self.hosts:
