@@ -174,13 +174,15 @@ def check_moves(secs, daemons, slack):
     section) of each move, a section whose previous conflicting section in
     token order is on another host."""
     problems = []
+    told = set()  # the lower-token sections already reported
     end_all, end_ex = {}, {}  # host -> latest-ending section so far
     prev_all = prev_ex = None  # previous section, exclusive, in token order
     for s in sorted(secs, key=lambda x: x.token):
         ends = end_all if s.excl else end_ex
         before = [p for h, p in ends.items() if h != s.host]
         last = max(before, key=lambda p: p.t1) if before else None
-        if last is not None and last.t1 > s.t0:
+        if last is not None and last.t1 > s.t0 and id(last) not in told:
+            told.add(id(last))  # once, with the first grant it outlasted
             problems.append(
                 "a section with a lower token ended %s after another "
                 "host's grant (the resource moved before it was done):"
