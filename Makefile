@@ -193,7 +193,8 @@ test:
 test: export TEST_RESULTS = $(CURDIR)/build/test-results
 
 CHECK_STEPS := check-unit check-integration check-python check-deploy check-cluster \
-	chaos-selftest chaos-short load-short bench-smoke
+	chaos-check-unit chaos-selftest chaos-short chaos-cluster-selftest \
+	chaos-cluster-short load-short bench-smoke
 
 check: all $(UNIT_BIN)
 	@fail=; for s in $(CHECK_STEPS); do \
@@ -354,7 +355,8 @@ format-check:
 	clang-format --dry-run --Werror $(FORMAT_SRC)
 
 clean:
-	rm -rf build build-asan build-cov build-fuzz build-fuzz-replay build-fuzzcov
+	rm -rf build build-asan build-cov build-fuzz build-fuzz-replay build-fuzzcov \
+		build-norevoke build-asan-norevoke
 
 include tests/chaos/chaos.mk
 include tests/bench/bench.mk

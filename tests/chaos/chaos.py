@@ -2,12 +2,15 @@
 """Chaos driver for the mutual-exclusion checker (see README.md).
 
     chaos.py [--duration SECS] [--workers N] [--resources R] [--restarts K]
+    chaos.py --hosts N [--duration SECS] [--workers N] [--faults K,K...]
 
 Starts arbiterd in a temporary folder, waits for its "arbiter ready" line,
 starts N chaos_worker processes, and for the duration SIGKILLs random
 workers (respawning them) and kill -9s + restarts the daemon K times. Then it
 stops every process it started and runs the checker (check.py) over the
 logs; the exit status is the checker's. Python 3 standard library only.
+With --hosts N it runs N arbiterds in cluster mode on a 3-member etcd
+instead, with faults of hosts and of etcd (chaos_cluster.py).
 """
 import argparse
 import json
@@ -44,9 +47,16 @@ class Daemon:
     """One arbiterd incarnation; its stderr is copied to a file by a thread
     that also notices the readiness line."""
 
-    def __init__(self, binary, sock, storage, logpath, args=(), preexec=None):
+    def __init__(self, binary, sock, storage, logpath, args=(), preexec=None,
+                 watch=()):
         self.logpath = logpath
         self.ready = threading.Event()
+        # Lines holding one of the watch needles, with the CLOCK_MONOTONIC
+        # instant the copier read them: [(ns, line)]; wait_line waits.
+        self.watch = tuple(w.encode() for w in watch)
+        self.events = []
+        self.cond = threading.Condition()
+        self.eof = False
         self.lines = 0
         self.marks = []
         self.levels = {}    # level -> count of lines
@@ -77,6 +87,11 @@ class Daemon:
                 self.lines += 1
                 if not self.ready.is_set() and b"arbiter ready" in line:
                     self.ready.set()
+                if any(w in line for w in self.watch):
+                    with self.cond:
+                        self.events.append((mono_ns(), line.decode(
+                            "utf-8", "replace").rstrip("\n")))
+                        self.cond.notify_all()
                 text = line.decode("utf-8", "replace")
                 if check.is_report(text):
                     self.marks.append(text)
@@ -88,6 +103,24 @@ class Daemon:
                     if lv in ("warn", "error") and len(self.notable) < 10:
                         self.notable.append(line.decode("utf-8", "replace"))
         self.ready.set()  # wake a waiter if the daemon died first
+        with self.cond:
+            self.eof = True
+            self.cond.notify_all()
+
+    def wait_line(self, needle, after=0, timeout=READY_TIMEOUT):
+        """The instant of the first watched line holding needle read at or
+        after `after` (CLOCK_MONOTONIC ns); None if the daemon ended or
+        the timeout passed first."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                for t, l in self.events:
+                    if t >= after and needle in l:
+                        return t
+                left = deadline - time.monotonic()
+                if self.eof or left <= 0:
+                    return None
+                self.cond.wait(left)
 
     def wait_ready(self, timeout=READY_TIMEOUT):
         if not self.ready.wait(timeout) or self.proc.poll() is not None:
@@ -122,7 +155,7 @@ class Daemon:
                 "ready_ns": self.ready_ns, "kill_ns": self.kill_ns,
                 "exit": self.proc.returncode, "log": self.logpath,
                 "sanitizer": self.marks, "levels": self.levels,
-                "notable": self.notable}
+                "notable": self.notable, "events": self.events}
 
 
 def main():
@@ -153,10 +186,35 @@ def main():
                     "let go between read and write (--break noconvert): "
                     "each short run must "
                     "fail on the checks that guard it")
+    ap.add_argument("--hosts", type=int, default=0,
+                    help="N arbiterds in cluster mode on a 3-member etcd "
+                    "(chaos_cluster.py); 0: one daemon, no etcd")
+    ap.add_argument("--faults", type=lambda v: v.split(","),
+                    help="with --hosts: the fault kinds to draw from "
+                    "(default all: %s)" % ",".join(FAULT_KINDS))
+    ap.add_argument("--arbiterd", help="with --hosts: the daemon binary "
+                    "(default ARBITER_BUILD's)")
+    ap.add_argument("--etcd-events", action="store_true",
+                    help="with --hosts: record etcd's events under the "
+                    "run's prefix in WORKDIR/etcd-events.log (a watch on a "
+                    "live member), to explain a violation")
+    ap.add_argument("--norevoke-daemon",
+                    help="with --hosts --self-test: a daemon built with "
+                    "-DARBITER_SELFTEST_NOREVOKE")
     a = ap.parse_args()
+    for k in a.faults or ():
+        if k not in FAULT_KINDS:
+            ap.error("unknown fault %r: one of %s" % (k, ", ".join(
+                FAULT_KINDS)))
+    if a.self_test and a.hosts:
+        cluster_self_test(a)
     if a.self_test:
         self_test(a)
-    ok = run_chaos(a, sys.stdout)
+    if a.hosts:
+        import chaos_cluster
+        ok = chaos_cluster.run_cluster(a, sys.stdout)
+    else:
+        ok = run_chaos(a, sys.stdout)
     sys.exit(0 if ok else 1)
 
 
@@ -172,6 +230,54 @@ SELF_TESTS = [
     ("nofence", 12, 4, ("journal", "no-lost-update")),
     ("noconvert", 6, 1, ("journal", "no-lost-update")),
 ]
+
+
+# The cluster self-tests (--hosts N --self-test): a daemon that skips the
+# revoke at the deadline must fail revoke-before-move or exclusion; storage
+# that ignores tokens must break the journal across hosts too. Each runs
+# only the faults that can show its defect: holders outliving their lease.
+FAULT_KINDS = ("kill-worker", "kill-arbiterd", "stop-arbiterd", "partition",
+               "kill-follower", "kill-leader", "stop-leader", "quorum-loss")
+CLUSTER_SELF_TESTS = [
+    ("norevoke", None, 23, ("stop-arbiterd", "partition"),
+     ("p4 revoke-before-move", "p1 exclusion")),
+    ("nofence", "nofence", 23, ("kill-arbiterd", "stop-arbiterd"),
+     ("journal", "no-lost-update")),
+]
+
+
+def cluster_self_test(a):
+    import io
+    import chaos_cluster
+    passed = failed = 0
+    for name, brk, duration, faults, must in CLUSTER_SELF_TESTS:
+        a.brk, a.duration, a.faults = brk, duration, list(faults)
+        a.keep, a.dir = False, None
+        a.arbiterd = None
+        if name == "norevoke":
+            if not a.norevoke_daemon:
+                sys.exit("chaos: --self-test --hosts needs "
+                         "--norevoke-daemon (make chaos-cluster-selftest "
+                         "builds one)")
+            a.arbiterd = a.norevoke_daemon
+        a.planted = True
+        buf = io.StringIO()
+        ok = chaos_cluster.run_cluster(a, buf)
+        caught = [l for l in buf.getvalue().splitlines()
+                  if l.startswith("FAIL")]
+        for l in caught:
+            print("self-test %s caught:%s" % (name, l[4:]))
+        good = not ok and any(m in l for l in caught for m in must)
+        if good:
+            passed += 1
+        else:
+            failed += 1
+            print(buf.getvalue())
+        print("chaos self-test %s (%d hosts): the checker %s (%s)" % (
+            name, a.hosts, "reported the violations" if good else
+            "MISSED them", " or ".join(must)))
+    print("chaos cluster self-test: %d passed, %d failed" % (passed, failed))
+    sys.exit(0 if failed == 0 else 1)
 
 
 def self_test(a):

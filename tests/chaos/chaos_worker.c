@@ -27,16 +27,25 @@
  *
  * Log lines (one write(2) each, so a SIGKILL never leaves half a line):
  *   C dpid t_ns                      connected to the daemon with that pid
- *   S res token E|S t0 t1 outcome dpid value revoked
+ *   S res token E|S t0 t1 outcome dpid value revoked vu tr tw
  *                                    a section: t0 after the grant, t1 before
  *                                    the release (CLOCK_MONOTONIC ns);
- *                                    outcome inc|read|fenced
+ *                                    outcome inc|read|fenced; revoked: the
+ *                                    Revoked event's reason (0: none); vu:
+ *                                    the lease's deadline (Granted or the
+ *                                    last Extended seen) on CLOCK_MONOTONIC,
+ *                                    0 for a local lease; tr, tw: when the
+ *                                    storage took the read and the write
+ *                                    (under its flock; 0: none)
  *   T res E|S timeout_ms errname     an acquire that timed out / would block
  *   L res errname                    the connection was lost (daemon killed)
  *   E res code message               an unexpected error (a violation)
  *   X kind lease resource            an unexpected event (a violation)
  *   U res result                     an upgrade: upgraded, deadlock,
  *                                    timeout or wouldblock
+ *   P res token t_ns                 a long section (SIGUSR2) starts its pause
+ *   R res reason                     the lease was revoked after its section
+ *                                    was logged, before the release
  *   Q sections                       clean exit after SIGTERM
  *
  * Converters (CHAOS_CONVERTER=1 in the environment; the driver makes every
@@ -55,6 +64,12 @@
  * is for, and the checker counts such sections. SIGUSR1 makes the next
  * exclusive section slow (100-200 ms): the driver sends it just before it
  * kill -9s the daemon, so every restart races old holders against new ones.
+ * SIGUSR2 makes an exclusive section that starts within 500 ms of it long
+ * (CHAOS_LONG_MS, 0-20 % more): the multi-host driver sends it to one host's
+ * workers just before it pauses, partitions or kills that host's arbiterd,
+ * so holders run past their lease's deadline and another host's holder
+ * meets them in the storage. The worker never checks the deadline itself:
+ * it is the client that relies on fencing alone.
  *
  * CHAOS_BREAK in the environment breaks the worker on purpose, to prove the
  * checker catches it (chaos.py --self-test):
@@ -90,6 +105,10 @@
 #define FENCE	64 /* fence record size */
 
 static volatile sig_atomic_t stopping, slow_next;
+/* SIGUSR2's instant (CLOCK_MONOTONIC ns; an aligned 64-bit store) and the
+ * length of the long sections it asks for. */
+static volatile uint64_t long_sig_ns;
+static uint64_t long_ns;
 static int logfd = -1;
 static uint64_t rng_state;
 static bool break_nolock, break_nofence, break_noconvert, converter;
@@ -99,11 +118,15 @@ struct store {
 	int ffd; /* rN.fence */
 };
 
+static uint64_t now_ns(void);
+
 static void
 on_signal(int sig)
 {
 	if (sig == SIGUSR1)
 		slow_next = 1;
+	else if (sig == SIGUSR2)
+		long_sig_ns = now_ns(); /* clock_gettime: async-signal-safe */
 	else
 		stopping = 1;
 }
@@ -146,7 +169,9 @@ rnd_below(unsigned n)
 static void
 pause_us(unsigned us)
 {
-	struct timespec ts = {0, (long)us * 1000};
+	/* tv_nsec must stay below a second (the long sections are longer). */
+	struct timespec ts = {(time_t)(us / 1000000),
+			      (long)(us % 1000000) * 1000};
 
 	if (us == 0)
 		return;
@@ -266,14 +291,17 @@ fence_pass(struct store *s, uint64_t token, bool claim)
 	return rc;
 }
 
-/* Read the counter under token. claim: raise the fence to token. */
+/* Read the counter under token. claim: raise the fence to token. *at: when
+ * the storage decided (under its lock, so all accesses are ordered). */
 static int
-store_read(struct store *s, uint64_t token, bool claim, uint64_t *value)
+store_read(struct store *s, uint64_t token, bool claim, uint64_t *value,
+	   uint64_t *at)
 {
 	int rc;
 
 	if ((rc = lock_store(s->cfd, LOCK_EX)) < 0)
 		return rc;
+	*at = now_ns();
 	rc = fence_pass(s, token, claim);
 	if (rc == 0)
 		rc = last_value(s, value);
@@ -281,15 +309,17 @@ store_read(struct store *s, uint64_t token, bool claim, uint64_t *value)
 	return rc;
 }
 
-/* Append value under token, unless a higher token has used the storage. */
+/* Append value under token, unless a higher token has used the storage.
+ * *at: as for store_read. */
 static int
-store_write(struct store *s, uint64_t token, uint64_t value)
+store_write(struct store *s, uint64_t token, uint64_t value, uint64_t *at)
 {
 	char buf[REC + 1];
 	int rc;
 
 	if ((rc = lock_store(s->cfd, LOCK_EX)) < 0)
 		return rc;
+	*at = now_ns();
 	rc = fence_pass(s, token, true);
 	if (rc == 0) {
 		snprintf(buf, sizeof buf,
@@ -357,18 +387,51 @@ is_conn_lost(int rc)
 	return rc == -ARB_ECONNLOST || (rc < 0 && rc > -1000);
 }
 
-/* Drain events; true when lease_id was revoked; *lost on a broken link. */
-static bool
-drain_events(arb_client *c, uint64_t lease_id, bool *lost)
+/* CLOCK_BOOTTIME ns (a lease's deadline) on CLOCK_MONOTONIC, the clock of
+ * the sections: both run together on one machine that does not suspend. */
+static uint64_t
+boot_to_mono(uint64_t boot_ns)
+{
+	struct timespec b, m;
+	int64_t off;
+
+	if (boot_ns == 0)
+		return 0;
+	clock_gettime(CLOCK_BOOTTIME, &b);
+	clock_gettime(CLOCK_MONOTONIC, &m);
+	off = ((int64_t)b.tv_sec - (int64_t)m.tv_sec) * 1000000000 +
+	      ((int64_t)b.tv_nsec - (int64_t)m.tv_nsec);
+	return (uint64_t)((int64_t)boot_ns - off);
+}
+
+/* A lease's deadline on CLOCK_MONOTONIC, as this client knows it now (0: a
+ * local lease, or one it no longer holds). */
+static uint64_t
+lease_deadline(arb_client *c, uint64_t lease_id)
+{
+	return boot_to_mono(arb_lease_valid_until(c, lease_id));
+}
+
+/* Drain events: the reason lease_id was revoked (0: it was not; 100 for
+ * a revoke without reason); *vu follows its Extended events (the deadline
+ * the client knew last before a revoke forgot it); *lost on a broken link.
+ * Each frame updates the client's deadlines when it is taken, in order. */
+static int
+drain_events(arb_client *c, uint64_t lease_id, bool *lost, uint64_t *vu)
 {
 	struct arb_event ev;
-	bool revoked = false;
-	int rc;
+	int revoked = 0, rc;
 
-	while ((rc = arb_next_event(c, &ev)) > 0) {
+	for (;;) {
+		uint64_t v = lease_deadline(c, lease_id);
+
+		if (v != 0)
+			*vu = v;
+		if ((rc = arb_next_event(c, &ev)) <= 0)
+			break;
 		if (ev.kind == ARB_EV_REVOKED && ev.lease.id == lease_id)
-			revoked = true;
-		else
+			revoked = ev.reason > 0 ? ev.reason : 100;
+		else if (ev.kind != ARB_EV_EXTENDED)
 			logline("X %d %" PRIu64 " %s", (int)ev.kind,
 				ev.lease.id, ev.resource);
 	}
@@ -377,23 +440,46 @@ drain_events(arb_client *c, uint64_t lease_id, bool *lost)
 	return revoked;
 }
 
+/* The pause of an exclusive section between its read and its write: a
+ * long one (logged, so the driver knows one runs) within 500 ms of SIGUSR2,
+ * a slow one after SIGUSR1. */
+static unsigned
+section_pause_us(unsigned pause, unsigned r, uint64_t token)
+{
+	uint64_t sig = long_sig_ns;
+
+	if (sig != 0 && long_ns != 0 && now_ns() - sig < 500000000ull) {
+		long_sig_ns = 0;
+		logline("P %u %" PRIu64 " %" PRIu64, r, token, now_ns());
+		return (unsigned)((long_ns + long_ns * rnd_below(21) / 100) /
+				  1000);
+	}
+	if (slow_next) {
+		slow_next = 0;
+		return 100000 + rnd_below(100000);
+	}
+	return pause;
+}
+
 /*
  * The second half of a read-modify-write: the shared section read value
  * under lease; upgrade and write value + 1 under the new token. Logs the
  * exclusive section. Returns how many sections it logged; sets *lost when
- * the connection broke, *gone when the lease is no longer held.
+ * the connection broke, *gone when the lease is no longer held. *vu: the
+ * lease's deadline on CLOCK_MONOTONIC (0: none), moved by Extended events.
  */
 static int
 rmw_upgrade(arb_client *c, struct store *s, unsigned r,
 	    const struct arb_lease *lease, uint64_t value, int dpid, bool *lost,
-	    bool *gone)
+	    bool *gone, uint64_t *vu)
 {
 	uint64_t token = 0, t0, t1, again = 0, tk = 0, id = lease->id;
+	uint64_t tw = 0, tr = 0;
 	struct arb_lease held;
 	int timeout =
 	    rnd_below(100) < 20 ? (int)rnd_below(20) : ARB_WAIT_FOREVER;
 	const char *outcome;
-	bool revoked;
+	int revoked;
 	char msg[600];
 	int rc;
 
@@ -410,6 +496,7 @@ rmw_upgrade(arb_client *c, struct store *s, unsigned r,
 		if (rc == 0) {
 			id = held.id;
 			token = held.token;
+			*vu = lease_deadline(c, held.id);
 		}
 	} else
 		rc = arb_convert(c, lease->id, ARB_EXCLUSIVE, timeout, &token);
@@ -439,22 +526,21 @@ rmw_upgrade(arb_client *c, struct store *s, unsigned r,
 		logline("E %u 0 upgrade token %" PRIu64 " not above %" PRIu64,
 			r, token, lease->token);
 	t0 = now_ns();
-	if (slow_next) {
-		slow_next = 0;
-		pause_us(100000 + rnd_below(100000));
-	}
+	if (!break_noconvert && lease_deadline(c, id) != 0)
+		*vu = lease_deadline(c, id); /* Converted carried it */
+	pause_us(section_pause_us(0, r, token));
 	value++;
-	rc = store_write(s, token, value);
+	rc = store_write(s, token, value, &tw);
 	outcome = rc == ST_OK ? "inc" : "fenced";
 	t1 = now_ns();
 	if (rc < 0) {
 		logline("E %u %d storage: %s", r, rc, strerror(-rc));
 		exit(3);
 	}
-	revoked = drain_events(c, id, lost);
+	revoked = drain_events(c, id, lost, vu);
 	logline("S %u %" PRIu64 " E %" PRIu64 " %" PRIu64 " %s %d %" PRIu64
-		" %d",
-		r, token, t0, t1, outcome, dpid, value, revoked ? 1 : 0);
+		" %d %" PRIu64 " %" PRIu64 " %" PRIu64,
+		r, token, t0, t1, outcome, dpid, value, revoked, *vu, tw, tw);
 	if (revoked)
 		*gone = true;
 	if (break_noconvert) {
@@ -477,7 +563,7 @@ rmw_upgrade(arb_client *c, struct store *s, unsigned r,
 			oneline(arb_last_error(c), msg, sizeof msg));
 		return 1;
 	}
-	rc = store_read(s, token, false, &again);
+	rc = store_read(s, token, false, &again, &tr);
 	if (rc == ST_OK && again != value)
 		logline("E %u 0 downgraded: read %" PRIu64
 			" after writing %" PRIu64 " under token %" PRIu64,
@@ -518,6 +604,9 @@ main(int argc, char **argv)
 	}
 	converter = getenv("CHAOS_CONVERTER") != NULL &&
 		    strcmp(getenv("CHAOS_CONVERTER"), "1") == 0;
+	if (getenv("CHAOS_LONG_MS") != NULL)
+		long_ns =
+		    strtoull(getenv("CHAOS_LONG_MS"), NULL, 10) * 1000000ull;
 	if (argc == 6)
 		nres = (unsigned)atoi(argv[5]);
 	if (nres < 1 || nres > MAX_RES) {
@@ -535,6 +624,7 @@ main(int argc, char **argv)
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGUSR1, &sa, NULL);
+	sigaction(SIGUSR2, &sa, NULL);
 
 	logfd = open(argv[3], O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
 	if (logfd < 0) {
@@ -560,15 +650,18 @@ main(int argc, char **argv)
 		bool gone = false;
 		int64_t timeout = ARB_WAIT_FOREVER;
 		struct arb_lease lease;
-		uint64_t t0, t1, value = 0;
+		uint64_t t0, t1, value = 0, vu, tr = 0, tw = 0;
 		unsigned pause = rnd_below(1000) < 2 ? 20000 + rnd_below(130000)
 						     : rnd_below(200);
 		const char *outcome;
-		bool revoked = false, lost = false;
-		int rc;
+		bool lost = false;
+		int rc, revoked;
 
 		if (c == NULL) {
 			c = reconnect(sock, &dpid);
+			/* SIGUSR2 asked for a holder of the daemon that was
+			 * then up: not of its successor. */
+			long_sig_ns = 0;
 			if (c == NULL)
 				break;
 		}
@@ -602,20 +695,20 @@ main(int argc, char **argv)
 
 		/* ---- the critical section ---- */
 		t0 = now_ns();
+		vu = lease_deadline(c, lease.id);
 		if (mode == ARB_EXCLUSIVE) {
-			rc = store_read(&st[r], lease.token, true, &value);
+			rc = store_read(&st[r], lease.token, true, &value, &tr);
 			if (rc == ST_OK) {
-				if (slow_next) {
-					slow_next = 0;
-					pause = 100000 + rnd_below(100000);
-				}
-				pause_us(pause);
+				pause_us(
+				    section_pause_us(pause, r, lease.token));
 				value++;
-				rc = store_write(&st[r], lease.token, value);
+				rc = store_write(&st[r], lease.token, value,
+						 &tw);
 			}
 			outcome = rc == ST_OK ? "inc" : "fenced";
 		} else {
-			rc = store_read(&st[r], lease.token, false, &value);
+			rc =
+			    store_read(&st[r], lease.token, false, &value, &tr);
 			if (rc == ST_OK)
 				pause_us(pause / 2);
 			outcome = rc == ST_OK ? "read" : "fenced";
@@ -631,19 +724,28 @@ main(int argc, char **argv)
 		}
 
 		/* Did the daemon take the lease back while we held it? */
-		revoked = drain_events(c, lease.id, &lost);
+		revoked = drain_events(c, lease.id, &lost, &vu);
 		logline("S %u %" PRIu64 " %c %" PRIu64 " %" PRIu64
-			" %s %d %" PRIu64 " %d",
+			" %s %d %" PRIu64 " %d %" PRIu64 " %" PRIu64
+			" %" PRIu64,
 			r, lease.token, mc, t0, t1, outcome, dpid, value,
-			revoked ? 1 : 0);
+			revoked, vu, tr, tw);
 		sections++;
 		if (rmw && !lost && !revoked)
-			sections += (uint64_t)rmw_upgrade(
-			    c, &st[r], r, &lease, value, dpid, &lost, &gone);
+			sections +=
+			    (uint64_t)rmw_upgrade(c, &st[r], r, &lease, value,
+						  dpid, &lost, &gone, &vu);
 		if (!lost && !revoked && !gone) {
 			rc = arb_release(c, lease.id);
 			if (is_conn_lost(rc)) {
 				lost = true;
+			} else if ((rc == -ARB_EUNKNOWNLEASE ||
+				    rc == -ARB_EREVOKED) &&
+				   (revoked = drain_events(c, lease.id, &lost,
+							   &vu)) != 0) {
+				/* Revoked after the section, before the
+				 * release reached the daemon. */
+				logline("R %u %d", r, revoked);
 			} else if (rc < 0) {
 				logline("E %u %d release: %s", r, rc,
 					oneline(arb_last_error(c), msg,

@@ -54,20 +54,34 @@ def is_report(line):
         VALGRIND_ERROR.match(line) is not None
 REC = 64
 SHOW = 5  # examples printed per failed check
+REVOKE_CLUSTER_LOST = 6  # proto RevokeReason: the host's session expired
 
 
 class Section:
     __slots__ = ("res", "token", "excl", "t0", "t1", "outcome", "dpid",
-                 "value", "revoked", "pid", "log", "line")
+                 "value", "revoked", "pid", "log", "line", "vu", "tr", "tw",
+                 "host")
     logs = []  # log file names, indexed by Section.log
 
+    def __init__(self):
+        # vu: the lease's deadline (CLOCK_MONOTONIC; 0: a local lease);
+        # tr, tw: when the storage took the read / the write (0: none);
+        # host: the host whose arbiterd granted it (multi-host runs).
+        self.vu = self.tr = self.tw = 0
+        self.host = None
+
     def __str__(self):
-        return ("res=%d token=%d %s t0=%d t1=%d (%.3f ms) %s dpid=%d "
-                "value=%d revoked=%d worker=%d [%s]" % (
+        return ("%sres=%d token=%d %s t0=%d t1=%d (%.3f ms) %s dpid=%d "
+                "value=%d revoked=%d%s worker=%d [%s]" % (
+                    "" if self.host is None else "host=%s " % self.host,
                     self.res, self.token, "E" if self.excl else "S", self.t0,
                     self.t1, (self.t1 - self.t0) / 1e6, self.outcome,
-                    self.dpid, self.value, self.revoked, self.pid,
-                    "%s:%d" % (Section.logs[self.log], self.line)))
+                    self.dpid, self.value, self.revoked,
+                    " deadline=t0%+.3fms" % ((self.vu - self.t0) / 1e6)
+                    if self.vu else "", self.pid,
+                    "%s:%d" % (Section.logs[self.log]
+                               if self.log < len(Section.logs) else "?",
+                               self.line)))
 
 
 class Result:
@@ -93,14 +107,15 @@ class Result:
             print("ok   %-26s%s" % (name, note), file=self.out)
 
 
-def read_logs(run):
+def read_logs(run, revokes_expected=False):
     """Parse every worker log. Returns (sections by resource, stats, bad
-    lines, unexpected lines)."""
+    lines, unexpected lines). revokes_expected: a multi-host run, where a
+    cluster lease may be revoked when its host loses its etcd session."""
     sections = defaultdict(list)
     stats = Counter()
     bad, unexpected = [], []
     for w in run["worker_runs"]:
-        path, pid = w["log"], w["pid"]
+        path, pid, host = w["log"], w["pid"], w.get("host")
         try:
             with open(path, "rb") as f:
                 data = f.read()
@@ -129,17 +144,32 @@ def read_logs(run):
                     s.dpid = int(f[7])
                     s.value = int(f[8])
                     s.revoked = int(f[9])
+                    if len(f) > 10:
+                        s.vu, s.tr, s.tw = int(f[10]), int(f[11]), int(f[12])
                     s.pid = pid
+                    s.host = host
                     s.log, s.line = li, n
                     if f[3] not in ("E", "S") or s.outcome not in (
-                            "inc", "read", "fenced") or s.t1 < s.t0:
+                            "inc", "read", "fenced") or s.t1 < s.t0 or \
+                            len(f) not in (10, 13):
                         raise ValueError("bad section")
                     sections[s.res].append(s)
                     stats["sections"] += 1
                     stats["exclusive" if s.excl else "shared"] += 1
                     stats[s.outcome] += 1
                     if s.revoked:
-                        unexpected.append("revoked while held: %s" % s)
+                        stats["revoked sections"] += 1
+                        if not revokes_expected or s.revoked != \
+                                REVOKE_CLUSTER_LOST:
+                            unexpected.append("revoked while held: %s" % s)
+                elif kind == "R":
+                    stats["revoked before release"] += 1
+                    if not revokes_expected or int(f[2]) != \
+                            REVOKE_CLUSTER_LOST:
+                        unexpected.append("%s:%d: revoked before the "
+                                          "release: %s" % (
+                                              base, n, raw.decode(
+                                                  "utf-8", "replace")))
                 elif kind == "T":
                     stats["timeouts"] += 1
                 elif kind == "U":
@@ -149,6 +179,8 @@ def read_logs(run):
                     stats["upgrade " + f[2]] += 1
                 elif kind == "C":
                     stats["connects"] += 1
+                elif kind == "P":
+                    stats["long sections"] += 1
                 elif kind == "L":
                     stats["connections lost"] += 1
                 elif kind == "Q":
@@ -229,7 +261,77 @@ def check_token_order(secs):
     return problems
 
 
+def check_storage(res, run, r, secs, killed, stats):
+    """The journal and no-lost-update checks of resource r: the counter's
+    history against the logged sections secs (every host's)."""
+    # journal
+    path = os.path.join(run["counters"], "r%d.counter" % r)
+    journal, err = read_journal(path)
+    problems = [err] if err else []
+    journal = journal or []
+    for i, (v, t, p) in enumerate(journal):
+        if v != i + 1:
+            problems.append(
+                "record %d holds value %d (expected %d): an update was "
+                "lost or doubled; writer pid %d token %d" % (i, v, i + 1,
+                                                             p, t))
+            break
+    for i in range(1, len(journal)):
+        if journal[i][1] <= journal[i - 1][1]:
+            problems.append(
+                "record %d written with token %d after record %d with "
+                "token %d (writer pids %d, %d)" % (
+                    i, journal[i][1], i - 1, journal[i - 1][1],
+                    journal[i][2], journal[i - 1][2]))
+    counter = journal[-1][0] if journal else 0
+    res.report("journal chaos-%d" % r, problems,
+               " (counter %d, %d writes)" % (counter, len(journal)))
+    # no lost update: log <-> journal
+    problems = []
+    jt = {t: (v, p) for v, t, p in journal}
+    matched = set()
+    logged = 0
+    for s in secs:
+        if s.outcome != "inc":
+            continue
+        logged += 1
+        j = jt.get(s.token)
+        if j is None:
+            problems.append("logged increment missing from the "
+                            "journal: %s" % s)
+        elif j != (s.value, s.pid):
+            problems.append("logged increment %s but the journal has "
+                            "value %d by pid %d" % (s, j[0], j[1]))
+        else:
+            matched.add(s.token)
+    unlogged = Counter()
+    for v, t, p in journal:
+        if t not in matched:
+            unlogged[p] += 1
+    for p, n in unlogged.items():
+        if n > killed.get(p, 0):
+            problems.append(
+                "%d journal write(s) by pid %d with no log line, and "
+                "that worker was %s" % (
+                    n, p, "killed %d time(s)" % killed[p]
+                    if killed.get(p) else "never killed"))
+    nun = sum(unlogged.values())
+    if counter != logged + nun and not problems:
+        problems.append("counter %d != %d logged increments + %d "
+                        "unlogged" % (counter, logged, nun))
+    res.report("no-lost-update chaos-%d" % r, problems,
+               " (counter %d %s %d logged increments + %d cut by "
+               "SIGKILL)" % (counter, "!=" if counter != logged + nun
+                             else "=", logged, nun))
+    stats["increments in journals"] += counter
+    stats["unlogged increments (killed workers)"] += nun
+
+
 def check(run, out=sys.stdout):
+    if run.get("hosts"):
+        # A multi-host run: its own properties (check_cluster.py).
+        import check_cluster
+        return check_cluster.check(run, out)
     res = Result(out)
     daemons = run["daemons"]
     inc_of = {d["pid"]: i for i, d in enumerate(daemons)}
@@ -283,67 +385,7 @@ def check(run, out=sys.stdout):
             for k in sorted(incs))
         res.report("token-restart chaos-%d" % r, problems,
                    " (tokens per incarnation: %s)" % ranges)
-        # journal
-        path = os.path.join(run["counters"], "r%d.counter" % r)
-        journal, err = read_journal(path)
-        problems = [err] if err else []
-        journal = journal or []
-        for i, (v, t, p) in enumerate(journal):
-            if v != i + 1:
-                problems.append(
-                    "record %d holds value %d (expected %d): an update was "
-                    "lost or doubled; writer pid %d token %d" % (i, v, i + 1,
-                                                                 p, t))
-                break
-        for i in range(1, len(journal)):
-            if journal[i][1] <= journal[i - 1][1]:
-                problems.append(
-                    "record %d written with token %d after record %d with "
-                    "token %d (writer pids %d, %d)" % (
-                        i, journal[i][1], i - 1, journal[i - 1][1],
-                        journal[i][2], journal[i - 1][2]))
-        counter = journal[-1][0] if journal else 0
-        res.report("journal chaos-%d" % r, problems,
-                   " (counter %d, %d writes)" % (counter, len(journal)))
-        # no lost update: log <-> journal
-        problems = []
-        jt = {t: (v, p) for v, t, p in journal}
-        matched = set()
-        logged = 0
-        for s in sections.get(r, ()):
-            if s.outcome != "inc":
-                continue
-            logged += 1
-            j = jt.get(s.token)
-            if j is None:
-                problems.append("logged increment missing from the "
-                                "journal: %s" % s)
-            elif j != (s.value, s.pid):
-                problems.append("logged increment %s but the journal has "
-                                "value %d by pid %d" % (s, j[0], j[1]))
-            else:
-                matched.add(s.token)
-        unlogged = Counter()
-        for v, t, p in journal:
-            if t not in matched:
-                unlogged[p] += 1
-        for p, n in unlogged.items():
-            if n > killed.get(p, 0):
-                problems.append(
-                    "%d journal write(s) by pid %d with no log line, and "
-                    "that worker was %s" % (
-                        n, p, "killed %d time(s)" % killed[p]
-                        if killed.get(p) else "never killed"))
-        nun = sum(unlogged.values())
-        if counter != logged + nun and not problems:
-            problems.append("counter %d != %d logged increments + %d "
-                            "unlogged" % (counter, logged, nun))
-        res.report("no-lost-update chaos-%d" % r, problems,
-                   " (counter %d %s %d logged increments + %d cut by "
-                   "SIGKILL)" % (counter, "!=" if counter != logged + nun
-                                 else "=", logged, nun))
-        stats["increments in journals"] += counter
-        stats["unlogged increments (killed workers)"] += nun
+        check_storage(res, run, r, sections.get(r, ()), killed, stats)
         # fencing
         problems = []
         for k, secs in sorted(incs.items()):
