@@ -431,3 +431,30 @@ def test_a_key_deleted_by_hand_revokes_its_holders(hosts):
     assert m.revoked.reason == pb.CLUSTER_LOST
     g = wb.granted(rid)
     assert g.token > ga.token
+
+
+def test_cluster_mode_over_tls_with_a_self_signed_ca(tmp_path):
+    if not etcdlib.have_etcd():
+        pytest.skip("etcd is not installed: sh scripts/deps.sh test")
+    d = etcdlib.tmpfs_dir("arbiter-etcd-tls-")
+    tls = etcdlib.TLS(d)
+    c = etcdlib.Cluster(n=1, tls=tls).start()
+    h = Hosts(c, tmp_path)
+    try:
+        args = ("-o", "cluster.tls_ca=" + tls.ca_crt,
+                "-o", "cluster.tls_cert=" + tls.client_crt,
+                "-o", "cluster.tls_key=" + tls.client_key)
+        a = h.start("a", *args, proxy=False)
+        b = h.start("b", *args, proxy=False)
+        assert c.endpoints().startswith("https://")
+        wa, wb = Wire(a.socket), Wire(b.socket)
+        g = wa.lock("db")
+        rid = wb.acquire("db")
+        wb.wait_kind("queued", rid)
+        wa.release(g.lease_id)
+        assert wb.granted(rid).token > g.token
+    finally:
+        h.stop()
+        c.stop()
+        import shutil
+        shutil.rmtree(d, True)
