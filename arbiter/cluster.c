@@ -96,9 +96,11 @@ struct crec {
 	int64_t create_rev; /* the key's, 0 when none */
 	uint64_t gen;	    /* session generation of the key */
 	uint64_t t_put, t_owned;
-	uint32_t told_ahead; /* hosts ahead, as last told to waiters */
-	bool in_flight;	     /* a request about it is out */
-	bool retry;	     /* it failed: ask again on the retry timer */
+	uint32_t told_ahead;  /* hosts ahead, as last told to waiters */
+	bool in_flight;	      /* a request about it is out */
+	bool checking;	      /* asking whether a predecessor expired */
+	uint64_t delay_until; /* lock-delay: no owning before (monotonic) */
+	bool retry;	      /* it failed: ask again on the retry timer */
 	TAILQ_ENTRY(crec) entry;
 };
 
@@ -731,20 +733,71 @@ start_range(struct cluster *cl)
 		retry_later(cl);
 }
 
-/* A key of the mirror changed: look again at the resource it is about. */
-static void
-mres_changed(struct cluster *cl, const char *key, size_t len)
+/* This host's record of the resource a key is about, or NULL. */
+static struct crec *
+rec_of_key(struct cluster *cl, const char *key, size_t len)
 {
 	struct crec *rec;
 	size_t plen = key_prefix_len(key, len);
 
 	TAILQ_FOREACH(rec, &cl->recs, entry) {
 		if (rec->rprefix_len == plen &&
-		    memcmp(rec->rprefix, key, plen) == 0) {
-			rec_eval(cl, rec->res);
-			return;
-		}
+		    memcmp(rec->rprefix, key, plen) == 0)
+			return rec;
 	}
+	return NULL;
+}
+
+/* A key of the mirror changed: look again at the resource it is about. */
+static void
+mres_changed(struct cluster *cl, const char *key, size_t len)
+{
+	struct crec *rec = rec_of_key(cl, key, len);
+
+	if (rec != NULL)
+		rec_eval(cl, rec->res);
+}
+
+/*
+ * leases.lock_delay_ms across hosts: a key that went because its host's
+ * session lease is gone (expired: the host died or was cut off, and its
+ * holders may still be finishing) holds the resource back that long, as
+ * a lease ending uncleanly does on one host. A key its host deleted
+ * (released) does not. The answer is awaited before this host owns.
+ */
+static void
+on_pred_ttl(const struct etcd_result *r, void *arg)
+{
+	struct crec *rec = arg;
+	struct cluster *cl = rec->cl;
+
+	rec->checking = false;
+	if (rec->gen == cl->gen && (r->err != 0 || r->ttl < 0)) {
+		char q[600];
+		uint64_t until = now_ns() + MS(cl->srv->cfg.lock_delay_ms);
+
+		if (until > rec->delay_until)
+			rec->delay_until = until;
+		log_info("cluster lock-delay: the previous holder's host "
+			 "session is gone",
+			 "resource=%s delay_ms=%" PRIu64,
+			 log_quote(rec->res->name, q, sizeof q),
+			 cl->srv->cfg.lock_delay_ms);
+	}
+	rec_eval(cl, rec->res);
+}
+
+static void
+check_predecessor(struct cluster *cl, const char *key, size_t len,
+		  int64_t lease)
+{
+	struct crec *rec = rec_of_key(cl, key, len);
+
+	if (rec == NULL || rec->st != R_QUEUED || rec->checking ||
+	    lease == cl->lease)
+		return;
+	if (etcd_lease_ttl(cl->etcd, lease, on_pred_ttl, rec) == 0)
+		rec->checking = true;
 }
 
 static void
@@ -774,9 +827,19 @@ watch_cb(enum etcd_watch_kind kind, const struct etcd_event *ev,
 		cl->mirror_rev = ev->kv.mod_revision;
 	if (ev->type == ETCD_PUT)
 		(void)mirror_put(cl, &ev->kv);
-	else
+	else {
+		struct mkey *k = NULL;
+		int64_t lease = 0;
+
+		HASH_FIND(hh, cl->keys, ev->kv.key, ev->kv.key_len, k);
+		if (k != NULL && k->create_rev <= ev->kv.mod_revision)
+			lease = k->lease;
 		(void)mirror_delete(cl, ev->kv.key, ev->kv.key_len,
 				    ev->kv.mod_revision);
+		if (lease != 0 && cl->srv->cfg.lock_delay_ms > 0)
+			check_predecessor(cl, ev->kv.key, ev->kv.key_len,
+					  lease);
+	}
 	mres_changed(cl, ev->kv.key, ev->kv.key_len);
 }
 
@@ -1078,7 +1141,7 @@ rec_eval(struct cluster *cl, struct lm_res *res)
 			return;
 		rec = rec_new(cl, res);
 	}
-	if (rec->in_flight)
+	if (rec->in_flight || rec->checking)
 		return;
 	if (rec->retry) {
 		/* A put needs the mirror to judge its answer; a delete only a
@@ -1128,6 +1191,10 @@ rec_eval(struct cluster *cl, struct lm_res *res)
 		}
 		if (!demand) {
 			rec_delete(cl, rec);
+			return;
+		}
+		if (rec_owns(rec) && now < rec->delay_until) {
+			arm_ns(cl->ev_recs, rec->delay_until - now);
 			return;
 		}
 		if (rec_owns(rec))

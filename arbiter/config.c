@@ -261,7 +261,8 @@ static const struct config_key keys[] = {
 	.def = "0",
 	.live = true,
 	.help = "after a lease ends uncleanly, the resource is not "
-		"granted again for this long; 0: off",
+		"granted again for this long; in cluster mode also after "
+		"another host's key went with its expired session; 0: off",
     },
     {
 	.section = "leases",

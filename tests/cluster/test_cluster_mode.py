@@ -458,3 +458,27 @@ def test_cluster_mode_over_tls_with_a_self_signed_ca(tmp_path):
         c.stop()
         import shutil
         shutil.rmtree(d, True)
+
+
+def test_lock_delay_holds_a_resource_whose_host_died_not_one_released(hosts):
+    a = hosts.start("a")
+    b = hosts.start("b", "-o", "leases.lock_delay_ms=1500")
+    wa, wb = Wire(a.socket), Wire(b.socket)
+    g = wa.lock("db")
+    rid = wb.acquire("db")
+    wb.wait_kind("queued", rid)
+    wa.release(g.lease_id)  # released: no delay
+    g2 = wb.granted(rid)
+    assert not any("cluster lock-delay" in l for l in b.log.lines)
+    wb.release(g2.lease_id)
+    g3 = wa.lock("db")
+    rid = wb.acquire("db")
+    wb.wait_kind("queued", rid)
+    a.proc.kill()  # a's holder may still be finishing: b waits longer
+    a.proc.wait()
+    b.log.wait_for("cluster lock-delay")
+    t0 = time.monotonic()
+    g4 = wb.granted(rid)
+    held_back = time.monotonic() - t0
+    assert held_back > 1.3, held_back
+    assert g4.token > g3.token
