@@ -115,6 +115,7 @@ struct cluster {
 	bool refused_logged;
 	uint64_t valid_until; /* CLOCK_BOOTTIME ns; 0: none */
 	bool ka_inflight, grant_inflight, range_inflight;
+	uint64_t range_gen; /* the generation the range out was asked in */
 	bool stop_inflight, stop_done;
 	unsigned backoff_ms;
 	struct event *ev_deadline, *ev_ka, *ev_retry, *ev_recs;
@@ -566,9 +567,12 @@ deadline_cb(evutil_socket_t fd, short what, void *arg)
 static void
 retry_later(struct cluster *cl)
 {
+	/* At most a second: one small request a second while etcd is out of
+	 * reach costs nothing, and a healed host comes back soon (the etcd
+	 * client's own per-member back-off still spaces its tries). */
 	cl->backoff_ms = cl->backoff_ms ? cl->backoff_ms * 2 : 100;
-	if (cl->backoff_ms > 5000)
-		cl->backoff_ms = 5000;
+	if (cl->backoff_ms > 1000)
+		cl->backoff_ms = 1000;
 	arm_ms(cl->ev_retry, cl->backoff_ms);
 }
 
@@ -675,6 +679,13 @@ on_range(const struct etcd_result *r, void *arg)
 	if (cl->state != S_ACTIVE && cl->state != S_JEOPARDY &&
 	    cl->state != S_CONNECTING)
 		return;
+	if (cl->range_gen != cl->gen || cl->lease == 0) {
+		/* Asked in a session that expired since: the new one (if its
+		 * lease is granted) needs its own range. */
+		if (cl->lease != 0 && !cl->mirror_ready && cl->watch == NULL)
+			start_range(cl);
+		return;
+	}
 	if (r->err != 0) {
 		note_error(cl, "range", r);
 		retry_later(cl);
@@ -697,8 +708,7 @@ on_range(const struct etcd_result *r, void *arg)
 			log_error("cluster grants refused", "reason=\"%s\"",
 				  cl->msg);
 		cl->refused_logged = true;
-		cl->backoff_ms = 2500;
-		retry_later(cl);
+		arm_ms(cl->ev_retry, 5000); /* an operator has to act */
 		return;
 	}
 	mirror_clear(cl);
@@ -726,6 +736,7 @@ start_range(struct cluster *cl)
 {
 	if (cl->range_inflight)
 		return;
+	cl->range_gen = cl->gen;
 	if (etcd_range_prefix(cl->etcd, cl->rprefix, strlen(cl->rprefix), 0,
 			      on_range, cl) == 0)
 		cl->range_inflight = true;
@@ -849,8 +860,16 @@ on_grant(const struct etcd_result *r, void *arg)
 	struct cluster *cl = arg;
 
 	cl->grant_inflight = false;
-	if (cl->state != S_CONNECTING)
+	if (cl->state != S_CONNECTING) {
+		/* Not wanted any more: give an unused lease back, and start
+		 * the session a retry found this grant still out for. */
+		if (r->err == 0 && r->lease_id != 0)
+			(void)etcd_lease_revoke(cl->etcd, r->lease_id, NULL,
+						NULL);
+		if (cl->state == S_EXPIRED)
+			retry_later(cl);
 		return;
+	}
 	if (r->err != 0 || r->ttl <= 0) {
 		note_error(cl, "session lease grant", r);
 		if (cl->sessions == 0 || cl->errors % 10 == 1)
