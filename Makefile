@@ -127,6 +127,7 @@ $(BUILD)/arbiterctl: $(CTL_OBJ) $(BUILD)/libarbiter.a
 # Unit tests link the module under test and what it needs, never main.o.
 # TEST_DEPS_<name> narrows that list; the default is every module.
 TEST_DEPS_lockmgr = $(BUILD)/arbiter/lockmgr.o
+TEST_DEPS_lockmgr_cluster = $(BUILD)/arbiter/lockmgr.o
 TEST_DEPS_codec = $(PROTO_OBJ)
 TEST_DEPS_metrics = $(BUILD)/arbiter/http.o
 TEST_DEPS_etcd = $(BUILD)/arbiter/etcd.o

@@ -28,6 +28,7 @@
 #include "conn.h"
 #include "dispatch.h"
 #include "report.h"
+#include "reserve.h"
 #include "etcd.h"
 #include "log.h"
 #include "server.h"
@@ -107,7 +108,9 @@ struct cluster {
 	enum sess_state state;
 	uint64_t gen; /* +1 at every new session */
 	int64_t lease;
-	int64_t ka_lease;     /* the lease of the keepalive out */
+	int64_t ka_lease;  /* the lease of the keepalive out */
+	int64_t rev_floor; /* the state file's mark: etcd must be past it */
+	bool refused_logged;
 	uint64_t valid_until; /* CLOCK_BOOTTIME ns; 0: none */
 	bool ka_inflight, grant_inflight, range_inflight;
 	bool stop_inflight, stop_done;
@@ -255,6 +258,16 @@ mirror_put(struct cluster *cl, const struct etcd_kv *kv)
 	if (plen == 0 || plen <= strlen(cl->rprefix))
 		return NULL;
 	HASH_FIND(hh, cl->keys, kv->key, kv->key_len, k);
+	/* A key name comes back after a delete (a host's next key for the
+	 * same resource in the same session): the watch may still bring the
+	 * old one's events after a put's answer told of the new one. Never
+	 * let an older incarnation replace a newer one. */
+	if (k != NULL && kv->create_revision < k->create_rev)
+		return k->mr;
+	if (k != NULL && kv->create_revision > k->create_rev) {
+		mkey_del(cl, k); /* its delete was missed: start again */
+		k = NULL;
+	}
 	if (k == NULL) {
 		mr = mres_get(cl, kv->key, plen, true);
 		k = xcalloc(1, sizeof *k);
@@ -294,15 +307,17 @@ mirror_put(struct cluster *cl, const struct etcd_kv *kv)
 	return k->mr;
 }
 
+/* A delete at revision rev: it removes only an incarnation created at or
+ * before it, never a newer key of the same name (see mirror_put). */
 static struct mres *
-mirror_delete(struct cluster *cl, const char *key, size_t len)
+mirror_delete(struct cluster *cl, const char *key, size_t len, int64_t rev)
 {
 	struct mkey *k = NULL;
 	struct mres *mr;
 	size_t plen = key_prefix_len(key, len);
 
 	HASH_FIND(hh, cl->keys, key, len, k);
-	if (k == NULL)
+	if (k == NULL || k->create_rev > rev)
 		return NULL;
 	mr = k->mr;
 	mkey_del(cl, k);
@@ -663,6 +678,27 @@ on_range(const struct etcd_result *r, void *arg)
 		retry_later(cl);
 		return;
 	}
+	if (r->revision < cl->rev_floor) {
+		/* etcd went back in time (restored from a backup without
+		 * bumping its revision): new keys could get create_revisions
+		 * below ones this host granted under, so tokens would go
+		 * backwards. */
+		snprintf(cl->msg, sizeof cl->msg,
+			 "etcd's revision %" PRId64 " is below %" PRId64
+			 ", the highest this host granted under: etcd was "
+			 "restored from an older backup. Restore with "
+			 "'etcdutl snapshot restore --bump-revision 1000000000 "
+			 "--mark-compacted', or start this arbiterd once "
+			 "with --reset-state after checking the storage",
+			 r->revision, cl->rev_floor);
+		if (!cl->refused_logged)
+			log_error("cluster grants refused", "reason=\"%s\"",
+				  cl->msg);
+		cl->refused_logged = true;
+		cl->backoff_ms = 2500;
+		retry_later(cl);
+		return;
+	}
 	mirror_clear(cl);
 	for (size_t i = 0; i < r->n_kvs; i++)
 		(void)mirror_put(cl, &r->kvs[i]);
@@ -739,7 +775,8 @@ watch_cb(enum etcd_watch_kind kind, const struct etcd_event *ev,
 	if (ev->type == ETCD_PUT)
 		(void)mirror_put(cl, &ev->kv);
 	else
-		(void)mirror_delete(cl, ev->kv.key, ev->kv.key_len);
+		(void)mirror_delete(cl, ev->kv.key, ev->kv.key_len,
+				    ev->kv.mod_revision);
 	mres_changed(cl, ev->kv.key, ev->kv.key_len);
 }
 
@@ -830,6 +867,10 @@ rec_own(struct cluster *cl, struct crec *rec)
 {
 	uint64_t now = now_ns();
 
+	/* A later start without cluster mode, and this check after an etcd
+	 * restore, need the mark above every token of this key. */
+	reserve_at_least(cl->srv, CLUSTER_TOKEN_BASE(rec->create_rev) +
+				      LM_CLUSTER_GRANTS);
 	rec->st = R_OWNED;
 	rec->t_owned = now;
 	if (cl->srv->cfg.stats_enabled)
@@ -879,7 +920,7 @@ on_put(const struct etcd_result *r, void *arg)
 	}
 	if (rec->create_rev == 0) {
 		snprintf(cl->msg, sizeof cl->msg,
-			 "put of %s answered without the key", key);
+			 "put of %.300s answered without the key", key);
 		cl->errors++;
 		rec->retry = true;
 		arm_ms(cl->ev_recs, 200);
@@ -941,7 +982,7 @@ on_delete(const struct etcd_result *r, void *arg)
 		return;
 	}
 	rec_key(rec, key, sizeof key);
-	(void)mirror_delete(cl, key, strlen(key));
+	(void)mirror_delete(cl, key, strlen(key), r->revision);
 	rec->st = R_IDLE;
 	rec->create_rev = 0;
 	rec->t_put = 0;
@@ -1239,6 +1280,11 @@ cluster_start(struct server *srv)
 	    cl->grant_inflight)
 		return;
 	cl->backoff_ms = 0;
+	/* The mark covers every key this host owned (reserve_at_least). */
+	if (srv->lm.last_token >= CLUSTER_TOKEN_BASE(0))
+		cl->rev_floor =
+		    (int64_t)((srv->lm.last_token - CLUSTER_TOKEN_BASE(0)) >>
+			      20);
 	session_begin(cl);
 }
 

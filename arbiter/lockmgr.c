@@ -395,11 +395,19 @@ grant(struct lockmgr *lm, struct lm_res *res, struct lm_req *r, uint64_t now,
 	ev->immediate = immediate;
 }
 
+/* A token can be handed out now: the cluster key's never run short here
+ * (lockmgr_cluster_own), the daemon's counter stops at its limit. */
+static bool
+has_token(const struct lockmgr *lm, const struct lm_res *res)
+{
+	return res->cluster || lm->last_token < lm->token_limit;
+}
+
 /* No token left: record the stall (told once) and say so. */
 static bool
 out_of_tokens(struct lockmgr *lm, struct lm_res *res)
 {
-	if (res->cluster || lm->last_token < lm->token_limit)
+	if (has_token(lm, res))
 		return false;
 	if (!res->stalled) {
 		res->stalled = true;
@@ -709,7 +717,7 @@ lockmgr_acquire(struct lockmgr *lm, struct lm_owner *o,
 	o->nreqs++;
 	*lease_id = r->id;
 
-	if (!blocked && lm->last_token < lm->token_limit) {
+	if (!blocked && has_token(lm, res)) {
 		grant(lm, res, r, now, true);
 		check_idle(lm);
 		return LM_OK_GRANTED;
@@ -795,7 +803,7 @@ lockmgr_convert(struct lockmgr *lm, struct lm_owner *o,
 		  cluster_shut(lm, res, LM_EXCLUSIVE, now);
 	if (blocked && c->timeout_ns == 0)
 		return LM_CONV_ERR_WOULD_BLOCK;
-	if (!blocked && lm->last_token < lm->token_limit) {
+	if (!blocked && has_token(lm, res)) {
 		upgrade(lm, r, c->tag, now, now, true);
 		return LM_CONV_DONE;
 	}
@@ -809,6 +817,7 @@ lockmgr_convert(struct lockmgr *lm, struct lm_owner *o,
 	if (c->timeout_ns != LM_FOREVER)
 		timer_arm(lm, &r->conv_timer,
 			  deadline_after(now, c->timeout_ns));
+	cdirty(lm, res);
 	if (!blocked)
 		grant_pass(lm, res, now); /* records the stall */
 	return LM_CONV_WAITING;

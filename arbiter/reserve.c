@@ -51,6 +51,9 @@ reserve_now(struct server *srv)
 {
 	uint64_t limit = srv->lm.last_token + STATE_TOKEN_BLOCK;
 	char err[600];
+
+	if (srv->reserve_want > limit)
+		limit = srv->reserve_want;
 	int rc;
 
 	rc = state_write(srv->cfg.state_file, limit, false, srv->storage.gid,
@@ -82,13 +85,15 @@ reserve_ahead(struct server *srv)
 	uint64_t from = srv->lm.token_limit > srv->lm.last_token
 			    ? srv->lm.token_limit
 			    : srv->lm.last_token;
+	uint64_t mark = from + STATE_TOKEN_BLOCK;
 	int rc;
 
 	if (srv->writer.busy || evtimer_pending(srv->ev_reserve, NULL))
 		return;
-	rc = state_writer_start(&srv->writer, srv->cfg.state_file,
-				from + STATE_TOKEN_BLOCK, srv->storage.gid,
-				&srv->stats);
+	if (srv->reserve_want > mark)
+		mark = srv->reserve_want;
+	rc = state_writer_start(&srv->writer, srv->cfg.state_file, mark,
+				srv->storage.gid, &srv->stats);
 	if (rc < 0) {
 		log_warn("cannot write the state file in the background; "
 			 "writing it in the loop",
@@ -135,7 +140,19 @@ written_cb(evutil_socket_t fd, short what, void *arg)
 		return; /* drained by a change of role */
 	rc = writer_collect(srv);
 	/* The grants it allows are carried out by the loop's pump. */
-	(void)reserved(srv, rc, srv->writer.token_hw, srv->writer.err);
+	if (reserved(srv, rc, srv->writer.token_hw, srv->writer.err) == 0 &&
+	    srv->reserve_want > srv->lm.token_limit)
+		reserve_ahead(srv); /* raised while it was written */
+}
+
+void
+reserve_at_least(struct server *srv, uint64_t hw)
+{
+	if (hw <= srv->lm.token_limit || hw <= srv->reserve_want)
+		return;
+	srv->reserve_want = hw;
+	if (srv->role == ROLE_ACTIVE)
+		reserve_ahead(srv);
 }
 
 /* Retry after a failed write. */

@@ -6,6 +6,7 @@
 #define ARBITER_RESERVE_H
 
 #include <stdbool.h>
+#include <stdint.h>
 
 struct server;
 
@@ -28,5 +29,13 @@ void reserve_refill(struct server *srv, bool need_tokens);
  * mark is not handed to the lockmgr: the caller resets the tokens anyway.
  */
 void reserve_drain(struct server *srv);
+/*
+ * Make the state file's mark at least hw, in the background: cluster mode
+ * raises it past every cluster token this host hands out, so that a daemon
+ * started later without cluster mode (or with etcd restored from an older
+ * backup, which cluster.c then refuses) starts its tokens above them. The
+ * grants do not wait for it.
+ */
+void reserve_at_least(struct server *srv, uint64_t hw);
 
 #endif

@@ -625,14 +625,18 @@ role_release(struct server *srv)
 	char err[600];
 
 	if (srv->role == ROLE_ACTIVE) {
-		/* Everything handed out is at or below last_token. */
+		/* Everything handed out is at or below last_token, and every
+		 * cluster token below reserve_want. */
 		/* Clean only if the shutdown ended no lease: their holders
 		 * may still be finishing (arbiterctl run's grace). */
 		bool clean = !(srv->stopping && srv->leases_held);
+		uint64_t hw = srv->lm.last_token > srv->reserve_want
+				  ? srv->lm.last_token
+				  : srv->reserve_want;
 
 		lockmgr_set_open(&srv->lm, false, now_ns());
 		reserve_drain(srv);
-		if (state_write(srv->cfg.state_file, srv->lm.last_token, clean,
+		if (state_write(srv->cfg.state_file, hw, clean,
 				srv->storage.gid, &srv->stats,
 				&srv->state_fsyncs, err, sizeof err) < 0)
 			log_error("cannot write the state file at release",

@@ -57,6 +57,7 @@ struct server {
 	unsigned retry_ms;	    /* the back-off: 100 ms doubling to 5 s */
 	char retry_err[300];	    /* the failure last logged */
 	bool leases_held;	    /* while running: any lease outstanding */
+	uint64_t reserve_want;	    /* the state file's mark must reach this */
 	bool reset_state;	    /* --reset-state */
 	bool state_loaded;
 	unsigned state_fsyncs;

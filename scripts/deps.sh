@@ -36,7 +36,7 @@ python3-setuptools python3-wheel python3-filelock util-linux procps socat
 etcd-server etcd-client
 prometheus yamllint python3-yaml systemd valgrind clang-tidy cppcheck strace
 clang clang-format libclang-rt-14-dev python3-gdbm python3-plyvel"
-BENCH_PKGS="redis-server"
+BENCH_PKGS="redis-server etcd-server"
 
 want="$BUILD_PKGS"
 case "$set_" in

@@ -44,6 +44,13 @@ static const struct bench_counts full_counts = {
     .scale_runs = 3,
     .idle_seconds = 5,
     .redis_sleep_us = 1000,
+    .cl_watch_rounds = 100,
+    .cl_handoff_rounds = 40,
+    .cl_synced_rounds = 10,
+    .cl_local_rounds = 300,
+    .cl_tput_seconds = 2.0,
+    .cl_tput_runs = 5,
+    .cl_clients_per_host = 8,
 };
 
 /* Everything once, with tiny counts: a smoke test that the bench works. */
@@ -64,6 +71,13 @@ static const struct bench_counts quick_counts = {
     .scale_runs = 1,
     .idle_seconds = 0.5,
     .redis_sleep_us = 1000,
+    .cl_watch_rounds = 20,
+    .cl_handoff_rounds = 10,
+    .cl_synced_rounds = 0, /* 150 ms a round: full runs only */
+    .cl_local_rounds = 40,
+    .cl_tput_seconds = 0.3,
+    .cl_tput_runs = 1,
+    .cl_clients_per_host = 8,
 };
 
 void
@@ -112,17 +126,24 @@ usage(FILE *out)
 		"\n"
 		"Measure arbiterd against a raw socket round trip, flock(2), a "
 		"process-shared\n"
-		"mutex and a Redis lock, in one run, and print one table.\n"
+		"mutex and a Redis lock, and cluster mode against etcd's own "
+		"lock recipe\n"
+		"on a 3-member etcd, in one run, and print one table.\n"
 		"\n"
 		"  --quick         tiny counts: a smoke test of a few seconds\n"
 		"  --json          the same figures as JSON\n"
 		"  --only LIST     sections to run: 1 uncontended, 2 handoff, "
 		"3 throughput,\n"
-		"                  4 death, 5 scale, 6 idle (default: all)\n"
+		"                  4 death, 5 scale, 6 idle, 7 cluster "
+		"(default: all)\n"
 		"  --runs N        repetitions of the latency measurements\n"
 		"  --save FILE     also write the JSON to FILE\n"
 		"  --build DIR     use DIR/arbiterd\n"
 		"  --arbiterd PATH the daemon to measure\n"
+		"  --etcd-bed PATH (7): the script that runs a 3-member etcd "
+		"(default\n"
+		"                  tests/bench/etcd_bed.py, from the source "
+		"tree)\n"
 		"\n"
 		"Profiling: a fixed amount of one kind of work, nothing "
 		"printed but its rate:\n"
@@ -154,7 +175,7 @@ parse_sections(const char *s)
 	unsigned m = 0;
 
 	for (; *s; s++)
-		if (*s >= '1' && *s <= '6')
+		if (*s >= '1' && *s <= '7')
 			m |= 1u << (*s - '1');
 	return m;
 }
@@ -210,6 +231,7 @@ main(int argc, char **argv)
 	    {"count", required_argument, NULL, 'n'},
 	    {"clients", required_argument, NULL, 'c'},
 	    {"socket", required_argument, NULL, 'S'},
+	    {"etcd-bed", required_argument, NULL, 'E'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
@@ -224,11 +246,12 @@ main(int argc, char **argv)
 	int ch, runs = 0;
 	long nofile;
 
-	b->sections = 0x3f;
+	b->sections = 0x7f;
+	snprintf(b->etcd_bed, sizeof b->etcd_bed, "tests/bench/etcd_bed.py");
 	b->cpu_server = b->cpu_client = -1; /* --profile: nothing pinned */
 	default_daemon(b);
-	while ((ch = getopt_long(argc, argv, "qjo:r:b:d:s:P:n:c:S:h", longopts,
-				 NULL)) != -1) {
+	while ((ch = getopt_long(argc, argv, "qjo:r:b:d:s:P:n:c:S:E:h",
+				 longopts, NULL)) != -1) {
 		switch (ch) {
 		case 'q':
 			b->quick = true;
@@ -264,6 +287,9 @@ main(int argc, char **argv)
 		case 'S':
 			ext_sock = optarg;
 			break;
+		case 'E':
+			snprintf(b->etcd_bed, sizeof b->etcd_bed, "%s", optarg);
+			break;
 		case 'h':
 			usage(stdout);
 			return 0;
@@ -274,7 +300,8 @@ main(int argc, char **argv)
 	}
 	b->n = b->quick ? quick_counts : full_counts;
 	if (runs > 0)
-		b->n.runs = b->n.tput_runs = b->n.scale_runs = runs;
+		b->n.runs = b->n.tput_runs = b->n.scale_runs =
+		    b->n.cl_tput_runs = runs;
 	b->wrapper = getenv("ARBITERD_WRAPPER");
 	if (ext_sock == NULL && access(b->arbiterd, X_OK) != 0) {
 		fprintf(stderr,
@@ -359,6 +386,8 @@ main(int argc, char **argv)
 		case_scale(b);
 	if (b->sections & 32)
 		case_idle(b);
+	if (b->sections & 64)
+		case_cluster(b);
 	case_goals(b);
 
 out:

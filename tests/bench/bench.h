@@ -47,6 +47,14 @@ struct bench_counts {
 	int scale_runs;
 	double idle_seconds;
 	int redis_sleep_us; /* Redis lock retry pause */
+	/* (7) cluster mode */
+	int cl_watch_rounds;	/* watch events per run and placement */
+	int cl_handoff_rounds;	/* cross-host handoffs per run */
+	int cl_synced_rounds;	/* etcd recipe, waiter queued 150 ms */
+	int cl_local_rounds;	/* local handoffs per run */
+	double cl_tput_seconds; /* one throughput run, counted */
+	int cl_tput_runs;
+	int cl_clients_per_host; /* throughput: clients on each of 3 hosts */
 };
 
 /*
@@ -67,7 +75,8 @@ struct bench {
 	unsigned sections; /* bit i: section i+1 runs */
 	struct bench_counts n;
 	char arbiterd[PATH_MAX];
-	const char *wrapper; /* ARBITERD_WRAPPER: e.g. valgrind */
+	const char *wrapper;	 /* ARBITERD_WRAPPER: e.g. valgrind */
+	char etcd_bed[PATH_MAX]; /* (7): the script that runs etcd */
 	/* Unix socket paths must fit in 108 bytes, so these are short. */
 	char tmp[64];
 	char sock[108];	      /* the shared daemon's socket */
@@ -97,14 +106,17 @@ struct bench_client_slot {
 	_Atomic uint64_t pairs;
 	_Atomic uint64_t changes;
 	_Atomic uint64_t retries; /* Redis: SETs that found the key taken */
-	char pad[40];
+	_Atomic uint64_t host_changes; /* (7): grants on another host */
+	char pad[32];
 };
 
 struct bench_res_slot {
 	_Atomic int in_cs;
 	_Atomic int last_owner;
 	_Atomic uint64_t violations;
-	char pad[48];
+	_Atomic int last_host;	     /* (7): host of the last holder, 1-based */
+	_Atomic uint64_t last_token; /* (7): fencing token of the last grant */
+	char pad[32];
 };
 
 /* Mapped MAP_SHARED before any fork, so every process sees it. */
@@ -255,6 +267,11 @@ void case_death(struct bench *b);
 void case_scale(struct bench *b);
 void case_idle(struct bench *b);
 void case_goals(struct bench *b);
+
+/* ------------------------------------------------------------ cluster.c */
+
+/* (7): cluster mode on a 3-member etcd against etcd's lock recipe. */
+void case_cluster(struct bench *b);
 
 /* ------------------------------------------------------------ profile.c */
 

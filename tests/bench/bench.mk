@@ -2,7 +2,7 @@
 # tests/bench/bench.mk`). Uses its BUILD, CC, ALL_CFLAGS and ALL_LDFLAGS;
 # objects land in $(BUILD)/tests/bench/ through the top pattern rule.
 #
-#   make bench                 full run (about 2.5 minutes): prints the table,
+#   make bench                 full run (about 4 minutes): prints the table,
 #                              and saves the JSON to $(BUILD)/bench/last.json
 #   make bench BENCH_ARGS=--json
 #   make bench-smoke           every section with tiny counts (a few seconds)
@@ -18,7 +18,7 @@ BENCH_ARGS ?=
 $(BENCH_BIN): $(BENCH_OBJ) $(BUILD)/libarbiter.a
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(shell pkg-config --libs libprotobuf-c) \
-		-lm -lpthread
+		$(shell pkg-config --libs jansson) -lm -lpthread
 
 .PHONY: bench bench-smoke
 

@@ -1158,6 +1158,14 @@ case_goals(struct bench *b)
 	goal_death("death-to-handoff within 0.1 ms of socket EOF, small",
 		   "small");
 	goal_death("death-to-handoff within 0.1 ms of socket EOF, big", "big");
+	goal_ratio("cluster: cross-host handoff <= 1.5x one etcd watch event",
+		   "cl.arb.cross", "cl.watch", 0, 1.5);
+	goal_ratio("cluster: owner changes/s, 3 hosts x 8 clients, >= 20x "
+		   "etcd's lock recipe",
+		   "cl.arb.tput.changes", "cl.recipe.tput.changes", 20, 1e18);
+	goal_ratio("cluster: local handoff in cluster mode <= 1.2x "
+		   "single-host mode",
+		   "cl.arb.local", "cl.arb.single", 0, 1.2);
 	r = report_find("rss.per_conn");
 	if (r != NULL) {
 		snprintf(fig, sizeof fig, "%.0f B", r->median);

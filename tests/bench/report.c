@@ -36,6 +36,8 @@ static const char *const section_title[] = {
     "(4) death to handoff (SIGKILL of the holder -> next grant)",
     "(5) scale (daemon RSS)",
     "(6) idle cost",
+    "(7) cluster mode: 3 arbiterds (hosts) on a 3-member etcd, against "
+    "etcd's lock recipe",
 };
 
 void
@@ -172,7 +174,8 @@ place_name(const struct bench *b, const struct row *r)
 {
 	switch (r->place) {
 	case PLACE_SAME:
-		return "one-cpu";
+		/* (7): etcd's members are never pinned */
+		return r->section == 7 ? "servers-cpu" : "one-cpu";
 	case PLACE_SPLIT:
 		return "two-cpus";
 	default:
@@ -185,6 +188,26 @@ static void
 place_text(const struct bench *b, int section, enum place p, char *buf,
 	   size_t len)
 {
+	if (section == 7) {
+		if (b->cpu_server < 0)
+			snprintf(buf, len, "nothing pinned");
+		else if (p == PLACE_SAME)
+			snprintf(buf, len,
+				 "etcd clients (put, watch) on CPU %d with the "
+				 "arbiterds, etcd members unpinned (nice 5)",
+				 b->cpu_server);
+		else if (p == PLACE_SPLIT && b->cpu_client >= 0)
+			snprintf(buf, len,
+				 "arbiterds on CPU %d, clients on CPU %d, etcd "
+				 "members unpinned (nice 5)",
+				 b->cpu_server, b->cpu_client);
+		else
+			snprintf(buf, len,
+				 "arbiterds on CPU %d; clients and etcd "
+				 "members unpinned",
+				 b->cpu_server);
+		return;
+	}
 	switch (p) {
 	case PLACE_SAME:
 		snprintf(buf, len, "one CPU: every process on CPU %d",
@@ -309,8 +332,8 @@ report_table(const struct bench *b, double seconds)
 		       r->n > 1 ? p99 : "-", r->n, r->ratio);
 	}
 	if (ngoals > 0) {
-		printf("goals of issue 9 (informational; the bench never fails "
-		       "on speed)\n");
+		printf("goals of issues 9 and 16 (informational; the bench "
+		       "never fails on speed)\n");
 		for (int i = 0; i < ngoals; i++)
 			printf("  [%s] %s: %s\n",
 			       goals[i].met > 0	   ? "met   "
@@ -371,21 +394,28 @@ report_json(FILE *out, const struct bench *b, double seconds)
 		json_str(out, where);
 	}
 	fprintf(out, "},\n");
-	fprintf(out,
-		"  \"counts\": {\"runs\": %d, \"rtt_ops\": %d, "
-		"\"handoff_rounds\": %d, \"handoff_hold_us\": %d, "
-		"\"tput_seconds\": %.2f, \"tput_runs\": %d, "
-		"\"tput_interval_ms\": %d, \"death_small_rounds\": %d, "
-		"\"death_big_rounds\": %d, \"death_big_mib\": %d, "
-		"\"scale_conns\": %d, \"scale_lease_conns\": %d, "
-		"\"scale_leases_per_conn\": %d, \"scale_runs\": %d, "
-		"\"idle_seconds\": %.1f, \"redis_sleep_us\": %d},\n",
-		b->n.runs, b->n.rtt_ops, b->n.handoff_rounds,
-		b->n.handoff_hold_us, b->n.tput_seconds, b->n.tput_runs,
-		b->n.tput_interval_ms, b->n.death_small_rounds,
-		b->n.death_big_rounds, b->n.death_big_mib, b->n.scale_conns,
-		b->n.scale_lease_conns, b->n.scale_leases_per_conn,
-		b->n.scale_runs, b->n.idle_seconds, b->n.redis_sleep_us);
+	fprintf(
+	    out,
+	    "  \"counts\": {\"runs\": %d, \"rtt_ops\": %d, "
+	    "\"handoff_rounds\": %d, \"handoff_hold_us\": %d, "
+	    "\"tput_seconds\": %.2f, \"tput_runs\": %d, "
+	    "\"tput_interval_ms\": %d, \"death_small_rounds\": %d, "
+	    "\"death_big_rounds\": %d, \"death_big_mib\": %d, "
+	    "\"scale_conns\": %d, \"scale_lease_conns\": %d, "
+	    "\"scale_leases_per_conn\": %d, \"scale_runs\": %d, "
+	    "\"idle_seconds\": %.1f, \"redis_sleep_us\": %d, "
+	    "\"cl_watch_rounds\": %d, \"cl_handoff_rounds\": %d, "
+	    "\"cl_synced_rounds\": %d, \"cl_local_rounds\": %d, "
+	    "\"cl_tput_seconds\": %.2f, \"cl_tput_runs\": %d, "
+	    "\"cl_clients_per_host\": %d},\n",
+	    b->n.runs, b->n.rtt_ops, b->n.handoff_rounds, b->n.handoff_hold_us,
+	    b->n.tput_seconds, b->n.tput_runs, b->n.tput_interval_ms,
+	    b->n.death_small_rounds, b->n.death_big_rounds, b->n.death_big_mib,
+	    b->n.scale_conns, b->n.scale_lease_conns,
+	    b->n.scale_leases_per_conn, b->n.scale_runs, b->n.idle_seconds,
+	    b->n.redis_sleep_us, b->n.cl_watch_rounds, b->n.cl_handoff_rounds,
+	    b->n.cl_synced_rounds, b->n.cl_local_rounds, b->n.cl_tput_seconds,
+	    b->n.cl_tput_runs, b->n.cl_clients_per_host);
 	fprintf(out, "  \"rows\": [\n");
 	for (int i = 0; i < nrows; i++) {
 		const struct row *r = &rows[i];

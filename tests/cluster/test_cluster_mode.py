@@ -40,8 +40,11 @@ class Hosts:
         self.daemons = {}
         self.proxies = {}
 
-    def start(self, name, *extra, proxy=True, wait_active=True, **kw):
-        if proxy:
+    def start(self, name, *extra, proxy=True, wait_active=True,
+              endpoints=None, **kw):
+        if endpoints is not None:
+            pass
+        elif proxy:
             if name not in self.proxies:
                 self.proxies[name] = self.cluster.proxy()
             endpoints = self.proxies[name].endpoints()
@@ -246,7 +249,8 @@ def test_without_etcd_local_resources_work_and_cluster_ones_fail_or_wait(
 
 
 def test_a_leader_kill_does_not_lose_the_session(hosts):
-    a, b = hosts.start("a", proxy=False), hosts.start("b", proxy=False)
+    a = hosts.start("a", *RIDE_OUT, proxy=False)
+    b = hosts.start("b", *RIDE_OUT, proxy=False)
     wa, wb = Wire(a.socket), Wire(b.socket)
     ga = wa.lock("db")
     leader = hosts.cluster.leader()
@@ -314,21 +318,28 @@ def test_run_stops_cmd_at_the_deadline_even_when_its_daemon_is_frozen(
         harness.kill_tree(p)
 
 
+# Riding out a leader's loss needs a TTL of at least 3 election timeouts
+# (1 s here) plus the margin, as cluster.session_ttl_ms says.
+RIDE_OUT = ("-o", "cluster.session_ttl_ms=4000")
+
+
 def test_a_follower_kill_and_a_stopped_member_change_nothing(hosts):
-    a = hosts.start("a", proxy=False)
+    leader = hosts.cluster.leader()
+    used, other = hosts.cluster.followers()[:2]
+    a = hosts.start("a", *RIDE_OUT, endpoints=",".join(
+        m.url for m in (used, other, leader)))
     w = Wire(a.socket)
     ga = w.lock("db")
-    follower = hosts.cluster.followers()[0]
-    follower.kill9()
+    other.kill9()  # a follower this host does not use
     w.release(ga.lease_id)
     g = w.lock("db")
     assert g.token > ga.token
-    follower.start(state="existing")
-    follower.wait_ready()
+    other.start(state="existing")
+    other.wait_ready()
     hosts.cluster.wait_healthy()
+    assert w.call(status=pb.StatusRequest()).status.cluster.endpoint == \
+        used.url
     # The member this host uses hangs: it is left after the timeout.
-    st = w.call(status=pb.StatusRequest()).status
-    used = hosts.cluster.member_by_url(st.cluster.endpoint)
     used.sigstop()
     try:
         w.release(g.lease_id)
@@ -355,3 +366,95 @@ def test_quorum_lost_revokes_at_the_deadline_and_heals(hosts):
         m.wait_ready()
     a.log.wait_for("cluster session active", start=seen)
     assert w.lock("db2").token > CLUSTER_BIT
+
+
+def test_leaving_cluster_mode_keeps_tokens_above_the_cluster_ones(hosts):
+    a = hosts.start("a")
+    w = Wire(a.socket)
+    g = w.lock("db")
+    w.release(g.lease_id)
+    w.close()
+    a.stop()
+    del hosts.daemons["a"]
+    folder = os.path.join(str(hosts.tmp), "a")
+    local = harness.Daemon(folder, name="a",
+                           storage=os.path.join(folder, "data"))
+    try:
+        assert Wire(local.socket).lock("db").token > g.token
+    finally:
+        local.stop()
+
+
+def test_an_etcd_restored_from_an_older_backup_is_refused(hosts, tmp_path):
+    a = hosts.start("a")
+    w = Wire(a.socket)
+    g = w.lock("db")
+    w.close()
+    a.stop()
+    del hosts.daemons["a"]
+    older = etcdlib.Cluster(n=1).start()  # revision back at its start
+    try:
+        older.wait_healthy()
+        h2 = Hosts(older, hosts.tmp)
+        d = h2.start("a", "-o", "cluster.when_unavailable=fail",
+                     "-o", "cluster.resources=db", proxy=False,
+                     wait_active=False)
+        try:
+            line = d.log.wait_for("cluster grants refused")
+            assert "etcdutl snapshot restore --bump-revision" in line
+            with pytest.raises(WireError) as e:
+                Wire(d.socket).lock("db")
+            assert e.value.code == pb.UNAVAILABLE
+            assert "older backup" in e.value.message
+            # Local resources still work, above every cluster token.
+            assert Wire(d.socket).lock("local").token > g.token
+        finally:
+            h2.stop()
+    finally:
+        older.stop()
+
+
+def test_a_key_deleted_by_hand_revokes_its_holders(hosts):
+    import base64
+    a, b = hosts.start("a"), hosts.start("b")
+    wa, wb = Wire(a.socket), Wire(b.socket)
+    ga = wa.lock("db")
+    rid = wb.acquire("db")
+    wb.wait_kind("queued", rid)
+    lease = wa.call(status=pb.StatusRequest()).status.cluster.lease_id
+    key = "%sr/%s/%016x" % (hosts.prefix, b"db".hex(), lease)
+    assert key in hosts.keys()
+    ep = hosts.cluster.endpoints().split(",")[0]
+    etcdlib.http(ep + "/v3/kv/deleterange",
+                 {"key": base64.b64encode(key.encode()).decode()})
+    m = wa.wait_kind("revoked")
+    assert m.revoked.reason == pb.CLUSTER_LOST
+    g = wb.granted(rid)
+    assert g.token > ga.token
+
+
+def test_cluster_mode_over_tls_with_a_self_signed_ca(tmp_path):
+    if not etcdlib.have_etcd():
+        pytest.skip("etcd is not installed: sh scripts/deps.sh test")
+    d = etcdlib.tmpfs_dir("arbiter-etcd-tls-")
+    tls = etcdlib.TLS(d)
+    c = etcdlib.Cluster(n=1, tls=tls).start()
+    h = Hosts(c, tmp_path)
+    try:
+        args = ("-o", "cluster.tls_ca=" + tls.ca_crt,
+                "-o", "cluster.tls_cert=" + tls.client_crt,
+                "-o", "cluster.tls_key=" + tls.client_key)
+        a = h.start("a", *args, proxy=False)
+        b = h.start("b", *args, proxy=False)
+        assert c.endpoints().startswith("https://")
+        wa, wb = Wire(a.socket), Wire(b.socket)
+        g = wa.lock("db")
+        rid = wb.acquire("db")
+        wb.wait_kind("queued", rid)
+        wa.release(g.lease_id)
+        assert wb.granted(rid).token > g.token
+    finally:
+        h.stop()
+        c.stop()
+        import shutil
+        shutil.rmtree(d, True)

@@ -2524,7 +2524,13 @@ Test(lockmgr, waiting_upgrades_on_two_resources_do_not_interfere)
  * unclean end, the token limit, the limits and their refusals, and
  * conversion: downgrades at once, one waiting upgrade per resource ahead of
  * the queue, deadlock refusals, and a waiting upgrade ending just before its
- * lease. It tracks
+ * lease; and cluster resources (most seeds make one or two of the three
+ * cluster-wide): grants only as the key's gate admits and before the
+ * session's deadline, tokens counted from the key's base, revokes that end
+ * every holder and keep the waiters, try-once requests that wait quietly,
+ * pinning, and the dirty list. The cluster calls are made the way the
+ * daemon makes them: a deadline moved on after it passed follows a revoke
+ * of every cluster resource, as a new session does. It tracks
  * every live request, replays each event against its own state and checks
  * it is allowed at that moment, then compares the whole state with the
  * lock manager's after every step.
@@ -2550,6 +2556,7 @@ struct mreq {
 	uint32_t last_pos;
 	bool converting; /* its upgrade waits */
 	uint64_t conv_tag, t_conv, conv_deadline;
+	bool try_once; /* cluster try-once: waits for the key's answer */
 };
 
 enum m_op {
@@ -2564,6 +2571,14 @@ enum m_op {
 	OP_GATE,
 	OP_TOKENS,
 	OP_CONVERT,
+	OP_C_OWN,
+	OP_C_SHUT,
+	OP_C_REVOKE, /* one resource, or (op_res -1) every cluster one */
+	OP_C_END_WAITERS,
+	OP_C_UNTIL,
+	OP_C_PIN,
+	OP_C_DIRTY,
+	OP_C_MOVED,
 };
 
 /*
@@ -2580,11 +2595,22 @@ enum m_cov {
 	COV_ERR_PENDING,
 	COV_ERR_WOULD_BLOCK,
 	COV_ERR_DEADLOCK,
+	COV_ERR_CLUSTER, /* follows COV_ERR_DEADLOCK as in enum lm_conv_result
+			  */
 	COV_UP_AFTER_WAIT,
 	COV_CONV_TIMEOUT,
 	COV_CONV_CANCEL,
 	COV_CONV_WITH_LEASE,
 	COV_DOWN_GRANTS,
+	COV_C_GRANT_SHARED_KEY, /* a cluster grant under a shared key */
+	COV_C_GRANT_ALL_KEY,	/* a cluster grant under an exclusive key */
+	COV_C_UPGRADE,		/* a cluster lease upgraded, key token */
+	COV_C_TRY_ONCE,		/* a try-once waiting for the key */
+	COV_C_PAST_DEADLINE, /* a head the key admits, held by the deadline */
+	COV_C_NEW_KEY,	     /* own() with a new token base */
+	COV_C_REVOKED,	     /* holders ended by a cluster revoke */
+	COV_C_END_TRIES,     /* try-once requests ended alone */
+	COV_C_PINNED_EMPTY,  /* a pinned resource kept while empty */
 	COV_N
 };
 static uint64_t m_cov[COV_N];
@@ -2617,6 +2643,17 @@ struct model {
 	enum lm_mode op_mode;
 	uint64_t expect_end; /* a lease whose ENDED must come next, or 0 */
 	enum lm_end expect_why;
+
+	/* Cluster: which resources are cluster-wide, and their key state. */
+	bool cl[M_RES];
+	enum lm_gate cgate[M_RES];
+	uint64_t cbase[M_RES], cn[M_RES];
+	uint64_t clast[M_RES]; /* highest key token ever granted on it */
+	uint64_t next_base;    /* the next new key's token base */
+	bool pinned[M_RES], dirty[M_RES];
+	uint64_t until;	    /* lockmgr_cluster_until */
+	int op_res;	    /* this step's cluster resource, -1: all */
+	bool op_tries_only; /* this step's end_waiters */
 };
 
 #define MCHECK(m, cond, ...)                                                   \
@@ -2725,8 +2762,53 @@ m_owner_count(struct model *m, int owner)
 static bool
 m_present(struct model *m, int res)
 {
-	return m->delayed[res] || m_count(m, res, true) > 0 ||
+	return m->delayed[res] || m->pinned[res] || m_count(m, res, true) > 0 ||
 	       m_count(m, res, false) > 0;
+}
+
+/* A cluster resource may not grant mode now (lockmgr.h's cluster mode):
+ * its key does not admit the mode, the session's deadline is reached, or
+ * the key's tokens are used up. Never for a local resource. */
+static bool
+m_cshut(const struct model *m, int res, enum lm_mode mode)
+{
+	if (!m->cl[res])
+		return false;
+	return m->now >= m->until || m->cn[res] >= LM_CLUSTER_GRANTS ||
+	       m->cgate[res] == LM_GATE_CLOSED ||
+	       (m->cgate[res] == LM_GATE_SHARED && mode != LM_SHARED);
+}
+
+/* A grant on res takes a token now: a cluster key's never runs short. */
+static bool
+m_has_token(const struct model *m, int res)
+{
+	return m->cl[res] || m->last_token < m->limit;
+}
+
+/* A grant or upgrade on res takes this token; checks it and counts it. */
+static void
+m_take_token(struct model *m, int res, uint64_t token)
+{
+	if (m->cl[res]) {
+		MCHECK(m, token == m->cbase[res] + m->cn[res] + 1,
+		       "key token %" PRIu64 ", model %" PRIu64, token,
+		       m->cbase[res] + m->cn[res] + 1);
+		MCHECK(m, token > m->clast[res],
+		       "key token %" PRIu64 " not above %" PRIu64, token,
+		       m->clast[res]);
+		MCHECK(m, token > (UINT64_C(1) << 62),
+		       "key token %" PRIu64 " among local ones", token);
+		m->cn[res]++;
+		m->clast[res] = token;
+		return;
+	}
+	MCHECK(m, token > m->last_token, "token %" PRIu64 " not above %" PRIu64,
+	       token, m->last_token);
+	MCHECK(m, token <= m->limit, "token beyond the limit");
+	MCHECK(m, token < (UINT64_C(1) << 62),
+	       "local token %" PRIu64 " among key ones", token);
+	m->last_token = token;
 }
 
 /* Compatible with the current holders: none, or all shared and mode shared. */
@@ -2892,13 +2974,12 @@ m_event(struct model *m, const struct lm_event *e, struct lm_owner *owners)
 				       "upgrade during lock-delay");
 				MCHECK(m, m_count(m, res, true) == 1,
 				       "upgrade beside other holders");
-				MCHECK(m, e->token > m->last_token,
-				       "upgrade token %" PRIu64
-				       " not above %" PRIu64,
-				       e->token, m->last_token);
-				MCHECK(m, e->token <= m->limit,
-				       "token beyond the limit");
-				m->last_token = e->token;
+				MCHECK(
+				    m, !m_cshut(m, res, LM_EXCLUSIVE),
+				    "upgrade the cluster key does not admit");
+				m_take_token(m, res, e->token);
+				if (m->cl[res])
+					m_cov[COV_C_UPGRADE]++;
 				r->token = e->token;
 			} else {
 				MCHECK(
@@ -2922,10 +3003,18 @@ m_event(struct model *m, const struct lm_event *e, struct lm_owner *owners)
 		/* No overtaking: an earlier waiter would be the head. */
 		MCHECK(m, h == r, "lease %" PRIu64 " overtook %" PRIu64, r->id,
 		       h ? h->id : 0);
-		MCHECK(m, e->token > m->last_token,
-		       "token %" PRIu64 " not above %" PRIu64, e->token,
-		       m->last_token);
-		MCHECK(m, e->token <= m->limit, "token beyond the limit");
+		/* A cluster grant: the key admits the mode, before the
+		 * session's deadline. */
+		MCHECK(m, !m_cshut(m, res, r->mode),
+		       "%s grant on %s: gate %d, now %" PRIu64
+		       ", until %" PRIu64,
+		       lockmgr_mode_name(r->mode), m_names[res], m->cgate[res],
+		       m->now, m->until);
+		m_take_token(m, res, e->token);
+		if (m->cl[res])
+			m_cov[m->cgate[res] == LM_GATE_SHARED
+				  ? COV_C_GRANT_SHARED_KEY
+				  : COV_C_GRANT_ALL_KEY]++;
 		MCHECK(m, e->immediate == (r->id == m->new_id),
 		       "immediate flag wrong");
 		MCHECK(m, e->waited_ns == m->now - r->t_queued,
@@ -2934,7 +3023,6 @@ m_event(struct model *m, const struct lm_event *e, struct lm_owner *owners)
 		if (m->op == OP_REVOKE_PID)
 			MCHECK(m, m_pids[r->owner] != m->op_pid,
 			       "granted to the pid being revoked");
-		m->last_token = e->token;
 		r->held = true;
 		r->token = e->token;
 		r->t_granted = m->now;
@@ -2998,6 +3086,14 @@ m_event(struct model *m, const struct lm_event *e, struct lm_owner *owners)
 				    m, m_pids[r->owner] == m->op_pid,
 				    "revoke_pid ended another pid's upgrade");
 				want = LM_END_ADMIN;
+				break;
+			case OP_C_REVOKE:
+				MCHECK(m,
+				       m->cl[res] && (m->op_res == -1 ||
+						      m->op_res == res),
+				       "cluster revoke ended another "
+				       "resource's upgrade");
+				want = m->op_why;
 				break;
 			case OP_TICK:
 				/* Whichever of its timeout and its lease's
@@ -3065,6 +3161,26 @@ m_event(struct model *m, const struct lm_event *e, struct lm_owner *owners)
 			       "revoke_pid ended another pid's request");
 			want = LM_END_ADMIN;
 			break;
+		case OP_C_REVOKE:
+			MCHECK(m,
+			       r->held && m->cl[res] &&
+				   (m->op_res == -1 || m->op_res == res),
+			       "cluster revoke ended a %s request on %s",
+			       r->held ? "held" : "pending", m_names[res]);
+			want = m->op_why;
+			m_cov[COV_C_REVOKED]++;
+			break;
+		case OP_C_END_WAITERS:
+			MCHECK(m,
+			       !r->held && res == m->op_res &&
+				   (!m->op_tries_only || r->try_once),
+			       "end_waiters ended a %s%s request on %s",
+			       r->held ? "held" : "pending",
+			       r->try_once ? " try-once" : "", m_names[res]);
+			want = m->op_why;
+			if (m->op_tries_only)
+				m_cov[COV_C_END_TRIES]++;
+			break;
 		case OP_TICK:
 			MCHECK(m, r->deadline <= m->now,
 			       "ended before its deadline");
@@ -3094,6 +3210,8 @@ m_event(struct model *m, const struct lm_event *e, struct lm_owner *owners)
 			MCHECK(m, e->waited_ns == m->now - r->t_queued,
 			       "waited_ns of a pending request");
 		}
+		if (m->cl[res])
+			m->dirty[res] = true; /* demand moved */
 		m->ended++;
 		m_remove(m, r);
 		break;
@@ -3132,6 +3250,14 @@ m_check_state(struct model *m, struct lm_owner *owners)
 	uint64_t next = LM_FOREVER;
 	int held = 0, waiting = 0;
 
+	/* A resource gone (freed at events_done) takes its key state. */
+	for (int res = 0; res < M_RES; res++) {
+		if (!m_present(m, res)) {
+			m->cgate[res] = LM_GATE_CLOSED;
+			m->cbase[res] = m->cn[res] = 0;
+			m->dirty[res] = false;
+		}
+	}
 	for (int i = 0; i < m->nlive; i++) {
 		const struct mreq *r = &m->live[i];
 		const struct lm_req *q = lockmgr_lease(&lm, r->id);
@@ -3143,6 +3269,8 @@ m_check_state(struct model *m, struct lm_owner *owners)
 		MCHECK(m, q->mode == r->mode, "mode of %" PRIu64, r->id);
 		MCHECK(m, q->converting == r->converting,
 		       "converting flag of %" PRIu64, r->id);
+		MCHECK(m, q->try_once == r->try_once,
+		       "try_once flag of %" PRIu64, r->id);
 		if (r->converting && r->conv_deadline < next)
 			next = r->conv_deadline;
 		if (r->held) {
@@ -3155,7 +3283,9 @@ m_check_state(struct model *m, struct lm_owner *owners)
 			MCHECK(m, lockmgr_position(q) == pos,
 			       "position %u, model %u", lockmgr_position(q),
 			       pos);
-			if (r->watch)
+			/* A try-once is not told it waits; a move of
+			 * its queue tells it later, like any watcher. */
+			if (r->watch && !(r->try_once && r->last_pos == 0))
 				MCHECK(m, r->last_pos == pos,
 				       "watcher %" PRIu64 " last told %u, "
 				       "now at %u",
@@ -3202,6 +3332,23 @@ m_check_state(struct model *m, struct lm_owner *owners)
 			       lr->converting ==
 				   (cv ? lockmgr_lease(&lm, cv->id) : NULL),
 			       "conversion slot of %s", m_names[res]);
+			MCHECK(m, lr->cluster == m->cl[res], "cluster flag");
+			MCHECK(m, lr->cgate == m->cgate[res],
+			       "gate of %s: %d, model %d", m_names[res],
+			       lr->cgate, m->cgate[res]);
+			MCHECK(m,
+			       lr->ctoken_base == m->cbase[res] &&
+				   lr->ctoken_n == m->cn[res],
+			       "key tokens of %s", m_names[res]);
+			MCHECK(m, lr->cdirty == m->dirty[res],
+			       "dirty flag of %s: %d, model %d", m_names[res],
+			       lr->cdirty, m->dirty[res]);
+			MCHECK(m,
+			       lr->ext ==
+				   (m->pinned[res] ? &m->pinned[res] : NULL),
+			       "pin of %s", m_names[res]);
+			if (m->pinned[res] && nh + nw == 0)
+				m_cov[COV_C_PINNED_EMPTY]++;
 		}
 		for (int i = 0; i < m->nlive; i++) {
 			const struct mreq *r = &m->live[i];
@@ -3220,15 +3367,21 @@ m_check_state(struct model *m, struct lm_owner *owners)
 		/* No lost wake-up, for the upgrade or the queue behind it. */
 		MCHECK(m,
 		       cv == NULL || !m->open || m->delayed[res] ||
-			   m->last_token >= m->limit || nh > 1,
+			   !m_has_token(m, res) || nh > 1 ||
+			   m_cshut(m, res, LM_EXCLUSIVE),
 		       "upgrade of %" PRIu64 " on %s could be done but waits",
 		       cv ? cv->id : 0, m_names[res]);
 		MCHECK(m,
 		       h == NULL || !m->open || m->delayed[res] ||
-			   m->last_token >= m->limit || cv != NULL ||
-			   !m_compatible(m, res, h->mode),
+			   !m_has_token(m, res) || cv != NULL ||
+			   !m_compatible(m, res, h->mode) ||
+			   m_cshut(m, res, h->mode),
 		       "lease %" PRIu64 " on %s could be granted but waits",
 		       h ? h->id : 0, m_names[res]);
+		if (h != NULL && m->cl[res] && m->now >= m->until &&
+		    m->cgate[res] != LM_GATE_CLOSED &&
+		    (m->cgate[res] == LM_GATE_ALL || h->mode == LM_SHARED))
+			m_cov[COV_C_PAST_DEADLINE]++;
 	}
 	MCHECK(m, lockmgr_next_deadline(&lm) == next,
 	       "next deadline %" PRIu64 ", model %" PRIu64,
@@ -3297,12 +3450,15 @@ m_convert_step(struct model *m, struct lm_owner *owners, int o)
 		want = LM_CONV_ERR_PENDING;
 	else if (m_converter(m, r->res) != NULL)
 		want = LM_CONV_ERR_DEADLOCK;
+	else if (m->cl[r->res] && m->cgate[r->res] != LM_GATE_ALL)
+		want = LM_CONV_ERR_CLUSTER;
 	else {
 		blocked = !m->open || m->delayed[r->res] ||
-			  m_count(m, r->res, true) > 1;
+			  m_count(m, r->res, true) > 1 ||
+			  m_cshut(m, r->res, LM_EXCLUSIVE);
 		if (blocked && c.timeout_ns == 0)
 			want = LM_CONV_ERR_WOULD_BLOCK;
-		else if (!blocked && m->last_token < m->limit)
+		else if (!blocked && m_has_token(m, r->res))
 			want = LM_CONV_DONE;
 		else
 			want = LM_CONV_WAITING;
@@ -3330,6 +3486,8 @@ m_convert_step(struct model *m, struct lm_owner *owners, int o)
 		r->conv_tag = c.tag;
 		r->t_conv = m->now;
 		r->conv_deadline = m_after(m->now, c.timeout_ns);
+		if (m->cl[r->res])
+			m->dirty[r->res] = true; /* an upgrade asked for */
 		m_events(m, owners);
 		MCHECK(m, r->converting, "a waiting upgrade was done");
 		break;
@@ -3340,10 +3498,167 @@ m_convert_step(struct model *m, struct lm_owner *owners, int o)
 	}
 }
 
+static struct lm_res *
+m_lres(int res)
+{
+	return lockmgr_find(&lm, m_names[res], strlen(m_names[res]));
+}
+
+/* Revoke one cluster resource's leases (res >= 0) or every one's (-1),
+ * checking that every holder ends and every waiter stays. */
+static void
+m_cluster_revoke(struct model *m, struct lm_owner *owners, int which,
+		 enum lm_end why)
+{
+	m->op = OP_C_REVOKE;
+	m->op_res = which;
+	m->op_why = why;
+	for (int res = 0; res < M_RES; res++) {
+		struct lm_res *lr = m_lres(res);
+		int want = m_count(m, res, true),
+		    waiting = m_count(m, res, false);
+		int rc;
+
+		if (lr == NULL || !m->cl[res] || (which >= 0 && res != which))
+			continue;
+		rc = lockmgr_cluster_revoke(&lm, lr, why, m->now);
+		MCHECK(m, rc == want, "cluster revoke gave %d, model %d", rc,
+		       want);
+		m->cgate[res] = LM_GATE_CLOSED;
+		m_events(m, owners);
+		lockmgr_events_done(&lm);
+		MCHECK(m, m_count(m, res, true) == 0,
+		       "a holder of %s survived its revoke", m_names[res]);
+		MCHECK(m, m_count(m, res, false) == waiting,
+		       "the revoke of %s lost a waiter", m_names[res]);
+	}
+}
+
+/* One of the calls the daemon's cluster module makes (k < 28). */
+static void
+m_cluster_step(struct model *m, struct lm_owner *owners, uint64_t k)
+{
+	int cres[M_RES], nc = 0, res;
+	struct lm_res *lr, *d;
+	size_t n;
+
+	for (int i = 0; i < M_RES; i++) {
+		if (m->cl[i])
+			cres[nc++] = i;
+	}
+	res = nc > 0 ? cres[m_below(m, (uint64_t)nc)] : 0;
+	lr = nc > 0 ? m_lres(res) : NULL;
+	m->op_res = res;
+
+	if (k >= 23 && k < 26) {
+		/* The caller looks at every resource whose demand moved. */
+		m->op = OP_C_DIRTY;
+		while ((d = lockmgr_cluster_next_dirty(&lm)) != NULL) {
+			int i = m_res_of(d);
+
+			MCHECK(m, i >= 0 && m->dirty[i],
+			       "%s handed out as dirty, model not", d->name);
+			m->dirty[i] = false;
+		}
+		for (int i = 0; i < M_RES; i++)
+			MCHECK(m, !m->dirty[i], "%s not handed out as dirty",
+			       m_names[i]);
+		return;
+	}
+	if (k >= 17 && k < 20) {
+		/* The session's deadline: lost (0), or moved, which after it
+		 * passed follows a revoke of everything, as the daemon's
+		 * expiry does before a new session grants. */
+		m->op = OP_C_UNTIL;
+		if (m_below(m, 5) == 0) {
+			m->until = 0;
+		} else {
+			if (m->now >= m->until)
+				m_cluster_revoke(m, owners, -1,
+						 LM_END_CLUSTER_LOST);
+			m->op = OP_C_UNTIL;
+			m->until = m->now + 1 + m_below(m, 2000);
+		}
+		lockmgr_cluster_until(&lm, m->until);
+		lockmgr_events(&lm, &n);
+		MCHECK(m, n == 0, "until queued events");
+		return;
+	}
+	if (lr == NULL) {
+		/* No cluster resource, or it does not exist now. */
+		m->op = OP_C_OWN;
+		return;
+	}
+	if (k < 8) {
+		enum lm_gate gate =
+		    m_below(m, 2) ? LM_GATE_ALL : LM_GATE_SHARED;
+		uint64_t base = m->cbase[res];
+
+		if (base == 0 || m_below(m, 2) == 0) {
+			base = m->next_base += UINT64_C(1) << 20;
+			m_cov[COV_C_NEW_KEY]++;
+		}
+		m->op = OP_C_OWN;
+		m->cgate[res] = gate;
+		if (base != m->cbase[res]) {
+			m->cbase[res] = base;
+			m->cn[res] = 0;
+		}
+		lockmgr_cluster_own(&lm, lr, gate, base, m->now);
+		m_events(m, owners);
+	} else if (k < 11) {
+		m->op = OP_C_SHUT;
+		m->cgate[res] = LM_GATE_CLOSED;
+		lockmgr_cluster_shut(&lm, lr);
+		lockmgr_events(&lm, &n);
+		MCHECK(m, n == 0, "shut queued events");
+	} else if (k < 14) {
+		m_cluster_revoke(m, owners, res,
+				 m_below(m, 3) ? LM_END_CLUSTER_LOST
+					       : LM_END_SHUTDOWN);
+	} else if (k < 17) {
+		int want = 0, rc;
+
+		m->op = OP_C_END_WAITERS;
+		m->op_tries_only = m_below(m, 2);
+		m->op_why = m_below(m, 2) ? LM_END_BUSY : LM_END_UNAVAILABLE;
+		for (int i = 0; i < m->nlive; i++) {
+			const struct mreq *r = &m->live[i];
+
+			want += r->res == res && !r->held &&
+				(!m->op_tries_only || r->try_once);
+		}
+		rc = lockmgr_cluster_end_waiters(&lm, lr, m->op_why,
+						 m->op_tries_only, m->now);
+		MCHECK(m, rc == want, "end_waiters gave %d, model %d", rc,
+		       want);
+		m_events(m, owners);
+		for (int i = 0; i < m->nlive; i++) {
+			const struct mreq *r = &m->live[i];
+
+			MCHECK(m,
+			       r->res != res || r->held ||
+				   (m->op_tries_only && !r->try_once),
+			       "end_waiters left %" PRIu64, r->id);
+		}
+	} else if (k < 23) {
+		m->op = OP_C_PIN;
+		m->pinned[res] = !m->pinned[res];
+		lockmgr_cluster_pin(&lm, lr,
+				    m->pinned[res] ? &m->pinned[res] : NULL);
+		lockmgr_events(&lm, &n);
+		MCHECK(m, n == 0, "pin queued events");
+	} else {
+		m->op = OP_C_MOVED;
+		lockmgr_cluster_moved(&lm, lr, m->now);
+		m_events(m, owners);
+	}
+}
+
 static void
 m_step(struct model *m, struct lm_owner *owners)
 {
-	uint64_t roll = m_below(m, 112);
+	uint64_t roll = m_below(m, 140);
 	int o = (int)m_below(m, M_OWNERS);
 
 	m->new_id = 0;
@@ -3354,7 +3669,7 @@ m_step(struct model *m, struct lm_owner *owners)
 		int res = (int)m_below(m, M_RES);
 		uint64_t t = m_below(m, 10), id = 0;
 		enum lm_result want, got;
-		bool blocked;
+		bool blocked, ctry;
 
 		m->op = OP_ACQUIRE;
 		memset(&a, 0, sizeof a);
@@ -3368,8 +3683,12 @@ m_step(struct model *m, struct lm_owner *owners)
 		a.delay_ns = m_below(m, 4) == 0 ? 1 + m_below(m, 100) : 0;
 		a.position_updates = m_below(m, 2);
 		a.tag = ++m->tagseq;
+		a.cluster = m->cl[res];
 
 		blocked = m_blocked(m, res, a.mode);
+		/* Free here, but the key does not admit it: it waits for the
+		 * cluster, a try-once too. */
+		ctry = !blocked && m_cshut(m, res, a.mode);
 		if (m_find_owner_res(m, o, res))
 			want = LM_ERR_ALREADY_HELD;
 		else if (m->lim.max_leases_per_owner &&
@@ -3378,7 +3697,7 @@ m_step(struct model *m, struct lm_owner *owners)
 			want = LM_ERR_MAX_LEASES;
 		else if (blocked && a.timeout_ns == 0)
 			want = LM_ERR_WOULD_BLOCK;
-		else if (blocked && m->lim.max_waiters_per_resource &&
+		else if ((blocked || ctry) && m->lim.max_waiters_per_resource &&
 			 m_count(m, res, false) >=
 			     (int)m->lim.max_waiters_per_resource)
 			want = LM_ERR_MAX_WAITERS;
@@ -3386,7 +3705,7 @@ m_step(struct model *m, struct lm_owner *owners)
 			 (m_present(m, 0) + m_present(m, 1) +
 			  m_present(m, 2)) >= (int)m->lim.max_resources)
 			want = LM_ERR_MAX_RESOURCES;
-		else if (!blocked && m->last_token < m->limit)
+		else if (!blocked && !ctry && m_has_token(m, res))
 			want = LM_OK_GRANTED;
 		else
 			want = LM_OK_QUEUED;
@@ -3408,15 +3727,25 @@ m_step(struct model *m, struct lm_owner *owners)
 			r->mode = a.mode;
 			r->watch = a.position_updates;
 			r->t_queued = m->now;
-			r->deadline = m_after(m->now, a.timeout_ns);
+			r->try_once = ctry && a.timeout_ns == 0;
+			/* A try-once has no timer: the key's answer ends it. */
+			r->deadline = r->try_once
+					  ? LM_FOREVER
+					  : m_after(m->now, a.timeout_ns);
 			r->ttl = a.ttl_ns;
 			r->delay = a.delay_ns;
+			if (got == LM_OK_QUEUED && m->cl[res])
+				m->dirty[res] = true; /* a request queued */
 			m_events(m, owners);
 			MCHECK(m,
 			       r == m_find(m, id) &&
 				   r->held == (got == LM_OK_GRANTED),
 			       "acquire's own event missing");
-			if (got == LM_OK_QUEUED)
+			if (got == LM_OK_QUEUED && r->try_once) {
+				MCHECK(m, r->last_pos == 0,
+				       "a try-once was told it waits");
+				m_cov[COV_C_TRY_ONCE]++;
+			} else if (got == LM_OK_QUEUED)
 				MCHECK(m, r->last_pos != 0, "no QUEUED");
 		} else {
 			size_t n;
@@ -3534,8 +3863,10 @@ m_step(struct model *m, struct lm_owner *owners)
 			lockmgr_add_tokens(&lm, UINT64_MAX, m->now);
 		}
 		m_events(m, owners);
-	} else {
+	} else if (roll < 112) {
 		m_convert_step(m, owners, o);
+	} else {
+		m_cluster_step(m, owners, roll - 112);
 	}
 
 	lockmgr_events_done(&lm);
@@ -3580,12 +3911,29 @@ m_run(uint64_t seed, int steps)
 		m->limit = 1002;
 		lockmgr_set_tokens(&lm, m->last_token, m->limit);
 	}
+	/* Cluster resources: gamma in four seeds of five, beta in half of
+	 * those; alpha always local. */
+	m->cl[2] = seed % 5 != 0;
+	m->cl[1] = seed % 5 != 0 && seed % 2 == 0;
+	m->next_base = UINT64_C(1) << 62;
+	m->until = 300;
+	lockmgr_cluster_until(&lm, m->until);
 
 	for (m->step = 0; m->step < steps; m->step++)
 		m_step(m, owners);
 
-	/* Wind down: open up, give tokens, drop everyone, let delays end. */
+	/* Wind down: unpin, open up, give tokens, drop everyone, let delays
+	 * end. */
 	m->step = steps;
+	m->op = OP_C_PIN;
+	for (int res = 0; res < M_RES; res++) {
+		if (m->pinned[res]) {
+			m->pinned[res] = false;
+			lockmgr_cluster_pin(&lm, m_lres(res), NULL);
+		}
+	}
+	lockmgr_events_done(&lm);
+	m_check_state(m, owners);
 	m->op = OP_GATE;
 	m->new_id = 0;
 	m->open = true;
@@ -3637,12 +3985,32 @@ m_run(uint64_t seed, int steps)
 Test(lockmgr_model, random_operations_keep_every_invariant, .timeout = 600)
 {
 	static const char *const cov_names[COV_N] = {
-	    "done_up",	       "done_down",	  "done_same",
-	    "waiting",	       "err_unknown",	  "err_not_held",
-	    "err_pending",     "err_would_block", "err_deadlock",
-	    "up_after_wait",   "conv_timeout",	  "conv_cancel",
-	    "conv_with_lease", "down_grants",
+	    [COV_DONE_UP] = "done_up",
+	    [COV_DONE_DOWN] = "done_down",
+	    [COV_DONE_SAME] = "done_same",
+	    [COV_WAITING] = "waiting",
+	    [COV_ERR_UNKNOWN] = "err_unknown",
+	    [COV_ERR_NOT_HELD] = "err_not_held",
+	    [COV_ERR_PENDING] = "err_pending",
+	    [COV_ERR_WOULD_BLOCK] = "err_would_block",
+	    [COV_ERR_DEADLOCK] = "err_deadlock",
+	    [COV_ERR_CLUSTER] = "err_cluster",
+	    [COV_UP_AFTER_WAIT] = "up_after_wait",
+	    [COV_CONV_TIMEOUT] = "conv_timeout",
+	    [COV_CONV_CANCEL] = "conv_cancel",
+	    [COV_CONV_WITH_LEASE] = "conv_with_lease",
+	    [COV_DOWN_GRANTS] = "down_grants",
+	    [COV_C_GRANT_SHARED_KEY] = "c_grant_shared_key",
+	    [COV_C_GRANT_ALL_KEY] = "c_grant_all_key",
+	    [COV_C_UPGRADE] = "c_upgrade",
+	    [COV_C_TRY_ONCE] = "c_try_once",
+	    [COV_C_PAST_DEADLINE] = "c_past_deadline",
+	    [COV_C_NEW_KEY] = "c_new_key",
+	    [COV_C_REVOKED] = "c_revoked",
+	    [COV_C_END_TRIES] = "c_end_tries",
+	    [COV_C_PINNED_EMPTY] = "c_pinned_empty",
 	};
+
 	const char *env = getenv("LOCKMGR_MODEL_SEEDS");
 	uint64_t seeds = env ? strtoull(env, NULL, 10) : M_SEEDS;
 
