@@ -8,6 +8,19 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import etcdlib  # noqa: E402
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                "..", "lib"))
+import harness  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def scan_every_daemon():
+    """Every arbiterd a test starts is stopped after it and scanned for
+    sanitizer and valgrind reports, as in the integration tests."""
+    since = len(harness.STARTED)
+    yield
+    harness.scan_started(since)
+
 BUILD = os.path.abspath(os.environ.get("ARBITER_BUILD") or os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "..", "..", "build"))
 PROBE = os.path.join(BUILD, "tests", "etcd_probe")

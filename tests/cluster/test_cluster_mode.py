@@ -62,9 +62,9 @@ class Hosts:
                   "-o", "cluster.safety_margin_ms=%d" % MARGIN_MS,
                   "-o", "cluster.request_timeout_ms=%d" % TIMEOUT_MS]
             + list(extra), **kw)
+        self.daemons[name] = d  # stopped by stop(), even if not active
         if wait_active:
             d.log.wait_for("cluster session active")
-        self.daemons[name] = d
         return d
 
     def stop(self):
