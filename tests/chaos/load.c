@@ -161,6 +161,7 @@ serve(struct worker *w, struct conn *k)
 			}
 			break;
 		case ARB_EV_QUEUED:
+		case ARB_EV_EXTENDED: /* the load's daemon is single-host */
 			break;
 		case ARB_EV_FAILED:
 			error(w, k, "acquire failed", ev.error);

@@ -562,7 +562,9 @@ Test(etcd, a_hung_member_is_left_after_request_timeout, .init = setup,
 	cr_assert_eq(g.err, 0, "%s", g.msg);
 	cr_expect_str_eq(g.ep, f->url);
 	cr_expect(g.failed_over);
-	cr_expect(ms >= 400 && ms < 400 + 600, "answered after %.1f ms", ms);
+	/* libevent arms timers from the time cached at the top of its loop
+	 * pass, which may be a few ms before t0: allow that much early. */
+	cr_expect(ms >= 390 && ms < 400 + 600, "answered after %.1f ms", ms);
 	cr_expect(strstr(failover_log, hung) == failover_log &&
 		      strstr(failover_log, "request_timeout_ms") != NULL,
 		  "%s", failover_log);
