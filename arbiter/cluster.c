@@ -249,8 +249,8 @@ mirror_clear(struct cluster *cl)
 	cl->mirror_rev = 0;
 }
 
-/* Add or refresh a key from etcd's kv. Returns its resource prefix. */
-static struct mres *
+/* Add or refresh a key from etcd's kv. */
+static void
 mirror_put(struct cluster *cl, const struct etcd_kv *kv)
 {
 	size_t plen = key_prefix_len(kv->key, kv->key_len);
@@ -259,14 +259,14 @@ mirror_put(struct cluster *cl, const struct etcd_kv *kv)
 	json_t *v;
 
 	if (plen == 0 || plen <= strlen(cl->rprefix))
-		return NULL;
+		return;
 	HASH_FIND(hh, cl->keys, kv->key, kv->key_len, k);
 	/* A key name comes back after a delete (a host's next key for the
 	 * same resource in the same session): the watch may still bring the
 	 * old one's events after a put's answer told of the new one. Never
 	 * let an older incarnation replace a newer one. */
 	if (k != NULL && kv->create_revision < k->create_rev)
-		return k->mr;
+		return;
 	if (k != NULL && kv->create_revision > k->create_rev) {
 		mkey_del(cl, k); /* its delete was missed: start again */
 		k = NULL;
@@ -307,24 +307,23 @@ mirror_put(struct cluster *cl, const struct etcd_kv *kv)
 		json_decref(v);
 	} else
 		snprintf(k->host, sizeof k->host, "?");
-	return k->mr;
 }
 
 /* A delete at revision rev: it removes only an incarnation created at or
- * before it, never a newer key of the same name (see mirror_put). */
-static struct mres *
+ * before it, never a newer key of the same name (see mirror_put). Returns
+ * the session lease of the key removed, 0 when none was. */
+static int64_t
 mirror_delete(struct cluster *cl, const char *key, size_t len, int64_t rev)
 {
 	struct mkey *k = NULL;
-	struct mres *mr;
-	size_t plen = key_prefix_len(key, len);
+	int64_t lease;
 
 	HASH_FIND(hh, cl->keys, key, len, k);
 	if (k == NULL || k->create_rev > rev)
-		return NULL;
-	mr = k->mr;
+		return 0;
+	lease = k->lease;
 	mkey_del(cl, k);
-	return plen ? mres_get(cl, key, plen, false) : mr;
+	return lease;
 }
 
 /* ------------------------------------------------------------ records */
@@ -713,7 +712,7 @@ on_range(const struct etcd_result *r, void *arg)
 	}
 	mirror_clear(cl);
 	for (size_t i = 0; i < r->n_kvs; i++)
-		(void)mirror_put(cl, &r->kvs[i]);
+		mirror_put(cl, &r->kvs[i]);
 	cl->mirror_rev = r->revision;
 	cl->watch =
 	    etcd_watch_prefix(cl->etcd, cl->rprefix, strlen(cl->rprefix),
@@ -837,16 +836,11 @@ watch_cb(enum etcd_watch_kind kind, const struct etcd_event *ev,
 	if (ev->kv.mod_revision > cl->mirror_rev)
 		cl->mirror_rev = ev->kv.mod_revision;
 	if (ev->type == ETCD_PUT)
-		(void)mirror_put(cl, &ev->kv);
+		mirror_put(cl, &ev->kv);
 	else {
-		struct mkey *k = NULL;
-		int64_t lease = 0;
+		int64_t lease = mirror_delete(cl, ev->kv.key, ev->kv.key_len,
+					      ev->kv.mod_revision);
 
-		HASH_FIND(hh, cl->keys, ev->kv.key, ev->kv.key_len, k);
-		if (k != NULL && k->create_rev <= ev->kv.mod_revision)
-			lease = k->lease;
-		(void)mirror_delete(cl, ev->kv.key, ev->kv.key_len,
-				    ev->kv.mod_revision);
 		if (lease != 0 && cl->srv->cfg.lock_delay_ms > 0)
 			check_predecessor(cl, ev->kv.key, ev->kv.key_len,
 					  lease);
@@ -998,7 +992,7 @@ on_put(const struct etcd_result *r, void *arg)
 		    memcmp(r->kvs[i].key, key, r->kvs[i].key_len) == 0)
 			rec->create_rev = r->kvs[i].create_revision;
 		if (r->revision > cl->mirror_rev)
-			(void)mirror_put(cl, &r->kvs[i]);
+			mirror_put(cl, &r->kvs[i]);
 	}
 	if (rec->create_rev == 0) {
 		snprintf(cl->msg, sizeof cl->msg,
