@@ -15,8 +15,10 @@
  * A non-blocking lock waits up to ARBITER_INTERCEPT_WAIT (default:
  * forever) instead of failing; a blocking one waits as long as it would
  * have. Unlocking, closing the last descriptor of the lock, or dying
- * ends the lease. Every other file costs one fstat per lock call, and
- * every close one atomic load while no lease is held.
+ * ends the lease. A lock call on another file costs one load of a bit:
+ * the shim notes, as files are opened, the descriptors whose name no
+ * target has (see "other files" below); a descriptor it did not see
+ * opened is looked at (one fstat) on each lock call.
  *
  * Lock objects follow the kernel's rules:
  *  - flock and OFD locks belong to an open file description: one lease
@@ -41,6 +43,9 @@
  * straight through: a thread-local flag marks them. One mutex guards the
  * table; no wait for a lease or for a blocking lock holds it.
  */
+/* The shim defines open() and friends itself: no inline fortified forms. */
+#undef _FORTIFY_SOURCE
+#include <dirent.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -89,6 +94,22 @@ static struct {
 	int (*dup3)(int, int, int);
 	int (*ioctl)(int, unsigned long, ...);
 	int (*fclose)(FILE *);
+	int (*open)(const char *, int, ...);
+	int (*open64)(const char *, int, ...);
+	int (*openat)(int, const char *, int, ...);
+	int (*openat64)(int, const char *, int, ...);
+	int (*open_2)(const char *, int);
+	int (*open64_2)(const char *, int);
+	int (*openat_2)(int, const char *, int);
+	int (*openat64_2)(int, const char *, int);
+	int (*creat)(const char *, mode_t);
+	int (*creat64)(const char *, mode_t);
+	FILE *(*fopen)(const char *, const char *);
+	FILE *(*fopen64)(const char *, const char *);
+	FILE *(*freopen)(const char *, const char *, FILE *);
+	FILE *(*freopen64)(const char *, const char *, FILE *);
+	int (*close_range)(unsigned, unsigned, int);
+	void (*closefrom)(int);
 } real;
 
 /* This process, as of init or its last fork(). */
@@ -117,6 +138,22 @@ load_real(void)
 	*(void **)&real.dup3 = next_fn("dup3");
 	*(void **)&real.ioctl = next_fn("ioctl");
 	*(void **)&real.fclose = next_fn("fclose");
+	*(void **)&real.open = next_fn("open");
+	*(void **)&real.open64 = next_fn("open64");
+	*(void **)&real.openat = next_fn("openat");
+	*(void **)&real.openat64 = next_fn("openat64");
+	*(void **)&real.open_2 = next_fn("__open_2");
+	*(void **)&real.open64_2 = next_fn("__open64_2");
+	*(void **)&real.openat_2 = next_fn("__openat_2");
+	*(void **)&real.openat64_2 = next_fn("__openat64_2");
+	*(void **)&real.creat = next_fn("creat");
+	*(void **)&real.creat64 = next_fn("creat64");
+	*(void **)&real.fopen = next_fn("fopen");
+	*(void **)&real.fopen64 = next_fn("fopen64");
+	*(void **)&real.freopen = next_fn("freopen");
+	*(void **)&real.freopen64 = next_fn("freopen64");
+	*(void **)&real.close_range = next_fn("close_range");
+	*(void **)&real.closefrom = next_fn("closefrom");
 	if (real.fcntl64 == NULL) /* a glibc before 2.28 */
 		real.fcntl64 = real.fcntl;
 	if (real.lockf64 == NULL)
@@ -133,12 +170,16 @@ struct target {
 	atomic_bool resolved; /* dev and ino are known */
 	dev_t dev;
 	ino_t ino;
+	/* Files: the names an open of it has (configured, and real when
+	 * that differs); "" for none. */
+	char base[2][NAME_MAX + 1];
 };
 
 static struct {
 	bool on;
 	struct target t[MAX_TARGETS];
 	size_t n;
+	bool dirs;		/* a folder is among the targets */
 	char resource[RES_MAX]; /* "": per file */
 	int mode;		/* -1: as the lock says; else enum arb_mode */
 	int64_t wait_ms;	/* for a non-blocking lock; -1: forever */
@@ -211,6 +252,17 @@ resource_of(const char *path)
 	return out;
 }
 
+/* A file name's last part, when it fits. */
+static void
+set_base(char out[NAME_MAX + 1], const char *path)
+{
+	const char *b = strrchr(path, '/');
+
+	b = b ? b + 1 : path;
+	if (strlen(b) <= NAME_MAX)
+		memcpy(out, b, strlen(b) + 1);
+}
+
 static bool
 add_target(const char *p, size_t len)
 {
@@ -254,6 +306,16 @@ add_target(const char *p, size_t len)
 		}
 	}
 	t->pathlen = strlen(t->path);
+	if (t->dir) {
+		cfg.dirs = true;
+	} else {
+		char *rp = realpath(path, NULL);
+
+		set_base(t->base[0], t->path);
+		if (rp != NULL)
+			set_base(t->base[1], rp);
+		free(rp);
+	}
 	return t->name != NULL;
 }
 
@@ -342,6 +404,124 @@ __attribute__((constructor)) static void
 intercept_start(void)
 {
 	(void)active();
+}
+
+/* ------------------------------------------------------------ other files */
+
+/*
+ * Descriptors known not to be lock files, whose lock calls go straight to
+ * the kernel, unlooked at. A descriptor is known so when the shim saw it
+ * opened (open, openat, creat, fopen, freopen: each form) by a name that
+ * no target file has and, with a folder among the targets, on another
+ * file system than every target folder. Any other descriptor stays
+ * unknown and is looked at (one fstat) on each lock call: one inherited
+ * across exec, made by dup or received on a socket, or opened by a
+ * target's name. A close, a dup onto it, close_range and closefrom forget
+ * what was known of a number, so a later file under it starts unknown.
+ *
+ * What that does not see: a lock file opened under another name (a hard
+ * link, a symlink named otherwise, a file renamed to the lock file's name
+ * after it was opened) keeps plain locks, and so would a lock file opened
+ * under a number whose last file was both closed and reopened by raw
+ * system calls, which no wrapper sees.
+ */
+#define NOTED_FDS 65536
+static _Atomic uint64_t other_fds[NOTED_FDS / 64];
+
+static inline bool
+fd_other(int fd)
+{
+	return fd >= 0 && fd < NOTED_FDS &&
+	       (atomic_load_explicit(&other_fds[fd / 64],
+				     memory_order_relaxed) >>
+		(fd % 64)) &
+		   1;
+}
+
+static inline void
+fd_forget(int fd)
+{
+	if (fd_other(fd))
+		atomic_fetch_and_explicit(&other_fds[fd / 64],
+					  ~(UINT64_C(1) << (fd % 64)),
+					  memory_order_relaxed);
+}
+
+/* Forgets every number from lo to hi, both included. */
+static void
+fd_forget_range(unsigned lo, unsigned hi)
+{
+	if (hi >= NOTED_FDS)
+		hi = NOTED_FDS - 1;
+	for (unsigned fd = lo; fd <= hi && lo < NOTED_FDS;) {
+		unsigned w = fd / 64, from = fd % 64;
+		unsigned to = w == hi / 64 ? hi % 64 : 63;
+		uint64_t bits = (to - from == 63)
+				    ? ~UINT64_C(0)
+				    : ((UINT64_C(1) << (to - from + 1)) - 1)
+					  << from;
+
+		if (atomic_load_explicit(&other_fds[w], memory_order_relaxed) &
+		    bits)
+			atomic_fetch_and_explicit(&other_fds[w], ~bits,
+						  memory_order_relaxed);
+		fd = (w + 1) * 64;
+	}
+}
+
+/* Could a file opened by this name be a target? */
+static bool
+named_like_target(const char *path)
+{
+	const char *b = path ? strrchr(path, '/') : NULL;
+
+	if (path == NULL)
+		return true;
+	b = b ? b + 1 : path;
+	for (size_t i = 0; i < cfg.n; i++) {
+		const struct target *t = &cfg.t[i];
+
+		if (!t->dir &&
+		    (strcmp(b, t->base[0]) == 0 || strcmp(b, t->base[1]) == 0))
+			return true;
+	}
+	return false;
+}
+
+/* Could fd, open on no target's name, be in a target folder? */
+static bool
+in_target_fs(int fd)
+{
+	struct stat st;
+
+	if (fstat(fd, &st) < 0)
+		return true;
+	if (!S_ISREG(st.st_mode))
+		return false;
+	for (size_t i = 0; i < cfg.n; i++) {
+		const struct target *t = &cfg.t[i];
+
+		if (t->dir && (!atomic_load_explicit(&t->resolved,
+						     memory_order_acquire) ||
+			       t->dev == st.st_dev))
+			return true;
+	}
+	return false;
+}
+
+/* fd was just opened by path: note it when it cannot be a lock file. */
+static void
+opened(int fd, const char *path)
+{
+	if (fd < 0 || fd >= NOTED_FDS)
+		return;
+	if (!active() || named_like_target(path) ||
+	    (cfg.dirs && in_target_fs(fd))) {
+		fd_forget(fd);
+		return;
+	}
+	atomic_fetch_or_explicit(&other_fds[fd / 64], UINT64_C(1) << (fd % 64),
+				 memory_order_relaxed);
 }
 
 /* Is fd's file one of ours? Fills st, and res with its resource. */
@@ -1205,6 +1385,7 @@ close(int fd)
 	bool have_st;
 	int rc;
 
+	fd_forget(fd);
 	if (!active() ||
 	    atomic_load_explicit(&nwatched, memory_order_relaxed) == 0)
 		return real.close(fd);
@@ -1232,6 +1413,8 @@ fclose(FILE *f)
 	bool have_st;
 	int fd, rc;
 
+	if (f != NULL)
+		fd_forget(fileno(f));
 	if (!active() || f == NULL ||
 	    atomic_load_explicit(&nentries, memory_order_relaxed) == 0)
 		return real.fclose(f);
@@ -1271,6 +1454,8 @@ dup_into(int oldfd, int newfd, int flags, bool three)
 	bool have_st;
 	int rc;
 
+	if (oldfd != newfd)
+		fd_forget(newfd);
 	if (!active() ||
 	    atomic_load_explicit(&nwatched, memory_order_relaxed) == 0)
 		return three ? real.dup3(oldfd, newfd, flags)
@@ -1296,11 +1481,15 @@ dup(int oldfd)
 	int rc;
 
 	if (!active() ||
-	    atomic_load_explicit(&nwatched, memory_order_relaxed) == 0)
-		return real.dup(oldfd);
+	    atomic_load_explicit(&nwatched, memory_order_relaxed) == 0) {
+		rc = real.dup(oldfd);
+		fd_forget(rc);
+		return rc;
+	}
 	inside++;
 	pthread_mutex_lock(&mu);
 	rc = real.dup(oldfd);
+	fd_forget(rc);
 	if (rc >= 0)
 		duplicated(oldfd, rc);
 	pthread_mutex_unlock(&mu);
@@ -1388,7 +1577,7 @@ flock(int fd, int op)
 			.call = call_flock,
 			.arg = &op};
 
-	if (!active())
+	if (fd_other(fd) || !active())
 		return real.flock(fd, op);
 	switch (op & ~LOCK_NB) {
 	case LOCK_SH:
@@ -1491,6 +1680,8 @@ other_fcntl(int fd, int cmd, void *arg, bool is64)
 {
 	int rc = is64 ? real.fcntl64(fd, cmd, arg) : real.fcntl(fd, cmd, arg);
 
+	if (rc >= 0 && (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC))
+		fd_forget(rc);
 	if (rc < 0 ||
 	    atomic_load_explicit(&nwatched, memory_order_relaxed) == 0)
 		return rc;
@@ -1519,6 +1710,9 @@ any_fcntl(int fd, int cmd, void *arg, bool is64)
 	case F_SETLKW:
 	case F_OFD_SETLK:
 	case F_OFD_SETLKW:
+		if (fd_other(fd))
+			return is64 ? real.fcntl64(fd, cmd, arg)
+				    : real.fcntl(fd, cmd, arg);
 		return lock_fcntl(fd, cmd, arg, is64);
 	default:
 		return other_fcntl(fd, cmd, arg, is64);
@@ -1590,7 +1784,7 @@ any_lockf(int fd, int cmd, off64_t len)
 			.busy_errno = EAGAIN,
 			.call = call_lockf};
 
-	if (!active())
+	if (fd_other(fd) || !active())
 		return real.lockf64(fd, cmd, len);
 	switch (cmd) {
 	case F_LOCK:
@@ -1622,4 +1816,326 @@ EXPORT int
 lockf64(int fd, int cmd, off64_t len)
 {
 	return any_lockf(fd, cmd, len);
+}
+
+/* ------------------------------------------------------------ opening */
+
+/* The fortified forms a program built with _FORTIFY_SOURCE calls. */
+int __open_2(const char *path, int flags);
+int __open64_2(const char *path, int flags);
+int __openat_2(int dirfd, const char *path, int flags);
+int __openat64_2(int dirfd, const char *path, int flags);
+
+/* open()'s mode argument, there only when the call may create. */
+#define MODE_ARG(flags, last, mode)                                            \
+	do {                                                                   \
+		if (__OPEN_NEEDS_MODE(flags)) {                                \
+			va_list ap_;                                           \
+			va_start(ap_, last);                                   \
+			(mode) = va_arg(ap_, int);                             \
+			va_end(ap_);                                           \
+		}                                                              \
+	} while (0)
+
+EXPORT int
+open(const char *path, int flags, ...)
+{
+	int mode = 0, fd;
+
+	MODE_ARG(flags, flags, mode);
+	(void)active();
+	fd = real.open(path, flags, mode);
+	opened(fd, path);
+	return fd;
+}
+
+EXPORT int
+open64(const char *path, int flags, ...)
+{
+	int mode = 0, fd;
+
+	MODE_ARG(flags, flags, mode);
+	(void)active();
+	fd = real.open64(path, flags, mode);
+	opened(fd, path);
+	return fd;
+}
+
+EXPORT int
+openat(int dirfd, const char *path, int flags, ...)
+{
+	int mode = 0, fd;
+
+	MODE_ARG(flags, flags, mode);
+	(void)active();
+	fd = real.openat(dirfd, path, flags, mode);
+	opened(fd, path);
+	return fd;
+}
+
+EXPORT int
+openat64(int dirfd, const char *path, int flags, ...)
+{
+	int mode = 0, fd;
+
+	MODE_ARG(flags, flags, mode);
+	(void)active();
+	fd = real.openat64(dirfd, path, flags, mode);
+	opened(fd, path);
+	return fd;
+}
+
+EXPORT int
+__open_2(const char *path, int flags)
+{
+	int fd;
+
+	(void)active();
+	fd = real.open_2(path, flags);
+	opened(fd, path);
+	return fd;
+}
+
+EXPORT int
+__open64_2(const char *path, int flags)
+{
+	int fd;
+
+	(void)active();
+	fd = real.open64_2(path, flags);
+	opened(fd, path);
+	return fd;
+}
+
+EXPORT int
+__openat_2(int dirfd, const char *path, int flags)
+{
+	int fd;
+
+	(void)active();
+	fd = real.openat_2(dirfd, path, flags);
+	opened(fd, path);
+	return fd;
+}
+
+EXPORT int
+__openat64_2(int dirfd, const char *path, int flags)
+{
+	int fd;
+
+	(void)active();
+	fd = real.openat64_2(dirfd, path, flags);
+	opened(fd, path);
+	return fd;
+}
+
+EXPORT int
+creat(const char *path, mode_t mode)
+{
+	int fd;
+
+	(void)active();
+	fd = real.creat(path, mode);
+	opened(fd, path);
+	return fd;
+}
+
+EXPORT int
+creat64(const char *path, mode_t mode)
+{
+	int fd;
+
+	(void)active();
+	fd = real.creat64(path, mode);
+	opened(fd, path);
+	return fd;
+}
+
+EXPORT FILE *
+fopen(const char *path, const char *mode)
+{
+	FILE *f;
+
+	(void)active();
+	f = real.fopen(path, mode);
+	if (f != NULL)
+		opened(fileno(f), path);
+	return f;
+}
+
+EXPORT FILE *
+fopen64(const char *path, const char *mode)
+{
+	FILE *f;
+
+	(void)active();
+	f = real.fopen64(path, mode);
+	if (f != NULL)
+		opened(fileno(f), path);
+	return f;
+}
+
+/* freopen closes the stream's descriptor, then opens path (NULL: the same
+ * file again, in a new mode), most often under the same number. */
+EXPORT FILE *
+freopen(const char *path, const char *mode, FILE *stream)
+{
+	FILE *f;
+
+	if (stream != NULL)
+		fd_forget(fileno(stream));
+	(void)active();
+	f = real.freopen(path, mode, stream);
+	if (f != NULL)
+		opened(fileno(f), path);
+	return f;
+}
+
+EXPORT FILE *
+freopen64(const char *path, const char *mode, FILE *stream)
+{
+	FILE *f;
+
+	if (stream != NULL)
+		fd_forget(fileno(stream));
+	(void)active();
+	f = real.freopen64(path, mode, stream);
+	if (f != NULL)
+		opened(fileno(f), path);
+	return f;
+}
+
+/* ------------------------------------------------------------ closing many */
+
+/* Marks the record-lock entries with a descriptor in [lo, hi]: any close
+ * of a file ends the process's record locks on it (fcntl(2)). */
+static void
+posix_in_range(unsigned lo, unsigned hi, bool gone[MAX_ENTRIES])
+{
+	DIR *d = opendir("/proc/self/fd");
+	struct dirent *de;
+	struct stat st;
+
+	if (d == NULL)
+		return;
+	while ((de = readdir(d)) != NULL) {
+		char *end;
+		long fd = strtol(de->d_name, &end, 10);
+
+		if (*end != '\0' || end == de->d_name || fd < (long)lo ||
+		    fd > (long)hi || fd == dirfd(d) || fstat((int)fd, &st) < 0)
+			continue;
+		for (int i = 0; i < MAX_ENTRIES; i++) {
+			const struct entry *e = &ents[i];
+
+			if (e->used && !e->busy && e->kind == K_POSIX &&
+			    e->dev == st.st_dev && e->ino == st.st_ino)
+				gone[i] = true;
+		}
+	}
+	closedir(d);
+}
+
+static bool
+in(int fd, unsigned lo, unsigned hi)
+{
+	return fd >= 0 && (unsigned)fd >= lo && (unsigned)fd <= hi;
+}
+
+/*
+ * close_range and closefrom close [lo, hi] at once (a program that closes
+ * all but its standard descriptors): the table follows as it follows
+ * close() of each of ours in there. close_them makes the real call.
+ */
+static int
+close_many(unsigned lo, unsigned hi, int (*close_them)(const void *),
+	   const void *arg)
+{
+	bool posix_gone[MAX_ENTRIES] = {false};
+	int rc;
+
+	fd_forget_range(lo, hi);
+	if (!active() ||
+	    atomic_load_explicit(&nwatched, memory_order_relaxed) == 0 ||
+	    vforked())
+		return close_them(arg);
+	inside++;
+	pthread_mutex_lock(&mu);
+	/* Our connections in there are closed our way, ending their leases. */
+	for (int i = nidle - 1; i >= 0; i--)
+		if (in(arb_fd(idle[i]), lo, hi))
+			(void)drop_conn(arb_fd(idle[i]));
+	for (int i = 0; i < MAX_ENTRIES; i++) {
+		const struct entry *e = &ents[i];
+
+		if (e->used && e->c != NULL && in(arb_fd(e->c), lo, hi))
+			(void)drop_conn(arb_fd(e->c));
+	}
+	if (nposix > 0)
+		posix_in_range(lo, hi, posix_gone);
+	rc = close_them(arg);
+	for (int i = 0; i < MAX_ENTRIES && rc == 0; i++) {
+		struct entry *e = &ents[i];
+
+		if (!e->used || e->busy)
+			continue;
+		if (e->kind == K_POSIX) {
+			if (posix_gone[i]) {
+				end_lease(e, true);
+				free_entry(e);
+			}
+			continue;
+		}
+		/* closed() may move the last descriptor into j, or free e. */
+		for (int j = e->nfds - 1; j >= 0 && e->used; j--)
+			if (j < e->nfds && in(e->fds[j], lo, hi))
+				closed(e->fds[j], NULL);
+	}
+	pthread_mutex_unlock(&mu);
+	inside--;
+	return rc;
+}
+
+struct range_args {
+	unsigned first, last;
+	int flags;
+};
+
+static int
+call_close_range(const void *arg)
+{
+	const struct range_args *a = arg;
+
+	if (real.close_range == NULL) {
+		errno = ENOSYS;
+		return -1;
+	}
+	return real.close_range(a->first, a->last, a->flags);
+}
+
+EXPORT int
+close_range(unsigned first, unsigned last, int flags)
+{
+	struct range_args a = {first, last, flags};
+
+	if ((flags & CLOSE_RANGE_CLOEXEC) || first > last) {
+		(void)active();
+		return call_close_range(&a);
+	}
+	return close_many(first, last, call_close_range, &a);
+}
+
+static int
+call_closefrom(const void *arg)
+{
+	real.closefrom(*(const int *)arg);
+	return 0;
+}
+
+EXPORT void
+closefrom(int lowfd)
+{
+	if (lowfd < 0)
+		lowfd = 0;
+	(void)close_many((unsigned)lowfd, UINT_MAX, call_closefrom, &lowfd);
 }

@@ -786,3 +786,57 @@ def test_the_default_resource_is_the_one_filelock_uses(daemon, procs,
     unchanged.out.wait_for("holding")
     release(unchanged)
     assert unchanged.wait(WAIT) == 0
+
+
+# ------------------------------------------------------------ other files
+
+
+@pytest.fixture(scope="module")
+def fdreuse(tmp_path_factory):
+    prog = str(tmp_path_factory.mktemp("fdreuse") / "fdreuse")
+    r = subprocess.run(["cc", "-O2", "-D_FORTIFY_SOURCE=2", "-o", prog,
+                        os.path.join(HERE, "fdreuse.c")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return prog
+
+
+@pytest.mark.parametrize("how", [
+    "close", "close_range", "closefrom", "dup2", "dupfd", "open", "open64",
+    "openat", "open_2", "creat", "fopen", "freopen"])
+def test_a_lock_file_on_the_number_of_another_file_is_leased(
+        daemon, procs, tmp_path, fdreuse, how):
+    """Lock calls on a file the shim saw opened under another name go
+    straight to the kernel; every way a number is freed or a file opened
+    makes the shim look again, so the lock file that takes the number
+    next is leased."""
+    path = str(tmp_path / "lock")
+    p = start([fdreuse, how, path], shim_env(daemon, path), procs)
+    said = p.err.wait_for("leased '%s'" % path)
+    assert "exclusive" in said, said
+    p.out.wait_for("holding")
+    other = hold(daemon, procs, path, "ex")
+    other.err.wait_for("waiting for")
+    release(p)
+    assert p.wait(WAIT) == 0, p.err.drain()
+    other.out.wait_for("holding")
+    release(other)
+    assert other.wait(WAIT) == 0
+
+
+@pytest.mark.parametrize("how", ["end-close_range", "end-closefrom",
+                                 "end-fcntl-close_range"])
+def test_closing_a_range_that_holds_the_lock_ends_the_lease(
+        daemon, procs, tmp_path, fdreuse, how):
+    path = str(tmp_path / "lock")
+    p = start([fdreuse, how, path], shim_env(daemon, path), procs)
+    p.out.wait_for("holding")
+    other = hold(daemon, procs, path, "ex")
+    other.err.wait_for("waiting for")
+    release(p)
+    p.out.wait_for("closed")
+    other.out.wait_for("holding")  # while the C program still runs
+    assert p.poll() is None
+    release(other)
+    release(p)
+    assert other.wait(WAIT) == 0 and p.wait(WAIT) == 0
