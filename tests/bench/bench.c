@@ -5,6 +5,9 @@
  *                 [--build DIR] [--arbiterd PATH] [--runs N]
  *   arbiter-bench --profile uncontended|contended [--count N]
  *                 [--clients C] [--socket PATH]     (see profile.c)
+ *   arbiter-bench --lockcost FILE ROUNDS   (internal: a program timed with
+ *                                           and without the intercept shim,
+ *                                           see intercept.c)
  *
  * The daemon under test is <BUILD>/arbiterd (by default the one next to
  * this binary's folder: <BUILD>/bench/arbiter-bench -> <BUILD>/arbiterd).
@@ -166,7 +169,12 @@ usage(FILE *out)
 		"CI=true: a full run without /usr/bin/redis-server fails "
 		"instead of skipping Redis.\n"
 		"Never fails on speed; exits 1 only when something could not "
-		"be measured.\n");
+		"be measured.\n"
+		"\n"
+		"Internal: --lockcost FILE ROUNDS times lock calls on FILE "
+		"(nanoseconds per\n"
+		"call), the program run with and without the intercept "
+		"shim.\n");
 }
 
 static unsigned
@@ -246,6 +254,9 @@ main(int argc, char **argv)
 	int ch, runs = 0;
 	long nofile;
 
+	/* A program timed with and without the shim: nothing else runs. */
+	if (argc == 4 && strcmp(argv[1], "--lockcost") == 0)
+		return intercept_lockcost(argv[2], argv[3]);
 	b->sections = 0x7f;
 	snprintf(b->etcd_bed, sizeof b->etcd_bed, "tests/bench/etcd_bed.py");
 	b->cpu_server = b->cpu_client = -1; /* --profile: nothing pinned */

@@ -273,6 +273,12 @@ void case_goals(struct bench *b);
 /* (7): cluster mode on a 3-member etcd against etcd's lock recipe. */
 void case_cluster(struct bench *b);
 
+/* ------------------------------------------------------------ intercept.c */
+
+/* The program timed with and without the intercept shim:
+ * `arbiter-bench --lockcost FILE ROUNDS`. */
+int intercept_lockcost(const char *file, const char *rounds);
+
 /* ------------------------------------------------------------ profile.c */
 
 int profile_run(struct bench *b, const char *mode, long count, int clients);
