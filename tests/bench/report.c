@@ -270,6 +270,8 @@ fmt_value(char *buf, size_t len, enum unit u, double v)
 	case U_NS:
 		if (v >= 1e6)
 			snprintf(buf, len, "%.2f ms", v / 1e6);
+		else if (v < 1e3) /* a system call, not a round trip */
+			snprintf(buf, len, "%.0f ns", v);
 		else
 			snprintf(buf, len, "%.1f us", v / 1e3);
 		break;
