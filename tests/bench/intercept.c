@@ -268,7 +268,10 @@ case_intercept(struct bench *b)
 	/* The program on the clients' CPU, the daemon on the servers': a
 	 * lease's round trip always crosses, as between an app and its
 	 * daemon. One CPU: the program shares it. */
-	int fd, cpu = b->cpu_client;
+	enum place where = b->cpu_server < 0   ? PLACE_NONE
+			   : b->cpu_client < 0 ? PLACE_SAME
+					       : PLACE_SPLIT;
+	int fd, cpu = place_client_cpu(b, where);
 
 	bench_progress("(8) intercept: %d runs of each, %d rounds (%d on the "
 		       "intercepted file)",
@@ -323,6 +326,7 @@ case_intercept(struct bench *b)
 				snprintf(name, sizeof name, "%s, %s",
 					 kind_name[k], way_name[w]);
 				r = report_add(8, key, name, U_NS, &s[w][k]);
+				report_place(r, where);
 				if (w == W_PLAIN)
 					report_note(r, "no LD_PRELOAD");
 				else
