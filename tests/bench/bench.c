@@ -5,11 +5,16 @@
  *                 [--build DIR] [--arbiterd PATH] [--runs N]
  *   arbiter-bench --profile uncontended|contended [--count N]
  *                 [--clients C] [--socket PATH]     (see profile.c)
+ *   arbiter-bench --lockcost FILE ROUNDS   (internal: what (8) measures,
+ *                                           see intercept.c)
  *
  * The daemon under test is <BUILD>/arbiterd (by default the one next to
  * this binary's folder: <BUILD>/bench/arbiter-bench -> <BUILD>/arbiterd).
  * ARBITERD_WRAPPER, as in the integration tests, runs it under a tool
  * (e.g. "valgrind --tool=callgrind").
+ *
+ * Sections, in the order they run: (1) uncontended, (2) handoff, (3)
+ * throughput, (4) death, (5) scale, (6) idle, (7) cluster, (8) intercept.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -51,6 +56,9 @@ static const struct bench_counts full_counts = {
     .cl_tput_seconds = 2.0,
     .cl_tput_runs = 5,
     .cl_clients_per_host = 8,
+    .icpt_pairs = 7,
+    .icpt_rounds = 20000,
+    .icpt_leased_rounds = 300,
 };
 
 /* Everything once, with tiny counts: a smoke test that the bench works. */
@@ -78,6 +86,9 @@ static const struct bench_counts quick_counts = {
     .cl_tput_seconds = 0.3,
     .cl_tput_runs = 1,
     .cl_clients_per_host = 8,
+    .icpt_pairs = 1,
+    .icpt_rounds = 2000,
+    .icpt_leased_rounds = 30,
 };
 
 void
@@ -134,8 +145,9 @@ usage(FILE *out)
 		"  --json          the same figures as JSON\n"
 		"  --only LIST     sections to run: 1 uncontended, 2 handoff, "
 		"3 throughput,\n"
-		"                  4 death, 5 scale, 6 idle, 7 cluster "
-		"(default: all)\n"
+		"                  4 death, 5 scale, 6 idle, 7 cluster, "
+		"8 intercept\n"
+		"                  (default: all)\n"
 		"  --runs N        repetitions of the latency measurements\n"
 		"  --save FILE     also write the JSON to FILE\n"
 		"  --build DIR     use DIR/arbiterd\n"
@@ -166,7 +178,11 @@ usage(FILE *out)
 		"CI=true: a full run without /usr/bin/redis-server fails "
 		"instead of skipping Redis.\n"
 		"Never fails on speed; exits 1 only when something could not "
-		"be measured.\n");
+		"be measured.\n"
+		"\n"
+		"Internal: --lockcost FILE ROUNDS is the program section 8 "
+		"runs, with and\n"
+		"without the shim (nanoseconds per lock call on FILE).\n");
 }
 
 static unsigned
@@ -175,7 +191,7 @@ parse_sections(const char *s)
 	unsigned m = 0;
 
 	for (; *s; s++)
-		if (*s >= '1' && *s <= '7')
+		if (*s >= '1' && *s <= '8')
 			m |= 1u << (*s - '1');
 	return m;
 }
@@ -246,7 +262,10 @@ main(int argc, char **argv)
 	int ch, runs = 0;
 	long nofile;
 
-	b->sections = 0x7f;
+	/* The program (8) measures: nothing else of the bench runs. */
+	if (argc == 4 && strcmp(argv[1], "--lockcost") == 0)
+		return intercept_lockcost(argv[2], argv[3]);
+	b->sections = 0xff;
 	snprintf(b->etcd_bed, sizeof b->etcd_bed, "tests/bench/etcd_bed.py");
 	b->cpu_server = b->cpu_client = -1; /* --profile: nothing pinned */
 	default_daemon(b);
@@ -301,7 +320,7 @@ main(int argc, char **argv)
 	b->n = b->quick ? quick_counts : full_counts;
 	if (runs > 0)
 		b->n.runs = b->n.tput_runs = b->n.scale_runs =
-		    b->n.cl_tput_runs = runs;
+		    b->n.cl_tput_runs = b->n.icpt_pairs = runs;
 	b->wrapper = getenv("ARBITERD_WRAPPER");
 	if (ext_sock == NULL && access(b->arbiterd, X_OK) != 0) {
 		fprintf(stderr,
@@ -388,6 +407,8 @@ main(int argc, char **argv)
 		case_idle(b);
 	if (b->sections & 64)
 		case_cluster(b);
+	if (b->sections & 128)
+		case_intercept(b);
 	case_goals(b);
 
 out:

@@ -7,7 +7,8 @@
  * Files: bench.c runs the sections and owns the options; proc.c starts and
  * watches processes and reads /proc; lock.c puts arbiter, flock(2), a
  * process-shared mutex and a Redis lock behind one interface; cases.c holds
- * the measurements; report.c turns samples into rows and prints them;
+ * the measurements of (1)-(6), cluster.c those of (7) and intercept.c
+ * those of (8); report.c turns samples into rows and prints them;
  * profile.c runs a fixed load for profilers.
  *
  * Nothing here ever fails on speed: a benchmark measures, it does not judge.
@@ -55,6 +56,10 @@ struct bench_counts {
 	double cl_tput_seconds; /* one throughput run, counted */
 	int cl_tput_runs;
 	int cl_clients_per_host; /* throughput: clients on each of 3 hosts */
+	/* (8) intercept */
+	int icpt_pairs;		/* runs of the measured program, each way */
+	int icpt_rounds;	/* calls per timed loop: plain, other file */
+	int icpt_leased_rounds; /* calls per timed loop: intercepted file */
 };
 
 /*
@@ -272,6 +277,13 @@ void case_goals(struct bench *b);
 
 /* (7): cluster mode on a 3-member etcd against etcd's lock recipe. */
 void case_cluster(struct bench *b);
+
+/* ------------------------------------------------------------ intercept.c */
+
+/* (8): a lock call under libarbiter-intercept.so against one without. */
+void case_intercept(struct bench *b);
+/* The program (8) measures: `arbiter-bench --lockcost FILE ROUNDS`. */
+int intercept_lockcost(const char *file, const char *rounds);
 
 /* ------------------------------------------------------------ profile.c */
 

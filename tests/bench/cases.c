@@ -1166,6 +1166,12 @@ case_goals(struct bench *b)
 	goal_ratio("cluster: local handoff in cluster mode <= 1.2x "
 		   "single-host mode",
 		   "cl.arb.local", "cl.arb.single", 0, 1.2);
+	goal_ratio("intercept: a flock pair on another file <= 1.05x without "
+		   "the shim",
+		   "icpt.flock.other", "icpt.flock.plain", 0, 1.05);
+	goal_ratio("intercept: an fcntl F_SETLK pair on another file <= 1.05x "
+		   "without the shim",
+		   "icpt.fcntl.other", "icpt.fcntl.plain", 0, 1.05);
 	r = report_find("rss.per_conn");
 	if (r != NULL) {
 		snprintf(fig, sizeof fig, "%.0f B", r->median);
