@@ -29,7 +29,8 @@
  * Prints "holding" once locked (or "not reused" and exits 2 when the
  * number was not reused, which would prove nothing), then waits for a
  * line on stdin; the end- forms then print "closed" and wait again.
- * Build with -D_FORTIFY_SOURCE=2 -O2.
+ * Build with -D_FORTIFY_SOURCE=2 -O2. Linked statically it is also the
+ * program `arbiterctl intercept` must refuse.
  */
 #include <fcntl.h>
 #include <stdio.h>

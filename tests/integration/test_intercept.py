@@ -7,8 +7,9 @@ four instances at once: without the shim three fail, with it none fails,
 their critical sections never overlap (a shared log of CLOCK_MONOTONIC
 enter/leave stamps), and a holder killed with SIGKILL hands over at once.
 Then the kernel's rules per lock kind across the same process, fork and
-exec; a static program refused; an unreachable arbiter; and the cost per
-lock call, printed.
+exec; a static program refused; an unreachable arbiter; a lock file on a
+descriptor number another file had. What a lock call costs is measured by
+`make bench` (section 8), not here.
 
 Every wait reads a line: the worker's "holding", the shim's "waiting for"
 (ARBITER_INTERCEPT_VERBOSE), a process's end.
@@ -475,7 +476,7 @@ def test_exec_follows_the_locked_descriptor(daemon, procs, tmp_path, keep):
 
 
 def test_a_static_program_is_refused_with_what_to_do(daemon, tmp_path):
-    src = os.path.join(HERE, "lockcost.c")
+    src = os.path.join(HERE, "fdreuse.c")
     static, script = str(tmp_path / "static"), str(tmp_path / "script")
     r = subprocess.run(["cc", "-static", "-O2", "-o", static, src],
                        capture_output=True, text=True, timeout=120)
@@ -542,42 +543,6 @@ def test_an_unreachable_arbiter_is_said_once(procs, tmp_path, on):
         assert "taking the plain lock" in said[0]
     else:
         assert r.stdout.split("\n")[:3] == ["errno 37"] * 3  # ENOLCK
-
-
-# ------------------------------------------------------------ cost
-
-
-def test_cost_per_lock_call(daemon, tmp_path, report):
-    """Never judges speed: prints what a lock call costs with the shim,
-    against the same program without it, measured here and now."""
-    prog = str(tmp_path / "lockcost")
-    r = subprocess.run(["cc", "-O2", "-o", prog,
-                        os.path.join(HERE, "lockcost.c")],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    mine, other = str(tmp_path / "lock"), str(tmp_path / "other")
-    open(mine, "w").close()  # a lock file that exists: resolved once
-
-    def run(env, path, rounds):
-        r = subprocess.run([prog, path, str(rounds)], capture_output=True,
-                           text=True, timeout=10 * WAIT, env=env)
-        assert r.returncode == 0, r.stderr
-        return {k: float(v) for k, v in
-                (ln.split() for ln in r.stdout.splitlines())}
-
-    plain = run(base_env(daemon), other, 3000)
-    unrelated = run(shim_env(daemon, mine, ARBITER_INTERCEPT_VERBOSE="0"),
-                    other, 3000)
-    leased = run(shim_env(daemon, mine, ARBITER_INTERCEPT_VERBOSE="0"),
-                 mine, 300)
-    for k, what in (("flock", "flock lock+unlock"),
-                    ("fcntl", "fcntl F_SETLK lock+unlock"),
-                    ("getfl", "fcntl F_GETFL")):
-        report("%-26s plain %8.0f ns; shim, other file %8.0f ns (%.2fx)%s" %
-               (what, plain[k], unrelated[k], unrelated[k] / plain[k],
-                "" if k == "getfl" else
-                "; shim, intercepted %8.0f ns (%.1fx)" %
-                (leased[k], leased[k] / plain[k])))
 
 
 def test_a_holder_outside_the_arbiter_is_waited_for(daemon, procs, tmp_path):
