@@ -421,7 +421,8 @@ intercept_start(void)
  *
  * What that does not see: a lock file opened under another name (a hard
  * link, a symlink named otherwise, a file renamed to the lock file's name
- * after it was opened) keeps plain locks, and so would a lock file opened
+ * after it was opened; a name under /proc or /dev/fd is looked at) keeps
+ * plain locks, and so would a lock file opened
  * under a number whose last file was both closed and reopened by raw
  * system calls, which no wrapper sees.
  */
@@ -475,7 +476,9 @@ named_like_target(const char *path)
 {
 	const char *b = path ? strrchr(path, '/') : NULL;
 
-	if (path == NULL)
+	/* A name under /proc or /dev/fd reopens whatever its link says. */
+	if (path == NULL || strncmp(path, "/proc/", 6) == 0 ||
+	    strncmp(path, "/dev/fd/", 8) == 0)
 		return true;
 	b = b ? b + 1 : path;
 	for (size_t i = 0; i < cfg.n; i++) {

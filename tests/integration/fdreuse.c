@@ -13,6 +13,8 @@
  *                                   system call (no wrapper sees it)
  *   dup2, dupfd                     a raw close, then dup2 / F_DUPFD of
  *                                   FILE, opened raw, onto the number
+ *   proc                            a raw close, then open() of
+ *                                   /proc/self/fd/N of FILE opened raw
  *   open, open64, openat, open_2, creat, fopen
  *                                   a raw close, then that call (open_2:
  *                                   open() with flags not known at build
@@ -139,6 +141,13 @@ main(int argc, char **argv)
 		t = raw_open(path);
 		raw_close(n);
 		fd = dup2(t, n);
+	} else if (strcmp(how, "proc") == 0) {
+		char link[64];
+
+		t = raw_open(path);
+		raw_close(n);
+		snprintf(link, sizeof link, "/proc/self/fd/%d", t);
+		fd = open(link, O_RDWR);
 	} else if (strcmp(how, "dupfd") == 0) {
 		t = raw_open(path);
 		raw_close(n);

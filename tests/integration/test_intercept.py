@@ -767,8 +767,8 @@ def fdreuse(tmp_path_factory):
 
 
 @pytest.mark.parametrize("how", [
-    "close", "close_range", "closefrom", "dup2", "dupfd", "open", "open64",
-    "openat", "open_2", "creat", "fopen", "freopen"])
+    "close", "close_range", "closefrom", "dup2", "dupfd", "proc", "open",
+    "open64", "openat", "open_2", "creat", "fopen", "freopen"])
 def test_a_lock_file_on_the_number_of_another_file_is_leased(
         daemon, procs, tmp_path, fdreuse, how):
     """Lock calls on a file the shim saw opened under another name go
