@@ -13,6 +13,7 @@
  * memory and other clients are served between parts. Lines after such a
  * command wait until its reply is complete.
  */
+#include <ctype.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -23,6 +24,7 @@
 #include <event2/event.h>
 
 #include "admin.h"
+#include "cluster.h"
 #include "conn.h"
 #include "dispatch.h"
 #include "report.h"
@@ -133,6 +135,153 @@ cmd_stats(struct conn *c, const char *arg)
 	stream_start(c, STREAM_STATS);
 }
 
+/* ------------------------------------------------------------ cluster */
+
+/* A set scalar field of m as text, rendered from the descriptor. */
+static bool
+field_text(const ProtobufCMessage *m, const ProtobufCFieldDescriptor *f,
+	   char *buf, size_t len)
+{
+	const char *p = (const char *)m + f->offset;
+	const ProtobufCEnumValue *ev;
+	double d;
+	float fl;
+
+	if (f->label == PROTOBUF_C_LABEL_REPEATED ||
+	    f->type == PROTOBUF_C_TYPE_MESSAGE ||
+	    f->type == PROTOBUF_C_TYPE_BYTES)
+		return false;
+	if (f->type == PROTOBUF_C_TYPE_STRING) {
+		const char *str = *(char *const *)p;
+
+		if (str == NULL)
+			return false;
+		/* One line per field, whatever a host wrote into etcd. */
+		snprintf(buf, len, "%s", str);
+		for (char *q = buf; *q != '\0'; q++)
+			if ((unsigned char)*q < 0x20 || *q == 0x7f)
+				*q = '?';
+		return true;
+	}
+	if (f->quantifier_offset != 0 &&
+	    !*(const protobuf_c_boolean *)((const char *)m +
+					   f->quantifier_offset))
+		return false;
+	switch (f->type) {
+	case PROTOBUF_C_TYPE_INT32:
+	case PROTOBUF_C_TYPE_SINT32:
+	case PROTOBUF_C_TYPE_SFIXED32:
+		snprintf(buf, len, "%" PRId32, *(const int32_t *)p);
+		return true;
+	case PROTOBUF_C_TYPE_UINT32:
+	case PROTOBUF_C_TYPE_FIXED32:
+		snprintf(buf, len, "%" PRIu32, *(const uint32_t *)p);
+		return true;
+	case PROTOBUF_C_TYPE_INT64:
+	case PROTOBUF_C_TYPE_SINT64:
+	case PROTOBUF_C_TYPE_SFIXED64:
+		snprintf(buf, len, "%" PRId64, *(const int64_t *)p);
+		return true;
+	case PROTOBUF_C_TYPE_UINT64:
+	case PROTOBUF_C_TYPE_FIXED64:
+		snprintf(buf, len, "%" PRIu64, *(const uint64_t *)p);
+		return true;
+	case PROTOBUF_C_TYPE_BOOL:
+		snprintf(buf, len, "%d",
+			 *(const protobuf_c_boolean *)p ? 1 : 0);
+		return true;
+	case PROTOBUF_C_TYPE_DOUBLE:
+		memcpy(&d, p, sizeof d);
+		snprintf(buf, len, "%.6f", d);
+		return true;
+	case PROTOBUF_C_TYPE_FLOAT:
+		memcpy(&fl, p, sizeof fl);
+		snprintf(buf, len, "%.6f", (double)fl);
+		return true;
+	case PROTOBUF_C_TYPE_ENUM:
+		ev = protobuf_c_enum_descriptor_get_value(f->descriptor,
+							  *(const int *)p);
+		if (ev == NULL)
+			return false;
+		/* As the rest of the text protocol spells them. */
+		snprintf(buf, len, "%s", ev->name);
+		for (char *q = buf; *q != '\0'; q++)
+			*q = (char)tolower((unsigned char)*q);
+		return true;
+	default:
+		return false;
+	}
+}
+
+/* m's set scalar fields on one line: name=value, space-separated. */
+static void
+out_pairs(struct conn *c, const ProtobufCMessage *m)
+{
+	const ProtobufCMessageDescriptor *d = m->descriptor;
+	const char *sep = "";
+	char buf[256];
+
+	for (unsigned i = 0; i < d->n_fields; i++)
+		if (field_text(m, &d->fields[i], buf, sizeof buf)) {
+			out(c, "%s%s=%s", sep, d->fields[i].name, buf);
+			sep = " ";
+		}
+	out(c, "\n");
+}
+
+/* The session, as Status.cluster has it: a cluster_FIELD line per field
+ * (a histogram on one line). Nothing outside cluster mode. */
+static void
+status_cluster(struct conn *c)
+{
+	struct dispatch_reply rp = {0};
+	const Arbiter__Cluster *m = cluster_report(c->srv, &rp);
+	const ProtobufCMessageDescriptor *d;
+	char buf[256];
+
+	if (m == NULL)
+		return;
+	d = m->base.descriptor;
+	for (unsigned i = 0; i < d->n_fields; i++) {
+		const ProtobufCFieldDescriptor *f = &d->fields[i];
+
+		if (f->type == PROTOBUF_C_TYPE_MESSAGE &&
+		    f->label != PROTOBUF_C_LABEL_REPEATED) {
+			const ProtobufCMessage *sub =
+			    *(const ProtobufCMessage *const *)((const char *)m +
+							       f->offset);
+
+			if (sub != NULL) {
+				out(c, "cluster_%s:", f->name);
+				out_pairs(c, sub);
+			}
+		} else if (field_text(&m->base, f, buf, sizeof buf)) {
+			out(c, "cluster_%s:%s\n", f->name, buf);
+		}
+	}
+	dispatch_reply_free(&rp);
+}
+
+/* A cluster resource: this host's state and every host's key, holding
+ * hosts first, as ResourceStatus has them. */
+static void
+status_cluster_resource(struct conn *c, const struct lm_res *res)
+{
+	struct dispatch_reply rp = {0};
+	Arbiter__ResourceStatus s = ARBITER__RESOURCE_STATUS__INIT;
+
+	if (!res->cluster)
+		return;
+	cluster_status_resource(c->srv, res, &s, &rp);
+	if (s.cluster_state != NULL)
+		out(c, "cluster_state:%s\n", s.cluster_state);
+	for (size_t i = 0; i < s.n_hosts; i++) {
+		out(c, "cluster_host:");
+		out_pairs(c, &s.hosts[i]->base);
+	}
+	dispatch_reply_free(&rp);
+}
+
 static size_t
 status_one(void *e, void *arg)
 {
@@ -143,6 +292,7 @@ status_one(void *e, void *arg)
 	unsigned pos = 0, n = 0;
 
 	out(c, "# Resource %s\n", res->name);
+	status_cluster_resource(c, res);
 	TAILQ_FOREACH(r, &res->holders, q_entry) {
 		if (n++ == DISPATCH_LIST_MAX)
 			break;
@@ -194,6 +344,7 @@ cmd_status(struct conn *c, const char *arg)
 	    srv->lm.nheld, srv->lm.nwaiting);
 	if (srv->role == ROLE_STANDBY)
 		out(c, "storage_holder:%s\n", srv->storage_holder);
+	status_cluster(c);
 	if (*arg != '\0') {
 		struct lm_res *res = lockmgr_find(&srv->lm, arg, strlen(arg));
 
@@ -259,7 +410,9 @@ static const struct admin_cmd {
     {"stats", "stats [RESOURCE]",
      "counters and wait/hold times, total and per resource", cmd_stats},
     {"status", "status [RESOURCE]",
-     "every resource with its holders and waiters in queue order", cmd_status},
+     "every resource with its holders and waiters in queue order; in "
+     "cluster mode the etcd session and every host's key too",
+     cmd_status},
     {"quit", "quit", "close the connection", cmd_quit},
 };
 

@@ -172,9 +172,17 @@ reply_send(struct conn *c, uint64_t id, struct dispatch_reply *rp)
 		conn_send_error(c, id, rp->code, "%s", rp->text);
 	else if (rp->kind != ARBITER__SERVER_MESSAGE__KIND__NOT_SET)
 		reply(c, id, rp->kind, &rp->u);
+	dispatch_reply_free(rp);
+}
+
+void
+dispatch_reply_free(struct dispatch_reply *rp)
+{
 	for (size_t i = 0; i < rp->nowned; i++)
 		free(rp->owned[i]);
 	free(rp->owned);
+	rp->owned = NULL;
+	rp->nowned = rp->owned_cap = 0;
 }
 
 /* ------------------------------------------------------------ handlers */

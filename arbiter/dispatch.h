@@ -58,6 +58,8 @@ void dispatch_fail(struct dispatch_reply *rp, Arbiter__ErrorCode code,
 		   const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* Free p once the reply is sent; returns p. */
 void *dispatch_keep(struct dispatch_reply *rp, void *p);
+/* Free what dispatch_keep kept (done by the send for a request's reply). */
+void dispatch_reply_free(struct dispatch_reply *rp);
 enum dispatch_access { ACCESS_CLIENT, ACCESS_ADMIN };
 /* May this peer use the daemon (ACCESS_CLIENT), or its admin requests? */
 bool dispatch_access(const struct server *srv, const struct lm_owner *o,

@@ -288,6 +288,17 @@ def test_status_stats_and_metrics_show_the_session(hosts):
     assert r.cluster_state == "owned"
     s = w.call(stats=pb.StatsRequest()).stats
     assert s.cluster.sessions == 1
+    # The text protocol shows the same, for a human with socat.
+    raw = harness.connect_raw(a.socket)
+    raw.sendall(b"status\nquit\n")
+    text = harness.read_all(raw).decode()
+    raw.close()
+    assert "cluster_state:active\n" in text, text
+    assert "cluster_host_id:a\n" in text and "cluster_lease_id:" in text
+    assert "cluster_keepalive_rtt:count=" in text
+    res = text.split("# Resource db\n", 1)[1]
+    assert res.startswith("cluster_state:owned\ncluster_host:host_id=a "), res
+    assert " mode=exclusive holding=1 " in res and " holders=1 " in res
 
 
 # CMD for arbiterctl run: says when SIGTERM reaches it, then ends.

@@ -10,7 +10,7 @@ import time
 import pytest
 
 import harness
-from harness import WAIT, Daemon, Wire, connect_raw, pb
+from harness import WAIT, Daemon, Wire, connect_raw, pb, read_all
 
 MANY = 100_000
 
@@ -67,15 +67,6 @@ def hold_many(path, n, name_len=12, prefix="r", per_conn=1000,
             assert deadline is None or time.monotonic() < deadline, \
                 "only %d leases held in time" % done
     return wires
-
-
-def read_all(s):
-    out = bytearray()
-    while True:
-        chunk = s.recv(1 << 20)
-        if not chunk:
-            return bytes(out)
-        out += chunk
 
 
 @pytest.fixture(scope="module")

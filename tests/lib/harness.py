@@ -224,6 +224,16 @@ def connect_raw(path, timeout=WAIT):
     return s
 
 
+def read_all(s):
+    """Everything s sends until it closes."""
+    out = bytearray()
+    while True:
+        chunk = s.recv(1 << 20)
+        if not chunk:
+            return bytes(out)
+        out += chunk
+
+
 def send_to_closing(s, data):
     """Send data to a peer that may already have said its last word and
     closed (a refusal does not wait for Hello): a broken pipe then is no
