@@ -51,10 +51,15 @@ chaos: all $(CHAOS_WORKER)
 		$(if $(HOSTS),--hosts $(HOSTS)) $(CHAOS_ARGS)
 
 # 60 s of faults on 3 hosts and etcd (every kind drawn before a repeat).
+# The etcd leader is stopped for half a TTL here: Debian's etcd (3.4.23)
+# has etcd issue 15247, a leader resumed after a pause longer than a lease's
+# remaining TTL may revoke live leases, which only fencing survives; a
+# shorter pause still moves the leadership and keeps that etcd bug out of
+# the verdict on arbiter. `make chaos HOSTS=3` keeps 1.5 x TTL.
 chaos-cluster-short: all $(CHAOS_WORKER)
 	@sh scripts/deps.sh test
 	ARBITER_BUILD=$(abspath $(BUILD)) $(PYTHON) tests/chaos/chaos.py \
-		--hosts 3 --duration 60 --workers 12
+		--hosts 3 --duration 60 --workers 12 --leader-pause 0.5
 
 # The daemon that skips the revoke at the deadline, built like this one
 # (same OPT and SAN) into its own folder; never installed.

@@ -192,6 +192,12 @@ def main():
     ap.add_argument("--faults", type=lambda v: v.split(","),
                     help="with --hosts: the fault kinds to draw from "
                     "(default all: %s)" % ",".join(FAULT_KINDS))
+    ap.add_argument("--leader-pause", type=float, default=1.5,
+                    help="with --hosts: how long stop-leader stops the etcd "
+                    "leader, in TTLs (default 1.5). Under half a TTL no "
+                    "lease looks expired to the resumed old leader, which "
+                    "on etcd before 3.5.13 could revoke them (etcd issue "
+                    "15247)")
     ap.add_argument("--arbiterd", help="with --hosts: the daemon binary "
                     "(default ARBITER_BUILD's)")
     ap.add_argument("--etcd-events", action="store_true",

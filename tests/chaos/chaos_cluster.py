@@ -16,7 +16,7 @@ drawn at random without repeats until every kind ran (then again):
   partition       SIGSTOP a host's proxy for 1.5 x TTL
   kill-follower   kill -9 an etcd follower, restart it after TTL
   kill-leader     kill -9 the etcd leader, restart it after TTL
-  stop-leader     SIGSTOP the etcd leader for 1.5 x TTL
+  stop-leader     SIGSTOP the etcd leader for 1.5 x TTL (--leader-pause)
   quorum-loss     kill -9 two members for 2 x TTL, then restart both
 
 Before a fault on one host's arbiterd or proxy, that host's workers get
@@ -312,7 +312,7 @@ class Run:
             f["member"] = m.name
             m.sigstop()
             f["t_ns"] = chaos.mono_ns()
-            self.idle(1.5 * ttl)
+            self.idle(getattr(self.a, "leader_pause", 1.5) * ttl)
             m.sigcont()
             f["heal_ns"] = chaos.mono_ns()
         elif kind == "quorum-loss":
