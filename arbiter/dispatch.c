@@ -878,6 +878,8 @@ apply_converted(struct server *srv, const struct lm_event *ev,
 		stats_count(&srv->stats, sr,
 			    ev->immediate ? STAT_upgraded_immediate
 					  : STAT_upgraded_after_wait);
+		stats_observe(&srv->stats, sr, STATS_H_upgrade_wait,
+			      ev->immediate ? 0 : ev->waited_ns);
 		if (sr != NULL)
 			sr->last_token = ev->token;
 	} else if (count && ev->was == LM_EXCLUSIVE && ev->mode == LM_SHARED)

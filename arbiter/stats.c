@@ -204,36 +204,55 @@ stats_count(struct stats *st, struct stats_res *r, enum stats_counter k)
 		r->cur.c[k]++;
 }
 
+static struct hist *
+hist_of(struct stats_figures *f, enum stats_hist_id h)
+{
+	switch (h) {
+#define STATS_HIST_OF(name, help)                                              \
+	case STATS_H_##name:                                                   \
+		return &f->name;
+		STATS_HISTS(STATS_HIST_OF)
+#undef STATS_HIST_OF
+	default:
+		return NULL;
+	}
+}
+
+void
+stats_observe(struct stats *st, struct stats_res *r, enum stats_hist_id h,
+	      uint64_t ns)
+{
+	struct hist *t = hist_of(&st->total.cur, h);
+
+	if (t == NULL)
+		return;
+	hist_add(t, ns);
+	if (r != NULL)
+		hist_add(hist_of(&r->cur, h), ns);
+}
+
 void
 stats_wait(struct stats *st, struct stats_res *r, uint64_t ns)
 {
-	hist_add(&st->total.cur.wait, ns);
-	if (r != NULL)
-		hist_add(&r->cur.wait, ns);
+	stats_observe(st, r, STATS_H_wait, ns);
 }
 
 void
 stats_hold(struct stats *st, struct stats_res *r, uint64_t ns)
 {
-	hist_add(&st->total.cur.hold, ns);
-	if (r != NULL)
-		hist_add(&r->cur.hold, ns);
+	stats_observe(st, r, STATS_H_hold, ns);
 }
 
 void
 stats_cluster_wait(struct stats *st, struct stats_res *r, uint64_t ns)
 {
-	hist_add(&st->total.cur.cluster_wait, ns);
-	if (r != NULL)
-		hist_add(&r->cur.cluster_wait, ns);
+	stats_observe(st, r, STATS_H_cluster_wait, ns);
 }
 
 void
 stats_cluster_hold(struct stats *st, struct stats_res *r, uint64_t ns)
 {
-	hist_add(&st->total.cur.cluster_hold, ns);
-	if (r != NULL)
-		hist_add(&r->cur.cluster_hold, ns);
+	stats_observe(st, r, STATS_H_cluster_hold, ns);
 }
 
 void

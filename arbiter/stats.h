@@ -69,7 +69,9 @@
 	X(hold, "How long leases were held")                                   \
 	X(cluster_wait, "How long this host's cluster key waited for the "     \
 			"hosts ahead of it")                                   \
-	X(cluster_hold, "How long this host's cluster key owned the resource")
+	X(cluster_hold, "How long this host's cluster key owned the resource") \
+	X(upgrade_wait, "How long upgrades to exclusive waited for the other " \
+			"holders to leave (0 when at once)")
 
 enum stats_counter {
 #define STATS_ENUM(name, help) STAT_##name,
@@ -103,10 +105,9 @@ struct hist_summary {
 
 struct stats_figures {
 	uint64_t c[STATS_NCOUNTERS];
-	struct hist wait;
-	struct hist hold;
-	struct hist cluster_wait;
-	struct hist cluster_hold;
+#define STATS_HIST_MEMBER(name, help) struct hist name;
+	STATS_HISTS(STATS_HIST_MEMBER)
+#undef STATS_HIST_MEMBER
 };
 
 struct stats_res {
@@ -191,6 +192,10 @@ struct stats_res *stats_find(const struct stats *st, const char *name,
 
 /* Count on the resource (may be NULL) and on the total. */
 void stats_count(struct stats *st, struct stats_res *r, enum stats_counter k);
+/* Add a duration to histogram h of the resource (may be NULL) and the
+ * total. */
+void stats_observe(struct stats *st, struct stats_res *r, enum stats_hist_id h,
+		   uint64_t ns);
 void stats_wait(struct stats *st, struct stats_res *r, uint64_t ns);
 void stats_hold(struct stats *st, struct stats_res *r, uint64_t ns);
 void stats_cluster_wait(struct stats *st, struct stats_res *r, uint64_t ns);

@@ -1299,8 +1299,9 @@ static const struct ctl_cmd cmds[] = {
 	.help = "acquisitions, failures, wait and hold times",
 	.more = "Every figure of the arbiter, in total and for each resource "
 		"(only RESOURCE's when one is named): acquisitions, immediate "
-		"and after a wait; failures by cause; how leases ended; wait "
-		"and hold times (count, mean, max, p50, p90, p99). --json "
+		"and after a wait; failures by cause; how leases ended; "
+		"conversions; wait, hold and upgrade wait times (count, "
+		"mean, max, p50, p90, p99). --json "
 		"prints the same as one JSON object. The figures are read "
 		"from the reply's own field list, so one the arbiter adds is "
 		"shown with no change to arbiterctl. In cluster mode also the "

@@ -294,6 +294,10 @@ def test_stats_and_status_render_conversions_everywhere(daemon):
     text = daemon.text(["stats db"])
     assert "upgraded_after_wait:1" in text and "downgraded:1" in text
     assert db["acquired_immediate"] == 2  # the two leases, not conversions
+    # How long upgrades waited: one after b left, one at once (0).
+    up = db["upgrade_wait_seconds"]
+    assert up["count"] == 2 and up["max"] > 0, up
+    assert "upgrade_wait_seconds:count=2 " in text, text
 
 
 @pytest.mark.parametrize("how", ["revoke", "expire"])

@@ -339,6 +339,7 @@ Test(stats, every_counter_and_histogram_reaches_prometheus)
 	stats_hold(&srv->stats, r, 7 * MS);
 	stats_cluster_wait(&srv->stats, r, 5 * MS);
 	stats_cluster_hold(&srv->stats, r, 9 * MS);
+	stats_observe(&srv->stats, r, STATS_H_upgrade_wait, 4 * MS);
 	metrics_render(srv, b);
 	len = evbuffer_get_length(b);
 	text = calloc(1, len + 1);
