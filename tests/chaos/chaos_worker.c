@@ -516,6 +516,14 @@ rmw_upgrade(arb_client *c, struct store *s, unsigned r,
 		*gone = true; /* the lease ended while it waited */
 		return 0;
 	}
+	if ((rc == -ARB_EUNKNOWNLEASE || rc == -ARB_EREVOKED) &&
+	    (revoked = drain_events(c, id, lost, vu)) != 0) {
+		/* Revoked after the shared section, before the Convert
+		 * reached the daemon: as for a release. */
+		logline("R %u %d", r, revoked);
+		*gone = true;
+		return 0;
+	}
 	if (rc < 0) {
 		logline("E %u %d convert: %s", r, rc,
 			oneline(arb_last_error(c), msg, sizeof msg));
