@@ -258,8 +258,28 @@ CLUSTER_SELF_TESTS = [
 ]
 
 
-def cluster_self_test(a):
+def planted_run(name, must, run):
+    """Run a planted defect (run(out) -> passed) until the checker reports
+    one of the must checks, SELF_TEST_TRIES runs at most: (caught, the
+    last run's output)."""
     import io
+    for attempt in range(1, SELF_TEST_TRIES + 1):
+        buf = io.StringIO()
+        ok = run(buf)
+        caught = [l for l in buf.getvalue().splitlines()
+                  if l.startswith("FAIL")]
+        for l in caught:
+            print("self-test %s caught:%s" % (name, l[4:]))
+        if not ok and any(m in l for l in caught for m in must):
+            return True, buf
+        if attempt < SELF_TEST_TRIES:
+            print("chaos self-test %s: no violation in run %d of %d (the "
+                  "faults missed the defect); again" % (
+                      name, attempt, SELF_TEST_TRIES))
+    return False, buf
+
+
+def cluster_self_test(a):
     import chaos_cluster
     passed = failed = 0
     for name, brk, duration, faults, must in CLUSTER_SELF_TESTS:
@@ -273,19 +293,8 @@ def cluster_self_test(a):
                          "builds one)")
             a.arbiterd = a.norevoke_daemon
         a.planted = True
-        for attempt in range(1, SELF_TEST_TRIES + 1):
-            buf = io.StringIO()
-            ok = chaos_cluster.run_cluster(a, buf)
-            caught = [l for l in buf.getvalue().splitlines()
-                      if l.startswith("FAIL")]
-            for l in caught:
-                print("self-test %s caught:%s" % (name, l[4:]))
-            good = not ok and any(m in l for l in caught for m in must)
-            if good or attempt == SELF_TEST_TRIES:
-                break
-            print("chaos self-test %s: no violation in run %d of %d (the "
-                  "faults missed the defect); again" % (
-                      name, attempt, SELF_TEST_TRIES))
+        good, buf = planted_run(name, must,
+                                lambda out: chaos_cluster.run_cluster(a, out))
         if good:
             passed += 1
         else:
@@ -299,24 +308,11 @@ def cluster_self_test(a):
 
 
 def self_test(a):
-    import io
     passed = failed = 0
     for brk, duration, restarts, must in SELF_TESTS:
         a.brk, a.duration, a.restarts = brk, duration, restarts
         a.keep, a.dir = False, None
-        for attempt in range(1, SELF_TEST_TRIES + 1):
-            buf = io.StringIO()
-            ok = run_chaos(a, buf)
-            caught = [l for l in buf.getvalue().splitlines()
-                      if l.startswith("FAIL")]
-            for l in caught:
-                print("self-test %s caught:%s" % (brk, l[4:]))
-            good = not ok and any(m in l for l in caught for m in must)
-            if good or attempt == SELF_TEST_TRIES:
-                break
-            print("chaos self-test %s: no violation in run %d of %d (the "
-                  "faults missed the defect); again" % (
-                      brk, attempt, SELF_TEST_TRIES))
+        good, buf = planted_run(brk, must, lambda out: run_chaos(a, out))
         if good:
             passed += 1
         else:

@@ -638,6 +638,24 @@ def test_under_arbiterctl_run_on_the_same_resource_nothing_waits_for_itself(
     assert other.wait(WAIT) == 0
 
 
+def ended_while_running(daemon, procs, tmp_path, cmd, said):
+    """cmd FILE locks FILE and says "holding"; after a line on stdin it
+    ends its lock some way and says `said`, then waits: another
+    intercepted holder must get the lock while cmd still runs."""
+    path = str(tmp_path / "lock")
+    p = start(cmd + [path], shim_env(daemon, path), procs)
+    p.out.wait_for("holding")
+    other = hold(daemon, procs, path, "ex")
+    other.err.wait_for("waiting for")
+    release(p)
+    p.out.wait_for(said)
+    other.out.wait_for("holding")  # while the C program still runs
+    assert p.poll() is None
+    release(other)
+    release(p)
+    assert other.wait(WAIT) == 0 and p.wait(WAIT) == 0
+
+
 @pytest.fixture(scope="module")
 def lockstdio(tmp_path_factory):
     prog = str(tmp_path_factory.mktemp("lockstdio") / "lockstdio")
@@ -650,18 +668,8 @@ def lockstdio(tmp_path_factory):
 
 def test_fclose_of_a_stdio_lock_file_ends_the_lease(daemon, procs, tmp_path,
                                                     lockstdio):
-    path = str(tmp_path / "lock")
-    p = start([lockstdio, "fclose", path], shim_env(daemon, path), procs)
-    p.out.wait_for("holding")
-    other = hold(daemon, procs, path, "ex")
-    other.err.wait_for("waiting for")
-    release(p)
-    p.out.wait_for("closed")
-    other.out.wait_for("holding")  # while the C program still runs
-    assert p.poll() is None
-    release(other)
-    release(p)
-    assert other.wait(WAIT) == 0 and p.wait(WAIT) == 0
+    ended_while_running(daemon, procs, tmp_path, [lockstdio, "fclose"],
+                        "closed")
 
 
 def test_a_vfork_child_closing_the_lock_leaves_the_parents_lease(
@@ -669,18 +677,8 @@ def test_a_vfork_child_closing_the_lock_leaves_the_parents_lease(
     """A vfork()ed child shares the parent's memory: its close of the
     locked descriptor (its own copy) must leave the parent's table alone,
     so that the parent's unlock still ends the lease."""
-    path = str(tmp_path / "lock")
-    p = start([lockstdio, "vfork", path], shim_env(daemon, path), procs)
-    p.out.wait_for("holding")
-    other = hold(daemon, procs, path, "ex")
-    other.err.wait_for("waiting for")
-    release(p)
-    p.out.wait_for("unlocked")
-    other.out.wait_for("holding")  # while the C program still runs
-    assert p.poll() is None
-    release(other)
-    release(p)
-    assert other.wait(WAIT) == 0 and p.wait(WAIT) == 0
+    ended_while_running(daemon, procs, tmp_path, [lockstdio, "vfork"],
+                        "unlocked")
 
 
 def test_a_program_set_uid_to_another_user_is_refused(daemon, tmp_path):
@@ -793,15 +791,4 @@ def test_a_lock_file_on_the_number_of_another_file_is_leased(
                                  "end-fcntl-close_range"])
 def test_closing_a_range_that_holds_the_lock_ends_the_lease(
         daemon, procs, tmp_path, fdreuse, how):
-    path = str(tmp_path / "lock")
-    p = start([fdreuse, how, path], shim_env(daemon, path), procs)
-    p.out.wait_for("holding")
-    other = hold(daemon, procs, path, "ex")
-    other.err.wait_for("waiting for")
-    release(p)
-    p.out.wait_for("closed")
-    other.out.wait_for("holding")  # while the C program still runs
-    assert p.poll() is None
-    release(other)
-    release(p)
-    assert other.wait(WAIT) == 0 and p.wait(WAIT) == 0
+    ended_while_running(daemon, procs, tmp_path, [fdreuse, how], "closed")
